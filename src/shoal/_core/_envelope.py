@@ -1,0 +1,230 @@
+"""The shoal envelope: one ZeroMQ frame per shoal message.
+
+Layout (all integers little-endian)::
+
+    topic (UTF-8, no NUL, <= MAX_TOPIC bytes)
+    0x00                                  delimiter: SUB prefixes never reach the header
+    header (fixed 52 bytes, HEADER below)
+      u8  version        refused unless == VERSION
+      u8  kind           Kind
+      u8  flags          FLAG_RAW: body is raw bytes; FLAG_HEADERS: user headers follow
+      u8  reserved       0 on send, ignored on receive (room for a future flag byte)
+      16s sender         sender id (a node's or process's random 128-bit id)
+      u32 epoch          incarnation of the sender: fresh on every start
+      u32 stream         which of the sender's streams (one per resource) this is
+      u64 seq            per-stream (per topic, for pub/sub) sequence number, from 0
+      u64 timestamp_ns   wall-clock send time, nanoseconds since the Unix epoch
+      u64 correlation    request id (requests, replies); 0 when unused
+    [u32 length + msgpack map of str -> value]   only when FLAG_HEADERS
+    body                                   msgpack, or raw bytes when FLAG_RAW
+
+The topic leads so that libzmq's SUB prefix filter works on it directly; the fixed
+binary header is cheaper to pack and check than a msgpack one.
+
+Contract: this module is sans-I/O. It imports no trio, zmq, socket, time or random;
+the caller passes ids and the time in. ``decode`` treats every byte as hostile: any
+failure, whatever its cause, is one ``DecodeError`` with a stable ``reason`` label,
+and no input can make it allocate more than a small multiple of the input's size.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import types
+from collections.abc import Mapping
+from typing import Any, Final, NamedTuple
+
+import msgpack
+
+from shoal.errors import DecodeError, EncodeError
+
+__all__ = [
+    "HEADER",
+    "MAX_TOPIC",
+    "VERSION",
+    "Kind",
+    "Message",
+    "decode",
+    "encode",
+    "encode_topic",
+]
+
+VERSION: Final = 1
+MAX_TOPIC: Final = 1024
+MAX_HEADERS: Final = 64 * 1024
+
+FLAG_RAW: Final = 0x01
+FLAG_HEADERS: Final = 0x02
+_KNOWN_FLAGS: Final = FLAG_RAW | FLAG_HEADERS
+
+HEADER: Final = struct.Struct("<BBBx16sIIQQQ")
+_U32: Final = struct.Struct("<I")
+
+
+class Kind(enum.IntEnum):
+    """What a message is for. Receivers drop kinds their pattern does not expect."""
+
+    PUBLISH = 1
+    PUSH = 2
+    REQUEST = 3
+    REPLY = 4
+    ERROR = 5
+
+
+_KINDS: Final[dict[int, Kind]] = {int(k): k for k in Kind}
+_new_message: Final = tuple.__new__
+_EMPTY: Final[Mapping[str, Any]] = types.MappingProxyType({})
+
+
+class Message(NamedTuple):
+    """One received shoal message (immutable).
+
+    ``(sender, epoch, stream, seq)`` identifies it uniquely; ``id`` spells that as a string.
+    ``body`` is whatever the sender passed (``bytes`` arrive as ``bytes``, untouched).
+
+    A ``NamedTuple`` rather than a frozen dataclass on purpose: it is built once per
+    received message, and a frozen dataclass costs about five times as much to
+    construct (measured: ~2.9 us against ~0.6 us), which is most of the receive budget.
+    """
+
+    topic: str
+    body: Any
+    kind: Kind
+    sender: str
+    epoch: int
+    stream: int
+    seq: int
+    timestamp_ns: int
+    correlation: int = 0
+    headers: Mapping[str, Any] = _EMPTY
+
+    @property
+    def id(self) -> str:
+        """Globally unique message id: ``sender:epoch:stream:seq``."""
+        return f"{self.sender}:{self.epoch:08x}:{self.stream}:{self.seq}"
+
+    @property
+    def timestamp(self) -> float:
+        """Send time in seconds since the Unix epoch (the sender's clock)."""
+        return self.timestamp_ns / 1e9
+
+
+def encode_topic(topic: str) -> bytes:
+    """Check and encode a topic or a subscription prefix.
+
+    Raises ``EncodeError`` if it is not a ``str``, contains NUL or is too long.
+    """
+    if not isinstance(topic, str):
+        raise EncodeError(f"topics are str, not {type(topic).__name__}: pass a text topic")
+    raw = topic.encode()
+    if b"\0" in raw:
+        raise EncodeError("a topic may not contain NUL ('\\x00'): remove it from the topic")
+    if len(raw) > MAX_TOPIC:
+        raise EncodeError(f"topic is {len(raw)} bytes; the limit is {MAX_TOPIC}: shorten it")
+    return raw
+
+
+def _pack(value: Any, what: str) -> bytes:
+    try:
+        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EncodeError(
+            f"the {what} cannot be encoded with msgpack ({exc}): send dicts, lists, str, "
+            "bytes, numbers, bools or None, or encode it yourself and send bytes"
+        ) from None
+
+
+def encode(
+    kind: Kind,
+    topic: bytes,
+    body: Any,
+    *,
+    sender: bytes,
+    epoch: int,
+    stream: int,
+    seq: int,
+    timestamp_ns: int,
+    correlation: int = 0,
+    headers: Mapping[str, Any] | None = None,
+) -> bytes:
+    """Build one frame. ``topic`` comes from ``encode_topic`` (checked once, reused).
+
+    Raises ``EncodeError`` for a body or headers that msgpack cannot encode.
+    """
+    flags = 0
+    if isinstance(body, bytes):
+        flags = FLAG_RAW
+        payload = body
+    elif isinstance(body, bytearray | memoryview):
+        flags = FLAG_RAW
+        payload = bytes(body)
+    else:
+        payload = _pack(body, "body")
+    head = HEADER.pack(VERSION, kind, flags, sender, epoch, stream, seq, timestamp_ns, correlation)
+    if headers:
+        if not isinstance(headers, Mapping) or not all(isinstance(k, str) for k in headers):
+            raise EncodeError("headers must be a mapping with str keys")
+        packed = _pack(dict(headers), "headers")
+        if len(packed) > MAX_HEADERS:
+            raise EncodeError(f"headers encode to {len(packed)} bytes; the limit is {MAX_HEADERS}")
+        head = HEADER.pack(
+            VERSION, kind, flags | FLAG_HEADERS, sender, epoch, stream, seq, timestamp_ns,
+            correlation,
+        )
+        return b"".join((topic, b"\0", head, _U32.pack(len(packed)), packed, payload))
+    return b"".join((topic, b"\0", head, payload))
+
+
+def decode(frame: bytes) -> Message:
+    """Parse one frame. Raises ``DecodeError`` (and nothing else) on any bad input."""
+    try:
+        return _decode(frame)
+    except DecodeError:
+        raise
+    except Exception as exc:  # a hostile frame must never escape as anything else
+        raise DecodeError("malformed", f"{type(exc).__name__}: {exc}") from None
+
+
+def _decode(frame: bytes) -> Message:
+    z = frame.find(b"\0", 0, MAX_TOPIC + 1)
+    if z < 0:
+        raise DecodeError("no-topic-delimiter")
+    try:
+        topic = frame[:z].decode()
+    except UnicodeDecodeError:
+        raise DecodeError("topic-not-utf8") from None
+    off = z + 1
+    if len(frame) - off < HEADER.size:
+        raise DecodeError("truncated-header", f"{len(frame) - off} bytes after the topic")
+    version, kind_no, flags, sender, epoch, stream, seq, ts, corr = HEADER.unpack_from(frame, off)
+    if version != VERSION:
+        raise DecodeError("unsupported-version", f"got {version}, this shoal speaks {VERSION}")
+    kind = _KINDS.get(kind_no)
+    if kind is None:
+        raise DecodeError("unknown-kind", str(kind_no))
+    if flags & ~_KNOWN_FLAGS:
+        raise DecodeError("unknown-flags", hex(flags))
+    off += HEADER.size
+    view = memoryview(frame)
+    headers: Mapping[str, Any] = _EMPTY
+    if flags & FLAG_HEADERS:
+        if len(frame) - off < 4:
+            raise DecodeError("truncated-headers")
+        (hlen,) = _U32.unpack_from(frame, off)
+        off += 4
+        if hlen > MAX_HEADERS or hlen > len(frame) - off:
+            raise DecodeError("bad-headers-length", str(hlen))
+        headers = msgpack.unpackb(view[off : off + hlen], raw=False)
+        if not isinstance(headers, dict):
+            raise DecodeError("headers-not-a-map")
+        off += hlen
+    if flags & FLAG_RAW:
+        body: Any = frame[off:]
+    else:
+        # unpackb bounds every declared length by the buffer's size, so a "huge"
+        # length prefix cannot allocate; trailing bytes raise ExtraData.
+        body = msgpack.unpackb(view[off:], raw=False, strict_map_key=False)
+    return _new_message(
+        Message, (topic, body, kind, sender.hex(), epoch, stream, seq, ts, corr, headers)
+    )

@@ -1,0 +1,72 @@
+"""Gap detection for best-effort streams (pub/sub).
+
+Every published message carries ``(sender, epoch, stream, seq)`` with ``seq``
+counting per topic from 0. A subscriber feeds each arrival to ``GapTracker.observe``
+and learns how many messages of that stream it never saw, so loss in best-effort
+mode is counted instead of silent.
+
+Contract: sans-I/O, no clock needed. Memory is bounded: at most ``max_streams``
+streams are remembered (least recently seen forgotten first, and counted in
+``forgotten``), so a hostile peer inventing ids cannot grow it without bound.
+A stream seen for the first time reports no gap: what was published before a
+subscriber joined is not the subscriber's loss.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+__all__ = ["GapTracker", "StreamKey"]
+
+StreamKey = tuple[str, int, int, str]  # (sender, epoch, stream, topic)
+
+
+class GapTracker:
+    """Tracks the next expected sequence number of each stream."""
+
+    __slots__ = ("_by_sender", "_next", "forgotten", "gaps", "max_streams", "out_of_order")
+
+    def __init__(self, *, max_streams: int = 4096) -> None:
+        if max_streams < 1:
+            raise ValueError("max_streams must be at least 1")
+        self.max_streams = max_streams
+        self._next: OrderedDict[StreamKey, int] = OrderedDict()
+        self._by_sender: dict[str, int] = {}
+        self.gaps = 0
+        """Messages known to be missing, over all streams."""
+        self.out_of_order = 0
+        """Arrivals with a sequence number below the one expected (duplicates, replays)."""
+        self.forgotten = 0
+        """Streams evicted to keep memory bounded."""
+
+    def observe(self, key: StreamKey, seq: int) -> int:
+        """Record an arrival; return how many messages were skipped just before it."""
+        nxt = self._next.get(key)
+        if nxt is None:
+            if len(self._next) >= self.max_streams:
+                self._next.popitem(last=False)
+                self.forgotten += 1
+            self._next[key] = seq + 1
+            return 0
+        self._next.move_to_end(key)
+        if seq == nxt:
+            self._next[key] = seq + 1
+            return 0
+        if seq < nxt:
+            self.out_of_order += 1
+            return 0
+        missed = seq - nxt
+        self._next[key] = seq + 1
+        self.gaps += missed
+        sender = key[0]
+        # bounded like the streams: only senders we still track keep a counter
+        if sender in self._by_sender or len(self._by_sender) < self.max_streams:
+            self._by_sender[sender] = self._by_sender.get(sender, 0) + missed
+        return missed
+
+    def gaps_by_sender(self) -> dict[str, int]:
+        """A copy of the per-sender gap counters."""
+        return dict(self._by_sender)
+
+    def __len__(self) -> int:
+        return len(self._next)

@@ -1,0 +1,339 @@
+"""trio <-> pyzmq: the only module that touches a ZeroMQ file descriptor.
+
+Facts this rests on (see DESIGN.md): ``zmq.FD`` is edge-triggered and only ever
+readable; readable means "ZMQ_EVENTS may have changed". *Any* call into libzmq on the
+socket (send, recv, reading EVENTS, subscribe, connect...) may consume that edge, and
+a task parked on the FD then sleeps although messages are queued. trio allows one
+waiter per FD.
+
+Theory of operation:
+
+* Operations never wait first. They try with ``NOBLOCK``; only ``zmq.Again`` leads to
+  a wait, and after the wait the caller tries again (spurious wake-ups are allowed).
+* At most one task, the *watcher*, waits on the FD. Every other waiting task parks in
+  a ParkingLot for the event it wants (POLLIN or POLLOUT).
+* Every libzmq call made while anybody waits is followed, with no checkpoint in
+  between, by ``_refresh()``: read ``EVENTS``, unpark every task whose event is ready,
+  and cancel the watcher's FD wait if *its* event is ready. So an edge consumed by one
+  task's call is always acted on for the others. With nobody waiting, the refresh is
+  skipped: the next waiter tries its operation before it waits.
+* When the watcher stops watching (its event came, or it was cancelled), it unparks
+  one parked task, which becomes the next watcher.
+* Closing: mark closed, ``trio.lowlevel.notify_closing(fd)`` (the watcher wakes with
+  ``ClosedResourceError``), unpark everyone (they retry and see the socket closed),
+  then close the zmq socket with a bounded LINGER, so neither close nor a later
+  ``Context.term()`` can hang on unsent messages.
+
+Cancel safety: a message is taken off the socket only by a synchronous ``recv`` whose
+result is returned (or buffered by the caller) before the next checkpoint, so a
+cancelled wait never loses a message. ``zmq.ZMQError`` is translated here, once;
+``zmq.Again`` never leaves this module.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from collections.abc import Sequence
+from typing import Final
+
+import trio
+import zmq
+
+from shoal.errors import ClosedError, InvalidEndpoint, TransportError
+
+__all__ = ["DEFAULT_LINGER_MS", "PeerUnreachable", "Socket", "default_context", "map_error"]
+
+POLLIN: Final = zmq.POLLIN
+POLLOUT: Final = zmq.POLLOUT
+_NOBLOCK: Final = zmq.NOBLOCK
+_RCVMORE: Final = zmq.RCVMORE
+_EVENTS: Final = zmq.EVENTS
+
+DEFAULT_LINGER_MS: Final = 1000
+"""How long libzmq keeps trying to deliver unsent messages after a socket closes."""
+
+_SCHEMES: Final = ("tcp://", "ipc://", "inproc://")
+
+
+class PeerUnreachable(TransportError):
+    """A ROUTER send named a peer that is not connected (any more)."""
+
+
+def default_context() -> zmq.Context[zmq.Socket[bytes]]:
+    """The process-wide ZeroMQ context (``zmq.Context.instance()``).
+
+    Shared so that ``inproc://`` endpoints work between resources opened with the
+    defaults, and between shoal and raw pyzmq sockets made from the same instance.
+    """
+    return zmq.Context.instance()
+
+
+def map_error(exc: zmq.ZMQError, action: str) -> Exception:
+    """Translate a ZMQError into the shoal exception that says what to do."""
+    code = exc.errno
+    if code in (zmq.ETERM, zmq.ENOTSOCK):
+        return ClosedError(f"cannot {action}: the socket or its context is closed")
+    if code == zmq.EHOSTUNREACH:
+        return PeerUnreachable(f"cannot {action}: the peer is not connected", code)
+    if code == _errno.EADDRINUSE:
+        return TransportError(
+            f"cannot {action}: the address is in use; pick another port or use ':*' "
+            "to let the system choose", code)
+    if code in (zmq.EINVAL, zmq.EPROTONOSUPPORT, _errno.ENODEV, _errno.ENOENT,
+                _errno.EADDRNOTAVAIL, zmq.ENOCOMPATPROTO):
+        return InvalidEndpoint(f"cannot {action}: {exc.strerror}")
+    return TransportError(f"cannot {action}: {exc.strerror}", code)
+
+
+def check_endpoint(endpoint: object) -> str:
+    """Refuse anything that is not a ``tcp://``, ``ipc://`` or ``inproc://`` string."""
+    if not isinstance(endpoint, str) or not endpoint.startswith(_SCHEMES):
+        raise InvalidEndpoint(
+            f"bad endpoint {endpoint!r}: use 'tcp://HOST:PORT' (PORT may be '*' when "
+            "binding), 'ipc:///path' or 'inproc://name'")
+    return endpoint
+
+
+class Socket:
+    """A pyzmq socket driven from trio. Not thread-safe: use it from one trio run."""
+
+    __slots__ = (
+        "_closed", "_fd", "_linger", "_lots", "_parked", "_sock", "_watch_flag",
+        "_watch_scope", "bound",
+    )
+
+    def __init__(self, sock: zmq.Socket[bytes], *, linger_ms: int = DEFAULT_LINGER_MS) -> None:
+        self._sock = sock
+        self._linger = linger_ms
+        sock.setsockopt(zmq.LINGER, linger_ms)
+        self._fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]
+        self._closed = False
+        self._lots: dict[int, trio.lowlevel.ParkingLot] = {
+            POLLIN: trio.lowlevel.ParkingLot(),
+            POLLOUT: trio.lowlevel.ParkingLot(),
+        }
+        self._parked = 0  # tasks inside _wait (watcher included)
+        self._watch_flag = 0  # what the watcher waits for; 0 = no watcher
+        self._watch_scope: trio.CancelScope | None = None
+        self.bound: list[str] = []
+        """Endpoints bound so far, as libzmq reports them (ports resolved)."""
+
+    @classmethod
+    def open(
+        cls,
+        socket_type: int,
+        *,
+        bind: Sequence[str] = (),
+        connect: Sequence[str] = (),
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        options: Sequence[tuple[int, int | bytes]] = (),
+        linger_ms: int = DEFAULT_LINGER_MS,
+    ) -> Socket:
+        """Create, configure, bind and connect. On any failure nothing is left open."""
+        ctx = context if context is not None else default_context()
+        try:
+            raw = ctx.socket(socket_type)
+        except zmq.ZMQError as exc:
+            raise map_error(exc, "create a socket") from None
+        sock = cls(raw, linger_ms=linger_ms)
+        try:
+            for opt, value in options:
+                sock.setsockopt(opt, value)
+            for ep in bind:
+                sock.bind(ep)
+            for ep in connect:
+                sock.connect(ep)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    # -- introspection -------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def zmq_socket(self) -> zmq.Socket[bytes]:
+        """The underlying pyzmq socket, for tests and diagnostics. Calling into it
+        directly bypasses the edge bookkeeping: do not do that while tasks wait."""
+        return self._sock
+
+    def _check_open(self, action: str) -> None:
+        if self._closed:
+            raise ClosedError(f"cannot {action}: this resource is closed; open a new one")
+
+    # -- the edge bookkeeping ------------------------------------------------------
+
+    def _refresh(self) -> int:
+        """Re-read EVENTS and wake whoever can now make progress. Never checkpoints."""
+        try:
+            events: int = self._sock.getsockopt(_EVENTS)  # type: ignore[assignment]
+        except zmq.ZMQError:
+            events = POLLIN | POLLOUT  # wake everyone: their retry reports the error
+        lots = self._lots
+        if events & POLLIN:
+            lots[POLLIN].unpark_all()
+        if events & POLLOUT:
+            lots[POLLOUT].unpark_all()
+        if events & self._watch_flag and self._watch_scope is not None:
+            self._watch_scope.cancel()
+        return events
+
+    async def _wait(self, flag: int) -> None:
+        """Wait until ``flag`` may be ready. Returns spuriously; callers retry."""
+        self._check_open("wait")
+        self._parked += 1
+        if self._watch_flag:
+            try:
+                await self._lots[flag].park()
+            finally:
+                self._parked -= 1
+            return
+        self._watch_flag = flag
+        try:
+            with trio.CancelScope() as scope:
+                self._watch_scope = scope
+                while True:
+                    try:
+                        await trio.lowlevel.wait_readable(self._fd)
+                    except trio.ClosedResourceError:
+                        raise ClosedError("the socket was closed while waiting") from None
+                    if self._refresh() & flag:
+                        break
+        finally:
+            self._parked -= 1
+            self._watch_flag = 0
+            self._watch_scope = None
+            # Hand the watch to one parked task, or it would sleep with nobody on the FD.
+            for lot in self._lots.values():
+                if lot:
+                    lot.unpark(count=1)
+                    break
+
+    async def wait_receivable(self) -> None:
+        """Wait until a receive may succeed (may return spuriously). Cancel-safe."""
+        await self._wait(POLLIN)
+
+    async def wait_sendable(self) -> None:
+        """Wait until a send may succeed (may return spuriously). Cancel-safe."""
+        await self._wait(POLLOUT)
+
+    # -- operations ----------------------------------------------------------------
+
+    def send_nowait(self, msg: bytes | Sequence[bytes]) -> None:
+        """Queue one message (bytes, or a list of frames). Raises ``trio.WouldBlock``
+        at the high-water mark (or, for PUSH/DEALER, with no peer connected)."""
+        self._check_open("send")
+        try:
+            if isinstance(msg, bytes):
+                self._sock.send(msg, _NOBLOCK)
+            else:
+                self._sock.send_multipart(msg, _NOBLOCK)
+        except zmq.Again:
+            raise trio.WouldBlock from None
+        except zmq.ZMQError as exc:
+            raise map_error(exc, "send") from None
+        finally:
+            if self._parked:
+                self._refresh()
+
+    async def send(self, msg: bytes | Sequence[bytes]) -> None:
+        """Send, waiting while the socket cannot take the message. Cancel-safe: if
+        cancelled, the message was not queued."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                self.send_nowait(msg)
+            except trio.WouldBlock:
+                await self._wait(POLLOUT)
+            else:
+                break
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def receive_batch_nowait(self, limit: int) -> list[list[bytes]]:
+        """Take up to ``limit`` messages that are already queued, without blocking.
+
+        Each message is its list of frames. Returns ``[]`` when nothing is queued.
+        """
+        self._check_open("receive")
+        out: list[list[bytes]] = []
+        recv = self._sock.recv
+        getopt = self._sock.getsockopt
+        try:
+            while len(out) < limit:
+                parts = [recv(_NOBLOCK)]
+                while getopt(_RCVMORE):
+                    parts.append(recv(_NOBLOCK))
+                out.append(parts)
+        except zmq.Again:
+            pass
+        except zmq.ZMQError as exc:
+            if not out:
+                raise map_error(exc, "receive") from None
+            # hand over what we have; the error recurs on the next call
+        finally:
+            if self._parked:
+                self._refresh()
+        return out
+
+    # -- configuration (each call may consume the edge, so each refreshes) ---------
+
+    def setsockopt(self, option: int, value: int | bytes) -> None:
+        self._check_open("set an option")
+        try:
+            self._sock.setsockopt(option, value)
+        except zmq.ZMQError as exc:
+            raise map_error(exc, "set socket option") from None
+        finally:
+            if self._parked:
+                self._refresh()
+
+    def bind(self, endpoint: str) -> str:
+        """Bind and return the endpoint as bound (``tcp://127.0.0.1:*`` resolved)."""
+        check_endpoint(endpoint)
+        self._check_open("bind")
+        try:
+            self._sock.bind(endpoint)
+            actual = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        except zmq.ZMQError as exc:
+            raise map_error(exc, f"bind {endpoint!r}") from None
+        finally:
+            if self._parked:
+                self._refresh()
+        self.bound.append(actual)
+        return actual
+
+    def connect(self, endpoint: str) -> None:
+        check_endpoint(endpoint)
+        self._check_open("connect")
+        try:
+            self._sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            raise map_error(exc, f"connect to {endpoint!r}") from None
+        finally:
+            if self._parked:
+                self._refresh()
+
+    def disconnect(self, endpoint: str) -> None:
+        self._check_open("disconnect")
+        try:
+            self._sock.disconnect(endpoint)
+        except zmq.ZMQError as exc:
+            raise map_error(exc, f"disconnect from {endpoint!r}") from None
+        finally:
+            if self._parked:
+                self._refresh()
+
+    # -- closing -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close now; every waiting task wakes with ``ClosedError``. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        trio.lowlevel.notify_closing(self._fd)
+        for lot in self._lots.values():
+            lot.unpark_all()
+        self._sock.close(linger=self._linger)

@@ -1,0 +1,80 @@
+"""Every exception shoal raises, under one root.
+
+Rules:
+
+* ``ShoalError`` is the root: ``except shoal.errors.ShoalError`` catches all of them.
+* ``LocalProtocolError`` means *you* misused the API (bad endpoint, a body msgpack
+  cannot encode, a topic with a NUL byte...). Its message says what to do instead.
+* ``RemoteProtocolError`` means a peer sent bytes that are not a valid shoal message.
+  Receivers never raise it at you: they drop the message and count it in
+  ``statistics().malformed``. The codec raises it so tests and tools can see why.
+* ``ClosedError`` is raised when a closed resource is used. It is also a
+  ``trio.ClosedResourceError``, so code written against trio's channel contract works.
+* ``zmq.ZMQError`` never escapes: the socket layer translates it once, here.
+"""
+
+from __future__ import annotations
+
+import trio
+
+__all__ = [
+    "ClosedError",
+    "DecodeError",
+    "EncodeError",
+    "InvalidEndpoint",
+    "LocalProtocolError",
+    "RemoteError",
+    "RemoteProtocolError",
+    "ShoalError",
+    "TransportError",
+]
+
+
+class ShoalError(Exception):
+    """Root of every shoal exception."""
+
+
+class LocalProtocolError(ShoalError):
+    """The caller misused the API; the message says how to fix the call."""
+
+
+class EncodeError(LocalProtocolError, TypeError):
+    """A body, topic or header cannot be put on the wire (e.g. msgpack cannot encode it)."""
+
+
+class InvalidEndpoint(LocalProtocolError, ValueError):
+    """An endpoint string is malformed or cannot be bound/connected as given."""
+
+
+class RemoteProtocolError(ShoalError):
+    """A peer sent something that is not a valid shoal message."""
+
+
+class DecodeError(RemoteProtocolError):
+    """Bytes from the wire failed to decode. ``reason`` is a short, stable label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class RemoteError(ShoalError):
+    """The replier's handler failed; ``message`` is what it reported."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(f"the replier failed: {message}")
+
+
+class TransportError(ShoalError):
+    """ZeroMQ refused an operation for a reason that is not the caller's fault
+    (address in use, too many open files...). ``errno`` is ZeroMQ's error number."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        self.errno = errno
+        super().__init__(message)
+
+
+class ClosedError(ShoalError, trio.ClosedResourceError):
+    """The resource was closed (by ``aclose()`` or leaving its ``async with``)."""

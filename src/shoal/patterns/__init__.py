@@ -1,0 +1,60 @@
+"""The messaging patterns, on explicit endpoints.
+
+=================  ============================  ====================================
+pattern            ZeroMQ underneath             who gets a message
+=================  ============================  ====================================
+publish/subscribe  PUB/SUB, topic-prefix filter  every subscriber whose prefix matches
+push/pull          PUSH/PULL                     exactly one puller
+request/reply      DEALER -> ROUTER, ids         one replier; the reply comes back
+=================  ============================  ====================================
+"""
+
+from shoal.patterns._pubsub import (
+    Publisher,
+    PublisherStatistics,
+    Subscriber,
+    SubscriberStatistics,
+    open_publisher,
+    open_subscriber,
+)
+from shoal.patterns._pushpull import (
+    Puller,
+    PullerStatistics,
+    Pusher,
+    PusherStatistics,
+    open_puller,
+    open_pusher,
+)
+from shoal.patterns._reqrep import (
+    Replier,
+    ReplierStatistics,
+    Request,
+    Requester,
+    RequesterStatistics,
+    open_replier,
+    open_requester,
+    serve_replier,
+)
+
+__all__ = [
+    "Publisher",
+    "PublisherStatistics",
+    "Puller",
+    "PullerStatistics",
+    "Pusher",
+    "PusherStatistics",
+    "Replier",
+    "ReplierStatistics",
+    "Request",
+    "Requester",
+    "RequesterStatistics",
+    "Subscriber",
+    "SubscriberStatistics",
+    "open_publisher",
+    "open_puller",
+    "open_pusher",
+    "open_replier",
+    "open_requester",
+    "open_subscriber",
+    "serve_replier",
+]

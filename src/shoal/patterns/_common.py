@@ -1,0 +1,177 @@
+"""What every pattern shares: endpoint arguments, the sending stamp, and the
+buffered receive path.
+
+The receive path is built around batches (DESIGN.md: per-message trio hand-offs cap
+throughput at a fifth of a batched reader). ``BufferedReceiver.receive()`` serves a
+local buffer of already-decoded messages without a scheduling round-trip; only when
+the buffer is empty does it drain the socket (everything queued, up to ``batch``
+messages, decoding each and dropping malformed ones) and then yield once.
+
+Cancel safety: messages move from libzmq into the buffer synchronously and leave the
+buffer only by being returned, so a cancelled ``receive()`` loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from shoal._core import Identity, Kind, encode
+from shoal._identity import next_stream, process_identity
+from shoal._zmq import Socket
+from shoal.errors import ClosedError, DecodeError, LocalProtocolError
+
+__all__ = ["DEFAULT_BATCH", "BufferedReceiver", "Endpoints", "Stamp", "endpoint_list"]
+
+log = logging.getLogger("shoal")
+
+Endpoints = str | Sequence[str] | None
+T = TypeVar("T")
+
+DEFAULT_BATCH = 512
+"""Messages drained from the socket per scheduling round-trip, at most."""
+
+
+def endpoint_list(value: Endpoints, name: str) -> list[str]:
+    """Normalise a ``bind=``/``connect=`` argument to a list of strings."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise LocalProtocolError(f"{name}= takes an endpoint string or a list of them, not {value!r}")
+
+
+def require_endpoints(bind: list[str], connect: list[str], what: str) -> None:
+    if not bind and not connect:
+        raise LocalProtocolError(
+            f"{what} needs somewhere to talk: pass bind='tcp://127.0.0.1:*' and/or "
+            "connect='tcp://HOST:PORT' (ipc:// and inproc:// work too)")
+
+
+class Stamp:
+    """Fills in the envelope fields a sender owns: identity, stream, seq, time."""
+
+    __slots__ = ("epoch", "sender", "stream")
+
+    def __init__(self, identity: Identity | None) -> None:
+        ident = identity if identity is not None else process_identity()
+        self.sender = ident.sender
+        self.epoch = ident.epoch
+        self.stream = next_stream()
+
+    def frame(
+        self, kind: Kind, topic: bytes, body: Any, seq: int, *,
+        correlation: int = 0, headers: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        """Encode one frame from this stream. Raises ``EncodeError`` for bad bodies."""
+        return encode(kind, topic, body, sender=self.sender, epoch=self.epoch,
+                      stream=self.stream, seq=seq, timestamp_ns=time.time_ns(),
+                      correlation=correlation, headers=headers)
+
+
+class MalformedCounter:
+    """Counts dropped input by reason, and logs it at DEBUG."""
+
+    __slots__ = ("by_reason", "total")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.by_reason: dict[str, int] = {}
+
+    def drop(self, reason: str, where: str, detail: str = "") -> None:
+        self.total += 1
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+        log.debug("%s dropped a malformed message (%s) %s", where, reason, detail)
+
+    def drop_error(self, exc: DecodeError, where: str) -> None:
+        self.drop(exc.reason, where, exc.detail)
+
+
+class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
+    """A ``ReceiveChannel`` over a ZeroMQ socket with a local decoded buffer.
+
+    Subclasses implement ``_accept(frames)``: decode one raw message and either
+    append the result to ``self._buffer`` or count it as dropped.
+    """
+
+    def __init__(self, sock: Socket, *, batch: int = DEFAULT_BATCH) -> None:
+        if batch < 1:
+            raise LocalProtocolError("batch must be at least 1")
+        self._sock = sock
+        self._batch = batch
+        self._buffer: deque[T] = deque()
+        self._malformed = MalformedCounter()
+        self._received = 0
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Endpoints this resource is bound to (ports resolved)."""
+        return list(self._sock.bound)
+
+    def _accept(self, frames: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _fill(self) -> int:
+        """Drain what is queued into the buffer; return how many raw messages came."""
+        raws = self._sock.receive_batch_nowait(self._batch)
+        accept = self._accept
+        for frames in raws:
+            accept(frames)
+        return len(raws)
+
+    def receive_nowait(self) -> T:
+        """Return the next message if one is already here, else raise ``trio.WouldBlock``."""
+        if not self._buffer:
+            if self._sock.closed:
+                raise ClosedError("this receiver is closed; open a new one")
+            self._fill()
+            if not self._buffer:
+                raise trio.WouldBlock
+        return self._buffer.popleft()
+
+    async def receive(self) -> T:
+        """Wait for the next message. Cancel-safe: a cancelled call loses nothing.
+
+        Raises ``shoal.errors.ClosedError`` (a ``trio.ClosedResourceError``) once
+        the receiver is closed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        buffer = self._buffer
+        if buffer:
+            return buffer.popleft()
+        if self._sock.closed:
+            raise ClosedError("this receiver is closed; open a new one")
+        while True:
+            if self._fill() == 0:
+                await self._sock.wait_receivable()
+                continue
+            # One scheduling point per batch, shielded: the batch is already buffered.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            if buffer:
+                return buffer.popleft()
+            await trio.lowlevel.checkpoint_if_cancelled()  # a batch of garbage only
+
+    async def receive_batch(self) -> list[T]:
+        """Wait for at least one message, then return every message already here."""
+        first = await self.receive()
+        rest = list(self._buffer)
+        self._buffer.clear()
+        return [first, *rest]
+
+    async def __anext__(self) -> T:
+        try:
+            return await self.receive()
+        except trio.ClosedResourceError:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        """Close the socket; waiting tasks get ``ClosedError``. Always closes."""
+        self._sock.close()
+        await trio.lowlevel.checkpoint()

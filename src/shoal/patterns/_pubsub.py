@@ -1,0 +1,244 @@
+"""Publish/subscribe over ZeroMQ PUB/SUB, best effort.
+
+Every message leads with its topic, so libzmq filters subscriptions by prefix before
+Python sees a byte. Delivery is best effort: PUB drops at its high-water mark and
+before a subscription has reached it (slow joiner). Loss is never silent: each
+message carries ``(sender, epoch, stream, seq)`` with ``seq`` counted per topic, and
+a subscriber counts the gaps per publisher in ``statistics()``.
+
+Never here: waiting on a slow subscriber (PUB does not block), re-encoding bodies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+import zmq
+
+from shoal._core import GapTracker, Identity, Kind, Message, decode, encode_topic
+from shoal._zmq import DEFAULT_LINGER_MS, Socket
+from shoal.errors import DecodeError, LocalProtocolError
+from shoal.patterns._common import (
+    DEFAULT_BATCH,
+    BufferedReceiver,
+    Endpoints,
+    Stamp,
+    endpoint_list,
+    require_endpoints,
+)
+
+__all__ = [
+    "Publisher",
+    "PublisherStatistics",
+    "Subscriber",
+    "SubscriberStatistics",
+    "open_publisher",
+    "open_subscriber",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherStatistics:
+    """Counters of a publisher at one moment."""
+
+    published: int
+    """Messages handed to ZeroMQ (PUB may still drop them at its high-water mark)."""
+    topics: int
+    """Distinct topics published so far (each has its own sequence counter)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberStatistics:
+    """Counters of a subscriber at one moment."""
+
+    received: int
+    """Valid messages delivered into the receive buffer."""
+    malformed: int
+    """Messages dropped because they were not valid shoal publications."""
+    malformed_by_reason: Mapping[str, int]
+    gaps: int
+    """Messages known to be missing (sequence numbers skipped), over all publishers."""
+    gaps_by_publisher: Mapping[str, int]
+    """Missing messages per publisher sender id."""
+    out_of_order: int
+    """Messages that arrived with a sequence number already passed."""
+
+
+class Publisher:
+    """Publishes messages on topics. Make one with ``open_publisher``."""
+
+    def __init__(self, sock: Socket, identity: Identity | None) -> None:
+        self._sock = sock
+        self._stamp = Stamp(identity)
+        # topic -> [encoded topic, next seq]; one counter per distinct topic
+        self._topics: dict[str, list[Any]] = {}
+        self._published = 0
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Endpoints this publisher is bound to (ports resolved)."""
+        return list(self._sock.bound)
+
+    def publish_nowait(
+        self, topic: str, body: Any, *, headers: Mapping[str, Any] | None = None
+    ) -> None:
+        """Publish without a checkpoint. Never blocks: PUB drops at its high-water mark.
+
+        Raises ``EncodeError`` for a topic or body that cannot be sent (nothing is sent
+        and no sequence number is used), ``ClosedError`` once closed.
+        """
+        entry = self._topics.get(topic)
+        if entry is None:
+            entry = [encode_topic(topic), 0]
+        seq = entry[1]
+        frame = self._stamp.frame(Kind.PUBLISH, entry[0], body, seq, headers=headers)
+        self._sock.send_nowait(frame)
+        entry[1] = seq + 1
+        if seq == 0:
+            self._topics[topic] = entry
+        self._published += 1
+
+    async def publish(
+        self, topic: str, body: Any, *, headers: Mapping[str, Any] | None = None
+    ) -> None:
+        """Publish ``body`` on ``topic`` to every subscriber whose prefix matches.
+
+        Best effort; a checkpoint. Raises ``EncodeError`` for a topic or body that
+        cannot be sent, ``ClosedError`` once closed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self.publish_nowait(topic, body, headers=headers)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def statistics(self) -> PublisherStatistics:
+        return PublisherStatistics(published=self._published, topics=len(self._topics))
+
+    async def aclose(self) -> None:
+        """Close; unsent messages get the socket's LINGER time to leave."""
+        self._sock.close()
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> Publisher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Subscriber(BufferedReceiver[Message]):
+    """Receives publications whose topic starts with one of its prefixes.
+
+    A ``trio.abc.ReceiveChannel[Message]``: ``async for msg in sub`` works.
+    """
+
+    def __init__(self, sock: Socket, *, batch: int, max_streams: int) -> None:
+        super().__init__(sock, batch=batch)
+        self._gaps = GapTracker(max_streams=max_streams)
+        self._prefixes: set[str] = set()
+
+    def subscribe(self, prefix: str) -> None:
+        """Also receive topics starting with ``prefix`` (``""`` means every topic)."""
+        raw = encode_topic(prefix)
+        if prefix not in self._prefixes:
+            self._sock.setsockopt(zmq.SUBSCRIBE, raw)
+            self._prefixes.add(prefix)
+
+    def unsubscribe(self, prefix: str) -> None:
+        """Stop receiving topics for ``prefix`` (a prefix given before)."""
+        if prefix not in self._prefixes:
+            raise LocalProtocolError(f"not subscribed to {prefix!r}; see .topics")
+        self._sock.setsockopt(zmq.UNSUBSCRIBE, encode_topic(prefix))
+        self._prefixes.discard(prefix)
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """The prefixes subscribed to."""
+        return frozenset(self._prefixes)
+
+    def _accept(self, frames: list[bytes]) -> None:
+        if len(frames) != 1:
+            self._malformed.drop("frame-count", "subscriber", str(len(frames)))
+            return
+        try:
+            msg = decode(frames[0])
+        except DecodeError as exc:
+            self._malformed.drop_error(exc, "subscriber")
+            return
+        if msg.kind is not Kind.PUBLISH:
+            self._malformed.drop("unexpected-kind", "subscriber", msg.kind.name)
+            return
+        self._gaps.observe((msg.sender, msg.epoch, msg.stream, msg.topic), msg.seq)
+        self._received += 1
+        self._buffer.append(msg)
+
+    def statistics(self) -> SubscriberStatistics:
+        g = self._gaps
+        return SubscriberStatistics(
+            received=self._received,
+            malformed=self._malformed.total,
+            malformed_by_reason=dict(self._malformed.by_reason),
+            gaps=g.gaps,
+            gaps_by_publisher=g.gaps_by_sender(),
+            out_of_order=g.out_of_order,
+        )
+
+
+@asynccontextmanager
+async def open_publisher(
+    *,
+    bind: Endpoints = None,
+    connect: Endpoints = None,
+    identity: Identity | None = None,
+    high_water_mark: int = 1000,
+    context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    linger_ms: int = DEFAULT_LINGER_MS,
+) -> AsyncIterator[Publisher]:
+    """Open a publisher bound to and/or connected to the given endpoints.
+
+    ``bind="tcp://127.0.0.1:*"`` picks a free port; ``pub.endpoints`` tells which.
+    Raises ``LocalProtocolError``/``InvalidEndpoint`` for bad arguments,
+    ``TransportError`` when the address cannot be used.
+    """
+    b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
+    require_endpoints(b, c, "open_publisher")
+    sock = Socket.open(zmq.PUB, bind=b, connect=c, context=context, linger_ms=linger_ms,
+                       options=[(zmq.SNDHWM, high_water_mark)])
+    pub = Publisher(sock, identity)
+    async with pub:
+        yield pub
+
+
+@asynccontextmanager
+async def open_subscriber(
+    *,
+    bind: Endpoints = None,
+    connect: Endpoints = None,
+    topics: Sequence[str] = ("",),
+    high_water_mark: int = 1000,
+    batch: int = DEFAULT_BATCH,
+    max_streams: int = 4096,
+    context: zmq.Context[zmq.Socket[bytes]] | None = None,
+) -> AsyncIterator[Subscriber]:
+    """Open a subscriber receiving every topic that starts with one of ``topics``.
+
+    The default, ``("",)``, receives everything; ``topics=()`` receives nothing until
+    ``subscribe()`` is called. ``max_streams`` bounds the gap-tracking memory.
+    """
+    b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
+    require_endpoints(b, c, "open_subscriber")
+    if isinstance(topics, str):
+        raise LocalProtocolError("topics= takes a list of prefixes, e.g. topics=['sensors/']")
+    for t in topics:
+        encode_topic(t)
+    sock = Socket.open(zmq.SUB, bind=b, connect=c, context=context,
+                       options=[(zmq.RCVHWM, high_water_mark)], linger_ms=0)
+    sub = Subscriber(sock, batch=batch, max_streams=max_streams)
+    async with sub:
+        for t in topics:
+            sub.subscribe(t)
+        yield sub
+

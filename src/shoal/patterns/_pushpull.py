@@ -1,0 +1,165 @@
+"""Push/pull: work distribution, each message to exactly one puller.
+
+Best effort over ZeroMQ PUSH/PULL. ``send()`` waits at the high-water mark and while
+no puller is connected (backpressure, never a silent drop: the pusher sets
+``ZMQ_IMMEDIATE`` so nothing queues for a peer that is not there yet). Messages are
+spread round-robin over connected pullers.
+
+What best effort cannot promise: a message already handed to a puller that then dies
+is lost with it. At-least-once delivery is a separate, opt-in layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+import zmq
+
+from shoal._core import Identity, Kind, Message, decode
+from shoal._zmq import DEFAULT_LINGER_MS, Socket
+from shoal.errors import DecodeError
+from shoal.patterns._common import (
+    DEFAULT_BATCH,
+    BufferedReceiver,
+    Endpoints,
+    Stamp,
+    endpoint_list,
+    require_endpoints,
+)
+
+__all__ = [
+    "Puller",
+    "PullerStatistics",
+    "Pusher",
+    "PusherStatistics",
+    "open_puller",
+    "open_pusher",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PusherStatistics:
+    sent: int
+    """Messages handed to ZeroMQ."""
+
+
+@dataclass(frozen=True, slots=True)
+class PullerStatistics:
+    received: int
+    malformed: int
+    malformed_by_reason: Mapping[str, int]
+
+
+class Pusher:
+    """Sends work items; each goes to one puller. Make one with ``open_pusher``."""
+
+    def __init__(self, sock: Socket, identity: Identity | None) -> None:
+        self._sock = sock
+        self._stamp = Stamp(identity)
+        self._seq = 0
+
+    @property
+    def endpoints(self) -> list[str]:
+        return list(self._sock.bound)
+
+    def send_nowait(self, body: Any, *, headers: Mapping[str, Any] | None = None) -> None:
+        """Send if ZeroMQ can take the message now, else raise ``trio.WouldBlock``
+        (high-water mark reached, or no puller connected).
+
+        Raises ``EncodeError`` for a body msgpack cannot encode, ``ClosedError`` once closed.
+        """
+        frame = self._stamp.frame(Kind.PUSH, b"", body, self._seq, headers=headers)
+        self._sock.send_nowait(frame)
+        self._seq += 1
+
+    async def send(self, body: Any, *, headers: Mapping[str, Any] | None = None) -> None:
+        """Send one work item, waiting while no puller can take it.
+
+        Cancel-safe: if cancelled, the item was not sent. Raises ``EncodeError`` for a
+        body msgpack cannot encode (nothing is sent), ``ClosedError`` once closed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        frame = self._stamp.frame(Kind.PUSH, b"", body, self._seq, headers=headers)
+        await self._sock.send(frame)
+        self._seq += 1
+
+    def statistics(self) -> PusherStatistics:
+        return PusherStatistics(sent=self._seq)
+
+    async def aclose(self) -> None:
+        """Close; unsent messages get the socket's LINGER time to leave."""
+        self._sock.close()
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> Pusher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Puller(BufferedReceiver[Message]):
+    """Receives work items. A ``trio.abc.ReceiveChannel[Message]``."""
+
+    def _accept(self, frames: list[bytes]) -> None:
+        if len(frames) != 1:
+            self._malformed.drop("frame-count", "puller", str(len(frames)))
+            return
+        try:
+            msg = decode(frames[0])
+        except DecodeError as exc:
+            self._malformed.drop_error(exc, "puller")
+            return
+        if msg.kind is not Kind.PUSH:
+            self._malformed.drop("unexpected-kind", "puller", msg.kind.name)
+            return
+        self._received += 1
+        self._buffer.append(msg)
+
+    def statistics(self) -> PullerStatistics:
+        return PullerStatistics(
+            received=self._received,
+            malformed=self._malformed.total,
+            malformed_by_reason=dict(self._malformed.by_reason),
+        )
+
+
+@asynccontextmanager
+async def open_pusher(
+    *,
+    bind: Endpoints = None,
+    connect: Endpoints = None,
+    identity: Identity | None = None,
+    high_water_mark: int = 1000,
+    context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    linger_ms: int = DEFAULT_LINGER_MS,
+) -> AsyncIterator[Pusher]:
+    """Open a pusher. ``send()`` waits until a puller is connected and can take work."""
+    b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
+    require_endpoints(b, c, "open_pusher")
+    sock = Socket.open(zmq.PUSH, bind=b, connect=c, context=context, linger_ms=linger_ms,
+                       options=[(zmq.SNDHWM, high_water_mark), (zmq.IMMEDIATE, 1)])
+    async with Pusher(sock, identity) as push:
+        yield push
+
+
+@asynccontextmanager
+async def open_puller(
+    *,
+    bind: Endpoints = None,
+    connect: Endpoints = None,
+    high_water_mark: int = 1000,
+    batch: int = DEFAULT_BATCH,
+    context: zmq.Context[zmq.Socket[bytes]] | None = None,
+) -> AsyncIterator[Puller]:
+    """Open a puller: ``async for msg in pull`` yields each work item sent to it."""
+    b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
+    require_endpoints(b, c, "open_puller")
+    sock = Socket.open(zmq.PULL, bind=b, connect=c, context=context,
+                       options=[(zmq.RCVHWM, high_water_mark)], linger_ms=0)
+    async with Puller(sock, batch=batch) as pull:
+        yield pull

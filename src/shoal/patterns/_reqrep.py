@@ -1,0 +1,412 @@
+"""Request/reply over DEALER (requester) and ROUTER (replier), many requests in flight.
+
+Not REQ/REP: REQ locks up when one reply is lost. Each request carries an id in the
+envelope's ``correlation`` field; the reply carries it back and the requester matches
+it to the waiting call. DEALER spreads requests round-robin over connected repliers
+(``ZMQ_IMMEDIATE`` keeps requests off repliers that are not connected). The ROUTER
+sets ``ZMQ_ROUTER_MANDATORY``: a reply to a requester that has gone is counted as
+unroutable instead of vanishing, and a full queue applies backpressure.
+
+The requester has no background task. Whichever waiting ``request()`` finds nobody
+reading becomes the reader: it drains replies, hands each to its caller, and when its
+own reply arrives passes the reader role to another waiting call (leader/follower).
+One request in flight thus reads its own reply with no task hand-off.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+import zmq
+
+from shoal._core import Identity, Kind, Message, decode
+from shoal._zmq import DEFAULT_LINGER_MS, PeerUnreachable, Socket
+from shoal.errors import (
+    ClosedError,
+    DecodeError,
+    EncodeError,
+    LocalProtocolError,
+    RemoteError,
+)
+from shoal.patterns._common import (
+    DEFAULT_BATCH,
+    BufferedReceiver,
+    Endpoints,
+    MalformedCounter,
+    Stamp,
+    endpoint_list,
+    require_endpoints,
+)
+
+__all__ = [
+    "Replier",
+    "ReplierStatistics",
+    "Request",
+    "Requester",
+    "RequesterStatistics",
+    "open_replier",
+    "open_requester",
+    "serve_replier",
+]
+
+log = logging.getLogger("shoal")
+
+
+@dataclass(frozen=True, slots=True)
+class RequesterStatistics:
+    sent: int
+    """Requests handed to ZeroMQ."""
+    replies: int
+    """Replies matched to a waiting request (including failures reported by repliers)."""
+    remote_errors: int
+    """Replies that reported a handler failure (raised as ``RemoteError``)."""
+    unmatched: int
+    """Replies nobody waited for any more (the request was cancelled or timed out)."""
+    in_flight: int
+    malformed: int
+    malformed_by_reason: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplierStatistics:
+    received: int
+    replied: int
+    failed: int
+    """Requests answered with ``fail()`` (including handler exceptions)."""
+    unroutable: int
+    """Answers dropped because the requester had gone."""
+    malformed: int
+    malformed_by_reason: Mapping[str, int]
+
+
+class _Pending:
+    __slots__ = ("done", "error", "gone", "reply", "wake")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.gone = False  # the waiting call has returned or was cancelled
+        self.error = False
+        self.reply: Message | None = None
+        self.wake: trio.Event | None = None
+
+
+class Requester:
+    """Sends requests and matches replies by id. Make one with ``open_requester``."""
+
+    def __init__(self, sock: Socket, identity: Identity | None, *, batch: int) -> None:
+        self._sock = sock
+        self._stamp = Stamp(identity)
+        self._batch = batch
+        self._next_id = 1
+        self._pending: dict[int, _Pending] = {}
+        self._followers: deque[_Pending] = deque()
+        self._reading = False
+        self._malformed = MalformedCounter()
+        self._sent = 0
+        self._replies = 0
+        self._remote_errors = 0
+        self._unmatched = 0
+
+    async def request(self, body: Any, *, headers: Mapping[str, Any] | None = None) -> Any:
+        """Send ``body`` to one replier and return the body of its reply.
+
+        Waits as long as it takes: wrap it in ``trio.fail_after`` / ``move_on_after``.
+        Many calls may be in flight at once. Raises ``RemoteError`` if the replier's
+        handler failed, ``EncodeError`` for a body msgpack cannot encode,
+        ``ClosedError`` if the requester is closed. Cancel-safe: a late reply to a
+        cancelled call is counted in ``statistics().unmatched`` and dropped.
+        """
+        msg = await self.request_message(body, headers=headers)
+        return msg.body
+
+    async def request_message(
+        self, body: Any, *, headers: Mapping[str, Any] | None = None
+    ) -> Message:
+        """Like ``request()``, but return the whole reply ``Message`` (headers, sender...)."""
+        rid = self._next_id
+        frame = self._stamp.frame(Kind.REQUEST, b"", body, rid, correlation=rid, headers=headers)
+        self._next_id = rid + 1
+        slot = _Pending()
+        self._pending[rid] = slot
+        try:
+            await self._sock.send(frame)
+            self._sent += 1
+            while not slot.done:
+                if self._reading:
+                    slot.wake = trio.Event()
+                    self._followers.append(slot)
+                    await slot.wake.wait()
+                else:
+                    await self._read_until(slot)
+        finally:
+            slot.gone = True
+            del self._pending[rid]
+        reply = slot.reply
+        assert reply is not None
+        if slot.error:
+            raise RemoteError(str(reply.body))
+        return reply
+
+    async def _read_until(self, slot: _Pending) -> None:
+        self._reading = True
+        try:
+            while not slot.done:
+                raws = self._sock.receive_batch_nowait(self._batch)
+                if not raws:
+                    await self._sock.wait_receivable()
+                    continue
+                for frames in raws:
+                    self._dispatch(frames)
+        finally:
+            self._reading = False
+            # Pass the reader role on: wake one call that still waits for its reply.
+            followers = self._followers
+            while followers:
+                other = followers.popleft()
+                if not other.gone and not other.done and other.wake is not None:
+                    other.wake.set()
+                    break
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        if len(frames) != 1:
+            self._malformed.drop("frame-count", "requester", str(len(frames)))
+            return
+        try:
+            msg = decode(frames[0])
+        except DecodeError as exc:
+            self._malformed.drop_error(exc, "requester")
+            return
+        if msg.kind is not Kind.REPLY and msg.kind is not Kind.ERROR:
+            self._malformed.drop("unexpected-kind", "requester", msg.kind.name)
+            return
+        slot = self._pending.get(msg.correlation)
+        if slot is None or slot.done:
+            self._unmatched += 1
+            return
+        slot.done = True
+        slot.reply = msg
+        self._replies += 1
+        if msg.kind is Kind.ERROR:
+            slot.error = True
+            self._remote_errors += 1
+        if slot.wake is not None:
+            slot.wake.set()
+
+    def statistics(self) -> RequesterStatistics:
+        return RequesterStatistics(
+            sent=self._sent,
+            replies=self._replies,
+            remote_errors=self._remote_errors,
+            unmatched=self._unmatched,
+            in_flight=len(self._pending),
+            malformed=self._malformed.total,
+            malformed_by_reason=dict(self._malformed.by_reason),
+        )
+
+    async def aclose(self) -> None:
+        """Close; calls still waiting for a reply raise ``ClosedError``."""
+        self._sock.close()
+        for slot in self._pending.values():
+            if slot.wake is not None:
+                slot.wake.set()  # followers re-check and find the socket closed
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> Requester:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Request:
+    """One request received by a replier. Answer it once: ``reply()`` or ``fail()``."""
+
+    __slots__ = ("_answered", "_identity", "_replier", "message")
+
+    def __init__(self, replier: Replier, identity: bytes, message: Message) -> None:
+        self._replier = replier
+        self._identity = identity
+        self._answered = False
+        self.message = message
+        """The request's full envelope (sender, seq, timestamp...)."""
+
+    @property
+    def body(self) -> Any:
+        return self.message.body
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        return self.message.headers
+
+    @property
+    def id(self) -> int:
+        """The request id, unique among the requester's requests."""
+        return self.message.correlation
+
+    @property
+    def answered(self) -> bool:
+        return self._answered
+
+    async def reply(self, body: Any, *, headers: Mapping[str, Any] | None = None) -> None:
+        """Send ``body`` back to the requester.
+
+        Raises ``EncodeError`` for a body msgpack cannot encode (the request stays
+        unanswered, so ``fail()`` can still report it), ``LocalProtocolError`` if
+        the request was already answered. If the requester has gone, the reply is
+        dropped and counted in ``statistics().unroutable``.
+        """
+        await self._replier._answer(self, Kind.REPLY, body, headers)
+
+    async def fail(self, reason: str) -> None:
+        """Report failure: the requester's ``request()`` raises ``RemoteError(reason)``."""
+        await self._replier._answer(self, Kind.ERROR, str(reason), None)
+
+    def __repr__(self) -> str:
+        return f"<Request id={self.id} from={self.message.sender[:8]} body={self.body!r}>"
+
+
+class Replier(BufferedReceiver[Request]):
+    """Receives ``Request``s; a ``trio.abc.ReceiveChannel[Request]``."""
+
+    def __init__(self, sock: Socket, identity: Identity | None, *, batch: int) -> None:
+        super().__init__(sock, batch=batch)
+        self._stamp = Stamp(identity)
+        self._seq = 0
+        self._replied = 0
+        self._failed = 0
+        self._unroutable = 0
+
+    def _accept(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self._malformed.drop("frame-count", "replier", str(len(frames)))
+            return
+        try:
+            msg = decode(frames[1])
+        except DecodeError as exc:
+            self._malformed.drop_error(exc, "replier")
+            return
+        if msg.kind is not Kind.REQUEST:
+            self._malformed.drop("unexpected-kind", "replier", msg.kind.name)
+            return
+        self._received += 1
+        self._buffer.append(Request(self, frames[0], msg))
+
+    async def _answer(
+        self, req: Request, kind: Kind, body: Any, headers: Mapping[str, Any] | None
+    ) -> None:
+        if req._answered:
+            raise LocalProtocolError(f"request {req.id} was already answered; answer once")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        frame = self._stamp.frame(kind, b"", body, self._seq,
+                                  correlation=req.message.correlation, headers=headers)
+        req._answered = True
+        try:
+            await self._sock.send([req._identity, frame])
+        except PeerUnreachable:
+            self._unroutable += 1
+            log.debug("reply to request %d dropped: its requester has gone", req.id)
+            return
+        except BaseException:
+            req._answered = False
+            raise
+        self._seq += 1
+        if kind is Kind.ERROR:
+            self._failed += 1
+        else:
+            self._replied += 1
+
+    def statistics(self) -> ReplierStatistics:
+        return ReplierStatistics(
+            received=self._received,
+            replied=self._replied,
+            failed=self._failed,
+            unroutable=self._unroutable,
+            malformed=self._malformed.total,
+            malformed_by_reason=dict(self._malformed.by_reason),
+        )
+
+
+@asynccontextmanager
+async def open_requester(
+    *,
+    bind: Endpoints = None,
+    connect: Endpoints = None,
+    identity: Identity | None = None,
+    high_water_mark: int = 1000,
+    batch: int = DEFAULT_BATCH,
+    context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    linger_ms: int = DEFAULT_LINGER_MS,
+) -> AsyncIterator[Requester]:
+    """Open a requester. Requests are spread round-robin over connected repliers."""
+    b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
+    require_endpoints(b, c, "open_requester")
+    sock = Socket.open(zmq.DEALER, bind=b, connect=c, context=context, linger_ms=linger_ms,
+                       options=[(zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark),
+                                (zmq.IMMEDIATE, 1)])
+    async with Requester(sock, identity, batch=batch) as client:
+        yield client
+
+
+@asynccontextmanager
+async def open_replier(
+    *,
+    bind: Endpoints = None,
+    connect: Endpoints = None,
+    identity: Identity | None = None,
+    high_water_mark: int = 1000,
+    batch: int = DEFAULT_BATCH,
+    context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    linger_ms: int = DEFAULT_LINGER_MS,
+) -> AsyncIterator[Replier]:
+    """Open a replier: ``async for req in rep: await req.reply(...)``."""
+    b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
+    require_endpoints(b, c, "open_replier")
+    sock = Socket.open(zmq.ROUTER, bind=b, connect=c, context=context, linger_ms=linger_ms,
+                       options=[(zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark),
+                                (zmq.ROUTER_MANDATORY, 1)])
+    async with Replier(sock, identity, batch=batch) as rep:
+        yield rep
+
+
+Handler = Callable[[Request], Any | Awaitable[Any]]
+
+
+async def serve_replier(
+    handler: Handler,
+    *,
+    bind: Endpoints = None,
+    connect: Endpoints = None,
+    identity: Identity | None = None,
+    task_status: trio.TaskStatus[Replier] = trio.TASK_STATUS_IGNORED,
+    **options: Any,
+) -> None:
+    """Answer every request with ``handler(request)`` (sync or async) until cancelled.
+
+    Use with ``nursery.start``: it reports the open ``Replier`` (for ``.endpoints``
+    and ``statistics()``). An exception in the handler becomes a ``RemoteError`` at
+    the caller and serving goes on; so does a return value msgpack cannot encode.
+    """
+    async with open_replier(bind=bind, connect=connect, identity=identity, **options) as rep:
+        task_status.started(rep)
+        async for req in rep:
+            try:
+                result = handler(req)
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                log.debug("handler failed on request %d: %r", req.id, exc)
+                await req.fail(f"{type(exc).__name__}: {exc}")
+                continue
+            try:
+                await req.reply(result)
+            except EncodeError as exc:
+                await req.fail(f"the handler's result could not be encoded: {exc}")
+            except ClosedError:
+                return
