@@ -181,6 +181,11 @@ class Socket:
             self._watch_scope.cancel()
         return events
 
+    def _after_call(self) -> None:
+        """Run after every libzmq call: it may have consumed the edge someone waits on."""
+        if self._parked:
+            self._refresh()
+
     async def _wait(self, flag: int) -> None:
         """Wait until ``flag`` may be ready. Returns spuriously; callers retry."""
         self._check_open("wait")
@@ -236,8 +241,7 @@ class Socket:
         except zmq.ZMQError as exc:
             raise map_error(exc, "send") from None
         finally:
-            if self._parked:
-                self._refresh()
+            self._after_call()
 
     async def send(self, msg: bytes | Sequence[bytes]) -> None:
         """Send, waiting while the socket cannot take the message. Cancel-safe: if
@@ -274,8 +278,7 @@ class Socket:
                 raise map_error(exc, "receive") from None
             # hand over what we have; the error recurs on the next call
         finally:
-            if self._parked:
-                self._refresh()
+            self._after_call()
         return out
 
     # -- configuration (each call may consume the edge, so each refreshes) ---------
@@ -287,8 +290,7 @@ class Socket:
         except zmq.ZMQError as exc:
             raise map_error(exc, "set socket option") from None
         finally:
-            if self._parked:
-                self._refresh()
+            self._after_call()
 
     def bind(self, endpoint: str) -> str:
         """Bind and return the endpoint as bound (``tcp://127.0.0.1:*`` resolved)."""
@@ -300,8 +302,7 @@ class Socket:
         except zmq.ZMQError as exc:
             raise map_error(exc, f"bind {endpoint!r}") from None
         finally:
-            if self._parked:
-                self._refresh()
+            self._after_call()
         self.bound.append(actual)
         return actual
 
@@ -313,8 +314,7 @@ class Socket:
         except zmq.ZMQError as exc:
             raise map_error(exc, f"connect to {endpoint!r}") from None
         finally:
-            if self._parked:
-                self._refresh()
+            self._after_call()
 
     def disconnect(self, endpoint: str) -> None:
         self._check_open("disconnect")
@@ -323,8 +323,7 @@ class Socket:
         except zmq.ZMQError as exc:
             raise map_error(exc, f"disconnect from {endpoint!r}") from None
         finally:
-            if self._parked:
-                self._refresh()
+            self._after_call()
 
     # -- closing -------------------------------------------------------------------
 
