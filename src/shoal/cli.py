@@ -1,0 +1,61 @@
+"""The ``shoal`` command line. Uses the public API only.
+
+    shoal demo [--seconds N]    the three patterns talking over loopback
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import trio
+
+import shoal
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shoal",
+        description="shoal: brokerless peer-to-peer messaging over ZeroMQ.",
+    )
+    parser.add_argument("--version", action="version", version=f"shoal {shoal.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo",
+        help="run publish/subscribe, push/pull and request/reply over loopback",
+        description="Start a publisher, two subscribers, a pusher with two workers and two "
+        "repliers with a requester, all on 127.0.0.1, and print what flows.",
+        epilog="example: shoal demo --seconds 10",
+    )
+    demo.add_argument("--seconds", type=float, default=5.0,
+                      help="how long to run (default: 5)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``shoal`` console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "demo":
+        if not 0 < args.seconds <= 3600:
+            parser.error("--seconds must be between 0 and 3600")
+        from shoal._demo import run_demo
+
+        def out(line: str) -> None:
+            print(line, flush=True)
+
+        try:
+            trio.run(lambda: run_demo(seconds=args.seconds, out=out))
+        except KeyboardInterrupt:
+            return 130
+        return 0
+    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects it
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
