@@ -121,20 +121,21 @@ def steal_edge(ours: Socket, how: str) -> None:
 
 
 async def run_steal_scenario(ours: Socket, peer: zmq.Socket[bytes], how: str,
-                             timeout: float) -> list[bytes]:
+                             patience: float) -> list[bytes]:
     got: list[bytes] = []
+    arrived = trio.Event()
 
     async def receiver() -> None:
         got.append(await recv_one(ours))
+        arrived.set()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(receiver)
         await trio.testing.wait_all_tasks_blocked()  # receiver parked on the FD
         peer.send(b"hello")  # inproc: our FD becomes readable right now
         steal_edge(ours, how)  # ...and this call consumes it, before trio polls
-        with trio.move_on_after(timeout):
-            while not got:
-                await trio.sleep(0.01)
+        with trio.move_on_after(patience):
+            await arrived.wait()
         nursery.cancel_scope.cancel()
     return got
 
@@ -146,7 +147,7 @@ async def test_a_call_on_the_socket_does_not_strand_a_parked_receiver(
     ours, peer = pair(ctx)
     with trio.fail_after(5):
         for _ in range(20):
-            assert await run_steal_scenario(ours, peer, how, timeout=2) == [b"hello"]
+            assert await run_steal_scenario(ours, peer, how, patience=2) == [b"hello"]
     ours.close()
 
 
@@ -156,7 +157,7 @@ async def test_the_steal_scenario_hangs_a_naive_implementation(
 ) -> None:
     ours, peer = pair(ctx, NaiveSocket)
     with trio.fail_after(5):
-        assert await run_steal_scenario(ours, peer, how, timeout=0.5) == []
+        assert await run_steal_scenario(ours, peer, how, patience=0.5) == []
     ours.close()
 
 
@@ -176,7 +177,8 @@ async def run_two_waiters(ctx: zmq.Context[zmq.Socket[bytes]], cls: type[Socket]
         for _ in range(queued):  # drain: the sender can go now
             assert peer_recv(peer) == b"filler"
         with trio.fail_after(2):
-            while not peer.poll(0):
+            # the peer is a raw pyzmq socket: no trio event to wait on, so poll it
+            while not peer.poll(0):  # noqa: ASYNC110
                 await trio.sleep(0.001)
         assert peer.recv() == b"question"
         peer.send(b"answer")
@@ -313,7 +315,7 @@ async def test_cancelling_at_every_step_loses_and_duplicates_nothing(
         for i in range(total):
             peer.send(b"%d" % i)
             if i % 7 == 0:
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
 
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
