@@ -24,6 +24,13 @@ Theory of operation:
   then close the zmq socket with a bounded LINGER, so neither close nor a later
   ``Context.term()`` can hang on unsent messages.
 
+Scheduling: a trio scheduling round-trip costs several times a ZeroMQ send (an epoll
+call per round), so ``send()`` checks for cancellation on every call but yields to the
+scheduler only when it had to wait or once every ``YIELD_EVERY`` calls. A tight send
+loop still lets other tasks run every few dozen messages, and timeouts and
+cancellation take effect at once. Receivers make the same trade by serving a local
+buffer (see ``shoal.patterns._common``).
+
 Cancel safety: a message is taken off the socket only by a synchronous ``recv`` whose
 result is returned (or buffered by the caller) before the next checkpoint, so a
 cancelled wait never loses a message. ``zmq.ZMQError`` is translated here, once;
@@ -46,8 +53,10 @@ __all__ = ["DEFAULT_LINGER_MS", "PeerUnreachable", "Socket", "default_context", 
 POLLIN: Final = zmq.POLLIN
 POLLOUT: Final = zmq.POLLOUT
 _NOBLOCK: Final = zmq.NOBLOCK
-_RCVMORE: Final = zmq.RCVMORE
 _EVENTS: Final = zmq.EVENTS
+
+YIELD_EVERY: Final = 32
+"""``send()`` yields to the scheduler at least once per this many calls."""
 
 DEFAULT_LINGER_MS: Final = 1000
 """How long libzmq keeps trying to deliver unsent messages after a socket closes."""
@@ -98,8 +107,8 @@ class Socket:
     """A pyzmq socket driven from trio. Not thread-safe: use it from one trio run."""
 
     __slots__ = (
-        "_closed", "_fd", "_linger", "_lots", "_parked", "_sock", "_watch_flag",
-        "_watch_scope", "bound",
+        "_closed", "_fd", "_linger", "_lots", "_parked", "_sock", "_unyielded",
+        "_watch_flag", "_watch_scope", "bound",
     )
 
     def __init__(self, sock: zmq.Socket[bytes], *, linger_ms: int = DEFAULT_LINGER_MS) -> None:
@@ -115,6 +124,7 @@ class Socket:
         self._parked = 0  # tasks inside _wait (watcher included)
         self._watch_flag = 0  # what the watcher waits for; 0 = no watcher
         self._watch_scope: trio.CancelScope | None = None
+        self._unyielded = 0  # sends since send() last yielded to the scheduler
         self.bound: list[str] = []
         """Endpoints bound so far, as libzmq reports them (ports resolved)."""
 
@@ -244,16 +254,28 @@ class Socket:
             self._after_call()
 
     async def send(self, msg: bytes | Sequence[bytes]) -> None:
-        """Send, waiting while the socket cannot take the message. Cancel-safe: if
-        cancelled, the message was not queued."""
+        """Send, waiting while the socket cannot take the message.
+
+        A cancellation point on every call; a scheduling point whenever it had to
+        wait and otherwise once every ``YIELD_EVERY`` calls (see the module notes).
+        Cancel-safe: if cancelled, the message was not queued.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            try:
-                self.send_nowait(msg)
-            except trio.WouldBlock:
+        try:
+            self.send_nowait(msg)
+        except trio.WouldBlock:
+            while True:
                 await self._wait(POLLOUT)
-            else:
+                try:
+                    self.send_nowait(msg)
+                except trio.WouldBlock:
+                    continue
                 break
+        else:
+            self._unyielded += 1
+            if self._unyielded < YIELD_EVERY:
+                return
+        self._unyielded = 0
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     def receive_batch_nowait(self, limit: int) -> list[list[bytes]]:
@@ -264,13 +286,19 @@ class Socket:
         self._check_open("receive")
         out: list[list[bytes]] = []
         recv = self._sock.recv
-        getopt = self._sock.getsockopt
         try:
             while len(out) < limit:
-                parts = [recv(_NOBLOCK)]
-                while getopt(_RCVMORE):
-                    parts.append(recv(_NOBLOCK))
-                out.append(parts)
+                # A zero-copy Frame tells ``more`` without a getsockopt(RCVMORE) call,
+                # which costs more than the receive itself for small messages.
+                frame = recv(_NOBLOCK, copy=False)
+                if frame.more:
+                    parts = [frame.bytes]
+                    while frame.more:
+                        frame = recv(_NOBLOCK, copy=False)
+                        parts.append(frame.bytes)
+                    out.append(parts)
+                else:
+                    out.append([frame.bytes])
         except zmq.Again:
             pass
         except zmq.ZMQError as exc:

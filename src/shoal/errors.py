@@ -17,6 +17,14 @@ from __future__ import annotations
 
 import trio
 
+from shoal._core._errors import (
+    DecodeError,
+    EncodeError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    ShoalError,
+)
+
 __all__ = [
     "ClosedError",
     "DecodeError",
@@ -30,33 +38,8 @@ __all__ = [
 ]
 
 
-class ShoalError(Exception):
-    """Root of every shoal exception."""
-
-
-class LocalProtocolError(ShoalError):
-    """The caller misused the API; the message says how to fix the call."""
-
-
-class EncodeError(LocalProtocolError, TypeError):
-    """A body, topic or header cannot be put on the wire (e.g. msgpack cannot encode it)."""
-
-
 class InvalidEndpoint(LocalProtocolError, ValueError):
     """An endpoint string is malformed or cannot be bound/connected as given."""
-
-
-class RemoteProtocolError(ShoalError):
-    """A peer sent something that is not a valid shoal message."""
-
-
-class DecodeError(RemoteProtocolError):
-    """Bytes from the wire failed to decode. ``reason`` is a short, stable label."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
 class RemoteError(ShoalError):

@@ -37,7 +37,7 @@ from typing import Any, Final, NamedTuple
 
 import msgpack
 
-from shoal.errors import DecodeError, EncodeError
+from shoal._core._errors import DecodeError, EncodeError
 
 __all__ = [
     "HEADER",
@@ -45,6 +45,7 @@ __all__ = [
     "VERSION",
     "Kind",
     "Message",
+    "StreamEncoder",
     "decode",
     "encode",
     "encode_topic",
@@ -59,6 +60,9 @@ FLAG_HEADERS: Final = 0x02
 _KNOWN_FLAGS: Final = FLAG_RAW | FLAG_HEADERS
 
 HEADER: Final = struct.Struct("<BBBx16sIIQQQ")
+# HEADER split in two: the part fixed per stream, and the part that changes per message.
+_PREFIX: Final = struct.Struct("<BBBx16sII")
+_TAIL: Final = struct.Struct("<QQQ")
 _U32: Final = struct.Struct("<I")
 
 
@@ -117,7 +121,10 @@ def encode_topic(topic: str) -> bytes:
     """
     if not isinstance(topic, str):
         raise EncodeError(f"topics are str, not {type(topic).__name__}: pass a text topic")
-    raw = topic.encode()
+    try:
+        raw = topic.encode()
+    except UnicodeEncodeError:
+        raise EncodeError("a topic must be valid Unicode text (no lone surrogates)") from None
     if b"\0" in raw:
         raise EncodeError("a topic may not contain NUL ('\\x00'): remove it from the topic")
     if len(raw) > MAX_TOPIC:
@@ -135,6 +142,57 @@ def _pack(value: Any, what: str) -> bytes:
         ) from None
 
 
+class StreamEncoder:
+    """Encodes the messages of one stream ``(sender, epoch, stream)``.
+
+    The header fields fixed for the stream are packed once per (kind, flags), so each
+    message costs one small ``struct.pack`` and one ``join``: this is the send hot path.
+    """
+
+    __slots__ = ("_prefixes",)
+
+    def __init__(self, *, sender: bytes, epoch: int, stream: int) -> None:
+        self._prefixes: dict[int, bytes] = {
+            (kind << 8) | flags: _PREFIX.pack(VERSION, kind, flags, sender, epoch, stream)
+            for kind in Kind
+            for flags in range(_KNOWN_FLAGS + 1)
+        }
+
+    def encode(
+        self,
+        kind: Kind,
+        topic_z: bytes,
+        body: Any,
+        seq: int,
+        timestamp_ns: int,
+        correlation: int = 0,
+        headers: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        """One frame. ``topic_z`` is ``encode_topic(topic) + b"\\0"`` (checked once, reused).
+
+        Raises ``EncodeError`` for a body or headers that msgpack cannot encode.
+        """
+        if type(body) is bytes:
+            flags = FLAG_RAW
+            payload = body
+        elif isinstance(body, bytes | bytearray | memoryview):
+            flags = FLAG_RAW
+            payload = bytes(body)
+        else:
+            flags = 0
+            payload = _pack(body, "body")
+        tail = _TAIL.pack(seq, timestamp_ns, correlation)
+        if not headers:
+            return b"".join((topic_z, self._prefixes[(kind << 8) | flags], tail, payload))
+        if not isinstance(headers, Mapping) or not all(isinstance(k, str) for k in headers):
+            raise EncodeError("headers must be a mapping with str keys")
+        packed = _pack(dict(headers), "headers")
+        if len(packed) > MAX_HEADERS:
+            raise EncodeError(f"headers encode to {len(packed)} bytes; the limit is {MAX_HEADERS}")
+        prefix = self._prefixes[(kind << 8) | flags | FLAG_HEADERS]
+        return b"".join((topic_z, prefix, tail, _U32.pack(len(packed)), packed, payload))
+
+
 def encode(
     kind: Kind,
     topic: bytes,
@@ -148,32 +206,13 @@ def encode(
     correlation: int = 0,
     headers: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """Build one frame. ``topic`` comes from ``encode_topic`` (checked once, reused).
+    """Build one frame (a one-off; senders keep a ``StreamEncoder``).
 
-    Raises ``EncodeError`` for a body or headers that msgpack cannot encode.
+    ``topic`` comes from ``encode_topic``. Raises ``EncodeError`` for a body or headers
+    that msgpack cannot encode.
     """
-    flags = 0
-    if isinstance(body, bytes):
-        flags = FLAG_RAW
-        payload = body
-    elif isinstance(body, bytearray | memoryview):
-        flags = FLAG_RAW
-        payload = bytes(body)
-    else:
-        payload = _pack(body, "body")
-    head = HEADER.pack(VERSION, kind, flags, sender, epoch, stream, seq, timestamp_ns, correlation)
-    if headers:
-        if not isinstance(headers, Mapping) or not all(isinstance(k, str) for k in headers):
-            raise EncodeError("headers must be a mapping with str keys")
-        packed = _pack(dict(headers), "headers")
-        if len(packed) > MAX_HEADERS:
-            raise EncodeError(f"headers encode to {len(packed)} bytes; the limit is {MAX_HEADERS}")
-        head = HEADER.pack(
-            VERSION, kind, flags | FLAG_HEADERS, sender, epoch, stream, seq, timestamp_ns,
-            correlation,
-        )
-        return b"".join((topic, b"\0", head, _U32.pack(len(packed)), packed, payload))
-    return b"".join((topic, b"\0", head, payload))
+    enc = StreamEncoder(sender=sender, epoch=epoch, stream=stream)
+    return enc.encode(kind, topic + b"\0", body, seq, timestamp_ns, correlation, headers)
 
 
 def decode(frame: bytes) -> Message:
@@ -215,9 +254,11 @@ def _decode(frame: bytes) -> Message:
         off += 4
         if hlen > MAX_HEADERS or hlen > len(frame) - off:
             raise DecodeError("bad-headers-length", str(hlen))
-        headers = msgpack.unpackb(view[off : off + hlen], raw=False)
+        headers = msgpack.unpackb(view[off : off + hlen], raw=False, strict_map_key=False)
         if not isinstance(headers, dict):
             raise DecodeError("headers-not-a-map")
+        if not all(type(k) is str for k in headers):
+            raise DecodeError("headers-key-not-str")
         off += hlen
     if flags & FLAG_RAW:
         body: Any = frame[off:]

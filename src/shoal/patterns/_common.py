@@ -14,19 +14,21 @@ buffer only by being returned, so a cancelled ``receive()`` loses nothing.
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
-from collections.abc import Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Sequence
+from typing import Generic, TypeVar
 
 import trio
 
-from shoal._core import Identity, Kind, encode
+from shoal._core import Identity, StreamEncoder
 from shoal._identity import next_stream, process_identity
 from shoal._zmq import Socket
 from shoal.errors import ClosedError, DecodeError, LocalProtocolError
 
-__all__ = ["DEFAULT_BATCH", "BufferedReceiver", "Endpoints", "Stamp", "endpoint_list"]
+__all__ = [
+    "DEFAULT_BATCH", "BufferedReceiver", "Endpoints", "check_limits", "endpoint_list",
+    "stream_encoder",
+]
 
 log = logging.getLogger("shoal")
 
@@ -55,25 +57,19 @@ def require_endpoints(bind: list[str], connect: list[str], what: str) -> None:
             "connect='tcp://HOST:PORT' (ipc:// and inproc:// work too)")
 
 
-class Stamp:
-    """Fills in the envelope fields a sender owns: identity, stream, seq, time."""
+def stream_encoder(identity: Identity | None) -> StreamEncoder:
+    """An encoder for a new stream of ``identity`` (default: the process identity)."""
+    ident = identity if identity is not None else process_identity()
+    return StreamEncoder(sender=ident.sender, epoch=ident.epoch, stream=next_stream())
 
-    __slots__ = ("epoch", "sender", "stream")
 
-    def __init__(self, identity: Identity | None) -> None:
-        ident = identity if identity is not None else process_identity()
-        self.sender = ident.sender
-        self.epoch = ident.epoch
-        self.stream = next_stream()
-
-    def frame(
-        self, kind: Kind, topic: bytes, body: Any, seq: int, *,
-        correlation: int = 0, headers: Mapping[str, Any] | None = None,
-    ) -> bytes:
-        """Encode one frame from this stream. Raises ``EncodeError`` for bad bodies."""
-        return encode(kind, topic, body, sender=self.sender, epoch=self.epoch,
-                      stream=self.stream, seq=seq, timestamp_ns=time.time_ns(),
-                      correlation=correlation, headers=headers)
+def check_limits(*, high_water_mark: int, batch: int = 1) -> None:
+    """Refuse tuning values that cannot work, before any socket is opened."""
+    if not isinstance(high_water_mark, int) or high_water_mark < 0:
+        raise LocalProtocolError(
+            f"high_water_mark must be an int >= 0 (0 means no limit), not {high_water_mark!r}")
+    if not isinstance(batch, int) or batch < 1:
+        raise LocalProtocolError(f"batch must be an int >= 1, not {batch!r}")
 
 
 class MalformedCounter:
@@ -102,8 +98,7 @@ class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
     """
 
     def __init__(self, sock: Socket, *, batch: int = DEFAULT_BATCH) -> None:
-        if batch < 1:
-            raise LocalProtocolError("batch must be at least 1")
+        check_limits(high_water_mark=0, batch=batch)
         self._sock = sock
         self._batch = batch
         self._buffer: deque[T] = deque()

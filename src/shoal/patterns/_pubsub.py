@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from time import time_ns
 from typing import Any
 
 import trio
@@ -26,9 +27,10 @@ from shoal.patterns._common import (
     DEFAULT_BATCH,
     BufferedReceiver,
     Endpoints,
-    Stamp,
+    check_limits,
     endpoint_list,
     require_endpoints,
+    stream_encoder,
 )
 
 __all__ = [
@@ -73,8 +75,8 @@ class Publisher:
 
     def __init__(self, sock: Socket, identity: Identity | None) -> None:
         self._sock = sock
-        self._stamp = Stamp(identity)
-        # topic -> [encoded topic, next seq]; one counter per distinct topic
+        self._enc = stream_encoder(identity)
+        # topic -> [encoded topic + NUL, next seq]; one counter per distinct topic
         self._topics: dict[str, list[Any]] = {}
         self._published = 0
 
@@ -93,9 +95,9 @@ class Publisher:
         """
         entry = self._topics.get(topic)
         if entry is None:
-            entry = [encode_topic(topic), 0]
+            entry = [encode_topic(topic) + b"\0", 0]
         seq = entry[1]
-        frame = self._stamp.frame(Kind.PUBLISH, entry[0], body, seq, headers=headers)
+        frame = self._enc.encode(Kind.PUBLISH, entry[0], body, seq, time_ns(), 0, headers)
         self._sock.send_nowait(frame)
         entry[1] = seq + 1
         if seq == 0:
@@ -205,6 +207,7 @@ async def open_publisher(
     """
     b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
     require_endpoints(b, c, "open_publisher")
+    check_limits(high_water_mark=high_water_mark)
     sock = Socket.open(zmq.PUB, bind=b, connect=c, context=context, linger_ms=linger_ms,
                        options=[(zmq.SNDHWM, high_water_mark)])
     pub = Publisher(sock, identity)
@@ -230,6 +233,7 @@ async def open_subscriber(
     """
     b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
     require_endpoints(b, c, "open_subscriber")
+    check_limits(high_water_mark=high_water_mark, batch=batch)
     if isinstance(topics, str):
         raise LocalProtocolError("topics= takes a list of prefixes, e.g. topics=['sensors/']")
     for t in topics:

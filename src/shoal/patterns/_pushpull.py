@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from time import time_ns
 from typing import Any
 
 import trio
@@ -26,9 +27,10 @@ from shoal.patterns._common import (
     DEFAULT_BATCH,
     BufferedReceiver,
     Endpoints,
-    Stamp,
+    check_limits,
     endpoint_list,
     require_endpoints,
+    stream_encoder,
 )
 
 __all__ = [
@@ -43,14 +45,20 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class PusherStatistics:
+    """Counters of a pusher at one moment."""
+
     sent: int
     """Messages handed to ZeroMQ."""
 
 
 @dataclass(frozen=True, slots=True)
 class PullerStatistics:
+    """Counters of a puller at one moment."""
+
     received: int
+    """Valid work items delivered into the receive buffer."""
     malformed: int
+    """Messages dropped because they were not valid shoal work items."""
     malformed_by_reason: Mapping[str, int]
 
 
@@ -59,7 +67,7 @@ class Pusher:
 
     def __init__(self, sock: Socket, identity: Identity | None) -> None:
         self._sock = sock
-        self._stamp = Stamp(identity)
+        self._enc = stream_encoder(identity)
         self._seq = 0
 
     @property
@@ -72,7 +80,7 @@ class Pusher:
 
         Raises ``EncodeError`` for a body msgpack cannot encode, ``ClosedError`` once closed.
         """
-        frame = self._stamp.frame(Kind.PUSH, b"", body, self._seq, headers=headers)
+        frame = self._enc.encode(Kind.PUSH, b"\0", body, self._seq, time_ns(), 0, headers)
         self._sock.send_nowait(frame)
         self._seq += 1
 
@@ -82,9 +90,8 @@ class Pusher:
         Cancel-safe: if cancelled, the item was not sent. Raises ``EncodeError`` for a
         body msgpack cannot encode (nothing is sent), ``ClosedError`` once closed.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        frame = self._stamp.frame(Kind.PUSH, b"", body, self._seq, headers=headers)
-        await self._sock.send(frame)
+        frame = self._enc.encode(Kind.PUSH, b"\0", body, self._seq, time_ns(), 0, headers)
+        await self._sock.send(frame)  # checks for cancellation before sending anything
         self._seq += 1
 
     def statistics(self) -> PusherStatistics:
@@ -141,6 +148,7 @@ async def open_pusher(
     """Open a pusher. ``send()`` waits until a puller is connected and can take work."""
     b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
     require_endpoints(b, c, "open_pusher")
+    check_limits(high_water_mark=high_water_mark)
     sock = Socket.open(zmq.PUSH, bind=b, connect=c, context=context, linger_ms=linger_ms,
                        options=[(zmq.SNDHWM, high_water_mark), (zmq.IMMEDIATE, 1)])
     async with Pusher(sock, identity) as push:
@@ -159,6 +167,7 @@ async def open_puller(
     """Open a puller: ``async for msg in pull`` yields each work item sent to it."""
     b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
     require_endpoints(b, c, "open_puller")
+    check_limits(high_water_mark=high_water_mark, batch=batch)
     sock = Socket.open(zmq.PULL, bind=b, connect=c, context=context,
                        options=[(zmq.RCVHWM, high_water_mark)], linger_ms=0)
     async with Puller(sock, batch=batch) as pull:

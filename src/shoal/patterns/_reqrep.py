@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from time import time_ns
 from typing import Any
 
 import trio
@@ -40,9 +41,10 @@ from shoal.patterns._common import (
     BufferedReceiver,
     Endpoints,
     MalformedCounter,
-    Stamp,
+    check_limits,
     endpoint_list,
     require_endpoints,
+    stream_encoder,
 )
 
 __all__ = [
@@ -61,6 +63,8 @@ log = logging.getLogger("shoal")
 
 @dataclass(frozen=True, slots=True)
 class RequesterStatistics:
+    """Counters of a requester at one moment."""
+
     sent: int
     """Requests handed to ZeroMQ."""
     replies: int
@@ -76,8 +80,12 @@ class RequesterStatistics:
 
 @dataclass(frozen=True, slots=True)
 class ReplierStatistics:
+    """Counters of a replier at one moment."""
+
     received: int
+    """Valid requests delivered into the receive buffer."""
     replied: int
+    """Requests answered with ``reply()``."""
     failed: int
     """Requests answered with ``fail()`` (including handler exceptions)."""
     unroutable: int
@@ -102,7 +110,7 @@ class Requester:
 
     def __init__(self, sock: Socket, identity: Identity | None, *, batch: int) -> None:
         self._sock = sock
-        self._stamp = Stamp(identity)
+        self._enc = stream_encoder(identity)
         self._batch = batch
         self._next_id = 1
         self._pending: dict[int, _Pending] = {}
@@ -113,6 +121,11 @@ class Requester:
         self._replies = 0
         self._remote_errors = 0
         self._unmatched = 0
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Endpoints this requester is bound to (ports resolved); repliers may connect."""
+        return list(self._sock.bound)
 
     async def request(self, body: Any, *, headers: Mapping[str, Any] | None = None) -> Any:
         """Send ``body`` to one replier and return the body of its reply.
@@ -131,7 +144,7 @@ class Requester:
     ) -> Message:
         """Like ``request()``, but return the whole reply ``Message`` (headers, sender...)."""
         rid = self._next_id
-        frame = self._stamp.frame(Kind.REQUEST, b"", body, rid, correlation=rid, headers=headers)
+        frame = self._enc.encode(Kind.REQUEST, b"\0", body, rid, time_ns(), rid, headers)
         self._next_id = rid + 1
         slot = _Pending()
         self._pending[rid] = slot
@@ -277,7 +290,7 @@ class Replier(BufferedReceiver[Request]):
 
     def __init__(self, sock: Socket, identity: Identity | None, *, batch: int) -> None:
         super().__init__(sock, batch=batch)
-        self._stamp = Stamp(identity)
+        self._enc = stream_encoder(identity)
         self._seq = 0
         self._replied = 0
         self._failed = 0
@@ -304,8 +317,8 @@ class Replier(BufferedReceiver[Request]):
         if req._answered:
             raise LocalProtocolError(f"request {req.id} was already answered; answer once")
         await trio.lowlevel.checkpoint_if_cancelled()
-        frame = self._stamp.frame(kind, b"", body, self._seq,
-                                  correlation=req.message.correlation, headers=headers)
+        frame = self._enc.encode(kind, b"\0", body, self._seq, time_ns(),
+                                 req.message.correlation, headers)
         req._answered = True
         try:
             await self._sock.send([req._identity, frame])
@@ -347,6 +360,7 @@ async def open_requester(
     """Open a requester. Requests are spread round-robin over connected repliers."""
     b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
     require_endpoints(b, c, "open_requester")
+    check_limits(high_water_mark=high_water_mark, batch=batch)
     sock = Socket.open(zmq.DEALER, bind=b, connect=c, context=context, linger_ms=linger_ms,
                        options=[(zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark),
                                 (zmq.IMMEDIATE, 1)])
@@ -368,6 +382,7 @@ async def open_replier(
     """Open a replier: ``async for req in rep: await req.reply(...)``."""
     b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
     require_endpoints(b, c, "open_replier")
+    check_limits(high_water_mark=high_water_mark, batch=batch)
     sock = Socket.open(zmq.ROUTER, bind=b, connect=c, context=context, linger_ms=linger_ms,
                        options=[(zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark),
                                 (zmq.ROUTER_MANDATORY, 1)])

@@ -1,0 +1,248 @@
+"""Receivers survive garbage from the wire.
+
+A raw pyzmq peer sends every kind of bad message at a shoal receiver, then a good one.
+The rule for every receiver: each bad message is dropped and counted (by reason) in
+``statistics().malformed``, nothing is raised at the caller, and the next good message
+arrives as if nothing had happened.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+import zmq
+
+import shoal
+from conftest import Addresses, sync_subscribers
+from shoal._core import HEADER, Kind, decode, encode, encode_topic
+from shoal._core._envelope import FLAG_HEADERS
+from shoal.errors import DecodeError
+
+RAW_SENDER = b"raw-pyzmq-peer!!"
+
+
+@pytest.fixture
+def zctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    """A fresh context shared by the raw peer and the shoal resource (inproc needs one)."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def raw_socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int) -> zmq.Socket[bytes]:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    return sock
+
+
+def bind_raw(sock: zmq.Socket[bytes], addresses: Addresses) -> str:
+    sock.bind(addresses.fresh())
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+async def raw_receive(sock: zmq.Socket[bytes]) -> list[bytes]:
+    """Receive one message on a raw socket from trio: poll without blocking."""
+    while True:
+        try:
+            return sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            await trio.sleep(0.01)
+
+
+class RawStamp:
+    """Builds valid frames as a foreign sender would (per-topic sequence numbers)."""
+
+    def __init__(self) -> None:
+        self._seq: Counter[str] = Counter()
+
+    def frame(self, kind: Kind, body: Any, topic: str = "", correlation: int = 0) -> bytes:
+        seq = self._seq[topic]
+        self._seq[topic] += 1
+        return encode(kind, encode_topic(topic), body, sender=RAW_SENDER, epoch=1, stream=1,
+                      seq=seq, timestamp_ns=time.time_ns(), correlation=correlation)
+
+
+def patched(frame: bytes, field: int, value: int) -> bytes:
+    """``frame`` with header byte ``field`` (0 version, 1 kind, 2 flags) set to ``value``."""
+    at = frame.index(b"\0") + 1 + field
+    return frame[:at] + bytes([value]) + frame[at + 1:]
+
+
+def garbage(kind: Kind, *also: Kind, topic: str = "") -> list[tuple[list[bytes], str]]:
+    """Bad messages for a receiver expecting ``kind`` frames (or ``also`` kinds), each
+    with the reason it must be counted under. Each is one message: a list of frames."""
+    valid = encode(kind, encode_topic(topic), {"looks": "fine", "n": list(range(20))},
+                   sender=RAW_SENDER, epoch=1, stream=1, seq=0, timestamp_ns=0, correlation=1)
+    prefix = encode_topic(topic) + b"\0"
+    head = HEADER.pack(1, kind, FLAG_HEADERS, RAW_SENDER, 1, 1, 0, 0, 0)
+    noise = random.Random(20240611).randbytes(100)
+    cases: list[tuple[list[bytes], str]] = [
+        ([b""], "no-topic-delimiter"),
+        ([prefix[:-1] + b"no delimiter anywhere"], "no-topic-delimiter"),
+        ([b"\xff\xfe\0" + valid[len(prefix):]], "topic-not-utf8"),
+        ([valid[: len(prefix) + 20]], "truncated-header"),
+        ([patched(valid, 0, 0)], "unsupported-version"),
+        ([patched(valid, 0, 2)], "unsupported-version"),
+        ([patched(valid, 1, 0)], "unknown-kind"),
+        ([patched(valid, 1, 99)], "unknown-kind"),
+        ([patched(valid, 2, 0x40)], "unknown-flags"),
+        ([prefix + head + struct.pack("<I", 0xFFFFFFFF) + b"\x80"], "bad-headers-length"),
+        ([prefix + head + struct.pack("<I", 2) + b"\x91\x01"], "headers-not-a-map"),
+        ([valid[:-5]], "malformed"),  # msgpack body cut short
+        ([valid + b"\x00"], "malformed"),  # trailing bytes
+        ([prefix + HEADER.pack(1, kind, 0, RAW_SENDER, 1, 1, 0, 0, 0) + b"\xdb\xff\xff\xff\xff"],
+         "malformed"),  # a str declaring 4 GiB
+        ([prefix + noise], ""),  # random bytes: whatever decode() says
+        ([valid, valid], "frame-count"),
+        ([valid, b"", valid], "frame-count"),
+    ]
+    cases += [
+        ([encode(other, encode_topic(topic), "wrong kind", sender=RAW_SENDER, epoch=1,
+                 stream=1, seq=0, timestamp_ns=0, correlation=1)], "unexpected-kind")
+        for other in Kind if other is not kind and other not in also
+    ]
+    return [(frames, reason or decode_reason(frames[0])) for frames, reason in cases]
+
+
+def decode_reason(frame: bytes) -> str:
+    with pytest.raises(DecodeError) as info:
+        decode(frame)
+    return info.value.reason
+
+
+def expected_reasons(cases: list[tuple[list[bytes], str]]) -> Counter[str]:
+    return Counter(reason for _, reason in cases)
+
+
+def test_the_garbage_catalogue_is_what_it_claims() -> None:
+    """Each single-frame case really fails to decode with its stated reason (or decodes,
+    for the wrong-kind cases), so the receiver tests below count the right things."""
+    for frames, reason in garbage(Kind.PUSH):
+        if reason == "unexpected-kind":
+            assert decode(frames[0]).kind is not Kind.PUSH
+        elif reason != "frame-count":
+            assert decode_reason(frames[0]) == reason
+
+
+# -- per receiver -------------------------------------------------------------------------------
+
+
+async def test_a_subscriber_drops_and_counts_garbage_then_receives_the_next_publication(
+    addresses: Addresses, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    raw = raw_socket(zctx, zmq.PUB)
+    endpoint = bind_raw(raw, addresses)
+    stamp = RawStamp()
+    cases = garbage(Kind.PUBLISH)
+
+    def publish(topic: str, body: Any) -> None:
+        raw.send(stamp.frame(Kind.PUBLISH, body, topic), zmq.NOBLOCK)
+
+    with trio.fail_after(10):
+        async with shoal.open_subscriber(connect=endpoint, context=zctx) as sub:
+            await sync_subscribers(publish, sub)
+            before = sub.statistics()
+            for frames, _ in cases:
+                raw.send_multipart(frames, zmq.NOBLOCK)
+            publish("news", "the good one")
+            msg = await sub.receive()
+            stats = sub.statistics()
+
+    assert (msg.topic, msg.body, msg.sender) == ("news", "the good one", RAW_SENDER.hex())
+    assert before.malformed == 0
+    assert stats.malformed == len(cases)
+    assert stats.malformed_by_reason == expected_reasons(cases)
+    assert stats.received == before.received + 1
+    assert stats.gaps == 0
+
+
+async def test_a_puller_drops_and_counts_garbage_then_receives_the_next_item(
+    addresses: Addresses, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    stamp = RawStamp()
+    cases = garbage(Kind.PUSH)
+    with trio.fail_after(10):
+        async with shoal.open_puller(bind=addresses.fresh(), context=zctx) as pull:
+            raw = raw_socket(zctx, zmq.PUSH)
+            raw.connect(pull.endpoints[0])  # the pipe exists at once: sends queue
+            for frames, _ in cases:
+                raw.send_multipart(frames, zmq.NOBLOCK)
+            raw.send(stamp.frame(Kind.PUSH, {"job": 1}), zmq.NOBLOCK)
+            msg = await pull.receive()
+            stats = pull.statistics()
+
+    assert msg.body == {"job": 1}
+    assert stats.malformed == len(cases)
+    assert stats.malformed_by_reason == expected_reasons(cases)
+    assert stats.received == 1
+
+
+async def test_a_replier_drops_and_counts_garbage_then_answers_the_next_request(
+    addresses: Addresses, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """ROUTER prepends the peer's identity: one frame from a DEALER is the right count,
+    two or more are garbage."""
+    stamp = RawStamp()
+    cases = garbage(Kind.REQUEST)
+    with trio.fail_after(10):
+        async with shoal.open_replier(bind=addresses.fresh(), context=zctx) as rep:
+            raw = raw_socket(zctx, zmq.DEALER)
+            raw.connect(rep.endpoints[0])
+            for frames, _ in cases:
+                raw.send_multipart(frames, zmq.NOBLOCK)
+            raw.send(stamp.frame(Kind.REQUEST, "question", correlation=4242), zmq.NOBLOCK)
+            req = await rep.receive()
+            await req.reply("answer")
+            [reply_frame] = await raw_receive(raw)
+            stats = rep.statistics()
+
+    assert req.body == "question"
+    assert req.id == 4242
+    reply = decode(reply_frame)
+    assert (reply.kind, reply.body, reply.correlation) == (Kind.REPLY, "answer", 4242)
+    assert stats.malformed == len(cases)
+    assert stats.malformed_by_reason == expected_reasons(cases)
+    assert (stats.received, stats.replied) == (1, 1)
+
+
+async def test_a_requester_drops_and_counts_garbage_then_gets_its_reply(
+    addresses: Addresses, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    stamp = RawStamp()
+    cases = garbage(Kind.REPLY, Kind.ERROR)  # ERROR replies are valid: RemoteError
+    result: list[Any] = []
+    with trio.fail_after(10):
+        raw = raw_socket(zctx, zmq.ROUTER)
+        endpoint = bind_raw(raw, addresses)
+        async with (
+            shoal.open_requester(connect=endpoint, context=zctx) as client,
+            trio.open_nursery() as nursery,
+        ):
+            async def ask() -> None:
+                result.append(await client.request("question"))
+
+            nursery.start_soon(ask)
+            identity, request_frame = await raw_receive(raw)
+            request = decode(request_frame)
+            for frames, _ in cases:
+                raw.send_multipart([identity, *frames], zmq.NOBLOCK)
+            # a well-formed reply nobody asked for is not garbage: it is "unmatched"
+            raw.send_multipart([identity, stamp.frame(
+                Kind.REPLY, "stray", correlation=request.correlation + 1000)], zmq.NOBLOCK)
+            raw.send_multipart([identity, encode(
+                Kind.REPLY, b"", "answer", sender=RAW_SENDER, epoch=5, stream=6, seq=7,
+                timestamp_ns=time.time_ns(), correlation=request.correlation)], zmq.NOBLOCK)
+        stats = client.statistics()
+
+    assert (request.kind, request.body) == (Kind.REQUEST, "question")
+    assert result == ["answer"]
+    assert stats.malformed == len(cases)
+    assert stats.malformed_by_reason == expected_reasons(cases)
+    assert (stats.replies, stats.unmatched, stats.in_flight) == (1, 1, 0)

@@ -1,0 +1,153 @@
+"""The public surface is pinned: adding or removing a public name is a deliberate change
+to this file, and every public name is documented.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import inspect
+import sys
+import types
+import typing
+
+import pytest
+
+import shoal
+import shoal.discovery
+import shoal.errors
+import shoal.patterns
+
+SHOAL_ALL = [
+    "Identity",
+    "Kind",
+    "Message",
+    "Publisher",
+    "Puller",
+    "Pusher",
+    "Replier",
+    "Request",
+    "Requester",
+    "Subscriber",
+    "__version__",
+    "errors",
+    "open_publisher",
+    "open_puller",
+    "open_pusher",
+    "open_replier",
+    "open_requester",
+    "open_subscriber",
+    "serve_replier",
+]
+
+PATTERNS_ALL = [
+    "Publisher",
+    "PublisherStatistics",
+    "Puller",
+    "PullerStatistics",
+    "Pusher",
+    "PusherStatistics",
+    "Replier",
+    "ReplierStatistics",
+    "Request",
+    "Requester",
+    "RequesterStatistics",
+    "Subscriber",
+    "SubscriberStatistics",
+    "open_publisher",
+    "open_puller",
+    "open_pusher",
+    "open_replier",
+    "open_requester",
+    "open_subscriber",
+    "serve_replier",
+]
+
+ERRORS_ALL = [
+    "ClosedError",
+    "DecodeError",
+    "EncodeError",
+    "InvalidEndpoint",
+    "LocalProtocolError",
+    "RemoteError",
+    "RemoteProtocolError",
+    "ShoalError",
+    "TransportError",
+]
+
+MODULES: dict[str, tuple[types.ModuleType, list[str]]] = {
+    "shoal": (shoal, SHOAL_ALL),
+    "shoal.patterns": (shoal.patterns, PATTERNS_ALL),
+    "shoal.errors": (shoal.errors, ERRORS_ALL),
+    "shoal.discovery": (shoal.discovery, []),
+}
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_all_is_pinned(name: str) -> None:
+    module, expected = MODULES[name]
+    assert list(module.__all__) == expected
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_every_listed_name_resolves(name: str) -> None:
+    module, _ = MODULES[name]
+    for public in module.__all__:
+        assert getattr(module, public, None) is not None, f"{name}.{public}"
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_star_import_gives_exactly_all(name: str) -> None:
+    namespace: dict[str, object] = {}
+    exec(f"from {name} import *", namespace)
+    namespace.pop("__builtins__")
+    assert sorted(namespace) == sorted(MODULES[name][0].__all__)
+
+
+def test_top_level_names_are_the_pattern_objects_themselves() -> None:
+    for public in SHOAL_ALL:
+        if public in PATTERNS_ALL:
+            assert getattr(shoal, public) is getattr(shoal.patterns, public)
+    assert shoal.errors is sys.modules["shoal.errors"]  # the module itself is exported
+
+
+def test_version_is_the_installed_release() -> None:
+    assert isinstance(shoal.__version__, str)
+    assert all(part.isdigit() for part in shoal.__version__.split("."))
+    assert shoal.__version__ == importlib.metadata.version("shoal")
+
+
+def test_every_error_derives_from_shoal_error() -> None:
+    for public in ERRORS_ALL:
+        assert issubclass(getattr(shoal.errors, public), shoal.errors.ShoalError)
+
+
+def written_docstring(obj: object) -> str:
+    """The docstring someone wrote: not one inherited, nor a dataclass's generated one."""
+    doc = obj.__doc__ if isinstance(obj, type | types.ModuleType) else inspect.getdoc(obj)
+    if not doc:
+        return ""
+    if (isinstance(obj, type) and dataclasses.is_dataclass(obj)
+            and doc.startswith(f"{obj.__name__}(")):
+        return ""  # dataclass auto-doc: "Name(field: type, ...)"
+    return doc.strip()
+
+
+def documented_names() -> list[tuple[str, object]]:
+    out = []
+    for mod_name, (module, names) in MODULES.items():
+        for public in names:
+            obj = getattr(module, public)
+            if isinstance(obj, str):  # __version__: data, not an API object
+                continue
+            out.append((f"{mod_name}.{public}", obj))
+    return out
+
+
+def _doc_params() -> list[typing.Any]:
+    return [pytest.param(obj, id=qualname) for qualname, obj in documented_names()]
+
+
+@pytest.mark.parametrize("obj", _doc_params())
+def test_every_public_name_has_a_docstring(obj: object) -> None:
+    assert written_docstring(obj), f"{obj!r} has no docstring"
