@@ -176,8 +176,12 @@ class Socket:
 
     # -- the edge bookkeeping ------------------------------------------------------
 
-    def _refresh(self) -> int:
-        """Re-read EVENTS and wake whoever can now make progress. Never checkpoints."""
+    def _refresh(self, *, watcher: bool = True) -> int:
+        """Re-read EVENTS and wake whoever can now make progress. Never checkpoints.
+
+        ``watcher=False`` when the watcher itself refreshes: it acts on the result
+        directly instead of cancelling its own wait.
+        """
         try:
             events: int = self._sock.getsockopt(_EVENTS)  # type: ignore[assignment]
         except zmq.ZMQError:
@@ -187,7 +191,7 @@ class Socket:
             lots[POLLIN].unpark_all()
         if events & POLLOUT:
             lots[POLLOUT].unpark_all()
-        if events & self._watch_flag and self._watch_scope is not None:
+        if watcher and events & self._watch_flag and self._watch_scope is not None:
             self._watch_scope.cancel()
         return events
 
@@ -215,7 +219,7 @@ class Socket:
                         await trio.lowlevel.wait_readable(self._fd)
                     except trio.ClosedResourceError:
                         raise ClosedError("the socket was closed while waiting") from None
-                    if self._refresh() & flag:
+                    if self._refresh(watcher=False) & flag:
                         break
         finally:
             self._parked -= 1
@@ -271,12 +275,28 @@ class Socket:
                 except trio.WouldBlock:
                     continue
                 break
-        else:
-            self._unyielded += 1
-            if self._unyielded < YIELD_EVERY:
-                return
-        self._unyielded = 0
-        await trio.lowlevel.cancel_shielded_checkpoint()
+            self._unyielded = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        await self.pace()
+
+    async def pace(self) -> None:
+        """The scheduling half of a checkpoint, taken once every ``YIELD_EVERY`` calls.
+
+        For senders whose operation did not wait: call after the operation.
+        Shielded, so it never raises ``Cancelled`` after the message has gone.
+        """
+        if self.due_to_yield():
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def due_to_yield(self) -> bool:
+        """Count one send; True once every ``YIELD_EVERY`` calls (then yield yourself:
+        the inlined form of ``pace()`` for the hottest paths)."""
+        self._unyielded += 1
+        if self._unyielded >= YIELD_EVERY:
+            self._unyielded = 0
+            return True
+        return False
 
     def receive_batch_nowait(self, limit: int) -> list[list[bytes]]:
         """Take up to ``limit`` messages that are already queued, without blocking.

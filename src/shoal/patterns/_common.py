@@ -143,15 +143,21 @@ class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
             return buffer.popleft()
         if self._sock.closed:
             raise ClosedError("this receiver is closed; open a new one")
+        waited = False
         while True:
             if self._fill() == 0:
-                await self._sock.wait_receivable()
+                await self._sock.wait_receivable()  # always a real scheduling point
+                waited = True
                 continue
-            # One scheduling point per batch, shielded: the batch is already buffered.
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if not waited:
+                # A batch that was already queued: yield once for it, shielded (it is
+                # buffered now). After a wait we have yielded already; skipping the
+                # second round trip keeps it off the request/reply latency path.
+                await trio.lowlevel.cancel_shielded_checkpoint()
             if buffer:
                 return buffer.popleft()
-            await trio.lowlevel.checkpoint_if_cancelled()  # a batch of garbage only
+            waited = False  # a batch of garbage only: look again, yielding per batch
+            await trio.lowlevel.checkpoint_if_cancelled()
 
     async def receive_batch(self) -> list[T]:
         """Wait for at least one message, then return every message already here."""

@@ -109,12 +109,14 @@ class Publisher:
     ) -> None:
         """Publish ``body`` on ``topic`` to every subscriber whose prefix matches.
 
-        Best effort; a checkpoint. Raises ``EncodeError`` for a topic or body that
+        Best effort. A cancellation point on every call and a scheduling point every
+        few dozen calls (like ``Pusher.send``). Raises ``EncodeError`` for a topic or body that
         cannot be sent, ``ClosedError`` once closed.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         self.publish_nowait(topic, body, headers=headers)
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        if self._sock.due_to_yield():
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def statistics(self) -> PublisherStatistics:
         return PublisherStatistics(published=self._published, topics=len(self._topics))
