@@ -7,6 +7,7 @@ Tests taking the ``addresses`` fixture run once per transport. Every test runs u
 from __future__ import annotations
 
 import gc
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -929,3 +930,51 @@ async def test_a_refused_open_leaves_no_socket_open(opener: str) -> None:
     finally:
         ctx.destroy(linger=0)
     assert unclosed_socket_warnings(caught) == []
+
+
+async def test_a_reply_sent_just_before_the_replier_closes_still_arrives() -> None:
+    """The replier answers and closes at once, and the requester reads only after the
+    disconnect has been processed. The reply had arrived and must not be thrown away
+    with the connection (it was, when the requester's DEALER set ZMQ_IMMEDIATE:
+    libzmq then drops a disconnected peer's unread inbound messages)."""
+    with trio.fail_after(30):
+        for _ in range(5):
+            async with (
+                shoal.open_replier(bind="tcp://127.0.0.1:*") as rep,
+                shoal.open_requester(connect=rep.endpoints) as client,
+            ):
+                async def serve_one_then_close(rep: shoal.Replier = rep) -> None:
+                    req = await rep.receive()
+                    await req.reply(req.body)
+                    await rep.aclose()
+                    # Block the trio loop (not libzmq's I/O thread): the reply lands and
+                    # the disconnect is handled before the requester can read.
+                    time.sleep(0.2)  # noqa: ASYNC251
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(serve_one_then_close)
+                    with trio.fail_after(2):
+                        assert await client.request(b"ping") == b"ping"
+
+
+@pytest.mark.parametrize("puller_binds", [True, False])
+async def test_work_sent_just_before_the_pusher_closes_still_arrives(puller_binds: bool) -> None:
+    """Like the reply above: what a pusher sent before closing is delivered even if the
+    puller reads only after the disconnect was processed."""
+    with trio.fail_after(30):
+        for _ in range(3):
+            if puller_binds:
+                async with shoal.open_puller(bind="tcp://127.0.0.1:*") as pull:
+                    async with shoal.open_pusher(connect=pull.endpoints) as push:
+                        await push.send(b"last words")
+                    time.sleep(0.2)  # noqa: ASYNC251 - libzmq handles the close meanwhile
+                    assert (await pull.receive()).body == b"last words"
+            else:
+                async with (
+                    shoal.open_pusher(bind="tcp://127.0.0.1:*") as push,
+                    shoal.open_puller(connect=push.endpoints) as pull,
+                ):
+                    await push.send(b"last words")
+                    await push.aclose()
+                    time.sleep(0.2)  # noqa: ASYNC251 - libzmq handles the close meanwhile
+                    assert (await pull.receive()).body == b"last words"

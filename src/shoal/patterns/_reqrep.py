@@ -2,8 +2,11 @@
 
 Not REQ/REP: REQ locks up when one reply is lost. Each request carries an id in the
 envelope's ``correlation`` field; the reply carries it back and the requester matches
-it to the waiting call. DEALER spreads requests round-robin over connected repliers
-(``ZMQ_IMMEDIATE`` keeps requests off repliers that are not connected). The ROUTER
+it to the waiting call. DEALER spreads requests round-robin over the repliers it is
+connected to. It does not set ``ZMQ_IMMEDIATE``, which would make libzmq discard the
+replies already received from a replier that then disconnects; the price is that a
+request may queue for a connected endpoint whose replier is down, so a caller that
+cannot wait forever uses a timeout (``trio.fail_after``). The ROUTER
 sets ``ZMQ_ROUTER_MANDATORY``: a reply to a requester that has gone is counted as
 unroutable instead of vanishing, and a full queue applies backpressure.
 
@@ -362,8 +365,10 @@ async def open_requester(
     require_endpoints(b, c, "open_requester")
     check_limits(high_water_mark=high_water_mark, batch=batch)
     sock = Socket.open(zmq.DEALER, bind=b, connect=c, context=context, linger_ms=linger_ms,
-                       options=[(zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark),
-                                (zmq.IMMEDIATE, 1)])
+                       # No ZMQ_IMMEDIATE here: with it, libzmq discards the unread
+                       # replies of a replier that disconnects (a replier that answers
+                       # and exits would lose its last answers).
+                       options=[(zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark)])
     async with Requester(sock, identity, batch=batch) as client:
         yield client
 
