@@ -78,6 +78,8 @@ class Kind(enum.IntEnum):
 
 _KINDS: Final[dict[int, Kind]] = {int(k): k for k in Kind}
 _new_message: Final = tuple.__new__
+_unpack_header: Final = HEADER.unpack_from
+_HEADER_SIZE: Final = HEADER.size
 _EMPTY: Final[Mapping[str, Any]] = types.MappingProxyType({})
 
 
@@ -226,25 +228,34 @@ def decode(frame: bytes) -> Message:
 
 
 def _decode(frame: bytes) -> Message:
-    z = frame.find(b"\0", 0, MAX_TOPIC + 1)
-    if z < 0:
-        raise DecodeError("no-topic-delimiter")
-    try:
-        topic = frame[:z].decode()
-    except UnicodeDecodeError:
-        raise DecodeError("topic-not-utf8") from None
+    if frame[:1] == b"\0":  # no topic (push, request, reply): skip the search
+        z = 0
+        topic = ""
+    else:
+        z = frame.find(b"\0", 0, MAX_TOPIC + 1)
+        if z < 0:
+            raise DecodeError("no-topic-delimiter")
+        try:
+            topic = frame[:z].decode()
+        except UnicodeDecodeError:
+            raise DecodeError("topic-not-utf8") from None
     off = z + 1
-    if len(frame) - off < HEADER.size:
+    if len(frame) - off < _HEADER_SIZE:
         raise DecodeError("truncated-header", f"{len(frame) - off} bytes after the topic")
-    version, kind_no, flags, sender, epoch, stream, seq, ts, corr = HEADER.unpack_from(frame, off)
+    version, kind_no, flags, sender, epoch, stream, seq, ts, corr = _unpack_header(frame, off)
     if version != VERSION:
         raise DecodeError("unsupported-version", f"got {version}, this shoal speaks {VERSION}")
     kind = _KINDS.get(kind_no)
     if kind is None:
         raise DecodeError("unknown-kind", str(kind_no))
+    off += _HEADER_SIZE
+    if flags == FLAG_RAW:  # the common raw-bytes case, no user headers
+        return _new_message(
+            Message,
+            (topic, frame[off:], kind, sender.hex(), epoch, stream, seq, ts, corr, _EMPTY),
+        )
     if flags & ~_KNOWN_FLAGS:
         raise DecodeError("unknown-flags", hex(flags))
-    off += HEADER.size
     view = memoryview(frame)
     headers: Mapping[str, Any] = _EMPTY
     if flags & FLAG_HEADERS:
