@@ -51,10 +51,12 @@ from shoal.errors import ClosedError, InvalidEndpoint, TransportError
 
 __all__ = ["DEFAULT_LINGER_MS", "PeerUnreachable", "Socket", "default_context", "map_error"]
 
-POLLIN: Final = zmq.POLLIN
-POLLOUT: Final = zmq.POLLOUT
-_NOBLOCK: Final = zmq.NOBLOCK
-_EVENTS: Final = zmq.EVENTS
+# Plain ints: pyzmq's constants are enum flags, and ``int & IntFlag`` builds a new
+# enum member on every call (it showed up at the top of the round-trip profile).
+POLLIN: Final = int(zmq.POLLIN)
+POLLOUT: Final = int(zmq.POLLOUT)
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_EVENTS: Final = int(zmq.EVENTS)
 
 _ASK_EVENTS_BELOW: Final = 4
 
