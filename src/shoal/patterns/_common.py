@@ -16,18 +16,18 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Sequence
-from typing import Generic, TypeVar
+from typing import Generic, Self, TypeVar
 
 import trio
 
-from shoal._core import Identity, StreamEncoder
+from shoal._core import Identity, Kind, Message, StreamEncoder, decode
 from shoal._identity import next_stream, process_identity
 from shoal._zmq import Socket
 from shoal.errors import ClosedError, DecodeError, LocalProtocolError
 
 __all__ = [
-    "DEFAULT_BATCH", "BufferedReceiver", "Endpoints", "check_limits", "endpoint_list",
-    "stream_encoder",
+    "DEFAULT_BATCH", "BufferedReceiver", "Endpoints", "MalformedCounter", "SocketResource",
+    "check_limits", "endpoint_list", "stream_encoder",
 ]
 
 log = logging.getLogger("shoal")
@@ -88,6 +88,46 @@ class MalformedCounter:
 
     def drop_error(self, exc: DecodeError, where: str) -> None:
         self.drop(exc.reason, where, exc.detail)
+
+    def check(
+        self, frames: list[bytes], kinds: tuple[Kind, ...], where: str, *, nframes: int = 1
+    ) -> Message | None:
+        """Decode the envelope in the last of ``nframes`` frames if it is one of
+        ``kinds``; otherwise count why it was dropped and return None."""
+        if len(frames) != nframes:
+            self.drop("frame-count", where, str(len(frames)))
+            return None
+        try:
+            msg = decode(frames[-1])
+        except DecodeError as exc:
+            self.drop_error(exc, where)
+            return None
+        if msg.kind not in kinds:
+            self.drop("unexpected-kind", where, msg.kind.name)
+            return None
+        return msg
+
+
+class SocketResource:
+    """What the sending resources share: endpoints, closing, ``async with``."""
+
+    _sock: Socket
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Endpoints this resource is bound to (ports resolved)."""
+        return list(self._sock.bound)
+
+    async def aclose(self) -> None:
+        """Close; unsent messages get the socket's LINGER time to leave. Always closes."""
+        self._sock.close()
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):

@@ -20,18 +20,21 @@ from typing import Any
 import trio
 import zmq
 
-from shoal._core import GapTracker, Identity, Kind, Message, decode, encode_topic
+from shoal._core import GapTracker, Identity, Kind, Message, encode_topic
 from shoal._zmq import DEFAULT_LINGER_MS, Socket
-from shoal.errors import DecodeError, LocalProtocolError
+from shoal.errors import LocalProtocolError
 from shoal.patterns._common import (
     DEFAULT_BATCH,
     BufferedReceiver,
     Endpoints,
+    SocketResource,
     check_limits,
     endpoint_list,
     require_endpoints,
     stream_encoder,
 )
+
+_PUBLISH = (Kind.PUBLISH,)
 
 __all__ = [
     "Publisher",
@@ -70,7 +73,7 @@ class SubscriberStatistics:
     """Messages that arrived with a sequence number already passed."""
 
 
-class Publisher:
+class Publisher(SocketResource):
     """Publishes messages on topics. Make one with ``open_publisher``."""
 
     def __init__(self, sock: Socket, identity: Identity | None) -> None:
@@ -80,10 +83,6 @@ class Publisher:
         self._topics: dict[str, list[Any]] = {}
         self._published = 0
 
-    @property
-    def endpoints(self) -> list[str]:
-        """Endpoints this publisher is bound to (ports resolved)."""
-        return list(self._sock.bound)
 
     def publish_nowait(
         self, topic: str, body: Any, *, headers: Mapping[str, Any] | None = None
@@ -121,16 +120,6 @@ class Publisher:
     def statistics(self) -> PublisherStatistics:
         return PublisherStatistics(published=self._published, topics=len(self._topics))
 
-    async def aclose(self) -> None:
-        """Close; unsent messages get the socket's LINGER time to leave."""
-        self._sock.close()
-        await trio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> Publisher:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 class Subscriber(BufferedReceiver[Message]):
@@ -164,16 +153,8 @@ class Subscriber(BufferedReceiver[Message]):
         return frozenset(self._prefixes)
 
     def _accept(self, frames: list[bytes]) -> None:
-        if len(frames) != 1:
-            self._malformed.drop("frame-count", "subscriber", str(len(frames)))
-            return
-        try:
-            msg = decode(frames[0])
-        except DecodeError as exc:
-            self._malformed.drop_error(exc, "subscriber")
-            return
-        if msg.kind is not Kind.PUBLISH:
-            self._malformed.drop("unexpected-kind", "subscriber", msg.kind.name)
+        msg = self._malformed.check(frames, _PUBLISH, "subscriber")
+        if msg is None:
             return
         self._gaps.observe((msg.sender, msg.epoch, msg.stream, msg.topic), msg.seq)
         self._received += 1

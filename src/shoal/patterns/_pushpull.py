@@ -20,18 +20,20 @@ from typing import Any
 import trio
 import zmq
 
-from shoal._core import Identity, Kind, Message, decode
+from shoal._core import Identity, Kind, Message
 from shoal._zmq import DEFAULT_LINGER_MS, Socket
-from shoal.errors import DecodeError
 from shoal.patterns._common import (
     DEFAULT_BATCH,
     BufferedReceiver,
     Endpoints,
+    SocketResource,
     check_limits,
     endpoint_list,
     require_endpoints,
     stream_encoder,
 )
+
+_PUSH = (Kind.PUSH,)
 
 __all__ = [
     "Puller",
@@ -62,7 +64,7 @@ class PullerStatistics:
     malformed_by_reason: Mapping[str, int]
 
 
-class Pusher:
+class Pusher(SocketResource):
     """Sends work items; each goes to one puller. Make one with ``open_pusher``."""
 
     def __init__(self, sock: Socket, identity: Identity | None) -> None:
@@ -70,9 +72,6 @@ class Pusher:
         self._enc = stream_encoder(identity)
         self._seq = 0
 
-    @property
-    def endpoints(self) -> list[str]:
-        return list(self._sock.bound)
 
     def send_nowait(self, body: Any, *, headers: Mapping[str, Any] | None = None) -> None:
         """Send if ZeroMQ can take the message now, else raise ``trio.WouldBlock``
@@ -108,32 +107,14 @@ class Pusher:
     def statistics(self) -> PusherStatistics:
         return PusherStatistics(sent=self._seq)
 
-    async def aclose(self) -> None:
-        """Close; unsent messages get the socket's LINGER time to leave."""
-        self._sock.close()
-        await trio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> Pusher:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 class Puller(BufferedReceiver[Message]):
     """Receives work items. A ``trio.abc.ReceiveChannel[Message]``."""
 
     def _accept(self, frames: list[bytes]) -> None:
-        if len(frames) != 1:
-            self._malformed.drop("frame-count", "puller", str(len(frames)))
-            return
-        try:
-            msg = decode(frames[0])
-        except DecodeError as exc:
-            self._malformed.drop_error(exc, "puller")
-            return
-        if msg.kind is not Kind.PUSH:
-            self._malformed.drop("unexpected-kind", "puller", msg.kind.name)
+        msg = self._malformed.check(frames, _PUSH, "puller")
+        if msg is None:
             return
         self._received += 1
         self._buffer.append(msg)

@@ -30,11 +30,10 @@ from typing import Any
 import trio
 import zmq
 
-from shoal._core import Identity, Kind, Message, decode
+from shoal._core import Identity, Kind, Message
 from shoal._zmq import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal.errors import (
     ClosedError,
-    DecodeError,
     EncodeError,
     LocalProtocolError,
     RemoteError,
@@ -44,6 +43,7 @@ from shoal.patterns._common import (
     BufferedReceiver,
     Endpoints,
     MalformedCounter,
+    SocketResource,
     check_limits,
     endpoint_list,
     require_endpoints,
@@ -62,6 +62,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("shoal")
+
+_ANSWERS = (Kind.REPLY, Kind.ERROR)
+_REQUEST = (Kind.REQUEST,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +111,7 @@ class _Pending:
         self.wake: trio.Event | None = None
 
 
-class Requester:
+class Requester(SocketResource):
     """Sends requests and matches replies by id. Make one with ``open_requester``."""
 
     def __init__(self, sock: Socket, identity: Identity | None, *, batch: int) -> None:
@@ -124,11 +127,6 @@ class Requester:
         self._replies = 0
         self._remote_errors = 0
         self._unmatched = 0
-
-    @property
-    def endpoints(self) -> list[str]:
-        """Endpoints this requester is bound to (ports resolved); repliers may connect."""
-        return list(self._sock.bound)
 
     async def request(self, body: Any, *, headers: Mapping[str, Any] | None = None) -> Any:
         """Send ``body`` to one replier and return the body of its reply.
@@ -191,16 +189,8 @@ class Requester:
                     break
 
     def _dispatch(self, frames: list[bytes]) -> None:
-        if len(frames) != 1:
-            self._malformed.drop("frame-count", "requester", str(len(frames)))
-            return
-        try:
-            msg = decode(frames[0])
-        except DecodeError as exc:
-            self._malformed.drop_error(exc, "requester")
-            return
-        if msg.kind is not Kind.REPLY and msg.kind is not Kind.ERROR:
-            self._malformed.drop("unexpected-kind", "requester", msg.kind.name)
+        msg = self._malformed.check(frames, _ANSWERS, "requester")
+        if msg is None:
             return
         slot = self._pending.get(msg.correlation)
         if slot is None or slot.done:
@@ -233,12 +223,6 @@ class Requester:
             if slot.wake is not None:
                 slot.wake.set()  # followers re-check and find the socket closed
         await trio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> Requester:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 class Request:
@@ -300,16 +284,8 @@ class Replier(BufferedReceiver[Request]):
         self._unroutable = 0
 
     def _accept(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
-            self._malformed.drop("frame-count", "replier", str(len(frames)))
-            return
-        try:
-            msg = decode(frames[1])
-        except DecodeError as exc:
-            self._malformed.drop_error(exc, "replier")
-            return
-        if msg.kind is not Kind.REQUEST:
-            self._malformed.drop("unexpected-kind", "replier", msg.kind.name)
+        msg = self._malformed.check(frames, _REQUEST, "replier", nframes=2)
+        if msg is None:
             return
         self._received += 1
         self._buffer.append(Request(self, frames[0], msg))
