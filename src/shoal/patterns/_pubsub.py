@@ -118,6 +118,7 @@ class Publisher(SocketResource):
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     def statistics(self) -> PublisherStatistics:
+        """An immutable snapshot of this resource's counters."""
         return PublisherStatistics(published=self._published, topics=len(self._topics))
 
 
@@ -161,6 +162,7 @@ class Subscriber(BufferedReceiver[Message]):
         self._buffer.append(msg)
 
     def statistics(self) -> SubscriberStatistics:
+        """An immutable snapshot of this resource's counters."""
         g = self._gaps
         return SubscriberStatistics(
             received=self._received,

@@ -105,6 +105,7 @@ class Pusher(SocketResource):
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     def statistics(self) -> PusherStatistics:
+        """An immutable snapshot of this resource's counters."""
         return PusherStatistics(sent=self._seq)
 
 
@@ -120,6 +121,7 @@ class Puller(BufferedReceiver[Message]):
         self._buffer.append(msg)
 
     def statistics(self) -> PullerStatistics:
+        """An immutable snapshot of this resource's counters."""
         return PullerStatistics(
             received=self._received,
             malformed=self._malformed.total,

@@ -206,6 +206,7 @@ class Requester(SocketResource):
             slot.wake.set()
 
     def statistics(self) -> RequesterStatistics:
+        """An immutable snapshot of this resource's counters."""
         return RequesterStatistics(
             sent=self._sent,
             replies=self._replies,
@@ -239,10 +240,12 @@ class Request:
 
     @property
     def body(self) -> Any:
+        """The request's body, as the requester sent it."""
         return self.message.body
 
     @property
     def headers(self) -> Mapping[str, Any]:
+        """The request's user headers."""
         return self.message.headers
 
     @property
@@ -252,6 +255,7 @@ class Request:
 
     @property
     def answered(self) -> bool:
+        """Whether ``reply()`` or ``fail()`` has been called."""
         return self._answered
 
     async def reply(self, body: Any, *, headers: Mapping[str, Any] | None = None) -> None:
@@ -315,6 +319,7 @@ class Replier(BufferedReceiver[Request]):
             self._replied += 1
 
     def statistics(self) -> ReplierStatistics:
+        """An immutable snapshot of this resource's counters."""
         return ReplierStatistics(
             received=self._received,
             replied=self._replied,
