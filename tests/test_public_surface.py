@@ -151,3 +151,19 @@ def _doc_params() -> list[typing.Any]:
 @pytest.mark.parametrize("obj", _doc_params())
 def test_every_public_name_has_a_docstring(obj: object) -> None:
     assert written_docstring(obj), f"{obj!r} has no docstring"
+
+
+def test_every_public_method_and_property_has_a_docstring() -> None:
+    missing = []
+    for module in (shoal, shoal.patterns):
+        for name in module.__all__:
+            cls = getattr(module, name)
+            if not isinstance(cls, type):
+                continue
+            for attr, value in vars(cls).items():
+                if attr.startswith("_"):
+                    continue
+                func = value.fget if isinstance(value, property) else value
+                if (callable(func) or isinstance(value, property)) and not func.__doc__:
+                    missing.append(f"{name}.{attr}")
+    assert missing == []
