@@ -193,7 +193,7 @@ class Socket:
         """Re-read EVENTS and wake whoever can now make progress. Never checkpoints.
 
         ``watcher=False`` when the watcher itself refreshes: it acts on the result
-        directly instead of cancelling its own wait.
+        directly instead of poking its own wait.
         """
         try:
             events: int = self._sock.getsockopt(_EVENTS)  # type: ignore[assignment]
@@ -236,6 +236,9 @@ class Socket:
         self._watch_flag = flag
         try:
             while True:
+                # A poke that came while we were not parked in the FD wait found nobody
+                # to wake; it must not stop the next one.
+                self._poked = False
                 try:
                     await trio.lowlevel.wait_readable(self._fd)
                 except trio.ClosedResourceError:
