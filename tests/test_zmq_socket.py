@@ -334,3 +334,46 @@ async def test_zmq_again_never_escapes(ctx: zmq.Context[zmq.Socket[bytes]]) -> N
         ours.send_nowait(b"nobody there")
     assert ours.receive_batch_nowait(10) == []
     ours.close()
+
+
+# --- 7. A sender and a receiver hammering one socket ----------------------------------
+
+async def test_concurrent_sending_and_receiving_under_backpressure_never_stalls(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    """A sends 3,000 messages and receives their echoes in two tasks at once, with tiny
+    high-water marks so both of A's tasks (and the echoing B) keep parking and waking
+    each other through the watcher, the parking lots and pokes. Nothing may stall."""
+    total = 3000
+    ep = inproc()
+    raw_b = ctx.socket(zmq.DEALER)
+    raw_a = ctx.socket(zmq.DEALER)
+    for raw in (raw_a, raw_b):
+        raw.setsockopt(zmq.SNDHWM, 5)
+        raw.setsockopt(zmq.RCVHWM, 5)
+    b = Socket(raw_b, linger_ms=0)
+    b.bind(ep)
+    a = Socket(raw_a, linger_ms=0)
+    a.connect(ep)
+    echoed: list[bytes] = []
+
+    async def echo() -> None:
+        for _ in range(total):
+            await b.send(await recv_one(b))
+
+    async def send_all() -> None:
+        for i in range(total):
+            await a.send(b"%d" % i)
+
+    async def receive_all() -> None:
+        while len(echoed) < total:
+            echoed.append(await recv_one(a))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo)
+            nursery.start_soon(receive_all)
+            nursery.start_soon(send_all)
+    assert echoed == [b"%d" % i for i in range(total)]
+    a.close()
+    b.close()
