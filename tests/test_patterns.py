@@ -978,3 +978,13 @@ async def test_work_sent_just_before_the_pusher_closes_still_arrives(puller_bind
                     await push.aclose()
                     time.sleep(0.2)  # noqa: ASYNC251 - libzmq handles the close meanwhile
                     assert (await pull.receive()).body == b"last words"
+
+
+async def test_a_bad_max_streams_is_refused_before_anything_is_bound() -> None:
+    ep = f"inproc://max-streams-{id(object())}"
+    with trio.fail_after(5):
+        with pytest.raises(LocalProtocolError, match="max_streams"):
+            async with shoal.open_subscriber(bind=ep, max_streams=0):
+                pass  # pragma: no cover - never opened
+        async with shoal.open_subscriber(bind=ep) as sub:  # the address is still free
+            assert sub.endpoints == [ep]

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Generic, Self, TypeVar
 
 import trio
+import zmq
 
 from shoal._core import Identity, Kind, Message, StreamEncoder, decode
 from shoal._identity import next_stream, process_identity
@@ -27,7 +28,7 @@ from shoal.errors import ClosedError, DecodeError, LocalProtocolError
 
 __all__ = [
     "DEFAULT_BATCH", "BufferedReceiver", "Endpoints", "MalformedCounter", "SocketResource",
-    "check_limits", "endpoint_list", "stream_encoder",
+    "check_limits", "endpoint_list", "open_socket", "stream_encoder",
 ]
 
 log = logging.getLogger("shoal")
@@ -70,6 +71,27 @@ def check_limits(*, high_water_mark: int, batch: int = 1) -> None:
             f"high_water_mark must be an int >= 0 (0 means no limit), not {high_water_mark!r}")
     if not isinstance(batch, int) or batch < 1:
         raise LocalProtocolError(f"batch must be an int >= 1, not {batch!r}")
+
+
+def open_socket(
+    what: str,
+    socket_type: int,
+    *,
+    bind: Endpoints,
+    connect: Endpoints,
+    high_water_mark: int,
+    batch: int = 1,
+    context: zmq.Context[zmq.Socket[bytes]] | None,
+    linger_ms: int,
+    options: Sequence[tuple[int, int | bytes]] = (),
+) -> Socket:
+    """What every ``open_*`` starts with: check the arguments (each mistake raises
+    before anything is opened), then create, bind and connect the socket."""
+    b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
+    require_endpoints(b, c, what)
+    check_limits(high_water_mark=high_water_mark, batch=batch)
+    return Socket.open(socket_type, bind=b, connect=c, context=context, linger_ms=linger_ms,
+                       options=options)
 
 
 class MalformedCounter:

@@ -28,9 +28,7 @@ from shoal.patterns._common import (
     BufferedReceiver,
     Endpoints,
     SocketResource,
-    check_limits,
-    endpoint_list,
-    require_endpoints,
+    open_socket,
     stream_encoder,
 )
 
@@ -190,10 +188,9 @@ async def open_publisher(
     Raises ``LocalProtocolError``/``InvalidEndpoint`` for bad arguments,
     ``TransportError`` when the address cannot be used.
     """
-    b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
-    require_endpoints(b, c, "open_publisher")
-    check_limits(high_water_mark=high_water_mark)
-    sock = Socket.open(zmq.PUB, bind=b, connect=c, context=context, linger_ms=linger_ms,
+    sock = open_socket("open_publisher", zmq.PUB, bind=bind, connect=connect,
+                       high_water_mark=high_water_mark, context=context,
+                       linger_ms=linger_ms,
                        options=[(zmq.SNDHWM, high_water_mark)])
     pub = Publisher(sock, identity)
     async with pub:
@@ -216,15 +213,16 @@ async def open_subscriber(
     The default, ``("",)``, receives everything; ``topics=()`` receives nothing until
     ``subscribe()`` is called. ``max_streams`` bounds the gap-tracking memory.
     """
-    b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
-    require_endpoints(b, c, "open_subscriber")
-    check_limits(high_water_mark=high_water_mark, batch=batch)
     if isinstance(topics, str):
         raise LocalProtocolError("topics= takes a list of prefixes, e.g. topics=['sensors/']")
     for t in topics:
         encode_topic(t)
-    sock = Socket.open(zmq.SUB, bind=b, connect=c, context=context,
-                       options=[(zmq.RCVHWM, high_water_mark)], linger_ms=0)
+    if not isinstance(max_streams, int) or max_streams < 1:
+        raise LocalProtocolError(f"max_streams must be an int >= 1, not {max_streams!r}")
+    sock = open_socket("open_subscriber", zmq.SUB, bind=bind, connect=connect,
+                       high_water_mark=high_water_mark, batch=batch, context=context,
+                       linger_ms=0,
+                       options=[(zmq.RCVHWM, high_water_mark)])
     sub = Subscriber(sock, batch=batch, max_streams=max_streams)
     async with sub:
         for t in topics:

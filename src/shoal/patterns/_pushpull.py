@@ -27,9 +27,7 @@ from shoal.patterns._common import (
     BufferedReceiver,
     Endpoints,
     SocketResource,
-    check_limits,
-    endpoint_list,
-    require_endpoints,
+    open_socket,
     stream_encoder,
 )
 
@@ -140,10 +138,9 @@ async def open_pusher(
     linger_ms: int = DEFAULT_LINGER_MS,
 ) -> AsyncIterator[Pusher]:
     """Open a pusher. ``send()`` waits until a puller is connected and can take work."""
-    b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
-    require_endpoints(b, c, "open_pusher")
-    check_limits(high_water_mark=high_water_mark)
-    sock = Socket.open(zmq.PUSH, bind=b, connect=c, context=context, linger_ms=linger_ms,
+    sock = open_socket("open_pusher", zmq.PUSH, bind=bind, connect=connect,
+                       high_water_mark=high_water_mark, context=context,
+                       linger_ms=linger_ms,
                        options=[(zmq.SNDHWM, high_water_mark), (zmq.IMMEDIATE, 1)])
     async with Pusher(sock, identity) as push:
         yield push
@@ -159,10 +156,9 @@ async def open_puller(
     context: zmq.Context[zmq.Socket[bytes]] | None = None,
 ) -> AsyncIterator[Puller]:
     """Open a puller: ``async for msg in pull`` yields each work item sent to it."""
-    b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
-    require_endpoints(b, c, "open_puller")
-    check_limits(high_water_mark=high_water_mark, batch=batch)
-    sock = Socket.open(zmq.PULL, bind=b, connect=c, context=context,
-                       options=[(zmq.RCVHWM, high_water_mark)], linger_ms=0)
+    sock = open_socket("open_puller", zmq.PULL, bind=bind, connect=connect,
+                       high_water_mark=high_water_mark, batch=batch, context=context,
+                       linger_ms=0,
+                       options=[(zmq.RCVHWM, high_water_mark)])
     async with Puller(sock, batch=batch) as pull:
         yield pull

@@ -44,9 +44,7 @@ from shoal.patterns._common import (
     Endpoints,
     MalformedCounter,
     SocketResource,
-    check_limits,
-    endpoint_list,
-    require_endpoints,
+    open_socket,
     stream_encoder,
 )
 
@@ -342,10 +340,9 @@ async def open_requester(
     linger_ms: int = DEFAULT_LINGER_MS,
 ) -> AsyncIterator[Requester]:
     """Open a requester. Requests are spread round-robin over connected repliers."""
-    b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
-    require_endpoints(b, c, "open_requester")
-    check_limits(high_water_mark=high_water_mark, batch=batch)
-    sock = Socket.open(zmq.DEALER, bind=b, connect=c, context=context, linger_ms=linger_ms,
+    sock = open_socket("open_requester", zmq.DEALER, bind=bind, connect=connect,
+                       high_water_mark=high_water_mark, batch=batch, context=context,
+                       linger_ms=linger_ms,
                        # No ZMQ_IMMEDIATE here: with it, libzmq discards the unread
                        # replies of a replier that disconnects (a replier that answers
                        # and exits would lose its last answers).
@@ -366,10 +363,9 @@ async def open_replier(
     linger_ms: int = DEFAULT_LINGER_MS,
 ) -> AsyncIterator[Replier]:
     """Open a replier: ``async for req in rep: await req.reply(...)``."""
-    b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
-    require_endpoints(b, c, "open_replier")
-    check_limits(high_water_mark=high_water_mark, batch=batch)
-    sock = Socket.open(zmq.ROUTER, bind=b, connect=c, context=context, linger_ms=linger_ms,
+    sock = open_socket("open_replier", zmq.ROUTER, bind=bind, connect=connect,
+                       high_water_mark=high_water_mark, batch=batch, context=context,
+                       linger_ms=linger_ms,
                        options=[(zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark),
                                 (zmq.ROUTER_MANDATORY, 1)])
     async with Replier(sock, identity, batch=batch) as rep:
