@@ -580,7 +580,7 @@ async def test_statistics_count_what_happened() -> None:
             for topic in ["s/a", "s/b", "s/a", "zzz"]:
                 await pub.publish(topic, 1)
             assert pub.statistics() == shoal.patterns.PublisherStatistics(
-                published=published_before + 4, topics=topics_before + 3)
+                published=published_before + 4, topics=topics_before + 3, subscribers=1)
             [got] = await sync_subscribers(pub.publish_nowait, sub)
             assert len(got) == 3
             after = sub.statistics()
@@ -600,10 +600,12 @@ async def test_statistics_count_what_happened() -> None:
 async def test_publisher_statistics_start_at_zero_and_count_topics() -> None:
     with trio.fail_after(5):
         async with shoal.open_publisher(bind=LOOPBACK) as pub:
-            assert pub.statistics() == shoal.patterns.PublisherStatistics(published=0, topics=0)
+            assert pub.statistics() == shoal.patterns.PublisherStatistics(
+                published=0, topics=0, subscribers=0)
             for topic in ["a", "b", "a"]:
                 await pub.publish(topic, None)
-            assert pub.statistics() == shoal.patterns.PublisherStatistics(published=3, topics=2)
+            assert pub.statistics() == shoal.patterns.PublisherStatistics(
+                published=3, topics=2, subscribers=0)
 
 
 def _open(kind: str) -> AbstractAsyncContextManager[Any]:
@@ -814,7 +816,7 @@ async def test_a_topic_with_nul_raises_encode_error() -> None:
                 pub.publish_nowait("\0", 1)
             with pytest.raises(EncodeError):
                 await pub.publish(b"bytes-topic", 1)  # type: ignore[arg-type]
-            assert pub.statistics() == shoal.patterns.PublisherStatistics(0, 0)
+            assert pub.statistics() == shoal.patterns.PublisherStatistics(0, 0, 0)
         with pytest.raises(EncodeError):
             async with shoal.open_subscriber(bind=LOOPBACK, topics=["ok", "bad\0"]):
                 pass

@@ -190,7 +190,7 @@ class Socket:
         directly bypasses the edge bookkeeping: do not do that while tasks wait."""
         return self._sock
 
-    def _check_open(self, action: str) -> None:
+    def check_open(self, action: str) -> None:
         if self._closed:
             raise ClosedError(f"cannot {action}: this resource is closed; open a new one")
 
@@ -232,7 +232,7 @@ class Socket:
 
     async def _wait(self, flag: int) -> None:
         """Wait until ``flag`` may be ready. Returns spuriously; callers retry."""
-        self._check_open("wait")
+        self.check_open("wait")
         self._parked += 1
         if self._watch_flag:
             try:
@@ -277,7 +277,7 @@ class Socket:
     def send_nowait(self, msg: bytes | Sequence[bytes]) -> None:
         """Queue one message (bytes, or a list of frames). Raises ``trio.WouldBlock``
         at the high-water mark (or, for PUSH/DEALER, with no peer connected)."""
-        self._check_open("send")
+        self.check_open("send")
         try:
             if isinstance(msg, bytes):
                 _raw_send(self._sock, msg, _NOBLOCK)
@@ -336,7 +336,7 @@ class Socket:
 
         Each message is its list of frames. Returns ``[]`` when nothing is queued.
         """
-        self._check_open("receive")
+        self.check_open("receive")
         out: list[list[bytes]] = []
         sock = self._sock
         getopt: Callable[[int], int] = self._sock.getsockopt  # type: ignore[assignment]
@@ -372,7 +372,7 @@ class Socket:
     # -- configuration (each call may consume the edge, so each refreshes) ---------
 
     def setsockopt(self, option: int, value: int | bytes) -> None:
-        self._check_open("set an option")
+        self.check_open("set an option")
         try:
             self._sock.setsockopt(option, value)
         except zmq.ZMQError as exc:
@@ -383,7 +383,7 @@ class Socket:
     def bind(self, endpoint: str) -> str:
         """Bind and return the endpoint as bound (``tcp://127.0.0.1:*`` resolved)."""
         check_endpoint(endpoint)
-        self._check_open("bind")
+        self.check_open("bind")
         try:
             self._sock.bind(endpoint)
             actual = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -396,7 +396,7 @@ class Socket:
 
     def connect(self, endpoint: str) -> None:
         check_endpoint(endpoint)
-        self._check_open("connect")
+        self.check_open("connect")
         try:
             self._sock.connect(endpoint)
         except zmq.ZMQError as exc:
@@ -405,7 +405,7 @@ class Socket:
             self._after_call()
 
     def disconnect(self, endpoint: str) -> None:
-        self._check_open("disconnect")
+        self.check_open("disconnect")
         try:
             self._sock.disconnect(endpoint)
         except zmq.ZMQError as exc:

@@ -5,6 +5,15 @@ the caller passes time and ids in, so every state machine here is a plain functi
 call that tests can drive deterministically.
 """
 
+from shoal._core._control import (
+    Bye,
+    ChannelOffer,
+    Role,
+    State,
+    VersionMismatch,
+    decode_control,
+    encode_control,
+)
 from shoal._core._envelope import (
     HEADER,
     MAX_TOPIC,
@@ -18,18 +27,43 @@ from shoal._core._envelope import (
 )
 from shoal._core._gaps import GapTracker, StreamKey
 from shoal._core._identity import Identity
+from shoal._core._peers import (
+    Peer,
+    PeerEvent,
+    PeerJoined,
+    PeerLeft,
+    PeerTable,
+    PeerUpdated,
+    choose_address,
+    offers,
+)
 
 __all__ = [
     "HEADER",
     "MAX_TOPIC",
     "VERSION",
+    "Bye",
+    "ChannelOffer",
     "GapTracker",
     "Identity",
     "Kind",
     "Message",
+    "Peer",
+    "PeerEvent",
+    "PeerJoined",
+    "PeerLeft",
+    "PeerTable",
+    "PeerUpdated",
+    "Role",
+    "State",
     "StreamEncoder",
     "StreamKey",
+    "VersionMismatch",
+    "choose_address",
+    "decode_control",
     "decode",
     "encode",
+    "encode_control",
     "encode_topic",
+    "offers",
 ]

@@ -6,11 +6,21 @@ before a subscription has reached it (slow joiner). Loss is never silent: each
 message carries ``(sender, epoch, stream, seq)`` with ``seq`` counted per topic, and
 a subscriber counts the gaps per publisher in ``statistics()``.
 
+Who is listening: the publisher is an XPUB socket, and every subscriber subscribes,
+after its topics, to a marker prefix unique to it (``\\xff`` + 16 random bytes; no
+topic can start with ``\\xff``, which is not UTF-8, so no publication ever matches
+it). XPUB hands each new marker (and its withdrawal when the subscriber goes) to the
+publisher, so ``wait_for_subscribers(n)`` knows when ``n`` subscribers are connected
+with their subscriptions in place: the slow-joiner handshake, without probing.
+Subscriptions travel in order on each connection, so when the marker has arrived the
+topics subscribed before it are in effect.
+
 Never here: waiting on a slow subscriber (PUB does not block), re-encoding bodies.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,6 +43,8 @@ from shoal.patterns._common import (
 )
 
 _PUBLISH = (Kind.PUBLISH,)
+_MARKER = b"\xff"
+"""Subscriber markers start with this byte; no UTF-8 topic does."""
 
 __all__ = [
     "Publisher",
@@ -42,6 +54,7 @@ __all__ = [
     "open_publisher",
     "open_subscriber",
 ]
+# (publisher_options, subscriber_options, check_subscriber_args: for shoal's node)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +65,8 @@ class PublisherStatistics:
     """Messages handed to ZeroMQ (PUB may still drop them at its high-water mark)."""
     topics: int
     """Distinct topics published so far (each has its own sequence counter)."""
+    subscribers: int
+    """Subscribers connected with their subscriptions in place (as last seen)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +95,42 @@ class Publisher(SocketResource):
         # topic -> [encoded topic + NUL, next seq]; one counter per distinct topic
         self._topics: dict[str, list[Any]] = {}
         self._published = 0
+        self._subscribers: set[bytes] = set()
 
+    def _read_subscriptions(self) -> None:
+        """Take the subscription changes XPUB has queued; track subscriber markers."""
+        while raws := self._sock.receive_batch_nowait(256):
+            for frames in raws:
+                f = frames[0]
+                if len(frames) != 1 or len(f) < 2 or f[1:2] != _MARKER:
+                    continue  # a topic subscription: libzmq applies it; nothing to track
+                if f[0] == 1:
+                    self._subscribers.add(f[1:])
+                elif f[0] == 0:
+                    self._subscribers.discard(f[1:])
+
+    @property
+    def subscribers(self) -> int:
+        """How many subscribers are connected with their subscriptions in place."""
+        if not self._sock.closed:
+            self._read_subscriptions()
+        return len(self._subscribers)
+
+    async def wait_for_subscribers(self, n: int = 1) -> None:
+        """Wait until at least ``n`` subscribers are connected and their subscriptions
+        have reached this publisher (what was published before that, they missed).
+
+        Counts subscribers made by shoal (each announces itself with a marker). The
+        caller owns the timeout (``trio.fail_after``). Raises ``ClosedError`` if the
+        publisher is closed while waiting.
+        """
+        while True:
+            self._sock.check_open("wait for subscribers")
+            self._read_subscriptions()
+            if len(self._subscribers) >= n:
+                await trio.lowlevel.checkpoint()
+                return
+            await self._sock.wait_receivable()
 
     def publish_nowait(
         self, topic: str, body: Any, *, headers: Mapping[str, Any] | None = None
@@ -100,6 +150,10 @@ class Publisher(SocketResource):
         if seq == 0:
             self._topics[topic] = entry
         self._published += 1
+        if not self._published & 255:
+            # XPUB queues subscription changes for us to read: take them now and then
+            # so that subscriber churn cannot pile them up when nobody asks.
+            self._read_subscriptions()
 
     async def publish(
         self, topic: str, body: Any, *, headers: Mapping[str, Any] | None = None
@@ -117,7 +171,8 @@ class Publisher(SocketResource):
 
     def statistics(self) -> PublisherStatistics:
         """An immutable snapshot of this resource's counters."""
-        return PublisherStatistics(published=self._published, topics=len(self._topics))
+        return PublisherStatistics(published=self._published, topics=len(self._topics),
+                                   subscribers=self.subscribers)
 
 
 
@@ -131,6 +186,17 @@ class Subscriber(BufferedReceiver[Message]):
         super().__init__(sock, batch=batch)
         self._gaps = GapTracker(max_streams=max_streams)
         self._prefixes: set[str] = set()
+        self._marker = _MARKER + os.urandom(16)
+
+    def _announce(self) -> None:
+        """Subscribe the marker that lets publishers count this subscriber. Called
+        after the initial topics, so a publisher that sees it has them too."""
+        self._sock.setsockopt(zmq.SUBSCRIBE, self._marker)
+
+    def _start(self, topics: Sequence[str]) -> None:
+        for t in topics:
+            self.subscribe(t)
+        self._announce()
 
     def subscribe(self, prefix: str) -> None:
         """Also receive topics starting with ``prefix`` (``""`` means every topic)."""
@@ -188,10 +254,9 @@ async def open_publisher(
     Raises ``LocalProtocolError``/``InvalidEndpoint`` for bad arguments,
     ``TransportError`` when the address cannot be used.
     """
-    sock = open_socket("open_publisher", zmq.PUB, bind=bind, connect=connect,
+    sock = open_socket("open_publisher", zmq.XPUB, bind=bind, connect=connect,
                        high_water_mark=high_water_mark, context=context,
-                       linger_ms=linger_ms,
-                       options=[(zmq.SNDHWM, high_water_mark)])
+                       linger_ms=linger_ms, options=publisher_options(high_water_mark))
     pub = Publisher(sock, identity)
     async with pub:
         yield pub
@@ -213,19 +278,32 @@ async def open_subscriber(
     The default, ``("",)``, receives everything; ``topics=()`` receives nothing until
     ``subscribe()`` is called. ``max_streams`` bounds the gap-tracking memory.
     """
+    check_subscriber_args(topics, max_streams)
+    sock = open_socket("open_subscriber", zmq.SUB, bind=bind, connect=connect,
+                       high_water_mark=high_water_mark, batch=batch, context=context,
+                       linger_ms=0, options=subscriber_options(high_water_mark))
+    sub = Subscriber(sock, batch=batch, max_streams=max_streams)
+    async with sub:
+        sub._start(topics)
+        yield sub
+
+
+def publisher_options(high_water_mark: int) -> list[tuple[int, int | bytes]]:
+    """Socket options of a publisher (an XPUB socket)."""
+    return [(zmq.SNDHWM, high_water_mark)]
+
+
+def subscriber_options(high_water_mark: int) -> list[tuple[int, int | bytes]]:
+    """Socket options of a subscriber (a SUB socket)."""
+    return [(zmq.RCVHWM, high_water_mark)]
+
+
+def check_subscriber_args(topics: Sequence[str], max_streams: int) -> None:
+    """Refuse subscriber arguments that cannot work, before a socket is opened."""
     if isinstance(topics, str):
         raise LocalProtocolError("topics= takes a list of prefixes, e.g. topics=['sensors/']")
     for t in topics:
         encode_topic(t)
     if not isinstance(max_streams, int) or max_streams < 1:
         raise LocalProtocolError(f"max_streams must be an int >= 1, not {max_streams!r}")
-    sock = open_socket("open_subscriber", zmq.SUB, bind=bind, connect=connect,
-                       high_water_mark=high_water_mark, batch=batch, context=context,
-                       linger_ms=0,
-                       options=[(zmq.RCVHWM, high_water_mark)])
-    sub = Subscriber(sock, batch=batch, max_streams=max_streams)
-    async with sub:
-        for t in topics:
-            sub.subscribe(t)
-        yield sub
 

@@ -1,0 +1,217 @@
+"""The node control protocol: what nodes tell each other about themselves.
+
+Nodes exchange two kinds of control message, each one msgpack frame sent to the
+other node's control (ROUTER) socket:
+
+* ``State``: who I am (node id, epoch, name, protocol version), where I listen
+  (addresses and control port) and my catalogue of channels (name, role, port),
+  tagged with a revision that grows with every catalogue change. A node sends its
+  State on first contact (an introduction), at once whenever its catalogue changes,
+  and every heartbeat interval after that: the State doubles as the heartbeat.
+* ``Bye``: I am leaving (clean exit). The receiver drops the node at once.
+
+Every control frame starts with the protocol version, so a node on another version is
+recognised and ignored (``VersionMismatch``) instead of being mis-decoded.
+
+Contract: sans-I/O (no sockets, no clock). ``decode_control`` treats its input as
+hostile: anything malformed raises ``DecodeError`` with a stable reason, and sizes are
+bounded (``MAX_CHANNELS``, ``MAX_ADDRESSES``, name lengths) before anything is built.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from shoal._core._envelope import MAX_TOPIC, VERSION
+from shoal._core._errors import DecodeError, EncodeError
+
+__all__ = [
+    "MAX_ADDRESSES",
+    "MAX_CHANNELS",
+    "MAX_NAME",
+    "Bye",
+    "ChannelOffer",
+    "Role",
+    "State",
+    "VersionMismatch",
+    "decode_control",
+    "encode_control",
+]
+
+MAX_CHANNELS: Final = 1024
+MAX_ADDRESSES: Final = 32
+MAX_NAME: Final = 255
+_MAX_FRAME: Final = 256 * 1024
+
+_STATE: Final = "state"
+_BYE: Final = "bye"
+
+
+class Role(enum.Enum):
+    """What a node does on a channel."""
+
+    PUBLISHER = "pub"
+    SUBSCRIBER = "sub"
+    PUSHER = "push"
+    PULLER = "pull"
+    REPLIER = "rep"
+    REQUESTER = "req"
+
+    @property
+    def binds(self) -> bool:
+        """Whether this role listens (others connect to it): publisher, puller, replier."""
+        return self in _BINDERS
+
+    @property
+    def counterpart(self) -> Role:
+        """The role this one talks to (publisher <-> subscriber, ...)."""
+        return _COUNTERPART[self]
+
+
+_BINDERS: Final = frozenset({Role.PUBLISHER, Role.PULLER, Role.REPLIER})
+_COUNTERPART: Final = {
+    Role.PUBLISHER: Role.SUBSCRIBER, Role.SUBSCRIBER: Role.PUBLISHER,
+    Role.PUSHER: Role.PULLER, Role.PULLER: Role.PUSHER,
+    Role.REPLIER: Role.REQUESTER, Role.REQUESTER: Role.REPLIER,
+}
+_ROLES: Final = {r.value: r for r in Role}
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelOffer:
+    """One entry of a node's catalogue: ``role`` on channel ``name``, listening on
+    ``port`` (0 for roles that connect rather than listen)."""
+
+    name: str
+    role: Role
+    port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """A node's self-description (also its heartbeat)."""
+
+    node_id: bytes
+    epoch: int
+    name: str
+    addresses: tuple[str, ...]
+    control_port: int
+    revision: int
+    channels: tuple[ChannelOffer, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """A node's goodbye: the incarnation ``(node_id, epoch)`` is gone."""
+
+    node_id: bytes
+    epoch: int
+
+
+class VersionMismatch(DecodeError):
+    """The frame is a control message of another protocol version (``version``)."""
+
+    def __init__(self, version: object) -> None:
+        self.version = version
+        super().__init__("unsupported-version", f"control protocol version {version!r}")
+
+
+def encode_control(msg: State | Bye) -> bytes:
+    """Encode a control message. Raises ``EncodeError`` if a field is out of bounds."""
+    if isinstance(msg, Bye):
+        return msgpack.packb([VERSION, _BYE, msg.node_id, msg.epoch])
+    if len(msg.channels) > MAX_CHANNELS:
+        raise EncodeError(f"a node offers at most {MAX_CHANNELS} channels")
+    if len(msg.name.encode("utf-8", "surrogatepass")) > MAX_NAME:
+        raise EncodeError(f"a node name is at most {MAX_NAME} bytes of UTF-8")
+    return msgpack.packb([
+        VERSION, _STATE, msg.node_id, msg.epoch, msg.name, list(msg.addresses),
+        msg.control_port, msg.revision,
+        [[c.name, c.role.value, c.port] for c in msg.channels],
+    ])
+
+
+def _fail(reason: str, detail: str = "") -> DecodeError:
+    return DecodeError(reason, detail)
+
+
+def _node_id(value: Any) -> bytes:
+    if not isinstance(value, bytes) or len(value) != 16:
+        raise _fail("bad-node-id")
+    return value
+
+
+def _u32(value: Any, what: str) -> int:
+    if type(value) is not int or not 0 <= value < 2**32:
+        raise _fail("bad-field", what)
+    return value
+
+
+def _port(value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= 65535:
+        raise _fail("bad-field", "port")
+    return value
+
+
+def _text(value: Any, limit: int, what: str) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise _fail("bad-field", what)
+    return value
+
+
+def _address(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 64:
+        raise _fail("bad-field", "address")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise _fail("bad-field", "address") from None
+
+
+def _channel(value: Any) -> ChannelOffer:
+    if not isinstance(value, list) or len(value) != 3:
+        raise _fail("bad-field", "channel")
+    name, role, port = value
+    r = _ROLES.get(role) if isinstance(role, str) else None
+    if r is None:
+        raise _fail("bad-field", "channel role")
+    return ChannelOffer(_text(name, MAX_TOPIC, "channel name"), r, _port(port))
+
+
+def decode_control(frame: bytes) -> State | Bye:
+    """Decode one control frame. Raises ``VersionMismatch`` for another protocol
+    version and ``DecodeError`` for anything else that is not a valid message."""
+    if len(frame) > _MAX_FRAME:
+        raise _fail("too-large", str(len(frame)))
+    try:
+        obj = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises many types for hostile input
+        raise _fail("malformed", type(exc).__name__) from None
+    if not isinstance(obj, list) or len(obj) < 2:
+        raise _fail("malformed", "not a control message")
+    if obj[0] != VERSION:
+        raise VersionMismatch(obj[0] if isinstance(obj[0], int | str) else type(obj[0]).__name__)
+    kind = obj[1]
+    if kind == _BYE and len(obj) == 4:
+        return Bye(_node_id(obj[2]), _u32(obj[3], "epoch"))
+    if kind != _STATE or len(obj) != 9:
+        raise _fail("unknown-control", repr(kind)[:40])
+    addresses, channels = obj[5], obj[8]
+    if not isinstance(addresses, list) or len(addresses) > MAX_ADDRESSES:
+        raise _fail("bad-field", "addresses")
+    if not isinstance(channels, list) or len(channels) > MAX_CHANNELS:
+        raise _fail("bad-field", "channels")
+    return State(
+        node_id=_node_id(obj[2]),
+        epoch=_u32(obj[3], "epoch"),
+        name=_text(obj[4], MAX_NAME, "name"),
+        addresses=tuple(_address(a) for a in addresses),
+        control_port=_port(obj[6]),
+        revision=_u32(obj[7], "revision"),
+        channels=tuple(_channel(c) for c in channels),
+    )

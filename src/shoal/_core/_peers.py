@@ -1,0 +1,221 @@
+"""The peer table: which nodes are alive, what they offer, and where to reach them.
+
+A pure reducer. The node feeds it what arrives on its control socket (``State``,
+``Bye``) and the time; it answers with events (``PeerJoined``, ``PeerUpdated``,
+``PeerLeft``) and says when it next needs to be asked about timeouts.
+
+Rules (the theory of operation):
+
+* A peer is an incarnation: ``(node id, epoch)``. A State with a known id and a new
+  epoch means the node restarted: the old incarnation leaves (reason ``restarted``)
+  and the new one joins.
+* A peer that sends nothing for ``timeout`` seconds leaves (reason ``timeout``). It
+  may come back with the same epoch (a link that flapped): it joins again.
+* A ``Bye`` removes the peer at once (reason ``goodbye``). Its epoch is retired: a
+  late State of that incarnation (reordered, or queued before the goodbye) is ignored,
+  and so is a State of any incarnation replaced by a newer one.
+* The table holds at most ``max_peers`` peers; States from further nodes are ignored
+  and counted in ``refused``.
+
+Sans-I/O: no clock, no sockets. ``now`` is any monotonic float the caller chooses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from shoal._core._control import ChannelOffer, Role, State
+
+__all__ = [
+    "Peer",
+    "PeerEvent",
+    "PeerJoined",
+    "PeerLeft",
+    "PeerTable",
+    "PeerUpdated",
+    "choose_address",
+    "offers",
+]
+
+_RETIRED_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A node seen on the network (one incarnation of it)."""
+
+    id: str
+    """The node id, 32 hex digits (also the ``Message.sender`` of its messages)."""
+    name: str
+    """The name the node was opened with (not necessarily unique)."""
+    epoch: int
+    """The incarnation: a fresh number every time the node starts."""
+    addresses: tuple[str, ...]
+    """The addresses the node listens on."""
+    address: str
+    """Of ``addresses``, the one this node uses to reach it."""
+    control_port: int
+    channels: tuple[ChannelOffer, ...]
+    """The node's catalogue: what it offers on which channel."""
+    revision: int
+    """Grows with every change of the node's catalogue."""
+    last_seen: float = field(compare=False)
+    """When the node was last heard from (``trio.current_time()`` clock)."""
+
+    def endpoint(self, offer: ChannelOffer) -> str:
+        """The ZeroMQ endpoint of one of this peer's listening channel offers."""
+        return f"tcp://{_host(self.address)}:{offer.port}"
+
+    @property
+    def control_endpoint(self) -> str:
+        """Where this node's control socket listens."""
+        return f"tcp://{_host(self.address)}:{self.control_port}"
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+@dataclass(frozen=True, slots=True)
+class PeerJoined:
+    """A node (incarnation) appeared."""
+
+    peer: Peer
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUpdated:
+    """A node changed its catalogue (or addresses)."""
+
+    peer: Peer
+    previous: Peer
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLeft:
+    """A node (incarnation) is gone. ``reason``: ``goodbye`` (it said so),
+    ``timeout`` (it went silent) or ``restarted`` (a new incarnation replaced it)."""
+
+    peer: Peer
+    reason: str
+
+
+PeerEvent = PeerJoined | PeerUpdated | PeerLeft
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def choose_address(candidates: Sequence[str], networks: Iterable[Network]) -> str:
+    """Of a peer's addresses, the first that lies in one of our own ``networks``
+    (reachable directly); failing that, the first one."""
+    nets = list(networks)
+    for a in candidates:
+        ip = ipaddress.ip_address(a)
+        if any(ip.version == n.version and ip in n for n in nets):
+            return a
+    return candidates[0]
+
+
+class PeerTable:
+    """The live peers of one node, keyed by node id. See the module docstring."""
+
+    def __init__(
+        self, self_id: bytes, *, timeout: float, networks: Iterable[Network] = (),
+        max_peers: int = 1024,
+    ) -> None:
+        self._self = self_id
+        self._timeout = timeout
+        self._networks = list(networks)
+        self._max = max_peers
+        self._peers: dict[bytes, Peer] = {}
+        self._seen: dict[bytes, float] = {}
+        self._retired: OrderedDict[tuple[bytes, int], None] = OrderedDict()
+        self.refused = 0
+        """States ignored because the table was full."""
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def peers(self) -> list[Peer]:
+        """Every live peer, with ``last_seen`` filled in."""
+        return [_with_seen(p, self._seen[k]) for k, p in self._peers.items()]
+
+    def get(self, node_id: bytes) -> Peer | None:
+        p = self._peers.get(node_id)
+        return None if p is None else _with_seen(p, self._seen[node_id])
+
+    def _retire(self, key: tuple[bytes, int]) -> None:
+        self._retired[key] = None
+        if len(self._retired) > _RETIRED_MAX:
+            self._retired.popitem(last=False)
+
+    def on_state(self, st: State, now: float) -> list[PeerEvent]:
+        """A State arrived. Returns what changed (often nothing: a heartbeat)."""
+        nid = st.node_id
+        if nid == self._self or (nid, st.epoch) in self._retired or not st.addresses:
+            return []
+        old = self._peers.get(nid)
+        if old is not None and old.epoch == st.epoch:
+            self._seen[nid] = now
+            if st.revision <= old.revision and st.addresses == old.addresses:
+                return []
+            new = self._peer(st, now)
+            self._peers[nid] = new
+            return [PeerUpdated(new, _with_seen(old, now))]
+        events: list[PeerEvent] = []
+        if old is not None:
+            self._retire((nid, old.epoch))
+            events.append(PeerLeft(_with_seen(old, self._seen[nid]), "restarted"))
+        elif len(self._peers) >= self._max:
+            self.refused += 1
+            return []
+        new = self._peer(st, now)
+        self._peers[nid] = new
+        self._seen[nid] = now
+        events.append(PeerJoined(new))
+        return events
+
+    def on_bye(self, node_id: bytes, epoch: int, now: float) -> list[PeerEvent]:
+        """A goodbye arrived: the incarnation leaves now and stays retired."""
+        self._retire((node_id, epoch))
+        old = self._peers.get(node_id)
+        if old is None or old.epoch != epoch:
+            return []
+        return [PeerLeft(self._drop(node_id), "goodbye")]
+
+    def expire(self, now: float) -> list[PeerEvent]:
+        """Every peer silent for longer than the timeout leaves."""
+        limit = now - self._timeout
+        gone = [k for k, seen in self._seen.items() if seen < limit]
+        return [PeerLeft(self._drop(k), "timeout") for k in gone]
+
+    def next_deadline(self) -> float | None:
+        """When ``expire`` could next have something to do (None: no peers)."""
+        return min(self._seen.values()) + self._timeout if self._seen else None
+
+    def _drop(self, node_id: bytes) -> Peer:
+        p = self._peers.pop(node_id)
+        return _with_seen(p, self._seen.pop(node_id))
+
+    def _peer(self, st: State, now: float) -> Peer:
+        return Peer(
+            id=st.node_id.hex(), name=st.name, epoch=st.epoch, addresses=st.addresses,
+            address=choose_address(st.addresses, self._networks),
+            control_port=st.control_port, channels=st.channels, revision=st.revision,
+            last_seen=now,
+        )
+
+
+def _with_seen(p: Peer, seen: float) -> Peer:
+    if p.last_seen == seen:
+        return p
+    return Peer(p.id, p.name, p.epoch, p.addresses, p.address, p.control_port, p.channels,
+                p.revision, seen)
+
+
+def offers(peer: Peer, channel: str, role: Role) -> list[ChannelOffer]:
+    """The peer's listening offers on ``channel`` in ``role``."""
+    return [c for c in peer.channels if c.name == channel and c.role is role and c.port]

@@ -1,0 +1,346 @@
+"""A tiny LAN of Linux network namespaces for tests that need real multicast between hosts.
+
+Layout of a lab with prefix ``P`` and ``n`` hosts::
+
+    netns P-sw:  bridge br0 (multicast_snooping 0) <- ports h0 .. h{n-1}
+    netns P-hI:  lo up, eth0 (veth peer of hI in P-sw), 10.X.Y.(I+1)/24,
+                 route 224.0.0.0/4 dev eth0
+
+Everything (bridge, veths, addresses, routes) lives inside namespaces the lab creates;
+nothing is added to the root namespace, so no packet ever reaches a real interface.
+Deleting the namespaces removes the veths and the bridge with them.
+
+Usage::
+
+    reason = namespaces_available()   # None, or why a lab can't be built here
+    with Lab.create(3) as lab:
+        a, b, c = lab.hosts
+        proc = a.popen([sys.executable, "-c", "..."], stdout=subprocess.PIPE)
+        print(b.run(["ping", "-c1", "-W1", a.address], timeout=5).returncode)
+        b.link_down(); b.link_up()    # flap b's bridge port (b keeps its routes)
+
+    lab3 = lab_fixture(3)             # in a test module: a pytest fixture yielding a Lab
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import itertools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import pytest
+
+__all__ = ["Host", "Lab", "lab_fixture", "namespaces_available"]
+
+IP_TIMEOUT = 10.0
+"""Upper bound for one ``ip`` invocation (they normally take a few milliseconds)."""
+
+KILL_WAIT = 5.0
+"""How long to wait for a SIGKILLed process to be reaped."""
+
+DEFAULT_PREFIX = "shoallab"
+"""Default namespace names are ``shoallab<pid>n<counter>-sw`` / ``...-h<i>``."""
+
+_STALE = re.compile(rf"^{DEFAULT_PREFIX}(\d+)n\d+-")
+_counter = itertools.count()
+_open_labs: weakref.WeakSet[Lab] = weakref.WeakSet()
+
+
+class LabError(RuntimeError):
+    """Building the lab failed (the message carries the failing ``ip`` command and stderr)."""
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = ["ip", *args]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=IP_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise LabError(f"{' '.join(cmd)}: timed out after {IP_TIMEOUT}s") from exc
+    if check and done.returncode != 0:
+        raise LabError(f"{' '.join(cmd)}: exit {done.returncode}: {done.stderr.strip()}")
+    return done
+
+
+def _netns_list() -> list[str]:
+    done = _ip("netns", "list", check=False)
+    return [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
+
+
+def _netns_pids(ns: str) -> list[int]:
+    done = _ip("netns", "pids", ns, check=False)
+    return [int(tok) for tok in done.stdout.split() if tok.isdigit()]
+
+
+def _sigkill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _destroy_namespace(ns: str) -> None:
+    """SIGKILL everything still inside ``ns`` (daemons included), then delete it."""
+    for pid in _netns_pids(ns):
+        if pid != os.getpid():
+            _sigkill(pid)
+    _ip("netns", "delete", ns, check=False)
+
+
+@functools.cache
+def namespaces_available() -> str | None:
+    """None if labs can be built here, else a human-readable reason (for ``pytest.skip``)."""
+    if not sys.platform.startswith("linux"):
+        return f"network namespaces need Linux (this is {sys.platform})"
+    if shutil.which("ip") is None:
+        return "the `ip` command (iproute2) is not installed"
+    if os.geteuid() != 0:
+        how = "`unshare -rn` exists" if shutil.which("unshare") else "`unshare` is missing too"
+        return (
+            "network-namespace labs need root (`ip netns add`); not root here "
+            f"(euid {os.geteuid()}); {how}, but the unprivileged path is not implemented"
+        )
+    probe = f"{DEFAULT_PREFIX}{os.getpid()}probe{next(_counter)}"
+    try:
+        _ip("netns", "add", probe)
+        # Everything a lab needs, tried inside the probe namespace only.
+        _ip("-n", probe, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+        _ip("-n", probe, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+        _ip("-n", probe, "link", "set", "v0", "master", "br0")
+    except LabError as exc:
+        return f"cannot build network namespaces here: {exc}"
+    except OSError as exc:
+        return f"cannot run `ip`: {exc}"
+    finally:
+        with contextlib.suppress(Exception):
+            _ip("netns", "delete", probe, check=False)
+    return None
+
+
+def remove_stale_namespaces() -> list[str]:
+    """Delete default-prefix namespaces left behind by test processes that no longer exist."""
+    removed = []
+    for ns in _netns_list():
+        m = _STALE.match(ns)
+        if m is None or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            _destroy_namespace(ns)
+            removed.append(ns)
+        except PermissionError:
+            pass
+    return removed
+
+
+class Host:
+    """One host of a :class:`Lab`: a namespace with ``lo`` and ``eth0`` on the lab's bridge."""
+
+    def __init__(self, lab: Lab, index: int, name: str, address: str, port: str) -> None:
+        self.lab = lab
+        self.index = index
+        self.name = name
+        """The netns name (``ip netns exec NAME ...``)."""
+        self.address = address
+        """This host's IPv4 address on ``eth0`` (the /24 is shared by the lab's hosts)."""
+        self.port = port
+        """Name of the bridge-side veth end, inside the switch namespace."""
+        self.procs: list[subprocess.Popen[Any]] = []
+
+    def __repr__(self) -> str:
+        return f"Host({self.name!r}, {self.address!r})"
+
+    def argv(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` prefixed so that it runs inside this host's namespace."""
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` inside the namespace; the lab SIGKILLs it on close.
+
+        The process gets its own session (process group) unless ``start_new_session`` is
+        given, so :meth:`kill` also reaches the children it started.
+        """
+        kw.setdefault("start_new_session", True)
+        proc: subprocess.Popen[Any] = subprocess.Popen(self.argv(argv), **kw)
+        self.procs.append(proc)
+        return proc
+
+    def run(
+        self, argv: Sequence[str], timeout: float = 10.0, **kw: Any
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in the namespace to completion (killed after ``timeout`` seconds).
+
+        Output is captured as text unless overridden; raises ``subprocess.TimeoutExpired``.
+        """
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        kw.setdefault("check", False)
+        done: subprocess.CompletedProcess[str] = subprocess.run(
+            self.argv(argv), timeout=timeout, **kw
+        )
+        return done
+
+    def kill(self, proc: subprocess.Popen[Any]) -> int | None:
+        """SIGKILL ``proc`` (and its process group if it leads one); reap it; return its code."""
+        if proc.poll() is None:
+            try:
+                pgid = os.getpgid(proc.pid)
+            except ProcessLookupError:
+                pgid = -1
+            if pgid == proc.pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, signal.SIGKILL)
+            _sigkill(proc.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=KILL_WAIT)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        return proc.returncode
+
+    def link_down(self) -> None:
+        """Unplug the cable: take the bridge-side end of this host's veth down.
+
+        The host side only loses carrier, so its addresses and routes (including the
+        multicast route) stay; traffic to and from this host stops.
+        """
+        _ip("-n", self.lab.switch, "link", "set", self.port, "down")
+
+    def link_up(self) -> None:
+        """Plug the cable back in (bridge port forwards again at once: STP is off)."""
+        _ip("-n", self.lab.switch, "link", "set", self.port, "up")
+
+
+class Lab:
+    """A switch namespace with a bridge, and ``n`` host namespaces cabled to it."""
+
+    def __init__(self, prefix: str, subnet: str) -> None:
+        self.prefix = prefix
+        self.subnet = subnet
+        """The lab's ``10.X.Y`` (hosts are ``10.X.Y.1`` ...)."""
+        self.switch = f"{prefix}-sw"
+        self.hosts: list[Host] = []
+        self.closed = False
+        self._namespaces: list[str] = []
+
+    @classmethod
+    def create(cls, n_hosts: int, prefix: str | None = None) -> Lab:
+        """Build the lab (raises :class:`LabError`, after cleaning up, if anything fails)."""
+        if not 1 <= n_hosts <= 250:
+            raise ValueError(f"n_hosts must be in 1..250, got {n_hosts}")
+        seq = next(_counter)
+        if prefix is None:
+            remove_stale_namespaces()
+            prefix = f"{DEFAULT_PREFIX}{os.getpid()}n{seq}"
+        tag = (os.getpid() * 7 + seq) % 65536
+        lab = cls(prefix, f"10.{tag >> 8}.{tag & 0xFF}")
+        _open_labs.add(lab)
+        try:
+            lab._build(n_hosts)
+        except BaseException:
+            lab.close()
+            raise
+        return lab
+
+    def _build(self, n_hosts: int) -> None:
+        taken = set(_netns_list())
+        names = [self.switch, *(f"{self.prefix}-h{i}" for i in range(n_hosts))]
+        clash = taken.intersection(names)
+        if clash:
+            raise LabError(f"namespaces already exist: {sorted(clash)}")
+        sw = self.switch
+        _ip("netns", "add", sw)
+        self._namespaces.append(sw)
+        _ip("-n", sw, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+        _ip("-n", sw, "link", "set", "br0", "up")
+        for i in range(n_hosts):
+            ns, port = f"{self.prefix}-h{i}", f"h{i}"
+            address = f"{self.subnet}.{i + 1}"
+            _ip("netns", "add", ns)
+            self._namespaces.append(ns)
+            # Both ends are born in the switch namespace; the peer moves straight into ns.
+            _ip("-n", sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _ip("-n", sw, "link", "set", port, "master", "br0")
+            _ip("-n", sw, "link", "set", port, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+            _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
+            self.hosts.append(Host(self, i, ns, address, port))
+
+    @property
+    def namespaces(self) -> list[str]:
+        """Every namespace this lab created (switch first)."""
+        return list(self._namespaces)
+
+    def processes(self) -> list[subprocess.Popen[Any]]:
+        """Every process started with :meth:`Host.popen` in this lab."""
+        return [p for h in self.hosts for p in h.procs]
+
+    def close(self) -> None:
+        """Kill every tracked process and everything else inside the lab's namespaces,
+        then delete the namespaces (and with them the veths and the bridge). Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        for host in self.hosts:
+            for proc in host.procs:
+                with contextlib.suppress(Exception):
+                    host.kill(proc)
+        for ns in reversed(self._namespaces):
+            with contextlib.suppress(Exception):
+                _destroy_namespace(ns)
+        _open_labs.discard(self)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@atexit.register
+def _close_open_labs() -> None:
+    for lab in list(_open_labs):
+        with contextlib.suppress(Exception):
+            lab.close()
+
+
+def lab_fixture(n: int) -> Callable[[], Iterator[Lab]]:
+    """A pytest fixture yielding a fresh ``n``-host :class:`Lab`, closed after the test
+    whatever its outcome; it skips the test with the reason when labs can't be built.
+
+    In a test module: ``lab3 = lab_fixture(3)`` then ``def test_x(lab3: Lab) -> None``.
+    """
+
+    def _lab() -> Iterator[Lab]:
+        reason = namespaces_available()
+        if reason is not None:
+            pytest.skip(reason)
+        with Lab.create(n) as lab:
+            yield lab
+
+    _lab.__name__ = f"lab{n}"
+    fixture: Callable[[], Iterator[Lab]] = pytest.fixture(_lab)
+    return fixture
+
+
+lab3 = lab_fixture(3)
+"""A 3-host lab fixture (use it through ``pytest_plugins = ["netlab"]`` or redefine locally)."""
