@@ -1,14 +1,19 @@
 """shoal: brokerless peer-to-peer messaging for Python, trio-native, over ZeroMQ.
 
-    async with shoal.open_publisher(bind="tcp://127.0.0.1:*") as pub:
+    async with shoal.open_node("sensor-7", discovery=shoal.discovery.MDNS()) as node:
+        async with node.open_publisher("telemetry") as pub:
+            await pub.publish("room1/temp", {"celsius": 21.5})
+
+    async with shoal.open_publisher(bind="tcp://127.0.0.1:*") as pub:   # no discovery
         await pub.publish("sensors/room1", {"celsius": 21.5})
 
 The public surface is what ``__all__`` lists here, plus ``shoal.patterns``,
 ``shoal.discovery`` and ``shoal.errors``; everything under a ``_name`` is private.
 """
 
-from shoal import errors
+from shoal import discovery, errors
 from shoal._core import Identity, Kind, Message
+from shoal._node import Node, NodeStatistics, PeerWatch, open_node
 from shoal.patterns import (
     Publisher,
     Puller,
@@ -32,6 +37,9 @@ __all__ = [
     "Identity",
     "Kind",
     "Message",
+    "Node",
+    "NodeStatistics",
+    "PeerWatch",
     "Publisher",
     "Puller",
     "Pusher",
@@ -40,7 +48,9 @@ __all__ = [
     "Requester",
     "Subscriber",
     "__version__",
+    "discovery",
     "errors",
+    "open_node",
     "open_publisher",
     "open_puller",
     "open_pusher",

@@ -264,6 +264,14 @@ class Socket:
                     lot.unpark(count=1)
                     break
 
+    def interrupt(self) -> None:
+        """Wake every task waiting on this socket (their wait returns spuriously), so
+        that each re-checks its own condition. Never checkpoints."""
+        for lot in self._lots.values():
+            lot.unpark_all()
+        if self._watch_flag and not self._poked:
+            self._poke_watcher()
+
     async def wait_receivable(self) -> None:
         """Wait until a receive may succeed (may return spuriously). Cancel-safe."""
         await self._wait(POLLIN)

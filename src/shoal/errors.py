@@ -31,6 +31,7 @@ __all__ = [
     "EncodeError",
     "InvalidEndpoint",
     "LocalProtocolError",
+    "PeerLost",
     "RemoteError",
     "RemoteProtocolError",
     "ShoalError",
@@ -61,3 +62,8 @@ class TransportError(ShoalError):
 
 class ClosedError(ShoalError, trio.ClosedResourceError):
     """The resource was closed (by ``aclose()`` or leaving its ``async with``)."""
+
+
+class PeerLost(ShoalError, trio.BrokenResourceError):
+    """The peer an operation depended on vanished (left, timed out or restarted)
+    before answering. Whether it acted on the request is unknown."""

@@ -124,16 +124,16 @@ class VersionMismatch(DecodeError):
 def encode_control(msg: State | Bye) -> bytes:
     """Encode a control message. Raises ``EncodeError`` if a field is out of bounds."""
     if isinstance(msg, Bye):
-        return msgpack.packb([VERSION, _BYE, msg.node_id, msg.epoch])
+        return bytes(msgpack.packb([VERSION, _BYE, msg.node_id, msg.epoch]))
     if len(msg.channels) > MAX_CHANNELS:
         raise EncodeError(f"a node offers at most {MAX_CHANNELS} channels")
     if len(msg.name.encode("utf-8", "surrogatepass")) > MAX_NAME:
         raise EncodeError(f"a node name is at most {MAX_NAME} bytes of UTF-8")
-    return msgpack.packb([
+    return bytes(msgpack.packb([
         VERSION, _STATE, msg.node_id, msg.epoch, msg.name, list(msg.addresses),
         msg.control_port, msg.revision,
         [[c.name, c.role.value, c.port] for c in msg.channels],
-    ])
+    ]))
 
 
 def _fail(reason: str, detail: str = "") -> DecodeError:

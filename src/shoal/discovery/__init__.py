@@ -1,7 +1,35 @@
-"""Peer discovery (mDNS/DNS-SD and static peer lists).
+"""How nodes find each other: mDNS/DNS-SD on the LAN, or static peer lists.
 
-Nothing is exported yet: until discovery lands, connect the patterns on explicit
-endpoints with ``bind=`` / ``connect=`` (see ``shoal.patterns``).
+    async with shoal.open_node("sensor-7", discovery=MDNS(interfaces=["127.0.0.1"])) as node:
+        for peer in node.peers(): ...
+        async for change in node.watch_peers(): ...   # PeerJoined / PeerUpdated / PeerLeft
+
+A discovery source only finds a peer's control endpoint; what the peer offers (its
+catalogue of channels), its liveness and its goodbye travel over ZeroMQ between the
+nodes, so ``MDNS`` and ``Static`` behave the same once a peer is found.
 """
 
-__all__: list[str] = []
+from shoal._core import (
+    ChannelOffer,
+    Peer,
+    PeerEvent,
+    PeerJoined,
+    PeerLeft,
+    PeerUpdated,
+    Role,
+)
+from shoal.discovery._mdns import MDNS, SERVICE_TYPE
+from shoal.discovery._static import Static
+
+__all__ = [
+    "MDNS",
+    "SERVICE_TYPE",
+    "ChannelOffer",
+    "Peer",
+    "PeerEvent",
+    "PeerJoined",
+    "PeerLeft",
+    "PeerUpdated",
+    "Role",
+    "Static",
+]

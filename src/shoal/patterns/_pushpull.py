@@ -140,8 +140,7 @@ async def open_pusher(
     """Open a pusher. ``send()`` waits until a puller is connected and can take work."""
     sock = open_socket("open_pusher", zmq.PUSH, bind=bind, connect=connect,
                        high_water_mark=high_water_mark, context=context,
-                       linger_ms=linger_ms,
-                       options=[(zmq.SNDHWM, high_water_mark), (zmq.IMMEDIATE, 1)])
+                       linger_ms=linger_ms, options=pusher_options(high_water_mark))
     async with Pusher(sock, identity) as push:
         yield push
 
@@ -158,7 +157,16 @@ async def open_puller(
     """Open a puller: ``async for msg in pull`` yields each work item sent to it."""
     sock = open_socket("open_puller", zmq.PULL, bind=bind, connect=connect,
                        high_water_mark=high_water_mark, batch=batch, context=context,
-                       linger_ms=0,
-                       options=[(zmq.RCVHWM, high_water_mark)])
+                       linger_ms=0, options=puller_options(high_water_mark))
     async with Puller(sock, batch=batch) as pull:
         yield pull
+
+
+def pusher_options(high_water_mark: int) -> list[tuple[int, int | bytes]]:
+    """Socket options of a pusher: IMMEDIATE, so nothing queues for absent pullers."""
+    return [(zmq.SNDHWM, high_water_mark), (zmq.IMMEDIATE, 1)]
+
+
+def puller_options(high_water_mark: int) -> list[tuple[int, int | bytes]]:
+    """Socket options of a puller."""
+    return [(zmq.RCVHWM, high_water_mark)]

@@ -14,12 +14,20 @@ The requester has no background task. Whichever waiting ``request()`` finds nobo
 reading becomes the reader: it drains replies, hands each to its caller, and when its
 own reply arrives passes the reader role to another waiting call (leader/follower).
 One request in flight thus reads its own reply with no task hand-off.
+
+Routed mode (what a node's requester uses): the socket is a ROUTER that connects to
+each replier under a routing id of its own choosing (``add_route``), picks the
+replier for each request itself (round-robin over those that accept it) and so knows
+where every request went. When a replier vanishes (``drop_route``), the requests
+waiting on it fail at once with ``PeerLost`` instead of waiting for a reply that
+cannot come; they are not re-sent elsewhere, because the replier may have run them.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -36,6 +44,7 @@ from shoal.errors import (
     ClosedError,
     EncodeError,
     LocalProtocolError,
+    PeerLost,
     RemoteError,
 )
 from shoal.patterns._common import (
@@ -77,6 +86,8 @@ class RequesterStatistics:
     """Replies that reported a handler failure (raised as ``RemoteError``)."""
     unmatched: int
     """Replies nobody waited for any more (the request was cancelled or timed out)."""
+    lost: int
+    """Requests failed with ``PeerLost`` because their replier vanished."""
     in_flight: int
     malformed: int
     malformed_by_reason: Mapping[str, int]
@@ -99,7 +110,7 @@ class ReplierStatistics:
 
 
 class _Pending:
-    __slots__ = ("done", "error", "gone", "reply", "wake")
+    __slots__ = ("done", "error", "gone", "lost", "reply", "route", "wake")
 
     def __init__(self) -> None:
         self.done = False
@@ -107,15 +118,25 @@ class _Pending:
         self.error = False
         self.reply: Message | None = None
         self.wake: trio.Event | None = None
+        self.route = b""  # routed mode: the replier the request went to
+        self.lost = ""  # routed mode: why that replier is gone
 
 
 class Requester(SocketResource):
     """Sends requests and matches replies by id. Make one with ``open_requester``."""
 
-    def __init__(self, sock: Socket, identity: Identity | None, *, batch: int) -> None:
+    def __init__(
+        self, sock: Socket, identity: Identity | None, *, batch: int, routed: bool = False
+    ) -> None:
         self._sock = sock
         self._enc = stream_encoder(identity)
         self._batch = batch
+        self._routed = routed
+        self._frames = 2 if routed else 1
+        self._routes: list[bytes] = []
+        self._turn = 0
+        self._routes_changed = trio.Event()
+        self._lost = 0
         self._next_id = 1
         self._pending: dict[int, _Pending] = {}
         self._followers: deque[_Pending] = deque()
@@ -148,7 +169,10 @@ class Requester(SocketResource):
         slot = _Pending()
         self._pending[rid] = slot
         try:
-            await self._sock.send(frame)
+            if self._routed:
+                slot.route = await self._send_routed(frame)
+            else:
+                await self._sock.send(frame)
             self._sent += 1
             while not slot.done:
                 if self._reading:
@@ -160,11 +184,65 @@ class Requester(SocketResource):
         finally:
             slot.gone = True
             del self._pending[rid]
+        if slot.lost:
+            raise PeerLost(f"request {rid} got no reply: {slot.lost}. It may or may not "
+                           "have been processed; retry if the request is idempotent")
         reply = slot.reply
         assert reply is not None
         if slot.error:
             raise RemoteError(str(reply.body))
         return reply
+
+    async def _send_routed(self, frame: bytes) -> bytes:
+        """Send to the next replier that takes the request; return its route."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        delay = 0.001
+        while True:
+            sock = self._sock
+            sock.check_open("send a request")
+            routes = self._routes
+            for _ in range(len(routes)):
+                route = routes[self._turn % len(routes)]
+                self._turn += 1
+                try:
+                    sock.send_nowait([route, frame])
+                except (PeerUnreachable, trio.WouldBlock):
+                    continue  # not connected (yet, or any more), or its queue is full
+                await sock.pace()
+                return route
+            # Nobody took it. A new route wakes us; a connection completing its
+            # handshake tells nobody, so with routes known, look again soon.
+            changed = self._routes_changed
+            with trio.move_on_after(delay if routes else math.inf):
+                await changed.wait()
+            delay = min(delay * 2, 0.05)
+
+    def add_route(self, route: bytes, endpoint: str) -> None:
+        """Routed mode: connect to a replier at ``endpoint``, known as ``route``."""
+        self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, route)
+        self._sock.connect(endpoint)
+        self._routes.append(route)
+        self._routes_changed.set()
+        self._routes_changed = trio.Event()
+
+    def drop_route(self, route: bytes, endpoint: str, why: str) -> None:
+        """Routed mode: disconnect from a replier; requests waiting on it raise
+        ``PeerLost(why)``."""
+        if route in self._routes:
+            self._routes.remove(route)
+        if not self._sock.closed:
+            self._sock.disconnect(endpoint)
+        woke = False
+        for slot in self._pending.values():
+            if slot.route == route and not slot.done:
+                slot.done = True
+                slot.lost = why
+                self._lost += 1
+                woke = True
+                if slot.wake is not None:
+                    slot.wake.set()
+        if woke:
+            self._sock.interrupt()  # the reading call may be one of them
 
     async def _read_until(self, slot: _Pending) -> None:
         self._reading = True
@@ -187,7 +265,7 @@ class Requester(SocketResource):
                     break
 
     def _dispatch(self, frames: list[bytes]) -> None:
-        msg = self._malformed.check(frames, _ANSWERS, "requester")
+        msg = self._malformed.check(frames, _ANSWERS, "requester", nframes=self._frames)
         if msg is None:
             return
         slot = self._pending.get(msg.correlation)
@@ -210,6 +288,7 @@ class Requester(SocketResource):
             replies=self._replies,
             remote_errors=self._remote_errors,
             unmatched=self._unmatched,
+            lost=self._lost,
             in_flight=len(self._pending),
             malformed=self._malformed.total,
             malformed_by_reason=dict(self._malformed.by_reason),
@@ -342,11 +421,7 @@ async def open_requester(
     """Open a requester. Requests are spread round-robin over connected repliers."""
     sock = open_socket("open_requester", zmq.DEALER, bind=bind, connect=connect,
                        high_water_mark=high_water_mark, batch=batch, context=context,
-                       linger_ms=linger_ms,
-                       # No ZMQ_IMMEDIATE here: with it, libzmq discards the unread
-                       # replies of a replier that disconnects (a replier that answers
-                       # and exits would lose its last answers).
-                       options=[(zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark)])
+                       linger_ms=linger_ms, options=requester_options(high_water_mark))
     async with Requester(sock, identity, batch=batch) as client:
         yield client
 
@@ -366,10 +441,28 @@ async def open_replier(
     sock = open_socket("open_replier", zmq.ROUTER, bind=bind, connect=connect,
                        high_water_mark=high_water_mark, batch=batch, context=context,
                        linger_ms=linger_ms,
-                       options=[(zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark),
-                                (zmq.ROUTER_MANDATORY, 1)])
+                       options=replier_options(high_water_mark))
     async with Replier(sock, identity, batch=batch) as rep:
         yield rep
+
+
+def requester_options(
+    high_water_mark: int, *, routed: bool = False
+) -> list[tuple[int, int | bytes]]:
+    """Socket options of a requester (DEALER; ROUTER in routed mode)."""
+    # No ZMQ_IMMEDIATE: with it, libzmq discards the unread replies of a replier that
+    # disconnects (a replier that answers and exits would lose its last answers).
+    opts: list[tuple[int, int | bytes]] = [
+        (zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark)]
+    if routed:
+        opts.append((zmq.ROUTER_MANDATORY, 1))  # an unconnected route raises, not drops
+    return opts
+
+
+def replier_options(high_water_mark: int) -> list[tuple[int, int | bytes]]:
+    """Socket options of a replier (ROUTER, MANDATORY: a gone requester is counted)."""
+    return [(zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark),
+            (zmq.ROUTER_MANDATORY, 1)]
 
 
 Handler = Callable[[Request], Any | Awaitable[Any]]

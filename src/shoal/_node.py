@@ -1,0 +1,682 @@
+"""A node: one process's presence on the LAN, and the patterns wired by channel name.
+
+What a node owns: an identity (a node id, stable for a name on a host unless given,
+and a fresh epoch per start), its own ZeroMQ context, a control socket (ROUTER) that
+other nodes talk to, one outgoing control link (DEALER) per known control endpoint,
+the peer table (``shoal._core.PeerTable``), its discovery sources, and the sockets of
+the channels opened through it.
+
+Theory of operation:
+
+* Discovery sources (mDNS, static lists) only ever produce control endpoints to
+  *introduce ourselves to*. The node opens a link there and sends its ``State``. The
+  other node, on hearing a State from someone it has no link to, opens one back and
+  answers with its own State: one side finding the other is enough.
+* The peer table is fed only by control messages, whatever found the peer, so
+  static and multicast discovery behave the same. Every link carries our State
+  every ``heartbeat`` seconds (it is the heartbeat) and at once after a catalogue
+  change; a peer silent for ``peer_timeout`` seconds leaves; a clean exit sends
+  ``Bye`` on every link.
+* Listening roles (publisher, puller, replier) bind an ephemeral port on the node's
+  address and enter the catalogue. Connecting roles (subscriber, pusher, requester)
+  connect to every live peer's (and this node's own) matching listeners, and
+  disconnect when a peer leaves or withdraws the channel. A requester routes each
+  request itself, so a request waiting on a vanished replier fails with ``PeerLost``.
+* Links to peers that left on a timeout stay open (libzmq keeps reconnecting) for
+  ``LINK_GRACE`` seconds, so two nodes separated by a flapping link find each other
+  again when it heals; links to nodes that said goodbye close at once.
+
+Never here: reading a socket outside trio, blocking calls in the trio thread (zeroconf
+is driven through ``trio.to_thread``), timers that are not trio's clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import socket as _socket
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+import zmq
+
+from shoal._core import (
+    VERSION,
+    Bye,
+    ChannelOffer,
+    Identity,
+    Peer,
+    PeerEvent,
+    PeerLeft,
+    PeerTable,
+    Role,
+    State,
+    VersionMismatch,
+    decode_control,
+    encode_control,
+    encode_topic,
+    offers,
+)
+from shoal._identity import new_identity
+from shoal._zmq import DEFAULT_LINGER_MS, Socket
+from shoal.discovery._interfaces import local_networks, multicast_addresses
+from shoal.errors import ClosedError, DecodeError, LocalProtocolError, ShoalError
+from shoal.patterns._common import DEFAULT_BATCH, MalformedCounter, check_limits
+from shoal.patterns._pubsub import (
+    Publisher,
+    Subscriber,
+    check_subscriber_args,
+    publisher_options,
+    subscriber_options,
+)
+from shoal.patterns._pushpull import Puller, Pusher, puller_options, pusher_options
+from shoal.patterns._reqrep import Replier, Requester, replier_options, requester_options
+
+__all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_PEER_TIMEOUT", "Node", "NodeStatistics",
+           "PeerWatch", "Source", "open_node"]
+
+log = logging.getLogger("shoal")
+
+DEFAULT_HEARTBEAT = 0.5
+"""Seconds between two States on each control link."""
+DEFAULT_PEER_TIMEOUT = 2.0
+"""Seconds of silence after which a peer is taken for dead."""
+LINK_GRACE = 30.0
+"""Seconds a control link to a silent, unknown or departed-on-timeout node stays open."""
+WATCH_BUFFER = 1024
+"""Events a ``watch_peers()`` iterator may fall behind by before it fails."""
+
+# Every socket of a node: ZMTP heartbeats drop dead TCP connections (a pulled cable
+# sends no FIN) and reconnects back off to a second.
+_TCP_OPTIONS: list[tuple[int, int | bytes]] = [
+    (zmq.HEARTBEAT_IVL, 1000), (zmq.HEARTBEAT_TIMEOUT, 3000),
+    (zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 1000),
+]
+
+
+class Source(Protocol):
+    """A discovery source: finds control endpoints and introduces the node to them."""
+
+    interfaces: tuple[str, ...] | None
+    """Addresses this source works on (None: every multicast-capable interface)."""
+
+    async def _run(self, node: Node, *, task_status: trio.TaskStatus[None]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatistics:
+    """Counters of a node at one moment."""
+
+    peers: int
+    """Live peers."""
+    links: int
+    """Open outgoing control links (live peers, plus nodes being introduced to)."""
+    control_received: int
+    """Valid control messages received."""
+    malformed: int
+    """Control messages dropped as malformed (see the log at DEBUG)."""
+    version_mismatches: int
+    """Control messages from nodes on another protocol version (ignored)."""
+    refused: int
+    """States ignored because the peer table was full."""
+
+
+class _Link:
+    __slots__ = ("expires", "persistent", "sock")
+
+    def __init__(self, sock: Socket, *, persistent: bool, expires: float) -> None:
+        self.sock = sock
+        self.persistent = persistent
+        self.expires = expires
+
+
+class _Connector:
+    """A local connecting resource and the listeners it is connected to."""
+
+    __slots__ = ("add", "channel", "current", "drop", "role")
+
+    def __init__(self, channel: str, role: Role, add: Callable[[str, bytes], None],
+                 drop: Callable[[str, bytes, str], None]) -> None:
+        self.channel = channel
+        self.role = role
+        self.add = add
+        self.drop = drop
+        self.current: dict[str, bytes] = {}  # endpoint -> route
+
+
+class PeerWatch:
+    """Peer changes as they happen: ``async for change in node.watch_peers()``.
+
+    Yields ``PeerJoined``, ``PeerUpdated`` and ``PeerLeft``; ends when the node
+    closes. If the consumer falls more than ``WATCH_BUFFER`` events behind, the
+    iteration raises ``ShoalError`` (take ``node.peers()`` and watch again) rather
+    than skip events silently.
+    """
+
+    def __init__(self) -> None:
+        self._events: deque[PeerEvent] = deque()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._closed = False
+        self._overflowed = False
+
+    def _push(self, event: PeerEvent) -> None:
+        if len(self._events) >= WATCH_BUFFER:
+            self._overflowed = True
+        else:
+            self._events.append(event)
+        self._lot.unpark_all()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._lot.unpark_all()
+
+    def __aiter__(self) -> PeerWatch:
+        return self
+
+    async def __anext__(self) -> PeerEvent:
+        while True:
+            if self._overflowed:
+                raise ShoalError(f"watch_peers() fell more than {WATCH_BUFFER} events behind;"
+                                 " take node.peers() and start a new watch")
+            if self._events:
+                await trio.lowlevel.checkpoint()
+                return self._events.popleft()
+            if self._closed:
+                raise StopAsyncIteration
+            await self._lot.park()
+
+
+def default_node_id(name: str) -> bytes:
+    """A node id that stays the same for ``name`` on this host across restarts."""
+    return hashlib.sha256(f"shoal-node\0{_socket.gethostname()}\0{name}".encode()).digest()[:16]
+
+
+def check_channel(channel: object) -> str:
+    if not isinstance(channel, str) or not channel:
+        raise LocalProtocolError(f"a channel is a non-empty string, not {channel!r}")
+    encode_topic(channel)  # same rules as topics: UTF-8, no NUL, bounded
+    return channel
+
+
+class Node:
+    """A process's presence on the LAN. Make one with ``shoal.open_node``."""
+
+    def __init__(
+        self, name: str, identity: Identity, *, addresses: Sequence[str], bind_host: str,
+        port: int, heartbeat: float, peer_timeout: float, linger_ms: int,
+    ) -> None:
+        self.name = name
+        self.identity = identity
+        self._addresses = tuple(addresses)
+        self._bind_host = bind_host
+        self._heartbeat = heartbeat
+        self._linger = linger_ms
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._networks = local_networks(self._addresses)
+        self._table = PeerTable(identity.sender, timeout=peer_timeout, networks=self._networks)
+        self._closed = False
+        self._control = self._socket(zmq.ROUTER, [(zmq.RCVHWM, 10_000)], linger_ms=0)
+        try:
+            self.control_port = self._port(self._control.bind(f"tcp://{bind_host}:{port}"))
+        except BaseException:
+            self._control.close()
+            self._ctx.term()
+            raise
+        self._links: dict[str, _Link] = {}
+        self._offers: dict[int, ChannelOffer] = {}
+        self._connectors: dict[int, _Connector] = {}
+        self._tokens = iter(range(1, 2**62))
+        self._revision = 0
+        self._state_frame = b""
+        self._watches: weakref.WeakSet[PeerWatch] = weakref.WeakSet()
+        self._malformed = MalformedCounter()
+        self._received = 0
+        self._mismatches = 0
+        self._warned_versions: set[object] = set()
+        self._beat_now = trio.Event()
+        self._encode_state()
+
+    # -- who we are --------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """This node's id, 32 hex digits (the ``sender`` of its messages)."""
+        return self.identity.sender.hex()
+
+    @property
+    def epoch(self) -> int:
+        """This incarnation: a fresh number every time the node starts."""
+        return self.identity.epoch
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The addresses this node listens on and advertises."""
+        return self._addresses
+
+    @property
+    def control_endpoint(self) -> str:
+        """Where other nodes reach this node's control socket (for static peer lists)."""
+        return f"tcp://{self._addresses[0]}:{self.control_port}"
+
+    def _state(self) -> State:
+        return State(node_id=self.identity.sender, epoch=self.identity.epoch, name=self.name,
+                     addresses=self._addresses, control_port=self.control_port,
+                     revision=self._revision, channels=tuple(self._offers.values()))
+
+    def _encode_state(self) -> None:
+        self._state_frame = encode_control(self._state())
+
+    def _self_peer(self) -> Peer:
+        return Peer(id=self.id, name=self.name, epoch=self.epoch, addresses=self._addresses,
+                    address=self._addresses[0], control_port=self.control_port,
+                    channels=tuple(self._offers.values()), revision=self._revision,
+                    last_seen=trio.current_time())
+
+    # -- what we know of others -------------------------------------------------------
+
+    def peers(self) -> list[Peer]:
+        """A snapshot of the live peers (not this node)."""
+        return self._table.peers()
+
+    def watch_peers(self) -> PeerWatch:
+        """Peer changes from now on: ``async for change in node.watch_peers(): ...``.
+        Take ``peers()`` first for those already known."""
+        w = PeerWatch()
+        if self._closed:
+            w._close()
+        self._watches.add(w)
+        return w
+
+    async def wait_for_peers(self, n: int = 1, *, channel: str | None = None) -> list[Peer]:
+        """Wait until at least ``n`` peers are live (offering ``channel``, if given) and
+        return them. The caller owns the timeout (``trio.fail_after``)."""
+        watch = self.watch_peers()
+        while True:
+            found = [p for p in self.peers()
+                     if channel is None or any(c.name == channel for c in p.channels)]
+            if len(found) >= n:
+                await trio.lowlevel.checkpoint()
+                return found
+            try:
+                await watch.__anext__()
+            except StopAsyncIteration:
+                raise ClosedError("the node closed while waiting for peers") from None
+
+    def statistics(self) -> NodeStatistics:
+        """An immutable snapshot of this node's counters."""
+        return NodeStatistics(
+            peers=len(self._table), links=len(self._links), control_received=self._received,
+            malformed=self._malformed.total, version_mismatches=self._mismatches,
+            refused=self._table.refused)
+
+    # -- sockets ------------------------------------------------------------------------
+
+    @staticmethod
+    def _port(endpoint: str) -> int:
+        return int(endpoint.rsplit(":", 1)[1])
+
+    def _socket(self, kind: int, options: Sequence[tuple[int, int | bytes]], *,
+                linger_ms: int, bind: bool = False) -> Socket:
+        if self._closed:
+            raise ClosedError("this node is closed; open a new one")
+        return Socket.open(kind, bind=[f"tcp://{self._bind_host}:*"] if bind else [],
+                           context=self._ctx, linger_ms=linger_ms,
+                           options=[*_TCP_OPTIONS, *options])
+
+    # -- control links --------------------------------------------------------------------
+
+    def introduce(self, endpoint: str, *, persistent: bool = False) -> None:
+        """Send this node's State to a control endpoint (found by a discovery source).
+
+        ``persistent``: keep the link for as long as the node lives (static peers),
+        so a peer that restarts later is found again."""
+        if self._closed:
+            return
+        link = self._links.get(endpoint)
+        now = trio.current_time()
+        if link is None:
+            sock = self._socket(zmq.DEALER, [(zmq.SNDHWM, 8)], linger_ms=200)
+            try:
+                sock.connect(endpoint)
+            except BaseException:
+                sock.close()
+                raise
+            link = self._links[endpoint] = _Link(sock, persistent=persistent,
+                                                  expires=now + LINK_GRACE)
+        link.persistent = link.persistent or persistent
+        self._send(link, self._state_frame)
+
+    @staticmethod
+    def _send(link: _Link, frame: bytes) -> None:
+        try:
+            link.sock.send_nowait(frame)
+        except trio.WouldBlock:
+            pass  # not connected and its small queue is full: the next beat will do
+
+    def _broadcast(self) -> None:
+        for link in self._links.values():
+            self._send(link, self._state_frame)
+
+    def _prune_links(self, now: float) -> None:
+        live = {p.control_endpoint for p in self._table.peers()}
+        for ep, link in list(self._links.items()):
+            if ep in live:
+                link.expires = now + LINK_GRACE
+            elif not link.persistent and link.expires <= now:
+                link.sock.close()
+                del self._links[ep]
+
+    # -- the control plane -----------------------------------------------------------------
+
+    def _on_control(self, frames: list[bytes], now: float) -> None:
+        if len(frames) != 2:
+            self._malformed.drop("frame-count", "node control", str(len(frames)))
+            return
+        try:
+            msg = decode_control(frames[1])
+        except VersionMismatch as exc:
+            self._mismatches += 1
+            if exc.version not in self._warned_versions and len(self._warned_versions) < 64:
+                self._warned_versions.add(exc.version)
+                log.warning("ignoring a node that speaks shoal control protocol %r "
+                            "(this node speaks %r); upgrade one of them", exc.version, VERSION)
+            return
+        except DecodeError as exc:
+            self._malformed.drop_error(exc, "node control")
+            return
+        self._received += 1
+        if isinstance(msg, Bye):
+            self._apply(self._table.on_bye(msg.node_id, msg.epoch, now))
+            return
+        if msg.node_id == self.identity.sender and msg.epoch != self.identity.epoch:
+            log.warning("another node (epoch %d) uses this node's id %s: give the nodes "
+                        "distinct names or node_id=", msg.epoch, self.id)
+            return
+        events = self._table.on_state(msg, now)
+        if events:
+            self._apply(events)
+            peer = self._table.get(msg.node_id)
+            if peer is not None and peer.control_endpoint not in self._links:
+                self.introduce(peer.control_endpoint)  # answer an introduction
+
+    def _apply(self, events: list[PeerEvent]) -> None:
+        now = trio.current_time()
+        for ev in events:
+            if isinstance(ev, PeerLeft):
+                log.info("peer %s (%s) left: %s", ev.peer.name, ev.peer.id[:8], ev.reason)
+                link = self._links.get(ev.peer.control_endpoint)
+                if link is not None and ev.reason != "timeout":
+                    link.expires = now  # said goodbye, or replaced: no grace
+            else:
+                log.debug("peer %s (%s): %s", ev.peer.name, ev.peer.id[:8], type(ev).__name__)
+        reasons = {ev.peer.id: f"node {ev.peer.name!r} left ({ev.reason})"
+                   for ev in events if isinstance(ev, PeerLeft)}
+        self._rewire(reasons)
+        self._prune_links(now)
+        for w in list(self._watches):
+            for ev in events:
+                w._push(ev)
+
+    def _rewire(self, reasons: dict[str, str] | None = None) -> None:
+        """Connect every local connector to exactly the listeners it should reach."""
+        everyone = [self._self_peer(), *self._table.peers()]
+        for conn in self._connectors.values():
+            want: dict[str, tuple[bytes, str]] = {}
+            for peer in everyone:
+                for offer in offers(peer, conn.channel, conn.role.counterpart):
+                    ep = peer.endpoint(offer)
+                    route = b"r" + bytes.fromhex(peer.id) + offer.port.to_bytes(2, "big")
+                    want[ep] = (route, peer.id)
+            for ep, route in list(conn.current.items()):
+                if ep not in want or want[ep][0] != route:
+                    del conn.current[ep]
+                    peer_id = route[1:17].hex()
+                    why = (reasons or {}).get(
+                        peer_id, f"the listener at {ep} withdrew channel {conn.channel!r}")
+                    conn.drop(ep, route, why)
+            for ep, (route, _) in want.items():
+                if ep not in conn.current:
+                    conn.current[ep] = route
+                    conn.add(ep, route)
+
+    async def _read_control(self) -> None:
+        sock = self._control
+        while True:
+            raws = sock.receive_batch_nowait(64)
+            if not raws:
+                await sock.wait_receivable()
+                continue
+            now = trio.current_time()
+            for frames in raws:
+                self._on_control(frames, now)
+            await trio.lowlevel.checkpoint()
+
+    async def _beat(self) -> None:
+        next_beat = trio.current_time()
+        while True:
+            now = trio.current_time()
+            if now >= next_beat or self._beat_now.is_set():
+                self._beat_now = trio.Event()
+                self._broadcast()
+                next_beat = now + self._heartbeat
+            events = self._table.expire(now)
+            if events:
+                self._apply(events)
+            else:
+                self._prune_links(now)
+            deadline = min(next_beat, self._table.next_deadline() or math.inf)
+            with trio.move_on_at(max(deadline, now + 0.005)):
+                await self._beat_now.wait()
+
+    def _catalogue_changed(self) -> None:
+        self._revision += 1
+        self._encode_state()
+        self._rewire()
+        self._beat_now.set()  # tell every peer now, not at the next heartbeat
+
+    @contextmanager
+    def _listing(self, offer: ChannelOffer, connector: _Connector | None = None) -> Iterator[None]:
+        token = next(self._tokens)
+        self._offers[token] = offer
+        if connector is not None:
+            self._connectors[token] = connector
+        self._catalogue_changed()
+        try:
+            yield
+        finally:
+            del self._offers[token]
+            self._connectors.pop(token, None)
+            if not self._closed:
+                self._catalogue_changed()
+
+    # -- the patterns, by channel ----------------------------------------------------------
+
+    def _listener(self, channel: str, role: Role, sock: Socket) -> Any:
+        return self._listing(ChannelOffer(channel, role, self._port(sock.bound[0])))
+
+    @asynccontextmanager
+    async def open_publisher(
+        self, channel: str, *, high_water_mark: int = 1000, linger_ms: int = DEFAULT_LINGER_MS,
+    ) -> AsyncIterator[Publisher]:
+        """Publish on ``channel``: every subscriber of it on the network (this node
+        included) connects, now and as they come. ``wait_for_subscribers(n)`` waits for them.
+        """
+        check_channel(channel)
+        check_limits(high_water_mark=high_water_mark)
+        sock = self._socket(zmq.XPUB, publisher_options(high_water_mark), linger_ms=linger_ms,
+                            bind=True)
+        async with Publisher(sock, self.identity) as pub:
+            with self._listener(channel, Role.PUBLISHER, sock):
+                yield pub
+
+    @asynccontextmanager
+    async def open_subscriber(
+        self, channel: str, *, topics: Sequence[str] = ("",), high_water_mark: int = 1000,
+        batch: int = DEFAULT_BATCH, max_streams: int = 4096,
+    ) -> AsyncIterator[Subscriber]:
+        """Subscribe to ``topics`` (prefixes) on ``channel``, from every publisher of it,
+        now and later. A publisher that vanishes is disconnected."""
+        check_channel(channel)
+        check_subscriber_args(topics, max_streams)
+        check_limits(high_water_mark=high_water_mark, batch=batch)
+        sock = self._socket(zmq.SUB, subscriber_options(high_water_mark), linger_ms=0)
+        async with Subscriber(sock, batch=batch, max_streams=max_streams) as sub:
+            sub._start(topics)
+            conn = _Connector(channel, Role.SUBSCRIBER, lambda ep, _r: sock.connect(ep),
+                              lambda ep, _r, _w: sock.disconnect(ep))
+            with self._listing(ChannelOffer(channel, Role.SUBSCRIBER), conn):
+                yield sub
+
+    @asynccontextmanager
+    async def open_pusher(
+        self, channel: str, *, high_water_mark: int = 1000, linger_ms: int = DEFAULT_LINGER_MS,
+    ) -> AsyncIterator[Pusher]:
+        """Send work on ``channel``, each item to one of its pullers. ``send()`` waits
+        while no puller is connected; a vanished puller is disconnected."""
+        check_channel(channel)
+        check_limits(high_water_mark=high_water_mark)
+        sock = self._socket(zmq.PUSH, pusher_options(high_water_mark), linger_ms=linger_ms)
+        async with Pusher(sock, self.identity) as push:
+            conn = _Connector(channel, Role.PUSHER, lambda ep, _r: sock.connect(ep),
+                              lambda ep, _r, _w: sock.disconnect(ep))
+            with self._listing(ChannelOffer(channel, Role.PUSHER), conn):
+                yield push
+
+    @asynccontextmanager
+    async def open_puller(
+        self, channel: str, *, high_water_mark: int = 1000, batch: int = DEFAULT_BATCH,
+    ) -> AsyncIterator[Puller]:
+        """Take work from every pusher of ``channel``."""
+        check_channel(channel)
+        check_limits(high_water_mark=high_water_mark, batch=batch)
+        sock = self._socket(zmq.PULL, puller_options(high_water_mark), linger_ms=0, bind=True)
+        async with Puller(sock, batch=batch) as pull:
+            with self._listener(channel, Role.PULLER, sock):
+                yield pull
+
+    @asynccontextmanager
+    async def open_replier(
+        self, channel: str, *, high_water_mark: int = 1000, batch: int = DEFAULT_BATCH,
+        linger_ms: int = DEFAULT_LINGER_MS,
+    ) -> AsyncIterator[Replier]:
+        """Answer requests on ``channel``: ``async for req in rep: await req.reply(...)``."""
+        check_channel(channel)
+        check_limits(high_water_mark=high_water_mark, batch=batch)
+        sock = self._socket(zmq.ROUTER, replier_options(high_water_mark), linger_ms=linger_ms,
+                            bind=True)
+        async with Replier(sock, self.identity, batch=batch) as rep:
+            with self._listener(channel, Role.REPLIER, sock):
+                yield rep
+
+    @asynccontextmanager
+    async def open_requester(
+        self, channel: str, *, high_water_mark: int = 1000, batch: int = DEFAULT_BATCH,
+        linger_ms: int = DEFAULT_LINGER_MS,
+    ) -> AsyncIterator[Requester]:
+        """Send requests to the repliers of ``channel`` (round-robin). A request waits
+        while no replier is reachable; one whose replier vanishes raises ``PeerLost``."""
+        check_channel(channel)
+        check_limits(high_water_mark=high_water_mark, batch=batch)
+        sock = self._socket(zmq.ROUTER, requester_options(high_water_mark, routed=True),
+                            linger_ms=linger_ms)
+        async with Requester(sock, self.identity, batch=batch, routed=True) as client:
+            conn = _Connector(channel, Role.REQUESTER,
+                              lambda ep, route: client.add_route(route, ep),
+                              lambda ep, route, why: client.drop_route(route, ep, why))
+            with self._listing(ChannelOffer(channel, Role.REQUESTER), conn):
+                yield client
+
+    # -- life ----------------------------------------------------------------------------
+
+    async def _close(self) -> None:
+        """Say goodbye on every link, close every socket, end every watch."""
+        self._closed = True
+        bye = encode_control(Bye(self.identity.sender, self.identity.epoch))
+        for link in self._links.values():
+            self._send(link, bye)
+            link.sock.close()
+        self._links.clear()
+        self._control.close()
+        for w in list(self._watches):
+            w._close()
+        # Sockets are closed; term waits for the goodbyes' linger (200 ms at most) and
+        # for any socket the application still holds open.
+        with trio.move_on_after(2) as scope:
+            scope.shield = True
+            await trio.to_thread.run_sync(self._ctx.term, abandon_on_cancel=True)
+
+
+def _bind_plan(interfaces: Sequence[str] | None) -> tuple[str, list[str]]:
+    """Where to bind, and which addresses to advertise."""
+    if interfaces is not None:
+        addrs = list(dict.fromkeys(interfaces))
+        if not addrs:
+            raise LocalProtocolError("interfaces= is empty; give addresses or None for all")
+        return (addrs[0] if len(addrs) == 1 else "0.0.0.0"), addrs
+    addrs = multicast_addresses() or ["127.0.0.1"]
+    return "0.0.0.0", addrs
+
+
+@asynccontextmanager
+async def open_node(
+    name: str,
+    *,
+    discovery: Source | Sequence[Source] = (),
+    interfaces: Sequence[str] | None = None,
+    port: int = 0,
+    node_id: bytes | None = None,
+    heartbeat: float = DEFAULT_HEARTBEAT,
+    peer_timeout: float = DEFAULT_PEER_TIMEOUT,
+) -> AsyncIterator[Node]:
+    """Open a node: this process's presence on the network, with patterns by channel.
+
+    ``discovery``: ``shoal.discovery.MDNS(...)``, ``shoal.discovery.Static([...])`` or a
+    list of both. ``interfaces``: the IPv4 addresses to listen on and advertise; by
+    default those of the discovery sources (``MDNS(interfaces=[...])``), else every
+    multicast-capable interface. ``port``: the control port (0 picks one; static peer
+    lists need a fixed one). ``node_id``: 16 bytes; by default derived from ``name``
+    and the host name, so a restarted node keeps its id (with a new epoch).
+    ``heartbeat`` / ``peer_timeout``: seconds between heartbeats, and of silence
+    before a peer counts as gone (it is then disconnected from every channel).
+
+    Leaving the block says goodbye to every peer and closes the node's sockets.
+    Raises ``LocalProtocolError`` for bad arguments, ``TransportError`` if the
+    address cannot be bound.
+    """
+    if not isinstance(name, str) or not name:
+        raise LocalProtocolError(f"a node name is a non-empty string, not {name!r}")
+    sources = [discovery] if not isinstance(discovery, Sequence) else list(discovery)
+    for s in sources:
+        if not hasattr(s, "_run"):
+            raise LocalProtocolError(
+                f"discovery= takes shoal.discovery.MDNS(...) or Static([...]), not {s!r}")
+    if not 0 < heartbeat < peer_timeout:
+        raise LocalProtocolError("need 0 < heartbeat < peer_timeout (seconds); "
+                                 f"got heartbeat={heartbeat!r}, peer_timeout={peer_timeout!r}")
+    if interfaces is None:
+        wanted = [s.interfaces for s in sources]
+        if wanted and all(w is not None for w in wanted):
+            interfaces = [a for w in wanted if w is not None for a in w]
+    bind_host, addresses = _bind_plan(interfaces)
+    nid = node_id if node_id is not None else default_node_id(name)
+    identity = Identity(sender=nid, epoch=new_identity().epoch)
+    node = Node(name, identity, addresses=addresses, bind_host=bind_host, port=port,
+                heartbeat=heartbeat, peer_timeout=peer_timeout, linger_ms=DEFAULT_LINGER_MS)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node._read_control)
+            nursery.start_soon(node._beat)
+            for s in sources:
+                await nursery.start(s._run, node)
+            try:
+                yield node
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        await node._close()

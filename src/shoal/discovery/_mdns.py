@@ -1,0 +1,152 @@
+"""mDNS/DNS-SD discovery over python-zeroconf, bridged into trio.
+
+Each node registers one DNS-SD instance of ``SERVICE_TYPE``: SRV and A records point
+at its control socket, TXT carries ``v`` (the protocol version), ``id`` (node id),
+``name`` and ``epoch``. Ordinary tools list it (``avahi-browse -rt _shoal._tcp``).
+The channel catalogue does not travel in DNS: the node introduces itself over ZeroMQ
+to every instance it finds, and the answer carries the catalogue (see ``shoal._node``).
+
+Bridging: python-zeroconf runs its own asyncio loop in a thread. Its blocking calls
+(construct, register, resolve, unregister, close) run through ``trio.to_thread``;
+its browser callback runs on its thread and only hands the name to trio with
+``TrioToken.run_sync_soon`` (never blocking zeroconf's loop).
+
+Network safety: ``interfaces`` pins zeroconf to the given addresses; the default
+(None) is every interface, which tests and demos must never use outside a network
+namespace of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import trio
+from zeroconf import InterfaceChoice, IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange
+from zeroconf import Zeroconf as _Zeroconf
+
+from shoal._core import VERSION, choose_address
+from shoal.errors import LocalProtocolError
+
+if TYPE_CHECKING:
+    from shoal._node import Node
+
+__all__ = ["MDNS", "SERVICE_TYPE"]
+
+log = logging.getLogger("shoal")
+
+SERVICE_TYPE = "_shoal._tcp.local."
+_RESOLVE_MS = 3000
+_QUEUE = 4096
+
+
+class MDNS:
+    """Discovery over mDNS/DNS-SD on the LAN.
+
+    ``interfaces``: IPv4 addresses to announce and listen on (``["127.0.0.1"]`` keeps
+    everything on this machine). None means every multicast-capable interface: what
+    nodes on a LAN want. ``service_type`` separates groups of nodes that must not see
+    each other.
+    """
+
+    def __init__(
+        self, *, interfaces: Sequence[str] | None = None, service_type: str = SERVICE_TYPE,
+    ) -> None:
+        if isinstance(interfaces, str):
+            raise LocalProtocolError("interfaces= takes a list, e.g. ['127.0.0.1']")
+        if not service_type.endswith("._tcp.local.") or not service_type.startswith("_"):
+            raise LocalProtocolError(
+                f"service_type looks like '_shoal._tcp.local.', not {service_type!r}")
+        self.interfaces = None if interfaces is None else tuple(interfaces)
+        self.service_type = service_type
+
+    def __repr__(self) -> str:
+        return f"MDNS(interfaces={self.interfaces!r})"
+
+    def _info(self, node: Node) -> ServiceInfo:
+        label = f"{node.name[:40]}-{node.id[:8]}"
+        return ServiceInfo(
+            self.service_type, f"{label}.{self.service_type}",
+            port=node.control_port,
+            addresses=[socket.inet_aton(a) for a in node.addresses],
+            server=f"shoal-{node.id[:16]}.local.",
+            properties={"v": str(VERSION), "id": node.id, "name": node.name[:100],
+                        "epoch": str(node.epoch)},
+        )
+
+    async def _run(self, node: Node, *, task_status: trio.TaskStatus[None]) -> None:
+        choice: Any = list(self.interfaces) if self.interfaces is not None else InterfaceChoice.All
+        zc = await trio.to_thread.run_sync(
+            lambda: _Zeroconf(interfaces=choice, ip_version=IPVersion.V4Only))
+        info = self._info(node)
+        send, receive = trio.open_memory_channel[str](_QUEUE)
+        token = trio.lowlevel.current_trio_token()
+
+        def on_change(zeroconf: Any, service_type: str, name: str,
+                      state_change: ServiceStateChange) -> None:
+            # zeroconf's thread: hand the name over, never block
+            if state_change is ServiceStateChange.Removed:
+                return  # departures travel over ZeroMQ (goodbye, heartbeat timeout)
+            try:
+                token.run_sync_soon(_offer, send, name)
+            except trio.RunFinishedError:
+                pass
+
+        browser = None
+        try:
+            async with trio.open_nursery() as nursery:
+                # Registration probes the name for ~1.2 s: do it beside browsing.
+                nursery.start_soon(self._register, zc, info)
+                browser = ServiceBrowser(zc, self.service_type, handlers=[on_change])
+                task_status.started()
+                async for name in receive:
+                    if name != info.name:
+                        nursery.start_soon(self._resolve, zc, node, name)
+        finally:
+            with trio.move_on_after(3) as scope:
+                scope.shield = True
+                if browser is not None:
+                    await trio.to_thread.run_sync(browser.cancel, abandon_on_cancel=True)
+                await trio.to_thread.run_sync(_shutdown, zc, info, abandon_on_cancel=True)
+
+    @staticmethod
+    async def _register(zc: _Zeroconf, info: ServiceInfo) -> None:
+        await trio.to_thread.run_sync(zc.register_service, info, abandon_on_cancel=True)
+        log.debug("mDNS: registered %s", info.name)
+
+    async def _resolve(self, zc: _Zeroconf, node: Node, name: str) -> None:
+        info = await trio.to_thread.run_sync(
+            zc.get_service_info, self.service_type, name, _RESOLVE_MS, abandon_on_cancel=True)
+        if info is None or not info.port:
+            log.debug("mDNS: %s did not resolve", name)
+            return
+        props = {k: v for k, v in info.properties.items() if isinstance(k, bytes)}
+        version = props.get(b"v")
+        if version != str(VERSION).encode():
+            log.warning("mDNS: ignoring %s: it speaks shoal protocol %r, this node %r",
+                        name, version, VERSION)
+            return
+        if props.get(b"id") == node.id.encode():
+            return  # ourselves (another interface's announcement)
+        addresses = [a for a in info.parsed_addresses(IPVersion.V4Only)]
+        if not addresses:
+            return
+        address = choose_address(addresses, node._networks)
+        node.introduce(f"tcp://{address}:{info.port}")
+
+
+def _offer(send: trio.MemorySendChannel[str], name: str) -> None:
+    try:
+        send.send_nowait(name)
+    except (trio.WouldBlock, trio.ClosedResourceError):
+        log.debug("mDNS: dropped a browse event for %s (queue full or closed)", name)
+
+
+def _shutdown(zc: _Zeroconf, info: ServiceInfo) -> None:
+    try:
+        zc.unregister_service(info)  # goodbye packets, so caches forget us
+    except Exception as exc:  # not registered yet (closing during probing), or closed
+        log.debug("mDNS: unregister %s: %r", info.name, exc)
+    zc.close()
