@@ -22,6 +22,9 @@ SHOAL_ALL = [
     "Identity",
     "Kind",
     "Message",
+    "Node",
+    "NodeStatistics",
+    "PeerWatch",
     "Publisher",
     "Puller",
     "Pusher",
@@ -30,7 +33,9 @@ SHOAL_ALL = [
     "Requester",
     "Subscriber",
     "__version__",
+    "discovery",
     "errors",
+    "open_node",
     "open_publisher",
     "open_puller",
     "open_pusher",
@@ -69,17 +74,31 @@ ERRORS_ALL = [
     "EncodeError",
     "InvalidEndpoint",
     "LocalProtocolError",
+    "PeerLost",
     "RemoteError",
     "RemoteProtocolError",
     "ShoalError",
     "TransportError",
 ]
 
+DISCOVERY_ALL = [
+    "MDNS",
+    "SERVICE_TYPE",
+    "ChannelOffer",
+    "Peer",
+    "PeerEvent",
+    "PeerJoined",
+    "PeerLeft",
+    "PeerUpdated",
+    "Role",
+    "Static",
+]
+
 MODULES: dict[str, tuple[types.ModuleType, list[str]]] = {
     "shoal": (shoal, SHOAL_ALL),
     "shoal.patterns": (shoal.patterns, PATTERNS_ALL),
     "shoal.errors": (shoal.errors, ERRORS_ALL),
-    "shoal.discovery": (shoal.discovery, []),
+    "shoal.discovery": (shoal.discovery, DISCOVERY_ALL),
 }
 
 
@@ -109,6 +128,7 @@ def test_top_level_names_are_the_pattern_objects_themselves() -> None:
         if public in PATTERNS_ALL:
             assert getattr(shoal, public) is getattr(shoal.patterns, public)
     assert shoal.errors is sys.modules["shoal.errors"]  # the module itself is exported
+    assert shoal.discovery is sys.modules["shoal.discovery"]
 
 
 def test_version_is_the_installed_release() -> None:
@@ -138,7 +158,7 @@ def documented_names() -> list[tuple[str, object]]:
     for mod_name, (module, names) in MODULES.items():
         for public in names:
             obj = getattr(module, public)
-            if isinstance(obj, str):  # __version__: data, not an API object
+            if isinstance(obj, str | types.UnionType):  # data (__version__), type aliases
                 continue
             out.append((f"{mod_name}.{public}", obj))
     return out
@@ -155,7 +175,7 @@ def test_every_public_name_has_a_docstring(obj: object) -> None:
 
 def test_every_public_method_and_property_has_a_docstring() -> None:
     missing = []
-    for module in (shoal, shoal.patterns):
+    for module in (shoal, shoal.patterns, shoal.discovery):
         for name in module.__all__:
             cls = getattr(module, name)
             if not isinstance(cls, type):
