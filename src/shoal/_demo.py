@@ -1,6 +1,12 @@
-"""``shoal demo``: the three patterns talking over loopback, printing what they do.
+"""``shoal demo``: seven nodes on loopback find each other over mDNS and talk.
 
-Uses only the public API. Every socket is on 127.0.0.1; nothing leaves the machine.
+A sensor node publishes telemetry and hands out jobs; two subscriber nodes (one for
+every room, one for room1 only), two workers, a calculator (replier) and a client
+(requester) find each other by channel name. Halfway through, worker-B leaves (it
+says goodbye) and comes back as a new incarnation, and the others re-wire.
+
+Uses only the public API. Every node is pinned to 127.0.0.1 (mDNS included):
+nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -13,128 +19,170 @@ from typing import Any
 import trio
 
 import shoal
+from shoal.discovery import MDNS, PeerJoined, PeerLeft, PeerUpdated
 
 ROOMS = ("room1", "room2", "kitchen")
+LOOPBACK = ["127.0.0.1"]
 
 
 def _fmt(body: Any) -> str:
     return json.dumps(body, sort_keys=True)
 
 
-async def run_demo(*, seconds: float = 5.0, out: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the demo for about ``seconds``; return a summary of what flowed."""
-    rng = random.Random(7)
-    summary: dict[str, Any] = {}
-    with trio.fail_after(seconds + 10):
-        async with trio.open_nursery() as nursery:
-            # -- publish/subscribe: two subscribers with different prefixes ----------
-            pub = await nursery.start(_publisher_ready)
-            out(f"publisher   bound {pub.endpoints[0]}")
-            async with (
-                shoal.open_subscriber(connect=pub.endpoints, topics=["sensors/"]) as all_rooms,
-                shoal.open_subscriber(connect=pub.endpoints, topics=["sensors/room1"]) as room1,
-            ):
-                await _until_subscribed(pub, [all_rooms, room1])
-                out("subscriber  'all'   -> prefix 'sensors/'")
-                out("subscriber  'room1' -> prefix 'sensors/room1'")
-
-                # -- push/pull: two workers share the jobs -------------------------
-                async with shoal.open_pusher(bind="tcp://127.0.0.1:*") as push:
-                    out(f"pusher      bound {push.endpoints[0]} (two workers connect)")
-                    done: dict[str, list[int]] = {"worker-A": [], "worker-B": []}
-                    for name in done:
-                        nursery.start_soon(_worker, name, push.endpoints, done[name], out)
-
-                    # -- request/reply: two repliers, one requester ----------------
-                    rep_a = await nursery.start(_replier, "replier-1")
-                    rep_b = await nursery.start(_replier, "replier-2")
-                    out(f"repliers    bound {rep_a.endpoints[0]} and {rep_b.endpoints[0]}")
-                    async with shoal.open_requester(
-                        connect=rep_a.endpoints + rep_b.endpoints
-                    ) as client:
-                        nursery.start_soon(_print_subscriber, "all", all_rooms, out)
-                        nursery.start_soon(_print_subscriber, "room1", room1, out)
-                        out("")
-                        ticks = max(1, int(seconds / 0.5))
-                        for tick in range(ticks):
-                            room = ROOMS[tick % len(ROOMS)]
-                            reading = {"celsius": round(rng.uniform(18, 24), 1)}
-                            await pub.publish(f"sensors/{room}", reading, headers={"unit": "C"})
-                            out(f"[pub]       sensors/{room} {_fmt(reading)}")
-                            for job in range(2):
-                                await push.send({"job": tick * 2 + job})
-                            pairs = [(rng.randint(1, 9), rng.randint(1, 9)) for _ in range(3)]
-                            answers: list[str] = []
-
-                            async def ask(a: int, b: int, into: list[str] = answers) -> None:
-                                total = await client.request({"a": a, "b": b})
-                                into.append(f"{a}+{b}={total}")
-
-                            async with trio.open_nursery() as asks:
-                                for a, b in pairs:
-                                    asks.start_soon(ask, a, b)
-                            out(f"[req]       3 requests in flight -> {', '.join(sorted(answers))}")
-                            try:
-                                await client.request({"a": 1, "b": "x"})
-                            except shoal.errors.RemoteError as exc:
-                                if tick == 0:
-                                    out(f"[req]       a bad request fails cleanly: {exc}")
-                            await trio.sleep(0.5)
-                        await trio.sleep(0.2)
-                        summary = {
-                            "published": pub.statistics().published,
-                            "received_all": all_rooms.statistics().received,
-                            "received_room1": room1.statistics().received,
-                            "gaps": all_rooms.statistics().gaps + room1.statistics().gaps,
-                            "jobs": {k: len(v) for k, v in done.items()},
-                            "requests": client.statistics().sent,
-                            "replies": client.statistics().replies,
-                        }
-            nursery.cancel_scope.cancel()
-    out("")
-    out("summary     " + _fmt(summary))
-    return summary
+def _mdns() -> MDNS:
+    return MDNS(interfaces=LOOPBACK)
 
 
-async def _publisher_ready(*, task_status: trio.TaskStatus[shoal.Publisher]) -> None:
-    async with shoal.open_publisher(bind="tcp://127.0.0.1:*") as pub:
-        task_status.started(pub)
-        await trio.sleep_forever()
+class _Demo:
+    def __init__(self, seconds: float, out: Callable[[str], None]) -> None:
+        self.seconds = seconds
+        self.out = out
+        self.rng = random.Random(7)
+        self.jobs: dict[str, list[int]] = {"worker-A": [], "worker-B": []}
+        self.got: dict[str, int] = {"dashboard": 0, "room1-display": 0}
+        self.gaps = 0
+        self.discovery: list[str] = []
 
+    def say(self, who: str, text: str) -> None:
+        self.out(f"[{who:<13}] {text}")
 
-async def _until_subscribed(pub: shoal.Publisher, subs: list[shoal.Subscriber]) -> None:
-    """Publish probes until every subscriber has one: PUB drops before a subscription
-    has reached it (the slow joiner), so this is the honest way to start."""
-    waiting = set(range(len(subs)))
-    while waiting:
-        await pub.publish("sensors/room1/probe", None)
-        await trio.sleep(0.02)
-        for i in list(waiting):
+    async def observe(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """A quiet node that reports what discovery tells it."""
+        async with shoal.open_node("observer", discovery=_mdns()) as node:
+            watch = node.watch_peers()
+            task_status.started()
+            async for ev in watch:
+                if isinstance(ev, PeerJoined):
+                    offers = ", ".join(sorted(f"{c.name}/{c.role.value}"
+                                              for c in ev.peer.channels)) or "nothing yet"
+                    line = f"{ev.peer.name} joined (epoch {ev.peer.epoch:08x}; {offers})"
+                elif isinstance(ev, PeerLeft):
+                    line = f"{ev.peer.name} left ({ev.reason})"
+                elif isinstance(ev, PeerUpdated):
+                    before = {(c.name, c.role) for c in ev.previous.channels}
+                    new = [f"{c.name}/{c.role.value}" for c in ev.peer.channels
+                           if (c.name, c.role) not in before]
+                    if not new:
+                        continue
+                    line = f"{ev.peer.name} now offers {', '.join(new)}"
+                self.discovery.append(line)
+                self.say("discovery", line)
+
+    async def subscriber(self, name: str, prefix: str) -> None:
+        async with shoal.open_node(name, discovery=_mdns()) as node, \
+                   node.open_subscriber("telemetry", topics=[prefix]) as sub:
             try:
-                while True:
-                    subs[i].receive_nowait()
-                    waiting.discard(i)
-            except trio.WouldBlock:
-                pass
+                async for msg in sub:
+                    self.got[name] += 1
+                    self.say(name, f"got {msg.topic} {_fmt(msg.body)} (seq {msg.seq})")
+            finally:
+                self.gaps += sub.statistics().gaps
 
+    async def worker(self, name: str, *, stop: trio.Event | None = None) -> None:
+        async with shoal.open_node(name, discovery=_mdns()) as node, \
+                   node.open_puller("jobs") as pull:
+            with trio.CancelScope() as scope:
+                if stop is not None:
+                    async def leave() -> None:
+                        await stop.wait()
+                        scope.cancel()
+                    async with trio.open_nursery() as n:
+                        n.start_soon(leave)
+                        await self._work(name, pull)
+                else:
+                    await self._work(name, pull)
+        if stop is not None:
+            self.say(name, "left (goodbye sent)")
 
-async def _worker(name: str, endpoints: list[str], done: list[int],
-                  out: Callable[[str], None]) -> None:
-    async with shoal.open_puller(connect=endpoints) as pull:
+    async def _work(self, name: str, pull: shoal.Puller) -> None:
         async for msg in pull:
-            done.append(msg.body["job"])
-            out(f"[{name}]  took job {msg.body['job']}")
+            self.jobs[name].append(msg.body["job"])
+            self.say(name, f"took job {msg.body['job']}")
+
+    async def calculator(self) -> None:
+        def add(req: shoal.Request) -> int:
+            return int(req.body["a"]) + int(req.body["b"])
+
+        async with shoal.open_node("calculator", discovery=_mdns()) as node, \
+                   node.open_replier("math") as rep:
+            async for req in rep:
+                try:
+                    await req.reply(add(req))
+                except (KeyError, TypeError, ValueError) as exc:
+                    await req.fail(f"{type(exc).__name__}: {exc}")
+
+    async def run(self) -> dict[str, Any]:
+        summary: dict[str, Any] = {}
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.observe)
+            nursery.start_soon(self.subscriber, "dashboard", "sensors/")
+            nursery.start_soon(self.subscriber, "room1-display", "sensors/room1")
+            nursery.start_soon(self.worker, "worker-A")
+            b_leaves = trio.Event()
+            nursery.start_soon(lambda: self.worker("worker-B", stop=b_leaves))
+            nursery.start_soon(self.calculator)
+            async with shoal.open_node("sensor", discovery=_mdns()) as sensor, \
+                       sensor.open_publisher("telemetry") as pub, \
+                       sensor.open_pusher("jobs") as push, \
+                       shoal.open_node("client", discovery=_mdns()) as client_node, \
+                       client_node.open_requester("math") as client:
+                with trio.fail_after(15):
+                    await pub.wait_for_subscribers(2)
+                    await sensor.wait_for_peers(2, channel="jobs")
+                self.say("sensor", "both subscribers and both workers are connected")
+                await self._flow(pub, push, client, nursery, b_leaves)
+                await trio.sleep(0.3)
+                summary = {
+                    "published": pub.statistics().published,
+                    "received": dict(self.got),
+                    "gaps": self.gaps,
+                    "jobs_sent": push.statistics().sent,
+                    "jobs": {k: len(v) for k, v in self.jobs.items()},
+                    "requests": client.statistics().sent,
+                    "replies": client.statistics().replies,
+                    "discovery": len(self.discovery),
+                }
+            nursery.cancel_scope.cancel()
+        return summary
+
+    async def _flow(self, pub: shoal.Publisher, push: shoal.Pusher, client: shoal.Requester,
+                    nursery: trio.Nursery, b_leaves: trio.Event) -> None:
+        ticks = max(4, int(self.seconds / 0.5))
+        for tick in range(ticks):
+            if tick == ticks // 4:
+                b_leaves.set()  # worker-B leaves; jobs go to worker-A alone
+            if tick == ticks // 2:
+                self.say("worker-B", "starts again (a new incarnation)")
+                nursery.start_soon(self.worker, "worker-B")
+            room = ROOMS[tick % len(ROOMS)]
+            reading = {"celsius": round(self.rng.uniform(18, 24), 1)}
+            await pub.publish(f"sensors/{room}", reading, headers={"unit": "C"})
+            self.say("sensor", f"published sensors/{room} {_fmt(reading)}")
+            for job in range(2):
+                await push.send({"job": tick * 2 + job})
+            pairs = [(self.rng.randint(1, 9), self.rng.randint(1, 9)) for _ in range(3)]
+            answers: list[str] = []
+
+            async def ask(a: int, b: int, into: list[str] = answers) -> None:
+                into.append(f"{a}+{b}={await client.request({'a': a, 'b': b})}")
+
+            with trio.fail_after(5):
+                async with trio.open_nursery() as asks:
+                    for a, b in pairs:
+                        asks.start_soon(ask, a, b)
+            self.say("client", f"3 requests in flight -> {', '.join(sorted(answers))}")
+            if tick == 0:
+                try:
+                    await client.request({"a": 1, "b": "x"})
+                except shoal.errors.RemoteError as exc:
+                    self.say("client", f"a bad request fails cleanly: {exc}")
+            await trio.sleep(0.5)
 
 
-async def _replier(name: str, *, task_status: trio.TaskStatus[shoal.Replier]) -> None:
-    def add(req: shoal.Request) -> int:
-        return int(req.body["a"]) + int(req.body["b"])
-
-    await shoal.serve_replier(add, bind="tcp://127.0.0.1:*", task_status=task_status)
-
-
-async def _print_subscriber(label: str, sub: shoal.Subscriber, out: Callable[[str], None]) -> None:
-    async for msg in sub:
-        if msg.topic.endswith("/probe"):
-            continue
-        out(f"  [sub {label:>5}] got {msg.topic} {_fmt(msg.body)} (seq {msg.seq})")
+async def run_demo(*, seconds: float = 10.0, out: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the demo for about ``seconds`` (after discovery); return a summary."""
+    with trio.fail_after(seconds + 30):
+        summary = await _Demo(seconds, out).run()
+    out("")
+    out("summary        " + _fmt(summary))
+    return summary

@@ -23,13 +23,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
-        help="run publish/subscribe, push/pull and request/reply over loopback",
-        description="Start a publisher, two subscribers, a pusher with two workers and two "
-        "repliers with a requester, all on 127.0.0.1, and print what flows.",
+        help="nodes that find each other over loopback mDNS and talk",
+        description="Start seven nodes on 127.0.0.1 (a sensor publishing and handing out "
+        "jobs, two subscribers, two workers, a calculator and its client) that find "
+        "each other over mDNS; one worker leaves and returns. Prints what flows.",
         epilog="example: shoal demo --seconds 10",
     )
-    demo.add_argument("--seconds", type=float, default=5.0,
-                      help="how long to run (default: 5)")
+    demo.add_argument("--seconds", type=float, default=10.0,
+                      help="how long to run (default: 10)")
     return parser
 
 
