@@ -431,7 +431,10 @@ class Node:
             for peer in everyone:
                 for offer in offers(peer, conn.channel, conn.role.counterpart):
                     ep = peer.endpoint(offer)
-                    route = b"r" + bytes.fromhex(peer.id) + offer.port.to_bytes(2, "big")
+                    # the incarnation is part of the route: requests waiting on a
+                    # restarted replier fail even if the new one reuses the port
+                    route = (b"r" + bytes.fromhex(peer.id) + peer.epoch.to_bytes(4, "big")
+                             + offer.port.to_bytes(2, "big"))
                     want[ep] = (route, peer.id)
             for ep, route in list(conn.current.items()):
                 if ep not in want or want[ep][0] != route:
@@ -594,12 +597,19 @@ class Node:
 
     # -- life ----------------------------------------------------------------------------
 
-    async def _close(self) -> None:
-        """Say goodbye on every link, close every socket, end every watch."""
+    def _goodbye(self) -> None:
+        """Say goodbye on every link (first thing on leaving: peers drop us at once)."""
+        if self._closed:
+            return
         self._closed = True
         bye = encode_control(Bye(self.identity.sender, self.identity.epoch))
         for link in self._links.values():
             self._send(link, bye)
+
+    async def _close(self) -> None:
+        """Close every socket (goodbyes get 200 ms to leave), end every watch."""
+        self._goodbye()
+        for link in self._links.values():
             link.sock.close()
         self._links.clear()
         self._control.close()
@@ -677,6 +687,7 @@ async def open_node(
             try:
                 yield node
             finally:
+                node._goodbye()  # before the discovery sources' slower teardown
                 nursery.cancel_scope.cancel()
     finally:
         await node._close()

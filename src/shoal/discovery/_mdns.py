@@ -61,6 +61,7 @@ class MDNS:
                 f"service_type looks like '_shoal._tcp.local.', not {service_type!r}")
         self.interfaces = None if interfaces is None else tuple(interfaces)
         self.service_type = service_type
+        self._warned: set[str] = set()
 
     def __repr__(self) -> str:
         return f"MDNS(interfaces={self.interfaces!r})"
@@ -125,8 +126,10 @@ class MDNS:
         props = {k: v for k, v in info.properties.items() if isinstance(k, bytes)}
         version = props.get(b"v")
         if version != str(VERSION).encode():
-            log.warning("mDNS: ignoring %s: it speaks shoal protocol %r, this node %r",
-                        name, version, VERSION)
+            if name not in self._warned and len(self._warned) < 1024:
+                self._warned.add(name)
+                log.warning("mDNS: ignoring %s: it speaks shoal protocol %r, this node %r",
+                            name, version, VERSION)
             return
         if props.get(b"id") == node.id.encode():
             return  # ourselves (another interface's announcement)
