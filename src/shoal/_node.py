@@ -47,6 +47,7 @@ import trio
 import zmq
 
 from shoal._core import (
+    MAX_ADDRESSES,
     VERSION,
     Bye,
     ChannelOffer,
@@ -626,10 +627,13 @@ def _bind_plan(interfaces: Sequence[str] | None) -> tuple[str, list[str]]:
     """Where to bind, and which addresses to advertise."""
     if interfaces is not None:
         addrs = list(dict.fromkeys(interfaces))
-        if not addrs:
-            raise LocalProtocolError("interfaces= is empty; give addresses or None for all")
+        if not addrs or len(addrs) > MAX_ADDRESSES:
+            raise LocalProtocolError(f"interfaces= takes 1 to {MAX_ADDRESSES} addresses "
+                                     "(or None for every multicast-capable interface)")
         return (addrs[0] if len(addrs) == 1 else "0.0.0.0"), addrs
-    addrs = multicast_addresses() or ["127.0.0.1"]
+    # A State carries at most MAX_ADDRESSES; a host with more interfaces advertises
+    # the first ones (peers pick, of those, one on a network they share).
+    addrs = (multicast_addresses() or ["127.0.0.1"])[:MAX_ADDRESSES]
     return "0.0.0.0", addrs
 
 

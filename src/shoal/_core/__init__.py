@@ -6,6 +6,7 @@ call that tests can drive deterministically.
 """
 
 from shoal._core._control import (
+    MAX_ADDRESSES,
     Bye,
     ChannelOffer,
     Role,
@@ -40,6 +41,7 @@ from shoal._core._peers import (
 
 __all__ = [
     "HEADER",
+    "MAX_ADDRESSES",
     "MAX_TOPIC",
     "VERSION",
     "Bye",

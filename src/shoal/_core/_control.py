@@ -122,18 +122,31 @@ class VersionMismatch(DecodeError):
 
 
 def encode_control(msg: State | Bye) -> bytes:
-    """Encode a control message. Raises ``EncodeError`` if a field is out of bounds."""
+    """Encode a control message. Raises ``EncodeError`` for any field out of bounds:
+    whatever this returns, a peer's ``decode_control`` accepts."""
     if isinstance(msg, Bye):
-        return bytes(msgpack.packb([VERSION, _BYE, msg.node_id, msg.epoch]))
-    if len(msg.channels) > MAX_CHANNELS:
-        raise EncodeError(f"a node offers at most {MAX_CHANNELS} channels")
-    if len(msg.name.encode("utf-8", "surrogatepass")) > MAX_NAME:
-        raise EncodeError(f"a node name is at most {MAX_NAME} bytes of UTF-8")
-    return bytes(msgpack.packb([
-        VERSION, _STATE, msg.node_id, msg.epoch, msg.name, list(msg.addresses),
-        msg.control_port, msg.revision,
-        [[c.name, c.role.value, c.port] for c in msg.channels],
-    ]))
+        fields: list[Any] = [VERSION, _BYE, msg.node_id, msg.epoch]
+    else:
+        if len(msg.channels) > MAX_CHANNELS or len(msg.addresses) > MAX_ADDRESSES:
+            raise EncodeError(f"a node offers at most {MAX_CHANNELS} channels on at most "
+                              f"{MAX_ADDRESSES} addresses")
+        fields = [
+            VERSION, _STATE, msg.node_id, msg.epoch, msg.name, list(msg.addresses),
+            msg.control_port, msg.revision,
+            [[c.name, c.role.value, c.port] for c in msg.channels],
+        ]
+    try:
+        frame = bytes(msgpack.packb(fields))
+    except (OverflowError, UnicodeEncodeError, TypeError, ValueError) as exc:
+        raise EncodeError(f"cannot encode this control message: {exc}") from None
+    # One set of rules: the decoder's. Control messages are small and rare (a catalogue
+    # change, a heartbeat per link per interval), so checking by decoding is cheap.
+    try:
+        decode_control(frame)
+    except DecodeError as exc:
+        raise EncodeError(f"cannot send this control message ({exc}); "
+                          "a peer would refuse it") from None
+    return frame
 
 
 def _fail(reason: str, detail: str = "") -> DecodeError:
@@ -159,7 +172,8 @@ def _port(value: Any) -> int:
 
 
 def _text(value: Any, limit: int, what: str) -> str:
-    if not isinstance(value, str) or len(value) > limit:
+    """A string of at most ``limit`` bytes of UTF-8 (the unit encode counts in)."""
+    if not isinstance(value, str) or len(value) > limit or len(value.encode()) > limit:
         raise _fail("bad-field", what)
     return value
 
@@ -194,7 +208,7 @@ def decode_control(frame: bytes) -> State | Bye:
         raise _fail("malformed", type(exc).__name__) from None
     if not isinstance(obj, list) or len(obj) < 2:
         raise _fail("malformed", "not a control message")
-    if obj[0] != VERSION:
+    if type(obj[0]) is not int or obj[0] != VERSION:
         raise VersionMismatch(obj[0] if isinstance(obj[0], int | str) else type(obj[0]).__name__)
     kind = obj[1]
     if kind == _BYE and len(obj) == 4:

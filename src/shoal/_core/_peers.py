@@ -10,7 +10,10 @@ Rules (the theory of operation):
   epoch means the node restarted: the old incarnation leaves (reason ``restarted``)
   and the new one joins.
 * A peer that sends nothing for ``timeout`` seconds leaves (reason ``timeout``). It
-  may come back with the same epoch (a link that flapped): it joins again.
+  may come back with the same epoch (a link that flapped): it joins again. If another
+  epoch of that id joins first, the timed-out one is retired.
+* Within an incarnation, a State with a lower revision than the last one is stale
+  (reordered) and ignored.
 * A ``Bye`` removes the peer at once (reason ``goodbye``). Its epoch is retired: a
   late State of that incarnation (reordered, or queued before the goodbye) is ignored,
   and so is a State of any incarnation replaced by a newer one.
@@ -133,6 +136,7 @@ class PeerTable:
         self._peers: dict[bytes, Peer] = {}
         self._seen: dict[bytes, float] = {}
         self._retired: OrderedDict[tuple[bytes, int], None] = OrderedDict()
+        self._timed_out: OrderedDict[bytes, int] = OrderedDict()  # id -> its last epoch
         self.refused = 0
         """States ignored because the table was full."""
 
@@ -160,8 +164,9 @@ class PeerTable:
         old = self._peers.get(nid)
         if old is not None and old.epoch == st.epoch:
             self._seen[nid] = now
-            if st.revision <= old.revision and st.addresses == old.addresses:
-                return []
+            if st.revision < old.revision or (
+                    st.revision == old.revision and st.addresses == old.addresses):
+                return []  # a heartbeat, or a stale State overtaken by a newer one
             new = self._peer(st, now)
             self._peers[nid] = new
             return [PeerUpdated(new, _with_seen(old, now))]
@@ -172,6 +177,9 @@ class PeerTable:
         elif len(self._peers) >= self._max:
             self.refused += 1
             return []
+        timed_out = self._timed_out.pop(nid, None)
+        if timed_out is not None and timed_out != st.epoch:
+            self._retire((nid, timed_out))  # replaced while away: its late States are stale
         new = self._peer(st, now)
         self._peers[nid] = new
         self._seen[nid] = now
@@ -190,7 +198,15 @@ class PeerTable:
         """Every peer silent for longer than the timeout leaves."""
         limit = now - self._timeout
         gone = [k for k, seen in self._seen.items() if seen < limit]
-        return [PeerLeft(self._drop(k), "timeout") for k in gone]
+        events: list[PeerEvent] = []
+        for k in gone:
+            p = self._drop(k)
+            # remembered, so that a new incarnation joining later retires this one
+            self._timed_out[k] = p.epoch
+            if len(self._timed_out) > _RETIRED_MAX:
+                self._timed_out.popitem(last=False)
+            events.append(PeerLeft(p, "timeout"))
+        return events
 
     def next_deadline(self) -> float | None:
         """When ``expire`` could next have something to do (None: no peers)."""
