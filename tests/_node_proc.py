@@ -1,10 +1,12 @@
 """A shoal node in a process of its own, for tests that kill or restart a peer.
 
-    python tests/_node_proc.py NAME --peer tcp://127.0.0.1:PORT [--puller CH] [--replier CH]
-        [--publisher CH] [--print-received] [--never-answer] [--heartbeat S] [--peer-timeout S]
+    python tests/_node_proc.py NAME [--peer tcp://127.0.0.1:PORT] [--port N] [--puller CH]
+        [--replier CH] [--publisher CH] [--print-received] [--never-answer]
+        [--heartbeat S] [--peer-timeout S]
 
 Opens node NAME (default node id: the same for NAME on this host across restarts) with
-``Static([--peer])`` discovery on 127.0.0.1 only, opens the requested channels, prints
+``Static([--peer ...])`` discovery on 127.0.0.1 only (control port ``--port``, default
+any), opens the requested channels, prints
 one JSON line ``{"event": "ready", "id": ..., "epoch": ..., "control_port": ...}`` to
 stdout and then serves until killed. Every stdout line is one JSON object, flushed at once:
 
@@ -53,6 +55,7 @@ async def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("name")
     p.add_argument("--peer", action="append", default=[])
+    p.add_argument("--port", type=int, default=0)
     p.add_argument("--puller", action="append", default=[])
     p.add_argument("--replier", action="append", default=[])
     p.add_argument("--publisher", action="append", default=[])
@@ -63,7 +66,8 @@ async def main(argv: list[str]) -> None:
     args = p.parse_args(argv)
     async with (
         shoal.open_node(args.name, discovery=Static(args.peer), interfaces=["127.0.0.1"],
-                        heartbeat=args.heartbeat, peer_timeout=args.peer_timeout) as node,
+                        port=args.port, heartbeat=args.heartbeat,
+                        peer_timeout=args.peer_timeout) as node,
         AsyncExitStack() as stack,
         trio.open_nursery() as nursery,
     ):

@@ -282,8 +282,8 @@ class Node:
     # -- what we know of others -------------------------------------------------------
 
     def peers(self) -> list[Peer]:
-        """A snapshot of the live peers (not this node)."""
-        return self._table.peers()
+        """A snapshot of the live peers (not this node); empty once the node is closed."""
+        return [] if self._closed else self._table.peers()
 
     def watch_peers(self) -> PeerWatch:
         """Peer changes from now on: ``async for change in node.watch_peers(): ...``.
@@ -299,6 +299,8 @@ class Node:
         return them. The caller owns the timeout (``trio.fail_after``)."""
         watch = self.watch_peers()
         while True:
+            if self._closed:
+                raise ClosedError("the node is closed; open a new one")
             found = [p for p in self.peers()
                      if channel is None or any(c.name == channel for c in p.channels)]
             if len(found) >= n:
@@ -312,7 +314,7 @@ class Node:
     def statistics(self) -> NodeStatistics:
         """An immutable snapshot of this node's counters."""
         return NodeStatistics(
-            peers=len(self._table), links=len(self._links), control_received=self._received,
+            peers=len(self.peers()), links=len(self._links), control_received=self._received,
             malformed=self._malformed.total, version_mismatches=self._mismatches,
             refused=self._table.refused)
 
@@ -670,7 +672,9 @@ async def open_node(
         if not hasattr(s, "_run"):
             raise LocalProtocolError(
                 f"discovery= takes shoal.discovery.MDNS(...) or Static([...]), not {s!r}")
-    if not 0 < heartbeat < peer_timeout:
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool)
+                  for v in (heartbeat, peer_timeout))
+    if not numbers or not 0 < heartbeat < peer_timeout:
         raise LocalProtocolError("need 0 < heartbeat < peer_timeout (seconds); "
                                  f"got heartbeat={heartbeat!r}, peer_timeout={peer_timeout!r}")
     if interfaces is None:
