@@ -24,10 +24,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
-from zeroconf import InterfaceChoice, IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange
+from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange
 from zeroconf import Zeroconf as _Zeroconf
 
 from shoal._core import VERSION, choose_address
+from shoal.discovery._interfaces import multicast_addresses
 from shoal.errors import LocalProtocolError
 
 if TYPE_CHECKING:
@@ -78,7 +79,10 @@ class MDNS:
         )
 
     async def _run(self, node: Node, *, task_status: trio.TaskStatus[None]) -> None:
-        choice: Any = list(self.interfaces) if self.interfaces is not None else InterfaceChoice.All
+        # Default: the multicast-capable interfaces the node advertises, not zeroconf's
+        # "All" (which includes loopback and interfaces that cannot do multicast).
+        choice: Any = (list(self.interfaces) if self.interfaces is not None
+                       else multicast_addresses() or list(node.addresses))
         zc = await trio.to_thread.run_sync(
             lambda: _Zeroconf(interfaces=choice, ip_version=IPVersion.V4Only))
         info = self._info(node)
