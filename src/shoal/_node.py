@@ -355,6 +355,10 @@ class Node:
         link.persistent = link.persistent or persistent
         self._send(link, self._state_frame)
 
+    def has_link(self, endpoint: str) -> bool:
+        """Whether a control link to ``endpoint`` is open (for discovery sources)."""
+        return endpoint in self._links
+
     @staticmethod
     def _send(link: _Link, frame: bytes) -> None:
         try:

@@ -41,6 +41,10 @@ log = logging.getLogger("shoal")
 SERVICE_TYPE = "_shoal._tcp.local."
 _RESOLVE_MS = 3000
 _QUEUE = 4096
+_MAX_KNOWN = 4096
+"""Instances remembered for re-introduction, at most (the rest: once, when found)."""
+_REINTRODUCE = 2.0
+"""Seconds between re-introductions to cached instances that are not live peers."""
 
 
 class MDNS:
@@ -63,6 +67,7 @@ class MDNS:
         self.interfaces = None if interfaces is None else tuple(interfaces)
         self.service_type = service_type
         self._warned: set[str] = set()
+        self._endpoints: dict[str, str] = {}  # instance name -> control endpoint
 
     def __repr__(self) -> str:
         return f"MDNS(interfaces={self.interfaces!r})"
@@ -86,16 +91,15 @@ class MDNS:
         zc = await trio.to_thread.run_sync(
             lambda: _Zeroconf(interfaces=choice, ip_version=IPVersion.V4Only))
         info = self._info(node)
-        send, receive = trio.open_memory_channel[str](_QUEUE)
+        send, receive = trio.open_memory_channel[tuple[str, bool]](_QUEUE)
         token = trio.lowlevel.current_trio_token()
 
         def on_change(zeroconf: Any, service_type: str, name: str,
                       state_change: ServiceStateChange) -> None:
             # zeroconf's thread: hand the name over, never block
-            if state_change is ServiceStateChange.Removed:
-                return  # departures travel over ZeroMQ (goodbye, heartbeat timeout)
+            removed = state_change is ServiceStateChange.Removed
             try:
-                token.run_sync_soon(_offer, send, name)
+                token.run_sync_soon(_offer, send, (name, removed))
             except trio.RunFinishedError:
                 pass
 
@@ -105,9 +109,14 @@ class MDNS:
                 # Registration probes the name for ~1.2 s: do it beside browsing.
                 nursery.start_soon(self._register, zc, info)
                 browser = ServiceBrowser(zc, self.service_type, handlers=[on_change])
+                nursery.start_soon(self._reintroduce, node)
                 task_status.started()
-                async for name in receive:
-                    if name != info.name:
+                async for name, removed in receive:
+                    if removed:
+                        # Departures travel over ZeroMQ (goodbye, heartbeat timeout);
+                        # here we only stop re-introducing ourselves to the instance.
+                        self._endpoints.pop(name, None)
+                    elif name != info.name:
                         nursery.start_soon(self._resolve, zc, node, name)
         finally:
             with trio.move_on_after(3) as scope:
@@ -141,14 +150,29 @@ class MDNS:
         if not addresses:
             return
         address = choose_address(addresses, node._networks)
-        node.introduce(f"tcp://{address}:{info.port}")
+        endpoint = f"tcp://{address}:{info.port}"
+        if name in self._endpoints or len(self._endpoints) < _MAX_KNOWN:
+            self._endpoints[name] = endpoint
+        node.introduce(endpoint)
+
+    async def _reintroduce(self, node: Node) -> None:
+        """Introduce the node again, every few seconds, to every instance still in the
+        DNS-SD cache that is not a live peer. Zeroconf reports a cached service once:
+        two nodes whose links closed during a long partition would otherwise never
+        meet again after it heals."""
+        while True:
+            await trio.sleep(_REINTRODUCE)
+            live = {p.control_endpoint for p in node.peers()}
+            for endpoint in list(self._endpoints.values()):
+                if endpoint not in live and not node.has_link(endpoint):
+                    node.introduce(endpoint)
 
 
-def _offer(send: trio.MemorySendChannel[str], name: str) -> None:
+def _offer(send: trio.MemorySendChannel[tuple[str, bool]], item: tuple[str, bool]) -> None:
     try:
-        send.send_nowait(name)
+        send.send_nowait(item)
     except (trio.WouldBlock, trio.ClosedResourceError):
-        log.debug("mDNS: dropped a browse event for %s (queue full or closed)", name)
+        log.debug("mDNS: dropped a browse event for %s (queue full or closed)", item[0])
 
 
 def _shutdown(zc: _Zeroconf, info: ServiceInfo) -> None:
