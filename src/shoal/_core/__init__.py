@@ -38,6 +38,7 @@ from shoal._core._peers import (
     choose_address,
     offers,
 )
+from shoal._core._reliable import Deduplicator, GaveUp, ReliableSender, WindowFull
 
 __all__ = [
     "HEADER",
@@ -46,7 +47,9 @@ __all__ = [
     "VERSION",
     "Bye",
     "ChannelOffer",
+    "Deduplicator",
     "GapTracker",
+    "GaveUp",
     "Identity",
     "Kind",
     "Message",
@@ -56,11 +59,13 @@ __all__ = [
     "PeerLeft",
     "PeerTable",
     "PeerUpdated",
+    "ReliableSender",
     "Role",
     "State",
     "StreamEncoder",
     "StreamKey",
     "VersionMismatch",
+    "WindowFull",
     "choose_address",
     "decode",
     "decode_control",

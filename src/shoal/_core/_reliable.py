@@ -1,0 +1,305 @@
+"""At-least-once delivery, sans-I/O: the sender's window and the receiver's memory.
+
+``ReliableSender`` keeps every message of one stream until it is acknowledged:
+
+* ``send(payload, now)`` gives the message the next sequence number and queues it for
+  transmission; it refuses (``WindowFull``) once ``window`` messages are unacknowledged:
+  the caller applies backpressure instead of dropping.
+* ``transmissions(now)`` lists what to put on the wire now (new messages first, then
+  retransmissions that are due); the caller sends each and reports where with
+  ``sent(seq, destination, now)``. A message with no acknowledgement of any kind is
+  retransmitted after ``rto`` seconds, doubling each attempt up to ``max_rto``.
+* Two acknowledgements: ``on_received(seqs)`` (the receiver holds the message: timer
+  retransmission stops, the message stays in the window) and ``on_done(seqs)`` (the
+  application is finished with it: it leaves the window). A received-but-not-done
+  message is retransmitted only when its destination is reported gone
+  (``destination_lost``), so a slow handler is never duplicated by a timer.
+* A message that reached ``max_attempts`` transmissions without being received, or
+  that is older than ``give_up_after`` seconds, is given up: it leaves the window and
+  a ``GaveUp`` is queued (``gave_up()`` drains them).
+* ``floor()`` is the lowest sequence number still in the window. Every message carries
+  it, so receivers can forget everything below it.
+
+``Deduplicator`` is the receiver's memory, per stream ``(sender, epoch, stream)``: the
+sender's floor (everything below was acknowledged as done, so anything below that
+arrives again is a duplicate) and the set of sequence numbers seen at or above it.
+Memory is bounded: at most ``window`` numbers per stream (a stream claiming more is
+forgetting its floor: the oldest are dropped and counted), ``max_streams`` streams
+(least recently used forgotten first).
+
+Sans-I/O: no clock, no sockets; ``now`` is any monotonic float, destinations are
+opaque hashable values chosen by the caller.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict, deque
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from shoal._core._errors import LocalProtocolError
+
+__all__ = ["Deduplicator", "GaveUp", "ReliableSender", "WindowFull"]
+
+
+class WindowFull(LocalProtocolError):
+    """``send`` was called with ``window`` messages unacknowledged; wait for acks."""
+
+
+@dataclass(frozen=True, slots=True)
+class GaveUp:
+    """A message the sender stopped trying to deliver."""
+
+    seq: int
+    payload: Any
+    attempts: int
+    """How many times it was put on the wire."""
+    destination: Hashable | None
+    """Where it was sent last (None: it was never sent)."""
+    reason: str
+    """``attempts`` (``max_attempts`` transmissions, none received) or ``deadline``."""
+
+
+class _Entry:
+    __slots__ = ("attempts", "destination", "due", "first", "payload", "received")
+
+    def __init__(self, payload: Any, first: float) -> None:
+        self.payload = payload
+        self.first = first
+        self.attempts = 0
+        self.destination: Hashable | None = None
+        self.due = first  # when to (re)transmit; inf once received
+        self.received = False
+
+
+class ReliableSender:
+    """The sending half of one reliable stream. See the module docstring."""
+
+    def __init__(
+        self, *, window: int = 1024, rto: float = 0.5, max_rto: float = 5.0,
+        max_attempts: int = 10, give_up_after: float | None = None, first_seq: int = 0,
+    ) -> None:
+        if window < 1 or rto <= 0 or max_rto < rto or max_attempts < 1:
+            raise LocalProtocolError("need window >= 1, 0 < rto <= max_rto, max_attempts >= 1")
+        if give_up_after is not None and give_up_after <= 0:
+            raise LocalProtocolError("give_up_after is a number of seconds > 0, or None")
+        self.window = window
+        self.rto = rto
+        self.max_rto = max_rto
+        self.max_attempts = max_attempts
+        self.give_up_after = give_up_after
+        self.next_seq = first_seq
+        self._entries: dict[int, _Entry] = {}
+        self._queue: deque[int] = deque()  # seqs to transmit now, in order
+        self._timers: list[tuple[float, int]] = []  # (due, seq), lazily invalidated
+        self._gave_up: list[GaveUp] = []
+        self.sent_count = 0
+        self.retransmitted = 0
+        self.acked = 0
+        self.given_up = 0
+
+    # -- the application side ---------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Messages in the window (sent or queued, not yet done)."""
+        return len(self._entries)
+
+    def has_room(self) -> bool:
+        return len(self._entries) < self.window
+
+    def floor(self) -> int:
+        """The lowest sequence number not yet done (``next_seq`` when none is)."""
+        return min(self._entries, default=self.next_seq)
+
+    def send(self, payload: Any, now: float) -> int:
+        """Take a message into the window; return its sequence number."""
+        if len(self._entries) >= self.window:
+            raise WindowFull(f"{self.window} messages await acknowledgement; wait for acks")
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        self._entries[seq] = _Entry(payload, now)
+        self._queue.append(seq)
+        return seq
+
+    def payload(self, seq: int) -> Any:
+        """The payload of a message still in the window."""
+        return self._entries[seq].payload
+
+    # -- the wire side ---------------------------------------------------------------------
+
+    def transmissions(self, now: float) -> list[int]:
+        """Sequence numbers to put on the wire now (call ``sent`` for each one sent).
+
+        Also applies the give-up rules to everything due."""
+        self._expire(now)
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            due, seq = heapq.heappop(timers)
+            e = self._entries.get(seq)
+            if e is not None and e.due == due and not e.received:
+                e.due = float("inf")  # queued; ``sent`` sets the next deadline
+                self._queue.append(seq)
+        out: list[int] = []
+        queue = self._queue
+        entries = self._entries
+        while queue:
+            seq = queue.popleft()
+            e = entries.get(seq)
+            if e is None:
+                continue
+            if e.attempts >= self.max_attempts:
+                self._give_up(seq, e, "attempts")
+                continue
+            out.append(seq)
+        return out
+
+    def sent(self, seq: int, destination: Hashable, now: float) -> None:
+        """``seq`` went on the wire to ``destination``."""
+        e = self._entries.get(seq)
+        if e is None:
+            return
+        if e.attempts:
+            self.retransmitted += 1
+        else:
+            self.sent_count += 1
+        e.attempts += 1
+        e.destination = destination
+        if not e.received:
+            e.due = now + min(self.rto * (2 ** (e.attempts - 1)), self.max_rto)
+            heapq.heappush(self._timers, (e.due, seq))
+
+    def unsent(self, seq: int) -> None:
+        """``seq`` from ``transmissions`` could not be sent now (no destination): keep
+        it first in line for the next call."""
+        if seq in self._entries:
+            self._queue.appendleft(seq)
+
+    def on_received(self, seqs: Iterable[int], destination: Hashable | None = None) -> None:
+        """The receiver holds these messages: no more timer retransmissions."""
+        for seq in seqs:
+            e = self._entries.get(seq)
+            if e is not None and not e.received:
+                e.received = True
+                e.due = float("inf")
+                if destination is not None:
+                    e.destination = destination
+
+    def on_done(self, seqs: Iterable[int]) -> int:
+        """The application at the receiver is done with these: they leave the window.
+        Returns how many were newly acknowledged."""
+        n = 0
+        for seq in seqs:
+            if self._entries.pop(seq, None) is not None:
+                n += 1
+        self.acked += n
+        return n
+
+    def destination_lost(self, destination: Hashable, now: float) -> int:
+        """``destination`` is gone: everything it held or was sent goes out again now
+        (to another destination). Returns how many messages were requeued."""
+        n = 0
+        for seq, e in self._entries.items():
+            if e.destination == destination and e.attempts:
+                e.received = False
+                e.due = float("inf")
+                e.destination = None
+                self._queue.append(seq)
+                n += 1
+        return n
+
+    def get_timer(self) -> float | None:
+        """When ``transmissions`` next has something to do (None: nothing pending)."""
+        if self._queue:
+            return float("-inf")
+        best: float | None = None
+        timers = self._timers
+        while timers:
+            due, seq = timers[0]
+            e = self._entries.get(seq)
+            if e is None or e.due != due or e.received:
+                heapq.heappop(timers)
+                continue
+            best = due
+            break
+        if self.give_up_after is not None and self._entries:
+            oldest = min(e.first for e in self._entries.values()) + self.give_up_after
+            best = oldest if best is None else min(best, oldest)
+        return best
+
+    def gave_up(self) -> list[GaveUp]:
+        """The messages given up since the last call."""
+        out, self._gave_up = self._gave_up, []
+        return out
+
+    def _expire(self, now: float) -> None:
+        if self.give_up_after is None:
+            return
+        limit = now - self.give_up_after
+        for seq, e in list(self._entries.items()):
+            if e.first <= limit:
+                self._give_up(seq, e, "deadline")
+
+    def _give_up(self, seq: int, e: _Entry, reason: str) -> None:
+        del self._entries[seq]
+        self.given_up += 1
+        self._gave_up.append(GaveUp(seq, e.payload, e.attempts, e.destination, reason))
+
+
+class _Seen:
+    __slots__ = ("floor", "seqs")
+
+    def __init__(self) -> None:
+        self.floor = 0
+        self.seqs: set[int] = set()
+
+
+class Deduplicator:
+    """Which messages of each stream were already delivered. See the module docstring."""
+
+    def __init__(self, *, max_streams: int = 4096, window: int = 65536) -> None:
+        if max_streams < 1 or window < 1:
+            raise LocalProtocolError("max_streams and window must be >= 1")
+        self._max_streams = max_streams
+        self._window = window
+        self._streams: OrderedDict[Hashable, _Seen] = OrderedDict()
+        self.duplicates = 0
+        self.forgotten_streams = 0
+        self.overflowed = 0
+
+    def accept(self, stream: Hashable, seq: int, floor: int) -> bool:
+        """A message ``seq`` of ``stream`` arrived carrying the sender's ``floor``.
+        True: new, deliver it. False: a duplicate (already delivered, or below the
+        floor, i.e. acknowledged as done), drop it but acknowledge it again."""
+        streams = self._streams
+        s = streams.get(stream)
+        if s is None:
+            s = streams[stream] = _Seen()
+            if len(streams) > self._max_streams:
+                streams.popitem(last=False)
+                self.forgotten_streams += 1
+        else:
+            streams.move_to_end(stream)
+        if floor > s.floor:
+            s.floor = floor
+            if s.seqs:
+                s.seqs = {q for q in s.seqs if q >= floor}
+        if seq < s.floor or seq in s.seqs:
+            self.duplicates += 1
+            return False
+        s.seqs.add(seq)
+        if len(s.seqs) > self._window:
+            # A sender never has more than its window above its floor; one that claims
+            # to is hostile or broken. Forget the oldest rather than grow.
+            s.seqs.discard(min(s.seqs))
+            self.overflowed += 1
+        return True
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def remembered(self) -> int:
+        """Sequence numbers held over all streams (the memory bound's measure)."""
+        return sum(len(s.seqs) for s in self._streams.values())
