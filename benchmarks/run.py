@@ -67,6 +67,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -77,6 +78,7 @@ import zmq
 import zmq.asyncio
 
 import shoal
+from shoal.patterns import open_reliable_puller, open_reliable_pusher
 
 LOOPBACK = "tcp://127.0.0.1:*"
 PROBE_TIMEOUT_S = 10.0
@@ -310,12 +312,24 @@ def aio_rr_client(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
 # push/pull throughput (the puller binds, measures, and tells the pusher when done)
 
 
+def _puller(spec: Spec) -> AbstractAsyncContextManager[Any]:
+    if spec.variant == "shoal reliable":
+        return open_reliable_puller(bind=LOOPBACK, high_water_mark=spec.hwm)
+    return shoal.open_puller(bind=LOOPBACK, high_water_mark=spec.hwm)
+
+
+def _pusher(spec: Spec) -> AbstractAsyncContextManager[Any]:
+    if spec.variant == "shoal reliable":
+        return open_reliable_pusher(connect=spec.endpoint, high_water_mark=spec.hwm)
+    return shoal.open_pusher(connect=spec.endpoint, high_water_mark=spec.hwm)
+
+
 def shoal_pp_recv(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
     batched = spec.variant != "shoal async-for"
     target = spec.warmup + spec.count
 
     async def main() -> Result:
-        async with shoal.open_puller(bind=LOOPBACK, high_water_mark=spec.hwm) as pull:
+        async with _puller(spec) as pull:
             ctrl.send(("endpoint", pull.endpoints[0]))
             got = 0
             t0 = c0 = t1 = -1
@@ -351,7 +365,7 @@ def shoal_pp_send(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
     target = spec.warmup + spec.count
 
     async def main() -> Result:
-        async with shoal.open_pusher(connect=spec.endpoint, high_water_mark=spec.hwm) as push:
+        async with _pusher(spec) as push:
             send = push.send
             t0 = now()
             if spec.variant == "shoal nowait-send":
@@ -368,6 +382,8 @@ def shoal_pp_send(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
                 for _ in range(target):
                     await send(body)
             t1 = now()
+            if spec.variant == "shoal reliable":
+                await push.wait_acked()  # counted at the receiver; this keeps the pusher up
             wait_peer(peer, "done")
             return {"sent": target, "send_rate": target / ((t1 - t0) / 1e9)}
 
@@ -565,6 +581,7 @@ ROLES: dict[tuple[str, str], tuple[Role, Role]] = {
     ("pp", "shoal batch"): (shoal_pp_recv, shoal_pp_send),
     ("pp", "shoal async-for"): (shoal_pp_recv, shoal_pp_send),
     ("pp", "shoal nowait-send"): (shoal_pp_recv, shoal_pp_send),
+    ("pp", "shoal reliable"): (shoal_pp_recv, shoal_pp_send),
     ("pp", "pyzmq"): (raw_pp_recv, raw_pp_send),
     ("ps", "shoal batch"): (shoal_ps_pub, shoal_ps_sub),
     ("ps", "shoal nowait-send"): (shoal_ps_pub, shoal_ps_sub),
@@ -573,7 +590,7 @@ ROLES: dict[tuple[str, str], tuple[Role, Role]] = {
 
 VARIANTS: dict[str, list[str]] = {
     "rr": ["shoal", "pyzmq", "pyzmq.asyncio"],
-    "pp": ["shoal batch", "shoal async-for", "shoal nowait-send", "pyzmq"],
+    "pp": ["shoal batch", "shoal async-for", "shoal nowait-send", "shoal reliable", "pyzmq"],
     "ps": ["shoal batch", "shoal nowait-send", "pyzmq"],
 }
 
@@ -850,6 +867,13 @@ def summarize(
                 ratios["target shoal batch >= 0.3x pyzmq"] = verdict(ok)
                 out(f"   {size:>5} B  ratio {', '.join(parts)}; "
                     f"target shoal batch >= 0.3x pyzmq: {verdict(ok)}")
+                if "shoal reliable" in rows_by_variant:
+                    rel = (rows_by_variant["shoal reliable"]["rate"]
+                           / rows_by_variant["shoal batch"]["rate"])
+                    ok = None if math.isnan(rel) else rel >= 0.5
+                    ratios["shoal reliable/shoal batch"] = rel
+                    out(f"   {size:>5} B  ratio shoal reliable/shoal batch {fmt_ratio(rel)}; "
+                        f"target >= 0.5x: {verdict(ok)}")
     return summary
 
 

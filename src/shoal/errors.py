@@ -15,6 +15,8 @@ Rules:
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from shoal._core._errors import (
@@ -28,6 +30,7 @@ from shoal._core._errors import (
 __all__ = [
     "ClosedError",
     "DecodeError",
+    "DeliveryFailed",
     "EncodeError",
     "InvalidEndpoint",
     "LocalProtocolError",
@@ -67,3 +70,17 @@ class ClosedError(ShoalError, trio.ClosedResourceError):
 class PeerLost(ShoalError, trio.BrokenResourceError):
     """The peer an operation depended on vanished (left, timed out or restarted)
     before answering. Whether it acted on the request is unknown."""
+
+
+class DeliveryFailed(ShoalError):
+    """Messages were given up: no receiver took them within the sender's attempts or
+    deadline. ``failed`` lists them (``seq``, ``attempts``, last ``destination``,
+    ``reason``, and the encoded ``payload``)."""
+
+    def __init__(self, failed: list[Any]) -> None:
+        self.failed = failed
+        shown = ", ".join(f"seq {g.seq} ({g.reason}, {g.attempts} attempts)" for g in failed[:5])
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        super().__init__(f"{len(failed)} message(s) given up: {shown}{more}; "
+                         "check that a receiver is reachable, or raise the sender's "
+                         "max_attempts / give_up_after")

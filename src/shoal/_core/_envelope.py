@@ -74,6 +74,7 @@ class Kind(enum.IntEnum):
     REQUEST = 3
     REPLY = 4
     ERROR = 5
+    ACK = 6
 
 
 _KINDS: Final[dict[int, Kind]] = {int(k): k for k in Kind}

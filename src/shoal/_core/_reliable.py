@@ -91,6 +91,7 @@ class ReliableSender:
         self.max_attempts = max_attempts
         self.give_up_after = give_up_after
         self.next_seq = first_seq
+        self._floor = first_seq
         self._entries: dict[int, _Entry] = {}
         self._queue: deque[int] = deque()  # seqs to transmit now, in order
         self._timers: list[tuple[float, int]] = []  # (due, seq), lazily invalidated
@@ -112,7 +113,12 @@ class ReliableSender:
 
     def floor(self) -> int:
         """The lowest sequence number not yet done (``next_seq`` when none is)."""
-        return min(self._entries, default=self.next_seq)
+        # Only ever grows: amortised O(1) per message.
+        f, entries, end = self._floor, self._entries, self.next_seq
+        while f < end and f not in entries:
+            f += 1
+        self._floor = f
+        return f
 
     def send(self, payload: Any, now: float) -> int:
         """Take a message into the window; return its sequence number."""
@@ -228,6 +234,10 @@ class ReliableSender:
             oldest = min(e.first for e in self._entries.values()) + self.give_up_after
             best = oldest if best is None else min(best, oldest)
         return best
+
+    def gave_up_pending(self) -> bool:
+        """Whether ``gave_up()`` has something to report."""
+        return bool(self._gave_up)
 
     def gave_up(self) -> list[GaveUp]:
         """The messages given up since the last call."""

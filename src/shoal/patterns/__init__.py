@@ -5,6 +5,8 @@ pattern            ZeroMQ underneath             who gets a message
 =================  ============================  ====================================
 publish/subscribe  PUB/SUB, topic-prefix filter  every subscriber whose prefix matches
 push/pull          PUSH/PULL                     exactly one puller
+reliable push/pull ROUTER -> ROUTER, acks        one puller, at least once (redelivered
+                                                 if it dies before it is done)
 request/reply      DEALER -> ROUTER, ids         one replier; the reply comes back
 =================  ============================  ====================================
 """
@@ -25,6 +27,14 @@ from shoal.patterns._pushpull import (
     open_puller,
     open_pusher,
 )
+from shoal.patterns._reliable_pushpull import (
+    ReliablePuller,
+    ReliablePullerStatistics,
+    ReliablePusher,
+    ReliablePusherStatistics,
+    open_reliable_puller,
+    open_reliable_pusher,
+)
 from shoal.patterns._reqrep import (
     Replier,
     ReplierStatistics,
@@ -43,6 +53,10 @@ __all__ = [
     "PullerStatistics",
     "Pusher",
     "PusherStatistics",
+    "ReliablePuller",
+    "ReliablePullerStatistics",
+    "ReliablePusher",
+    "ReliablePusherStatistics",
     "Replier",
     "ReplierStatistics",
     "Request",
@@ -53,6 +67,8 @@ __all__ = [
     "open_publisher",
     "open_puller",
     "open_pusher",
+    "open_reliable_puller",
+    "open_reliable_pusher",
     "open_replier",
     "open_requester",
     "open_subscriber",

@@ -1,0 +1,421 @@
+"""Reliable push/pull: at-least-once across the wire, each item processed once per live
+worker, redelivered to another worker if the one holding it dies or vanishes.
+
+Sockets: the pusher is a ROUTER that connects to each puller under a routing id of its
+own (a *route*) and picks the puller for every item itself; the puller is a ROUTER
+that binds and answers on the connection each item came in on. The state machines
+are ``shoal._core.ReliableSender`` and ``Deduplicator``; this module moves bytes.
+
+An item travels as a PUSH envelope whose ``seq`` is its sequence number and whose
+``correlation`` carries the pusher's *floor* (lowest sequence number not yet done), so
+the puller forgets what lies below. The puller answers with ACK envelopes whose body
+is ``[received, done]`` (two lists of sequence numbers), batched:
+
+* *received* when an item reaches the puller's buffer (sent once per drained batch):
+  the pusher stops retransmitting it on a timer, so a slow handler is never
+  duplicated by a timeout;
+* *done* when the application asks for the next item (``async for`` moving on, or
+  ``receive()`` called again): only then does the item leave the pusher's window.
+  Sent when 64 have gathered or before the puller waits for more.
+
+If the puller holding an item goes away before *done* (its node leaves, is killed, or
+its link stays down past the peer timeout: ``drop_route``), the item goes to another
+puller. Duplicates (retransmissions) are recognised by ``(sender, epoch, stream,
+seq)`` and never reach the application twice; they are re-acknowledged.
+
+Given up (no puller received it after ``max_attempts`` transmissions, or older than
+``give_up_after`` seconds): ``wait_acked()`` raises ``DeliveryFailed`` naming them.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from time import time_ns
+from typing import Any
+
+import trio
+import zmq
+
+from shoal._core import Deduplicator, GaveUp, Identity, Kind, Message, ReliableSender, decode
+from shoal._zmq import DEFAULT_LINGER_MS, PeerUnreachable, Socket
+from shoal.errors import ClosedError, DeliveryFailed
+from shoal.patterns._common import (
+    DEFAULT_BATCH,
+    BufferedReceiver,
+    Endpoints,
+    SocketResource,
+    check_limits,
+    endpoint_list,
+    open_socket,
+    require_endpoints,
+    stream_encoder,
+)
+
+__all__ = ["ReliablePuller", "ReliablePullerStatistics", "ReliablePusher",
+           "ReliablePusherStatistics", "open_reliable_puller", "open_reliable_pusher",
+           "reliable_options"]
+
+_PUSH = (Kind.PUSH,)
+_ACK = (Kind.ACK,)
+_TOPIC = b"\0"
+_FLOOR_AT = len(_TOPIC) + 52 - 8  # the correlation field: last u64 of the header
+_U64 = struct.Struct("<Q")
+_ACK_BATCH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ReliablePusherStatistics:
+    """Counters of a reliable pusher at one moment."""
+
+    sent: int
+    """Items put on the wire for the first time."""
+    acked: int
+    """Items a puller's application is done with."""
+    in_flight: int
+    """Items in the window (queued, sent, or held by a puller), not yet done."""
+    retransmitted: int
+    """Transmissions after the first (timeouts, or the holding puller vanished)."""
+    redelivered: int
+    """Items sent again because the puller holding them went away."""
+    given_up: int
+    malformed: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReliablePullerStatistics:
+    """Counters of a reliable puller at one moment."""
+
+    received: int
+    """Items delivered to the application (each once)."""
+    duplicates: int
+    """Copies recognised and dropped (and acknowledged again)."""
+    acks_sent: int
+    malformed: int
+    malformed_by_reason: Mapping[str, int]
+
+
+def reliable_options(high_water_mark: int) -> list[tuple[int, int | bytes]]:
+    """Socket options of both ends (ROUTER; MANDATORY so an absent route raises)."""
+    return [(zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark),
+            (zmq.ROUTER_MANDATORY, 1)]
+
+
+class ReliablePusher(SocketResource):
+    """Sends work items at least once, each to one puller. ``open_pusher(reliable=True)``."""
+
+    def __init__(
+        self, sock: Socket, identity: Identity | None, *, window: int, rto: float,
+        max_attempts: int, give_up_after: float | None,
+    ) -> None:
+        self._sock = sock
+        self._enc = stream_encoder(identity)
+        self._core = ReliableSender(window=window, rto=rto, max_rto=max(rto, 5.0),
+                                    max_attempts=max_attempts, give_up_after=give_up_after)
+        self._routes: list[bytes] = []
+        self._turn = 0
+        self._changed = trio.Event()  # acks, routes or timers moved: waiters re-check
+        self._failed: list[GaveUp] = []
+        self._redelivered = 0
+        self._malformed = 0
+
+    # -- the application side -------------------------------------------------------------
+
+    def send_nowait(self, body: Any, *, headers: Mapping[str, Any] | None = None) -> None:
+        """Take the item into the window and send it, or raise ``trio.WouldBlock`` when
+        the window is full. Raises ``EncodeError`` for a body msgpack cannot encode."""
+        self._sock.check_open("send")
+        core = self._core
+        if not core.has_room():
+            raise trio.WouldBlock
+        frame = self._enc.encode(Kind.PUSH, _TOPIC, body, core.next_seq, time_ns(), 0, headers)
+        core.send(bytearray(frame), trio.current_time())
+        self._transmit()
+
+    async def send(self, body: Any, *, headers: Mapping[str, Any] | None = None) -> None:
+        """Send one item; returns once it is in the window (not when it is processed:
+        see ``wait_acked``). Waits while the window is full (backpressure).
+        Cancel-safe: if cancelled, the item was not taken."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._core.has_room():
+            self._sock.check_open("send")
+            await self._changed.wait()
+        self.send_nowait(body, headers=headers)
+        await self._sock.pace()
+
+    async def wait_acked(self) -> None:
+        """Wait until every item sent so far is done at some puller.
+
+        Raises ``DeliveryFailed`` for items given up (listed with their attempts and
+        last puller); they are then forgotten. The caller owns the timeout.
+        """
+        while self._core.in_flight:
+            self._sock.check_open("wait for acknowledgements")
+            await self._changed.wait()
+        await trio.lowlevel.checkpoint()
+        self._raise_failures()
+
+    def _raise_failures(self) -> None:
+        self._failed.extend(self._core.gave_up())
+        if self._failed:
+            failed, self._failed = self._failed, []
+            raise DeliveryFailed(failed)
+
+    def statistics(self) -> ReliablePusherStatistics:
+        """An immutable snapshot of this resource's counters."""
+        c = self._core
+        return ReliablePusherStatistics(
+            sent=c.sent_count, acked=c.acked, in_flight=c.in_flight,
+            retransmitted=c.retransmitted, redelivered=self._redelivered,
+            given_up=c.given_up, malformed=self._malformed)
+
+    # -- routes (explicit endpoints, or a node's wiring) ---------------------------------------
+
+    def add_route(self, route: bytes, endpoint: str) -> None:
+        """Connect to a puller at ``endpoint``, known as ``route``."""
+        self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, route)
+        self._sock.connect(endpoint)
+        self._routes.append(route)
+        self._wake()
+
+    def drop_route(self, route: bytes, endpoint: str, why: str) -> None:
+        """Disconnect from a puller; what it held goes to the others."""
+        if route in self._routes:
+            self._routes.remove(route)
+        if not self._sock.closed:
+            self._sock.disconnect(endpoint)
+        self._redelivered += self._core.destination_lost(route, trio.current_time())
+        self._transmit()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # -- the wire ----------------------------------------------------------------------------
+
+    def _transmit(self) -> bool:
+        """Put everything due on the wire; False if something found no puller."""
+        core = self._core
+        now = trio.current_time()
+        todo = core.transmissions(now)
+        if not todo:
+            return True
+        sock = self._sock
+        routes = self._routes
+        floor = _U64.pack(core.floor())
+        for i, seq in enumerate(todo):
+            frame = core.payload(seq)
+            frame[_FLOOR_AT:_FLOOR_AT + 8] = floor
+            data = bytes(frame)
+            for _ in range(len(routes)):
+                route = routes[self._turn % len(routes)]
+                self._turn += 1
+                try:
+                    sock.send_nowait([route, data])
+                except (PeerUnreachable, trio.WouldBlock):
+                    continue
+                core.sent(seq, route, now)
+                break
+            else:
+                for later in reversed(todo[i:]):
+                    core.unsent(later)
+                return False
+        return True
+
+    def _on_ack(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self._malformed += 1
+            return
+        try:
+            msg = decode(frames[1])
+            received, done = msg.body
+            if msg.kind is not Kind.ACK or not all(
+                    type(s) is int for s in (*received, *done)):
+                raise ValueError
+        except Exception:  # hostile input of any shape: counted, dropped
+            self._malformed += 1
+            return
+        core = self._core
+        core.on_received(received, frames[0])
+        if core.on_done(done):
+            self._wake()
+
+    async def _run(self) -> None:
+        """Read acknowledgements and drive retransmissions, until closed."""
+        sock = self._sock
+        backoff = 0.001
+        while not sock.closed:
+            for frames in sock.receive_batch_nowait(256):
+                self._on_ack(frames)
+            if self._transmit():
+                backoff = 0.001
+                deadline = self._core.get_timer()
+            else:  # nobody to send to: look again soon, or when a route appears
+                deadline = trio.current_time() + backoff
+                backoff = min(backoff * 2, 0.05)
+            if self._core.gave_up_pending():
+                self._wake()  # wait_acked() must hear of it
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await sock.wait_receivable()
+            self._wake()
+
+    async def aclose(self) -> None:
+        """Close; unacknowledged items are dropped (``statistics().in_flight`` says how many)."""
+        self._sock.close()
+        self._wake()
+        await trio.lowlevel.checkpoint()
+
+
+class ReliablePuller(BufferedReceiver[Message]):
+    """Receives work items at least once over the wire, once to the application.
+    A ``trio.abc.ReceiveChannel[Message]``; an item is done when the next is asked for."""
+
+    def __init__(self, sock: Socket, identity: Identity | None, *, batch: int,
+                 max_streams: int) -> None:
+        super().__init__(sock, batch=batch)
+        self._enc = stream_encoder(identity)
+        self._dedup = Deduplicator(max_streams=max_streams)
+        self._received_acks: dict[bytes, list[int]] = {}
+        self._done_acks: dict[bytes, list[int]] = {}
+        self._done_count = 0
+        # delivered into the buffer, not yet done: (sender, epoch, stream, seq) -> route
+        self._holding: dict[tuple[str, int, int, int], bytes] = {}
+        self._current: list[Message] = []  # handed to the application, not yet done
+        self._acks_sent = 0
+        self._ack_seq = 0
+
+    def _accept(self, frames: list[bytes]) -> None:
+        msg = self._malformed.check(frames, _PUSH, "reliable puller", nframes=2)
+        if msg is None:
+            return
+        route = frames[0]
+        self._received_acks.setdefault(route, []).append(msg.seq)
+        item = (msg.sender, msg.epoch, msg.stream, msg.seq)
+        if not self._dedup.accept(item[:3], msg.seq, msg.correlation):
+            if item not in self._holding:  # done before: say so again
+                self._done_acks.setdefault(route, []).append(msg.seq)
+                self._done_count += 1
+            return
+        self._holding[item] = route
+        self._received += 1
+        self._buffer.append(msg)
+
+    def _fill(self) -> int:
+        n = super()._fill()
+        self._flush(done=False)  # tell pushers at once what arrived: stops their timers
+        return n
+
+    def _finish_current(self) -> None:
+        for msg in self._current:
+            route = self._holding.pop((msg.sender, msg.epoch, msg.stream, msg.seq), None)
+            if route is not None:
+                self._done_acks.setdefault(route, []).append(msg.seq)
+                self._done_count += 1
+        self._current.clear()
+        if self._done_count >= _ACK_BATCH:
+            self._flush(done=True)
+
+    def receive_nowait(self) -> Message:
+        """The next item if one is here, else ``trio.WouldBlock``. Marks the previous
+        item done."""
+        self._finish_current()
+        try:
+            msg = super().receive_nowait()
+        except trio.WouldBlock:
+            self._flush(done=True)
+            raise
+        self._current.append(msg)
+        return msg
+
+    async def receive(self) -> Message:
+        """Wait for the next item; marks the previous one done. Cancel-safe."""
+        self._finish_current()
+        if not self._buffer:
+            self._flush(done=True)  # about to wait: nothing done may linger
+        msg = await super().receive()
+        self._current.append(msg)
+        return msg
+
+    async def receive_batch(self) -> list[Message]:
+        """Wait for at least one item, then return every item already here. They are
+        done when the next receive is asked for."""
+        first = await self.receive()
+        rest = list(self._buffer)
+        self._buffer.clear()
+        self._current.extend(rest)
+        return [first, *rest]
+
+    def _flush(self, *, done: bool) -> None:
+        routes = set(self._received_acks) | (set(self._done_acks) if done else set())
+        for route in routes:
+            received = self._received_acks.pop(route, [])
+            finished = self._done_acks.pop(route, []) if done else []
+            self._done_count -= len(finished)
+            if not received and not finished:
+                continue
+            frame = self._enc.encode(Kind.ACK, _TOPIC, [received, finished], self._ack_seq,
+                                     time_ns())
+            self._ack_seq += 1
+            try:
+                self._sock.send_nowait([route, frame])
+                self._acks_sent += 1
+            except (PeerUnreachable, trio.WouldBlock, ClosedError):
+                pass  # the pusher is gone or swamped; it retransmits, we re-ack then
+
+    def statistics(self) -> ReliablePullerStatistics:
+        """An immutable snapshot of this resource's counters."""
+        return ReliablePullerStatistics(
+            received=self._received, duplicates=self._dedup.duplicates,
+            acks_sent=self._acks_sent, malformed=self._malformed.total,
+            malformed_by_reason=dict(self._malformed.by_reason))
+
+    async def aclose(self) -> None:
+        """Close. Items delivered but not done are not acknowledged: their pushers
+        send them to another puller."""
+        self._sock.close()
+        await trio.lowlevel.checkpoint()
+
+
+@asynccontextmanager
+async def open_reliable_pusher(
+    *, connect: Endpoints = None, identity: Identity | None = None,
+    high_water_mark: int = 1000, window: int = 1024, rto: float = 0.5, max_attempts: int = 10,
+    give_up_after: float | None = None, context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    linger_ms: int = DEFAULT_LINGER_MS, socket: Socket | None = None,
+) -> AsyncIterator[ReliablePusher]:
+    """A reliable pusher connected to the given pullers' endpoints, or (for a node) over
+    an unconnected ``socket`` whose routes the node adds and drops."""
+    eps = endpoint_list(connect, "connect")
+    if socket is None:
+        require_endpoints([], eps, "open_pusher(reliable=True)")
+        check_limits(high_water_mark=high_water_mark)
+        socket = Socket.open(zmq.ROUTER, context=context, linger_ms=linger_ms,
+                             options=reliable_options(high_water_mark))
+    push = ReliablePusher(socket, identity, window=window, rto=rto,
+                          max_attempts=max_attempts, give_up_after=give_up_after)
+    async with push, trio.open_nursery() as nursery:
+        for i, ep in enumerate(eps):
+            push.add_route(b"p" + i.to_bytes(4, "big"), ep)
+        nursery.start_soon(push._run)
+        try:
+            yield push
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_reliable_puller(
+    *, bind: Endpoints = None, identity: Identity | None = None, high_water_mark: int = 1000,
+    batch: int = DEFAULT_BATCH, max_streams: int = 4096,
+    context: zmq.Context[zmq.Socket[bytes]] | None = None, socket: Socket | None = None,
+) -> AsyncIterator[ReliablePuller]:
+    """A reliable puller bound to ``bind`` (reliable pushers connect to it)."""
+    if socket is None:
+        socket = open_socket("open_puller(reliable=True)", zmq.ROUTER, bind=bind, connect=None,
+                             high_water_mark=high_water_mark, batch=batch, context=context,
+                             linger_ms=0, options=reliable_options(high_water_mark))
+    async with ReliablePuller(socket, identity, batch=batch, max_streams=max_streams) as pull:
+        yield pull
