@@ -57,6 +57,7 @@ __all__ = ["DEFAULT_LINGER_MS", "PeerUnreachable", "Socket", "default_context", 
 POLLIN: Final = int(zmq.POLLIN)
 POLLOUT: Final = int(zmq.POLLOUT)
 _NOBLOCK: Final = int(zmq.NOBLOCK)
+_SNDMORE: Final = int(zmq.SNDMORE)
 _EVENTS: Final = int(zmq.EVENTS)
 
 # The hot paths call pyzmq's backend (Cython) send/recv directly: ``zmq.Socket``'s
@@ -289,6 +290,11 @@ class Socket:
         try:
             if isinstance(msg, bytes):
                 _raw_send(self._sock, msg, _NOBLOCK)
+            elif len(msg) == 2:  # [routing id, frame]: ROUTER sockets' hot path
+                # A ROUTER queues a message's frames together or not at all, so a
+                # refusal (Again, unroutable) can only come on the first frame.
+                _raw_send(self._sock, msg[0], _NOBLOCK | _SNDMORE)
+                _raw_send(self._sock, msg[1], _NOBLOCK)
             else:
                 self._sock.send_multipart(msg, _NOBLOCK)
         except zmq.Again:

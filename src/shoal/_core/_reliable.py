@@ -94,7 +94,10 @@ class ReliableSender:
         self._floor = first_seq
         self._entries: dict[int, _Entry] = {}
         self._queue: deque[int] = deque()  # seqs to transmit now, in order
-        self._timers: list[tuple[float, int]] = []  # (due, seq), lazily invalidated
+        # (due, seq), lazily invalidated. First transmissions all wait ``rto``, so
+        # their deadlines come in sending order: a deque; retransmissions (backoff) a heap.
+        self._fresh: deque[tuple[float, int]] = deque()
+        self._timers: list[tuple[float, int]] = []
         self._gave_up: list[GaveUp] = []
         self.sent_count = 0
         self.retransmitted = 0
@@ -141,16 +144,23 @@ class ReliableSender:
 
         Also applies the give-up rules to everything due."""
         self._expire(now)
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            due, seq = heapq.heappop(timers)
-            e = self._entries.get(seq)
+        entries = self._entries
+        fresh = self._fresh
+        while fresh and fresh[0][0] <= now:
+            due, seq = fresh.popleft()
+            e = entries.get(seq)
             if e is not None and e.due == due and not e.received:
                 e.due = float("inf")  # queued; ``sent`` sets the next deadline
                 self._queue.append(seq)
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            due, seq = heapq.heappop(timers)
+            e = entries.get(seq)
+            if e is not None and e.due == due and not e.received:
+                e.due = float("inf")
+                self._queue.append(seq)
         out: list[int] = []
         queue = self._queue
-        entries = self._entries
         while queue:
             seq = queue.popleft()
             e = entries.get(seq)
@@ -174,8 +184,12 @@ class ReliableSender:
         e.attempts += 1
         e.destination = destination
         if not e.received:
-            e.due = now + min(self.rto * (2 ** (e.attempts - 1)), self.max_rto)
-            heapq.heappush(self._timers, (e.due, seq))
+            if e.attempts == 1:
+                e.due = now + self.rto
+                self._fresh.append((e.due, seq))
+            else:
+                e.due = now + min(self.rto * (2 ** (e.attempts - 1)), self.max_rto)
+                heapq.heappush(self._timers, (e.due, seq))
 
     def unsent(self, seq: int) -> None:
         """``seq`` from ``transmissions`` could not be sent now (no destination): keep
@@ -221,6 +235,15 @@ class ReliableSender:
         if self._queue:
             return float("-inf")
         best: float | None = None
+        fresh = self._fresh
+        while fresh:
+            due, seq = fresh[0]
+            e = self._entries.get(seq)
+            if e is None or e.due != due or e.received:
+                fresh.popleft()
+                continue
+            best = due
+            break
         timers = self._timers
         while timers:
             due, seq = timers[0]
@@ -228,7 +251,7 @@ class ReliableSender:
             if e is None or e.due != due or e.received:
                 heapq.heappop(timers)
                 continue
-            best = due
+            best = due if best is None else min(best, due)
             break
         if self.give_up_after is not None and self._entries:
             oldest = min(e.first for e in self._entries.values()) + self.give_up_after

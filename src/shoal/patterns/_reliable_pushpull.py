@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from time import time_ns
@@ -65,6 +65,9 @@ _TOPIC = b"\0"
 _FLOOR_AT = len(_TOPIC) + 52 - 8  # the correlation field: last u64 of the header
 _U64 = struct.Struct("<Q")
 _ACK_BATCH = 64
+_ACK_DELAY = 0.002
+"""Seconds a puller may sit on acknowledgements before sending them (batching)."""
+_READ_EVERY_MASK = 31
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +120,7 @@ class ReliablePusher(SocketResource):
                                     max_attempts=max_attempts, give_up_after=give_up_after)
         self._routes: list[bytes] = []
         self._turn = 0
-        self._changed = trio.Event()  # acks, routes or timers moved: waiters re-check
+        self._arm = trio.Event()  # set when the window stops being empty
         self._failed: list[GaveUp] = []
         self._redelivered = 0
         self._malformed = 0
@@ -130,19 +133,28 @@ class ReliablePusher(SocketResource):
         self._sock.check_open("send")
         core = self._core
         if not core.has_room():
-            raise trio.WouldBlock
-        frame = self._enc.encode(Kind.PUSH, _TOPIC, body, core.next_seq, time_ns(), 0, headers)
-        core.send(bytearray(frame), trio.current_time())
-        self._transmit()
+            self._read_acks()
+            if not core.has_room():
+                raise trio.WouldBlock
+        was_empty = not core.in_flight
+        floor = core.floor()
+        frame = self._enc.encode(Kind.PUSH, _TOPIC, body, core.next_seq, time_ns(), floor,
+                                 headers)
+        now = trio.current_time()
+        seq = core.send((frame, floor), now)
+        if not seq & _READ_EVERY_MASK:
+            self._read_acks()  # nobody waits on the socket while we send: read now and then
+        self._transmit(now)
+        if was_empty:
+            self._arm.set()  # the timer task has a deadline again
 
     async def send(self, body: Any, *, headers: Mapping[str, Any] | None = None) -> None:
         """Send one item; returns once it is in the window (not when it is processed:
         see ``wait_acked``). Waits while the window is full (backpressure).
         Cancel-safe: if cancelled, the item was not taken."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        while not self._core.has_room():
-            self._sock.check_open("send")
-            await self._changed.wait()
+        if not self._core.has_room():
+            await self._wait_for(self._core.has_room)
         self.send_nowait(body, headers=headers)
         await self._sock.pace()
 
@@ -152,11 +164,22 @@ class ReliablePusher(SocketResource):
         Raises ``DeliveryFailed`` for items given up (listed with their attempts and
         last puller); they are then forgotten. The caller owns the timeout.
         """
-        while self._core.in_flight:
-            self._sock.check_open("wait for acknowledgements")
-            await self._changed.wait()
+        await self._wait_for(lambda: not self._core.in_flight)
         await trio.lowlevel.checkpoint()
         self._raise_failures()
+
+    async def _wait_for(self, condition: Callable[[], bool]) -> None:
+        """Read acknowledgements (and retransmit what falls due) until ``condition``."""
+        sock = self._sock
+        while True:
+            sock.check_open("wait for acknowledgements")
+            self._read_acks()
+            self._transmit()
+            if condition() or self._core.gave_up_pending():
+                return
+            timer = self._core.get_timer()
+            with trio.move_on_at(math.inf if timer is None else max(timer, 0.0)):
+                await sock.wait_receivable()
 
     def _raise_failures(self) -> None:
         self._failed.extend(self._core.gave_up())
@@ -179,7 +202,7 @@ class ReliablePusher(SocketResource):
         self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, route)
         self._sock.connect(endpoint)
         self._routes.append(route)
-        self._wake()
+        self._arm.set()
 
     def drop_route(self, route: bytes, endpoint: str, why: str) -> None:
         """Disconnect from a puller; what it held goes to the others."""
@@ -189,27 +212,25 @@ class ReliablePusher(SocketResource):
             self._sock.disconnect(endpoint)
         self._redelivered += self._core.destination_lost(route, trio.current_time())
         self._transmit()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        self._arm.set()
 
     # -- the wire ----------------------------------------------------------------------------
 
-    def _transmit(self) -> bool:
+    def _transmit(self, now: float | None = None) -> bool:
         """Put everything due on the wire; False if something found no puller."""
         core = self._core
-        now = trio.current_time()
+        if now is None:
+            now = trio.current_time()
         todo = core.transmissions(now)
         if not todo:
             return True
         sock = self._sock
         routes = self._routes
-        floor = _U64.pack(core.floor())
+        floor = core.floor()
         for i, seq in enumerate(todo):
-            frame = core.payload(seq)
-            frame[_FLOOR_AT:_FLOOR_AT + 8] = floor
-            data = bytes(frame)
+            data, encoded_floor = core.payload(seq)
+            if encoded_floor != floor:  # a retransmission: tell the current floor
+                data = data[:_FLOOR_AT] + _U64.pack(floor) + data[_FLOOR_AT + 8:]
             for _ in range(len(routes)):
                 route = routes[self._turn % len(routes)]
                 self._turn += 1
@@ -224,6 +245,11 @@ class ReliablePusher(SocketResource):
                     core.unsent(later)
                 return False
         return True
+
+    def _read_acks(self) -> None:
+        while raws := self._sock.receive_batch_nowait(256):
+            for frames in raws:
+                self._on_ack(frames)
 
     def _on_ack(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -240,32 +266,39 @@ class ReliablePusher(SocketResource):
             return
         core = self._core
         core.on_received(received, frames[0])
-        if core.on_done(done):
-            self._wake()
+        core.on_done(done)
 
     async def _run(self) -> None:
-        """Read acknowledgements and drive retransmissions, until closed."""
+        """Retransmit what falls due while the application is not sending, until closed.
+
+        It sleeps on the clock, not on the socket: a task parked on the socket would
+        make every send pay for an EVENTS refresh. Acknowledgements are read when it
+        wakes, by ``send`` now and then, and by whoever waits for room or for acks."""
         sock = self._sock
+        core = self._core
         backoff = 0.001
         while not sock.closed:
-            for frames in sock.receive_batch_nowait(256):
-                self._on_ack(frames)
+            self._read_acks()
             if self._transmit():
                 backoff = 0.001
-                deadline = self._core.get_timer()
+                timer = core.get_timer()
+                # new items get later deadlines than the ones armed; wake at least
+                # every rto while anything is in flight, in case one comes earlier
+                deadline = (None if timer is None
+                            else min(timer, trio.current_time() + core.rto))
             else:  # nobody to send to: look again soon, or when a route appears
                 deadline = trio.current_time() + backoff
                 backoff = min(backoff * 2, 0.05)
-            if self._core.gave_up_pending():
-                self._wake()  # wait_acked() must hear of it
-            with trio.move_on_at(math.inf if deadline is None else deadline):
-                await sock.wait_receivable()
-            self._wake()
+            if deadline is None:
+                self._arm = trio.Event()
+                await self._arm.wait()
+            else:
+                await trio.sleep_until(deadline)
 
     async def aclose(self) -> None:
         """Close; unacknowledged items are dropped (``statistics().in_flight`` says how many)."""
         self._sock.close()
-        self._wake()
+        self._arm.set()
         await trio.lowlevel.checkpoint()
 
 
@@ -286,6 +319,8 @@ class ReliablePuller(BufferedReceiver[Message]):
         self._current: list[Message] = []  # handed to the application, not yet done
         self._acks_sent = 0
         self._ack_seq = 0
+        self._pending_received = 0
+        self._last_flush = 0.0
 
     def _accept(self, frames: list[bytes]) -> None:
         msg = self._malformed.check(frames, _PUSH, "reliable puller", nframes=2)
@@ -293,6 +328,7 @@ class ReliablePuller(BufferedReceiver[Message]):
             return
         route = frames[0]
         self._received_acks.setdefault(route, []).append(msg.seq)
+        self._pending_received += 1
         item = (msg.sender, msg.epoch, msg.stream, msg.seq)
         if not self._dedup.accept(item[:3], msg.seq, msg.correlation):
             if item not in self._holding:  # done before: say so again
@@ -305,7 +341,8 @@ class ReliablePuller(BufferedReceiver[Message]):
 
     def _fill(self) -> int:
         n = super()._fill()
-        self._flush(done=False)  # tell pushers at once what arrived: stops their timers
+        if self._pending_received >= _ACK_BATCH:
+            self._flush(done=False)
         return n
 
     def _finish_current(self) -> None:
@@ -333,8 +370,17 @@ class ReliablePuller(BufferedReceiver[Message]):
     async def receive(self) -> Message:
         """Wait for the next item; marks the previous one done. Cancel-safe."""
         self._finish_current()
-        if not self._buffer:
-            self._flush(done=True)  # about to wait: nothing done may linger
+        if not self._buffer and not self._fill() and (self._pending_received
+                                                       or self._done_count):
+            # About to wait with acknowledgements pending: send them within
+            # _ACK_DELAY, batching whatever else arrives meanwhile.
+            deadline = self._last_flush + _ACK_DELAY
+            if trio.current_time() < deadline:
+                with trio.move_on_at(deadline):
+                    await self._sock.wait_receivable()
+                self._fill()
+            if not self._buffer:
+                self._flush(done=True)
         msg = await super().receive()
         self._current.append(msg)
         return msg
@@ -349,11 +395,13 @@ class ReliablePuller(BufferedReceiver[Message]):
         return [first, *rest]
 
     def _flush(self, *, done: bool) -> None:
+        self._last_flush = trio.current_time()
         routes = set(self._received_acks) | (set(self._done_acks) if done else set())
         for route in routes:
             received = self._received_acks.pop(route, [])
             finished = self._done_acks.pop(route, []) if done else []
             self._done_count -= len(finished)
+            self._pending_received -= len(received)
             if not received and not finished:
                 continue
             frame = self._enc.encode(Kind.ACK, _TOPIC, [received, finished], self._ack_seq,
