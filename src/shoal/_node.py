@@ -39,9 +39,9 @@ import socket as _socket
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, overload
 
 import trio
 import zmq
@@ -77,6 +77,13 @@ from shoal.patterns._pubsub import (
     subscriber_options,
 )
 from shoal.patterns._pushpull import Puller, Pusher, puller_options, pusher_options
+from shoal.patterns._reliable_pushpull import (
+    ReliablePuller,
+    ReliablePusher,
+    open_reliable_puller,
+    open_reliable_pusher,
+    reliable_options,
+)
 from shoal.patterns._reqrep import Replier, Requester, replier_options, requester_options
 
 __all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_PEER_TIMEOUT", "Node", "NodeStatistics",
@@ -543,14 +550,47 @@ class Node:
             with self._listing(ChannelOffer(channel, Role.SUBSCRIBER), conn):
                 yield sub
 
-    @asynccontextmanager
-    async def open_pusher(
-        self, channel: str, *, high_water_mark: int = 1000, linger_ms: int = DEFAULT_LINGER_MS,
-    ) -> AsyncIterator[Pusher]:
+    @overload
+    def open_pusher(
+        self, channel: str, *, reliable: Literal[False] = False, high_water_mark: int = 1000,
+        linger_ms: int = DEFAULT_LINGER_MS,
+    ) -> AbstractAsyncContextManager[Pusher]: ...
+
+    @overload
+    def open_pusher(
+        self, channel: str, *, reliable: Literal[True], high_water_mark: int = 1000,
+        linger_ms: int = DEFAULT_LINGER_MS, window: int = 1024, rto: float = 0.5,
+        max_attempts: int = 10, give_up_after: float | None = None,
+    ) -> AbstractAsyncContextManager[ReliablePusher]: ...
+
+    def open_pusher(
+        self, channel: str, *, reliable: bool = False, high_water_mark: int = 1000,
+        linger_ms: int = DEFAULT_LINGER_MS, window: int = 1024, rto: float = 0.5,
+        max_attempts: int = 10, give_up_after: float | None = None,
+    ) -> AbstractAsyncContextManager[Pusher] | AbstractAsyncContextManager[ReliablePusher]:
         """Send work on ``channel``, each item to one of its pullers. ``send()`` waits
-        while no puller is connected; a vanished puller is disconnected."""
+        while no puller is connected; a vanished puller is disconnected.
+
+        ``reliable=True``: at least once (talks to pullers opened with ``reliable=True``):
+        an item stays in a window of ``window`` until a puller's application is done
+        with it, is retransmitted after ``rto`` seconds (doubling) until a puller has
+        it, goes to another puller if the one holding it vanishes, and is given up
+        after ``max_attempts`` transmissions or ``give_up_after`` seconds
+        (``wait_acked()`` raises ``DeliveryFailed``).
+        """
         check_channel(channel)
         check_limits(high_water_mark=high_water_mark)
+        if reliable:
+            return self._open_reliable_pusher(
+                channel, high_water_mark=high_water_mark, linger_ms=linger_ms,
+                window=window, rto=rto, max_attempts=max_attempts,
+                give_up_after=give_up_after)
+        return self._open_pusher(channel, high_water_mark=high_water_mark, linger_ms=linger_ms)
+
+    @asynccontextmanager
+    async def _open_pusher(
+        self, channel: str, *, high_water_mark: int, linger_ms: int,
+    ) -> AsyncIterator[Pusher]:
         sock = self._socket(zmq.PUSH, pusher_options(high_water_mark), linger_ms=linger_ms)
         async with Pusher(sock, self.identity) as push:
             conn = _Connector(channel, Role.PUSHER, lambda ep, _r: sock.connect(ep),
@@ -559,16 +599,71 @@ class Node:
                 yield push
 
     @asynccontextmanager
-    async def open_puller(
-        self, channel: str, *, high_water_mark: int = 1000, batch: int = DEFAULT_BATCH,
-    ) -> AsyncIterator[Puller]:
-        """Take work from every pusher of ``channel``."""
+    async def _open_reliable_pusher(
+        self, channel: str, *, high_water_mark: int, linger_ms: int, window: int,
+        rto: float, max_attempts: int, give_up_after: float | None,
+    ) -> AsyncIterator[ReliablePusher]:
+        sock = self._socket(zmq.ROUTER, reliable_options(high_water_mark), linger_ms=linger_ms)
+        async with open_reliable_pusher(
+            socket=sock, identity=self.identity, window=window, rto=rto,
+            max_attempts=max_attempts, give_up_after=give_up_after,
+        ) as push:
+            conn = _Connector(channel, Role.RELIABLE_PUSHER,
+                              lambda ep, route: push.add_route(route, ep),
+                              lambda ep, route, why: push.drop_route(route, ep, why))
+            with self._listing(ChannelOffer(channel, Role.RELIABLE_PUSHER), conn):
+                yield push
+
+    @overload
+    def open_puller(
+        self, channel: str, *, reliable: Literal[False] = False, high_water_mark: int = 1000,
+        batch: int = DEFAULT_BATCH,
+    ) -> AbstractAsyncContextManager[Puller]: ...
+
+    @overload
+    def open_puller(
+        self, channel: str, *, reliable: Literal[True], high_water_mark: int = 1000,
+        batch: int = DEFAULT_BATCH,
+    ) -> AbstractAsyncContextManager[ReliablePuller]: ...
+
+    def open_puller(
+        self, channel: str, *, reliable: bool = False, high_water_mark: int = 1000,
+        batch: int = DEFAULT_BATCH,
+    ) -> AbstractAsyncContextManager[Puller] | AbstractAsyncContextManager[ReliablePuller]:
+        """Take work from every pusher of ``channel``. ``reliable=True``: from reliable
+        pushers; an item is done (acknowledged) when the next one is asked for, and
+        duplicates never reach the application."""
         check_channel(channel)
         check_limits(high_water_mark=high_water_mark, batch=batch)
+        if reliable:
+            return self._open_reliable_puller(channel, high_water_mark=high_water_mark,
+                                              batch=batch)
+        return self._open_puller(channel, high_water_mark=high_water_mark, batch=batch)
+
+    @asynccontextmanager
+    async def _open_puller(
+        self, channel: str, *, high_water_mark: int, batch: int,
+    ) -> AsyncIterator[Puller]:
         sock = self._socket(zmq.PULL, puller_options(high_water_mark), linger_ms=0, bind=True)
         async with Puller(sock, batch=batch) as pull:
             with self._listener(channel, Role.PULLER, sock):
                 yield pull
+
+    @asynccontextmanager
+    async def _open_reliable_puller(
+        self, channel: str, *, high_water_mark: int, batch: int,
+    ) -> AsyncIterator[ReliablePuller]:
+        sock = self._socket(zmq.ROUTER, reliable_options(high_water_mark),
+                            linger_ms=DEFAULT_LINGER_MS, bind=True)  # lingers for its acks
+        async with open_reliable_puller(socket=sock, identity=self.identity,
+                                        batch=batch) as pull:
+            with self._listener(channel, Role.RELIABLE_PULLER, sock):
+                try:
+                    yield pull
+                finally:
+                    # acknowledge what is done before the withdrawal reaches the
+                    # pushers (they re-send what was not acknowledged by then)
+                    pull.flush_acks()
 
     @asynccontextmanager
     async def open_replier(

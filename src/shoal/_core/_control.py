@@ -61,10 +61,12 @@ class Role(enum.Enum):
     PULLER = "pull"
     REPLIER = "rep"
     REQUESTER = "req"
+    RELIABLE_PUSHER = "push+r"
+    RELIABLE_PULLER = "pull+r"
 
     @property
     def binds(self) -> bool:
-        """Whether this role listens (others connect to it): publisher, puller, replier."""
+        """Whether this role listens (others connect to it): publisher, pullers, replier."""
         return self in _BINDERS
 
     @property
@@ -73,11 +75,12 @@ class Role(enum.Enum):
         return _COUNTERPART[self]
 
 
-_BINDERS: Final = frozenset({Role.PUBLISHER, Role.PULLER, Role.REPLIER})
+_BINDERS: Final = frozenset({Role.PUBLISHER, Role.PULLER, Role.REPLIER, Role.RELIABLE_PULLER})
 _COUNTERPART: Final = {
     Role.PUBLISHER: Role.SUBSCRIBER, Role.SUBSCRIBER: Role.PUBLISHER,
     Role.PUSHER: Role.PULLER, Role.PULLER: Role.PUSHER,
     Role.REPLIER: Role.REQUESTER, Role.REQUESTER: Role.REPLIER,
+    Role.RELIABLE_PUSHER: Role.RELIABLE_PULLER, Role.RELIABLE_PULLER: Role.RELIABLE_PUSHER,
 }
 _ROLES: Final = {r.value: r for r in Role}
 

@@ -209,6 +209,7 @@ class ReliablePusher(SocketResource):
         if route in self._routes:
             self._routes.remove(route)
         if not self._sock.closed:
+            self._read_acks()  # what it acknowledged before going is done, not redelivered
             self._sock.disconnect(endpoint)
         self._redelivered += self._core.destination_lost(route, trio.current_time())
         self._transmit()
@@ -394,6 +395,12 @@ class ReliablePuller(BufferedReceiver[Message]):
         self._current.extend(rest)
         return [first, *rest]
 
+    def flush_acks(self) -> None:
+        """Send the pending acknowledgements now (they are otherwise batched for up to
+        2 ms or 64 items). Never blocks."""
+        if not self._sock.closed:
+            self._flush(done=True)
+
     def _flush(self, *, done: bool) -> None:
         self._last_flush = trio.current_time()
         routes = set(self._received_acks) | (set(self._done_acks) if done else set())
@@ -421,8 +428,11 @@ class ReliablePuller(BufferedReceiver[Message]):
             malformed_by_reason=dict(self._malformed.by_reason))
 
     async def aclose(self) -> None:
-        """Close. Items delivered but not done are not acknowledged: their pushers
+        """Close. What the application finished is acknowledged (the socket lingers
+        to send it); the item in hand and those not yet taken are not: their pushers
         send them to another puller."""
+        if not self._sock.closed:
+            self._flush(done=True)
         self._sock.close()
         await trio.lowlevel.checkpoint()
 
@@ -464,6 +474,7 @@ async def open_reliable_puller(
     if socket is None:
         socket = open_socket("open_puller(reliable=True)", zmq.ROUTER, bind=bind, connect=None,
                              high_water_mark=high_water_mark, batch=batch, context=context,
-                             linger_ms=0, options=reliable_options(high_water_mark))
+                             linger_ms=DEFAULT_LINGER_MS,
+                             options=reliable_options(high_water_mark))
     async with ReliablePuller(socket, identity, batch=batch, max_streams=max_streams) as pull:
         yield pull
