@@ -340,10 +340,26 @@ def test_a_name_that_is_not_a_short_string_is_a_bad_field(name: Any) -> None:
     assert reason_of(state_with(I_NAME, name)) == "bad-field"
 
 
-@pytest.mark.parametrize("role", ["publisher", "PUB", "Role.PUBLISHER", "", 1, None, b"pub"],
-                         ids=repr)
-def test_an_unknown_role_is_a_bad_field(role: Any) -> None:
+@pytest.mark.parametrize("role", ["", "r" * 17, 1, None, b"pub", ["pub"]], ids=repr)
+def test_a_role_that_is_not_a_short_string_is_a_bad_field(role: Any) -> None:
     assert reason_of(channel_with(["ch", role, 6000])) == "bad-field"
+
+
+@pytest.mark.parametrize("role", ["publisher", "PUB", "Role.PUBLISHER", "pub+x", "r" * 16],
+                         ids=repr)
+def test_a_channel_with_a_role_this_node_does_not_know_is_skipped(role: Any) -> None:
+    """A newer peer offering a role added later stays visible; only that channel is
+    left out, the known ones around it are kept."""
+    frame = state_with(I_CHANNELS, [["a", "pub", 6000], ["b", role, 6001], ["c", "rep", 6002]])
+    state = decode_control(frame)
+    assert isinstance(state, State)
+    assert [(c.name, c.role) for c in state.channels] == [("a", Role.PUBLISHER),
+                                                          ("c", Role.REPLIER)]
+
+
+def test_an_unknown_role_entry_is_still_checked_for_name_and_port() -> None:
+    assert reason_of(channel_with(["c" * (MAX_TOPIC + 1), "future", 6000])) == "bad-field"
+    assert reason_of(channel_with(["ch", "future", 70000])) == "bad-field"
 
 
 @pytest.mark.parametrize("channel", [
@@ -512,6 +528,7 @@ def test_role_wire_values_are_stable() -> None:
     assert {r.name: r.value for r in Role} == {
         "PUBLISHER": "pub", "SUBSCRIBER": "sub", "PUSHER": "push", "PULLER": "pull",
         "REPLIER": "rep", "REQUESTER": "req",
+        "RELIABLE_PUSHER": "push+r", "RELIABLE_PULLER": "pull+r",
     }
 
 
@@ -519,6 +536,7 @@ def test_role_wire_values_are_stable() -> None:
     (Role.PUBLISHER, True), (Role.SUBSCRIBER, False),
     (Role.PUSHER, False), (Role.PULLER, True),
     (Role.REPLIER, True), (Role.REQUESTER, False),
+    (Role.RELIABLE_PULLER, True), (Role.RELIABLE_PUSHER, False),
 ])
 def test_publishers_pullers_and_repliers_bind(role: Role, binds: bool) -> None:
     assert role.binds is binds
@@ -526,7 +544,7 @@ def test_publishers_pullers_and_repliers_bind(role: Role, binds: bool) -> None:
 
 @pytest.mark.parametrize(("role", "counterpart"), [
     (Role.PUBLISHER, Role.SUBSCRIBER), (Role.PUSHER, Role.PULLER),
-    (Role.REPLIER, Role.REQUESTER),
+    (Role.REPLIER, Role.REQUESTER), (Role.RELIABLE_PUSHER, Role.RELIABLE_PULLER),
 ])
 def test_each_role_talks_to_its_counterpart(role: Role, counterpart: Role) -> None:
     assert role.counterpart is counterpart

@@ -83,6 +83,7 @@ _COUNTERPART: Final = {
     Role.RELIABLE_PUSHER: Role.RELIABLE_PULLER, Role.RELIABLE_PULLER: Role.RELIABLE_PUSHER,
 }
 _ROLES: Final = {r.value: r for r in Role}
+_MAX_ROLE: Final = 16  # bytes of an unknown role name a State may carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,14 +191,17 @@ def _address(value: Any) -> str:
         raise _fail("bad-field", "address") from None
 
 
-def _channel(value: Any) -> ChannelOffer:
+def _channel(value: Any) -> ChannelOffer | None:
+    """One catalogue entry, or None for a well-formed entry whose role this node does
+    not know (a newer peer's role): the peer stays visible, that channel is skipped."""
     if not isinstance(value, list) or len(value) != 3:
         raise _fail("bad-field", "channel")
     name, role, port = value
-    r = _ROLES.get(role) if isinstance(role, str) else None
-    if r is None:
+    if not isinstance(role, str) or not 0 < len(role) <= _MAX_ROLE:
         raise _fail("bad-field", "channel role")
-    return ChannelOffer(_text(name, MAX_TOPIC, "channel name"), r, _port(port))
+    offer_name, offer_port = _text(name, MAX_TOPIC, "channel name"), _port(port)
+    r = _ROLES.get(role)
+    return None if r is None else ChannelOffer(offer_name, r, offer_port)
 
 
 def decode_control(frame: bytes) -> State | Bye:
@@ -230,5 +234,5 @@ def decode_control(frame: bytes) -> State | Bye:
         addresses=tuple(_address(a) for a in addresses),
         control_port=_port(obj[6]),
         revision=_u32(obj[7], "revision"),
-        channels=tuple(_channel(c) for c in channels),
+        channels=tuple(c for c in map(_channel, channels) if c is not None),
     )

@@ -28,7 +28,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -88,6 +88,8 @@ class RequesterStatistics:
     """Replies nobody waited for any more (the request was cancelled or timed out)."""
     lost: int
     """Requests failed with ``PeerLost`` because their replier vanished."""
+    retried: int
+    """Requests sent again (``retries=``) after a timeout or a vanished replier."""
     in_flight: int
     malformed: int
     malformed_by_reason: Mapping[str, int]
@@ -105,6 +107,9 @@ class ReplierStatistics:
     """Requests answered with ``fail()`` (including handler exceptions)."""
     unroutable: int
     """Answers dropped because the requester had gone."""
+    duplicates: int
+    """Repeated requests (a requester's retry): answered from the reply cache, or
+    dropped while the first copy is still being handled; the handler never runs twice."""
     malformed: int
     malformed_by_reason: Mapping[str, int]
 
@@ -137,6 +142,7 @@ class Requester(SocketResource):
         self._turn = 0
         self._routes_changed = trio.Event()
         self._lost = 0
+        self._retried = 0
         self._next_id = 1
         self._pending: dict[int, _Pending] = {}
         self._followers: deque[_Pending] = deque()
@@ -147,40 +153,52 @@ class Requester(SocketResource):
         self._remote_errors = 0
         self._unmatched = 0
 
-    async def request(self, body: Any, *, headers: Mapping[str, Any] | None = None) -> Any:
+    async def request(
+        self, body: Any, *, headers: Mapping[str, Any] | None = None, retries: int = 0,
+        retry_after: float = 1.0,
+    ) -> Any:
         """Send ``body`` to one replier and return the body of its reply.
 
         Waits as long as it takes: wrap it in ``trio.fail_after`` / ``move_on_after``.
-        Many calls may be in flight at once. Raises ``RemoteError`` if the replier's
-        handler failed, ``EncodeError`` for a body msgpack cannot encode,
-        ``ClosedError`` if the requester is closed. Cancel-safe: a late reply to a
-        cancelled call is counted in ``statistics().unmatched`` and dropped.
+        Many calls may be in flight at once. ``retries``: send the request again, with
+        the same id, when no reply came within ``retry_after`` seconds (or when its
+        replier vanished), up to ``retries`` times; repliers recognise the id and
+        answer a repeat from their reply cache instead of running the handler twice.
+        Raises ``RemoteError`` if the replier's handler failed, ``PeerLost`` if the
+        replier vanished (no retries left), ``EncodeError`` for a body msgpack cannot
+        encode, ``ClosedError`` if the requester is closed. Cancel-safe: a late reply
+        to a cancelled call is counted in ``statistics().unmatched`` and dropped.
         """
-        msg = await self.request_message(body, headers=headers)
+        msg = await self.request_message(body, headers=headers, retries=retries,
+                                         retry_after=retry_after)
         return msg.body
 
     async def request_message(
-        self, body: Any, *, headers: Mapping[str, Any] | None = None
+        self, body: Any, *, headers: Mapping[str, Any] | None = None, retries: int = 0,
+        retry_after: float = 1.0,
     ) -> Message:
         """Like ``request()``, but return the whole reply ``Message`` (headers, sender...)."""
+        if not isinstance(retries, int) or retries < 0 or not retry_after > 0:
+            raise LocalProtocolError("retries is an int >= 0 and retry_after a number of "
+                                     "seconds > 0")
         rid = self._next_id
         frame = self._enc.encode(Kind.REQUEST, b"\0", body, rid, time_ns(), rid, headers)
         self._next_id = rid + 1
         slot = _Pending()
         self._pending[rid] = slot
         try:
-            if self._routed:
-                slot.route = await self._send_routed(frame)
-            else:
-                await self._sock.send(frame)
+            await self._send_request(slot, frame)
             self._sent += 1
-            while not slot.done:
-                if self._reading:
-                    slot.wake = trio.Event()
-                    self._followers.append(slot)
-                    await slot.wake.wait()
-                else:
-                    await self._read_until(slot)
+            for _ in range(retries):
+                with trio.move_on_after(retry_after):
+                    await self._await_reply(slot)
+                if slot.done and not slot.lost:
+                    break
+                # no answer in time, or its replier vanished: the same request again
+                slot.done, slot.lost = False, ""
+                await self._send_request(slot, frame)
+                self._retried += 1
+            await self._await_reply(slot)
         finally:
             slot.gone = True
             del self._pending[rid]
@@ -193,17 +211,37 @@ class Requester(SocketResource):
             raise RemoteError(str(reply.body))
         return reply
 
-    async def _send_routed(self, frame: bytes) -> bytes:
-        """Send to the next replier that takes the request; return its route."""
+    async def _send_request(self, slot: _Pending, frame: bytes) -> None:
+        if self._routed:
+            slot.route = await self._send_routed(frame, avoid=slot.route)
+        else:
+            await self._sock.send(frame)
+
+    async def _await_reply(self, slot: _Pending) -> None:
+        while not slot.done:
+            if self._reading:
+                slot.wake = trio.Event()
+                self._followers.append(slot)
+                await slot.wake.wait()
+            else:
+                await self._read_until(slot)
+
+    async def _send_routed(self, frame: bytes, avoid: bytes = b"") -> bytes:
+        """Send to the next replier that takes the request (``avoid``, where it went
+        before, only if no other does); return its route."""
         await trio.lowlevel.checkpoint_if_cancelled()
         delay = 0.001
         while True:
             sock = self._sock
             sock.check_open("send a request")
-            routes = self._routes
-            for _ in range(len(routes)):
-                route = routes[self._turn % len(routes)]
-                self._turn += 1
+            n = len(self._routes)
+            start = self._turn
+            self._turn += 1
+            order = [self._routes[(start + i) % n] for i in range(n)]
+            if avoid in order and n > 1:
+                order.remove(avoid)
+                order.append(avoid)
+            for route in order:
                 try:
                     sock.send_nowait([route, frame])
                 except (PeerUnreachable, trio.WouldBlock):
@@ -213,7 +251,7 @@ class Requester(SocketResource):
             # Nobody took it. A new route wakes us; a connection completing its
             # handshake tells nobody, so with routes known, look again soon.
             changed = self._routes_changed
-            with trio.move_on_after(delay if routes else math.inf):
+            with trio.move_on_after(delay if n else math.inf):
                 await changed.wait()
             delay = min(delay * 2, 0.05)
 
@@ -289,6 +327,7 @@ class Requester(SocketResource):
             remote_errors=self._remote_errors,
             unmatched=self._unmatched,
             lost=self._lost,
+            retried=self._retried,
             in_flight=len(self._pending),
             malformed=self._malformed.total,
             malformed_by_reason=dict(self._malformed.by_reason),
@@ -356,10 +395,16 @@ class Request:
 class Replier(BufferedReceiver[Request]):
     """Receives ``Request``s; a ``trio.abc.ReceiveChannel[Request]``."""
 
-    def __init__(self, sock: Socket, identity: Identity | None, *, batch: int) -> None:
+    def __init__(self, sock: Socket, identity: Identity | None, *, batch: int,
+                 reply_cache: int = 1024) -> None:
         super().__init__(sock, batch=batch)
         self._enc = stream_encoder(identity)
         self._seq = 0
+        # (sender, epoch, stream, request id) -> the answer sent, or None while handled;
+        # the newest ``reply_cache`` requests, so a retry never runs the handler twice
+        self._answers: OrderedDict[tuple[str, int, int, int], bytes | None] = OrderedDict()
+        self._cache_size = reply_cache
+        self._duplicates = 0
         self._replied = 0
         self._failed = 0
         self._unroutable = 0
@@ -368,6 +413,20 @@ class Replier(BufferedReceiver[Request]):
         msg = self._malformed.check(frames, _REQUEST, "replier", nframes=2)
         if msg is None:
             return
+        key = (msg.sender, msg.epoch, msg.stream, msg.correlation)
+        answers = self._answers
+        if key in answers:
+            self._duplicates += 1
+            cached = answers[key]
+            if cached is not None:  # answered already: the answer again, not the handler
+                try:
+                    self._sock.send_nowait([frames[0], cached])
+                except (PeerUnreachable, trio.WouldBlock):
+                    self._unroutable += 1
+            return
+        answers[key] = None  # being handled
+        if len(answers) > self._cache_size:
+            answers.popitem(last=False)
         self._received += 1
         self._buffer.append(Request(self, frames[0], msg))
 
@@ -380,6 +439,10 @@ class Replier(BufferedReceiver[Request]):
         frame = self._enc.encode(kind, b"\0", body, self._seq, time_ns(),
                                  req.message.correlation, headers)
         req._answered = True
+        m = req.message
+        key = (m.sender, m.epoch, m.stream, m.correlation)
+        if key in self._answers:
+            self._answers[key] = frame  # a retry of this request gets this answer
         try:
             await self._sock.send([req._identity, frame])
         except PeerUnreachable:
@@ -402,6 +465,7 @@ class Replier(BufferedReceiver[Request]):
             replied=self._replied,
             failed=self._failed,
             unroutable=self._unroutable,
+            duplicates=self._duplicates,
             malformed=self._malformed.total,
             malformed_by_reason=dict(self._malformed.by_reason),
         )

@@ -1,0 +1,184 @@
+"""Reliable request/reply: ``request(body, retries=N)`` sends the same request again
+(same id) after ``retry_after`` seconds or when its replier vanishes; a replier
+recognises a repeat and answers it from its reply cache, so no handler runs twice for
+one request on a live replier.
+
+Network safety: loopback only (explicit 127.0.0.1 endpoints; nodes with ``Static``
+discovery on 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+import zmq
+
+import shoal
+from shoal import Kind
+from shoal._core import decode, encode
+from shoal.errors import LocalProtocolError
+from test_node import FAST, free_port, node_process, open_test_node
+
+LOOPBACK = "tcp://127.0.0.1:*"
+
+
+async def test_a_retry_goes_to_another_replier_when_the_first_stays_silent() -> None:
+    """Two repliers on explicit endpoints; one receives requests and never answers.
+    With retries, every request is answered by the other one, whose handler ran once
+    per request."""
+    handled: list[int] = []
+    with trio.fail_after(15):
+        async with (
+            shoal.open_replier(bind=LOOPBACK) as mute,
+            shoal.open_replier(bind=LOOPBACK) as live,
+            shoal.open_requester(connect=mute.endpoints + live.endpoints) as client,
+            trio.open_nursery() as nursery,
+        ):
+            async def ignore() -> None:
+                async for _ in mute:
+                    pass
+
+            async def answer() -> None:
+                async for req in live:
+                    handled.append(req.body)
+                    await req.reply(req.body * 10)
+
+            nursery.start_soon(ignore)
+            nursery.start_soon(answer)
+            # One at a time: a DEALER spreads sends round-robin, so a request that went
+            # to the silent replier goes to the other one when sent again.
+            results = {}
+            for i in range(20):
+                results[i] = await client.request(i, retries=3, retry_after=0.1)
+            nursery.cancel_scope.cancel()
+    assert results == {i: i * 10 for i in range(20)}
+    assert sorted(handled) == list(range(20))  # each handled once, by the live replier
+    st = client.statistics()
+    # round-robin alternates, and each retry takes the live replier's turn: so every
+    # request after the first meets the silent replier first
+    assert 19 <= st.retried <= 20
+    assert st.replies == 20
+
+
+async def test_a_repeated_request_is_answered_from_the_cache_not_the_handler() -> None:
+    """A requester whose reply was lost sends the same request again: the replier
+    answers the repeat with the reply it already sent, without running the handler."""
+    runs = 0
+    with trio.fail_after(10):
+        async with shoal.open_replier(bind=LOOPBACK) as rep, trio.open_nursery() as nursery:
+            async def serve() -> None:
+                nonlocal runs
+                async for req in rep:
+                    runs += 1
+                    await req.reply({"n": runs, "echo": req.body})
+
+            nursery.start_soon(serve)
+            ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.connect(rep.endpoints[0])
+            try:
+                frame = encode(Kind.REQUEST, b"", "hello", sender=b"\x07" * 16, epoch=1,
+                               stream=9, seq=5, timestamp_ns=time.time_ns(), correlation=5)
+                replies = []
+                for _ in range(3):
+                    dealer.send(frame)
+                    # the raw socket is blocking; wait for the answer in a thread
+                    raw = await trio.to_thread.run_sync(dealer.recv)
+                    replies.append(decode(raw))
+            finally:
+                dealer.close(linger=0)
+                ctx.term()
+            nursery.cancel_scope.cancel()
+    assert runs == 1
+    assert [r.body for r in replies] == [{"n": 1, "echo": "hello"}] * 3
+    assert all(r.correlation == 5 for r in replies)
+    assert rep.statistics().duplicates == 2
+    assert rep.statistics().replied == 1
+
+
+async def test_a_repeat_while_the_handler_still_runs_is_dropped() -> None:
+    """The first copy is still being handled: the repeat is dropped (not handled
+    again); the one answer reaches the caller."""
+    started = trio.Event()
+    release = trio.Event()
+    runs = 0
+    with trio.fail_after(10):
+        async with (
+            shoal.open_replier(bind=LOOPBACK) as rep,
+            shoal.open_requester(connect=rep.endpoints) as client,
+            trio.open_nursery() as nursery,
+        ):
+            async def serve() -> None:
+                nonlocal runs
+                async for req in rep:
+                    runs += 1
+                    started.set()
+                    await release.wait()
+                    await req.reply("slow answer")
+
+            async def release_later() -> None:
+                await started.wait()
+                await trio.sleep(0.35)  # the caller retries (0.1 s) meanwhile
+                release.set()
+
+            nursery.start_soon(serve)
+            nursery.start_soon(release_later)
+            assert await client.request("x", retries=2, retry_after=0.1) == "slow answer"
+            nursery.cancel_scope.cancel()
+    assert runs == 1
+    assert rep.statistics().duplicates == 2
+    assert client.statistics().retried == 2
+
+
+async def test_a_replier_killed_mid_request_the_caller_gets_its_answer_elsewhere() -> None:
+    """Node requester, two replier nodes: one (a separate process) receives the
+    request and is SIGKILLed before answering. With retries, the request goes to the
+    live replier when the dead one is dropped; without retries it would be PeerLost."""
+    with trio.fail_after(20):
+        a_port = free_port()
+        async with (
+            open_test_node("a", port=a_port, **FAST) as a,
+            a.open_requester("calc") as client,
+            a.open_replier("calc") as live,
+            node_process("mute", a_port, "--replier", "calc", "--print-received",
+                         "--never-answer") as proc,
+            trio.open_nursery() as nursery,
+        ):
+            await a.wait_for_peers(1, channel="calc")
+            handled: list[str] = []
+
+            async def serve() -> None:
+                async for req in live:
+                    handled.append(req.body)
+                    await req.reply(f"live:{req.body}")
+
+            nursery.start_soon(serve)
+            answers: list[str] = []
+
+            async def ask(i: int) -> None:
+                # retry_after longer than the test: only the replier's loss re-sends
+                answers.append(await client.request(f"q{i}", retries=1, retry_after=60))
+
+            async with trio.open_nursery() as asks:
+                for i in range(6):
+                    asks.start_soon(ask, i)
+                got = await proc.expect("request")  # the mute process holds one at least
+                proc.kill()
+            nursery.cancel_scope.cancel()
+    assert sorted(answers) == sorted(f"live:q{i}" for i in range(6))
+    assert sorted(handled) == sorted(f"q{i}" for i in range(6))  # once each on the live one
+    assert got["body"] in {f"q{i}" for i in range(6)}
+    st = client.statistics()
+    assert st.retried >= 1
+    assert st.lost >= 1  # the dead replier's requests were lost there, then re-sent
+
+
+async def test_retries_must_be_sensible() -> None:
+    with trio.fail_after(5):
+        async with shoal.open_requester(connect="tcp://127.0.0.1:1") as client:
+            with pytest.raises(LocalProtocolError, match="retries"):
+                await client.request(1, retries=-1)
+            with pytest.raises(LocalProtocolError, match="retry_after"):
+                await client.request(1, retries=1, retry_after=0)
