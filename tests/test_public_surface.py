@@ -46,6 +46,8 @@ SHOAL_ALL = [
 ]
 
 PATTERNS_ALL = [
+    "Delivery",
+    "ManualAckPuller",
     "Publisher",
     "PublisherStatistics",
     "Puller",

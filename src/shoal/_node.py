@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, overload
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 import trio
 import zmq
@@ -78,13 +78,15 @@ from shoal.patterns._pubsub import (
 )
 from shoal.patterns._pushpull import Puller, Pusher, puller_options, pusher_options
 from shoal.patterns._reliable_pushpull import (
+    ManualAckPuller,
     ReliablePuller,
     ReliablePusher,
-    open_reliable_puller,
     open_reliable_pusher,
     reliable_options,
 )
 from shoal.patterns._reqrep import Replier, Requester, replier_options, requester_options
+
+R = TypeVar("R", ReliablePuller, ManualAckPuller)
 
 __all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_PEER_TIMEOUT", "Node", "NodeStatistics",
            "PeerWatch", "Source", "open_node"]
@@ -623,21 +625,35 @@ class Node:
     @overload
     def open_puller(
         self, channel: str, *, reliable: Literal[True], high_water_mark: int = 1000,
-        batch: int = DEFAULT_BATCH,
+        batch: int = DEFAULT_BATCH, manual_ack: Literal[False] = False,
     ) -> AbstractAsyncContextManager[ReliablePuller]: ...
+
+    @overload
+    def open_puller(
+        self, channel: str, *, reliable: Literal[True], high_water_mark: int = 1000,
+        batch: int = DEFAULT_BATCH, manual_ack: Literal[True],
+    ) -> AbstractAsyncContextManager[ManualAckPuller]: ...
 
     def open_puller(
         self, channel: str, *, reliable: bool = False, high_water_mark: int = 1000,
-        batch: int = DEFAULT_BATCH,
-    ) -> AbstractAsyncContextManager[Puller] | AbstractAsyncContextManager[ReliablePuller]:
+        batch: int = DEFAULT_BATCH, manual_ack: bool = False,
+    ) -> (AbstractAsyncContextManager[Puller] | AbstractAsyncContextManager[ReliablePuller]
+          | AbstractAsyncContextManager[ManualAckPuller]):
         """Take work from every pusher of ``channel``. ``reliable=True``: from reliable
-        pushers; an item is done (acknowledged) when the next one is asked for, and
-        duplicates never reach the application."""
+        pushers; an item is done (acknowledged) when the next one is asked for, or with
+        ``manual_ack=True`` when ``await item.ack()`` is called, and duplicates never
+        reach the application."""
         check_channel(channel)
         check_limits(high_water_mark=high_water_mark, batch=batch)
         if reliable:
-            return self._open_reliable_puller(channel, high_water_mark=high_water_mark,
-                                              batch=batch)
+            if manual_ack:
+                return self._open_reliable_puller(ManualAckPuller, channel,
+                                                  high_water_mark=high_water_mark, batch=batch)
+            return self._open_reliable_puller(ReliablePuller, channel,
+                                              high_water_mark=high_water_mark, batch=batch)
+        if manual_ack:
+            raise LocalProtocolError("manual_ack=True needs reliable=True (a best-effort "
+                                     "puller acknowledges nothing)")
         return self._open_puller(channel, high_water_mark=high_water_mark, batch=batch)
 
     @asynccontextmanager
@@ -651,12 +667,11 @@ class Node:
 
     @asynccontextmanager
     async def _open_reliable_puller(
-        self, channel: str, *, high_water_mark: int, batch: int,
-    ) -> AsyncIterator[ReliablePuller]:
+        self, cls: type[R], channel: str, *, high_water_mark: int, batch: int,
+    ) -> AsyncIterator[R]:
         sock = self._socket(zmq.ROUTER, reliable_options(high_water_mark),
                             linger_ms=DEFAULT_LINGER_MS, bind=True)  # lingers for its acks
-        async with open_reliable_puller(socket=sock, identity=self.identity,
-                                        batch=batch) as pull:
+        async with cls(sock, self.identity, batch=batch, max_streams=4096) as pull:
             with self._listener(channel, Role.RELIABLE_PULLER, sock):
                 try:
                     yield pull

@@ -28,6 +28,8 @@ from shoal.patterns._pushpull import (
     open_pusher,
 )
 from shoal.patterns._reliable_pushpull import (
+    Delivery,
+    ManualAckPuller,
     ReliablePuller,
     ReliablePullerStatistics,
     ReliablePusher,
@@ -47,6 +49,8 @@ from shoal.patterns._reqrep import (
 )
 
 __all__ = [
+    "Delivery",
+    "ManualAckPuller",
     "Publisher",
     "PublisherStatistics",
     "Puller",

@@ -12,16 +12,17 @@ is lost with it. At-least-once delivery is a separate, opt-in layer.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from time import time_ns
-from typing import Any
+from typing import Any, Literal, overload
 
 import trio
 import zmq
 
 from shoal._core import Identity, Kind, Message
 from shoal._zmq import DEFAULT_LINGER_MS, Socket
+from shoal.errors import LocalProtocolError
 from shoal.patterns._common import (
     DEFAULT_BATCH,
     BufferedReceiver,
@@ -29,6 +30,13 @@ from shoal.patterns._common import (
     SocketResource,
     open_socket,
     stream_encoder,
+)
+from shoal.patterns._reliable_pushpull import (
+    ManualAckPuller,
+    ReliablePuller,
+    ReliablePusher,
+    open_reliable_puller,
+    open_reliable_pusher,
 )
 
 _PUSH = (Kind.PUSH,)
@@ -127,17 +135,56 @@ class Puller(BufferedReceiver[Message]):
         )
 
 
+@overload
+def open_pusher(
+    *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
+    high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[False] = False,
+) -> AbstractAsyncContextManager[Pusher]: ...
+
+
+@overload
+def open_pusher(
+    *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
+    high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[True], window: int = 1024,
+    rto: float = 0.5, max_attempts: int = 10, give_up_after: float | None = None,
+) -> AbstractAsyncContextManager[ReliablePusher]: ...
+
+
+def open_pusher(
+    *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
+    high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    linger_ms: int = DEFAULT_LINGER_MS, reliable: bool = False, window: int = 1024,
+    rto: float = 0.5, max_attempts: int = 10, give_up_after: float | None = None,
+) -> AbstractAsyncContextManager[Pusher] | AbstractAsyncContextManager[ReliablePusher]:
+    """Open a pusher. ``send()`` waits until a puller is connected and can take work.
+
+    ``reliable=True``: at least once, to pullers opened with ``reliable=True`` (it
+    connects to them: ``connect=`` only). An item stays in a window of ``window``
+    until a puller's application is done with it, is retransmitted after ``rto``
+    seconds (doubling) until a puller has it, goes to another puller if the one
+    holding it disconnects, and is given up after ``max_attempts`` transmissions or
+    ``give_up_after`` seconds (``wait_acked()`` raises ``DeliveryFailed``).
+    """
+    if reliable:
+        if bind is not None:
+            raise LocalProtocolError("a reliable pusher connects to its pullers: pass "
+                                     "connect=[...] (the pullers bind), not bind=")
+        return open_reliable_pusher(
+            connect=connect, identity=identity, high_water_mark=high_water_mark,
+            window=window, rto=rto, max_attempts=max_attempts, give_up_after=give_up_after,
+            context=context, linger_ms=linger_ms)
+    return _open_pusher(bind=bind, connect=connect, identity=identity,
+                        high_water_mark=high_water_mark, context=context,
+                        linger_ms=linger_ms)
+
+
 @asynccontextmanager
-async def open_pusher(
-    *,
-    bind: Endpoints = None,
-    connect: Endpoints = None,
-    identity: Identity | None = None,
-    high_water_mark: int = 1000,
-    context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    linger_ms: int = DEFAULT_LINGER_MS,
+async def _open_pusher(
+    *, bind: Endpoints, connect: Endpoints, identity: Identity | None, high_water_mark: int,
+    context: zmq.Context[zmq.Socket[bytes]] | None, linger_ms: int,
 ) -> AsyncIterator[Pusher]:
-    """Open a pusher. ``send()`` waits until a puller is connected and can take work."""
     sock = open_socket("open_pusher", zmq.PUSH, bind=bind, connect=connect,
                        high_water_mark=high_water_mark, context=context,
                        linger_ms=linger_ms, options=pusher_options(high_water_mark))
@@ -145,16 +192,71 @@ async def open_pusher(
         yield push
 
 
+@overload
+def open_puller(
+    *, bind: Endpoints = None, connect: Endpoints = None, high_water_mark: int = 1000,
+    batch: int = DEFAULT_BATCH, context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    reliable: Literal[False] = False,
+) -> AbstractAsyncContextManager[Puller]: ...
+
+
+@overload
+def open_puller(
+    *, bind: Endpoints = None, connect: Endpoints = None, high_water_mark: int = 1000,
+    batch: int = DEFAULT_BATCH, context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    reliable: Literal[True], manual_ack: Literal[False] = False,
+    identity: Identity | None = None, max_streams: int = 4096,
+) -> AbstractAsyncContextManager[ReliablePuller]: ...
+
+
+@overload
+def open_puller(
+    *, bind: Endpoints = None, connect: Endpoints = None, high_water_mark: int = 1000,
+    batch: int = DEFAULT_BATCH, context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    reliable: Literal[True], manual_ack: Literal[True],
+    identity: Identity | None = None, max_streams: int = 4096,
+) -> AbstractAsyncContextManager[ManualAckPuller]: ...
+
+
+def open_puller(
+    *, bind: Endpoints = None, connect: Endpoints = None, high_water_mark: int = 1000,
+    batch: int = DEFAULT_BATCH, context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    reliable: bool = False, manual_ack: bool = False, identity: Identity | None = None,
+    max_streams: int = 4096,
+) -> (AbstractAsyncContextManager[Puller] | AbstractAsyncContextManager[ReliablePuller]
+      | AbstractAsyncContextManager[ManualAckPuller]):
+    """Open a puller: ``async for msg in pull`` yields each work item sent to it.
+
+    ``reliable=True``: from reliable pushers (which connect to it: ``bind=`` only).
+    Each item reaches the application once; it is done (acknowledged) when the next
+    one is asked for, or, with ``manual_ack=True``, when ``await item.ack()`` is
+    called on the ``Delivery`` handed out. ``identity`` names this puller's
+    acknowledgements; ``max_streams`` bounds how many senders it remembers.
+    """
+    if reliable:
+        if connect is not None:
+            raise LocalProtocolError("a reliable puller binds and reliable pushers connect "
+                                     "to it: pass bind=[...], not connect=")
+        if manual_ack:
+            return open_reliable_puller(bind=bind, identity=identity,
+                                        high_water_mark=high_water_mark, batch=batch,
+                                        max_streams=max_streams, manual_ack=True,
+                                        context=context)
+        return open_reliable_puller(bind=bind, identity=identity,
+                                    high_water_mark=high_water_mark, batch=batch,
+                                    max_streams=max_streams, context=context)
+    if manual_ack:
+        raise LocalProtocolError("manual_ack=True needs reliable=True (a best-effort "
+                                 "puller acknowledges nothing)")
+    return _open_puller(bind=bind, connect=connect, high_water_mark=high_water_mark,
+                        batch=batch, context=context)
+
+
 @asynccontextmanager
-async def open_puller(
-    *,
-    bind: Endpoints = None,
-    connect: Endpoints = None,
-    high_water_mark: int = 1000,
-    batch: int = DEFAULT_BATCH,
-    context: zmq.Context[zmq.Socket[bytes]] | None = None,
+async def _open_puller(
+    *, bind: Endpoints, connect: Endpoints, high_water_mark: int, batch: int,
+    context: zmq.Context[zmq.Socket[bytes]] | None,
 ) -> AsyncIterator[Puller]:
-    """Open a puller: ``async for msg in pull`` yields each work item sent to it."""
     sock = open_socket("open_puller", zmq.PULL, bind=bind, connect=connect,
                        high_water_mark=high_water_mark, batch=batch, context=context,
                        linger_ms=0, options=puller_options(high_water_mark))

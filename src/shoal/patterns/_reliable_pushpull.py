@@ -29,20 +29,23 @@ Given up (no puller received it after ``max_attempts`` transmissions, or older t
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import os
 import struct
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from time import time_ns
-from typing import Any
+from typing import Any, Literal, TypeVar, overload
 
 import trio
 import zmq
 
 from shoal._core import Deduplicator, GaveUp, Identity, Kind, Message, ReliableSender, decode
 from shoal._zmq import DEFAULT_LINGER_MS, PeerUnreachable, Socket
-from shoal.errors import ClosedError, DeliveryFailed
+from shoal.errors import ClosedError, DeliveryFailed, LocalProtocolError
 from shoal.patterns._common import (
     DEFAULT_BATCH,
     BufferedReceiver,
@@ -55,9 +58,13 @@ from shoal.patterns._common import (
     stream_encoder,
 )
 
-__all__ = ["ReliablePuller", "ReliablePullerStatistics", "ReliablePusher",
-           "ReliablePusherStatistics", "open_reliable_puller", "open_reliable_pusher",
-           "reliable_options"]
+__all__ = ["Delivery", "ManualAckPuller", "ReliablePuller", "ReliablePullerStatistics",
+           "ReliablePusher", "ReliablePusherStatistics", "open_reliable_puller",
+           "open_reliable_pusher", "reliable_options"]
+
+log = logging.getLogger("shoal")
+T = TypeVar("T")
+R = TypeVar("R", "ReliablePuller", "ManualAckPuller")
 
 _PUSH = (Kind.PUSH,)
 _ACK = (Kind.ACK,)
@@ -85,6 +92,8 @@ class ReliablePusherStatistics:
     redelivered: int
     """Items sent again because the puller holding them went away."""
     given_up: int
+    disconnects: int
+    """Connections to pullers that dropped (what they held went to other pullers)."""
     malformed: int
 
 
@@ -96,15 +105,20 @@ class ReliablePullerStatistics:
     """Items delivered to the application (each once)."""
     duplicates: int
     """Copies recognised and dropped (and acknowledged again)."""
+    held: int
+    """Items received and not yet done (buffered, in the application's hands)."""
     acks_sent: int
     malformed: int
     malformed_by_reason: Mapping[str, int]
 
 
 def reliable_options(high_water_mark: int) -> list[tuple[int, int | bytes]]:
-    """Socket options of both ends (ROUTER; MANDATORY so an absent route raises)."""
+    """Socket options of both ends: ROUTER, MANDATORY so an absent route raises,
+    HANDOVER so a peer reconnecting under its routing id takes it over at once, ZMTP
+    heartbeats so a silent link (pulled cable) is seen as disconnected in seconds."""
     return [(zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark),
-            (zmq.ROUTER_MANDATORY, 1)]
+            (zmq.ROUTER_MANDATORY, 1), (zmq.ROUTER_HANDOVER, 1),
+            (zmq.HEARTBEAT_IVL, 1000), (zmq.HEARTBEAT_TIMEOUT, 3000)]
 
 
 class ReliablePusher(SocketResource):
@@ -118,8 +132,14 @@ class ReliablePusher(SocketResource):
         self._enc = stream_encoder(identity)
         self._core = ReliableSender(window=window, rto=rto, max_rto=max(rto, 5.0),
                                     max_attempts=max_attempts, give_up_after=give_up_after)
-        self._routes: list[bytes] = []
+        self._routes: list[bytes] = []  # connected (handshake done), in turn order
+        self._route_of: dict[str, bytes] = {}  # endpoint -> route, connected or not
         self._turn = 0
+        self._disconnects = 0
+        # One routing id for the pusher's life: a puller answering after a reconnect
+        # still reaches it.
+        sock.setsockopt(zmq.ROUTING_ID, b"P" + os.urandom(15))
+        self._monitor: Socket | None = None
         self._arm = trio.Event()  # set when the window stops being empty
         self._failed: list[GaveUp] = []
         self._redelivered = 0
@@ -193,27 +213,86 @@ class ReliablePusher(SocketResource):
         return ReliablePusherStatistics(
             sent=c.sent_count, acked=c.acked, in_flight=c.in_flight,
             retransmitted=c.retransmitted, redelivered=self._redelivered,
-            given_up=c.given_up, malformed=self._malformed)
+            given_up=c.given_up, disconnects=self._disconnects, malformed=self._malformed)
 
     # -- routes (explicit endpoints, or a node's wiring) ---------------------------------------
 
     def add_route(self, route: bytes, endpoint: str) -> None:
         """Connect to a puller at ``endpoint``, known as ``route``."""
         self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, route)
-        self._sock.connect(endpoint)
-        self._routes.append(route)
-        self._arm.set()
+        self._route_of[endpoint] = route
+        self._sock.connect(endpoint)  # used once the monitor reports the handshake
+
+    def _link_up(self, endpoint: str) -> None:
+        route = self._route_of.get(endpoint)
+        if route is not None and route not in self._routes:
+            self._routes.append(route)
+            self._arm.set()
 
     def drop_route(self, route: bytes, endpoint: str, why: str) -> None:
         """Disconnect from a puller; what it held goes to the others."""
         if route in self._routes:
             self._routes.remove(route)
+        if self._route_of.get(endpoint) == route:
+            del self._route_of[endpoint]
         if not self._sock.closed:
             self._read_acks()  # what it acknowledged before going is done, not redelivered
             self._sock.disconnect(endpoint)
         self._redelivered += self._core.destination_lost(route, trio.current_time())
         self._transmit()
         self._arm.set()
+
+    def _link_lost(self, endpoint: str) -> None:
+        """The connection to a puller dropped (killed, or its link silent past the ZMTP
+        heartbeat timeout). libzmq reconnects by itself; what the puller held and had
+        not acknowledged goes to the others now rather than waiting for it."""
+        route = self._route_of.get(endpoint)
+        if route is None or self._sock.closed:
+            return
+        if route in self._routes:
+            self._routes.remove(route)
+        self._disconnects += 1
+        self._read_acks()
+        n = self._core.destination_lost(route, trio.current_time())
+        self._redelivered += n
+        if n:
+            log.info("reliable pusher: lost the connection to %s; %d item(s) it held "
+                     "go to other pullers", endpoint, n)
+        self._transmit()
+        self._arm.set()
+
+    def _start_monitor(self) -> None:
+        """Follow the socket's connections: a route is used only while its connection
+        is up (a connecting ROUTER would otherwise queue into a dead peer's pipe)."""
+        raw = self._sock.zmq_socket.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self._monitor = Socket(raw, linger_ms=0)
+
+    async def _watch_links(self) -> None:
+        mon = self._monitor
+        if mon is None:
+            return
+        try:
+            while not mon.closed:
+                for frames in mon.receive_batch_nowait(64):
+                    if len(frames) == 2 and len(frames[0]) >= 2:
+                        event = int.from_bytes(frames[0][:2], "little")
+                        endpoint = frames[1].decode(errors="replace")
+                        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                            self._link_up(endpoint)
+                        elif event == zmq.EVENT_DISCONNECTED:
+                            self._link_lost(endpoint)
+                await mon.wait_receivable()
+        except ClosedError:
+            pass
+
+    def _close_monitor(self) -> None:
+        mon, self._monitor = self._monitor, None
+        if mon is not None and not mon.closed:
+            if not self._sock.closed:
+                with contextlib.suppress(zmq.ZMQError):
+                    self._sock.zmq_socket.disable_monitor()
+            mon.close()
 
     # -- the wire ----------------------------------------------------------------------------
 
@@ -298,14 +377,17 @@ class ReliablePusher(SocketResource):
 
     async def aclose(self) -> None:
         """Close; unacknowledged items are dropped (``statistics().in_flight`` says how many)."""
+        if self._core.in_flight:
+            log.warning("reliable pusher closed with %d item(s) not acknowledged",
+                        self._core.in_flight)
+        self._close_monitor()
         self._sock.close()
         self._arm.set()
         await trio.lowlevel.checkpoint()
 
 
-class ReliablePuller(BufferedReceiver[Message]):
-    """Receives work items at least once over the wire, once to the application.
-    A ``trio.abc.ReceiveChannel[Message]``; an item is done when the next is asked for."""
+class _ReliableReceiver(BufferedReceiver[T]):
+    """The receiving end of reliable push/pull; ``_wrap`` makes what the buffer holds."""
 
     def __init__(self, sock: Socket, identity: Identity | None, *, batch: int,
                  max_streams: int) -> None:
@@ -317,11 +399,16 @@ class ReliablePuller(BufferedReceiver[Message]):
         self._done_count = 0
         # delivered into the buffer, not yet done: (sender, epoch, stream, seq) -> route
         self._holding: dict[tuple[str, int, int, int], bytes] = {}
-        self._current: list[Message] = []  # handed to the application, not yet done
         self._acks_sent = 0
         self._ack_seq = 0
         self._pending_received = 0
         self._last_flush = 0.0
+
+    def _wrap(self, msg: Message) -> T:
+        raise NotImplementedError
+
+    def _finish_current(self) -> None:
+        """Mark done what the application finished by asking for more."""
 
     def _accept(self, frames: list[bytes]) -> None:
         msg = self._malformed.check(frames, _PUSH, "reliable puller", nframes=2)
@@ -338,7 +425,7 @@ class ReliablePuller(BufferedReceiver[Message]):
             return
         self._holding[item] = route
         self._received += 1
-        self._buffer.append(msg)
+        self._buffer.append(self._wrap(msg))
 
     def _fill(self) -> int:
         n = super()._fill()
@@ -346,30 +433,28 @@ class ReliablePuller(BufferedReceiver[Message]):
             self._flush(done=False)
         return n
 
-    def _finish_current(self) -> None:
-        for msg in self._current:
-            route = self._holding.pop((msg.sender, msg.epoch, msg.stream, msg.seq), None)
-            if route is not None:
-                self._done_acks.setdefault(route, []).append(msg.seq)
-                self._done_count += 1
-        self._current.clear()
+    def _mark_done(self, msg: Message) -> bool:
+        """The application is done with ``msg``; False if it was not held (done already)."""
+        route = self._holding.pop((msg.sender, msg.epoch, msg.stream, msg.seq), None)
+        if route is None:
+            return False
+        self._done_acks.setdefault(route, []).append(msg.seq)
+        self._done_count += 1
         if self._done_count >= _ACK_BATCH:
             self._flush(done=True)
+        return True
 
-    def receive_nowait(self) -> Message:
-        """The next item if one is here, else ``trio.WouldBlock``. Marks the previous
-        item done."""
+    def receive_nowait(self) -> T:
+        """The next item if one is here, else ``trio.WouldBlock``."""
         self._finish_current()
         try:
-            msg = super().receive_nowait()
+            return super().receive_nowait()
         except trio.WouldBlock:
             self._flush(done=True)
             raise
-        self._current.append(msg)
-        return msg
 
-    async def receive(self) -> Message:
-        """Wait for the next item; marks the previous one done. Cancel-safe."""
+    async def receive(self) -> T:
+        """Wait for the next item. Cancel-safe."""
         self._finish_current()
         if not self._buffer and not self._fill() and (self._pending_received
                                                        or self._done_count):
@@ -382,17 +467,13 @@ class ReliablePuller(BufferedReceiver[Message]):
                 self._fill()
             if not self._buffer:
                 self._flush(done=True)
-        msg = await super().receive()
-        self._current.append(msg)
-        return msg
+        return await super().receive()
 
-    async def receive_batch(self) -> list[Message]:
-        """Wait for at least one item, then return every item already here. They are
-        done when the next receive is asked for."""
+    async def receive_batch(self) -> list[T]:
+        """Wait for at least one item, then return every item already here."""
         first = await self.receive()
         rest = list(self._buffer)
         self._buffer.clear()
-        self._current.extend(rest)
         return [first, *rest]
 
     def flush_acks(self) -> None:
@@ -424,17 +505,121 @@ class ReliablePuller(BufferedReceiver[Message]):
         """An immutable snapshot of this resource's counters."""
         return ReliablePullerStatistics(
             received=self._received, duplicates=self._dedup.duplicates,
-            acks_sent=self._acks_sent, malformed=self._malformed.total,
+            held=len(self._holding), acks_sent=self._acks_sent,
+            malformed=self._malformed.total,
             malformed_by_reason=dict(self._malformed.by_reason))
 
     async def aclose(self) -> None:
         """Close. What the application finished is acknowledged (the socket lingers
-        to send it); the item in hand and those not yet taken are not: their pushers
-        send them to another puller."""
+        to send it); items not finished are not: their pushers send them to another
+        puller."""
         if not self._sock.closed:
             self._flush(done=True)
         self._sock.close()
         await trio.lowlevel.checkpoint()
+
+
+class ReliablePuller(_ReliableReceiver[Message]):
+    """Receives work items at least once over the wire, once to the application.
+    A ``trio.abc.ReceiveChannel[Message]``; an item is done when the next is asked for
+    (``receive`` or ``async for`` moving on). ``open_puller(reliable=True)``."""
+
+    def __init__(self, sock: Socket, identity: Identity | None, *, batch: int,
+                 max_streams: int) -> None:
+        super().__init__(sock, identity, batch=batch, max_streams=max_streams)
+        self._current: list[Message] = []  # handed to the application, not yet done
+
+    def _wrap(self, msg: Message) -> Message:
+        return msg
+
+    def _finish_current(self) -> None:
+        for msg in self._current:
+            self._mark_done(msg)
+        self._current.clear()
+
+    def receive_nowait(self) -> Message:
+        """The next item if one is here, else ``trio.WouldBlock``. Marks the previous
+        item done."""
+        msg = super().receive_nowait()
+        self._current.append(msg)
+        return msg
+
+    async def receive(self) -> Message:
+        """Wait for the next item; marks the previous one done. Cancel-safe."""
+        msg = await super().receive()
+        self._current.append(msg)
+        return msg
+
+    async def receive_batch(self) -> list[Message]:
+        """Wait for at least one item, then return every item already here. They are
+        done when the next receive is asked for."""
+        batch = await super().receive_batch()
+        self._current.extend(batch[1:])
+        return batch
+
+
+class Delivery:
+    """A work item from a puller opened with ``manual_ack=True``: it is done (and
+    leaves its pusher's window) only when ``ack()`` is called. Not acknowledged when
+    the puller closes or dies: it goes to another puller."""
+
+    __slots__ = ("_acked", "_puller", "message")
+
+    def __init__(self, puller: ManualAckPuller, message: Message) -> None:
+        self._puller = puller
+        self._acked = False
+        self.message = message
+        """The item's full envelope (sender, seq, timestamp...)."""
+
+    @property
+    def body(self) -> Any:
+        """The item's body, as the pusher sent it."""
+        return self.message.body
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        """The item's user headers."""
+        return self.message.headers
+
+    @property
+    def id(self) -> str:
+        """The item's unique id (``sender:epoch:stream:seq``)."""
+        return self.message.id
+
+    @property
+    def acked(self) -> bool:
+        """Whether ``ack()`` has been called."""
+        return self._acked
+
+    def ack_nowait(self) -> None:
+        """Acknowledge: the application is done with this item. Idempotent.
+        Raises ``ClosedError`` if the puller is closed (the item will be redelivered)."""
+        if self._acked:
+            return
+        self._puller._ack(self.message)
+        self._acked = True
+
+    async def ack(self) -> None:
+        """Acknowledge: the application is done with this item (sent at once)."""
+        self.ack_nowait()
+        await trio.lowlevel.checkpoint()
+
+    def __repr__(self) -> str:
+        return f"<Delivery {self.id} acked={self._acked}>"
+
+
+class ManualAckPuller(_ReliableReceiver[Delivery]):
+    """A reliable puller whose items are done when ``await item.ack()`` says so
+    (``open_puller(reliable=True, manual_ack=True)``); they may be acknowledged in
+    any order, from any task of the same trio run."""
+
+    def _wrap(self, msg: Message) -> Delivery:
+        return Delivery(self, msg)
+
+    def _ack(self, msg: Message) -> None:
+        self._sock.check_open("acknowledge (the item goes to another puller)")
+        self._mark_done(msg)
+        self._flush(done=True)
 
 
 @asynccontextmanager
@@ -454,27 +639,64 @@ async def open_reliable_pusher(
                              options=reliable_options(high_water_mark))
     push = ReliablePusher(socket, identity, window=window, rto=rto,
                           max_attempts=max_attempts, give_up_after=give_up_after)
+    push._start_monitor()  # before any connect: no handshake goes unseen
     async with push, trio.open_nursery() as nursery:
         for i, ep in enumerate(eps):
             push.add_route(b"p" + i.to_bytes(4, "big"), ep)
         nursery.start_soon(push._run)
+        nursery.start_soon(push._watch_links)
         try:
             yield push
         finally:
             nursery.cancel_scope.cancel()
 
 
-@asynccontextmanager
-async def open_reliable_puller(
+@overload
+def open_reliable_puller(
     *, bind: Endpoints = None, identity: Identity | None = None, high_water_mark: int = 1000,
-    batch: int = DEFAULT_BATCH, max_streams: int = 4096,
+    batch: int = DEFAULT_BATCH, max_streams: int = 4096, manual_ack: Literal[False] = False,
     context: zmq.Context[zmq.Socket[bytes]] | None = None, socket: Socket | None = None,
-) -> AsyncIterator[ReliablePuller]:
-    """A reliable puller bound to ``bind`` (reliable pushers connect to it)."""
+) -> AbstractAsyncContextManager[ReliablePuller]: ...
+
+
+@overload
+def open_reliable_puller(
+    *, bind: Endpoints = None, identity: Identity | None = None, high_water_mark: int = 1000,
+    batch: int = DEFAULT_BATCH, max_streams: int = 4096, manual_ack: Literal[True],
+    context: zmq.Context[zmq.Socket[bytes]] | None = None, socket: Socket | None = None,
+) -> AbstractAsyncContextManager[ManualAckPuller]: ...
+
+
+def open_reliable_puller(
+    *, bind: Endpoints = None, identity: Identity | None = None, high_water_mark: int = 1000,
+    batch: int = DEFAULT_BATCH, max_streams: int = 4096, manual_ack: bool = False,
+    context: zmq.Context[zmq.Socket[bytes]] | None = None, socket: Socket | None = None,
+) -> AbstractAsyncContextManager[ReliablePuller] | AbstractAsyncContextManager[ManualAckPuller]:
+    """A reliable puller bound to ``bind`` (reliable pushers connect to it), or over a
+    node's bound ``socket``. ``manual_ack=True``: items are done when ``ack()``ed."""
+    if socket is None:
+        check_limits(high_water_mark=high_water_mark, batch=batch)
+        require_endpoints(endpoint_list(bind, "bind"), [], "open_puller(reliable=True)")
+    if max_streams < 1:
+        raise LocalProtocolError("max_streams must be >= 1")
+    kw: dict[str, Any] = dict(bind=bind, identity=identity, high_water_mark=high_water_mark,
+                              batch=batch, max_streams=max_streams, context=context,
+                              socket=socket)
+    if manual_ack:
+        return _open_receiver(ManualAckPuller, **kw)
+    return _open_receiver(ReliablePuller, **kw)
+
+
+@asynccontextmanager
+async def _open_receiver(
+    cls: type[R], *, bind: Endpoints, identity: Identity | None, high_water_mark: int,
+    batch: int, max_streams: int, context: zmq.Context[zmq.Socket[bytes]] | None,
+    socket: Socket | None,
+) -> AsyncIterator[R]:
     if socket is None:
         socket = open_socket("open_puller(reliable=True)", zmq.ROUTER, bind=bind, connect=None,
                              high_water_mark=high_water_mark, batch=batch, context=context,
                              linger_ms=DEFAULT_LINGER_MS,
                              options=reliable_options(high_water_mark))
-    async with ReliablePuller(socket, identity, batch=batch, max_streams=max_streams) as pull:
+    async with cls(socket, identity, batch=batch, max_streams=max_streams) as pull:
         yield pull
