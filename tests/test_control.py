@@ -529,6 +529,7 @@ def test_role_wire_values_are_stable() -> None:
         "PUBLISHER": "pub", "SUBSCRIBER": "sub", "PUSHER": "push", "PULLER": "pull",
         "REPLIER": "rep", "REQUESTER": "req",
         "RELIABLE_PUSHER": "push+r", "RELIABLE_PULLER": "pull+r",
+        "RELIABLE_PUBLISHER": "pub+r", "RELIABLE_SUBSCRIBER": "sub+r",
     }
 
 
@@ -537,6 +538,7 @@ def test_role_wire_values_are_stable() -> None:
     (Role.PUSHER, False), (Role.PULLER, True),
     (Role.REPLIER, True), (Role.REQUESTER, False),
     (Role.RELIABLE_PULLER, True), (Role.RELIABLE_PUSHER, False),
+    (Role.RELIABLE_PUBLISHER, True), (Role.RELIABLE_SUBSCRIBER, False),
 ])
 def test_publishers_pullers_and_repliers_bind(role: Role, binds: bool) -> None:
     assert role.binds is binds
@@ -545,6 +547,7 @@ def test_publishers_pullers_and_repliers_bind(role: Role, binds: bool) -> None:
 @pytest.mark.parametrize(("role", "counterpart"), [
     (Role.PUBLISHER, Role.SUBSCRIBER), (Role.PUSHER, Role.PULLER),
     (Role.REPLIER, Role.REQUESTER), (Role.RELIABLE_PUSHER, Role.RELIABLE_PULLER),
+    (Role.RELIABLE_PUBLISHER, Role.RELIABLE_SUBSCRIBER),
 ])
 def test_each_role_talks_to_its_counterpart(role: Role, counterpart: Role) -> None:
     assert role.counterpart is counterpart

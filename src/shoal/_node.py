@@ -77,6 +77,13 @@ from shoal.patterns._pubsub import (
     subscriber_options,
 )
 from shoal.patterns._pushpull import Puller, Pusher, puller_options, pusher_options
+from shoal.patterns._reliable_pubsub import (
+    ReliablePublisher,
+    ReliableSubscriber,
+    check_reliable_pubsub_args,
+    open_reliable_publisher,
+    open_reliable_subscriber,
+)
 from shoal.patterns._reliable_pushpull import (
     ManualAckPuller,
     ReliablePuller,
@@ -519,15 +526,47 @@ class Node:
     def _listener(self, channel: str, role: Role, sock: Socket) -> Any:
         return self._listing(ChannelOffer(channel, role, self._port(sock.bound[0])))
 
-    @asynccontextmanager
-    async def open_publisher(
-        self, channel: str, *, high_water_mark: int = 1000, linger_ms: int = DEFAULT_LINGER_MS,
-    ) -> AsyncIterator[Publisher]:
+    @overload
+    def open_publisher(
+        self, channel: str, *, reliable: Literal[False] = False, high_water_mark: int = 1000,
+        linger_ms: int = DEFAULT_LINGER_MS,
+    ) -> AbstractAsyncContextManager[Publisher]: ...
+
+    @overload
+    def open_publisher(
+        self, channel: str, *, reliable: Literal[True], high_water_mark: int = 1000,
+        linger_ms: int = DEFAULT_LINGER_MS, window: int = 8192, rto: float = 0.5,
+        grace: float = 10.0, max_subscribers: int = 1024,
+    ) -> AbstractAsyncContextManager[ReliablePublisher]: ...
+
+    def open_publisher(
+        self, channel: str, *, reliable: bool = False, high_water_mark: int = 1000,
+        linger_ms: int = DEFAULT_LINGER_MS, window: int = 8192, rto: float = 0.5,
+        grace: float = 10.0, max_subscribers: int = 1024,
+    ) -> AbstractAsyncContextManager[Publisher] | AbstractAsyncContextManager[ReliablePublisher]:
         """Publish on ``channel``: every subscriber of it on the network (this node
         included) connects, now and as they come. ``wait_for_subscribers(n)`` waits for them.
+
+        ``reliable=True``: to subscribers opened with ``reliable=True``, at least once on
+        the wire, once and in order to their applications. Each subscriber's
+        unacknowledged publications are kept (up to ``window``: ``publish`` waits
+        beyond) and sent again after ``rto`` seconds without progress; a subscriber
+        silent for ``grace`` seconds is dropped from the books (counted, logged).
         """
         check_channel(channel)
         check_limits(high_water_mark=high_water_mark)
+        if reliable:
+            check_reliable_pubsub_args(window=window, rto=rto, grace=grace)
+            return self._open_reliable_publisher(
+                channel, high_water_mark=high_water_mark, linger_ms=linger_ms, window=window,
+                rto=rto, grace=grace, max_subscribers=max_subscribers)
+        return self._open_publisher(channel, high_water_mark=high_water_mark,
+                                    linger_ms=linger_ms)
+
+    @asynccontextmanager
+    async def _open_publisher(
+        self, channel: str, *, high_water_mark: int, linger_ms: int,
+    ) -> AsyncIterator[Publisher]:
         sock = self._socket(zmq.XPUB, publisher_options(high_water_mark), linger_ms=linger_ms,
                             bind=True)
         async with Publisher(sock, self.identity) as pub:
@@ -535,21 +574,83 @@ class Node:
                 yield pub
 
     @asynccontextmanager
-    async def open_subscriber(
-        self, channel: str, *, topics: Sequence[str] = ("",), high_water_mark: int = 1000,
-        batch: int = DEFAULT_BATCH, max_streams: int = 4096,
-    ) -> AsyncIterator[Subscriber]:
+    async def _open_reliable_publisher(
+        self, channel: str, *, high_water_mark: int, linger_ms: int, window: int, rto: float,
+        grace: float, max_subscribers: int,
+    ) -> AsyncIterator[ReliablePublisher]:
+        sock = self._socket(zmq.ROUTER, reliable_options(high_water_mark), linger_ms=linger_ms,
+                            bind=True)
+        async with open_reliable_publisher(
+            socket=sock, identity=self.identity, window=window, rto=rto, grace=grace,
+            max_subscribers=max_subscribers,
+        ) as pub:
+            with self._listener(channel, Role.RELIABLE_PUBLISHER, sock):
+                yield pub
+
+    @overload
+    def open_subscriber(
+        self, channel: str, *, topics: Sequence[str] = ("",), reliable: Literal[False] = False,
+        high_water_mark: int = 1000, batch: int = DEFAULT_BATCH, max_streams: int = 4096,
+    ) -> AbstractAsyncContextManager[Subscriber]: ...
+
+    @overload
+    def open_subscriber(
+        self, channel: str, *, topics: Sequence[str] = ("",), reliable: Literal[True],
+        high_water_mark: int = 1000, batch: int = DEFAULT_BATCH, max_streams: int = 4096,
+        heartbeat: float = 0.5,
+    ) -> AbstractAsyncContextManager[ReliableSubscriber]: ...
+
+    def open_subscriber(
+        self, channel: str, *, topics: Sequence[str] = ("",), reliable: bool = False,
+        high_water_mark: int = 1000, batch: int = DEFAULT_BATCH, max_streams: int = 4096,
+        heartbeat: float = 0.5,
+    ) -> AbstractAsyncContextManager[Subscriber] | AbstractAsyncContextManager[ReliableSubscriber]:
         """Subscribe to ``topics`` (prefixes) on ``channel``, from every publisher of it,
-        now and later. A publisher that vanishes is disconnected."""
+        now and later. A publisher that vanishes is disconnected.
+
+        ``reliable=True``: from reliable publishers, once and in order per publisher,
+        everything published after the publisher heard of this subscriber (it
+        tells every ``heartbeat`` seconds where it stands).
+        """
         check_channel(channel)
         check_subscriber_args(topics, max_streams)
         check_limits(high_water_mark=high_water_mark, batch=batch)
+        if reliable:
+            check_reliable_pubsub_args(heartbeat=heartbeat)
+            return self._open_reliable_subscriber(
+                channel, topics=topics, high_water_mark=high_water_mark, batch=batch,
+                max_streams=max_streams, heartbeat=heartbeat)
+        return self._open_subscriber(channel, topics=topics, high_water_mark=high_water_mark,
+                                     batch=batch, max_streams=max_streams)
+
+    @asynccontextmanager
+    async def _open_subscriber(
+        self, channel: str, *, topics: Sequence[str], high_water_mark: int, batch: int,
+        max_streams: int,
+    ) -> AsyncIterator[Subscriber]:
         sock = self._socket(zmq.SUB, subscriber_options(high_water_mark), linger_ms=0)
         async with Subscriber(sock, batch=batch, max_streams=max_streams) as sub:
             sub._start(topics)
             conn = _Connector(channel, Role.SUBSCRIBER, lambda ep, _r: sock.connect(ep),
                               lambda ep, _r, _w: sock.disconnect(ep))
             with self._listing(ChannelOffer(channel, Role.SUBSCRIBER), conn):
+                yield sub
+
+    @asynccontextmanager
+    async def _open_reliable_subscriber(
+        self, channel: str, *, topics: Sequence[str], high_water_mark: int, batch: int,
+        max_streams: int, heartbeat: float,
+    ) -> AsyncIterator[ReliableSubscriber]:
+        sock = self._socket(zmq.ROUTER, reliable_options(high_water_mark),
+                            linger_ms=DEFAULT_LINGER_MS)
+        async with open_reliable_subscriber(
+            socket=sock, topics=topics, identity=self.identity, batch=batch,
+            max_streams=max_streams, heartbeat=heartbeat,
+        ) as sub:
+            conn = _Connector(channel, Role.RELIABLE_SUBSCRIBER,
+                              lambda ep, route: sub.add_route(route, ep),
+                              lambda ep, route, why: sub.drop_route(route, ep, why))
+            with self._listing(ChannelOffer(channel, Role.RELIABLE_SUBSCRIBER), conn):
                 yield sub
 
     @overload

@@ -26,6 +26,7 @@ from shoal._core._envelope import (
     encode,
     encode_topic,
 )
+from shoal._core._fanout import START, ChainReceiver, Dropped, FanoutSender
 from shoal._core._gaps import GapTracker, StreamKey
 from shoal._core._identity import Identity
 from shoal._core._peers import (
@@ -44,10 +45,14 @@ __all__ = [
     "HEADER",
     "MAX_ADDRESSES",
     "MAX_TOPIC",
+    "START",
     "VERSION",
     "Bye",
+    "ChainReceiver",
     "ChannelOffer",
     "Deduplicator",
+    "Dropped",
+    "FanoutSender",
     "GapTracker",
     "GaveUp",
     "Identity",

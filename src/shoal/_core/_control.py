@@ -63,6 +63,8 @@ class Role(enum.Enum):
     REQUESTER = "req"
     RELIABLE_PUSHER = "push+r"
     RELIABLE_PULLER = "pull+r"
+    RELIABLE_PUBLISHER = "pub+r"
+    RELIABLE_SUBSCRIBER = "sub+r"
 
     @property
     def binds(self) -> bool:
@@ -75,12 +77,15 @@ class Role(enum.Enum):
         return _COUNTERPART[self]
 
 
-_BINDERS: Final = frozenset({Role.PUBLISHER, Role.PULLER, Role.REPLIER, Role.RELIABLE_PULLER})
+_BINDERS: Final = frozenset({Role.PUBLISHER, Role.PULLER, Role.REPLIER, Role.RELIABLE_PULLER,
+                             Role.RELIABLE_PUBLISHER})
 _COUNTERPART: Final = {
     Role.PUBLISHER: Role.SUBSCRIBER, Role.SUBSCRIBER: Role.PUBLISHER,
     Role.PUSHER: Role.PULLER, Role.PULLER: Role.PUSHER,
     Role.REPLIER: Role.REQUESTER, Role.REQUESTER: Role.REPLIER,
     Role.RELIABLE_PUSHER: Role.RELIABLE_PULLER, Role.RELIABLE_PULLER: Role.RELIABLE_PUSHER,
+    Role.RELIABLE_PUBLISHER: Role.RELIABLE_SUBSCRIBER,
+    Role.RELIABLE_SUBSCRIBER: Role.RELIABLE_PUBLISHER,
 }
 _ROLES: Final = {r.value: r for r in Role}
 _MAX_ROLE: Final = 16  # bytes of an unknown role name a State may carry

@@ -152,9 +152,11 @@ class StreamEncoder:
     message costs one small ``struct.pack`` and one ``join``: this is the send hot path.
     """
 
-    __slots__ = ("_prefixes",)
+    __slots__ = ("_prefixes", "epoch", "stream")
 
     def __init__(self, *, sender: bytes, epoch: int, stream: int) -> None:
+        self.epoch = epoch
+        self.stream = stream
         self._prefixes: dict[int, bytes] = {
             (kind << 8) | flags: _PREFIX.pack(VERSION, kind, flags, sender, epoch, stream)
             for kind in Kind

@@ -5,6 +5,8 @@ pattern            ZeroMQ underneath             who gets a message
 =================  ============================  ====================================
 publish/subscribe  PUB/SUB, topic-prefix filter  every subscriber whose prefix matches
 push/pull          PUSH/PULL                     exactly one puller
+reliable pub/sub   ROUTER <- ROUTER, acks        every known subscriber, at least once on
+                                                 the wire, once and in order to the app
 reliable push/pull ROUTER -> ROUTER, acks        one puller, at least once (redelivered
                                                  if it dies before it is done)
 request/reply      DEALER -> ROUTER, ids         one replier; the reply comes back
@@ -26,6 +28,12 @@ from shoal.patterns._pushpull import (
     PusherStatistics,
     open_puller,
     open_pusher,
+)
+from shoal.patterns._reliable_pubsub import (
+    ReliablePublisher,
+    ReliablePublisherStatistics,
+    ReliableSubscriber,
+    ReliableSubscriberStatistics,
 )
 from shoal.patterns._reliable_pushpull import (
     Delivery,
@@ -57,10 +65,14 @@ __all__ = [
     "PullerStatistics",
     "Pusher",
     "PusherStatistics",
+    "ReliablePublisher",
+    "ReliablePublisherStatistics",
     "ReliablePuller",
     "ReliablePullerStatistics",
     "ReliablePusher",
     "ReliablePusherStatistics",
+    "ReliableSubscriber",
+    "ReliableSubscriberStatistics",
     "Replier",
     "ReplierStatistics",
     "Request",

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from time import time_ns
-from typing import Any
+from typing import Any, Literal, overload
 
 import trio
 import zmq
@@ -40,6 +40,12 @@ from shoal.patterns._common import (
     SocketResource,
     open_socket,
     stream_encoder,
+)
+from shoal.patterns._reliable_pubsub import (
+    ReliablePublisher,
+    ReliableSubscriber,
+    open_reliable_publisher,
+    open_reliable_subscriber,
 )
 
 _PUBLISH = (Kind.PUBLISH,)
@@ -238,22 +244,59 @@ class Subscriber(BufferedReceiver[Message]):
         )
 
 
-@asynccontextmanager
-async def open_publisher(
-    *,
-    bind: Endpoints = None,
-    connect: Endpoints = None,
-    identity: Identity | None = None,
-    high_water_mark: int = 1000,
-    context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    linger_ms: int = DEFAULT_LINGER_MS,
-) -> AsyncIterator[Publisher]:
+@overload
+def open_publisher(
+    *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
+    high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[False] = False,
+) -> AbstractAsyncContextManager[Publisher]: ...
+
+
+@overload
+def open_publisher(
+    *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
+    high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[True], window: int = 8192,
+    rto: float = 0.5, grace: float = 10.0, max_subscribers: int = 1024,
+) -> AbstractAsyncContextManager[ReliablePublisher]: ...
+
+
+def open_publisher(
+    *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
+    high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    linger_ms: int = DEFAULT_LINGER_MS, reliable: bool = False, window: int = 8192,
+    rto: float = 0.5, grace: float = 10.0, max_subscribers: int = 1024,
+) -> AbstractAsyncContextManager[Publisher] | AbstractAsyncContextManager[ReliablePublisher]:
     """Open a publisher bound to and/or connected to the given endpoints.
 
     ``bind="tcp://127.0.0.1:*"`` picks a free port; ``pub.endpoints`` tells which.
     Raises ``LocalProtocolError``/``InvalidEndpoint`` for bad arguments,
     ``TransportError`` when the address cannot be used.
+
+    ``reliable=True``: at least once (exactly once and in order to the application) to
+    every subscriber opened with ``reliable=True`` (they connect to it: ``bind=``
+    only). It keeps each subscriber's unacknowledged publications (up to ``window``;
+    ``publish`` waits beyond), sends them again after ``rto`` seconds without
+    progress, and drops a subscriber silent for ``grace`` seconds (counted, logged).
     """
+    if reliable:
+        if connect is not None:
+            raise LocalProtocolError("a reliable publisher binds and reliable subscribers "
+                                     "connect to it: pass bind=[...], not connect=")
+        return open_reliable_publisher(
+            bind=bind, identity=identity, high_water_mark=high_water_mark, window=window,
+            rto=rto, grace=grace, max_subscribers=max_subscribers, context=context,
+            linger_ms=linger_ms)
+    return _open_publisher(bind=bind, connect=connect, identity=identity,
+                           high_water_mark=high_water_mark, context=context,
+                           linger_ms=linger_ms)
+
+
+@asynccontextmanager
+async def _open_publisher(
+    *, bind: Endpoints, connect: Endpoints, identity: Identity | None, high_water_mark: int,
+    context: zmq.Context[zmq.Socket[bytes]] | None, linger_ms: int,
+) -> AsyncIterator[Publisher]:
     sock = open_socket("open_publisher", zmq.XPUB, bind=bind, connect=connect,
                        high_water_mark=high_water_mark, context=context,
                        linger_ms=linger_ms, options=publisher_options(high_water_mark))
@@ -262,22 +305,58 @@ async def open_publisher(
         yield pub
 
 
-@asynccontextmanager
-async def open_subscriber(
-    *,
-    bind: Endpoints = None,
-    connect: Endpoints = None,
-    topics: Sequence[str] = ("",),
-    high_water_mark: int = 1000,
-    batch: int = DEFAULT_BATCH,
-    max_streams: int = 4096,
-    context: zmq.Context[zmq.Socket[bytes]] | None = None,
-) -> AsyncIterator[Subscriber]:
+@overload
+def open_subscriber(
+    *, bind: Endpoints = None, connect: Endpoints = None, topics: Sequence[str] = ("",),
+    high_water_mark: int = 1000, batch: int = DEFAULT_BATCH, max_streams: int = 4096,
+    context: zmq.Context[zmq.Socket[bytes]] | None = None, reliable: Literal[False] = False,
+) -> AbstractAsyncContextManager[Subscriber]: ...
+
+
+@overload
+def open_subscriber(
+    *, bind: Endpoints = None, connect: Endpoints = None, topics: Sequence[str] = ("",),
+    high_water_mark: int = 1000, batch: int = DEFAULT_BATCH, max_streams: int = 4096,
+    context: zmq.Context[zmq.Socket[bytes]] | None = None, reliable: Literal[True],
+    identity: Identity | None = None, heartbeat: float = 0.5,
+) -> AbstractAsyncContextManager[ReliableSubscriber]: ...
+
+
+def open_subscriber(
+    *, bind: Endpoints = None, connect: Endpoints = None, topics: Sequence[str] = ("",),
+    high_water_mark: int = 1000, batch: int = DEFAULT_BATCH, max_streams: int = 4096,
+    context: zmq.Context[zmq.Socket[bytes]] | None = None, reliable: bool = False,
+    identity: Identity | None = None, heartbeat: float = 0.5,
+) -> AbstractAsyncContextManager[Subscriber] | AbstractAsyncContextManager[ReliableSubscriber]:
     """Open a subscriber receiving every topic that starts with one of ``topics``.
 
     The default, ``("",)``, receives everything; ``topics=()`` receives nothing until
     ``subscribe()`` is called. ``max_streams`` bounds the gap-tracking memory.
+
+    ``reliable=True``: from reliable publishers (it connects to them: ``connect=``
+    only), once and in order per publisher, everything published after a publisher
+    heard of it. It tells each publisher where it stands every ``heartbeat`` seconds
+    and as it receives.
     """
+    if reliable:
+        if bind is not None:
+            raise LocalProtocolError("a reliable subscriber connects to its publishers: "
+                                     "pass connect=[...] (the publishers bind), not bind=")
+        check_subscriber_args(topics, max_streams)
+        return open_reliable_subscriber(
+            connect=connect, topics=topics, identity=identity,
+            high_water_mark=high_water_mark, batch=batch, max_streams=max_streams,
+            heartbeat=heartbeat, context=context)
+    return _open_subscriber(bind=bind, connect=connect, topics=topics,
+                            high_water_mark=high_water_mark, batch=batch,
+                            max_streams=max_streams, context=context)
+
+
+@asynccontextmanager
+async def _open_subscriber(
+    *, bind: Endpoints, connect: Endpoints, topics: Sequence[str], high_water_mark: int,
+    batch: int, max_streams: int, context: zmq.Context[zmq.Socket[bytes]] | None,
+) -> AsyncIterator[Subscriber]:
     check_subscriber_args(topics, max_streams)
     sock = open_socket("open_subscriber", zmq.SUB, bind=bind, connect=connect,
                        high_water_mark=high_water_mark, batch=batch, context=context,

@@ -29,7 +29,6 @@ Given up (no puller received it after ``max_attempts`` transmissions, or older t
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -57,6 +56,7 @@ from shoal.patterns._common import (
     require_endpoints,
     stream_encoder,
 )
+from shoal.patterns._links import LinkMonitor
 
 __all__ = ["Delivery", "ManualAckPuller", "ReliablePuller", "ReliablePullerStatistics",
            "ReliablePusher", "ReliablePusherStatistics", "open_reliable_puller",
@@ -139,7 +139,7 @@ class ReliablePusher(SocketResource):
         # One routing id for the pusher's life: a puller answering after a reconnect
         # still reaches it.
         sock.setsockopt(zmq.ROUTING_ID, b"P" + os.urandom(15))
-        self._monitor: Socket | None = None
+        self._links = LinkMonitor(sock, self._link_up, self._link_lost)
         self._arm = trio.Event()  # set when the window stops being empty
         self._failed: list[GaveUp] = []
         self._redelivered = 0
@@ -261,39 +261,6 @@ class ReliablePusher(SocketResource):
         self._transmit()
         self._arm.set()
 
-    def _start_monitor(self) -> None:
-        """Follow the socket's connections: a route is used only while its connection
-        is up (a connecting ROUTER would otherwise queue into a dead peer's pipe)."""
-        raw = self._sock.zmq_socket.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-        self._monitor = Socket(raw, linger_ms=0)
-
-    async def _watch_links(self) -> None:
-        mon = self._monitor
-        if mon is None:
-            return
-        try:
-            while not mon.closed:
-                for frames in mon.receive_batch_nowait(64):
-                    if len(frames) == 2 and len(frames[0]) >= 2:
-                        event = int.from_bytes(frames[0][:2], "little")
-                        endpoint = frames[1].decode(errors="replace")
-                        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                            self._link_up(endpoint)
-                        elif event == zmq.EVENT_DISCONNECTED:
-                            self._link_lost(endpoint)
-                await mon.wait_receivable()
-        except ClosedError:
-            pass
-
-    def _close_monitor(self) -> None:
-        mon, self._monitor = self._monitor, None
-        if mon is not None and not mon.closed:
-            if not self._sock.closed:
-                with contextlib.suppress(zmq.ZMQError):
-                    self._sock.zmq_socket.disable_monitor()
-            mon.close()
-
     # -- the wire ----------------------------------------------------------------------------
 
     def _transmit(self, now: float | None = None) -> bool:
@@ -380,7 +347,7 @@ class ReliablePusher(SocketResource):
         if self._core.in_flight:
             log.warning("reliable pusher closed with %d item(s) not acknowledged",
                         self._core.in_flight)
-        self._close_monitor()
+        self._links.close()
         self._sock.close()
         self._arm.set()
         await trio.lowlevel.checkpoint()
@@ -639,12 +606,12 @@ async def open_reliable_pusher(
                              options=reliable_options(high_water_mark))
     push = ReliablePusher(socket, identity, window=window, rto=rto,
                           max_attempts=max_attempts, give_up_after=give_up_after)
-    push._start_monitor()  # before any connect: no handshake goes unseen
+    push._links.start()  # before any connect: no handshake goes unseen
     async with push, trio.open_nursery() as nursery:
         for i, ep in enumerate(eps):
             push.add_route(b"p" + i.to_bytes(4, "big"), ep)
         nursery.start_soon(push._run)
-        nursery.start_soon(push._watch_links)
+        nursery.start_soon(push._links.run)
         try:
             yield push
         finally:

@@ -1,0 +1,272 @@
+"""Reliable publish/subscribe, sans-I/O: the publisher's books and the subscriber's chain.
+
+``FanoutSender`` is the publisher's side. Every publication gets the next number of
+the publisher's stream. The publisher keeps a *book* per known subscriber (known from
+its acknowledgements, which also carry its topic prefixes): the publications that
+match its prefixes and that it has not yet acknowledged. Each publication sent to a
+subscriber carries, besides its own number, the number of the previous publication
+sent to that subscriber (``prev``; ``START`` for the first one of a book), so a
+subscriber can tell a gap from a publication it was never meant to get.
+
+* ``publish(topic, payload, now)`` returns the number and the ``(book, prev)`` pairs
+  to send it to. It refuses (``WindowFull``) while some book holds ``window``
+  unacknowledged publications: a subscriber that is behind slows the publisher down
+  (backpressure) until it catches up or is dropped.
+* ``on_ack(key, route, topics, acked, now)``: the subscriber ``key`` (reachable at
+  ``route``) has everything up to ``acked`` in order (-1: nothing of this stream).
+  An unknown key opens a book, starting with the next publication.
+* ``due(now)`` lists what to send again: a book whose acknowledgements stopped
+  advancing for ``rto`` seconds (doubling, up to ``max_rto``) gets every publication it
+  holds again, in order (go-back-N: a subscriber loses publications only in a burst,
+  when a connection drops or a high-water mark overflows). A book not heard from for
+  ``grace`` seconds is dropped, with what it held (``Dropped``).
+* ``on_bye(key)``: the subscriber left cleanly; its book goes without a count.
+
+``ChainReceiver`` is the subscriber's side, per publisher stream: the number of the
+last publication delivered. A publication is delivered if its ``prev`` is that number
+(or ``START`` of a first book); one already delivered is a duplicate; one whose
+``prev`` is further on means something in between is missing: it is dropped (the
+publisher sends everything again from the acknowledged point). A ``START`` beyond the
+last delivered number means the publisher dropped this subscriber's book and opened a
+new one: what was published in between is lost to it, and counted as a *resync*.
+
+Sans-I/O: no clock, no sockets; routes and keys are opaque hashable values.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from shoal._core._errors import LocalProtocolError
+from shoal._core._reliable import WindowFull
+
+__all__ = ["START", "Book", "ChainReceiver", "Dropped", "FanoutSender"]
+
+START = 2**64 - 1
+"""``prev`` of the first publication of a book."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A subscriber the publisher stopped keeping publications for."""
+
+    key: Hashable
+    undelivered: int
+    """Publications it held, never acknowledged."""
+    silent_for: float
+
+
+class Book:
+    """What the publisher keeps for one subscriber."""
+
+    __slots__ = ("acked", "attempts", "due", "key", "last_heard", "last_sent", "prefixes",
+                 "route", "unacked")
+
+    def __init__(self, key: Hashable, route: Hashable, prefixes: tuple[str, ...],
+                 now: float) -> None:
+        self.key = key
+        self.route = route
+        self.prefixes = prefixes
+        self.unacked: deque[tuple[int, int]] = deque()  # (seq, prev), in order
+        self.last_sent = START
+        self.acked = -1
+        self.last_heard = now
+        self.due = float("inf")  # when to send ``unacked`` again
+        self.attempts = 0  # retransmission rounds since the last progress
+
+
+class FanoutSender:
+    """The publisher's side of reliable pub/sub. See the module docstring."""
+
+    def __init__(self, *, window: int = 8192, rto: float = 0.5, max_rto: float = 5.0,
+                 grace: float = 10.0, max_subscribers: int = 1024) -> None:
+        if window < 1 or rto <= 0 or max_rto < rto or grace <= 0 or max_subscribers < 1:
+            raise LocalProtocolError(
+                "need window >= 1, 0 < rto <= max_rto, grace > 0, max_subscribers >= 1")
+        self.window = window
+        self.rto = rto
+        self.max_rto = max_rto
+        self.grace = grace
+        self.max_subscribers = max_subscribers
+        self.next_seq = 0
+        self.books: dict[Hashable, Book] = {}
+        self._log: dict[int, list[Any]] = {}  # seq -> [payload, books holding it]
+        self.sent = 0
+        self.acked = 0
+        self.retransmitted = 0
+        self.dropped = 0
+        self.undelivered = 0
+        self.refused = 0
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def has_room(self) -> bool:
+        return all(len(b.unacked) < self.window for b in self.books.values())
+
+    def publish(self, topic: str, payload: Any, now: float) -> tuple[int, list[tuple[Book, int]]]:
+        """Number a publication and enter it in the books whose prefixes match it.
+        Returns its number and ``(book, prev)`` for each subscriber to send it to."""
+        if not self.has_room():
+            raise WindowFull(f"a subscriber has {self.window} publications unacknowledged; "
+                             "wait for it to catch up (or to be dropped)")
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        out: list[tuple[Book, int]] = []
+        for book in self.books.values():
+            if topic.startswith(book.prefixes):
+                prev = book.last_sent
+                book.unacked.append((seq, prev))
+                book.last_sent = seq
+                if book.due == float("inf"):
+                    book.due = now + self.rto
+                out.append((book, prev))
+        if out:
+            self._log[seq] = [payload, len(out)]
+            self.sent += 1
+        return seq, out
+
+    def payload(self, seq: int) -> Any:
+        return self._log[seq][0]
+
+    @property
+    def in_flight(self) -> int:
+        """Publications some subscriber has not acknowledged yet."""
+        return len(self._log)
+
+    def held(self) -> int:
+        """Book entries over all subscribers (the memory bound's measure)."""
+        return sum(len(b.unacked) for b in self.books.values())
+
+    # -- acknowledgements --------------------------------------------------------------------
+
+    def on_ack(self, key: Hashable, route: Hashable, prefixes: Sequence[str], acked: int,
+               now: float) -> Book | None:
+        """An acknowledgement (or heartbeat) from subscriber ``key``. Returns its book
+        (None if refused: the table of subscribers is full)."""
+        book = self.books.get(key)
+        if book is None:
+            if len(self.books) >= self.max_subscribers:
+                self.refused += 1
+                return None
+            book = self.books[key] = Book(key, route, tuple(prefixes), now)
+        book.route = route
+        book.prefixes = tuple(prefixes)
+        book.last_heard = now
+        if acked > book.acked:
+            book.acked = acked
+            unacked = book.unacked
+            progressed = False
+            while unacked and unacked[0][0] <= acked:
+                seq, _ = unacked.popleft()
+                self._release(seq)
+                self.acked += 1
+                progressed = True
+            if progressed:
+                book.attempts = 0
+                book.due = now + self.rto if unacked else float("inf")
+        return book
+
+    def on_bye(self, key: Hashable) -> bool:
+        """The subscriber left cleanly: forget its book. True if there was one."""
+        book = self.books.pop(key, None)
+        if book is None:
+            return False
+        for seq, _ in book.unacked:
+            self._release(seq)
+        return True
+
+    def _release(self, seq: int) -> None:
+        entry = self._log.get(seq)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self._log[seq]
+
+    # -- time --------------------------------------------------------------------------------
+
+    def due(self, now: float) -> tuple[list[tuple[Book, list[tuple[int, int]]]], list[Dropped]]:
+        """What to send again now (per book, in order), and the books dropped for
+        silence."""
+        resend: list[tuple[Book, list[tuple[int, int]]]] = []
+        dropped: list[Dropped] = []
+        for key, book in list(self.books.items()):
+            if now - book.last_heard >= self.grace:
+                self.on_bye(key)
+                self.dropped += 1
+                self.undelivered += len(book.unacked)
+                dropped.append(Dropped(key, len(book.unacked), now - book.last_heard))
+                continue
+            if book.unacked and book.due <= now:
+                book.attempts += 1
+                book.due = now + min(self.rto * 2 ** book.attempts, self.max_rto)
+                self.retransmitted += len(book.unacked)
+                resend.append((book, list(book.unacked)))
+        return resend, dropped
+
+    def get_timer(self) -> float | None:
+        """When ``due`` next has something to do (None: no subscriber)."""
+        best: float | None = None
+        for book in self.books.values():
+            t = min(book.due, book.last_heard + self.grace)
+            best = t if best is None else min(best, t)
+        return best
+
+
+class _Chain:
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = -1
+
+
+Verdict = Literal["deliver", "duplicate", "missing", "resync"]
+
+
+class ChainReceiver:
+    """The subscriber's side of reliable pub/sub. See the module docstring."""
+
+    def __init__(self, *, max_streams: int = 4096) -> None:
+        if max_streams < 1:
+            raise LocalProtocolError("max_streams must be >= 1")
+        self._max = max_streams
+        self._chains: OrderedDict[Hashable, _Chain] = OrderedDict()
+        self.duplicates = 0
+        self.missing = 0
+        self.resyncs = 0
+        self.forgotten_streams = 0
+
+    def accept(self, stream: Hashable, seq: int, prev: int) -> Verdict:
+        """Publication ``seq`` of ``stream`` came, sent after ``prev``. ``deliver`` and
+        ``resync``: hand it to the application; ``duplicate`` and ``missing``: drop it."""
+        chains = self._chains
+        c = chains.get(stream)
+        if c is None:
+            c = chains[stream] = _Chain()
+            if len(chains) > self._max:
+                chains.popitem(last=False)
+                self.forgotten_streams += 1
+        else:
+            chains.move_to_end(stream)
+        if seq <= c.last:
+            self.duplicates += 1
+            return "duplicate"
+        if prev == c.last or (prev == START and c.last == -1):
+            c.last = seq
+            return "deliver"
+        if prev == START:  # a new book: the publisher forgot us for a while
+            c.last = seq
+            self.resyncs += 1
+            return "resync"
+        self.missing += 1
+        return "missing"
+
+    def acked(self, stream: Hashable) -> int:
+        """The last publication of ``stream`` delivered in order (-1: none)."""
+        c = self._chains.get(stream)
+        return -1 if c is None else c.last
+
+    def __len__(self) -> int:
+        return len(self._chains)

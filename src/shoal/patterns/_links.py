@@ -1,0 +1,59 @@
+"""Which connections of a connecting socket are up, from libzmq's socket monitor."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import zmq
+
+from shoal._zmq import Socket
+from shoal.errors import ClosedError
+
+__all__ = ["LinkMonitor"]
+
+
+class LinkMonitor:
+    """Calls ``on_up(endpoint)`` when a connection's handshake completes and
+    ``on_down(endpoint)`` when it drops (a peer killed, or a link silent past the ZMTP
+    heartbeat timeout). ``start()`` before the first connect, so no handshake goes
+    unseen; ``run()`` in a task; ``close()`` before closing the socket."""
+
+    def __init__(self, sock: Socket, on_up: Callable[[str], None],
+                 on_down: Callable[[str], None]) -> None:
+        self._sock = sock
+        self._on_up = on_up
+        self._on_down = on_down
+        self._mon: Socket | None = None
+
+    def start(self) -> None:
+        raw = self._sock.zmq_socket.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self._mon = Socket(raw, linger_ms=0)
+
+    async def run(self) -> None:
+        mon = self._mon
+        if mon is None:
+            return
+        try:
+            while not mon.closed:
+                for frames in mon.receive_batch_nowait(64):
+                    if len(frames) != 2 or len(frames[0]) < 2:
+                        continue
+                    event = int.from_bytes(frames[0][:2], "little")
+                    endpoint = frames[1].decode(errors="replace")
+                    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                        self._on_up(endpoint)
+                    elif event == zmq.EVENT_DISCONNECTED:
+                        self._on_down(endpoint)
+                await mon.wait_receivable()
+        except ClosedError:
+            pass
+
+    def close(self) -> None:
+        mon, self._mon = self._mon, None
+        if mon is not None and not mon.closed:
+            if not self._sock.closed:
+                with contextlib.suppress(zmq.ZMQError):
+                    self._sock.zmq_socket.disable_monitor()
+            mon.close()

@@ -1,0 +1,510 @@
+"""Reliable publish/subscribe: every publication reaches every known subscriber whose
+prefixes match, in order, once; a subscriber gone longer than a grace period is
+dropped from the publisher's books, and that is counted and logged.
+
+Sockets: the publisher is a ROUTER that binds; each subscriber is a ROUTER that
+connects to its publishers under a route per publisher. A subscriber introduces
+itself with an acknowledgement (ACK envelope, body ``[prefixes, epoch, stream,
+acked, bye]``: its topic prefixes, the publisher stream it last heard on this
+connection, the last publication of it delivered in order, and whether it is
+leaving), repeats it every ``heartbeat`` seconds and after every batch it receives.
+The publisher filters by prefix itself and sends each publication to each matching
+subscriber's route as a PUBLISH envelope whose ``seq`` numbers the publisher's stream
+and whose ``correlation`` is the previous publication sent to that subscriber. The
+state machines are ``shoal._core.FanoutSender`` and ``ChainReceiver``.
+
+A subscriber gets what is published after its first acknowledgement reached the
+publisher (``wait_for_subscribers(n)`` waits for that). A publisher blocks
+(``publish`` waits, ``publish_nowait`` raises ``trio.WouldBlock``) while a subscriber
+has ``window`` publications unacknowledged, until it catches up or is dropped after
+``grace`` seconds of silence.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import struct
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from time import time_ns
+from typing import Any
+
+import trio
+import zmq
+
+from shoal._core import ChainReceiver, FanoutSender, Identity, Kind, Message, decode, encode_topic
+from shoal._zmq import DEFAULT_LINGER_MS, PeerUnreachable, Socket
+from shoal.errors import ClosedError, LocalProtocolError
+from shoal.patterns._common import (
+    DEFAULT_BATCH,
+    BufferedReceiver,
+    Endpoints,
+    SocketResource,
+    check_limits,
+    endpoint_list,
+    open_socket,
+    require_endpoints,
+    stream_encoder,
+)
+from shoal.patterns._links import LinkMonitor
+from shoal.patterns._reliable_pushpull import reliable_options
+
+__all__ = ["ReliablePublisher", "ReliablePublisherStatistics", "ReliableSubscriber",
+           "ReliableSubscriberStatistics", "open_reliable_publisher",
+           "open_reliable_subscriber"]
+
+log = logging.getLogger("shoal")
+
+_PUBLISH = (Kind.PUBLISH,)
+_ACK_TOPIC = b"\0"
+_U64 = struct.Struct("<Q")
+_ACK_BATCH = 64
+_ACK_DELAY = 0.002
+_MAX_PREFIXES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ReliablePublisherStatistics:
+    """Counters of a reliable publisher at one moment."""
+
+    published: int
+    """Publications that matched at least one subscriber."""
+    acked: int
+    """(subscriber, publication) pairs acknowledged."""
+    in_flight: int
+    """Publications some subscriber has not acknowledged yet."""
+    retransmitted: int
+    """(subscriber, publication) pairs sent again."""
+    subscribers: int
+    dropped_subscribers: int
+    """Subscribers dropped after ``grace`` seconds of silence."""
+    undelivered: int
+    """Publications the dropped subscribers never acknowledged (given up)."""
+    refused_subscribers: int
+    malformed: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReliableSubscriberStatistics:
+    """Counters of a reliable subscriber at one moment."""
+
+    received: int
+    """Publications delivered to the application (each once, in order per publisher)."""
+    duplicates: int
+    missing: int
+    """Publications dropped because one before them was missing (sent again later)."""
+    resyncs: int
+    """Times a publisher had dropped this subscriber and started over: what was
+    published meanwhile never reached it."""
+    acks_sent: int
+    malformed: int
+    malformed_by_reason: Mapping[str, int]
+
+
+class ReliablePublisher(SocketResource):
+    """Publishes at least once to every known subscriber. ``open_publisher(reliable=True)``."""
+
+    def __init__(self, sock: Socket, identity: Identity | None, *, window: int, rto: float,
+                 grace: float, max_subscribers: int) -> None:
+        self._sock = sock
+        self._enc = stream_encoder(identity)
+        self._core = FanoutSender(window=window, rto=rto, max_rto=max(rto, 5.0), grace=grace,
+                                  max_subscribers=max_subscribers)
+        self._topics: dict[str, bytes] = {}
+        self._malformed = 0
+        self._arm = trio.Event()
+
+    @property
+    def subscribers(self) -> int:
+        """How many subscribers this publisher keeps books for."""
+        if not self._sock.closed:
+            self._read_acks()
+        return len(self._core.books)
+
+    async def wait_for_subscribers(self, n: int = 1) -> None:
+        """Wait until at least ``n`` subscribers have introduced themselves; they get
+        everything published from then on. The caller owns the timeout."""
+        await self._wait_for(lambda: len(self._core.books) >= n)
+
+    async def wait_acked(self) -> None:
+        """Wait until every subscriber has acknowledged everything published so far
+        (a subscriber dropped meanwhile no longer counts). The caller owns the timeout."""
+        await self._wait_for(lambda: not self._core.in_flight)
+
+    async def _wait_for(self, condition: Callable[[], bool]) -> None:
+        sock = self._sock
+        while True:
+            sock.check_open("wait")
+            self._read_acks()
+            if condition():
+                await trio.lowlevel.checkpoint()
+                return
+            self._tick()
+            timer = self._core.get_timer()
+            with trio.move_on_at(math.inf if timer is None else timer):
+                await sock.wait_receivable()
+
+    def publish_nowait(
+        self, topic: str, body: Any, *, headers: Mapping[str, Any] | None = None
+    ) -> None:
+        """Publish, or raise ``trio.WouldBlock`` while a subscriber's window is full.
+        Raises ``EncodeError`` for what cannot be sent (nothing is sent)."""
+        self._sock.check_open("publish")
+        core = self._core
+        if not core.has_room():
+            self._read_acks()
+            if not core.has_room():
+                raise trio.WouldBlock
+        raw_topic = self._topics.get(topic)
+        if raw_topic is None:
+            raw_topic = encode_topic(topic) + b"\0"
+            if len(self._topics) < 4096:
+                self._topics[topic] = raw_topic
+        frame = self._enc.encode(Kind.PUBLISH, raw_topic, body, core.next_seq, time_ns(), 0,
+                                 headers)
+        seq, targets = core.publish(topic, (frame, len(raw_topic) + 44),
+                                    trio.current_time())
+        for book, prev in targets:
+            self._send(book.route, frame, len(raw_topic) + 44, prev)
+        if not seq & 31:
+            self._read_acks()
+        if targets:
+            self._arm.set()
+
+    async def publish(
+        self, topic: str, body: Any, *, headers: Mapping[str, Any] | None = None
+    ) -> None:
+        """Publish ``body`` on ``topic`` to every subscriber whose prefix matches;
+        waits while one of them has ``window`` publications unacknowledged."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._core.has_room():
+            await self._wait_for(self._core.has_room)
+        self.publish_nowait(topic, body, headers=headers)
+        await self._sock.pace()
+
+    def _send(self, route: Any, frame: bytes, at: int, prev: int) -> None:
+        data = frame[:at] + _U64.pack(prev) + frame[at + 8:]
+        try:
+            self._sock.send_nowait([route, data])
+        except (PeerUnreachable, trio.WouldBlock):
+            pass  # sent again when its timer runs out
+
+    def _read_acks(self) -> None:
+        while raws := self._sock.receive_batch_nowait(256):
+            for frames in raws:
+                self._on_ack(frames)
+
+    def _on_ack(self, frames: list[bytes]) -> None:
+        try:
+            if len(frames) != 2:
+                raise ValueError
+            msg = decode(frames[1])
+            prefixes, epoch, stream, acked, bye = msg.body
+            if (msg.kind is not Kind.ACK or not isinstance(prefixes, list)
+                    or len(prefixes) > _MAX_PREFIXES
+                    or not all(isinstance(p, str) for p in prefixes)
+                    or type(acked) is not int or type(epoch) is not int
+                    or type(stream) is not int):
+                raise ValueError
+        except Exception:  # hostile input of any shape: counted, dropped
+            self._malformed += 1
+            return
+        key = (msg.sender, msg.epoch, msg.stream)
+        core = self._core
+        if bye:
+            if core.on_bye(key):
+                log.debug("reliable publisher: subscriber %s left", msg.sender)
+            return
+        if (epoch, stream) != (self._enc.epoch, self._enc.stream):
+            acked = -1  # it speaks of another publisher, or of our previous life
+        if core.on_ack(key, frames[0], prefixes, acked, trio.current_time()) is None:
+            log.debug("reliable publisher: refused a subscriber (%d already)",
+                      core.max_subscribers)
+
+    def _tick(self) -> None:
+        """Send again what is due; drop subscribers silent past the grace period."""
+        resend, dropped = self._core.due(trio.current_time())
+        for book, entries in resend:
+            for seq, prev in entries:
+                frame, at = self._core.payload(seq)
+                self._send(book.route, frame, at, prev)
+        for d in dropped:
+            log.warning("reliable publisher: dropped subscriber %s after %.1f s of silence; "
+                        "%d publication(s) never reached it", d.key, d.silent_for,
+                        d.undelivered)
+
+    async def _run(self) -> None:
+        """Read acknowledgements, resend and drop on time, until closed."""
+        sock = self._sock
+        while not sock.closed:
+            self._read_acks()
+            self._tick()
+            timer = self._core.get_timer()
+            now = trio.current_time()
+            if timer is None:
+                self._arm = trio.Event()
+                with trio.move_on_after(0.25):  # heartbeats from new subscribers
+                    await self._arm.wait()
+            else:
+                await trio.sleep_until(min(timer, now + 0.1))
+
+    def statistics(self) -> ReliablePublisherStatistics:
+        """An immutable snapshot of this resource's counters."""
+        c = self._core
+        return ReliablePublisherStatistics(
+            published=c.sent, acked=c.acked, in_flight=c.in_flight,
+            retransmitted=c.retransmitted, subscribers=len(c.books),
+            dropped_subscribers=c.dropped, undelivered=c.undelivered,
+            refused_subscribers=c.refused, malformed=self._malformed)
+
+    async def aclose(self) -> None:
+        """Close; what subscribers have not acknowledged is not sent again."""
+        if self._core.in_flight and not self._sock.closed:
+            log.warning("reliable publisher closed with %d publication(s) not acknowledged "
+                        "by every subscriber", self._core.in_flight)
+        self._sock.close()
+        self._arm.set()
+        await trio.lowlevel.checkpoint()
+
+
+class ReliableSubscriber(BufferedReceiver[Message]):
+    """Receives, once and in order per publisher, what reliable publishers publish on
+    its prefixes. A ``trio.abc.ReceiveChannel[Message]``."""
+
+    def __init__(self, sock: Socket, identity: Identity | None, *, batch: int,
+                 max_streams: int, heartbeat: float) -> None:
+        super().__init__(sock, batch=batch)
+        self._enc = stream_encoder(identity)
+        self._chain = ChainReceiver(max_streams=max_streams)
+        self._prefixes: list[str] = []
+        self._heartbeat = heartbeat
+        self._routes: dict[str, bytes] = {}  # endpoint -> route
+        self._stream_of: dict[bytes, tuple[str, int, int]] = {}  # route -> publisher stream
+        self._dirty: set[bytes] = set()  # routes owed an acknowledgement
+        self._pending = 0
+        self._acks_sent = 0
+        self._ack_seq = 0
+        self._last_flush = 0.0
+        sock.setsockopt(zmq.ROUTING_ID, b"S" + os.urandom(15))
+        self._links = LinkMonitor(sock, self._link_up, lambda _ep: None)
+
+    # -- topics ------------------------------------------------------------------------------
+
+    def subscribe(self, prefix: str) -> None:
+        """Also receive topics starting with ``prefix`` (``""``: every topic), from the
+        publications that follow the publishers hearing of it."""
+        encode_topic(prefix)
+        if prefix not in self._prefixes:
+            if len(self._prefixes) >= _MAX_PREFIXES:
+                raise LocalProtocolError(f"at most {_MAX_PREFIXES} prefixes per subscriber")
+            self._prefixes.append(prefix)
+            self._ack_all()
+
+    def unsubscribe(self, prefix: str) -> None:
+        """Stop receiving topics for ``prefix`` (a prefix given before)."""
+        if prefix not in self._prefixes:
+            raise LocalProtocolError(f"not subscribed to {prefix!r}; see .topics")
+        self._prefixes.remove(prefix)
+        self._ack_all()
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """The prefixes subscribed to."""
+        return frozenset(self._prefixes)
+
+    # -- routes ----------------------------------------------------------------------------
+
+    def add_route(self, route: bytes, endpoint: str) -> None:
+        """Connect to a publisher at ``endpoint``, known as ``route``."""
+        self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, route)
+        self._routes[endpoint] = route
+        self._sock.connect(endpoint)
+
+    def drop_route(self, route: bytes, endpoint: str, why: str = "") -> None:
+        """Disconnect from a publisher. No goodbye: if it comes back (a link that
+        flapped), its book of this subscriber is still there and it resumes in order."""
+        if self._routes.get(endpoint) == route:
+            del self._routes[endpoint]
+        if not self._sock.closed:
+            self._sock.disconnect(endpoint)
+        self._stream_of.pop(route, None)
+        self._dirty.discard(route)
+
+    def _link_up(self, endpoint: str) -> None:
+        route = self._routes.get(endpoint)
+        if route is not None:
+            self._send_ack(route)  # introduce ourselves at once
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def _accept(self, frames: list[bytes]) -> None:
+        msg = self._malformed.check(frames, _PUBLISH, "reliable subscriber", nframes=2)
+        if msg is None:
+            return
+        route = frames[0]
+        stream = (msg.sender, msg.epoch, msg.stream)
+        self._stream_of[route] = stream
+        self._dirty.add(route)
+        self._pending += 1
+        verdict = self._chain.accept(stream, msg.seq, msg.correlation)
+        if verdict == "deliver" or verdict == "resync":
+            if verdict == "resync":
+                log.warning("reliable subscriber: publisher %s had dropped this subscriber; "
+                            "what it published meanwhile is lost", msg.sender)
+            self._received += 1
+            self._buffer.append(msg)
+
+    def _fill(self) -> int:
+        n = super()._fill()
+        if self._pending >= _ACK_BATCH:
+            self._flush()
+        return n
+
+    async def receive(self) -> Message:
+        """Wait for the next publication. Cancel-safe."""
+        if not self._buffer and not self._fill() and self._pending:
+            deadline = self._last_flush + _ACK_DELAY
+            if trio.current_time() < deadline:
+                with trio.move_on_at(deadline):
+                    await self._sock.wait_receivable()
+                self._fill()
+            if not self._buffer:
+                self._flush()
+        return await super().receive()
+
+    def receive_nowait(self) -> Message:
+        """The next publication if one is here, else ``trio.WouldBlock``."""
+        try:
+            return super().receive_nowait()
+        except trio.WouldBlock:
+            self._flush()
+            raise
+
+    # -- acknowledgements ---------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        self._last_flush = trio.current_time()
+        self._pending = 0
+        dirty, self._dirty = self._dirty, set()
+        for route in dirty:
+            self._send_ack(route)
+
+    def _ack_all(self) -> None:
+        if not self._sock.closed:
+            for route in list(self._routes.values()):
+                self._send_ack(route)
+
+    def _send_ack(self, route: bytes, *, bye: bool = False) -> None:
+        stream = self._stream_of.get(route)
+        if stream is None:
+            epoch, num, acked = -1, -1, -1
+        else:
+            epoch, num, acked = stream[1], stream[2], self._chain.acked(stream)
+        frame = self._enc.encode(Kind.ACK, _ACK_TOPIC, [self._prefixes, epoch, num, acked, bye],
+                                 self._ack_seq, time_ns())
+        self._ack_seq += 1
+        try:
+            self._sock.send_nowait([route, frame])
+            self._acks_sent += 1
+        except (PeerUnreachable, trio.WouldBlock, ClosedError):
+            pass  # not connected (yet): the next heartbeat or handshake says it
+
+    async def _run(self) -> None:
+        """Heartbeats: every publisher hears from this subscriber every ``heartbeat``
+        seconds, so it keeps its book (and learns where it stands)."""
+        while not self._sock.closed:
+            self._ack_all()
+            await trio.sleep(self._heartbeat)
+
+    def statistics(self) -> ReliableSubscriberStatistics:
+        """An immutable snapshot of this resource's counters."""
+        c = self._chain
+        return ReliableSubscriberStatistics(
+            received=self._received, duplicates=c.duplicates, missing=c.missing,
+            resyncs=c.resyncs, acks_sent=self._acks_sent, malformed=self._malformed.total,
+            malformed_by_reason=dict(self._malformed.by_reason))
+
+    async def aclose(self) -> None:
+        """Close, telling the publishers to forget this subscriber."""
+        if not self._sock.closed:
+            self._flush()
+            for route in list(self._routes.values()):
+                self._send_ack(route, bye=True)
+        self._links.close()
+        self._sock.close()
+        await trio.lowlevel.checkpoint()
+
+
+def check_reliable_pubsub_args(*, window: int = 1, rto: float = 1.0, grace: float = 1.0,
+                               heartbeat: float = 1.0) -> None:
+    for name, value in (("window", window), ("rto", rto), ("grace", grace),
+                        ("heartbeat", heartbeat)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise LocalProtocolError(f"{name} must be a number > 0, not {value!r}")
+    if heartbeat * 2 > grace:
+        raise LocalProtocolError("grace must be at least twice the subscribers' heartbeat")
+
+
+@asynccontextmanager
+async def open_reliable_publisher(
+    *, bind: Endpoints = None, identity: Identity | None = None, high_water_mark: int = 1000,
+    window: int = 8192, rto: float = 0.5, grace: float = 10.0, max_subscribers: int = 1024,
+    context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    linger_ms: int = DEFAULT_LINGER_MS, socket: Socket | None = None,
+) -> AsyncIterator[ReliablePublisher]:
+    """A reliable publisher bound to ``bind`` (reliable subscribers connect), or over a
+    node's bound ``socket``."""
+    check_reliable_pubsub_args(window=window, rto=rto, grace=grace)
+    if socket is None:
+        socket = open_socket("open_publisher(reliable=True)", zmq.ROUTER, bind=bind,
+                             connect=None, high_water_mark=high_water_mark, context=context,
+                             linger_ms=linger_ms, options=reliable_options(high_water_mark))
+    pub = ReliablePublisher(socket, identity, window=window, rto=rto, grace=grace,
+                            max_subscribers=max_subscribers)
+    async with pub, trio.open_nursery() as nursery:
+        nursery.start_soon(pub._run)
+        try:
+            yield pub
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_reliable_subscriber(
+    *, connect: Endpoints = None, topics: Sequence[str] = ("",),
+    identity: Identity | None = None, high_water_mark: int = 1000, batch: int = DEFAULT_BATCH,
+    max_streams: int = 4096, heartbeat: float = 0.5,
+    context: zmq.Context[zmq.Socket[bytes]] | None = None, socket: Socket | None = None,
+) -> AsyncIterator[ReliableSubscriber]:
+    """A reliable subscriber connected to the given publishers' endpoints, or (for a
+    node) over an unconnected ``socket`` whose routes the node adds and drops."""
+    check_reliable_pubsub_args(heartbeat=heartbeat)
+    if isinstance(topics, str):
+        raise LocalProtocolError("topics is a list of prefixes: pass [topic], not a str")
+    for t in topics:
+        encode_topic(t)
+    if max_streams < 1:
+        raise LocalProtocolError("max_streams must be >= 1")
+    eps = endpoint_list(connect, "connect")
+    if socket is None:
+        require_endpoints([], eps, "open_subscriber(reliable=True)")
+        check_limits(high_water_mark=high_water_mark, batch=batch)
+        socket = Socket.open(zmq.ROUTER, context=context, linger_ms=DEFAULT_LINGER_MS,
+                             options=reliable_options(high_water_mark))
+    sub = ReliableSubscriber(socket, identity, batch=batch, max_streams=max_streams,
+                             heartbeat=heartbeat)
+    for t in topics:
+        sub.subscribe(t)
+    sub._links.start()
+    async with sub, trio.open_nursery() as nursery:
+        for i, ep in enumerate(eps):
+            sub.add_route(b"u" + i.to_bytes(4, "big"), ep)
+        nursery.start_soon(sub._run)
+        nursery.start_soon(sub._links.run)
+        try:
+            yield sub
+        finally:
+            nursery.cancel_scope.cancel()
