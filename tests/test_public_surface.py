@@ -46,6 +46,7 @@ SHOAL_ALL = [
 ]
 
 PATTERNS_ALL = [
+    "DeadLetter",
     "Delivery",
     "ManualAckPuller",
     "Publisher",

@@ -74,8 +74,8 @@ class PeerLost(ShoalError, trio.BrokenResourceError):
 
 class DeliveryFailed(ShoalError):
     """Messages were given up: no receiver took them within the sender's attempts or
-    deadline. ``failed`` lists them (``seq``, ``attempts``, last ``destination``,
-    ``reason``, and the encoded ``payload``)."""
+    deadline. ``failed`` lists them (``shoal.patterns.DeadLetter``: ``id``, ``seq``,
+    ``body``, ``headers``, ``attempts``, ``last_peer``, ``reason``)."""
 
     def __init__(self, failed: list[Any]) -> None:
         self.failed = failed

@@ -36,6 +36,7 @@ from shoal.patterns._reliable_pubsub import (
     ReliableSubscriberStatistics,
 )
 from shoal.patterns._reliable_pushpull import (
+    DeadLetter,
     Delivery,
     ManualAckPuller,
     ReliablePuller,
@@ -57,6 +58,7 @@ from shoal.patterns._reqrep import (
 )
 
 __all__ = [
+    "DeadLetter",
     "Delivery",
     "ManualAckPuller",
     "Publisher",

@@ -42,7 +42,7 @@ from typing import Any, Literal, TypeVar, overload
 import trio
 import zmq
 
-from shoal._core import Deduplicator, GaveUp, Identity, Kind, Message, ReliableSender, decode
+from shoal._core import Deduplicator, Identity, Kind, Message, ReliableSender, decode
 from shoal._zmq import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal.errors import ClosedError, DeliveryFailed, LocalProtocolError
 from shoal.patterns._common import (
@@ -58,9 +58,9 @@ from shoal.patterns._common import (
 )
 from shoal.patterns._links import LinkMonitor
 
-__all__ = ["Delivery", "ManualAckPuller", "ReliablePuller", "ReliablePullerStatistics",
-           "ReliablePusher", "ReliablePusherStatistics", "open_reliable_puller",
-           "open_reliable_pusher", "reliable_options"]
+__all__ = ["DeadLetter", "Delivery", "ManualAckPuller", "ReliablePuller",
+           "ReliablePullerStatistics", "ReliablePusher", "ReliablePusherStatistics",
+           "open_reliable_puller", "open_reliable_pusher", "reliable_options"]
 
 log = logging.getLogger("shoal")
 T = TypeVar("T")
@@ -71,10 +71,30 @@ _ACK = (Kind.ACK,)
 _TOPIC = b"\0"
 _FLOOR_AT = len(_TOPIC) + 52 - 8  # the correlation field: last u64 of the header
 _U64 = struct.Struct("<Q")
+_DEAD_LETTERS = 1024
 _ACK_BATCH = 64
 _ACK_DELAY = 0.002
 """Seconds a puller may sit on acknowledgements before sending them (batching)."""
 _READ_EVERY_MASK = 31
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An item a reliable pusher gave up on, as ``DeliveryFailed.failed`` and the
+    pusher's ``dead_letters`` channel report it."""
+
+    id: str
+    """The item's id (``sender:epoch:stream:seq``), as pullers would have seen it."""
+    seq: int
+    body: Any
+    headers: Mapping[str, Any]
+    attempts: int
+    """How many times it went on the wire."""
+    last_peer: str | None
+    """The route (hex) of the puller it was sent to last; None if it never went out."""
+    reason: str
+    """``attempts`` (``max_attempts`` transmissions, none received) or ``deadline``
+    (older than ``give_up_after``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +114,8 @@ class ReliablePusherStatistics:
     given_up: int
     disconnects: int
     """Connections to pullers that dropped (what they held went to other pullers)."""
+    dead_letters_dropped: int
+    """Dead letters dropped unread from the full ``dead_letters`` channel."""
     malformed: int
 
 
@@ -141,7 +163,9 @@ class ReliablePusher(SocketResource):
         sock.setsockopt(zmq.ROUTING_ID, b"P" + os.urandom(15))
         self._links = LinkMonitor(sock, self._link_up, self._link_lost)
         self._arm = trio.Event()  # set when the window stops being empty
-        self._failed: list[GaveUp] = []
+        self._failed: list[DeadLetter] = []  # for wait_acked
+        self._dead_in, self._dead_out = trio.open_memory_channel[DeadLetter](_DEAD_LETTERS)
+        self._dead_dropped = 0
         self._redelivered = 0
         self._malformed = 0
 
@@ -195,14 +219,49 @@ class ReliablePusher(SocketResource):
             sock.check_open("wait for acknowledgements")
             self._read_acks()
             self._transmit()
-            if condition() or self._core.gave_up_pending():
+            if condition():
                 return
             timer = self._core.get_timer()
             with trio.move_on_at(math.inf if timer is None else max(timer, 0.0)):
                 await sock.wait_receivable()
 
+    @property
+    def dead_letters(self) -> trio.MemoryReceiveChannel[DeadLetter]:
+        """Items given up, as they are given up (``async for letter in
+        push.dead_letters``). Holds the latest 1024 unread; older ones are dropped,
+        counted in ``statistics().dead_letters_dropped`` and logged. ``wait_acked``
+        reports the same items through ``DeliveryFailed``."""
+        return self._dead_out
+
+    def _collect_failures(self) -> None:
+        """Turn what the core gave up into dead letters (logged, queued, kept for
+        ``wait_acked``)."""
+        for g in self._core.gave_up():
+            frame, _floor = g.payload
+            msg = decode(frame)
+            route = g.destination
+            letter = DeadLetter(
+                id=msg.id, seq=g.seq, body=msg.body, headers=msg.headers,
+                attempts=g.attempts,
+                last_peer=route.hex() if isinstance(route, bytes) else None,
+                reason=g.reason)
+            log.warning("reliable pusher gave up item %s (%s, %d attempts)", letter.id,
+                        g.reason, g.attempts)
+            self._failed.append(letter)
+            try:
+                self._dead_in.send_nowait(letter)
+            except trio.WouldBlock:
+                self._dead_dropped += 1
+                try:  # keep the latest: drop the oldest unread
+                    self._dead_out.receive_nowait()
+                    self._dead_in.send_nowait(letter)
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    pass
+            except trio.BrokenResourceError:
+                pass
+
     def _raise_failures(self) -> None:
-        self._failed.extend(self._core.gave_up())
+        self._collect_failures()
         if self._failed:
             failed, self._failed = self._failed, []
             raise DeliveryFailed(failed)
@@ -213,7 +272,8 @@ class ReliablePusher(SocketResource):
         return ReliablePusherStatistics(
             sent=c.sent_count, acked=c.acked, in_flight=c.in_flight,
             retransmitted=c.retransmitted, redelivered=self._redelivered,
-            given_up=c.given_up, disconnects=self._disconnects, malformed=self._malformed)
+            given_up=c.given_up, disconnects=self._disconnects,
+            dead_letters_dropped=self._dead_dropped, malformed=self._malformed)
 
     # -- routes (explicit endpoints, or a node's wiring) ---------------------------------------
 
@@ -326,7 +386,10 @@ class ReliablePusher(SocketResource):
         backoff = 0.001
         while not sock.closed:
             self._read_acks()
-            if self._transmit():
+            sent_all = self._transmit()
+            if core.gave_up_pending():
+                self._collect_failures()
+            if sent_all:
                 backoff = 0.001
                 timer = core.get_timer()
                 # new items get later deadlines than the ones armed; wake at least
