@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import socket as _socket
 import weakref
 from collections import deque
@@ -664,12 +665,14 @@ class Node:
         self, channel: str, *, reliable: Literal[True], high_water_mark: int = 1000,
         linger_ms: int = DEFAULT_LINGER_MS, window: int = 1024, rto: float = 0.5,
         max_attempts: int = 10, give_up_after: float | None = None,
+        outbox: str | os.PathLike[str] | None = None,
     ) -> AbstractAsyncContextManager[ReliablePusher]: ...
 
     def open_pusher(
         self, channel: str, *, reliable: bool = False, high_water_mark: int = 1000,
         linger_ms: int = DEFAULT_LINGER_MS, window: int = 1024, rto: float = 0.5,
         max_attempts: int = 10, give_up_after: float | None = None,
+        outbox: str | os.PathLike[str] | None = None,
     ) -> AbstractAsyncContextManager[Pusher] | AbstractAsyncContextManager[ReliablePusher]:
         """Send work on ``channel``, each item to one of its pullers. ``send()`` waits
         while no puller is connected; a vanished puller is disconnected.
@@ -679,15 +682,20 @@ class Node:
         with it, is retransmitted after ``rto`` seconds (doubling) until a puller has
         it, goes to another puller if the one holding it vanishes, and is given up
         after ``max_attempts`` transmissions or ``give_up_after`` seconds
-        (``wait_acked()`` raises ``DeliveryFailed``).
+        (``wait_acked()`` raises ``DeliveryFailed``; also on ``push.dead_letters``).
+        ``outbox="path.sqlite"`` keeps accepted items on disk until done, so a pusher
+        restarted on the same file sends them again under their original ids.
         """
         check_channel(channel)
         check_limits(high_water_mark=high_water_mark)
+        if outbox is not None and not reliable:
+            raise LocalProtocolError("outbox= needs reliable=True (a best-effort pusher "
+                                     "keeps nothing)")
         if reliable:
             return self._open_reliable_pusher(
                 channel, high_water_mark=high_water_mark, linger_ms=linger_ms,
                 window=window, rto=rto, max_attempts=max_attempts,
-                give_up_after=give_up_after)
+                give_up_after=give_up_after, outbox=outbox)
         return self._open_pusher(channel, high_water_mark=high_water_mark, linger_ms=linger_ms)
 
     @asynccontextmanager
@@ -705,11 +713,12 @@ class Node:
     async def _open_reliable_pusher(
         self, channel: str, *, high_water_mark: int, linger_ms: int, window: int,
         rto: float, max_attempts: int, give_up_after: float | None,
+        outbox: str | os.PathLike[str] | None,
     ) -> AsyncIterator[ReliablePusher]:
         sock = self._socket(zmq.ROUTER, reliable_options(high_water_mark), linger_ms=linger_ms)
         async with open_reliable_pusher(
             socket=sock, identity=self.identity, window=window, rto=rto,
-            max_attempts=max_attempts, give_up_after=give_up_after,
+            max_attempts=max_attempts, give_up_after=give_up_after, outbox=outbox,
         ) as push:
             conn = _Connector(channel, Role.RELIABLE_PUSHER,
                               lambda ep, route: push.add_route(route, ep),

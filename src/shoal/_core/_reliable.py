@@ -133,6 +133,21 @@ class ReliableSender:
         self._queue.append(seq)
         return seq
 
+    def restore(self, items: Iterable[tuple[int, Any]], next_seq: int, now: float) -> None:
+        """Take back the unacknowledged messages of an earlier life of this stream (a
+        durable outbox), with their own numbers; numbering continues at ``next_seq``.
+        Only before the first ``send``. The window may start over-full: ``has_room``
+        stays False until enough are done."""
+        if self._entries or self.sent_count:
+            raise LocalProtocolError("restore() comes before any send()")
+        for seq, payload in sorted(items, key=lambda item: item[0]):
+            if not 0 <= seq < next_seq:
+                raise LocalProtocolError(f"restored seq {seq} is not below next_seq {next_seq}")
+            self._entries[seq] = _Entry(payload, now)
+            self._queue.append(seq)
+        self.next_seq = max(self.next_seq, next_seq)
+        self._floor = min(self._entries, default=self.next_seq)
+
     def payload(self, seq: int) -> Any:
         """The payload of a message still in the window."""
         return self._entries[seq].payload

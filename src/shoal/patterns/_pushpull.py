@@ -11,6 +11,7 @@ is lost with it. At-least-once delivery is a separate, opt-in layer.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -149,6 +150,7 @@ def open_pusher(
     high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
     linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[True], window: int = 1024,
     rto: float = 0.5, max_attempts: int = 10, give_up_after: float | None = None,
+    outbox: str | os.PathLike[str] | None = None,
 ) -> AbstractAsyncContextManager[ReliablePusher]: ...
 
 
@@ -157,6 +159,7 @@ def open_pusher(
     high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
     linger_ms: int = DEFAULT_LINGER_MS, reliable: bool = False, window: int = 1024,
     rto: float = 0.5, max_attempts: int = 10, give_up_after: float | None = None,
+    outbox: str | os.PathLike[str] | None = None,
 ) -> AbstractAsyncContextManager[Pusher] | AbstractAsyncContextManager[ReliablePusher]:
     """Open a pusher. ``send()`` waits until a puller is connected and can take work.
 
@@ -165,8 +168,17 @@ def open_pusher(
     until a puller's application is done with it, is retransmitted after ``rto``
     seconds (doubling) until a puller has it, goes to another puller if the one
     holding it disconnects, and is given up after ``max_attempts`` transmissions or
-    ``give_up_after`` seconds (``wait_acked()`` raises ``DeliveryFailed``).
+    ``give_up_after`` seconds (``wait_acked()`` raises ``DeliveryFailed``; they are
+    also on ``push.dead_letters``).
+
+    ``outbox="path.sqlite"`` (reliable only) keeps every accepted item on disk until
+    it is done; a pusher reopened on the same file after a crash sends them again
+    under their original ids, and pullers drop the copies they already had. Without
+    an outbox, a pusher that crashes loses the items it had not yet seen done.
     """
+    if outbox is not None and not reliable:
+        raise LocalProtocolError("outbox= needs reliable=True (a best-effort pusher "
+                                 "keeps nothing)")
     if reliable:
         if bind is not None:
             raise LocalProtocolError("a reliable pusher connects to its pullers: pass "
@@ -174,7 +186,7 @@ def open_pusher(
         return open_reliable_pusher(
             connect=connect, identity=identity, high_water_mark=high_water_mark,
             window=window, rto=rto, max_attempts=max_attempts, give_up_after=give_up_after,
-            context=context, linger_ms=linger_ms)
+            context=context, linger_ms=linger_ms, outbox=outbox)
     return _open_pusher(bind=bind, connect=connect, identity=identity,
                         high_water_mark=high_water_mark, context=context,
                         linger_ms=linger_ms)

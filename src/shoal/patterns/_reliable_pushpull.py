@@ -42,7 +42,16 @@ from typing import Any, Literal, TypeVar, overload
 import trio
 import zmq
 
-from shoal._core import Deduplicator, Identity, Kind, Message, ReliableSender, decode
+from shoal._core import (
+    Deduplicator,
+    Identity,
+    Kind,
+    Message,
+    ReliableSender,
+    StreamEncoder,
+    decode,
+)
+from shoal._identity import next_stream, process_identity
 from shoal._zmq import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal.errors import ClosedError, DeliveryFailed, LocalProtocolError
 from shoal.patterns._common import (
@@ -57,6 +66,7 @@ from shoal.patterns._common import (
     stream_encoder,
 )
 from shoal.patterns._links import LinkMonitor
+from shoal.patterns._outbox import Outbox
 
 __all__ = ["DeadLetter", "Delivery", "ManualAckPuller", "ReliablePuller",
            "ReliablePullerStatistics", "ReliablePusher", "ReliablePusherStatistics",
@@ -114,6 +124,8 @@ class ReliablePusherStatistics:
     given_up: int
     disconnects: int
     """Connections to pullers that dropped (what they held went to other pullers)."""
+    restored: int
+    """Items taken back from the outbox when the pusher opened (sent again)."""
     dead_letters_dropped: int
     """Dead letters dropped unread from the full ``dead_letters`` channel."""
     malformed: int
@@ -148,12 +160,17 @@ class ReliablePusher(SocketResource):
 
     def __init__(
         self, sock: Socket, identity: Identity | None, *, window: int, rto: float,
-        max_attempts: int, give_up_after: float | None,
+        max_attempts: int, give_up_after: float | None, outbox: Outbox | None = None,
     ) -> None:
         self._sock = sock
-        self._enc = stream_encoder(identity)
         self._core = ReliableSender(window=window, rto=rto, max_rto=max(rto, 5.0),
                                     max_attempts=max_attempts, give_up_after=give_up_after)
+        self._outbox = outbox
+        self._restored = 0
+        if outbox is None:
+            self._enc = stream_encoder(identity)
+        else:
+            self._enc = self._open_outbox(outbox, identity)
         self._routes: list[bytes] = []  # connected (handshake done), in turn order
         self._route_of: dict[str, bytes] = {}  # endpoint -> route, connected or not
         self._turn = 0
@@ -168,6 +185,26 @@ class ReliablePusher(SocketResource):
         self._dead_dropped = 0
         self._redelivered = 0
         self._malformed = 0
+
+    def _open_outbox(self, outbox: Outbox, identity: Identity | None) -> StreamEncoder:
+        """Continue the stream the outbox holds (its unfinished items first), or start
+        a new one recorded there."""
+        known = outbox.stream()
+        if known is None:
+            ident = identity if identity is not None else process_identity()
+            stream = next_stream()
+            outbox.start(ident.sender, ident.epoch, stream)
+            return StreamEncoder(sender=ident.sender, epoch=ident.epoch, stream=stream)
+        sender, epoch, stream, next_seq = known
+        pending = outbox.pending()
+        # -1: not the current floor, so the first transmission writes the floor in
+        self._core.restore([(seq, (frame, -1)) for seq, frame in pending], next_seq,
+                           trio.current_time())
+        self._restored = len(pending)
+        if pending:
+            log.info("reliable pusher: %d item(s) from the outbox %s are sent again",
+                     len(pending), outbox.path)
+        return StreamEncoder(sender=sender, epoch=epoch, stream=stream)
 
     # -- the application side -------------------------------------------------------------
 
@@ -185,6 +222,8 @@ class ReliablePusher(SocketResource):
         frame = self._enc.encode(Kind.PUSH, _TOPIC, body, core.next_seq, time_ns(), floor,
                                  headers)
         now = trio.current_time()
+        if self._outbox is not None:
+            self._outbox.add(core.next_seq, frame)  # on disk before it is accepted
         seq = core.send((frame, floor), now)
         if not seq & _READ_EVERY_MASK:
             self._read_acks()  # nobody waits on the socket while we send: read now and then
@@ -236,7 +275,10 @@ class ReliablePusher(SocketResource):
     def _collect_failures(self) -> None:
         """Turn what the core gave up into dead letters (logged, queued, kept for
         ``wait_acked``)."""
-        for g in self._core.gave_up():
+        given_up = self._core.gave_up()
+        if self._outbox is not None:
+            self._outbox.remove(g.seq for g in given_up)
+        for g in given_up:
             frame, _floor = g.payload
             msg = decode(frame)
             route = g.destination
@@ -272,7 +314,7 @@ class ReliablePusher(SocketResource):
         return ReliablePusherStatistics(
             sent=c.sent_count, acked=c.acked, in_flight=c.in_flight,
             retransmitted=c.retransmitted, redelivered=self._redelivered,
-            given_up=c.given_up, disconnects=self._disconnects,
+            given_up=c.given_up, disconnects=self._disconnects, restored=self._restored,
             dead_letters_dropped=self._dead_dropped, malformed=self._malformed)
 
     # -- routes (explicit endpoints, or a node's wiring) ---------------------------------------
@@ -373,7 +415,8 @@ class ReliablePusher(SocketResource):
             return
         core = self._core
         core.on_received(received, frames[0])
-        core.on_done(done)
+        if core.on_done(done) and self._outbox is not None:
+            self._outbox.remove(done)
 
     async def _run(self) -> None:
         """Retransmit what falls due while the application is not sending, until closed.
@@ -412,6 +455,8 @@ class ReliablePusher(SocketResource):
                         self._core.in_flight)
         self._links.close()
         self._sock.close()
+        if self._outbox is not None:
+            self._outbox.close()
         self._arm.set()
         await trio.lowlevel.checkpoint()
 
@@ -658,17 +703,29 @@ async def open_reliable_pusher(
     high_water_mark: int = 1000, window: int = 1024, rto: float = 0.5, max_attempts: int = 10,
     give_up_after: float | None = None, context: zmq.Context[zmq.Socket[bytes]] | None = None,
     linger_ms: int = DEFAULT_LINGER_MS, socket: Socket | None = None,
+    outbox: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[ReliablePusher]:
     """A reliable pusher connected to the given pullers' endpoints, or (for a node) over
-    an unconnected ``socket`` whose routes the node adds and drops."""
+    an unconnected ``socket`` whose routes the node adds and drops. ``outbox``: a
+    SQLite file keeping accepted items until done (see ``shoal.patterns._outbox``)."""
     eps = endpoint_list(connect, "connect")
     if socket is None:
         require_endpoints([], eps, "open_pusher(reliable=True)")
         check_limits(high_water_mark=high_water_mark)
-        socket = Socket.open(zmq.ROUTER, context=context, linger_ms=linger_ms,
-                             options=reliable_options(high_water_mark))
-    push = ReliablePusher(socket, identity, window=window, rto=rto,
-                          max_attempts=max_attempts, give_up_after=give_up_after)
+    box = Outbox(outbox) if outbox is not None else None
+    try:
+        if socket is None:
+            socket = Socket.open(zmq.ROUTER, context=context, linger_ms=linger_ms,
+                                 options=reliable_options(high_water_mark))
+        push = ReliablePusher(socket, identity, window=window, rto=rto,
+                              max_attempts=max_attempts, give_up_after=give_up_after,
+                              outbox=box)
+    except BaseException:
+        if box is not None:
+            box.close()
+        if socket is not None:
+            socket.close()
+        raise
     push._links.start()  # before any connect: no handshake goes unseen
     async with push, trio.open_nursery() as nursery:
         for i, ep in enumerate(eps):

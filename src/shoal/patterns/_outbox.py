@@ -1,0 +1,109 @@
+"""The durable outbox of a reliable pusher: accepted items on disk until done.
+
+One SQLite file (stdlib ``sqlite3``, WAL journal, ``synchronous=NORMAL``) per pusher
+stream. It holds the stream's identity (sender, epoch, stream number), the next
+sequence number, and every item accepted and not yet done, as the encoded frame the
+pullers receive. A pusher reopened on the same file continues that stream: it sends
+the items again under their original identity (pullers that already had them drop
+the copies and acknowledge them again) and numbers new items after the old ones.
+
+Durability: a row is committed before ``send`` returns, so it survives the process
+being killed; with ``synchronous=NORMAL`` a power loss may take the last commits.
+One process at a time: the file is locked while a pusher has it open.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable
+
+from shoal.errors import LocalProtocolError
+
+__all__ = ["Outbox"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS stream (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    sender BLOB NOT NULL, epoch INTEGER NOT NULL, stream INTEGER NOT NULL,
+    next_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS item (seq INTEGER PRIMARY KEY, frame BLOB NOT NULL);
+"""
+
+
+class Outbox:
+    """Accepted, not yet done items of one reliable pusher stream, on disk."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        try:
+            db = sqlite3.connect(self.path, timeout=0, isolation_level=None,
+                                 check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise LocalProtocolError(f"cannot open the outbox {self.path!r}: {exc}") from None
+        self._db = db
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            db.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("PRAGMA user_version = 1")  # a write: the exclusive lock, kept
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if "locked" in str(exc):
+                raise LocalProtocolError(
+                    f"the outbox {self.path!r} is in use by another pusher; give each "
+                    "pusher its own file") from None
+            raise LocalProtocolError(f"cannot use the outbox {self.path!r}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise LocalProtocolError(f"{self.path!r} is not a shoal outbox: {exc}") from None
+
+    def stream(self) -> tuple[bytes, int, int, int] | None:
+        """``(sender, epoch, stream, next_seq)`` of the stream this file continues,
+        or None for a new file."""
+        row = self._db.execute(
+            "SELECT sender, epoch, stream, next_seq FROM stream WHERE id = 0").fetchone()
+        return None if row is None else (bytes(row[0]), row[1], row[2], row[3])
+
+    def start(self, sender: bytes, epoch: int, stream: int) -> None:
+        """Record the identity of a new stream."""
+        self._db.execute("INSERT INTO stream VALUES (0, ?, ?, ?, 0)", (sender, epoch, stream))
+
+    def pending(self) -> list[tuple[int, bytes]]:
+        """The items not yet done, in order."""
+        return [(seq, bytes(frame)) for seq, frame in
+                self._db.execute("SELECT seq, frame FROM item ORDER BY seq")]
+
+    def add(self, seq: int, frame: bytes) -> None:
+        """Keep an accepted item (committed when this returns)."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.execute("INSERT INTO item VALUES (?, ?)", (seq, frame))
+            db.execute("UPDATE stream SET next_seq = ? WHERE id = 0", (seq + 1,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def remove(self, seqs: Iterable[int]) -> None:
+        """Forget items that are done (or given up)."""
+        rows = [(s,) for s in seqs]
+        if rows:
+            db = self._db
+            db.execute("BEGIN")
+            db.executemany("DELETE FROM item WHERE seq = ?", rows)
+            db.execute("COMMIT")
+
+    def __len__(self) -> int:
+        n: int = self._db.execute("SELECT count(*) FROM item").fetchone()[0]
+        return n
+
+    def close(self) -> None:
+        self._db.close()
