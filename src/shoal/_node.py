@@ -92,7 +92,13 @@ from shoal.patterns._reliable_pushpull import (
     open_reliable_pusher,
     reliable_options,
 )
-from shoal.patterns._reqrep import Replier, Requester, replier_options, requester_options
+from shoal.patterns._reqrep import (
+    Replier,
+    Requester,
+    check_reply_cache,
+    replier_options,
+    requester_options,
+)
 
 R = TypeVar("R", ReliablePuller, ManualAckPuller)
 
@@ -793,14 +799,16 @@ class Node:
     @asynccontextmanager
     async def open_replier(
         self, channel: str, *, high_water_mark: int = 1000, batch: int = DEFAULT_BATCH,
-        linger_ms: int = DEFAULT_LINGER_MS,
+        linger_ms: int = DEFAULT_LINGER_MS, reply_cache: int = 1024,
     ) -> AsyncIterator[Replier]:
-        """Answer requests on ``channel``: ``async for req in rep: await req.reply(...)``."""
+        """Answer requests on ``channel``: ``async for req in rep: await req.reply(...)``.
+        A request sent again is answered from the last ``reply_cache`` replies."""
         check_channel(channel)
         check_limits(high_water_mark=high_water_mark, batch=batch)
+        check_reply_cache(reply_cache)
         sock = self._socket(zmq.ROUTER, replier_options(high_water_mark), linger_ms=linger_ms,
                             bind=True)
-        async with Replier(sock, self.identity, batch=batch) as rep:
+        async with Replier(sock, self.identity, batch=batch, reply_cache=reply_cache) as rep:
             with self._listener(channel, Role.REPLIER, sock):
                 yield rep
 

@@ -500,14 +500,25 @@ async def open_replier(
     batch: int = DEFAULT_BATCH,
     context: zmq.Context[zmq.Socket[bytes]] | None = None,
     linger_ms: int = DEFAULT_LINGER_MS,
+    reply_cache: int = 1024,
 ) -> AsyncIterator[Replier]:
-    """Open a replier: ``async for req in rep: await req.reply(...)``."""
+    """Open a replier: ``async for req in rep: await req.reply(...)``.
+
+    ``reply_cache``: how many recent requests it remembers, so that a request sent
+    again (``request(..., retries=N)``) is answered from the cache instead of running
+    the handler twice."""
+    check_reply_cache(reply_cache)
     sock = open_socket("open_replier", zmq.ROUTER, bind=bind, connect=connect,
                        high_water_mark=high_water_mark, batch=batch, context=context,
                        linger_ms=linger_ms,
                        options=replier_options(high_water_mark))
-    async with Replier(sock, identity, batch=batch) as rep:
+    async with Replier(sock, identity, batch=batch, reply_cache=reply_cache) as rep:
         yield rep
+
+
+def check_reply_cache(reply_cache: object) -> None:
+    if isinstance(reply_cache, bool) or not isinstance(reply_cache, int) or reply_cache < 0:
+        raise LocalProtocolError(f"reply_cache is an int >= 0, not {reply_cache!r}")
 
 
 def requester_options(
