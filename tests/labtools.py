@@ -56,10 +56,14 @@ def is_event(kind: str, **fields: Any) -> Predicate:
 class LabNode:
     """One ``lab_node.py`` process on a lab host."""
 
-    def __init__(self, host: Host, name: str, args: Iterable[str]) -> None:
+    def __init__(self, host: Host, name: str, args: Iterable[str], *,
+                 script: str = LAB_NODE) -> None:
         self.host = host
         self.name = name
-        self.argv = [sys.executable, "-u", LAB_NODE, "--name", name, *args]
+        self.script = script
+        """The node runner (``lab_node.py`` unless another one speaks the same stdio
+        protocol: ``--name NAME`` first, JSON events out, a ``ready`` event)."""
+        self.argv = [sys.executable, "-u", script, "--name", name, *args]
         self.events: list[Event] = []
         self.stderr: list[str] = []
         self.spawned = time.time()
@@ -87,9 +91,9 @@ class LabNode:
 
     @classmethod
     def start(cls, host: Host, name: str, *args: str,
-              ready_timeout: float = READY_TIMEOUT) -> LabNode:
+              ready_timeout: float = READY_TIMEOUT, script: str = LAB_NODE) -> LabNode:
         """Start a node and wait until it is ready (its id and epoch are then known)."""
-        node = cls(host, name, args)
+        node = cls(host, name, args, script=script)
         node.wait_ready(ready_timeout)
         return node
 
@@ -240,13 +244,14 @@ class LabNode:
 
 
 def start_nodes(specs: Iterable[tuple[Host, str, list[str]]],
-                ready_timeout: float = READY_TIMEOUT) -> list[LabNode]:
+                ready_timeout: float = READY_TIMEOUT, *,
+                script: str = LAB_NODE) -> list[LabNode]:
     """Start several nodes at once, then wait until each is ready (kills them all if one
-    fails)."""
+    fails). ``script``: the node runner (default ``lab_node.py``)."""
     nodes: list[LabNode] = []
     try:
         for host, name, args in specs:
-            nodes.append(LabNode(host, name, args))
+            nodes.append(LabNode(host, name, args, script=script))
         deadline = time.monotonic() + ready_timeout
         for node in nodes:
             node.wait_ready(max(0.1, deadline - time.monotonic()))

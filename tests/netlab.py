@@ -18,8 +18,12 @@ Usage::
         proc = a.popen([sys.executable, "-c", "..."], stdout=subprocess.PIPE)
         print(b.run(["ping", "-c1", "-W1", a.address], timeout=5).returncode)
         b.link_down(); b.link_up()    # flap b's bridge port (b keeps its routes)
+        with b.packet_loss(0.10) as loss:   # drop 10% of b's packets, both directions
+            ...
+        print(loss.counters())        # packets seen / dropped while it was on
 
     lab3 = lab_fixture(3)             # in a test module: a pytest fixture yielding a Lab
+    lab4 = lab_fixture(4, scope="module")   # one lab shared by a module's tests
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import atexit
 import contextlib
 import functools
 import itertools
+import json
 import os
 import re
 import shutil
@@ -36,12 +41,14 @@ import subprocess
 import sys
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import pytest
 
-__all__ = ["Host", "Lab", "lab_fixture", "namespaces_available"]
+__all__ = ["Host", "Lab", "LossCounters", "PacketLoss", "lab_fixture", "namespaces_available",
+           "packet_loss_available"]
 
 IP_TIMEOUT = 10.0
 """Upper bound for one ``ip`` invocation (they normally take a few milliseconds)."""
@@ -125,6 +132,142 @@ def namespaces_available() -> str | None:
         with contextlib.suppress(Exception):
             _ip("netns", "delete", probe, check=False)
     return None
+
+
+def _loss_program(fraction: float) -> str:
+    """Classic BPF (``tc filter ... bpf da bytecode``) dropping ``fraction`` of packets:
+    load a random u32 (ancillary offset SKF_AD_RANDOM), return TC_ACT_OK (0) if it is
+    >= the threshold, else TC_ACT_SHOT (2). Needs no sch_netem module."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    threshold = min(int(fraction * 2**32), 2**32 - 1)
+    return f"4,32 0 0 4294963256,53 0 1 {threshold},6 0 0 0,6 0 0 2"
+
+
+@functools.cache
+def packet_loss_available() -> str | None:
+    """None if :meth:`Host.packet_loss` works here, else why not (for ``pytest.skip``)."""
+    reason = namespaces_available()
+    if reason is not None:
+        return reason
+    if shutil.which("tc") is None:
+        return "the `tc` command (iproute2) is not installed"
+    probe = f"{DEFAULT_PREFIX}{os.getpid()}lossprobe{next(_counter)}"
+    try:
+        _ip("netns", "add", probe)
+        _ip("-n", probe, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+        for argv in (["qdisc", "add", "dev", "v0", "clsact"],
+                     ["filter", "add", "dev", "v0", "egress", "bpf", "da", "bytecode",
+                      _loss_program(0.1)]):
+            done = _tc(probe, *argv)
+            if done.returncode != 0:
+                return (f"cannot drop packets with tc here: `tc {' '.join(argv)}`: "
+                        f"{done.stderr.strip()}")
+    except LabError as exc:
+        return f"cannot build the packet-loss probe namespace: {exc}"
+    except OSError as exc:
+        return f"cannot run `ip` or `tc`: {exc}"
+    finally:
+        with contextlib.suppress(Exception):
+            _ip("netns", "delete", probe, check=False)
+    return None
+
+
+def _tc(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = ["ip", "netns", "exec", ns, "tc", *args]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=IP_TIMEOUT,
+                              check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise LabError(f"{' '.join(cmd)}: timed out after {IP_TIMEOUT}s") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class LossCounters:
+    """What the loss qdisc saw, both directions together, since it was added."""
+
+    packets: int
+    """Packets that went through the filters (sent and received)."""
+    dropped: int
+    """Of those, packets the filters dropped."""
+
+
+class PacketLoss:
+    """Random packet loss on one host's ``eth0`` (inside its namespace): a ``clsact``
+    qdisc with a classic-BPF filter on egress (and ingress, unless told otherwise).
+
+    ``apply()`` / ``remove()``, or ``with host.packet_loss(0.1) as loss: ...``. Removing
+    the qdisc removes the filters; deleting the namespace (``Lab.close``) removes
+    everything anyway. ``counters()`` reads the qdisc's statistics, so a test can check
+    that packets were actually dropped rather than assume it."""
+
+    def __init__(self, host: Host, fraction: float, *,
+                 directions: Sequence[Literal["egress", "ingress"]] = ("egress", "ingress"),
+                 device: str = "eth0") -> None:
+        self.host = host
+        self.fraction = fraction
+        self.directions = tuple(directions)
+        self.device = device
+        self.program = _loss_program(fraction)
+        self.active = False
+        self.last: LossCounters | None = None
+        """The counters read by ``remove()`` right before the qdisc went away."""
+
+    def __repr__(self) -> str:
+        return (f"PacketLoss({self.host.name!r}, {self.fraction:.0%}, "
+                f"{'+'.join(self.directions)}, active={self.active})")
+
+    def _tc(self, *args: str) -> None:
+        done = _tc(self.host.name, *args)
+        if done.returncode != 0:
+            raise LabError(f"tc {' '.join(args)} in {self.host.name}: exit "
+                           f"{done.returncode}: {done.stderr.strip()}")
+
+    def apply(self) -> None:
+        """Start dropping (raises :class:`LabError`, after undoing, if ``tc`` fails)."""
+        self._tc("qdisc", "add", "dev", self.device, "clsact")
+        self.active = True
+        try:
+            for direction in self.directions:
+                self._tc("filter", "add", "dev", self.device, direction, "bpf", "da",
+                         "bytecode", self.program)
+        except BaseException:
+            self.remove()
+            raise
+
+    def counters(self) -> LossCounters:
+        """Packets seen and dropped by the filters so far (zeros if not applied)."""
+        done = _tc(self.host.name, "-s", "-j", "qdisc", "show", "dev", self.device)
+        try:
+            qdiscs = json.loads(done.stdout or "[]")
+        except ValueError:
+            qdiscs = []
+        for q in qdiscs:
+            if isinstance(q, dict) and q.get("kind") == "clsact":
+                return LossCounters(int(q.get("packets", 0)), int(q.get("drops", 0)))
+        return LossCounters(0, 0)
+
+    def remove(self) -> None:
+        """Stop dropping (idempotent; never raises, so it is safe in ``finally``)."""
+        if not self.active:
+            return
+        with contextlib.suppress(Exception):
+            self.last = self.counters()
+        with contextlib.suppress(Exception):
+            _tc(self.host.name, "qdisc", "del", "dev", self.device, "clsact")
+        self.active = False
+
+    def __enter__(self) -> Self:
+        self.apply()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()
 
 
 def remove_stale_namespaces() -> list[str]:
@@ -221,6 +364,22 @@ class Host:
     def link_up(self) -> None:
         """Plug the cable back in (bridge port forwards again at once: STP is off)."""
         _ip("-n", self.lab.switch, "link", "set", self.port, "up")
+
+    def packet_loss(self, fraction: float, *,
+                    directions: Sequence[Literal["egress", "ingress"]] = ("egress", "ingress"),
+                    ) -> PacketLoss:
+        """Random loss of ``fraction`` of this host's packets on ``eth0`` (see
+        :class:`PacketLoss`; not applied until ``apply()`` or ``with``)."""
+        return PacketLoss(self, fraction, directions=directions)
+
+    def tcp_counters(self) -> dict[str, int]:
+        """The namespace's TCP counters (``/proc/net/snmp``: ``RetransSegs``, ``OutSegs``...)."""
+        lines = [ln.split() for ln in self.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+                 if ln.startswith("Tcp:")]
+        if len(lines) < 2:
+            return {}
+        return {k: int(v) for k, v in zip(lines[0][1:], lines[1][1:], strict=False)
+                if v.lstrip("-").isdigit()}
 
 
 class Lab:
@@ -323,11 +482,16 @@ def _close_open_labs() -> None:
             lab.close()
 
 
-def lab_fixture(n: int) -> Callable[[], Iterator[Lab]]:
+def lab_fixture(
+    n: int, *, scope: Literal["function", "module", "session"] = "function"
+) -> Callable[[], Iterator[Lab]]:
     """A pytest fixture yielding a fresh ``n``-host :class:`Lab`, closed after the test
-    whatever its outcome; it skips the test with the reason when labs can't be built.
+    (or, with ``scope="module"``, after the module's last test) whatever its outcome;
+    it skips the test with the reason when labs can't be built.
 
     In a test module: ``lab3 = lab_fixture(3)`` then ``def test_x(lab3: Lab) -> None``.
+    A shared lab is shared state: a test that cuts a link or adds loss restores it in
+    a ``finally``.
     """
 
     def _lab() -> Iterator[Lab]:
@@ -338,7 +502,7 @@ def lab_fixture(n: int) -> Callable[[], Iterator[Lab]]:
             yield lab
 
     _lab.__name__ = f"lab{n}"
-    fixture: Callable[[], Iterator[Lab]] = pytest.fixture(_lab)
+    fixture: Callable[[], Iterator[Lab]] = pytest.fixture(_lab, scope=scope)
     return fixture
 
 

@@ -26,7 +26,7 @@ from shoal._core._envelope import (
     encode,
     encode_topic,
 )
-from shoal._core._fanout import START, ChainReceiver, Dropped, FanoutSender
+from shoal._core._fanout import LOST_TRACK, START, ChainReceiver, Dropped, FanoutSender
 from shoal._core._gaps import GapTracker, StreamKey
 from shoal._core._identity import Identity
 from shoal._core._peers import (
@@ -43,6 +43,7 @@ from shoal._core._reliable import Deduplicator, GaveUp, ReliableSender, WindowFu
 
 __all__ = [
     "HEADER",
+    "LOST_TRACK",
     "MAX_ADDRESSES",
     "MAX_TOPIC",
     "START",

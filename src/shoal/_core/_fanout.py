@@ -21,12 +21,18 @@ subscriber can tell a gap from a publication it was never meant to get.
   when a connection drops or a high-water mark overflows). A book not heard from for
   ``grace`` seconds is dropped, with what it held (``Dropped``).
 * ``on_bye(key)``: the subscriber left cleanly; its book goes without a count.
+* An acknowledgement of ``LOST_TRACK`` (-2) means the subscriber holds publications of
+  this stream it cannot place (its memory of the stream was forgotten, or the first
+  publication of its book never came): the book's chain starts over at the oldest
+  unacknowledged publication, sent again at once as a ``START``.
 
 ``ChainReceiver`` is the subscriber's side, per publisher stream: the number of the
 last publication delivered. A publication is delivered if its ``prev`` is that number
 (or ``START`` of a first book); one already delivered is a duplicate; one whose
 ``prev`` is further on means something in between is missing: it is dropped (the
-publisher sends everything again from the acknowledged point). A ``START`` beyond the
+publisher sends everything again from the acknowledged point). A publication of a
+stream it has no memory of, other than a ``START``, makes it acknowledge
+``LOST_TRACK`` until a ``START`` comes. A ``START`` beyond the
 last delivered number means the publisher dropped this subscriber's book and opened a
 new one: what was published in between is lost to it, and counted as a *resync*.
 
@@ -43,10 +49,13 @@ from typing import Any, Literal
 from shoal._core._errors import LocalProtocolError
 from shoal._core._reliable import WindowFull
 
-__all__ = ["START", "Book", "ChainReceiver", "Dropped", "FanoutSender"]
+__all__ = ["LOST_TRACK", "START", "Book", "ChainReceiver", "Dropped", "FanoutSender"]
 
 START = 2**64 - 1
 """``prev`` of the first publication of a book."""
+LOST_TRACK = -2
+"""The acknowledgement of a subscriber that cannot place what it receives."""
+_MAX_DOUBLINGS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +71,8 @@ class Dropped:
 class Book:
     """What the publisher keeps for one subscriber."""
 
-    __slots__ = ("acked", "attempts", "due", "key", "last_heard", "last_sent", "prefixes",
-                 "route", "unacked")
+    __slots__ = ("ack_seq", "acked", "attempts", "due", "key", "last_heard", "last_sent",
+                 "prefixes", "route", "unacked")
 
     def __init__(self, key: Hashable, route: Hashable, prefixes: tuple[str, ...],
                  now: float) -> None:
@@ -76,6 +85,7 @@ class Book:
         self.last_heard = now
         self.due = float("inf")  # when to send ``unacked`` again
         self.attempts = 0  # retransmission rounds since the last progress
+        self.ack_seq = -1  # number of the newest acknowledgement taken
 
 
 class FanoutSender:
@@ -83,7 +93,8 @@ class FanoutSender:
 
     def __init__(self, *, window: int = 8192, rto: float = 0.5, max_rto: float = 5.0,
                  grace: float = 10.0, max_subscribers: int = 1024) -> None:
-        if window < 1 or rto <= 0 or max_rto < rto or grace <= 0 or max_subscribers < 1:
+        if (not isinstance(window, int) or isinstance(window, bool) or window < 1 or rto <= 0
+                or max_rto < rto or grace <= 0 or max_subscribers < 1):
             raise LocalProtocolError(
                 "need window >= 1, 0 < rto <= max_rto, grace > 0, max_subscribers >= 1")
         self.window = window
@@ -100,6 +111,7 @@ class FanoutSender:
         self.dropped = 0
         self.undelivered = 0
         self.refused = 0
+        self.restarts = 0
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -143,18 +155,27 @@ class FanoutSender:
     # -- acknowledgements --------------------------------------------------------------------
 
     def on_ack(self, key: Hashable, route: Hashable, prefixes: Sequence[str], acked: int,
-               now: float) -> Book | None:
+               now: float, ack_seq: int | None = None) -> Book | None:
         """An acknowledgement (or heartbeat) from subscriber ``key``. Returns its book
-        (None if refused: the table of subscribers is full)."""
+        (None if refused: the table of subscribers is full). ``ack_seq``, if given,
+        numbers the subscriber's acknowledgements: an older one arriving late is
+        ignored."""
         book = self.books.get(key)
         if book is None:
             if len(self.books) >= self.max_subscribers:
                 self.refused += 1
                 return None
             book = self.books[key] = Book(key, route, tuple(prefixes), now)
+        if ack_seq is not None:
+            if ack_seq <= book.ack_seq:
+                return book  # overtaken by a newer one
+            book.ack_seq = ack_seq
         book.route = route
         book.prefixes = tuple(prefixes)
         book.last_heard = now
+        if acked == LOST_TRACK:
+            self._restart_chain(book, now)
+            return book
         if acked > book.acked:
             book.acked = acked
             unacked = book.unacked
@@ -168,6 +189,16 @@ class FanoutSender:
                 book.attempts = 0
                 book.due = now + self.rto if unacked else float("inf")
         return book
+
+    def _restart_chain(self, book: Book, now: float) -> None:
+        """The subscriber cannot place what it gets: start its chain over."""
+        self.restarts += 1
+        if book.unacked:
+            seq, _ = book.unacked[0]
+            book.unacked[0] = (seq, START)
+            book.due = now  # send the book again now
+        else:
+            book.last_sent = START
 
     def on_bye(self, key: Hashable) -> bool:
         """The subscriber left cleanly: forget its book. True if there was one."""
@@ -201,7 +232,8 @@ class FanoutSender:
                 continue
             if book.unacked and book.due <= now:
                 book.attempts += 1
-                book.due = now + min(self.rto * 2 ** book.attempts, self.max_rto)
+                book.due = now + min(self.rto * 2 ** min(book.attempts, _MAX_DOUBLINGS),
+                                     self.max_rto)
                 self.retransmitted += len(book.unacked)
                 resend.append((book, list(book.unacked)))
         return resend, dropped
@@ -245,11 +277,19 @@ class ChainReceiver:
         c = chains.get(stream)
         if c is None:
             c = chains[stream] = _Chain()
+            if prev != START:
+                c.last = LOST_TRACK  # cannot place it: ask for the chain from a START
             if len(chains) > self._max:
                 chains.popitem(last=False)
                 self.forgotten_streams += 1
         else:
             chains.move_to_end(stream)
+        if c.last == LOST_TRACK:
+            if prev != START:
+                self.missing += 1
+                return "missing"
+            c.last = seq
+            return "deliver"
         if seq <= c.last:
             self.duplicates += 1
             return "duplicate"
@@ -264,7 +304,8 @@ class ChainReceiver:
         return "missing"
 
     def acked(self, stream: Hashable) -> int:
-        """The last publication of ``stream`` delivered in order (-1: none)."""
+        """The last publication of ``stream`` delivered in order (-1: none;
+        ``LOST_TRACK``: publications came that it cannot place)."""
         c = self._chains.get(stream)
         return -1 if c is None else c.last
 

@@ -3,8 +3,10 @@
 ``ReliableSender`` keeps every message of one stream until it is acknowledged:
 
 * ``send(payload, now)`` gives the message the next sequence number and queues it for
-  transmission; it refuses (``WindowFull``) once ``window`` messages are unacknowledged:
-  the caller applies backpressure instead of dropping.
+  transmission; it refuses (``WindowFull``) once ``window`` messages are unacknowledged,
+  or once the newest would be ``max_span`` numbers above the oldest not yet done (the
+  receivers' duplicate memory is sized to ``max_span``): the caller applies
+  backpressure instead of dropping.
 * ``transmissions(now)`` lists what to put on the wire now (new messages first, then
   retransmissions that are due); the caller sends each and reports where with
   ``sent(seq, destination, now)``. A message with no acknowledgement of any kind is
@@ -13,9 +15,12 @@
   retransmission stops, the message stays in the window) and ``on_done(seqs)`` (the
   application is finished with it: it leaves the window). A received-but-not-done
   message is retransmitted only when its destination is reported gone
-  (``destination_lost``), so a slow handler is never duplicated by a timer.
-* A message that reached ``max_attempts`` transmissions without being received, or
-  that is older than ``give_up_after`` seconds, is given up: it leaves the window and
+  (``destination_lost``), so a slow handler is never duplicated by a timer. A
+  *received* acknowledgement from a destination other than the one the message was
+  last sent to is ignored (a late word from a receiver given up on).
+* A message that reached ``max_attempts`` transmissions without being received (the
+  count starts again when its holder is lost), or that is older than
+  ``give_up_after`` seconds, is given up: it leaves the window and
   a ``GaveUp`` is queued (``gave_up()`` drains them).
 * ``floor()`` is the lowest sequence number still in the window. Every message carries
   it, so receivers can forget everything below it.
@@ -23,8 +28,9 @@
 ``Deduplicator`` is the receiver's memory, per stream ``(sender, epoch, stream)``: the
 sender's floor (everything below was acknowledged as done, so anything below that
 arrives again is a duplicate) and the set of sequence numbers seen at or above it.
-Memory is bounded: at most ``window`` numbers per stream (a stream claiming more is
-forgetting its floor: the oldest are dropped and counted), ``max_streams`` streams
+Memory is bounded: at most ``window`` numbers per stream, which must be at least the
+senders' ``max_span`` (a stream claiming more is broken or hostile: the oldest are
+dropped and counted), ``max_streams`` streams
 (least recently used forgotten first).
 
 Sans-I/O: no clock, no sockets; ``now`` is any monotonic float, destinations are
@@ -63,15 +69,19 @@ class GaveUp:
 
 
 class _Entry:
-    __slots__ = ("attempts", "destination", "due", "first", "payload", "received")
+    __slots__ = ("attempts", "destination", "due", "first", "last", "payload", "queued",
+                 "received", "tries")
 
     def __init__(self, payload: Any, first: float) -> None:
         self.payload = payload
         self.first = first
-        self.attempts = 0
-        self.destination: Hashable | None = None
+        self.attempts = 0  # transmissions in all
+        self.tries = 0  # transmissions since it was last received (the give-up count)
+        self.destination: Hashable | None = None  # who has it (None: nobody, or lost)
+        self.last: Hashable | None = None  # where it was sent last (for GaveUp)
         self.due = first  # when to (re)transmit; inf once received
         self.received = False
+        self.queued = True  # in the transmission queue (at most once)
 
 
 class ReliableSender:
@@ -80,12 +90,16 @@ class ReliableSender:
     def __init__(
         self, *, window: int = 1024, rto: float = 0.5, max_rto: float = 5.0,
         max_attempts: int = 10, give_up_after: float | None = None, first_seq: int = 0,
+        max_span: int = 65536,
     ) -> None:
-        if window < 1 or rto <= 0 or max_rto < rto or max_attempts < 1:
-            raise LocalProtocolError("need window >= 1, 0 < rto <= max_rto, max_attempts >= 1")
+        if (window < 1 or rto <= 0 or max_rto < rto or max_attempts < 1
+                or max_span < window):
+            raise LocalProtocolError("need window >= 1, 0 < rto <= max_rto, "
+                                     "max_attempts >= 1, max_span >= window")
         if give_up_after is not None and give_up_after <= 0:
             raise LocalProtocolError("give_up_after is a number of seconds > 0, or None")
         self.window = window
+        self.max_span = max_span
         self.rto = rto
         self.max_rto = max_rto
         self.max_attempts = max_attempts
@@ -112,7 +126,9 @@ class ReliableSender:
         return len(self._entries)
 
     def has_room(self) -> bool:
-        return len(self._entries) < self.window
+        """Whether ``send`` would take a message now."""
+        return (len(self._entries) < self.window
+                and self.next_seq - self.floor() < self.max_span)
 
     def floor(self) -> int:
         """The lowest sequence number not yet done (``next_seq`` when none is)."""
@@ -125,8 +141,9 @@ class ReliableSender:
 
     def send(self, payload: Any, now: float) -> int:
         """Take a message into the window; return its sequence number."""
-        if len(self._entries) >= self.window:
-            raise WindowFull(f"{self.window} messages await acknowledgement; wait for acks")
+        if not self.has_room():
+            raise WindowFull(f"{self.in_flight} messages await acknowledgement (window "
+                             f"{self.window}, span {self.max_span}); wait for acks")
         seq = self.next_seq
         self.next_seq = seq + 1
         self._entries[seq] = _Entry(payload, now)
@@ -161,31 +178,42 @@ class ReliableSender:
         self._expire(now)
         entries = self._entries
         fresh = self._fresh
+        queue = self._queue
         while fresh and fresh[0][0] <= now:
             due, seq = fresh.popleft()
             e = entries.get(seq)
-            if e is not None and e.due == due and not e.received:
+            if e is not None and e.due == due and not e.received and not e.queued:
                 e.due = float("inf")  # queued; ``sent`` sets the next deadline
-                self._queue.append(seq)
+                e.queued = True
+                queue.append(seq)
         timers = self._timers
         while timers and timers[0][0] <= now:
             due, seq = heapq.heappop(timers)
             e = entries.get(seq)
-            if e is not None and e.due == due and not e.received:
+            if e is not None and e.due == due and not e.received and not e.queued:
                 e.due = float("inf")
-                self._queue.append(seq)
+                e.queued = True
+                queue.append(seq)
         out: list[int] = []
-        queue = self._queue
         while queue:
             seq = queue.popleft()
             e = entries.get(seq)
             if e is None:
                 continue
-            if e.attempts >= self.max_attempts:
+            e.queued = False
+            if e.received:  # a holder turned up meanwhile
+                continue
+            if e.tries >= self.max_attempts:
                 self._give_up(seq, e, "attempts")
                 continue
             out.append(seq)
         return out
+
+    def destination(self, seq: int) -> Hashable | None:
+        """Where ``seq`` was sent last, unless that destination was reported lost
+        (None then, and for a message not sent or no longer in the window)."""
+        e = self._entries.get(seq)
+        return None if e is None else e.destination
 
     def sent(self, seq: int, destination: Hashable, now: float) -> None:
         """``seq`` went on the wire to ``destination``."""
@@ -197,30 +225,40 @@ class ReliableSender:
         else:
             self.sent_count += 1
         e.attempts += 1
-        e.destination = destination
+        e.tries += 1
+        e.destination = e.last = destination
         if not e.received:
-            if e.attempts == 1:
+            if e.tries == 1:  # deadlines of first tries come in time order: a deque
                 e.due = now + self.rto
                 self._fresh.append((e.due, seq))
             else:
-                e.due = now + min(self.rto * (2 ** (e.attempts - 1)), self.max_rto)
+                e.due = now + min(self.rto * (2 ** min(e.tries - 1, 32)), self.max_rto)
                 heapq.heappush(self._timers, (e.due, seq))
 
     def unsent(self, seq: int) -> None:
         """``seq`` from ``transmissions`` could not be sent now (no destination): keep
         it first in line for the next call."""
-        if seq in self._entries:
+        e = self._entries.get(seq)
+        if e is not None and not e.queued:
+            e.queued = True
             self._queue.appendleft(seq)
 
     def on_received(self, seqs: Iterable[int], destination: Hashable | None = None) -> None:
-        """The receiver holds these messages: no more timer retransmissions."""
+        """The receiver holds these messages: no more timer retransmissions. Ignored
+        for a message last sent to another destination (a late word from a receiver
+        given up on must not stop the copy now on its way elsewhere)."""
         for seq in seqs:
             e = self._entries.get(seq)
-            if e is not None and not e.received:
-                e.received = True
-                e.due = float("inf")
-                if destination is not None:
-                    e.destination = destination
+            if e is None or e.received:
+                continue
+            if (destination is not None and e.destination is not None
+                    and e.destination != destination):
+                continue
+            e.received = True
+            e.due = float("inf")
+            e.tries = 0
+            if destination is not None:
+                e.destination = destination
 
     def on_done(self, seqs: Iterable[int]) -> int:
         """The application at the receiver is done with these: they leave the window.
@@ -241,7 +279,10 @@ class ReliableSender:
                 e.received = False
                 e.due = float("inf")
                 e.destination = None
-                self._queue.append(seq)
+                e.tries = 0  # a fresh start elsewhere
+                if not e.queued:
+                    e.queued = True
+                    self._queue.append(seq)
                 n += 1
         return n
 
@@ -285,15 +326,15 @@ class ReliableSender:
     def _expire(self, now: float) -> None:
         if self.give_up_after is None:
             return
-        limit = now - self.give_up_after
+        after = self.give_up_after
         for seq, e in list(self._entries.items()):
-            if e.first <= limit:
+            if e.first + after <= now:  # the very expression get_timer reports
                 self._give_up(seq, e, "deadline")
 
     def _give_up(self, seq: int, e: _Entry, reason: str) -> None:
         del self._entries[seq]
         self.given_up += 1
-        self._gave_up.append(GaveUp(seq, e.payload, e.attempts, e.destination, reason))
+        self._gave_up.append(GaveUp(seq, e.payload, e.attempts, e.last, reason))
 
 
 class _Seen:

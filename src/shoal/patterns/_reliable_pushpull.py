@@ -380,6 +380,21 @@ class ReliablePusher(SocketResource):
             data, encoded_floor = core.payload(seq)
             if encoded_floor != floor:  # a retransmission: tell the current floor
                 data = data[:_FLOOR_AT] + _U64.pack(floor) + data[_FLOOR_AT + 8:]
+            held_by = core.destination(seq)
+            if held_by is not None and held_by in routes:
+                # Its puller is still connected (a timer ran out: the acknowledgement
+                # is late, the puller slow or its link lossy): send it there again, where
+                # it is recognised, never to a second worker.
+                try:
+                    sock.send_nowait([held_by, data])
+                except (PeerUnreachable, trio.WouldBlock):
+                    pass
+                else:
+                    core.sent(seq, held_by, now)
+                    continue
+                for later in reversed(todo[i:]):
+                    core.unsent(later)
+                return False
             for _ in range(len(routes)):
                 route = routes[self._turn % len(routes)]
                 self._turn += 1

@@ -1,0 +1,463 @@
+"""Faults under load, across hosts of a namespace lab: a SIGKILLed worker, a cable pulled
+for two seconds, 10% random packet loss, a replier killed while it holds a request.
+
+One ``fault_node.py`` process per lab host (``labtools.LabNode`` with
+``script=FAULT_NODE``), the reliable patterns between them, faults injected from here
+(``Host.kill``, ``Host.link_down``/``link_up``, ``Host.packet_loss``), and the
+processes' own reports (every item a puller finished, every request a replier ran) as
+the evidence. One 4-host lab serves the whole module; a test that cuts a link or adds
+loss restores it in a ``finally``, and every node it started is killed at its end.
+
+What "at least once" promises here, and so what is asserted:
+
+* every item is processed at least once (union over the pullers, the killed one's
+  reports included: a puller reports a batch before asking for the next, which is
+  what acknowledges it, so nothing acknowledged goes unreported);
+* no puller processes an item twice (per-puller deduplication);
+* an item is processed by two pullers only if one of them is the killed puller and the
+  item was in the pusher's window when it was killed, or the link-flapped puller and
+  the item was in the window while its link was down; nothing else is duplicated
+  (packet loss on a live TCP connection must not produce duplicates);
+* ``wait_acked()`` completes, nothing is given up;
+* a request whose replier is SIGKILLed mid-handler is answered by the other replier,
+  and no handler on that live replier runs twice for one request id.
+
+An item whose acknowledgement is merely late (TCP recovering from loss, a paused
+process) is sent again to the same puller, which recognises it: only a puller that
+died or lost its connection hands its items to another
+(``test_a_puller_paused_without_vanishing_gets_no_duplicates`` checks it directly).
+
+Every wait has a deadline. Network safety: every process runs inside a namespace the
+lab creates (``fault_node.py`` refuses to run anywhere else); loss and link faults are
+applied inside the lab's namespaces only, and the lab deletes them all at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from labtools import Event, LabNode, is_event, start_nodes
+from netlab import Host, Lab, lab_fixture, packet_loss_available
+
+FAULT_NODE = str(Path(__file__).resolve().parent / "fault_node.py")
+
+lab4 = lab_fixture(4, scope="module")
+
+WAIT = 10.0
+"""Bound for one step where no latency is asserted (discovery, a reply...)."""
+DETECT = 3.5
+"""A SIGKILLed node is given up by its peers within this (peer_timeout 2 s + heartbeat)."""
+
+ITEMS = 20_000
+RATE = 2_000
+"""Items per second the pusher queues: the run lasts about 10 s, room for three faults."""
+WORK = 0.0002
+"""Seconds of "processing" per item at a puller (three pullers: ~15k items/s capacity)."""
+WINDOW = 1024
+"""The pusher's window: at most this many items are held by pullers at any moment."""
+LOSS = 0.10
+FLAP = 2.0
+"""Seconds the flapped puller's link stays down (as long as the peer timeout)."""
+ACKED_TIMEOUT = 30.0
+"""``wait_acked()`` must complete within this once every item is queued."""
+RUN_TIMEOUT = ITEMS / RATE + ACKED_TIMEOUT + 10
+CONTROL_PORT = "7710"
+
+
+class Nodes:
+    """Starts fault nodes for one test and kills whatever is left at the end."""
+
+    def __init__(self) -> None:
+        self.all: list[LabNode] = []
+
+    def many(self, specs: Sequence[tuple[Host, str, list[str]]]) -> list[LabNode]:
+        nodes = start_nodes(specs, script=FAULT_NODE)
+        self.all.extend(nodes)
+        return nodes
+
+    def close(self) -> None:
+        for node in self.all:
+            node.close()
+
+
+@pytest.fixture
+def nodes(lab4: Lab) -> Iterator[Nodes]:
+    started = Nodes()
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def static_peers(hosts: Sequence[Host], me: int) -> list[str]:
+    """Fixed control port and every other host as a static peer."""
+    args = ["--discovery", "static", "--port", CONTROL_PORT]
+    for i, host in enumerate(hosts):
+        if i != me:
+            args += ["--static-peer", f"tcp://{host.address}:{CONTROL_PORT}"]
+    return args
+
+
+def wait_peers(node: LabNode, n: int, channel: str, timeout: float = WAIT) -> None:
+    ev = node.call({"cmd": "wait_peers", "n": n, "channel": channel, "timeout": timeout},
+                   lambda e: e["event"] in ("peers_ready", "error"), timeout + 1)
+    assert ev["event"] == "peers_ready", ev
+
+
+def processed(node: LabNode) -> list[int]:
+    """Every item number ``node`` reported as processed, in order."""
+    return [i for ev in node.find(is_event("processed")) for i in ev["ids"]]
+
+
+class Progress:
+    """The pusher's ``progress`` events: how many items it had queued, when."""
+
+    def __init__(self, pusher: LabNode) -> None:
+        self.pusher = pusher
+
+    def wait_queued(self, n: int, timeout: float) -> Event:
+        return self.pusher.wait_for(lambda e: e["event"] == "progress" and e["queued"] >= n,
+                                    timeout, what=f"progress with queued >= {n}")
+
+    def at(self, t: float) -> Event:
+        """The last report before time ``t`` (an empty one if there is none)."""
+        seen = [e for e in self.pusher.find(is_event("progress")) if e["t"] <= t]
+        return seen[-1] if seen else {"queued": 0, "retransmitted": 0, "redelivered": 0,
+                                      "disconnects": 0}
+
+    def queued_at(self, t: float) -> int:
+        """Items queued by time ``t`` (a lower bound: the last report before ``t``)."""
+        return int(self.at(t)["queued"])
+
+    def delta(self, key: str, start: float, end: float) -> int:
+        """How much counter ``key`` grew between ``start`` and ``end``."""
+        return int(self.at(end)[key]) - int(self.at(start)[key])
+
+
+def pusher_summary(ev: Event) -> str:
+    keys = ("queued", "sent", "acked", "in_flight", "retransmitted", "redelivered",
+            "given_up", "disconnects", "malformed")
+    return ", ".join(f"{k}={ev.get(k)}" for k in keys)
+
+
+def test_reliable_pushpull_survives_kill_flap_and_loss(lab4: Lab, nodes: Nodes) -> None:
+    reason = packet_loss_available()
+    if reason is not None:
+        pytest.skip(reason)
+    h = lab4.hosts
+    pusher, killed, flapped, lossy = nodes.many([
+        (h[0], "src", [*static_peers(h, 0), "--push", "work", "--window", str(WINDOW)]),
+        (h[1], "killed", [*static_peers(h, 1), "--pull", "work", "--work", str(WORK)]),
+        (h[2], "flapped", [*static_peers(h, 2), "--pull", "work", "--work", str(WORK)]),
+        (h[3], "lossy", [*static_peers(h, 3), "--pull", "work", "--work", str(WORK)]),
+    ])
+    pullers = [killed, flapped, lossy]
+    wait_peers(pusher, 3, "work")
+    progress = Progress(pusher)
+    loss = h[3].packet_loss(LOSS)
+    times: dict[str, float] = {}
+    tcp: dict[str, dict[str, dict[str, int]]] = {}
+
+    started = time.time()
+    pusher.send({"cmd": "push_run", "channel": "work", "n": ITEMS, "rate": RATE,
+                 "timeout": ACKED_TIMEOUT})
+    try:
+        # 1. SIGKILL one puller mid-stream.
+        progress.wait_queued(ITEMS // 10, WAIT)
+        times["kill"] = killed.kill()
+
+        # 2. Pull another puller's cable for FLAP seconds.
+        progress.wait_queued(ITEMS // 4, WAIT)
+        flap_mark = pusher.mark()
+        times["down"] = time.time()
+        h[2].link_down()
+        time.sleep(max(0.0, times["down"] + FLAP - time.time()))
+        h[2].link_up()
+        times["up"] = time.time()
+        # Work flows to it again before the next fault, so their effects stay apart.
+        up_mark = flapped.mark()
+        flapped.wait_for(is_event("processed"), WAIT, after=up_mark,
+                         what="work reaching the flapped puller after link_up")
+        times["flapped_working"] = time.time()
+
+        # 3. 10% loss both ways on the third puller's link, for 3 s, once the window
+        # holds nothing from the flap's time any more (their duplicates stay apart).
+        time.sleep(max(0.0, times["up"] + 1.1 - time.time()))  # the flap window's end
+        progress.wait_queued(progress.queued_at(times["up"] + 1.0) + WINDOW + 1, WAIT)
+        tcp["before"] = {"src": h[0].tcp_counters(), "lossy": h[3].tcp_counters()}
+        loss_mark = pusher.mark()
+        loss.apply()
+        times["loss_on"] = time.time()
+        deadline = times["loss_on"] + 3.0
+        while time.time() < deadline and progress.queued_at(time.time()) < ITEMS * 0.95:
+            time.sleep(0.05)
+        loss.remove()
+        times["loss_off"] = time.time()
+        tcp["after"] = {"src": h[0].tcp_counters(), "lossy": h[3].tcp_counters()}
+
+        done = pusher.wait_for(
+            lambda e: e["event"] == "acked" or (e["event"] == "error"
+                                                and e.get("cmd") == "push_run"),
+            RUN_TIMEOUT, what="the end of push_run")
+        times["acked"] = time.time()
+    finally:
+        loss.remove()
+        h[2].link_up()
+
+    # Every report is in: the survivors reported before acknowledging (a stats call
+    # answers after every earlier line), the killed one's pipe was read to its end.
+    for nd in (flapped, lossy):
+        nd.call({"cmd": "stats"}, is_event("stats"), WAIT)
+    stats = {nd.name: nd.find(is_event("stats"))[-1]["roles"]["work/puller"]
+             for nd in (flapped, lossy)}
+
+    by_node = {nd.name: processed(nd) for nd in pullers}
+    counts = {name: Counter(ids) for name, ids in by_node.items()}
+    holders: dict[int, list[str]] = defaultdict(list)
+    for name, ids in by_node.items():
+        for i in ids:
+            holders[i].append(name)
+
+    kill_window = (progress.queued_at(times["kill"]) - WINDOW,
+                   progress.queued_at(times["kill"] + 0.5))
+    flap_window = (progress.queued_at(times["down"]) - WINDOW,
+                   progress.queued_at(times["up"] + 1.0))
+    # TCP's retransmission backoff outlasts the loss by a little: items queued up to
+    # 2 s after it may still be late.
+    loss_window = (progress.queued_at(times["loss_on"]) - WINDOW,
+                   progress.queued_at(times["loss_off"] + 2.0))
+
+    def cause(i: int, names: list[str]) -> str | None:
+        if "killed" in names and kill_window[0] <= i <= kill_window[1]:
+            return "killed"
+        if "flapped" in names and flap_window[0] <= i <= flap_window[1]:
+            return "flapped"
+        return None  # packet loss alone must not duplicate anything
+
+    dups = {i: names for i, names in holders.items() if len(names) > 1}
+    by_cause = Counter(cause(i, names) for i, names in dups.items())
+    unexplained = {i: names for i, names in dups.items() if cause(i, names) is None}
+    flap_events = [e["event"] for e in pusher.find(
+        lambda e: e["event"] in ("left", "joined") and e.get("name") == "flapped", flap_mark)]
+    lossy_events = [e["event"] for e in pusher.find(
+        lambda e: e["event"] in ("left", "joined") and e.get("name") == "lossy", loss_mark)]
+    loss_seen = loss.last
+    retrans = {name: tcp["after"][name].get("RetransSegs", 0)
+               - tcp["before"][name].get("RetransSegs", 0) for name in ("src", "lossy")}
+
+    t0 = started
+    print(f"\nreliable push/pull, {ITEMS} items at {RATE}/s, window {WINDOW}: "
+          f"{done['event']} after {times['acked'] - t0:.1f}s")
+    print(f"  pusher: {pusher_summary(done)}")
+    print(f"  faults: kill at {times['kill'] - t0:.2f}s (items {kill_window}); link down "
+          f"{times['down'] - t0:.2f}-{times['up'] - t0:.2f}s (items {flap_window}), pusher "
+          f"saw {flap_events or 'no change'}, work again {times['flapped_working'] - t0:.2f}s; "
+          f"loss {LOSS:.0%} {times['loss_on'] - t0:.2f}-{times['loss_off'] - t0:.2f}s: "
+          f"{loss_seen}, TCP segments retransmitted {retrans}, pusher saw the lossy "
+          f"puller {lossy_events or 'stay'}")
+    phases = {"kill": ("kill", "down"), "flap": ("down", "loss_on"),
+              "loss": ("loss_on", "loss_off"), "tail": ("loss_off", "acked")}
+    print("  pusher counters grown per phase: " + "; ".join(
+        f"{phase} retransmitted +{progress.delta('retransmitted', times[a], times[b])} "
+        f"redelivered +{progress.delta('redelivered', times[a], times[b])}"
+        for phase, (a, b) in phases.items()))
+    for name, ids in by_node.items():
+        print(f"  {name}: processed {len(ids)} ({len(counts[name])} distinct)"
+              + (f", puller stats {stats[name]}" if name in stats else " (SIGKILLed)"))
+    print(f"  processed twice: {len(dups)} items, by cause {dict(by_cause)}")
+    if unexplained:
+        sample = sorted(unexplained.items())[:10]
+        print(f"  UNEXPLAINED duplicates: {len(unexplained)}, e.g. {sample}")
+
+    assert done["event"] == "acked", pusher.describe()
+    assert (done["acked"], done["in_flight"], done["given_up"]) == (ITEMS, 0, 0), done
+    missing = set(range(ITEMS)) - set(holders)
+    assert not missing, f"{len(missing)} items never processed, e.g. {sorted(missing)[:20]}"
+    assert set(holders) == set(range(ITEMS)), "a puller reported an item never sent"
+    for name, c in counts.items():
+        twice = [i for i, k in c.items() if k > 1]
+        assert not twice, f"{name} processed {len(twice)} items twice, e.g. {twice[:10]}"
+    assert not unexplained, (
+        f"{len(unexplained)} items processed by two pullers with no fault to explain it "
+        f"(kill window {kill_window}, flap window {flap_window}, loss window "
+        f"{loss_window}), e.g. {json.dumps(sorted(unexplained.items())[:10])}")
+
+    # The faults did happen, and did what they should.
+    assert counts["killed"], "the killed puller got no work before it was killed"
+    assert max(by_node["killed"]) <= kill_window[1], "the killed puller processed later items"
+    after_flap = [i for i in by_node["flapped"] if i > flap_window[1]]
+    assert after_flap, "the flapped puller got no new work after its link came back"
+    assert loss_seen is not None
+    assert loss_seen.packets > 0
+    assert 0.03 <= loss_seen.dropped / loss_seen.packets <= 0.25, loss_seen
+    assert sum(retrans.values()) > 0, "no TCP retransmission: the loss did nothing"
+    assert any(i for i in by_node["lossy"]
+               if progress.queued_at(times["loss_on"]) < i < progress.queued_at(
+                   times["loss_off"])), "the lossy puller got no work while losing packets"
+
+    loss_end = min(times["loss_off"] + 2.0, times["acked"])
+    print(f"  during the loss: retransmitted "
+          f"+{progress.delta('retransmitted', times['loss_on'], loss_end)}, redelivered "
+          f"+{progress.delta('redelivered', times['loss_on'], loss_end)}")
+
+
+def test_request_is_answered_by_the_other_replier_when_one_is_killed_mid_request(
+        lab4: Lab, nodes: Nodes) -> None:
+    """mDNS discovery inside the lab. Two repliers whose handlers take 1 s; requests of
+    two kinds: ``slow-retry`` (retry_after 6 s: a retry can only come from the replier
+    vanishing) and ``fast-retry`` (retry_after 0.3 s: repeats reach both repliers while
+    the first copy is still being handled). The victim is SIGKILLed while its
+    handlers sleep."""
+    h = lab4.hosts
+    client, victim, survivor = nodes.many([
+        (h[0], "client", ["--req", "rpc"]),
+        (h[1], "victim", ["--rep", "rpc", "--handle-delay", "1.0"]),
+        (h[2], "survivor", ["--rep", "rpc", "--handle-delay", "1.0"]),
+    ])
+    wait_peers(client, 2, "rpc", timeout=WAIT)
+
+    # Warm up until both repliers have answered: both routes are connected, so
+    # round-robin spreads what follows over the two.
+    answered_by: set[str] = set()
+    deadline = time.monotonic() + WAIT
+    k = 0
+    while answered_by != {"victim", "survivor"}:
+        assert time.monotonic() < deadline, f"warm-up: only {answered_by} answered"
+        after = client.mark()
+        for _ in range(2):
+            client.send({"cmd": "request", "channel": "rpc", "body": {"sleep": 0, "k": k},
+                         "timeout": 5, "tag": f"warm{k}"})
+            k += 1
+        for ev in client.wait_count(lambda e: e["event"] in ("reply", "error"), 2, 6,
+                                    after=after):
+            assert ev["event"] == "reply", ev
+            answered_by.add(ev["body"]["from"])
+
+    marks = {nd.name: nd.mark() for nd in (client, victim, survivor)}
+    requests = {**{f"slow{i}": (2, 6.0) for i in range(2)},
+                **{f"fast{i}": (20, 0.3) for i in range(4)}}
+    sent = time.time()
+    for tag, (retries, retry_after) in requests.items():
+        client.send({"cmd": "request", "channel": "rpc", "body": {"tag": tag},
+                     "retries": retries, "retry_after": retry_after, "timeout": 20,
+                     "tag": tag})
+    def ours(kind: str) -> Callable[[Event], bool]:
+        """``kind`` events about this phase's requests (not the warm-up's)."""
+        return lambda e: (e["event"] == kind and isinstance(e.get("body"), dict)
+                          and e["body"].get("tag") in requests)
+
+    first = victim.wait_for(ours("handling"), WAIT, after=marks["victim"],
+                            what="a request in the victim's hands")
+    time.sleep(max(0.0, first["_rx"] + 0.2 - time.time()))  # its handler sleeps 1 s
+    held = [e["body"]["tag"] for e in victim.find(ours("handling"), marks["victim"])]
+    killed = victim.kill()
+    assert not victim.find(ours("answered"), marks["victim"]), "killed too late"
+
+    answers = client.wait_count(
+        lambda e: e["event"] in ("reply", "error") and e.get("tag") in requests,
+        len(requests), 20, after=marks["client"])
+    client.call({"cmd": "stats"}, is_event("stats"), WAIT)
+    survivor.call({"cmd": "stats"}, is_event("stats"), WAIT)
+    req_stats = client.find(is_event("stats"))[-1]["roles"]["rpc/requester"]
+    rep_stats = survivor.find(is_event("stats"))[-1]["roles"]["rpc/replier"]
+    handled = survivor.find(ours("handling"), marks["survivor"])
+    runs = Counter((e["sender"], e["epoch"], e["rid"]) for e in handled)
+    by_tag = {a["tag"]: a for a in answers}
+
+    print(f"\nrequest/reply, victim killed {killed - sent:.2f}s after the requests went out "
+          f"holding {held}")
+    for tag in requests:
+        a = by_tag[tag]
+        print(f"  {tag}: {a['event']} "
+              f"{a['body']['from'] if a['event'] == 'reply' else a.get('type')} "
+              f"{a['_rx'] - killed:+.2f}s after the kill")
+    print(f"  requester stats {req_stats}")
+    print(f"  survivor stats {rep_stats}; handler runs per request id {sorted(runs.values())}")
+
+    slow_held = [t for t in held if t.startswith("slow")]
+    assert slow_held, f"no slow-retry request was in the victim's hands (it held {held})"
+    for tag, a in by_tag.items():
+        assert a["event"] == "reply", a
+        assert a["body"] == {"from": "survivor", "body": {"tag": tag}}, a
+    assert all(n == 1 for n in runs.values()), f"a handler ran twice on the survivor: {runs}"
+    assert Counter(e["body"]["tag"] for e in handled) == dict.fromkeys(requests, 1), handled
+    # Its retry cannot have come from retry_after (6 s): the replier vanishing did it.
+    assert req_stats["lost"] >= len(slow_held), req_stats
+    for tag in slow_held:
+        assert by_tag[tag]["_rx"] - killed < DETECT + 1.0 + 1.0, by_tag[tag]
+    assert rep_stats["duplicates"] >= 1, "the fast retries never reached the survivor twice"
+
+
+class DuplicatesWithoutFault(AssertionError):
+    """Items processed by two pullers although none of them died or vanished."""
+
+
+PAUSE = 1.0
+"""Seconds a puller is stopped: past the pusher's ``rto`` (0.5 s), well short of the
+peer timeout (2 s of silence; its last heartbeat is at most 0.5 s old when it stops)
+and of ZMTP's heartbeat timeout (3 s). The puller never leaves, nor disconnects."""
+
+
+def test_a_puller_paused_without_vanishing_gets_no_duplicates(
+        lab4: Lab, nodes: Nodes) -> None:
+    """The deterministic form of the duplicates that packet loss produces above: one
+    puller is SIGSTOPped for ``PAUSE`` seconds mid-stream (its acknowledgements are
+    late, as TCP makes them under loss), then resumed. It never vanishes, so no item
+    should be processed twice."""
+    h = lab4.hosts
+    pusher, steady, paused = nodes.many([
+        (h[0], "src", [*static_peers(h[:3], 0), "--push", "work", "--window", str(WINDOW)]),
+        (h[1], "steady", [*static_peers(h[:3], 1), "--pull", "work", "--work", str(WORK)]),
+        (h[2], "paused", [*static_peers(h[:3], 2), "--pull", "work", "--work", str(WORK)]),
+    ])
+    wait_peers(pusher, 2, "work")
+    progress = Progress(pusher)
+    n = 6000
+    mark = pusher.mark()
+    pusher.send({"cmd": "push_run", "channel": "work", "n": n, "rate": RATE,
+                 "timeout": ACKED_TIMEOUT})
+    progress.wait_queued(n // 4, WAIT)
+    stopped = time.time()
+    os.kill(paused.proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(PAUSE)
+    finally:
+        os.kill(paused.proc.pid, signal.SIGCONT)
+    resumed = time.time()
+    done = pusher.wait_for(
+        lambda e: e["event"] == "acked" or (e["event"] == "error"
+                                            and e.get("cmd") == "push_run"),
+        n / RATE + ACKED_TIMEOUT + 5, what="the end of push_run")
+    for nd in (steady, paused):
+        nd.call({"cmd": "stats"}, is_event("stats"), WAIT)
+
+    by_node = {nd.name: processed(nd) for nd in (steady, paused)}
+    both = set(by_node["steady"]) & set(by_node["paused"])
+    changes = pusher.find(lambda e: e["event"] in ("left", "joined"), mark)
+    print(f"\npaused puller: SIGSTOP for {resumed - stopped:.2f}s at item "
+          f"{progress.queued_at(stopped)}; pusher {pusher_summary(done)}; "
+          f"peer changes {[(e['event'], e['name']) for e in changes] or 'none'}; "
+          f"processed by both pullers: {len(both)}"
+          + (f" (items {min(both)}..{max(both)})" if both else ""))
+
+    # Preconditions: the puller never vanished, the run completed, nothing was lost.
+    assert not changes, f"a peer left or joined: the pause was not short enough {changes}"
+    assert done["event"] == "acked", pusher.describe()
+    assert (done["acked"], done["in_flight"], done["given_up"]) == (n, 0, 0), done
+    assert done["disconnects"] == 0, done
+    assert set(by_node["steady"]) | set(by_node["paused"]) == set(range(n))
+    for name, ids in by_node.items():
+        assert len(ids) == len(set(ids)), f"{name} processed an item twice"
+    if both:
+        raise DuplicatesWithoutFault(
+            f"{len(both)} items processed by both pullers, e.g. {sorted(both)[:10]}; the "
+            f"pusher retransmitted {done['retransmitted']} items, redelivered "
+            f"{done['redelivered']}, saw no disconnect and no peer leave")
