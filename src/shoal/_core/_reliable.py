@@ -141,14 +141,34 @@ class ReliableSender:
 
     def send(self, payload: Any, now: float) -> int:
         """Take a message into the window; return its sequence number."""
-        if not self.has_room():
+        seq = self.next_seq
+        if len(self._entries) >= self.window or (
+                seq - self._floor >= self.max_span and not self.has_room()):
             raise WindowFull(f"{self.in_flight} messages await acknowledgement (window "
                              f"{self.window}, span {self.max_span}); wait for acks")
-        seq = self.next_seq
         self.next_seq = seq + 1
         self._entries[seq] = _Entry(payload, now)
         self._queue.append(seq)
         return seq
+
+    def send_now(self, payload: Any, now: float) -> int:
+        """Like ``send``, for a caller that puts the message on the wire at once: it is
+        not queued, and the caller must report ``sent`` (or ``unsent``) for it. Only
+        while nothing is queued (``queued()`` is False), so order is kept."""
+        if self._queue:
+            raise LocalProtocolError("send_now() while messages are queued: use send()")
+        seq = self.next_seq
+        if len(self._entries) >= self.window or (
+                seq - self._floor >= self.max_span and not self.has_room()):
+            raise WindowFull(f"{self.in_flight} messages await acknowledgement; wait")
+        self.next_seq = seq + 1
+        e = self._entries[seq] = _Entry(payload, now)
+        e.queued = False
+        return seq
+
+    def queued(self) -> bool:
+        """Whether messages wait in the transmission queue."""
+        return bool(self._queue)
 
     def restore(self, items: Iterable[tuple[int, Any]], next_seq: int, now: float) -> None:
         """Take back the unacknowledged messages of an earlier life of this stream (a
@@ -354,6 +374,8 @@ class Deduplicator:
         self._max_streams = max_streams
         self._window = window
         self._streams: OrderedDict[Hashable, _Seen] = OrderedDict()
+        self._last_key: Hashable = None  # the stream of the previous call, and its memory
+        self._last: _Seen | None = None
         self.duplicates = 0
         self.forgotten_streams = 0
         self.overflowed = 0
@@ -363,14 +385,16 @@ class Deduplicator:
         True: new, deliver it. False: a duplicate (already delivered, or below the
         floor, i.e. acknowledged as done), drop it but acknowledge it again."""
         streams = self._streams
-        s = streams.get(stream)
+        # the common case first: the same stream as last time
+        s = self._last if stream == self._last_key else streams.get(stream)
         if s is None:
             s = streams[stream] = _Seen()
             if len(streams) > self._max_streams:
                 streams.popitem(last=False)
                 self.forgotten_streams += 1
-        else:
+        elif stream != self._last_key:
             streams.move_to_end(stream)
+        self._last_key, self._last = stream, s
         if floor > s.floor:
             s.floor = floor
             if s.seqs:

@@ -224,10 +224,24 @@ class ReliablePusher(SocketResource):
         now = trio.current_time()
         if self._outbox is not None:
             self._outbox.add(core.next_seq, frame)  # on disk before it is accepted
-        seq = core.send((frame, floor), now)
+        routes = self._routes
+        if routes and not core.queued():
+            # The common case: straight onto the wire, to the next puller in turn.
+            seq = core.send_now((frame, floor), now)
+            route = routes[self._turn % len(routes)]
+            self._turn += 1
+            try:
+                self._sock.send_nowait([route, frame])
+            except (PeerUnreachable, trio.WouldBlock):
+                core.unsent(seq)
+                self._transmit(now)
+            else:
+                core.sent(seq, route, now)
+        else:
+            seq = core.send((frame, floor), now)
+            self._transmit(now)
         if not seq & _READ_EVERY_MASK:
             self._read_acks()  # nobody waits on the socket while we send: read now and then
-        self._transmit(now)
         if was_empty:
             self._arm.set()  # the timer task has a deadline again
 
