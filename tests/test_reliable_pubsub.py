@@ -46,6 +46,7 @@ import shoal
 from shoal import Kind
 from shoal._core import (
     LOST_TRACK,
+    RESUME,
     START,
     ChainReceiver,
     Dropped,
@@ -515,8 +516,8 @@ def test_a_book_reopened_after_a_drop_is_a_resync_at_the_subscriber() -> None:
     s.on_ack("A", "route-A", [""], r.acked(STREAM), 2.2)
     assert s.books["A"].acked == 1
     seq, [(_, prev)] = s.publish("t", 4, 2.3)
-    assert (seq, prev) == (4, START)
-    assert r.accept(STREAM, 4, START) == "resync"
+    assert (seq, prev) == (4, RESUME)
+    assert r.accept(STREAM, 4, RESUME) == "resync"
     assert r.resyncs == 1
     assert r.acked(STREAM) == 4
     assert r.accept(STREAM, 2, prev2) == "duplicate"  # the old book's, too late
@@ -525,10 +526,6 @@ def test_a_book_reopened_after_a_drop_is_a_resync_at_the_subscriber() -> None:
     assert r.resyncs == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ChainReceiver.accept: a START after nothing was delivered (last == -1) is taken "
-    "for the first book, so a book dropped before any of its publications arrived "
-    "and opened again loses them without a resync being counted"))
 def test_a_book_dropped_before_anything_arrived_then_reopened_is_a_resync() -> None:
     s = FanoutSender(window=8, rto=0.5, max_rto=0.5, grace=2.0)
     r = ChainReceiver()
@@ -539,7 +536,7 @@ def test_a_book_dropped_before_anything_arrived_then_reopened_is_a_resync() -> N
     assert dropped == [Dropped("A", 2, 2.0)]
     s.on_ack("A", "route-A", [""], r.acked(STREAM), 2.5)  # -1: it never got anything
     seq, [(_, prev)] = s.publish("t", 2, 2.6)
-    assert prev == START
+    assert prev == RESUME  # the publisher knows it dropped this one
     verdict = r.accept(STREAM, seq, prev)
     assert (verdict, r.resyncs) == ("resync", 1)  # publications 0 and 1 were lost to it
 

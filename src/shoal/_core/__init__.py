@@ -26,7 +26,14 @@ from shoal._core._envelope import (
     encode,
     encode_topic,
 )
-from shoal._core._fanout import LOST_TRACK, START, ChainReceiver, Dropped, FanoutSender
+from shoal._core._fanout import (
+    LOST_TRACK,
+    RESUME,
+    START,
+    ChainReceiver,
+    Dropped,
+    FanoutSender,
+)
 from shoal._core._gaps import GapTracker, StreamKey
 from shoal._core._identity import Identity
 from shoal._core._peers import (
@@ -46,6 +53,7 @@ __all__ = [
     "LOST_TRACK",
     "MAX_ADDRESSES",
     "MAX_TOPIC",
+    "RESUME",
     "START",
     "VERSION",
     "Bye",

@@ -49,10 +49,13 @@ from typing import Any, Literal
 from shoal._core._errors import LocalProtocolError
 from shoal._core._reliable import WindowFull
 
-__all__ = ["LOST_TRACK", "START", "Book", "ChainReceiver", "Dropped", "FanoutSender"]
+__all__ = ["LOST_TRACK", "RESUME", "START", "Book", "ChainReceiver", "Dropped", "FanoutSender"]
 
 START = 2**64 - 1
 """``prev`` of the first publication of a book."""
+RESUME = 2**64 - 2
+"""``prev`` of the first publication of a book opened for a subscriber the publisher
+had dropped: what was published in between never reached it (a *resync*)."""
 LOST_TRACK = -2
 """The acknowledgement of a subscriber that cannot place what it receives."""
 _MAX_DOUBLINGS = 32
@@ -104,6 +107,9 @@ class FanoutSender:
         self.max_subscribers = max_subscribers
         self.next_seq = 0
         self.books: dict[Hashable, Book] = {}
+        # subscribers dropped for silence, newest last: if one comes back, its new book
+        # starts with RESUME so that it counts what it missed
+        self._dropped_keys: OrderedDict[Hashable, None] = OrderedDict()
         self._log: dict[int, list[Any]] = {}  # seq -> [payload, books holding it]
         self.sent = 0
         self.acked = 0
@@ -166,6 +172,8 @@ class FanoutSender:
                 self.refused += 1
                 return None
             book = self.books[key] = Book(key, route, tuple(prefixes), now)
+            if self._dropped_keys.pop(key, 0) is None:
+                book.last_sent = RESUME
         if ack_seq is not None:
             if ack_seq <= book.ack_seq:
                 return book  # overtaken by a newer one
@@ -194,8 +202,8 @@ class FanoutSender:
         """The subscriber cannot place what it gets: start its chain over."""
         self.restarts += 1
         if book.unacked:
-            seq, _ = book.unacked[0]
-            book.unacked[0] = (seq, START)
+            seq, prev = book.unacked[0]
+            book.unacked[0] = (seq, RESUME if prev == RESUME else START)
             book.due = now  # send the book again now
         else:
             book.last_sent = START
@@ -226,6 +234,9 @@ class FanoutSender:
         for key, book in list(self.books.items()):
             if now - book.last_heard >= self.grace:
                 self.on_bye(key)
+                self._dropped_keys[key] = None
+                if len(self._dropped_keys) > self.max_subscribers:
+                    self._dropped_keys.popitem(last=False)
                 self.dropped += 1
                 self.undelivered += len(book.unacked)
                 dropped.append(Dropped(key, len(book.unacked), now - book.last_heard))
@@ -277,13 +288,20 @@ class ChainReceiver:
         c = chains.get(stream)
         if c is None:
             c = chains[stream] = _Chain()
-            if prev != START:
+            if prev != START and prev != RESUME:
                 c.last = LOST_TRACK  # cannot place it: ask for the chain from a START
             if len(chains) > self._max:
                 chains.popitem(last=False)
                 self.forgotten_streams += 1
         else:
             chains.move_to_end(stream)
+        if prev == RESUME:  # a new book after the publisher had dropped us
+            if seq <= c.last:
+                self.duplicates += 1
+                return "duplicate"
+            c.last = seq
+            self.resyncs += 1
+            return "resync"
         if c.last == LOST_TRACK:
             if prev != START:
                 self.missing += 1
