@@ -5,6 +5,7 @@
         [--static-peer tcp://IP:PORT] [--port N]
         [--push CH [--window N] [--rto S] [--max-attempts N]]
         [--pull CH [--work S]] [--rep CH [--handle-delay S]] [--req CH]
+        [--rpub CH [--window N] [--rto S] [--grace S]] [--rsub CH [--topic P] [--heartbeat S]]
 
 Every stdout line is one JSON object, flushed at once (``t`` is ``time.time()``):
 
@@ -20,6 +21,18 @@ Every stdout line is one JSON object, flushed at once (``t`` is ``time.time()``)
   allows), printing ``{"event": "progress", "queued", <statistics>}`` every 0.1 s, then
   waits (at most ``timeout`` s) for ``wait_acked()``: ``{"event": "acked",
   <statistics>, "elapsed"}`` or ``{"event": "error", "type", "message", "failed"}``;
+* reliable subscriber (``--rsub``, on the ``--topic`` prefixes, default every topic):
+  ``{"event": "received", "channel", "ids": [...]}``, the ``"i"`` of every publication
+  delivered, in delivery order, in batches (at most every ``RECEIVED_EVERY`` seconds or
+  ``RECEIVED_BATCH`` items, each line flushed; a ``stats`` command reports the rest
+  first: once its answer is read, every delivery so far has been);
+* reliable publisher (``--rpub``, ``--window``/``--rto`` as for the pusher, ``--grace``):
+  ``{"cmd": "wait_subscribers", "channel", "n", "timeout"}`` -> ``{"event":
+  "subscribers", "channel", "n", <statistics>}``; ``{"cmd": "publish_run", "channel",
+  "n", "rate", "topic", "timeout"}`` publishes bodies ``{"i": 0} .. {"i": n-1}`` on
+  ``topic`` (default ``"t"``) paced like ``push_run``, with the same ``progress``,
+  ``all_queued`` and ``acked``/``error`` events (``wait_acked()``), the publisher's
+  statistics in them;
 * replier (``--rep``): handles requests concurrently, each sleeping ``--handle-delay``
   seconds (or the request body's ``"sleep"``): ``{"event": "handling", "rid", "sender",
   "epoch", "body"}`` when the handler starts, ``{"event": "answered", ...}`` after the
@@ -43,6 +56,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -53,13 +67,17 @@ from lab_node import emit, named_namespace, peer_fields
 from shoal._node import Source
 from shoal.discovery import MDNS, PeerJoined, PeerLeft, Static
 from shoal.errors import DeliveryFailed
-from shoal.patterns import ReliablePuller, ReliablePusher
+from shoal.patterns import ReliablePublisher, ReliablePuller, ReliablePusher, ReliableSubscriber
 
 log = logging.getLogger("fault_node")
 
 Command = dict[str, Any]
 PROGRESS_EVERY = 0.1
-"""Seconds between two ``progress`` events of a running ``push_run``."""
+"""Seconds between two ``progress`` events of a running ``push_run``/``publish_run``."""
+RECEIVED_EVERY = 0.05
+"""Seconds a reliable subscriber gathers publications before reporting them."""
+RECEIVED_BATCH = 1000
+"""At most this many ids in one ``received`` event."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -68,10 +86,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--discovery", choices=["mdns", "static"], default="mdns")
     p.add_argument("--static-peer", action="append", default=[], metavar="tcp://IP:PORT")
     p.add_argument("--port", type=int, default=0, help="control port (0: any)")
-    for role in ("push", "pull", "rep", "req"):
+    for role in ("push", "pull", "rep", "req", "rpub", "rsub"):
         p.add_argument(f"--{role}", action="append", default=[], metavar="CH")
     p.add_argument("--window", type=int, default=1024)
     p.add_argument("--rto", type=float, default=0.5)
+    p.add_argument("--grace", type=float, default=10.0,
+                   help="seconds a reliable publisher keeps a silent subscriber's book")
+    p.add_argument("--topic", action="append", default=[], metavar="PREFIX",
+                   help="a reliable subscriber's topic prefix (default: every topic)")
+    p.add_argument("--heartbeat", type=float, default=0.5,
+                   help="seconds between a reliable subscriber's acknowledgements")
     p.add_argument("--max-attempts", type=int, default=10)
     p.add_argument("--work", type=float, default=0.0, help="seconds of work per pulled item")
     p.add_argument("--handle-delay", type=float, default=0.0,
@@ -93,6 +117,9 @@ class Runner:
         self.pullers: dict[str, ReliablePuller] = {}
         self.repliers: dict[str, shoal.Replier] = {}
         self.requesters: dict[str, shoal.Requester] = {}
+        self.publishers: dict[str, ReliablePublisher] = {}
+        self.subscribers: dict[str, ReliableSubscriber] = {}
+        self.unreported: dict[str, list[int]] = {}  # reliable subscriber: delivered ids
         self.done = trio.Event()
 
     async def report_peers(self, watch: shoal.PeerWatch) -> None:
@@ -113,8 +140,29 @@ class Runner:
             emit("processed", channel=channel, ids=[m.body["i"] for m in batch])
 
     async def push_run(self, cmd: Command) -> None:
+        pusher = self.pushers[str(cmd["channel"])]
+
+        async def send(i: int) -> None:
+            await pusher.send({"i": i})
+
+        await self.paced_run("push_run", cmd, send, pusher.statistics, pusher.wait_acked)
+
+    async def publish_run(self, cmd: Command) -> None:
+        publisher = self.publishers[str(cmd["channel"])]
+        topic = str(cmd.get("topic", "t"))
+
+        async def send(i: int) -> None:
+            await publisher.publish(topic, {"i": i})
+
+        await self.paced_run("publish_run", cmd, send, publisher.statistics,
+                             publisher.wait_acked)
+
+    async def paced_run(self, name: str, cmd: Command, send: Callable[[int], Awaitable[None]],
+                        statistics: Callable[[], Any],
+                        wait_acked: Callable[[], Awaitable[None]]) -> None:
+        """``send(0) .. send(n-1)`` at ``rate`` per second, ``progress`` reports meanwhile,
+        then ``wait_acked()`` within ``timeout``: ``acked`` or ``error``."""
         channel = str(cmd["channel"])
-        pusher = self.pushers[channel]
         n = int(cmd["n"])
         rate = float(cmd.get("rate", 0))
         queued = 0
@@ -122,8 +170,7 @@ class Runner:
 
         async def progress() -> None:
             while True:
-                emit("progress", channel=channel, queued=queued,
-                     **counters(pusher.statistics()))
+                emit("progress", channel=channel, queued=queued, **counters(statistics()))
                 await trio.sleep(PROGRESS_EVERY)
 
         try:
@@ -133,27 +180,57 @@ class Runner:
                     due = n if not rate else min(
                         n, int((trio.current_time() - started) * rate) + 1)
                     while queued < due:
-                        await pusher.send({"i": queued})
+                        await send(queued)
                         queued += 1
                     if queued < n:
                         await trio.sleep_until(started + queued / rate)
                 emit("all_queued", channel=channel, queued=queued,
                      elapsed=trio.current_time() - started)
                 with trio.fail_after(float(cmd.get("timeout", 60))):
-                    await pusher.wait_acked()
+                    await wait_acked()
                 nursery.cancel_scope.cancel()
         except DeliveryFailed as exc:
-            emit("error", cmd="push_run", channel=channel, type="DeliveryFailed",
+            emit("error", cmd=name, channel=channel, type="DeliveryFailed",
                  message=str(exc), failed=[[g.seq, g.reason, g.attempts] for g in exc.failed],
-                 **counters(pusher.statistics()))
+                 **counters(statistics()))
             return
         except trio.TooSlowError:
-            emit("error", cmd="push_run", channel=channel, type="TooSlowError",
-                 message="wait_acked() did not complete in time",
-                 **counters(pusher.statistics()))
+            emit("error", cmd=name, channel=channel, type="TooSlowError",
+                 message="wait_acked() did not complete in time", queued=queued,
+                 **counters(statistics()))
             return
         emit("acked", channel=channel, queued=queued, elapsed=trio.current_time() - started,
-             **counters(pusher.statistics()))
+             **counters(statistics()))
+
+    async def wait_subscribers(self, cmd: Command) -> None:
+        channel = str(cmd["channel"])
+        publisher = self.publishers[channel]
+        n = int(cmd.get("n", 1))
+        try:
+            with trio.fail_after(float(cmd.get("timeout", 10))):
+                await publisher.wait_for_subscribers(n)
+        except (Exception, trio.TooSlowError) as exc:
+            emit("error", cmd="wait_subscribers", channel=channel, type=type(exc).__name__,
+                 message=str(exc), **counters(publisher.statistics()))
+            return
+        emit("subscribers", channel=channel, n=n, **counters(publisher.statistics()))
+
+    async def receive_published(self, channel: str, sub: ReliableSubscriber) -> None:
+        """Report what ``sub`` delivers, in order, in batches (flushed lines)."""
+        ids = self.unreported[channel] = []
+        while True:
+            ids.append((await sub.receive()).body["i"])
+            with trio.move_on_after(RECEIVED_EVERY):
+                while len(ids) < RECEIVED_BATCH:
+                    ids.append((await sub.receive()).body["i"])
+            self.report_received()
+
+    def report_received(self) -> None:
+        """Print what the subscribers delivered and is not reported yet."""
+        for channel, ids in self.unreported.items():
+            if ids:
+                emit("received", channel=channel, ids=ids[:])
+                ids.clear()
 
     async def serve(self, channel: str, replier: shoal.Replier) -> None:
         async def handle(req: shoal.Request) -> None:
@@ -203,7 +280,9 @@ class Runner:
     def stats(self) -> dict[str, Any]:
         roles: dict[str, Any] = {}
         for kind, table in (("pusher", self.pushers), ("puller", self.pullers),
-                            ("replier", self.repliers), ("requester", self.requesters)):
+                            ("replier", self.repliers), ("requester", self.requesters),
+                            ("publisher", self.publishers),
+                            ("subscriber", self.subscribers)):
             for ch, res in table.items():
                 roles[f"{ch}/{kind}"] = counters(res.statistics())
         return roles
@@ -212,11 +291,16 @@ class Runner:
         name = cmd.get("cmd")
         if name == "push_run":
             nursery.start_soon(self.push_run, cmd)
+        elif name == "publish_run":
+            nursery.start_soon(self.publish_run, cmd)
+        elif name == "wait_subscribers":
+            nursery.start_soon(self.wait_subscribers, cmd)
         elif name == "request":
             nursery.start_soon(self.request, cmd)
         elif name == "wait_peers":
             nursery.start_soon(self.wait_peers, cmd)
         elif name == "stats":
+            self.report_received()  # every delivery is reported before the stats
             emit("stats", roles=self.stats(), tag=cmd.get("tag"))
         elif name == "exit":
             self.done.set()
@@ -277,6 +361,14 @@ async def run(args: argparse.Namespace) -> None:
             for ch in args.req:
                 runner.requesters[ch] = await stack.enter_async_context(
                     node.open_requester(ch))
+            for ch in args.rpub:
+                runner.publishers[ch] = await stack.enter_async_context(node.open_publisher(
+                    ch, reliable=True, window=args.window, rto=args.rto, grace=args.grace))
+            for ch in args.rsub:
+                sub = await stack.enter_async_context(node.open_subscriber(
+                    ch, topics=args.topic or [""], reliable=True, heartbeat=args.heartbeat))
+                runner.subscribers[ch] = sub
+                nursery.start_soon(runner.receive_published, ch, sub)
             emit("ready", name=args.name, id=node.id, epoch=node.epoch,
                  control_port=node.control_port, addresses=list(node.addresses))
             nursery.start_soon(runner.read_commands, nursery)

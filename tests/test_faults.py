@@ -20,7 +20,11 @@ What "at least once" promises here, and so what is asserted:
   (packet loss on a live TCP connection must not produce duplicates);
 * ``wait_acked()`` completes, nothing is given up;
 * a request whose replier is SIGKILLed mid-handler is answered by the other replier,
-  and no handler on that live replier runs twice for one request id.
+  and no handler on that live replier runs twice for one request id;
+* reliable pub/sub: a subscriber whose cable is pulled for 2 s (long enough for the
+  nodes to time each other out and re-wire) still gets every publication once and in
+  order, the publisher having kept its book for ``grace``; a SIGKILLed subscriber is
+  dropped after ``grace`` (counted) while publishing to the other goes on unpaused.
 
 An item whose acknowledgement is merely late (TCP recovering from loss, a paused
 process) is sent again to the same puller, which recognises it: only a puller that
@@ -34,6 +38,7 @@ applied inside the lab's namespaces only, and the lab deletes them all at the en
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -461,3 +466,207 @@ def test_a_puller_paused_without_vanishing_gets_no_duplicates(
             f"{len(both)} items processed by both pullers, e.g. {sorted(both)[:10]}; the "
             f"pusher retransmitted {done['retransmitted']} items, redelivered "
             f"{done['redelivered']}, saw no disconnect and no peer leave")
+
+
+# -- reliable pub/sub ------------------------------------------------------------------------
+
+PUBS = 10_000
+PUB_RATE = 1_000
+"""Publications per second: the run lasts about 10 s, the flap sits in its middle."""
+PUB_WINDOW = 8192
+"""The publisher's window: far above what a subscriber misses in ``FLAP`` seconds at
+``PUB_RATE`` (2,000), so the flap never blocks publishing (no backpressure)."""
+GRACE_SHORT = 3.0
+"""The publisher's ``grace`` in the SIGKILL test: a silent subscriber is dropped after it."""
+
+
+def received(node: LabNode, channel: str = "feed") -> list[int]:
+    """Every publication number ``node``'s reliable subscriber delivered, in order."""
+    return [i for ev in node.find(is_event("received", channel=channel)) for i in ev["ids"]]
+
+
+def order_report(ids: list[int], n: int) -> str:
+    """What is wrong with ``ids`` as ``0 .. n-1`` in order ("" if nothing)."""
+    if ids == list(range(n)):
+        return ""
+    counts = Counter(ids)
+    missing = sorted(set(range(n)) - set(counts))
+    twice = sorted(i for i, k in counts.items() if k > 1)
+    back = [(a, b) for a, b in itertools.pairwise(ids) if b <= a]
+    return (f"{len(ids)} delivered; {len(missing)} missing (e.g. {missing[:10]}); "
+            f"{len(twice)} twice (e.g. {twice[:10]}); {len(back)} out of order "
+            f"(e.g. {back[:5]})")
+
+
+def wait_subscribers(node: LabNode, n: int, channel: str = "feed",
+                     timeout: float = WAIT) -> Event:
+    ev = node.call({"cmd": "wait_subscribers", "channel": channel, "n": n,
+                    "timeout": timeout},
+                   lambda e: e["event"] == "subscribers" or (
+                       e["event"] == "error" and e.get("cmd") == "wait_subscribers"),
+                   timeout + 1)
+    assert ev["event"] == "subscribers", ev
+    return ev
+
+
+def end_of_run(node: LabNode, timeout: float) -> Event:
+    return node.wait_for(
+        lambda e: e["event"] == "acked" or (e["event"] == "error"
+                                            and e.get("cmd") == "publish_run"),
+        timeout, what="the end of publish_run")
+
+
+def subscriber_stats(node: LabNode) -> Event:
+    ev = node.call({"cmd": "stats"}, is_event("stats"), WAIT)
+    stats: Event = ev["roles"]["feed/subscriber"]
+    return stats
+
+
+def publisher_summary(ev: Event) -> str:
+    keys = ("queued", "published", "acked", "in_flight", "retransmitted", "subscribers",
+            "dropped_subscribers", "undelivered", "refused_subscribers", "malformed")
+    return ", ".join(f"{k}={ev.get(k)}" for k in keys)
+
+
+def sub_summary(stats: Event) -> str:
+    keys = ("received", "duplicates", "missing", "resyncs", "acks_sent", "malformed")
+    return ", ".join(f"{k}={stats.get(k)}" for k in keys)
+
+
+def test_reliable_pubsub_subscriber_link_down_2s_gets_everything_in_order(
+        lab4: Lab, nodes: Nodes) -> None:
+    """One reliable publisher, two reliable subscribers on other hosts; ``PUBS``
+    numbered publications at ``PUB_RATE``/s; one subscriber's cable pulled for ``FLAP``
+    seconds mid-stream. The publisher keeps the flapped subscriber's book for ``grace``
+    (10 s), so both subscribers get every publication once and in order, and
+    ``wait_acked()`` completes without dropping anyone."""
+    h = lab4.hosts
+    pub, steady, flapped = nodes.many([
+        (h[0], "pub", [*static_peers(h[:3], 0), "--rpub", "feed",
+                       "--window", str(PUB_WINDOW)]),
+        (h[1], "steady", [*static_peers(h[:3], 1), "--rsub", "feed"]),
+        (h[2], "flapped", [*static_peers(h[:3], 2), "--rsub", "feed"]),
+    ])
+    wait_subscribers(pub, 2)
+    progress = Progress(pub)
+    times: dict[str, float] = {}
+    mark = pub.mark()
+    times["start"] = time.time()
+    pub.send({"cmd": "publish_run", "channel": "feed", "n": PUBS, "rate": PUB_RATE,
+              "timeout": ACKED_TIMEOUT})
+    try:
+        progress.wait_queued(PUBS * 3 // 10, WAIT)
+        up_mark = flapped.mark()
+        times["down"] = time.time()
+        h[2].link_down()
+        time.sleep(max(0.0, times["down"] + FLAP - time.time()))
+    finally:
+        h[2].link_up()
+    times["up"] = time.time()
+    done = end_of_run(pub, PUBS / PUB_RATE + ACKED_TIMEOUT + 5)
+    times["end"] = time.time()
+    stats = {nd.name: subscriber_stats(nd) for nd in (steady, flapped)}
+    got = {nd.name: received(nd) for nd in (steady, flapped)}
+
+    def changes(node: LabNode, after: int = 0) -> list[str]:
+        return [f"{e['event']} {e['name']} ({e.get('reason')}) at "
+                f"{e['t'] - times['start']:.2f}s"
+                for e in node.find(lambda e: e["event"] in ("left", "joined"), after)]
+
+    # When the flapped subscriber got publications again, and had caught up.
+    at_down = progress.queued_at(times["down"])
+    after_up = flapped.find(is_event("received"), up_mark)
+    back = [e for e in after_up if e["_rx"] > times["up"]]
+    caught_up = next((e["_rx"] for e in back if max(e["ids"]) >= progress.queued_at(
+        times["up"])), None)
+    t0 = times["start"]
+    print(f"\nreliable pub/sub, {PUBS} publications at {PUB_RATE}/s, window {PUB_WINDOW}: "
+          f"{done['event']} after {times['end'] - t0:.1f}s")
+    print(f"  publisher: {publisher_summary(done)}")
+    print(f"  link down {times['down'] - t0:.2f}-{times['up'] - t0:.2f}s (publication "
+          f"{at_down}..{progress.queued_at(times['up'])}); flapped subscriber delivering "
+          f"again {back[0]['_rx'] - times['up']:+.2f}s after link_up" if back else
+          "  flapped subscriber delivered nothing after link_up")
+    if caught_up is not None:
+        print(f"  flapped subscriber caught up {caught_up - times['up']:+.2f}s after link_up")
+    rejoined = flapped.find(lambda e: e["event"] == "joined" and e["name"] == "pub"
+                            and e["_rx"] > times["up"], up_mark)
+    if rejoined and back:
+        print(f"  flapped subscriber re-joined the publisher's node "
+              f"{rejoined[0]['_rx'] - times['up']:+.2f}s after link_up, delivering again "
+              f"{back[0]['_rx'] - rejoined[0]['_rx']:+.2f}s after that (the publisher's "
+              f"retransmission timer, backed off during the cut)")
+    print(f"  retransmitted: {progress.delta('retransmitted', t0, times['down'])} before the "
+          f"cut, +{progress.delta('retransmitted', times['down'], times['end'])} after it")
+    print(f"  publisher saw {changes(pub, mark) or 'no peer change'}; flapped saw "
+          f"{changes(flapped, up_mark) or 'no peer change'}")
+    for name, s in stats.items():
+        print(f"  {name}: {sub_summary(s)}")
+
+    assert done["event"] == "acked", pub.describe()
+    assert done["queued"] == done["published"] == PUBS, done
+    assert done["in_flight"] == 0, done
+    assert done["dropped_subscribers"] == 0, done
+    assert done["undelivered"] == 0, done
+    assert done["subscribers"] == 2, done
+    for name, ids in got.items():
+        assert not order_report(ids, PUBS), f"{name}: {order_report(ids, PUBS)}"
+        assert stats[name]["received"] == PUBS, stats[name]
+        assert stats[name]["resyncs"] == 0, (name, stats[name])
+    # The cut did something: the publisher had to send the flapped one's gap again.
+    assert done["retransmitted"] > 0, done
+
+
+def test_reliable_pubsub_killed_subscriber_is_dropped_after_grace(
+        lab4: Lab, nodes: Nodes) -> None:
+    """``grace`` = ``GRACE_SHORT``; one of two reliable subscribers is SIGKILLed
+    mid-stream. The publisher keeps publishing to the other without a pause, drops the
+    dead one's book about ``grace`` seconds later (counted, with what it never
+    acknowledged), and ``wait_acked()`` then completes."""
+    h = lab4.hosts
+    n = 6000
+    pub, steady, victim = nodes.many([
+        (h[0], "pub", [*static_peers(h[:3], 0), "--rpub", "feed",
+                       "--window", str(PUB_WINDOW), "--grace", str(GRACE_SHORT)]),
+        (h[1], "steady", [*static_peers(h[:3], 1), "--rsub", "feed"]),
+        (h[2], "victim", [*static_peers(h[:3], 2), "--rsub", "feed"]),
+    ])
+    wait_subscribers(pub, 2)
+    progress = Progress(pub)
+    started = time.time()
+    pub.send({"cmd": "publish_run", "channel": "feed", "n": n, "rate": PUB_RATE,
+              "timeout": ACKED_TIMEOUT})
+    progress.wait_queued(n // 4, WAIT)
+    killed = victim.kill()
+    dropped_ev = pub.wait_for(
+        lambda e: e["event"] in ("progress", "acked") and e["dropped_subscribers"] >= 1,
+        GRACE_SHORT + 3, what="the publisher dropping the killed subscriber")
+    all_queued = pub.wait_for(is_event("all_queued", channel="feed"), n / PUB_RATE + 5)
+    done = end_of_run(pub, ACKED_TIMEOUT + 5)
+    stats = subscriber_stats(steady)
+    got = received(steady)
+    victim_got = received(victim)
+    at_kill = progress.queued_at(killed)
+    at_drop = int(dropped_ev["queued"])
+    print(f"\nreliable pub/sub, grace {GRACE_SHORT}s: victim SIGKILLed "
+          f"{killed - started:.2f}s in (publication {at_kill}, it had delivered "
+          f"{len(victim_got)}), dropped {dropped_ev['_rx'] - killed:.2f}s later (publication "
+          f"{at_drop}); all {n} queued in {all_queued['elapsed']:.2f}s; {done['event']}")
+    print(f"  publisher: {publisher_summary(done)}")
+    print(f"  steady: {sub_summary(stats)}")
+
+    assert done["event"] == "acked", pub.describe()
+    assert done["dropped_subscribers"] == 1, done
+    assert done["subscribers"] == 1, done
+    assert done["in_flight"] == 0, done
+    assert done["published"] == n, done
+    # What it never acknowledged was given up: at least what came after its death.
+    assert done["undelivered"] >= at_drop - at_kill - PUB_RATE // 2, done
+    assert not order_report(got, n), f"steady: {order_report(got, n)}"
+    assert stats["resyncs"] == 0, stats
+    assert stats["received"] == n, stats
+    # Dropped after grace (its last acknowledgement is at most a heartbeat older than
+    # the kill; progress is sampled every 0.1 s), and publishing never waited for it.
+    assert GRACE_SHORT - 1.0 <= dropped_ev["_rx"] - killed <= GRACE_SHORT + 1.5, dropped_ev
+    assert all_queued["elapsed"] <= n / PUB_RATE + 1.0, all_queued
+    assert at_kill < at_drop < n, (at_kill, at_drop)

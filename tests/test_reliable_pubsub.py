@@ -644,11 +644,35 @@ def test_a_subscriber_stalled_for_hours_keeps_being_retried_every_max_rto() -> N
     for _ in range(2000):  # 2.8 h: heartbeats keep it in the books, nothing progresses
         timer = s.get_timer()
         assert timer is not None
+        while now + 0.5 < timer:  # its heartbeats, every 0.5 s
+            now += 0.5
+            s.on_ack("A", "route-A", [""], -1, now)
         now = timer
         s.on_ack("A", "route-A", [""], -1, now)
         resend, dropped = s.due(now)
         assert (len(resend), dropped) == (1, [])
     assert s.get_timer() == pytest.approx(now + 5.0)
+
+
+def test_a_subscriber_heard_again_after_a_silence_gets_its_book_at_once() -> None:
+    """A link that was down: the backed-off timer would wait up to max_rto; the first
+    acknowledgement after a silence longer than two rto brings the resend forward."""
+    s = FanoutSender(window=8, rto=0.5, max_rto=5.0, grace=30.0)
+    open_book(s, "A")
+    s.publish("t", 0, 0.0)
+    now = 0.0
+    for _ in range(4):  # nothing comes back: 0.5, 1, 2, 4 s of backoff
+        timer = s.get_timer()
+        assert timer is not None
+        now = timer
+        s.due(now)
+    assert s.get_timer() == pytest.approx(now + 5.0)
+    s.on_ack("A", "route-A", [""], -1, now + 1.5)  # back, after 9.5 s of silence
+    assert s.get_timer() == pytest.approx(now + 1.5)
+    resend, _ = s.due(now + 1.5)
+    assert [b.key for b, _ in resend] == ["A"]
+    s.on_ack("A", "route-A", [""], -1, now + 1.8)  # a heartbeat soon after: no rush
+    assert s.get_timer() == pytest.approx(now + 1.5 + 1.0)
 
 
 @pytest.mark.parametrize("kwargs", [

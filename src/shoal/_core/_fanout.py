@@ -18,8 +18,9 @@ subscriber can tell a gap from a publication it was never meant to get.
 * ``due(now)`` lists what to send again: a book whose acknowledgements stopped
   advancing for ``rto`` seconds (doubling, up to ``max_rto``) gets every publication it
   holds again, in order (go-back-N: a subscriber loses publications only in a burst,
-  when a connection drops or a high-water mark overflows). A book not heard from for
-  ``grace`` seconds is dropped, with what it held (``Dropped``).
+  when a connection drops or a high-water mark overflows). A subscriber heard from
+  again after a silence longer than two ``rto`` gets its book again at once. A book
+  not heard from for ``grace`` seconds is dropped, with what it held (``Dropped``).
 * ``on_bye(key)``: the subscriber left cleanly; its book goes without a count.
 * An acknowledgement of ``LOST_TRACK`` (-2) means the subscriber holds publications of
   this stream it cannot place (its memory of the stream was forgotten, or the first
@@ -180,6 +181,11 @@ class FanoutSender:
             book.ack_seq = ack_seq
         book.route = route
         book.prefixes = tuple(prefixes)
+        if book.unacked and now - book.last_heard > 2 * self.rto:
+            # Back after a silence (a link that was down): send it what it holds now
+            # rather than when the backed-off timer says.
+            book.attempts = 0
+            book.due = min(book.due, now)
         book.last_heard = now
         if acked == LOST_TRACK:
             self._restart_chain(book, now)
