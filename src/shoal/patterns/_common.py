@@ -175,6 +175,10 @@ class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
     def _accept(self, frames: list[bytes]) -> None:
         raise NotImplementedError
 
+    def _before_wait(self) -> None:
+        """Called when ``receive`` is about to wait for the socket (nothing to hand
+        out): the moment to send what the receiver owes its peers."""
+
     def _fill(self) -> int:
         """Drain what is queued into the buffer; return how many raw messages came."""
         raws = self._sock.receive_batch_nowait(self._batch)
@@ -208,6 +212,7 @@ class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
         waited = False
         while True:
             if self._fill() == 0:
+                self._before_wait()
                 await self._sock.wait_receivable()  # always a real scheduling point
                 waited = True
                 continue

@@ -364,6 +364,10 @@ class ReliableSubscriber(BufferedReceiver[Message]):
             self._flush()
         return n
 
+    def _before_wait(self) -> None:
+        if self._pending:
+            self._flush()
+
     async def receive(self) -> Message:
         """Wait for the next publication. Cancel-safe."""
         if not self._buffer and not self._fill() and self._pending:

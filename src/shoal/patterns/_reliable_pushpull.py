@@ -537,6 +537,12 @@ class _ReliableReceiver(BufferedReceiver[T]):
             self._flush(done=False)
         return n
 
+    def _before_wait(self) -> None:
+        # What arrived was only copies (or garbage): their acknowledgements go now,
+        # or the pusher would wait for them while we wait for it.
+        if self._pending_received or self._done_count:
+            self._flush(done=True)
+
     def _mark_done(self, msg: Message) -> bool:
         """The application is done with ``msg``; False if it was not held (done already)."""
         route = self._holding.pop((msg.sender, msg.epoch, msg.stream, msg.seq), None)
