@@ -306,9 +306,11 @@ class ReliableSender:
                 n += 1
         return n
 
-    def get_timer(self) -> float | None:
-        """When ``transmissions`` next has something to do (None: nothing pending)."""
-        if self._queue:
+    def get_timer(self, *, queued: bool = True) -> float | None:
+        """When ``transmissions`` next has something to do (None: nothing pending).
+        ``queued=False`` leaves out what is queued now (for a caller that could not
+        send it and waits for a destination)."""
+        if queued and self._queue:
             return float("-inf")
         best: float | None = None
         fresh = self._fresh

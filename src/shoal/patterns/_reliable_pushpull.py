@@ -179,7 +179,8 @@ class ReliablePusher(SocketResource):
         # still reaches it.
         sock.setsockopt(zmq.ROUTING_ID, b"P" + os.urandom(15))
         self._links = LinkMonitor(sock, self._link_up, self._link_lost)
-        self._arm = trio.Event()  # set when the window stops being empty
+        self._arm = trio.Event()  # wakes the timer task (work, a puller connecting)
+        self._waiters = 0  # tasks in _wait_for
         self._failed: list[DeadLetter] = []  # for wait_acked
         self._dead_in, self._dead_out = trio.open_memory_channel[DeadLetter](_DEAD_LETTERS)
         self._dead_dropped = 0
@@ -266,17 +267,39 @@ class ReliablePusher(SocketResource):
         self._raise_failures()
 
     async def _wait_for(self, condition: Callable[[], bool]) -> None:
-        """Read acknowledgements (and retransmit what falls due) until ``condition``."""
+        """Read acknowledgements (and retransmit what falls due) until ``condition``.
+
+        Parked on the socket; woken by acknowledgements arriving, and (``_wake``) by
+        another task of this pusher reading them, or a puller connecting."""
         sock = self._sock
-        while True:
-            sock.check_open("wait for acknowledgements")
-            self._read_acks()
-            self._transmit()
-            if condition():
-                return
-            timer = self._core.get_timer()
-            with trio.move_on_at(math.inf if timer is None else max(timer, 0.0)):
-                await sock.wait_receivable()
+        core = self._core
+        self._waiters += 1
+        try:
+            while True:
+                sock.check_open("wait for acknowledgements")
+                self._read_acks()
+                sent_all = self._transmit()
+                if core.gave_up_pending():
+                    self._collect_failures()
+                if condition():
+                    return
+                # What is queued and found no puller waits for one (``_wake``), or
+                # for a full queue to drain (looked at again soon).
+                timer = core.get_timer(queued=sent_all)
+                if not sent_all and self._routes:
+                    soon = trio.current_time() + 0.005
+                    timer = soon if timer is None else min(timer, soon)
+                with trio.move_on_at(math.inf if timer is None else max(timer, 0.0)):
+                    await sock.wait_receivable()
+        finally:
+            self._waiters -= 1
+
+    def _wake(self) -> None:
+        """Something changed that tasks of this pusher may wait for: the timer task
+        looks again, and so does whoever waits in ``_wait_for``."""
+        self._arm.set()
+        if self._waiters:
+            self._sock.interrupt()
 
     @property
     def dead_letters(self) -> trio.MemoryReceiveChannel[DeadLetter]:
@@ -343,7 +366,7 @@ class ReliablePusher(SocketResource):
         route = self._route_of.get(endpoint)
         if route is not None and route not in self._routes:
             self._routes.append(route)
-            self._arm.set()
+            self._wake()
 
     def drop_route(self, route: bytes, endpoint: str, why: str) -> None:
         """Disconnect from a puller; what it held goes to the others."""
@@ -356,7 +379,7 @@ class ReliablePusher(SocketResource):
             self._sock.disconnect(endpoint)
         self._redelivered += self._core.destination_lost(route, trio.current_time())
         self._transmit()
-        self._arm.set()
+        self._wake()
 
     def _link_lost(self, endpoint: str) -> None:
         """The connection to a puller dropped (killed, or its link silent past the ZMTP
@@ -375,7 +398,7 @@ class ReliablePusher(SocketResource):
             log.info("reliable pusher: lost the connection to %s; %d item(s) it held "
                      "go to other pullers", endpoint, n)
         self._transmit()
-        self._arm.set()
+        self._wake()
 
     # -- the wire ----------------------------------------------------------------------------
 
@@ -425,9 +448,13 @@ class ReliablePusher(SocketResource):
         return True
 
     def _read_acks(self) -> None:
+        got = False
         while raws := self._sock.receive_batch_nowait(256):
+            got = True
             for frames in raws:
                 self._on_ack(frames)
+        if got and self._waiters:
+            self._sock.interrupt()  # a waiter parked on the socket may be done now
 
     def _on_ack(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -468,14 +495,15 @@ class ReliablePusher(SocketResource):
                 # every rto while anything is in flight, in case one comes earlier
                 deadline = (None if timer is None
                             else min(timer, trio.current_time() + core.rto))
-            else:  # nobody to send to: look again soon, or when a route appears
+            elif self._routes:  # pullers' queues full: look again soon
                 deadline = trio.current_time() + backoff
                 backoff = min(backoff * 2, 0.05)
-            if deadline is None:
-                self._arm = trio.Event()
+            else:  # no puller: one connecting wakes us (_wake); in-flight timers run on
+                timer = core.get_timer(queued=False)
+                deadline = None if timer is None else max(timer, trio.current_time())
+            self._arm = trio.Event()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
                 await self._arm.wait()
-            else:
-                await trio.sleep_until(deadline)
 
     async def aclose(self) -> None:
         """Close; unacknowledged items are dropped (``statistics().in_flight`` says how many)."""
