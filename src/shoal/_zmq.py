@@ -122,6 +122,7 @@ class Socket:
     __slots__ = (
         "_closed",
         "_fd",
+        "_interrupts",
         "_linger",
         "_lots",
         "_parked",
@@ -146,6 +147,7 @@ class Socket:
         self._watch_flag = 0  # what the watcher waits for; 0 = no watcher
         self._poked = False  # the watcher has been told to look again
         self._unyielded = 0  # sends since send() last yielded to the scheduler
+        self._interrupts = 0  # interrupt() calls so far
         self.bound: list[str] = []
         """Endpoints bound so far, as libzmq reports them (ports resolved)."""
 
@@ -234,6 +236,7 @@ class Socket:
     async def _wait(self, flag: int) -> None:
         """Wait until ``flag`` may be ready. Returns spuriously; callers retry."""
         self.check_open("wait")
+        interrupts = self._interrupts
         self._parked += 1
         if self._watch_flag:
             try:
@@ -253,6 +256,10 @@ class Socket:
                     if self._closed:
                         raise ClosedError("the socket was closed while waiting") from None
                     break  # poked: another task's call consumed our edge; look again
+                if self._interrupts != interrupts:
+                    # interrupt() came after the FD woke us but before we ran: its poke
+                    # found nobody waiting on the FD, so return (spuriously) for it
+                    break
                 if self._refresh(watcher=False) & flag:
                     break
         finally:
@@ -268,6 +275,7 @@ class Socket:
     def interrupt(self) -> None:
         """Wake every task waiting on this socket (their wait returns spuriously), so
         that each re-checks its own condition. Never checkpoints."""
+        self._interrupts += 1
         for lot in self._lots.values():
             lot.unpark_all()
         if self._watch_flag and not self._poked:
