@@ -3,7 +3,7 @@
 
     python tests/fault_node.py --name NAME [--discovery mdns|static]
         [--static-peer tcp://IP:PORT] [--port N]
-        [--push CH [--window N] [--rto S] [--max-attempts N]]
+        [--push CH [--window N] [--rto S] [--max-attempts N] [--give-up-after S]]
         [--pull CH [--work S]] [--rep CH [--handle-delay S]] [--req CH]
         [--rpub CH [--window N] [--rto S] [--grace S]] [--rsub CH [--topic P] [--heartbeat S]]
 
@@ -18,7 +18,8 @@ Every stdout line is one JSON object, flushed at once (``t`` is ``time.time()``)
   ``--work S`` sleeps ``S`` seconds per item (the "processing");
 * reliable pusher: ``{"cmd": "push_run", "channel", "n", "rate", "timeout"}`` sends
   bodies ``{"i": 0} .. {"i": n-1}`` paced at ``rate`` items/s (0: as fast as the window
-  allows), printing ``{"event": "progress", "queued", <statistics>}`` every 0.1 s, then
+  allows), printing ``{"event": "progress", "queued", "rss_kb", <statistics>}`` every
+  0.1 s, then
   waits (at most ``timeout`` s) for ``wait_acked()``: ``{"event": "acked",
   <statistics>, "elapsed"}`` or ``{"event": "error", "type", "message", "failed"}``;
 * reliable subscriber (``--rsub``, on the ``--topic`` prefixes, default every topic):
@@ -97,10 +98,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--heartbeat", type=float, default=0.5,
                    help="seconds between a reliable subscriber's acknowledgements")
     p.add_argument("--max-attempts", type=int, default=10)
+    p.add_argument("--give-up-after", type=float, default=None,
+                   help="seconds after which a reliable pusher gives an item up")
     p.add_argument("--work", type=float, default=0.0, help="seconds of work per pulled item")
     p.add_argument("--handle-delay", type=float, default=0.0,
                    help="seconds a request handler sleeps before replying")
     return p.parse_args(argv)
+
+
+def rss_kb() -> int:
+    """This process's resident memory, in KiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def counters(stats: Any) -> dict[str, Any]:
@@ -170,31 +179,37 @@ class Runner:
 
         async def progress() -> None:
             while True:
-                emit("progress", channel=channel, queued=queued, **counters(statistics()))
+                emit("progress", channel=channel, queued=queued, rss_kb=rss_kb(),
+                     **counters(statistics()))
                 await trio.sleep(PROGRESS_EVERY)
 
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(progress)
-                while queued < n:
-                    due = n if not rate else min(
-                        n, int((trio.current_time() - started) * rate) + 1)
-                    while queued < due:
-                        await send(queued)
-                        queued += 1
-                    if queued < n:
-                        await trio.sleep_until(started + queued / rate)
-                emit("all_queued", channel=channel, queued=queued,
-                     elapsed=trio.current_time() - started)
+        failure: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(progress)
+            while queued < n:
+                due = n if not rate else min(
+                    n, int((trio.current_time() - started) * rate) + 1)
+                while queued < due:
+                    await send(queued)
+                    queued += 1
+                if queued < n:
+                    await trio.sleep_until(started + queued / rate)
+            emit("all_queued", channel=channel, queued=queued,
+                 elapsed=trio.current_time() - started)
+            # caught here: out of the nursery they would come wrapped in a group
+            try:
                 with trio.fail_after(float(cmd.get("timeout", 60))):
                     await wait_acked()
-                nursery.cancel_scope.cancel()
-        except DeliveryFailed as exc:
+            except (DeliveryFailed, trio.TooSlowError) as exc:
+                failure = exc
+            nursery.cancel_scope.cancel()
+        if isinstance(failure, DeliveryFailed):
             emit("error", cmd=name, channel=channel, type="DeliveryFailed",
-                 message=str(exc), failed=[[g.seq, g.reason, g.attempts] for g in exc.failed],
+                 message=str(failure),
+                 failed=[[g.seq, g.reason, g.attempts] for g in failure.failed],
                  **counters(statistics()))
             return
-        except trio.TooSlowError:
+        if failure is not None:
             emit("error", cmd=name, channel=channel, type="TooSlowError",
                  message="wait_acked() did not complete in time", queued=queued,
                  **counters(statistics()))
@@ -353,7 +368,7 @@ async def run(args: argparse.Namespace) -> None:
             for ch in args.push:
                 runner.pushers[ch] = await stack.enter_async_context(node.open_pusher(
                     ch, reliable=True, window=args.window, rto=args.rto,
-                    max_attempts=args.max_attempts))
+                    max_attempts=args.max_attempts, give_up_after=args.give_up_after))
             for ch in args.rep:
                 replier = await stack.enter_async_context(node.open_replier(ch))
                 runner.repliers[ch] = replier

@@ -670,3 +670,51 @@ def test_reliable_pubsub_killed_subscriber_is_dropped_after_grace(
     assert GRACE_SHORT - 1.0 <= dropped_ev["_rx"] - killed <= GRACE_SHORT + 1.5, dropped_ev
     assert all_queued["elapsed"] <= n / PUB_RATE + 1.0, all_queued
     assert at_kill < at_drop < n, (at_kill, at_drop)
+
+
+def test_a_pusher_whose_every_puller_is_gone_gives_up_by_its_deadline_in_bounded_memory(
+        lab4: Lab, nodes: Nodes) -> None:
+    """The only puller is SIGKILLed; the pusher then tries to send 1,000 items with a
+    window of 200 and ``give_up_after`` 1.5 s. ``send`` waits while the window is full
+    (nothing queues beyond it), each item is given up once its deadline passes (reason
+    ``deadline``), ``wait_acked`` raises ``DeliveryFailed`` naming all of them, and the
+    pusher's memory stays flat meanwhile."""
+    h = lab4.hosts
+    n, window, give_up = 1000, 200, 1.5
+    pusher, victim = nodes.many([
+        (h[0], "src", [*static_peers(h[:2], 0), "--push", "work", "--window", str(window),
+                       "--give-up-after", str(give_up)]),
+        (h[1], "victim", [*static_peers(h[:2], 1), "--pull", "work"]),
+    ])
+    wait_peers(pusher, 1, "work")
+    victim.kill()
+    mark = pusher.mark()
+    started = time.time()
+    pusher.send({"cmd": "push_run", "channel": "work", "n": n, "rate": 0, "timeout": 30})
+    done = pusher.wait_for(
+        lambda e: e["event"] in ("acked", "error") and e.get("channel") == "work",
+        n / window * (give_up + 1.0) + 15, after=mark, what="the end of push_run")
+    progress = pusher.find(is_event("progress"), mark)
+    queued_at = [(e["t"], e["queued"]) for e in progress]
+    rss = [e["rss_kb"] for e in progress]
+    in_flight = [e["in_flight"] for e in progress]
+    print(f"\nno puller: {n} items, window {window}, give_up_after {give_up}s: "
+          f"{done['event']} ({done.get('type')}) after {done['t'] - started:.1f}s; "
+          f"given_up={done['given_up']}, in_flight max {max(in_flight)}, "
+          f"rss {min(rss)}..{max(rss)} KiB over {len(rss)} samples")
+
+    assert done["event"] == "error" and done["type"] == "DeliveryFailed", done
+    failed = done["failed"]
+    assert sorted(seq for seq, _, _ in failed) == list(range(n))
+    assert {reason for _, reason, _ in failed} == {"deadline"}
+    assert (done["given_up"], done["in_flight"], done["acked"]) == (n, 0, 0)
+    assert max(in_flight) <= window  # backpressure: nothing beyond the window
+    # Each window's worth waits its deadline out: about n / window rounds of give_up.
+    elapsed = done["t"] - started
+    assert elapsed >= (n / window - 1) * give_up, elapsed
+    assert elapsed <= n / window * (give_up + 1.0) + 5, elapsed
+    # Sending resumed each time a window's worth was given up, never all at once.
+    assert len({q for _, q in queued_at}) >= n // window
+    # Bounded memory: the process does not grow with the items it tried (a few MiB of
+    # slack for allocator noise, far below 1,000 items x their copies).
+    assert max(rss) - rss[0] < 8 * 1024, (rss[0], max(rss))

@@ -66,6 +66,7 @@ from shoal._core import (
     offers,
 )
 from shoal._identity import new_identity
+from shoal._tasks import open_service_nursery
 from shoal._zmq import DEFAULT_LINGER_MS, Socket
 from shoal.discovery._interfaces import local_networks, multicast_addresses
 from shoal.errors import ClosedError, DecodeError, LocalProtocolError, ShoalError
@@ -919,7 +920,7 @@ async def open_node(
     node = Node(name, identity, addresses=addresses, bind_host=bind_host, port=port,
                 heartbeat=heartbeat, peer_timeout=peer_timeout, linger_ms=DEFAULT_LINGER_MS)
     try:
-        async with trio.open_nursery() as nursery:
+        async with open_service_nursery() as nursery:
             nursery.start_soon(node._read_control)
             nursery.start_soon(node._beat)
             for s in sources:

@@ -36,6 +36,7 @@ import trio
 import zmq
 
 from shoal._core import ChainReceiver, FanoutSender, Identity, Kind, Message, decode, encode_topic
+from shoal._tasks import open_service_nursery
 from shoal._zmq import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal.errors import ClosedError, LocalProtocolError
 from shoal.patterns._common import (
@@ -470,7 +471,7 @@ async def open_reliable_publisher(
                              linger_ms=linger_ms, options=reliable_options(high_water_mark))
     pub = ReliablePublisher(socket, identity, window=window, rto=rto, grace=grace,
                             max_subscribers=max_subscribers)
-    async with pub, trio.open_nursery() as nursery:
+    async with pub, open_service_nursery() as nursery:
         nursery.start_soon(pub._run)
         try:
             yield pub
@@ -505,7 +506,7 @@ async def open_reliable_subscriber(
     for t in topics:
         sub.subscribe(t)
     sub._links.start()
-    async with sub, trio.open_nursery() as nursery:
+    async with sub, open_service_nursery() as nursery:
         for i, ep in enumerate(eps):
             sub.add_route(b"u" + i.to_bytes(4, "big"), ep)
         nursery.start_soon(sub._run)

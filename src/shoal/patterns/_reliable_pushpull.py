@@ -52,6 +52,7 @@ from shoal._core import (
     decode,
 )
 from shoal._identity import next_stream, process_identity
+from shoal._tasks import open_service_nursery
 from shoal._zmq import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal.errors import ClosedError, DeliveryFailed, LocalProtocolError
 from shoal.patterns._common import (
@@ -790,7 +791,7 @@ async def open_reliable_pusher(
             socket.close()
         raise
     push._links.start()  # before any connect: no handshake goes unseen
-    async with push, trio.open_nursery() as nursery:
+    async with push, open_service_nursery() as nursery:
         for i, ep in enumerate(eps):
             push.add_route(b"p" + i.to_bytes(4, "big"), ep)
         nursery.start_soon(push._run)
