@@ -312,6 +312,25 @@ class Socket:
         finally:
             self._after_call()
 
+    def send_to_nowait(self, route: bytes, frame: bytes) -> None:
+        """``send_nowait([route, frame])`` without building the list: a ROUTER's hot
+        path. Same errors."""
+        if self._closed:
+            self.check_open("send")
+        sock = self._sock
+        try:
+            # A ROUTER queues a message's frames together or not at all, so a refusal
+            # (Again, unroutable) can only come on the first frame.
+            _raw_send(sock, route, _NOBLOCK | _SNDMORE)
+            _raw_send(sock, frame, _NOBLOCK)
+        except zmq.Again:
+            raise trio.WouldBlock from None
+        except zmq.ZMQError as exc:
+            raise map_error(exc, "send") from None
+        finally:
+            if self._parked:
+                self._refresh()
+
     async def send(self, msg: bytes | Sequence[bytes]) -> None:
         """Send, waiting while the socket cannot take the message.
 

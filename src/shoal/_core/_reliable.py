@@ -130,6 +130,14 @@ class ReliableSender:
         return (len(self._entries) < self.window
                 and self.next_seq - self.floor() < self.max_span)
 
+    def room(self) -> int | None:
+        """``floor()`` if ``send`` would take a message now, else None (one call for
+        the send path's two questions)."""
+        f = self.floor()
+        if len(self._entries) < self.window and self.next_seq - f < self.max_span:
+            return f
+        return None
+
     def floor(self) -> int:
         """The lowest sequence number not yet done (``next_seq`` when none is)."""
         # Only ever grows: amortised O(1) per message.

@@ -215,12 +215,13 @@ class ReliablePusher(SocketResource):
         the window is full. Raises ``EncodeError`` for a body msgpack cannot encode."""
         self._sock.check_open("send")
         core = self._core
-        if not core.has_room():
+        floor = core.room()
+        if floor is None:
             self._read_acks()
-            if not core.has_room():
+            floor = core.room()
+            if floor is None:
                 raise trio.WouldBlock
         was_empty = not core.in_flight
-        floor = core.floor()
         frame = self._enc.encode(Kind.PUSH, _TOPIC, body, core.next_seq, time_ns(), floor,
                                  headers)
         now = trio.current_time()
@@ -233,7 +234,7 @@ class ReliablePusher(SocketResource):
             route = routes[self._turn % len(routes)]
             self._turn += 1
             try:
-                self._sock.send_nowait([route, frame])
+                self._sock.send_to_nowait(route, frame)
             except (PeerUnreachable, trio.WouldBlock):
                 core.unsent(seq)
                 self._transmit(now)
@@ -252,9 +253,11 @@ class ReliablePusher(SocketResource):
         see ``wait_acked``). Waits while the window is full (backpressure).
         Cancel-safe: if cancelled, the item was not taken."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        if not self._core.has_room():
+        try:
+            self.send_nowait(body, headers=headers)
+        except trio.WouldBlock:
             await self._wait_for(self._core.has_room)
-        self.send_nowait(body, headers=headers)
+            self.send_nowait(body, headers=headers)
         await self._sock.pace()
 
     async def wait_acked(self) -> None:
