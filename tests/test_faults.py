@@ -703,7 +703,8 @@ def test_a_pusher_whose_every_puller_is_gone_gives_up_by_its_deadline_in_bounded
           f"given_up={done['given_up']}, in_flight max {max(in_flight)}, "
           f"rss {min(rss)}..{max(rss)} KiB over {len(rss)} samples")
 
-    assert done["event"] == "error" and done["type"] == "DeliveryFailed", done
+    assert done["event"] == "error", done
+    assert done["type"] == "DeliveryFailed", done
     failed = done["failed"]
     assert sorted(seq for seq, _, _ in failed) == list(range(n))
     assert {reason for _, reason, _ in failed} == {"deadline"}
