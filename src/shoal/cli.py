@@ -1,6 +1,11 @@
 """The ``shoal`` command line. Uses the public API only.
 
-    shoal demo [--seconds N]    the three patterns talking over loopback
+    shoal demo [--seconds N]           nodes talking over loopback mDNS
+    shoal peers [--once]               the shoal nodes on the network
+    shoal pub CHANNEL TOPIC [BODY]     publish (BODY as JSON, or lines of stdin)
+    shoal sub CHANNEL [--topic P]...   print publications
+    shoal push CHANNEL [BODY] / shoal pull CHANNEL
+    shoal req CHANNEL BODY / shoal reply CHANNEL --echo
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Sequence
 import trio
 
 import shoal
+from shoal._cli_talk import add_talk_commands, run_talk
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seconds", type=float, default=10.0,
                       help="how long to run (default: 10)")
+    add_talk_commands(commands)
     return parser
 
 
@@ -54,8 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             return 130
         return 0
-    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects it
-    return 2
+    def err(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    return run_talk(args, lambda line: print(line, flush=True), err)
 
 
 if __name__ == "__main__":

@@ -692,6 +692,12 @@ class ReliablePuller(_ReliableReceiver[Message]):
         self._current.append(msg)
         return msg
 
+    def mark_done(self) -> None:
+        """The items handed out so far are done (as asking for the next one would
+        say), and that is sent now: for an application that stops taking items."""
+        self._finish_current()
+        self.flush_acks()
+
     async def receive_batch(self) -> list[Message]:
         """Wait for at least one item, then return every item already here. They are
         done when the next receive is asked for."""

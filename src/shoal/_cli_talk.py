@@ -1,0 +1,349 @@
+"""``shoal peers / pub / sub / push / pull / req / reply``: talk to shoal nodes from
+the shell. Each command opens a node of its own (mDNS on ``--interface``, default
+the library's default; plus any ``--static`` endpoints) and works by channel name.
+Data goes in and out as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+import shoal
+from shoal.discovery import MDNS, Peer, PeerJoined, PeerLeft, Static
+
+__all__ = ["add_talk_commands", "run_talk"]
+
+Out = Callable[[str], None]
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing (exit status 2, one line)."""
+
+
+def add_talk_commands(commands: Any) -> None:
+    """Register the commands on the ``shoal`` parser's subparsers."""
+
+    def common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
+        p.add_argument("--interface", action="append", metavar="IP",
+                       help="address of an interface to discover on (repeatable; default: "
+                       "every multicast-capable interface); 127.0.0.1 stays on this host")
+        p.add_argument("--static", action="append", default=[], metavar="tcp://IP:PORT",
+                       help="a peer's control endpoint, where there is no multicast "
+                       "(repeatable)")
+        p.add_argument("--name", default=f"shoal-cli-{os.getpid()}",
+                       help="this node's name (default: shoal-cli-PID)")
+        if data:
+            p.add_argument("--json", action="store_true",
+                           help="print one JSON object per line")
+
+    def add(name: str, help: str, example: str, description: str,
+            ) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=description,  # type: ignore[no-any-return]
+                                   epilog=f"example: {example}")
+
+    p = add("peers", "list the shoal nodes on the network",
+            "shoal peers --once --interface 127.0.0.1",
+            "Print the nodes this one discovers (name, id, addresses, channels and "
+            "roles, epoch), then every change as it happens.")
+    common(p)
+    p.add_argument("--once", action="store_true", help="print a snapshot and exit")
+    p.add_argument("--wait", type=float, default=2.0,
+                   help="seconds to listen before the snapshot (default: 2)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="stop after this many seconds (default: until interrupted)")
+
+    p = add("pub", "publish on a channel", "shoal pub telemetry room1/temp '{\"c\": 21.5}'",
+            "Publish BODY (JSON) on TOPIC, or one message per line of standard input.")
+    common(p)
+    p.add_argument("channel")
+    p.add_argument("topic")
+    p.add_argument("body", nargs="?", help="JSON (default: read lines from stdin)")
+    p.add_argument("--subscribers", type=int, default=1,
+                   help="wait for this many subscribers first (default: 1)")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for them (default: 10)")
+    p.add_argument("--reliable", action="store_true", help="at-least-once pub/sub")
+
+    p = add("sub", "print what is published on a channel",
+            "shoal sub telemetry --topic room1/ --count 10",
+            "Print every message published on CHANNEL whose topic starts with a --topic "
+            "prefix (default: every topic).")
+    common(p)
+    p.add_argument("channel")
+    p.add_argument("--topic", action="append", metavar="PREFIX")
+    p.add_argument("--count", type=int, default=None, help="exit after N messages")
+    p.add_argument("--seconds", type=float, default=None, help="exit after S seconds")
+    p.add_argument("--reliable", action="store_true", help="at-least-once pub/sub")
+
+    p = add("push", "hand work items to a channel's pullers",
+            "shoal push jobs '{\"n\": 1}'",
+            "Send BODY (JSON) to one puller of CHANNEL, or one item per line of stdin.")
+    common(p)
+    p.add_argument("channel")
+    p.add_argument("body", nargs="?", help="JSON (default: read lines from stdin)")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for a puller (default: 10)")
+    p.add_argument("--reliable", action="store_true",
+                   help="at least once: exit when every item is acknowledged")
+
+    p = add("pull", "print work items from a channel", "shoal pull jobs --count 1",
+            "Take work items from every pusher of CHANNEL and print them.")
+    common(p)
+    p.add_argument("channel")
+    p.add_argument("--count", type=int, default=None, help="exit after N items")
+    p.add_argument("--seconds", type=float, default=None, help="exit after S seconds")
+    p.add_argument("--reliable", action="store_true", help="at-least-once push/pull")
+
+    p = add("req", "send a request and print the reply",
+            "shoal req math '{\"a\": 1, \"b\": 2}' --timeout 5",
+            "Send BODY (JSON) to one replier of CHANNEL and print its reply.")
+    common(p)
+    p.add_argument("channel")
+    p.add_argument("body", help="JSON")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for a replier and its reply (default: 10)")
+    p.add_argument("--retries", type=int, default=0,
+                   help="send the request again (same id) this many times")
+
+    p = add("reply", "answer requests on a channel", "shoal reply math --echo",
+            "Answer every request on CHANNEL with its own body (--echo).")
+    common(p)
+    p.add_argument("channel")
+    p.add_argument("--echo", action="store_true", required=True,
+                   help="answer each request with its body")
+    p.add_argument("--count", type=int, default=None, help="exit after N requests")
+    p.add_argument("--seconds", type=float, default=None, help="exit after S seconds")
+
+
+def _json_arg(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what} is not JSON ({exc.msg} at column {exc.colno}): "
+                         f"{text[:60]!r}; quote strings, e.g. '\"hello\"'") from None
+
+
+def _printable(value: Any) -> Any:
+    """A message body as JSON can carry it (bytes as text or hex)."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return value.hex()
+    if isinstance(value, dict):
+        return {str(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(v) for v in value]
+    return value
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(_printable(value), ensure_ascii=False, default=repr)
+
+
+@asynccontextmanager
+async def _node(args: argparse.Namespace) -> AsyncIterator[shoal.Node]:
+    sources: list[Any] = [MDNS(interfaces=args.interface)]
+    if args.static:
+        sources.append(Static(args.static, interfaces=args.interface))
+    async with shoal.open_node(args.name, discovery=sources) as node:
+        yield node
+
+
+def _peer_record(peer: Peer) -> dict[str, Any]:
+    return {"name": peer.name, "id": peer.id, "epoch": peer.epoch,
+            "addresses": list(peer.addresses),
+            "channels": [f"{c.name}:{c.role.value}" for c in peer.channels]}
+
+
+async def _peers(args: argparse.Namespace, out: Out) -> None:
+    def show(kind: str, peer: Peer, reason: str | None = None) -> None:
+        rec = _peer_record(peer)
+        if args.json:
+            out(json.dumps({"event": kind, **rec, **({"reason": reason} if reason else {})}))
+        else:
+            extra = f" ({reason})" if reason else ""
+            out(f"{kind:<7} {rec['name']:<20} {rec['id'][:12]}  "
+                f"{','.join(rec['addresses']):<16} {' '.join(rec['channels']) or '-'}{extra}")
+
+    async with _node(args) as node:
+        await trio.sleep(args.wait)
+        for peer in sorted(node.peers(), key=lambda p: (p.name, p.id)):
+            show("peer", peer)
+        if args.once:
+            return
+        with trio.move_on_after(args.seconds if args.seconds is not None else float("inf")):
+            async for change in node.watch_peers():
+                if isinstance(change, PeerJoined):
+                    show("joined", change.peer)
+                elif isinstance(change, PeerLeft):
+                    show("left", change.peer, change.reason)
+                else:
+                    show("updated", change.peer)
+
+
+async def _lines(body: str | None, what: str) -> list[Any]:
+    if body is not None:
+        return [_json_arg(body, what)]
+    text = await trio.to_thread.run_sync(sys.stdin.read)
+    return [_json_arg(line, f"line {i} of stdin") for i, line in
+            enumerate(text.splitlines(), 1) if line.strip()]
+
+
+async def _pub(args: argparse.Namespace, out: Out) -> None:
+    bodies = await _lines(args.body, "BODY")
+    async with _node(args) as node:
+        opener = (node.open_publisher(args.channel, reliable=True) if args.reliable
+                  else node.open_publisher(args.channel))
+        async with opener as pub:
+            with trio.fail_after(args.timeout):
+                await pub.wait_for_subscribers(args.subscribers)
+            for body in bodies:
+                await pub.publish(args.topic, body)
+            if isinstance(pub, shoal.patterns.ReliablePublisher):
+                with trio.fail_after(args.timeout):
+                    await pub.wait_acked()
+            else:
+                await trio.sleep(0.2)  # best effort: let libzmq write them out
+    if args.json:
+        out(json.dumps({"published": len(bodies), "channel": args.channel}))
+
+
+async def _receive_loop(args: argparse.Namespace, receiver: Any,
+                        show: Callable[[Any], None]) -> None:
+    n = 0
+    with trio.move_on_after(args.seconds if args.seconds is not None else float("inf")):
+        async for item in receiver:
+            show(item)
+            n += 1
+            if args.count is not None and n >= args.count:
+                break
+    if isinstance(receiver, shoal.patterns.ReliablePuller):
+        receiver.mark_done()  # what was printed is done
+
+
+async def _sub(args: argparse.Namespace, out: Out) -> None:
+    topics = args.topic or [""]
+
+    def show(msg: shoal.Message) -> None:
+        if args.json:
+            out(json.dumps({"topic": msg.topic, "body": _printable(msg.body),
+                            "sender": msg.sender, "seq": msg.seq, "id": msg.id},
+                           ensure_ascii=False, default=repr))
+        else:
+            out(f"{msg.topic} {_dump(msg.body)}")
+
+    async with _node(args) as node:
+        opener = (node.open_subscriber(args.channel, topics=topics, reliable=True)
+                  if args.reliable else node.open_subscriber(args.channel, topics=topics))
+        async with opener as sub:
+            await _receive_loop(args, sub, show)
+
+
+async def _push(args: argparse.Namespace, out: Out) -> None:
+    bodies = await _lines(args.body, "BODY")
+    async with _node(args) as node:
+        if args.reliable:
+            async with node.open_pusher(args.channel, reliable=True) as rpush:
+                with trio.fail_after(args.timeout):
+                    for body in bodies:
+                        await rpush.send(body)
+                    await rpush.wait_acked()
+        else:
+            async with node.open_pusher(args.channel) as push:
+                with trio.fail_after(args.timeout):
+                    for body in bodies:
+                        await push.send(body)
+                await trio.sleep(0.2)  # best effort: let libzmq write them out
+    if args.json:
+        out(json.dumps({"pushed": len(bodies), "channel": args.channel}))
+
+
+async def _pull(args: argparse.Namespace, out: Out) -> None:
+    def show(msg: shoal.Message) -> None:
+        if args.json:
+            out(json.dumps({"body": _printable(msg.body), "id": msg.id},
+                           ensure_ascii=False, default=repr))
+        else:
+            out(_dump(msg.body))
+
+    async with _node(args) as node:
+        opener = (node.open_puller(args.channel, reliable=True) if args.reliable
+                  else node.open_puller(args.channel))
+        async with opener as pull:
+            await _receive_loop(args, pull, show)
+
+
+async def _req(args: argparse.Namespace, out: Out) -> None:
+    body = _json_arg(args.body, "BODY")
+    async with _node(args) as node, node.open_requester(args.channel) as client:
+        with trio.fail_after(args.timeout):
+            await node.wait_for_peers(1, channel=args.channel)
+            reply = await client.request(body, retries=args.retries,
+                                         retry_after=max(args.timeout / (args.retries + 1),
+                                                         0.1))
+    out(json.dumps({"reply": _printable(reply)}, ensure_ascii=False, default=repr)
+        if args.json else _dump(reply))
+
+
+async def _reply(args: argparse.Namespace, out: Out) -> None:
+    def show(req: shoal.Request) -> None:
+        if args.json:
+            out(json.dumps({"request": _printable(req.body), "id": req.id},
+                           ensure_ascii=False, default=repr))
+        else:
+            out(f"request {_dump(req.body)}")
+
+    async with _node(args) as node, node.open_replier(args.channel) as rep:
+        n = 0
+        with trio.move_on_after(args.seconds if args.seconds is not None else float("inf")):
+            async for req in rep:
+                show(req)
+                await req.reply(req.body)
+                n += 1
+                if args.count is not None and n >= args.count:
+                    break
+        await trio.sleep(0.2)  # the last reply leaves before the node does
+
+
+_COMMANDS = {"peers": _peers, "pub": _pub, "sub": _sub, "push": _push, "pull": _pull,
+             "req": _req, "reply": _reply}
+
+
+def run_talk(args: argparse.Namespace, out: Out, err: Out) -> int:
+    """Run one of the commands; the exit status."""
+    for name in ("seconds", "timeout", "wait"):
+        value = getattr(args, name, None)
+        if value is not None and not 0 < value <= 86400:
+            err(f"shoal {args.command}: --{name} must be between 0 and 86400 seconds")
+            return 2
+    for name in ("count", "subscribers"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            err(f"shoal {args.command}: --{name} must be at least 1")
+            return 2
+    if getattr(args, "retries", 0) < 0:
+        err(f"shoal {args.command}: --retries must be at least 0")
+        return 2
+    try:
+        trio.run(_COMMANDS[args.command], args, out)
+    except UsageError as exc:
+        err(f"shoal {args.command}: {exc}")
+        return 2
+    except trio.TooSlowError:
+        err(f"shoal {args.command}: timed out (no peer on channel "
+            f"{getattr(args, 'channel', '?')!r}, or no answer in time; see shoal peers)")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except shoal.errors.ShoalError as exc:
+        err(f"shoal {args.command}: {type(exc).__name__}: {exc}")
+        return 1
+    return 0

@@ -1,0 +1,128 @@
+"""``shoal peers / pub / sub / push / pull / req / reply`` end to end, as subprocesses.
+
+Network safety: every command runs with ``--interface 127.0.0.1`` (mDNS pinned to
+loopback); nothing else is contacted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+LO = ["--interface", "127.0.0.1"]
+
+
+def shoal(*args: str, stdin: str | None = None,
+          timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "shoal.cli", *args], input=stdin,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@contextmanager
+def background(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """A command running beside the test; killed at the end if still running."""
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.cli", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 20) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def channel() -> str:
+    """A channel name no other test (or stray node on loopback) uses."""
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+def test_req_gets_the_reply_of_reply_echo() -> None:
+    ch = channel()
+    with background("reply", ch, "--echo", "--count", "1", "--seconds", "20", "--json",
+                    *LO) as rep:
+        done = shoal("req", ch, '{"a": [1, 2]}', "--timeout", "15", *LO)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"a": [1, 2]}
+        code, out, err = finish(rep)
+    assert code == 0, err
+    assert json.loads(out.splitlines()[0])["request"] == {"a": [1, 2]}
+
+
+def test_sub_prints_what_pub_publishes_on_its_prefixes_from_stdin_lines() -> None:
+    ch = channel()
+    with background("sub", ch, "--topic", "room1/", "--count", "2", "--seconds", "25",
+                    "--json", *LO) as sub:
+        done = shoal("pub", ch, "room1/temp", "--timeout", "15", *LO,
+                     stdin='{"c": 1}\n\n"two"\n')
+        assert done.returncode == 0, done.stderr
+        code, out, err = finish(sub)
+    assert code == 0, err
+    got = [json.loads(line) for line in out.splitlines()]
+    assert [(m["topic"], m["body"]) for m in got] == [("room1/temp", {"c": 1}),
+                                                     ("room1/temp", "two")]
+    assert got[0]["id"] != got[1]["id"]
+
+
+def test_reliable_push_exits_once_pull_has_done_every_item() -> None:
+    ch = channel()
+    with background("pull", ch, "--reliable", "--count", "3", "--seconds", "25",
+                    *LO) as pull:
+        done = shoal("push", ch, "--reliable", "--json", "--timeout", "20", *LO,
+                     stdin="1\n2\n3\n")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"pushed": 3, "channel": ch}
+        code, out, err = finish(pull)
+    assert code == 0, err
+    assert [json.loads(line) for line in out.splitlines()] == [1, 2, 3]
+
+
+def test_peers_once_lists_a_node_with_its_channel() -> None:
+    ch = channel()
+    with background("reply", ch, "--echo", "--seconds", "20", *LO):
+        done = shoal("peers", "--once", "--wait", "4", "--json", *LO)
+    assert done.returncode == 0, done.stderr
+    peers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert any(f"{ch}:rep" in p["channels"] for p in peers), peers
+    assert all({"name", "id", "epoch", "addresses", "channels"} <= set(p) for p in peers)
+
+
+@pytest.mark.parametrize(("args", "stdin", "reason"), [
+    (("req", "ch", "not json"), None, "BODY is not JSON"),
+    (("pub", "ch", "t"), "{\n", "line 1 of stdin is not JSON"),
+    (("sub", "ch", "--count", "0"), None, "--count must be at least 1"),
+    (("req", "ch", "1", "--timeout", "-1"), None, "--timeout must be between"),
+    (("reply", "ch"), None, "--echo"),
+    (("pub", "ch"), None, "TOPIC"),
+])
+def test_bad_arguments_exit_2_with_a_one_line_reason(args: tuple[str, ...], stdin: str | None,
+                                                     reason: str) -> None:
+    done = shoal(*args, *LO, stdin=stdin)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert reason.lower() in done.stderr.lower()
+    assert "Traceback" not in done.stderr
+
+
+def test_a_request_nobody_answers_fails_with_exit_1_and_a_reason() -> None:
+    done = shoal("req", channel(), "1", "--timeout", "1.5", *LO)
+    assert done.returncode == 1
+    assert "timed out" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["peers", "pub", "sub", "push", "pull", "req", "reply"])
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    done = shoal(command, "--help")
+    assert done.returncode == 0
+    assert "example: shoal " + command in done.stdout
+    assert "--interface" in done.stdout
