@@ -1,4 +1,5 @@
-"""``shoal peers / pub / sub / push / pull / req / reply`` end to end, as subprocesses.
+"""``shoal peers / pub / sub / push / pull / req / reply / doctor`` end to end, as
+subprocesses.
 
 Network safety: every command runs with ``--interface 127.0.0.1`` (mDNS pinned to
 loopback); nothing else is contacted.
@@ -120,9 +121,35 @@ def test_a_request_nobody_answers_fails_with_exit_1_and_a_reason() -> None:
     assert len(done.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("command", ["peers", "pub", "sub", "push", "pull", "req", "reply"])
+@pytest.mark.parametrize("command",
+                         ["peers", "pub", "sub", "push", "pull", "req", "reply", "doctor"])
 def test_every_command_has_help_with_an_example(command: str) -> None:
     done = shoal(command, "--help")
     assert done.returncode == 0
     assert "example: shoal " + command in done.stdout
     assert "--interface" in done.stdout
+
+
+def test_doctor_finds_a_node_and_checks_that_it_is_reachable() -> None:
+    ch = channel()
+    with background("reply", ch, "--echo", "--seconds", "20", *LO):
+        done = shoal("doctor", "--wait", "4", "--json", *LO)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    interfaces = [e for e in events if e["event"] == "interface"]
+    assert any("127.0.0.1" in e["ipv4"] and e["loopback"] for e in interfaces)
+    nodes = [e for e in events if e["event"] == "node" and f"{ch}:rep" in e["channels"]]
+    assert len(nodes) == 1, events
+    assert nodes[0]["reachable"] is True
+    assert nodes[0]["address"] == "127.0.0.1"
+    findings = [e for e in events if e["event"] == "finding"]
+    assert not [f for f in findings if f["level"] == "problem"], findings
+
+
+def test_doctor_says_what_is_wrong_and_how_to_fix_it() -> None:
+    # an address this machine does not have: found before any traffic is sent
+    done = shoal("doctor", "--interface", "192.0.2.254", "--wait", "1")
+    assert done.returncode == 1
+    assert "192.0.2.254 is not an address of this machine" in done.stdout
+    assert "fix:" in done.stdout
+    assert shoal("doctor", "--wait", "0", *LO).returncode == 2

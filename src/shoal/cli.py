@@ -6,6 +6,7 @@
     shoal sub CHANNEL [--topic P]...   print publications
     shoal push CHANNEL [BODY] / shoal pull CHANNEL
     shoal req CHANNEL BODY / shoal reply CHANNEL --echo
+    shoal doctor                       why a peer might be invisible
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 import trio
 
 import shoal
+from shoal._cli_doctor import add_doctor_command, run_doctor
 from shoal._cli_talk import add_talk_commands, run_talk
 
 
@@ -38,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=10.0,
                       help="how long to run (default: 10)")
     add_talk_commands(commands)
+    add_doctor_command(commands)
     return parser
 
 
@@ -64,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def err(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    if args.command == "doctor":
+        return run_doctor(args, lambda line: print(line, flush=True), err)
     return run_talk(args, lambda line: print(line, flush=True), err)
 
 
