@@ -294,15 +294,13 @@ class Socket:
     def send_nowait(self, msg: bytes | Sequence[bytes]) -> None:
         """Queue one message (bytes, or a list of frames). Raises ``trio.WouldBlock``
         at the high-water mark (or, for PUSH/DEALER, with no peer connected)."""
+        if not isinstance(msg, bytes) and len(msg) == 2:
+            self.send_to_nowait(msg[0], msg[1])  # [routing id, frame]: ROUTER's hot path
+            return
         self.check_open("send")
         try:
             if isinstance(msg, bytes):
                 _raw_send(self._sock, msg, _NOBLOCK)
-            elif len(msg) == 2:  # [routing id, frame]: ROUTER sockets' hot path
-                # A ROUTER queues a message's frames together or not at all, so a
-                # refusal (Again, unroutable) can only come on the first frame.
-                _raw_send(self._sock, msg[0], _NOBLOCK | _SNDMORE)
-                _raw_send(self._sock, msg[1], _NOBLOCK)
             else:
                 self._sock.send_multipart(msg, _NOBLOCK)
         except zmq.Again:
@@ -313,10 +311,9 @@ class Socket:
             self._after_call()
 
     def send_to_nowait(self, route: bytes, frame: bytes) -> None:
-        """``send_nowait([route, frame])`` without building the list: a ROUTER's hot
-        path. Same errors."""
-        if self._closed:
-            self.check_open("send")
+        """Send the two-frame message ``[route, frame]`` (a ROUTER's hot path, also
+        what ``send_nowait`` does with a two-item list). Same errors."""
+        self.check_open("send")
         sock = self._sock
         try:
             # A ROUTER queues a message's frames together or not at all, so a refusal

@@ -127,8 +127,7 @@ class ReliableSender:
 
     def has_room(self) -> bool:
         """Whether ``send`` would take a message now."""
-        return (len(self._entries) < self.window
-                and self.next_seq - self.floor() < self.max_span)
+        return self.room() is not None
 
     def room(self) -> int | None:
         """``floor()`` if ``send`` would take a message now, else None (one call for
@@ -149,13 +148,7 @@ class ReliableSender:
 
     def send(self, payload: Any, now: float) -> int:
         """Take a message into the window; return its sequence number."""
-        seq = self.next_seq
-        if len(self._entries) >= self.window or (
-                seq - self._floor >= self.max_span and not self.has_room()):
-            raise WindowFull(f"{self.in_flight} messages await acknowledgement (window "
-                             f"{self.window}, span {self.max_span}); wait for acks")
-        self.next_seq = seq + 1
-        self._entries[seq] = _Entry(payload, now)
+        seq = self._take(payload, now)
         self._queue.append(seq)
         return seq
 
@@ -165,13 +158,19 @@ class ReliableSender:
         while nothing is queued (``queued()`` is False), so order is kept."""
         if self._queue:
             raise LocalProtocolError("send_now() while messages are queued: use send()")
+        seq = self._take(payload, now)
+        self._entries[seq].queued = False
+        return seq
+
+    def _take(self, payload: Any, now: float) -> int:
         seq = self.next_seq
+        # the cached floor first: only when it says "no room" is it brought up to date
         if len(self._entries) >= self.window or (
                 seq - self._floor >= self.max_span and not self.has_room()):
-            raise WindowFull(f"{self.in_flight} messages await acknowledgement; wait")
+            raise WindowFull(f"{self.in_flight} messages await acknowledgement (window "
+                             f"{self.window}, span {self.max_span}); wait for acks")
         self.next_seq = seq + 1
-        e = self._entries[seq] = _Entry(payload, now)
-        e.queued = False
+        self._entries[seq] = _Entry(payload, now)
         return seq
 
     def queued(self) -> bool:

@@ -308,9 +308,10 @@ class ReliablePusher(SocketResource):
     @property
     def dead_letters(self) -> trio.MemoryReceiveChannel[DeadLetter]:
         """Items given up, as they are given up (``async for letter in
-        push.dead_letters``). Holds the latest 1024 unread; older ones are dropped,
-        counted in ``statistics().dead_letters_dropped`` and logged. ``wait_acked``
-        reports the same items through ``DeliveryFailed``."""
+        push.dead_letters``). Holds the latest 1024 unread; older unread ones are
+        dropped and counted in ``statistics().dead_letters_dropped`` (each was logged
+        when given up). ``wait_acked`` reports the same items through
+        ``DeliveryFailed``."""
         return self._dead_out
 
     def _collect_failures(self) -> None:
@@ -374,16 +375,11 @@ class ReliablePusher(SocketResource):
 
     def drop_route(self, route: bytes, endpoint: str, why: str) -> None:
         """Disconnect from a puller; what it held goes to the others."""
-        if route in self._routes:
-            self._routes.remove(route)
         if self._route_of.get(endpoint) == route:
             del self._route_of[endpoint]
+        self._holder_gone(route, endpoint, why)
         if not self._sock.closed:
-            self._read_acks()  # what it acknowledged before going is done, not redelivered
             self._sock.disconnect(endpoint)
-        self._redelivered += self._core.destination_lost(route, trio.current_time())
-        self._transmit()
-        self._wake()
 
     def _link_lost(self, endpoint: str) -> None:
         """The connection to a puller dropped (killed, or its link silent past the ZMTP
@@ -392,15 +388,21 @@ class ReliablePusher(SocketResource):
         route = self._route_of.get(endpoint)
         if route is None or self._sock.closed:
             return
+        self._disconnects += 1
+        self._holder_gone(route, endpoint, "connection dropped")
+
+    def _holder_gone(self, route: bytes, endpoint: str, why: str) -> None:
+        """Stop using ``route``; what it acknowledged before going is done, the rest of
+        what it held goes out to the other pullers now."""
         if route in self._routes:
             self._routes.remove(route)
-        self._disconnects += 1
-        self._read_acks()
+        if not self._sock.closed:
+            self._read_acks()
         n = self._core.destination_lost(route, trio.current_time())
         self._redelivered += n
         if n:
-            log.info("reliable pusher: lost the connection to %s; %d item(s) it held "
-                     "go to other pullers", endpoint, n)
+            log.info("reliable pusher: %s (%s); %d item(s) it held go to other pullers",
+                     endpoint, why, n)
         self._transmit()
         self._wake()
 
@@ -427,7 +429,7 @@ class ReliablePusher(SocketResource):
                 # is late, the puller slow or its link lossy): send it there again, where
                 # it is recognised, never to a second worker.
                 try:
-                    sock.send_nowait([held_by, data])
+                    sock.send_to_nowait(held_by, data)
                 except (PeerUnreachable, trio.WouldBlock):
                     pass
                 else:
@@ -440,7 +442,7 @@ class ReliablePusher(SocketResource):
                 route = routes[self._turn % len(routes)]
                 self._turn += 1
                 try:
-                    sock.send_nowait([route, data])
+                    sock.send_to_nowait(route, data)
                 except (PeerUnreachable, trio.WouldBlock):
                     continue
                 core.sent(seq, route, now)
@@ -638,7 +640,7 @@ class _ReliableReceiver(BufferedReceiver[T]):
                                      time_ns())
             self._ack_seq += 1
             try:
-                self._sock.send_nowait([route, frame])
+                self._sock.send_to_nowait(route, frame)
                 self._acks_sent += 1
             except (PeerUnreachable, trio.WouldBlock, ClosedError):
                 pass  # the pusher is gone or swamped; it retransmits, we re-ack then
