@@ -117,6 +117,7 @@ class ReliablePublisher(SocketResource):
         self._topics: dict[str, bytes] = {}
         self._malformed = 0
         self._arm = trio.Event()
+        self._waiters = 0  # tasks in _wait_for
 
     @property
     def subscribers(self) -> int:
@@ -136,17 +137,24 @@ class ReliablePublisher(SocketResource):
         await self._wait_for(lambda: not self._core.in_flight)
 
     async def _wait_for(self, condition: Callable[[], bool]) -> None:
+        """Read acknowledgements (resending what falls due) until ``condition``.
+        Parked on the socket; another task of this publisher reading acknowledgements
+        wakes it (``_read_acks``)."""
         sock = self._sock
-        while True:
-            sock.check_open("wait")
-            self._read_acks()
-            if condition():
-                await trio.lowlevel.checkpoint()
-                return
-            self._tick()
-            timer = self._core.get_timer()
-            with trio.move_on_at(math.inf if timer is None else timer):
-                await sock.wait_receivable()
+        self._waiters += 1
+        try:
+            while True:
+                sock.check_open("wait")
+                self._read_acks()
+                if condition():
+                    await trio.lowlevel.checkpoint()
+                    return
+                self._tick()
+                timer = self._core.get_timer()
+                with trio.move_on_at(math.inf if timer is None else timer):
+                    await sock.wait_receivable()
+        finally:
+            self._waiters -= 1
 
     def publish_nowait(
         self, topic: str, body: Any, *, headers: Mapping[str, Any] | None = None
@@ -189,14 +197,18 @@ class ReliablePublisher(SocketResource):
     def _send(self, route: Any, frame: bytes, at: int, prev: int) -> None:
         data = frame[:at] + _U64.pack(prev) + frame[at + 8:]
         try:
-            self._sock.send_nowait([route, data])
+            self._sock.send_to_nowait(route, data)
         except (PeerUnreachable, trio.WouldBlock):
             pass  # sent again when its timer runs out
 
     def _read_acks(self) -> None:
+        got = False
         while raws := self._sock.receive_batch_nowait(256):
+            got = True
             for frames in raws:
                 self._on_ack(frames)
+        if got and self._waiters:
+            self._sock.interrupt()  # a waiter parked on the socket may be done now
 
     def _on_ack(self, frames: list[bytes]) -> None:
         try:
@@ -413,7 +425,7 @@ class ReliableSubscriber(BufferedReceiver[Message]):
                                  self._ack_seq, time_ns())
         self._ack_seq += 1
         try:
-            self._sock.send_nowait([route, frame])
+            self._sock.send_to_nowait(route, frame)
             self._acks_sent += 1
         except (PeerUnreachable, trio.WouldBlock, ClosedError):
             pass  # not connected (yet): the next heartbeat or handshake says it
