@@ -11,6 +11,7 @@ nothing leaves the machine.
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from collections.abc import Callable
@@ -186,3 +187,32 @@ async def run_demo(*, seconds: float = 10.0, out: Callable[[str], None] = print)
     out("")
     out("summary        " + _fmt(summary))
     return summary
+
+
+def add_demo_command(commands: Any) -> None:
+    """Add ``shoal demo`` to the command line's sub-parsers."""
+    demo = commands.add_parser(
+        "demo",
+        help="nodes that find each other over loopback mDNS and talk",
+        description="Start seven nodes on 127.0.0.1 (a sensor publishing and handing out "
+        "jobs, two subscribers, two workers, a calculator and its client) that find "
+        "each other over mDNS; one worker leaves and returns. Prints what flows.",
+        epilog="example: shoal demo --seconds 10",
+    )
+    demo.add_argument("--seconds", type=float, default=10.0,
+                      help="how long to run (default: 10)")
+
+
+def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run ``shoal demo`` as parsed; return the exit status."""
+    if not 0 < args.seconds <= 3600:
+        parser.error("--seconds must be between 0 and 3600")
+
+    def out(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        trio.run(lambda: run_demo(seconds=args.seconds, out=out))
+    except KeyboardInterrupt:
+        return 130
+    return 0

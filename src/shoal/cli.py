@@ -15,11 +15,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import trio
-
 import shoal
 from shoal._cli_doctor import add_doctor_command, run_doctor
 from shoal._cli_talk import add_talk_commands, run_talk
+from shoal._demo import add_demo_command, run_demo_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,16 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"shoal {shoal.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = commands.add_parser(
-        "demo",
-        help="nodes that find each other over loopback mDNS and talk",
-        description="Start seven nodes on 127.0.0.1 (a sensor publishing and handing out "
-        "jobs, two subscribers, two workers, a calculator and its client) that find "
-        "each other over mDNS; one worker leaves and returns. Prints what flows.",
-        epilog="example: shoal demo --seconds 10",
-    )
-    demo.add_argument("--seconds", type=float, default=10.0,
-                      help="how long to run (default: 10)")
+    add_demo_command(commands)
     add_talk_commands(commands)
     add_doctor_command(commands)
     return parser
@@ -52,18 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command == "demo":
-        if not 0 < args.seconds <= 3600:
-            parser.error("--seconds must be between 0 and 3600")
-        from shoal._demo import run_demo
+        return run_demo_command(args, parser)
 
-        def out(line: str) -> None:
-            print(line, flush=True)
-
-        try:
-            trio.run(lambda: run_demo(seconds=args.seconds, out=out))
-        except KeyboardInterrupt:
-            return 130
-        return 0
     def err(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
