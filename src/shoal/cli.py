@@ -7,6 +7,7 @@
     shoal push CHANNEL [BODY] / shoal pull CHANNEL
     shoal req CHANNEL BODY / shoal reply CHANNEL --echo
     shoal doctor                       why a peer might be invisible
+    shoal bench                        latency and throughput, beside raw pyzmq
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 import shoal
+from shoal._cli_bench import add_bench_command, run_bench
 from shoal._cli_doctor import add_doctor_command, run_doctor
 from shoal._cli_talk import add_talk_commands, run_talk
 from shoal._demo import add_demo_command, run_demo_command
@@ -31,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     add_demo_command(commands)
     add_talk_commands(commands)
     add_doctor_command(commands)
+    add_bench_command(commands)
     return parser
 
 
@@ -47,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def err(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    if args.command == "bench":
+        return run_bench(args, lambda line: print(line, flush=True), err)
     if args.command == "doctor":
         return run_doctor(args, lambda line: print(line, flush=True), err)
     return run_talk(args, lambda line: print(line, flush=True), err)

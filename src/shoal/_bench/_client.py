@@ -1,0 +1,378 @@
+"""The measuring end of ``shoal bench``: it connects to a bench server and runs each
+measurement (a Spec) against it, raw pyzmq and shoal with the same settings.
+
+Who measures what (see ``_server`` for the other end):
+
+    rr  the client times every round trip (HDR histogram of round-trip latency)
+    pp  the client pushes; the server counts arrivals and one-way latency
+    ps  the server publishes; the client counts arrivals and one-way latency
+
+Throughput is counted by the receiver, from the first to the last timed message.
+One-way latency is kept only when the server reads the same monotonic clock as the
+client (``same_clock``, checked with ``hello``), which holds on one machine.
+
+Raw pyzmq clients run blocking sockets in a worker thread, so that the trio side of
+this process stays idle while they measure. Both stacks use ZeroMQ's process-wide
+context (needed for ``inproc://``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+import zmq
+
+import shoal
+from shoal._bench._common import (
+    HIST_HIGHEST_NS,
+    HIST_LOWEST_NS,
+    PROBE,
+    BenchError,
+    Schedule,
+    Spec,
+    Tally,
+    make_body,
+    new_histogram,
+    wait_until_blocking,
+)
+from shoal._bench._server import IDLE_S, POLL_MS, BenchServer, wait_until
+
+SERVER_START_S = 30.0
+PROBE_WAIT_S = 10.0
+
+
+@dataclass
+class Measured:
+    """One measurement's figures."""
+
+    sent: int
+    received: int
+    timed: int
+    rate: float                    # timed messages per second at the receiver
+    hist: bytes | None             # encoded HDR histogram (ns) or None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _histogram_of(samples: array[int]) -> bytes | None:
+    if not samples:
+        return None
+    h = new_histogram()
+    for v in samples:
+        h.record_value(max(HIST_LOWEST_NS, min(v, HIST_HIGHEST_NS)))
+    encoded: bytes = h.encode()
+    return encoded
+
+
+# --- request/reply: the client times round trips ------------------------------------
+
+
+async def _shoal_rr(spec: Spec, endpoint: str) -> Measured:
+    retries = 3 if spec.reliable else 0
+    samples: array[int] = array("q")
+    now = time.perf_counter_ns
+    async with shoal.open_requester(connect=endpoint, high_water_mark=spec.hwm) as client:
+        request = client.request
+        sched = Schedule(spec, now())
+        i = first = last = 0
+        while (due := sched.due(i, now())) is not None:
+            if due > now():
+                await wait_until(due)
+            await request(make_body(spec.size, due, sched.flag(i)), retries=retries)
+            if i >= spec.warmup:
+                last = now()
+                first = first or due
+                samples.append(last - due)
+            i += 1
+    return _rr_measured(i, samples, first, last)
+
+
+def _raw_rr_blocking(spec: Spec, endpoint: str) -> Measured:
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    samples: array[int] = array("q")
+    now = time.perf_counter_ns
+    try:
+        sock.connect(endpoint)
+        send, recv = sock.send, sock.recv
+        sched = Schedule(spec, now())
+        i = first = last = 0
+        while (due := sched.due(i, now())) is not None:
+            if due > now():
+                wait_until_blocking(due)
+            send(make_body(spec.size, due, sched.flag(i)))
+            recv()
+            if i >= spec.warmup:
+                last = now()
+                first = first or due
+                samples.append(last - due)
+            i += 1
+    finally:
+        sock.close()
+    return _rr_measured(i, samples, first, last)
+
+
+def _rr_measured(sent: int, samples: array[int], first: int, last: int) -> Measured:
+    elapsed = (last - first) / 1e9
+    return Measured(sent=sent, received=sent, timed=len(samples),
+                    rate=len(samples) / elapsed if elapsed > 0 else 0.0,
+                    hist=_histogram_of(samples))
+
+
+# --- push/pull: the client pushes, the server counts ---------------------------------
+
+
+async def _shoal_pp_send(spec: Spec, endpoint: str) -> int:
+    now = time.perf_counter_ns
+    pusher: Any = (shoal.open_pusher(connect=endpoint, high_water_mark=spec.hwm,
+                                     reliable=True)
+                   if spec.reliable else
+                   shoal.open_pusher(connect=endpoint, high_water_mark=spec.hwm))
+    async with pusher as push:
+        send, size = push.send, spec.size
+        sched = Schedule(spec, now())
+        i = 0
+        while (due := sched.due(i, now())) is not None:
+            if due > now():
+                await wait_until(due)
+            await send(make_body(size, due, sched.flag(i)))
+            i += 1
+        if spec.reliable:
+            await push.wait_acked()
+    return i
+
+
+def _raw_pp_send_blocking(spec: Spec, endpoint: str) -> int:
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, spec.hwm)
+    sock.setsockopt(zmq.LINGER, 10_000)   # deliver what is queued before closing
+    now = time.perf_counter_ns
+    try:
+        sock.connect(endpoint)
+        send, size = sock.send, spec.size
+        sched = Schedule(spec, now())
+        i = 0
+        while (due := sched.due(i, now())) is not None:
+            if due > now():
+                wait_until_blocking(due)
+            send(make_body(size, due, sched.flag(i)))
+            i += 1
+    finally:
+        sock.close()
+    return i
+
+
+# --- pub/sub: the server publishes, the client counts --------------------------------
+
+
+class _Expect:
+    """What the receiving side learns from ``run``: how many were sent."""
+
+    def __init__(self) -> None:
+        self.total: int | None = None
+        self.reply: dict[str, Any] = {}
+        self.scope: trio.CancelScope | None = None
+
+
+async def _ask_run(ctl: shoal.Requester, sid: int, expect: _Expect) -> None:
+    reply = await ctl.request({"op": "run", "session": sid})
+    expect.reply = reply
+    expect.total = reply["sent"]
+    if expect.scope is not None:
+        expect.scope.deadline = trio.current_time() + IDLE_S
+
+
+async def _shoal_ps(spec: Spec, endpoint: str, ctl: shoal.Requester, sid: int,
+                    tally: Tally) -> _Expect:
+    now = time.perf_counter_ns
+    subscriber: Any = (shoal.open_subscriber(connect=endpoint, topics=["bench"],
+                                             high_water_mark=spec.hwm, reliable=True)
+                       if spec.reliable else
+                       shoal.open_subscriber(connect=endpoint, topics=["bench"],
+                                             high_water_mark=spec.hwm))
+    expect = _Expect()
+    async with subscriber as sub, trio.open_nursery() as nursery:
+        nursery.start_soon(_ask_run, ctl, sid, expect)
+        receive_batch, add = sub.receive_batch, tally.add
+        while expect.total is None or tally.received < expect.total:
+            with trio.CancelScope() as scope:
+                expect.scope = scope
+                if expect.total is not None:
+                    scope.deadline = trio.current_time() + IDLE_S
+                batch = await receive_batch()
+            expect.scope = None
+            if scope.cancelled_caught:
+                if expect.total is not None:
+                    break
+                continue
+            for msg in batch:
+                add(msg.body, now())
+    return expect
+
+
+def _raw_sub_socket(spec: Spec, endpoint: str) -> zmq.Socket[bytes]:
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, spec.hwm)
+    sock.setsockopt(zmq.RCVTIMEO, POLL_MS)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(endpoint)
+    return sock
+
+
+def _raw_wait_probe(sock: zmq.Socket[bytes]) -> None:
+    deadline = time.monotonic() + PROBE_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            if sock.recv()[8] == PROBE:
+                return
+        except zmq.Again:
+            continue
+    raise BenchError("the raw publisher's probes never arrived")
+
+
+def _raw_ps_receive(sock: zmq.Socket[bytes], tally: Tally, expect: _Expect) -> None:
+    recv, add, now = sock.recv, tally.add, time.perf_counter_ns
+    quiet = 0
+    while expect.total is None or tally.received < expect.total:
+        try:
+            body = recv()
+        except zmq.Again:
+            quiet += 1
+            if expect.total is not None and quiet * POLL_MS >= IDLE_S * 1000:
+                break
+            continue
+        quiet = 0
+        add(body, now())
+
+
+async def _raw_ps(spec: Spec, endpoint: str, ctl: shoal.Requester, sid: int,
+                  tally: Tally) -> _Expect:
+    sock = _raw_sub_socket(spec, endpoint)
+    expect = _Expect()
+    try:
+        await trio.to_thread.run_sync(_raw_wait_probe, sock)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_ask_run, ctl, sid, expect)
+            await trio.to_thread.run_sync(_raw_ps_receive, sock, tally, expect)
+    finally:
+        sock.close()
+    return expect
+
+
+# --- one measurement ----------------------------------------------------------------
+
+
+def _reachable(endpoint: str, peer_host: str | None) -> str:
+    """The server's data endpoint as this client can reach it."""
+    if peer_host and endpoint.startswith("tcp://"):
+        host, port = endpoint[len("tcp://"):].rsplit(":", 1)
+        if host in ("0.0.0.0", "*", "[::]", "::"):
+            return f"tcp://{peer_host}:{port}"
+    return endpoint
+
+
+async def measure(ctl: shoal.Requester, spec: Spec, *, same_clock: bool,
+                  peer_host: str | None = None) -> Measured:
+    """Run ``spec`` once against the server behind ``ctl``."""
+    opened = await ctl.request({"op": "open", "spec": spec.to_wire()})
+    sid = opened["session"]
+    endpoint = _reachable(opened["endpoint"], peer_host)
+    try:
+        if spec.pattern == "rr":
+            if spec.stack == "raw":
+                return await trio.to_thread.run_sync(_raw_rr_blocking, spec, endpoint)
+            return await _shoal_rr(spec, endpoint)
+        if spec.pattern == "pp":
+            if spec.stack == "raw":
+                sent = await trio.to_thread.run_sync(_raw_pp_send_blocking, spec, endpoint)
+            else:
+                sent = await _shoal_pp_send(spec, endpoint)
+            got = await ctl.request({"op": "result", "session": sid, "sent": sent})
+            return Measured(sent=sent, received=got["received"], timed=got["timed"],
+                            rate=got["rate"], hist=got["hist"] if same_clock else None)
+        tally = Tally(latency=same_clock)
+        runner = _raw_ps if spec.stack == "raw" else _shoal_ps
+        expect = await runner(spec, endpoint, ctl, sid, tally)
+        out = tally.result()
+        return Measured(sent=expect.total or 0, received=out["received"],
+                        timed=out["timed"], rate=out["rate"], hist=out["hist"],
+                        extra={k: v for k, v in expect.reply.items() if k != "sent"})
+    finally:
+        with trio.move_on_after(10):
+            await ctl.request({"op": "close", "session": sid})
+
+
+# --- the server this run talks to ---------------------------------------------------
+
+
+async def hello(ctl: shoal.Requester) -> tuple[bool, str]:
+    """Ask the server for its clock; return (same monotonic clock?, its version)."""
+    t0 = time.perf_counter_ns()
+    reply = await ctl.request({"op": "hello"})
+    t1 = time.perf_counter_ns()
+    offset = reply["clock"] - (t0 + t1) // 2
+    # Two machines' monotonic clocks differ by their uptimes: seconds at least.
+    return abs(offset) <= max(t1 - t0, 1_000_000) + 5_000_000, str(reply["version"])
+
+
+@contextlib.asynccontextmanager
+async def open_server(transport: str, *, interface: str = "127.0.0.1",
+                      peer: str | None = None) -> AsyncIterator[str]:
+    """The control endpoint of a bench server: ``peer`` as given; for inproc a server
+    in this process; otherwise a server in a child process on this machine."""
+    if peer is not None:
+        yield peer
+        return
+    if transport == "inproc":
+        async with trio.open_nursery() as nursery:
+            server = BenchServer(f"inproc://shoal-bench-{os.getpid()}")
+            endpoint: str = await nursery.start(server.serve)
+            yield endpoint
+            nursery.cancel_scope.cancel()
+        return
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
+        control = (f"tcp://{interface}:*" if transport == "tcp"
+                   else f"ipc://{tmp}/control")
+        async with _child_server(control) as endpoint:
+            yield endpoint
+
+
+@contextlib.asynccontextmanager
+async def _child_server(control: str) -> AsyncIterator[str]:
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "shoal", "bench", "--serve", control],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = b""
+        with trio.move_on_after(SERVER_START_S):
+            while not line.endswith(b"\n"):
+                chunk = await proc.stdout.receive_some(1)
+                if not chunk:
+                    break
+                line += chunk
+        words = line.decode(errors="replace").split()
+        if not words or "://" not in words[-1]:
+            raise BenchError("the bench server did not start "
+                             f"(it said {line.decode(errors='replace')!r})")
+        yield words[-1]
+    finally:
+        with trio.CancelScope(shield=True):
+            proc.terminate()
+            with trio.move_on_after(5):
+                await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+

@@ -1,0 +1,166 @@
+"""How ``shoal bench`` shows its figures: a table per pattern, one JSON object per
+variant (``--json``), and a percentile-distribution plot (``--plot``).
+
+Ratios compare a shoal variant with raw pyzmq measured in the same run with the same
+settings (``vs_raw``), and shoal reliable with shoal best effort (``vs_best_effort``):
+latency ratios above 1 mean shoal is slower, throughput ratios below 1 mean it moves
+fewer messages per second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from shoal._bench._common import PATTERN_NAMES, BenchError
+from shoal._bench._run import Options, Variant
+
+COLUMNS = ("p50", "p90", "p99", "p99.9", "p99.99", "max")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b <= 0:
+        return None
+    return round(a / b, 3)
+
+
+def _compare(v: Variant, base: Variant | None) -> dict[str, float | None] | None:
+    if base is None or base is v:
+        return None
+    lat, base_lat = v.latency_us(), base.latency_us()
+    out: dict[str, float | None] = {"throughput": _ratio(v.rate, base.rate)}
+    for p in ("p50", "p99", "p99.9"):
+        out[p] = _ratio(lat[p] if lat else None, base_lat[p] if base_lat else None)
+    return out
+
+
+def _bases(variants: list[Variant]) -> dict[str, dict[str, Variant]]:
+    """Per pattern, its raw and shoal best-effort variants (where measured)."""
+    out: dict[str, dict[str, Variant]] = {}
+    for v in variants:
+        key = "raw" if v.spec.stack == "raw" else ("reliable" if v.spec.reliable else "be")
+        out.setdefault(v.spec.pattern, {})[key] = v
+    return out
+
+
+def records(variants: list[Variant], opts: Options, version: str) -> list[dict[str, Any]]:
+    """One JSON-ready record per variant (the ``--json`` lines)."""
+    bases = _bases(variants)
+    out = []
+    for v in variants:
+        b = bases[v.spec.pattern]
+        spec = v.spec
+        out.append({
+            "pattern": spec.pattern,
+            "pattern_name": PATTERN_NAMES[spec.pattern],
+            "stack": spec.stack,
+            "reliable": spec.reliable,
+            "label": spec.label,
+            "transport": opts.transport,
+            "size": spec.size,
+            "rounds": opts.rounds,
+            "rate_target": spec.rate or None,
+            "sent": v.sent,
+            "received": v.received,
+            "timed": v.timed,
+            "lost": v.lost,
+            "throughput": round(v.rate, 1),
+            "throughput_rounds": [round(r, 1) for r in v.rates],
+            "latency": v.latency_kind,
+            "latency_us": (None if (lat := v.latency_us()) is None
+                           else {k: round(x, 2) for k, x in lat.items()}),
+            "vs_raw": _compare(v, b.get("raw")) if spec.stack == "shoal" else None,
+            "vs_best_effort": _compare(v, b.get("be")) if spec.reliable else None,
+            "extra": v.extra,
+            "shoal_version": version,
+        })
+    return out
+
+
+def _fmt(x: float | None, width: int = 8) -> str:
+    if x is None:
+        return "-".rjust(width)
+    if x >= 10_000:
+        return f"{x:>{width},.0f}"
+    return f"{x:>{width}.1f}"
+
+
+def _fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def table(variants: list[Variant], opts: Options, out: Callable[[str], None]) -> None:
+    """Print one table per pattern, latency in microseconds."""
+    recs = records(variants, opts, "")
+    by_pattern: dict[str, list[tuple[Variant, dict[str, Any]]]] = {}
+    for v, r in zip(variants, recs, strict=True):
+        by_pattern.setdefault(v.spec.pattern, []).append((v, r))
+    for pattern, rows in by_pattern.items():
+        first = rows[0][0]
+        kind = next((v.latency_kind for v, _ in rows if v.latency_kind), None)
+        amount = (f"{first.spec.seconds:g} s" if first.spec.seconds
+                  else f"{first.spec.count:,} messages")
+        rate = f", {first.spec.rate:,.0f}/s" if first.spec.rate else ""
+        out(f"{PATTERN_NAMES[pattern]} over {opts.transport}, {first.spec.size} B bodies, "
+            f"{opts.rounds} round(s) x {amount}{rate}; latency: "
+            f"{kind or 'not measured (different clocks)'} in µs")
+        out(f"  {'':<15}" + "".join(c.rjust(9) for c in COLUMNS)
+            + f"{'msg/s':>11}{'lost':>7}   vs raw: p50   p99  msg/s")
+        for v, r in rows:
+            lat = r["latency_us"] or {}
+            cells = "".join(" " + _fmt(lat.get(c)) for c in COLUMNS)
+            vs = r["vs_raw"]
+            ratios = ("" if vs is None else
+                      f"   {_fmt_ratio(vs['p50']):>9} {_fmt_ratio(vs['p99']):>5} "
+                      f"{_fmt_ratio(vs['throughput']):>6}")
+            out(f"  {v.spec.label:<15}{cells}{_fmt(v.rate, 11)}{v.lost:>7}{ratios}")
+        for _v, r in rows:
+            vb = r["vs_best_effort"]
+            if vb is not None:
+                out(f"  shoal reliable / shoal: p50 {_fmt_ratio(vb['p50'])}, "
+                    f"throughput {_fmt_ratio(vb['throughput'])}")
+        out("")
+
+
+def plot(variants: list[Variant], opts: Options, path: str) -> None:
+    """Draw each pattern's latency percentile distribution, one line per variant."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise BenchError("--plot needs matplotlib: pip install 'shoal[cli]'") from None
+    shown = [p for p in opts.patterns
+             if any(v.spec.pattern == p and v.hist is not None for v in variants)]
+    if not shown:
+        raise BenchError("nothing to plot: no latency was measured")
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4.2), squeeze=False)
+    # x: 1 / (1 - percentile), log scale, so the tail gets the room it deserves.
+    ticks = [0.0, 90.0, 99.0, 99.9, 99.99, 99.999]
+    for ax, pattern in zip(axes[0], shown, strict=True):
+        for v in variants:
+            if v.spec.pattern != pattern or v.hist is None:
+                continue
+            xs, ys = [], []
+            for step in range(0, 501):
+                p = 100.0 * (1 - 10 ** (-step / 100))
+                xs.append(1 / (1 - p / 100))
+                ys.append(v.hist.get_value_at_percentile(p) / 1e3)
+            style = "--" if v.spec.stack == "raw" else "-"
+            ax.plot(xs, ys, style, label=v.spec.label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks([1 / (1 - t / 100) for t in ticks])
+        ax.set_xticklabels([f"{t:g}%" for t in ticks])
+        kind = next(v.latency_kind for v in variants
+                    if v.spec.pattern == pattern and v.latency_kind)
+        ax.set_title(f"{PATTERN_NAMES[pattern]} ({kind}), {opts.transport}, "
+                     f"{variants[0].spec.size} B")
+        ax.set_xlabel("percentile")
+        ax.set_ylabel("latency (µs)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle("shoal bench: latency by percentile, shoal beside raw pyzmq")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

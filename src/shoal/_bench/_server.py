@@ -1,0 +1,349 @@
+"""The serving end of ``shoal bench``: it binds, the client connects.
+
+One server answers control requests (shoal request/reply, msgpack dicts) on its
+control endpoint and, per measurement ("session"), binds the other end of the
+pattern under test on a data endpoint next to the control one:
+
+    rr  replier (echo)         the client times round trips
+    pp  puller (receiver)      the server counts and times arrivals; ``result`` returns them
+    ps  publisher (sender)     ``run`` publishes; the client counts and times arrivals
+
+Raw pyzmq sessions run blocking sockets in a worker thread (REP, PULL, PUB); shoal
+sessions run in trio. A session lives until ``close``; a client that vanishes leaves
+its sessions open until the server stops (``--serve`` is meant for a benchmark run,
+not as a service).
+
+Control requests: ``hello`` (the server's clock and version), ``open`` (a Spec ->
+session id and data endpoint), ``run`` (ps: publish the run, return how many were
+sent), ``result`` (pp: wait until ``sent`` have arrived or arrivals stop, return the
+tally), ``close``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from typing import Any
+
+import trio
+import zmq
+
+import shoal
+from shoal._bench._common import (
+    NAP_SLACK_NS,
+    PROBE,
+    SLEEP_NS,
+    BenchError,
+    Schedule,
+    Spec,
+    Tally,
+    make_body,
+    wait_until_blocking,
+)
+
+IDLE_S = 1.0          # a receiver that got nothing for this long has everything it will get
+POLL_MS = 100         # raw threads look at their stop flag this often
+PROBE_EVERY_S = 0.001
+
+
+def data_endpoint(control: str, n: int) -> str:
+    """Where session ``n`` binds, next to the control endpoint."""
+    if control.startswith("tcp://"):
+        host = control[len("tcp://"):].rsplit(":", 1)[0]
+        return f"tcp://{host}:*"
+    return f"{control}-data-{n}"
+
+
+async def wait_until(due: int) -> None:
+    """Pace a trio sender: sleep in trio while more than ``SLEEP_NS`` remain, then
+    alternate a checkpoint (other tasks of this process run: with ``inproc://`` the
+    receiving end is one of them) with short blocking naps, without burning a core."""
+    now = time.perf_counter_ns()
+    if due - now > SLEEP_NS:
+        await trio.sleep((due - now - SLEEP_NS + NAP_SLACK_NS) / 1e9)
+    while (left := due - time.perf_counter_ns()) > 0:
+        await trio.lowlevel.checkpoint()
+        if left > 2 * NAP_SLACK_NS:
+            # Deliberately blocking: at most a millisecond, after the checkpoint.
+            time.sleep((left - NAP_SLACK_NS) / 1e9)  # noqa: ASYNC251
+
+
+class _Session:
+    def __init__(self, sid: int, spec: Spec) -> None:
+        self.sid = sid
+        self.spec = spec
+        self.endpoint = ""
+        self.scope = trio.CancelScope()
+        self.ready = trio.Event()
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+        self.tally = Tally(latency=True)
+        self.stop = threading.Event()
+        self.go = threading.Event()      # raw threads wait on this one
+        self.go_async = trio.Event()     # shoal tasks on this one
+        self.sent: dict[str, Any] | None = None
+        self.sent_done = trio.Event()
+        self.publisher: Any = None
+
+
+class BenchServer:
+    """Serves bench sessions on ``control`` until cancelled."""
+
+    def __init__(self, control: str) -> None:
+        self.control = control
+        self.endpoint = ""
+        self._sessions: dict[int, _Session] = {}
+        self._ids = itertools.count(1)
+
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        async with shoal.open_replier(bind=self.control) as rep, \
+                trio.open_nursery() as nursery:
+            self.endpoint = rep.endpoints[0]
+            self._nursery = nursery
+            task_status.started(self.endpoint)
+            try:
+                async for req in rep:
+                    nursery.start_soon(self._answer, req)
+            finally:
+                for s in self._sessions.values():
+                    s.stop.set()
+                    s.go.set()
+
+    async def _answer(self, req: shoal.Request) -> None:
+        body = req.body
+        try:
+            if not isinstance(body, dict) or not isinstance(body.get("op"), str):
+                raise BenchError("malformed control request")
+            reply = await self._handle(body["op"], body)
+        except BenchError as exc:
+            await req.fail(f"{exc}")
+            return
+        await req.reply(reply)
+
+    async def _handle(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        if op == "hello":
+            return {"clock": time.perf_counter_ns(), "version": shoal.__version__,
+                    "pid": os.getpid()}
+        if op == "open":
+            return await self._open(Spec.from_wire(body.get("spec")))
+        session = self._sessions.get(body.get("session", -1))
+        if session is None:
+            raise BenchError("unknown session")
+        if op == "run":
+            session.go.set()
+            session.go_async.set()
+            await session.sent_done.wait()
+            if session.error is not None:
+                raise BenchError(f"publishing failed: {session.error!r}")
+            assert session.sent is not None
+            return session.sent
+        if op == "result":
+            sent = body.get("sent")
+            if not isinstance(sent, int):
+                raise BenchError("result needs sent")
+            return await self._result(session, sent)
+        if op == "close":
+            await self._close(session)
+            return {}
+        raise BenchError(f"unknown op {op!r}")
+
+    async def _open(self, spec: Spec) -> dict[str, Any]:
+        sid = next(self._ids)
+        session = _Session(sid, spec)
+        self._sessions[sid] = session
+        self._nursery.start_soon(self._run_session, session,
+                                 data_endpoint(self.endpoint, sid))
+        await session.ready.wait()
+        if session.error is not None:
+            del self._sessions[sid]
+            raise BenchError(f"could not open {spec.label} {spec.pattern}: "
+                             f"{session.error!r}")
+        return {"session": sid, "endpoint": session.endpoint}
+
+    async def _close(self, session: _Session) -> None:
+        session.stop.set()
+        session.go.set()
+        session.go_async.set()
+        session.scope.cancel()
+        await session.done.wait()
+        self._sessions.pop(session.sid, None)
+
+    async def _result(self, session: _Session, sent: int) -> dict[str, Any]:
+        tally = session.tally
+        last, since = -1, trio.current_time()
+        while tally.received < sent:
+            if tally.received != last:
+                last, since = tally.received, trio.current_time()
+            elif trio.current_time() - since > IDLE_S or session.done.is_set():
+                break
+            await trio.sleep(0.01)
+        out = tally.result()
+        out["stats"] = session.sent or {}
+        return out
+
+    async def _run_session(self, session: _Session, endpoint: str) -> None:
+        spec = session.spec
+        try:
+            with session.scope:
+                if spec.stack == "raw":
+                    await _RAW[spec.pattern](session, endpoint)
+                else:
+                    await _SHOAL[spec.pattern](session, endpoint)
+        except Exception as exc:
+            session.error = exc
+        finally:
+            session.ready.set()
+            session.sent_done.set()
+            session.done.set()
+
+
+# --- shoal sessions -------------------------------------------------------------
+
+
+async def _shoal_rr(session: _Session, endpoint: str) -> None:
+    async with shoal.open_replier(bind=endpoint, high_water_mark=session.spec.hwm) as rep:
+        session.endpoint = rep.endpoints[0]
+        session.ready.set()
+        async for req in rep:
+            await req.reply(req.body)
+
+
+async def _shoal_pp(session: _Session, endpoint: str) -> None:
+    spec = session.spec
+    add = session.tally.add
+    now = time.perf_counter_ns
+    puller: Any = (shoal.open_puller(bind=endpoint, high_water_mark=spec.hwm, reliable=True)
+                   if spec.reliable else
+                   shoal.open_puller(bind=endpoint, high_water_mark=spec.hwm))
+    async with puller as pull:
+        session.endpoint = pull.endpoints[0]
+        session.ready.set()
+        receive_batch = pull.receive_batch
+        while True:
+            for msg in await receive_batch():
+                add(msg.body, now())
+
+
+async def _shoal_ps(session: _Session, endpoint: str) -> None:
+    spec = session.spec
+    publisher: Any = (shoal.open_publisher(bind=endpoint, high_water_mark=spec.hwm,
+                                           reliable=True)
+                      if spec.reliable else
+                      shoal.open_publisher(bind=endpoint, high_water_mark=spec.hwm))
+    async with publisher as pub:
+        session.endpoint = pub.endpoints[0]
+        session.ready.set()
+        await session.go_async.wait()
+        try:
+            await pub.wait_for_subscribers(1)
+            publish = pub.publish
+            size = spec.size
+            sched = Schedule(spec, time.perf_counter_ns())
+            t0 = time.perf_counter_ns()
+            i = 0
+            while (due := sched.due(i, time.perf_counter_ns())) is not None:
+                if due > time.perf_counter_ns():
+                    await wait_until(due)
+                await publish("bench", make_body(size, due, sched.flag(i)))
+                i += 1
+            elapsed = (time.perf_counter_ns() - t0) / 1e9
+            session.sent = {"sent": i, "send_rate": i / elapsed if elapsed else 0.0}
+            stats = pub.statistics()
+            if spec.reliable:
+                session.sent["retransmitted"] = stats.retransmitted
+        finally:
+            session.sent_done.set()
+        await trio.sleep_forever()
+
+
+# --- raw pyzmq sessions (a blocking socket in a worker thread) ----------------------
+
+
+def _raw_socket(kind: int, endpoint: str, hwm: int) -> tuple[zmq.Socket[bytes], str]:
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.RCVTIMEO, POLL_MS)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError:
+        sock.close()
+        raise
+    return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+async def _in_thread(session: _Session, endpoint: str, kind: int, loop: Any) -> None:
+    sock, session.endpoint = _raw_socket(kind, endpoint, session.spec.hwm)
+    session.ready.set()
+    try:
+        with trio.CancelScope(shield=True):  # the thread ends once ``stop`` is set
+            await trio.to_thread.run_sync(loop, session, sock)
+    finally:
+        sock.close()
+
+
+def _raw_rr_loop(session: _Session, sock: zmq.Socket[bytes]) -> None:
+    recv, send, stop = sock.recv, sock.send, session.stop
+    while not stop.is_set():
+        try:
+            msg = recv()
+        except zmq.Again:
+            continue
+        send(msg)
+
+
+def _raw_pp_loop(session: _Session, sock: zmq.Socket[bytes]) -> None:
+    recv, stop, add, now = sock.recv, session.stop, session.tally.add, time.perf_counter_ns
+    while not stop.is_set():
+        try:
+            add(recv(), now())
+        except zmq.Again:
+            continue
+
+
+def _raw_ps_loop(session: _Session, sock: zmq.Socket[bytes]) -> None:
+    spec = session.spec
+    probe = make_body(spec.size, 0, PROBE)
+    try:
+        # No subscription notice on a PUB: probe until the client has seen one.
+        while not session.go.wait(PROBE_EVERY_S):
+            try:
+                sock.send(probe, zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        if session.stop.is_set():
+            return
+        send, size = sock.send, spec.size
+        sched = Schedule(spec, time.perf_counter_ns())
+        t0 = time.perf_counter_ns()
+        i = 0
+        while (due := sched.due(i, time.perf_counter_ns())) is not None:
+            if due > time.perf_counter_ns():
+                wait_until_blocking(due)
+            send(make_body(size, due, sched.flag(i)))
+            i += 1
+        elapsed = (time.perf_counter_ns() - t0) / 1e9
+        session.sent = {"sent": i, "send_rate": i / elapsed if elapsed else 0.0}
+    finally:
+        trio.from_thread.run_sync(session.sent_done.set)
+    session.stop.wait()
+
+
+async def _raw_rr(session: _Session, endpoint: str) -> None:
+    await _in_thread(session, endpoint, zmq.REP, _raw_rr_loop)
+
+
+async def _raw_pp(session: _Session, endpoint: str) -> None:
+    await _in_thread(session, endpoint, zmq.PULL, _raw_pp_loop)
+
+
+async def _raw_ps(session: _Session, endpoint: str) -> None:
+    await _in_thread(session, endpoint, zmq.PUB, _raw_ps_loop)
+
+
+_SHOAL = {"rr": _shoal_rr, "pp": _shoal_pp, "ps": _shoal_ps}
+_RAW = {"rr": _raw_rr, "pp": _raw_pp, "ps": _raw_ps}

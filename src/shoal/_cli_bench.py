@@ -1,0 +1,179 @@
+"""``shoal bench``: the command line of the benchmark (see ``shoal._bench``).
+
+Errors: bad arguments exit 2 with one line; a benchmark that cannot run or finish
+exits 1 with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from shoal._bench._common import BODY_MIN, PATTERNS, BenchError
+from shoal._bench._run import Options, run
+from shoal.errors import ShoalError
+
+Out = Callable[[str], None]
+
+EXAMPLES = """examples:
+  shoal bench                                  every pattern, tcp, 64 B, vs raw pyzmq
+  shoal bench --pattern rr --size 4096 --rate 2000 --seconds 10
+  shoal bench --transport ipc --mode reliable --json > figures.jsonl
+  shoal bench --plot latency.png
+  shoal bench --serve tcp://0.0.0.0:5700       (host A)
+  shoal bench --peer tcp://hostA:5700          (host B)
+"""
+
+
+def _csv(choices: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(x.strip() for x in text.split(",") if x.strip())
+        bad = [x for x in items if x not in choices]
+        if not items or bad:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {', '.join(choices)}")
+        return tuple(dict.fromkeys(items))
+    return parse
+
+
+def add_bench_command(commands: Any) -> None:
+    p = commands.add_parser(
+        "bench", help="latency and throughput of each pattern, beside raw pyzmq",
+        description="Measure request/reply round trips (rr), push/pull (pp) and pub/sub "
+        "(ps) throughput and one-way latency, shoal best effort and reliable, with raw "
+        "pyzmq measured in the same run with the same settings. Latency is an HDR "
+        "histogram (p50 ... p99.99, max) in microseconds. The serving end runs in a "
+        "child process on this machine (tcp, ipc), in this process (inproc), or on "
+        "another host (--peer).",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pattern", type=_csv(PATTERNS), default=PATTERNS,
+                   help="which patterns, e.g. rr,pp (default: rr,pp,ps)")
+    p.add_argument("--mode", type=_csv(("best-effort", "reliable")),
+                   default=("best-effort", "reliable"),
+                   help="shoal modes to measure (default: best-effort,reliable)")
+    p.add_argument("--compare", choices=("raw", "none"), default="raw",
+                   help="measure raw pyzmq too and print ratios (default: raw)")
+    p.add_argument("--transport", choices=("tcp", "ipc", "inproc"), default="tcp")
+    p.add_argument("--size", type=int, default=64,
+                   help=f"body size in bytes, at least {BODY_MIN} (default: 64)")
+    amount = p.add_mutually_exclusive_group()
+    amount.add_argument("--count", type=int,
+                        help="timed messages per round (default: rr 5000, pp/ps 100000)")
+    amount.add_argument("--seconds", type=float, help="timed duration per round instead")
+    p.add_argument("--warmup", type=int, help="untimed messages first (default: rr 500, "
+                   "pp/ps 5000)")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="send at this many messages per second, latency counted from "
+                   "when each was due (coordinated omission corrected); default: as "
+                   "fast as possible")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds per variant, interleaved (default: 3)")
+    p.add_argument("--hwm", type=int, help="high-water mark of both ends (default: "
+                   "rr/pp 1000, ps 100000)")
+    p.add_argument("--interface", default="127.0.0.1",
+                   help="address the local server binds for tcp (default: 127.0.0.1)")
+    p.add_argument("--serve", metavar="ENDPOINT",
+                   help="be the serving end for another host's --peer, e.g. "
+                   "tcp://192.0.2.7:5700; runs until interrupted (or --for)")
+    p.add_argument("--for", dest="serve_for", type=float, metavar="S",
+                   help="with --serve: stop after S seconds")
+    p.add_argument("--peer", metavar="ENDPOINT", help="measure against a server started "
+                   "elsewhere with --serve")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="give up on one measurement after S seconds (default: 300)")
+    p.add_argument("--json", action="store_true", help="one JSON object per variant")
+    p.add_argument("--plot", metavar="FILE.png", help="draw latency by percentile")
+    p.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+
+
+def _options(args: argparse.Namespace) -> Options:
+    if args.serve and args.peer:
+        raise BenchError("--serve and --peer exclude each other")
+    if args.size < BODY_MIN or args.size > 256 * 1024 * 1024:
+        raise BenchError(f"--size must be between {BODY_MIN} and 268435456 bytes")
+    if args.count is not None and args.count < 2:
+        raise BenchError("--count must be at least 2")
+    if args.seconds is not None and not 0 < args.seconds <= 86_400:
+        raise BenchError("--seconds must be between 0 and 86400")
+    if args.warmup is not None and args.warmup < 0:
+        raise BenchError("--warmup must be 0 or more")
+    if args.rate < 0 or args.rounds < 1 or args.timeout <= 0:
+        raise BenchError("--rate must be >= 0, --rounds >= 1 and --timeout > 0")
+    if args.hwm is not None and args.hwm < 1:
+        raise BenchError("--hwm must be at least 1")
+    if args.compare == "none" and not args.mode:
+        raise BenchError("nothing to measure")
+    if args.peer and not args.peer.startswith(("tcp://", "ipc://")):
+        raise BenchError("--peer takes a tcp:// or ipc:// endpoint, e.g. tcp://hostA:5700")
+    transport = args.transport
+    if args.peer:
+        transport = args.peer.split("://", 1)[0]
+    return Options(patterns=args.pattern, modes=args.mode, compare_raw=args.compare == "raw",
+                   transport=transport, size=args.size, count=args.count,
+                   seconds=args.seconds or 0.0, warmup=args.warmup, rate=args.rate,
+                   rounds=args.rounds, hwm=args.hwm, interface=args.interface,
+                   peer=args.peer, timeout=args.timeout)
+
+
+class _Bar:
+    """A one-line progress bar on stderr, redrawn in place."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        width = 30
+        filled = int(width * done / total) if total else width
+        bar = "#" * filled + "-" * (width - filled)
+        line = (f"\r[{bar}] {done}/{total}  {label:<24} "
+                f"{time.monotonic() - self.start:6.1f} s")
+        end = "\n" if done >= total else ""
+        print(line + end, end="", file=sys.stderr, flush=True)
+
+
+async def _serve(endpoint: str, seconds: float | None, out: Out) -> None:
+    from shoal._bench._server import BenchServer
+
+    server = BenchServer(endpoint)
+    with trio.move_on_after(seconds if seconds else float("inf")):
+        async with trio.open_nursery() as nursery:
+            bound: str = await nursery.start(server.serve)
+            out(f"shoal bench serving on {bound}")
+
+
+def run_bench(args: argparse.Namespace, out: Out, err: Out) -> int:
+    """Run ``shoal bench`` as parsed; return the exit status."""
+    try:
+        if args.serve:
+            if args.serve_for is not None and args.serve_for <= 0:
+                raise BenchError("--for must be more than 0 seconds")
+            trio.run(_serve, args.serve, args.serve_for, out)
+            return 0
+        opts = _options(args)
+        show = (args.progress == "always"
+                or (args.progress == "auto" and sys.stderr.isatty()))
+        variants, version = trio.run(run, opts, _Bar() if show else None)
+        from shoal._bench._report import plot, records, table
+
+        if args.json:
+            for rec in records(variants, opts, version):
+                out(json.dumps(rec, sort_keys=True))
+        else:
+            table(variants, opts, out)
+        if args.plot:
+            plot(variants, opts, args.plot)
+            if not args.json:
+                out(f"plot written to {args.plot}")
+    except KeyboardInterrupt:
+        return 130
+    except (BenchError, ShoalError, OSError) as exc:
+        err(f"shoal bench: {exc}")
+        return 1
+    return 0
