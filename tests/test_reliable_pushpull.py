@@ -55,6 +55,8 @@ def zctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
 def bind_address(transport: str, tmp_path: Path, name: str) -> str:
     if transport == "tcp":
         return LOOPBACK
+    if transport == "inproc":
+        return f"inproc://{tmp_path.name}-{name}"
     return f"ipc://{tmp_path}/{name}"
 
 
@@ -125,7 +127,7 @@ async def puller_process(*args: str) -> AsyncIterator[NodeProcess]:
 # -- explicit endpoints: every item once -----------------------------------------------------
 
 
-@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+@pytest.mark.parametrize("transport", ["tcp", "ipc", "inproc"])
 async def test_each_item_reaches_exactly_one_application_once(
         transport: str, tmp_path: Path) -> None:
     n = 2000

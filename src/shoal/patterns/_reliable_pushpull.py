@@ -366,6 +366,10 @@ class ReliablePusher(SocketResource):
         self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, route)
         self._route_of[endpoint] = route
         self._sock.connect(endpoint)  # used once the monitor reports the handshake
+        if endpoint.startswith("inproc://"):
+            # inproc has no handshake and libzmq's monitor reports none: the pipe
+            # exists once both ends do, and a send before that fails as unreachable.
+            self._link_up(endpoint)
 
     def _link_up(self, endpoint: str) -> None:
         route = self._route_of.get(endpoint)
