@@ -21,6 +21,10 @@ from shoal.errors import ShoalError
 
 Out = Callable[[str], None]
 
+
+class UsageError(BenchError):
+    """Arguments that do not make sense together (exit status 2)."""
+
 EXAMPLES = """examples:
   shoal bench                                  every pattern, tcp, 64 B, vs raw pyzmq
   shoal bench --pattern rr --size 4096 --rate 2000 --seconds 10
@@ -95,23 +99,23 @@ def add_bench_command(commands: Any) -> None:
 
 def _options(args: argparse.Namespace) -> Options:
     if args.serve and args.peer:
-        raise BenchError("--serve and --peer exclude each other")
+        raise UsageError("--serve and --peer exclude each other")
     if args.size < BODY_MIN or args.size > 256 * 1024 * 1024:
-        raise BenchError(f"--size must be between {BODY_MIN} and 268435456 bytes")
+        raise UsageError(f"--size must be between {BODY_MIN} and 268435456 bytes")
     if args.count is not None and args.count < 2:
-        raise BenchError("--count must be at least 2")
+        raise UsageError("--count must be at least 2")
     if args.seconds is not None and not 0 < args.seconds <= 86_400:
-        raise BenchError("--seconds must be between 0 and 86400")
+        raise UsageError("--seconds must be between 0 and 86400")
     if args.warmup is not None and args.warmup < 0:
-        raise BenchError("--warmup must be 0 or more")
+        raise UsageError("--warmup must be 0 or more")
     if args.rate < 0 or args.rounds < 1 or args.timeout <= 0:
-        raise BenchError("--rate must be >= 0, --rounds >= 1 and --timeout > 0")
+        raise UsageError("--rate must be >= 0, --rounds >= 1 and --timeout > 0")
     if args.hwm is not None and args.hwm < 1:
-        raise BenchError("--hwm must be at least 1")
+        raise UsageError("--hwm must be at least 1")
     if args.compare == "none" and not args.mode:
-        raise BenchError("nothing to measure")
+        raise UsageError("nothing to measure")
     if args.peer and not args.peer.startswith(("tcp://", "ipc://")):
-        raise BenchError("--peer takes a tcp:// or ipc:// endpoint, e.g. tcp://hostA:5700")
+        raise UsageError("--peer takes a tcp:// or ipc:// endpoint, e.g. tcp://hostA:5700")
     transport = args.transport
     if args.peer:
         transport = args.peer.split("://", 1)[0]
@@ -151,9 +155,11 @@ async def _serve(endpoint: str, seconds: float | None, out: Out) -> None:
 def run_bench(args: argparse.Namespace, out: Out, err: Out) -> int:
     """Run ``shoal bench`` as parsed; return the exit status."""
     try:
+        if args.serve and args.peer:
+            raise UsageError("--serve and --peer exclude each other")
         if args.serve:
             if args.serve_for is not None and args.serve_for <= 0:
-                raise BenchError("--for must be more than 0 seconds")
+                raise UsageError("--for must be more than 0 seconds")
             trio.run(_serve, args.serve, args.serve_for, out)
             return 0
         opts = _options(args)
@@ -173,6 +179,9 @@ def run_bench(args: argparse.Namespace, out: Out, err: Out) -> int:
                 out(f"plot written to {args.plot}")
     except KeyboardInterrupt:
         return 130
+    except UsageError as exc:
+        err(f"shoal bench: {exc}")
+        return 2
     except (BenchError, ShoalError, OSError) as exc:
         err(f"shoal bench: {exc}")
         return 1

@@ -130,7 +130,7 @@ async def run(opts: Options, progress: Progress | None = None) -> tuple[list[Var
     async with open_server(opts.transport, interface=opts.interface,
                            peer=opts.peer) as control, \
             shoal.open_requester(connect=control) as ctl:
-        with trio.move_on_after(30) as cs:
+        with trio.move_on_after(min(30.0, opts.timeout)) as cs:
             same_clock, version = await hello(ctl)
         if cs.cancelled_caught:
             raise BenchError(f"no bench server answers at {control} (start one there "

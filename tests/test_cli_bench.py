@@ -1,0 +1,292 @@
+"""``shoal bench``: subprocess runs over tcp, ipc and inproc on loopback, --serve and
+--peer, the JSON records and the ratios in them, --rate pacing and its coordinated
+omission correction, --plot, and the error paths.
+
+Nothing here asserts a speed: the machines are shared. The figures are checked for
+consistency (counts, ordering of percentiles, ratios equal to the quotients of the
+figures they compare), and pacing for its lower bound on wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import shoal
+from shoal._bench._common import TIMED, WARMUP, Schedule, Spec, Tally, make_body
+from shoal._bench._report import records
+from shoal._bench._run import Options, Variant
+from shoal._bench._server import BenchServer
+from shoal.errors import RemoteError
+
+QUICK = ["--count", "300", "--warmup", "50", "--rounds", "1", "--progress", "never"]
+
+
+def bench(*args: str, timeout: float = 120,
+          pre: str = "") -> subprocess.CompletedProcess[str]:
+    code = f"{pre}import sys; from shoal.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, "bench", *args],
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def lines(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def check_record(rec: dict[str, Any]) -> None:
+    lat = rec["latency_us"]
+    assert lat is not None, rec
+    order = [lat[k] for k in ("min", "p50", "p90", "p99", "p99.9", "p99.99", "max")]
+    assert order == sorted(order), rec
+    assert rec["throughput"] > 0, rec
+    assert rec["timed"] >= 300, rec
+
+
+def check_ratios(recs: list[dict[str, Any]]) -> None:
+    """Each shoal record's ratios are the quotients of the figures it compares."""
+    for pattern in {r["pattern"] for r in recs}:
+        rows = {r["label"]: r for r in recs if r["pattern"] == pattern}
+        raw, be = rows["raw pyzmq"], rows.get("shoal")
+        for label, r in rows.items():
+            if label == "raw pyzmq":
+                assert r["vs_raw"] is None
+                continue
+            for key in ("p50", "p99"):
+                want = r["latency_us"][key] / raw["latency_us"][key]
+                assert r["vs_raw"][key] == pytest.approx(want, rel=0.01, abs=0.002)
+            want = r["throughput"] / raw["throughput"]
+            assert r["vs_raw"]["throughput"] == pytest.approx(want, rel=0.01, abs=0.002)
+            if label == "shoal reliable" and be is not None:
+                want = r["latency_us"]["p50"] / be["latency_us"]["p50"]
+                assert r["vs_best_effort"]["p50"] == pytest.approx(want, rel=0.01,
+                                                                   abs=0.002)
+
+
+def test_every_pattern_over_tcp_as_json_with_ratios_to_raw() -> None:
+    done = bench(*QUICK, "--json")
+    assert done.returncode == 0, done.stderr
+    recs = lines(done.stdout)
+    assert {(r["pattern"], r["label"]) for r in recs} == {
+        (p, label) for p in ("rr", "pp", "ps")
+        for label in ("raw pyzmq", "shoal", "shoal reliable")}
+    for rec in recs:
+        assert rec["transport"] == "tcp"
+        assert rec["size"] == 64
+        check_record(rec)
+        assert rec["latency"] == ("round-trip" if rec["pattern"] == "rr" else "one-way")
+        if rec["reliable"] or rec["pattern"] != "ps":
+            assert rec["lost"] == 0, rec   # backpressure or acknowledgements: no loss
+            assert rec["received"] == rec["sent"] == 350, rec
+    check_ratios(recs)
+
+
+@pytest.mark.parametrize("transport", ["ipc", "inproc"])
+def test_other_transports(transport: str) -> None:
+    done = bench(*QUICK, "--json", "--transport", transport, "--pattern", "rr,pp",
+                 "--size", "1024")
+    assert done.returncode == 0, done.stderr
+    recs = lines(done.stdout)
+    assert len(recs) == 6
+    for rec in recs:
+        assert rec["transport"] == transport
+        assert rec["size"] == 1024
+        check_record(rec)
+        assert rec["lost"] == 0
+    check_ratios(recs)
+
+
+def test_table_output_names_every_variant_and_the_units() -> None:
+    done = bench(*QUICK, "--pattern", "ps", "--mode", "reliable")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert "pub/sub over tcp, 64 B bodies" in text
+    assert "one-way in µs" in text
+    assert "raw pyzmq" in text
+    assert "shoal reliable" in text
+    assert "p99.99" in text
+    assert "msg/s" in text
+    assert "\nshoal " not in text  # only the modes asked for
+    assert "  shoal  " not in text
+
+
+def test_rate_paces_the_sender() -> None:
+    """100 + 20 messages at 200/s cannot take less than 0.6 s per variant."""
+    start = time.monotonic()
+    done = bench("--pattern", "rr", "--compare", "none", "--mode", "best-effort",
+                 "--count", "100", "--warmup", "20", "--rounds", "1", "--rate", "200",
+                 "--json", "--progress", "never")
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - start >= 0.6
+    (rec,) = lines(done.stdout)
+    assert rec["rate_target"] == 200
+    # Throughput counts from the first timed message's due time to the last reply:
+    # at most the paced rate (plus the last round trip's share).
+    assert rec["throughput"] <= 200 * 1.05
+
+
+def test_coordinated_omission_is_charged_to_the_messages_that_were_due() -> None:
+    """A sender that stalls 50 ms at 1000/s: the 50 messages due during the stall
+    carry their due times, so their latency includes the wait they were made to do."""
+    spec = Spec(pattern="pp", stack="raw", reliable=False, size=64, count=100, seconds=0,
+                warmup=0, rate=1000, hwm=10)
+    sched = Schedule(spec, start_ns=0)
+    tally = Tally(latency=True)
+    clock = 0
+    for i in range(100):
+        due = sched.due(i, clock)
+        assert due == i * 1_000_000
+        clock = max(clock, due)
+        if i == 10:
+            clock += 50_000_000          # the stall
+        tally.add(make_body(64, due, sched.flag(i)), clock + 20_000)  # 20 µs transit
+    lat = array("q", tally.samples)
+    assert lat[:10].tolist() == [20_000] * 10
+    assert lat[10] == 50_020_000
+    assert lat[59] == 1_020_000
+    assert lat[60] == 20_000
+    assert sched.due(100, clock) is None
+
+
+def test_schedule_in_duration_mode_and_warmup_flags() -> None:
+    spec = Spec(pattern="pp", stack="raw", reliable=False, size=64, count=0, seconds=0.01,
+                warmup=5, rate=1000, hwm=10)
+    sched = Schedule(spec, start_ns=0)
+    dues = [sched.due(i, 0) for i in range(40)]
+    sent = [d for d in dues if d is not None]
+    assert len(sent) == 15           # 5 warmup + 10 ms at 1000/s
+    assert [sched.flag(i) for i in range(6)] == [WARMUP] * 5 + [TIMED]
+
+
+def test_plot_draws_a_png(tmp_path: Path) -> None:
+    png = tmp_path / "latency.png"
+    done = bench(*QUICK, "--pattern", "rr,pp", "--plot", str(png))
+    assert done.returncode == 0, done.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 20_000
+    assert f"plot written to {png}" in done.stdout
+
+
+def test_progress_bar_on_request() -> None:
+    code = "import sys; from shoal.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, "bench", *QUICK[:-2], "--pattern",
+                           "rr", "--mode", "best-effort", "--progress", "always"],
+                          capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    # One line redrawn in place: carriage returns, a newline only at the end.
+    assert done.stderr.count(b"\r[") == 3
+    assert done.stderr.count(b"\n") == 1
+    assert b"] 0/2  rr raw pyzmq" in done.stderr
+    assert b"] 2/2  done" in done.stderr
+
+
+@contextmanager
+def server(*extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "shoal", "bench", "--serve",
+                             "tcp://127.0.0.1:*", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("shoal bench serving on tcp://127.0.0.1:"), first
+        yield proc, first.split()[-1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_serve_and_peer() -> None:
+    with server() as (_, endpoint):
+        done = bench(*QUICK, "--json", "--peer", endpoint)
+        assert done.returncode == 0, done.stderr
+        recs = lines(done.stdout)
+        assert len(recs) == 9
+        for rec in recs:
+            check_record(rec)   # one machine: one-way latency is measured too
+        # The same server serves a second client run.
+        again = bench(*QUICK, "--json", "--peer", endpoint, "--pattern", "rr")
+        assert again.returncode == 0, again.stderr
+
+
+def test_serve_for_stops_by_itself() -> None:
+    with server("--for", "1") as (proc, _):
+        assert proc.wait(timeout=20) == 0
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--size", "8"], "--size must be between 16"),
+    (["--count", "1"], "--count must be at least 2"),
+    (["--rate", "-1"], "--rate must be >= 0"),
+    (["--serve", "tcp://127.0.0.1:*", "--peer", "tcp://127.0.0.1:1"], "exclude"),
+    (["--peer", "udp://x:1"], "--peer takes a tcp:// or ipc://"),
+    (["--pattern", "rr,xx"], "expected a comma-separated list"),
+    (["--count", "5", "--seconds", "2"], "not allowed with argument"),
+])
+def test_bad_arguments_exit_2_with_one_line(args: list[str], says: str) -> None:
+    done = bench(*args, timeout=30)
+    assert done.returncode == 2, done
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_no_server_at_the_peer_exits_1() -> None:
+    done = bench("--peer", "tcp://127.0.0.1:9", "--timeout", "1.5", timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0
+    assert "no bench server answers at tcp://127.0.0.1:9" in done.stderr
+    assert "shoal bench --serve" in done.stderr
+
+
+def test_missing_histogram_package_names_the_extra() -> None:
+    done = bench(*QUICK, pre="import sys; sys.modules['hdrh'] = None; "
+                 "sys.modules['hdrh.histogram'] = None; ", timeout=30)
+    assert done.returncode == 1
+    assert "pip install 'shoal[cli]'" in done.stderr
+
+
+def test_help_has_examples() -> None:
+    done = bench("--help", timeout=30)
+    assert done.returncode == 0
+    assert "shoal bench --serve" in done.stdout
+    assert "--rate" in done.stdout
+
+
+async def test_server_refuses_malformed_control_requests() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            endpoint = await nursery.start(BenchServer("tcp://127.0.0.1:*").serve)
+            async with shoal.open_requester(connect=endpoint) as ctl:
+                for bad in ({"op": "nope"}, ["open"], {"op": "open", "spec": {"size": 1}},
+                            {"op": "open", "spec": {**_spec_wire(), "size": 3}},
+                            {"op": "result", "session": 99, "sent": 1}, b"\xff"):
+                    with pytest.raises(RemoteError):
+                        await ctl.request(bad)
+                assert (await ctl.request({"op": "hello"}))["version"] == shoal.__version__
+            nursery.cancel_scope.cancel()
+
+
+def _spec_wire() -> dict[str, Any]:
+    return Spec(pattern="rr", stack="shoal", reliable=False, size=64, count=10, seconds=0,
+                warmup=0, rate=0, hwm=10).to_wire()
+
+
+def test_records_without_raw_have_no_ratios() -> None:
+    opts = Options(patterns=("pp",), compare_raw=False, rounds=1)
+    variants = [Variant(s, "tcp", None) for s in opts.specs("pp")]
+    for v, rate in zip(variants, (100.0, 40.0), strict=True):
+        v.rates.append(rate)
+    recs = records(variants, opts, "x")
+    assert [r["label"] for r in recs] == ["shoal", "shoal reliable"]
+    assert all(r["vs_raw"] is None for r in recs)
+    assert recs[1]["vs_best_effort"]["throughput"] == 0.4
+    assert recs[1]["latency_us"] is None
