@@ -14,6 +14,7 @@ The public surface is what ``__all__`` lists here, plus ``shoal.patterns``,
 from shoal import discovery, errors
 from shoal._core import Identity, Kind, Message
 from shoal._node import Node, NodeStatistics, PeerWatch, open_node
+from shoal._prometheus import PrometheusExporter, open_prometheus_exporter
 from shoal.patterns import (
     Publisher,
     Puller,
@@ -40,6 +41,7 @@ __all__ = [
     "Node",
     "NodeStatistics",
     "PeerWatch",
+    "PrometheusExporter",
     "Publisher",
     "Puller",
     "Pusher",
@@ -51,6 +53,7 @@ __all__ = [
     "discovery",
     "errors",
     "open_node",
+    "open_prometheus_exporter",
     "open_publisher",
     "open_puller",
     "open_pusher",
