@@ -22,6 +22,8 @@ Theory of operation:
   connect to every live peer's (and this node's own) matching listeners, and
   disconnect when a peer leaves or withdraws the channel. A requester routes each
   request itself, so a request waiting on a vanished replier fails with ``PeerLost``.
+* A node answers a ``ClockQuery`` on its control socket with its wall clock
+  (``Node.read_clock`` asks), so tools can compare clocks across hosts.
 * Links to peers that left on a timeout stay open (libzmq keeps reconnecting) for
   ``LINK_GRACE`` seconds, so two nodes separated by a flapping link find each other
   again when it heals; links to nodes that said goodbye close at once.
@@ -37,6 +39,7 @@ import logging
 import math
 import os
 import socket as _socket
+import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -65,6 +68,7 @@ from shoal._core import (
     encode_topic,
     offers,
 )
+from shoal._core._control import ClockQuery, ClockReading
 from shoal._identity import new_identity
 from shoal._tasks import open_service_nursery
 from shoal._zmq import DEFAULT_LINGER_MS, Socket
@@ -103,8 +107,8 @@ from shoal.patterns._reqrep import (
 
 R = TypeVar("R", ReliablePuller, ManualAckPuller)
 
-__all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_PEER_TIMEOUT", "Node", "NodeStatistics",
-           "PeerWatch", "Source", "open_node"]
+__all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_PEER_TIMEOUT", "ClockSample", "Node",
+           "NodeStatistics", "PeerWatch", "Source", "open_node"]
 
 log = logging.getLogger("shoal")
 
@@ -150,6 +154,18 @@ class NodeStatistics:
     """Control messages from nodes on another protocol version (ignored)."""
     refused: int
     """States ignored because the peer table was full."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClockSample:
+    """Another node's wall clock compared with this one's (``Node.read_clock``)."""
+
+    offset: float
+    """Seconds the other node's clock is ahead of this one's (negative: behind),
+    estimated at the midpoint of the exchange."""
+    round_trip: float
+    """Seconds from query to answer. Unless a clock stepped meanwhile, the true offset
+    is within ``round_trip / 2`` of ``offset``."""
 
 
 class _Link:
@@ -422,6 +438,11 @@ class Node:
             self._malformed.drop_error(exc, "node control")
             return
         self._received += 1
+        if isinstance(msg, ClockQuery):
+            self._answer_clock(frames[0], msg.token)
+            return
+        if isinstance(msg, ClockReading):
+            return  # answers go to the socket that asked, never to a control socket
         if isinstance(msg, Bye):
             self._apply(self._table.on_bye(msg.node_id, msg.epoch, now))
             return
@@ -435,6 +456,70 @@ class Node:
             peer = self._table.get(msg.node_id)
             if peer is not None and peer.control_endpoint not in self._links:
                 self.introduce(peer.control_endpoint)  # answer an introduction
+
+    def _answer_clock(self, route: bytes, token: int) -> None:
+        # The wall clock, read as late as possible: the asker puts the reading at the
+        # midpoint of its round trip. time.time_ns is looked up on each call, so a test
+        # process can stand in for a host whose clock is off.
+        frame = encode_control(ClockReading(token, time.time_ns()))
+        try:
+            self._control.send_to_nowait(route, frame)
+        except (trio.WouldBlock, ShoalError):
+            pass  # the asker left or is not reading: it times out and may ask again
+
+    async def read_clock(self, endpoint: str, *, samples: int = 3) -> ClockSample:
+        """Compare the wall clock of the node at control ``endpoint`` (a peer's
+        ``control_endpoint``) with this one's: ``samples`` queries in turn over one
+        connection, keeping the one with the shortest round trip (the first one also
+        pays for the connection).
+
+        The caller owns the timeout (``trio.fail_after``): a node of a shoal that
+        predates clock queries never answers. Cancel-safe (nothing is left open).
+        Raises ``LocalProtocolError`` for ``samples`` < 1 or a bad endpoint,
+        ``ClosedError`` if this node is closed.
+        """
+        if type(samples) is not int or samples < 1:
+            raise LocalProtocolError(f"samples= is a whole number >= 1, not {samples!r}")
+        sock = self._socket(zmq.DEALER, [(zmq.SNDHWM, 8)], linger_ms=0)
+        try:
+            sock.connect(endpoint)
+            best: ClockSample | None = None
+            for _ in range(samples):
+                sample = await self._clock_exchange(sock)
+                if best is None or sample.round_trip < best.round_trip:
+                    best = sample
+            assert best is not None
+            return best
+        finally:
+            sock.close()
+
+    @staticmethod
+    async def _clock_exchange(sock: Socket) -> ClockSample:
+        token = int.from_bytes(os.urandom(4), "big")
+        query = encode_control(ClockQuery(token))
+        while True:
+            # the round trip on the monotonic clock (the wall clock may step);
+            # the wall clock only to place the midpoint
+            wall0, mono0 = time.time_ns(), time.perf_counter_ns()
+            try:
+                sock.send_nowait(query)
+                break
+            except trio.WouldBlock:
+                await sock.wait_sendable()
+        while True:
+            raws = sock.receive_batch_nowait(8)
+            mono1 = time.perf_counter_ns()
+            for frames in raws:
+                try:
+                    msg = decode_control(frames[-1])
+                except DecodeError:
+                    continue
+                if isinstance(msg, ClockReading) and msg.token == token:
+                    rtt = mono1 - mono0
+                    return ClockSample(offset=(msg.time_ns - (wall0 + rtt // 2)) / 1e9,
+                                       round_trip=rtt / 1e9)
+            if not raws:
+                await sock.wait_receivable()
 
     def _apply(self, events: list[PeerEvent]) -> None:
         now = trio.current_time()

@@ -9,6 +9,12 @@ other node's control (ROUTER) socket:
   State on first contact (an introduction), at once whenever its catalogue changes,
   and every heartbeat interval after that: the State doubles as the heartbeat.
 * ``Bye``: I am leaving (clean exit). The receiver drops the node at once.
+* ``ClockQuery`` / ``ClockReading``: what time is it on your wall clock? Anyone may
+  send a query to a control socket; the node answers on the same connection with a
+  reading (its ``time_ns`` and the query's token). ``shoal doctor`` compares clocks
+  with it. Added after State and Bye: a node that predates it finds an unknown kind,
+  drops the query as malformed (counted, logged at DEBUG) and answers nothing, so the
+  asker's timeout is the only sign; nothing else about the two nodes changes.
 
 Every control frame starts with the protocol version, so a node on another version is
 recognised and ignored (``VersionMismatch``) instead of being mis-decoded.
@@ -36,6 +42,9 @@ __all__ = [
     "MAX_NAME",
     "Bye",
     "ChannelOffer",
+    "ClockQuery",
+    "ClockReading",
+    "ControlMessage",
     "Role",
     "State",
     "VersionMismatch",
@@ -50,6 +59,8 @@ _MAX_FRAME: Final = 256 * 1024
 
 _STATE: Final = "state"
 _BYE: Final = "bye"
+_CLOCK_QUERY: Final = "clock?"
+_CLOCK_READING: Final = "clock"
 
 
 class Role(enum.Enum):
@@ -122,6 +133,27 @@ class Bye:
     epoch: int
 
 
+@dataclass(frozen=True, slots=True)
+class ClockQuery:
+    """A request for the receiver's wall clock; ``token`` (u32) comes back in the
+    answer, so the asker can tell its answers from stale ones."""
+
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClockReading:
+    """The answer to a ``ClockQuery``: the answering node's wall clock when it answered
+    (``time_ns``: nanoseconds since the Unix epoch, u64) and the query's ``token``."""
+
+    token: int
+    time_ns: int
+
+
+ControlMessage = State | Bye | ClockQuery | ClockReading
+"""Whatever ``decode_control`` returns."""
+
+
 class VersionMismatch(DecodeError):
     """The frame is a control message of another protocol version (``version``)."""
 
@@ -130,11 +162,16 @@ class VersionMismatch(DecodeError):
         super().__init__("unsupported-version", f"control protocol version {version!r}")
 
 
-def encode_control(msg: State | Bye) -> bytes:
+def encode_control(msg: ControlMessage) -> bytes:
     """Encode a control message. Raises ``EncodeError`` for any field out of bounds:
     whatever this returns, a peer's ``decode_control`` accepts."""
+    fields: list[Any]
     if isinstance(msg, Bye):
-        fields: list[Any] = [VERSION, _BYE, msg.node_id, msg.epoch]
+        fields = [VERSION, _BYE, msg.node_id, msg.epoch]
+    elif isinstance(msg, ClockQuery):
+        fields = [VERSION, _CLOCK_QUERY, msg.token]
+    elif isinstance(msg, ClockReading):
+        fields = [VERSION, _CLOCK_READING, msg.token, msg.time_ns]
     else:
         if len(msg.channels) > MAX_CHANNELS or len(msg.addresses) > MAX_ADDRESSES:
             raise EncodeError(f"a node offers at most {MAX_CHANNELS} channels on at most "
@@ -174,6 +211,12 @@ def _u32(value: Any, what: str) -> int:
     return value
 
 
+def _u64(value: Any, what: str) -> int:
+    if type(value) is not int or not 0 <= value < 2**64:
+        raise _fail("bad-field", what)
+    return value
+
+
 def _port(value: Any) -> int:
     if type(value) is not int or not 0 <= value <= 65535:
         raise _fail("bad-field", "port")
@@ -209,7 +252,7 @@ def _channel(value: Any) -> ChannelOffer | None:
     return None if r is None else ChannelOffer(offer_name, r, offer_port)
 
 
-def decode_control(frame: bytes) -> State | Bye:
+def decode_control(frame: bytes) -> ControlMessage:
     """Decode one control frame. Raises ``VersionMismatch`` for another protocol
     version and ``DecodeError`` for anything else that is not a valid message."""
     if len(frame) > _MAX_FRAME:
@@ -225,6 +268,10 @@ def decode_control(frame: bytes) -> State | Bye:
     kind = obj[1]
     if kind == _BYE and len(obj) == 4:
         return Bye(_node_id(obj[2]), _u32(obj[3], "epoch"))
+    if kind == _CLOCK_QUERY and len(obj) == 3:
+        return ClockQuery(_u32(obj[2], "token"))
+    if kind == _CLOCK_READING and len(obj) == 4:
+        return ClockReading(_u32(obj[2], "token"), _u64(obj[3], "time"))
     if kind != _STATE or len(obj) != 9:
         raise _fail("unknown-control", repr(kind)[:40])
     addresses, channels = obj[5], obj[8]
