@@ -363,9 +363,6 @@ def test_doctor_says_a_node_is_unreachable_when_tcp_is_blocked_but_mdns_is_not(
 # -- found across hosts ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="no shoal command can listen on a fixed control "
-                   "port (there is no --port), so --static, offered by every command for "
-                   "networks without multicast, can never reach another shoal command")
 def test_static_alone_connects_two_commands_where_multicast_is_blocked(
     lab: Lab, cli: Commands,
 ) -> None:

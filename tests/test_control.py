@@ -25,7 +25,7 @@ from shoal._core import (
     decode_control,
     encode_control,
 )
-from shoal._core._control import MAX_ADDRESSES, MAX_CHANNELS, MAX_NAME
+from shoal._core._control import MAX_ADDRESSES, MAX_CHANNELS, MAX_NAME, ClockQuery, ClockReading
 from shoal.errors import DecodeError, EncodeError, LocalProtocolError, RemoteProtocolError
 
 U32 = 2**32 - 1
@@ -440,7 +440,8 @@ def test_decode_errors_are_remote_protocol_errors() -> None:
 
 
 def decodes_or_refuses(frame: bytes) -> None:
-    """The decode contract: a well-typed State or Bye, or DecodeError. Nothing else."""
+    """The decode contract: a well-typed State, Bye, ClockQuery or ClockReading, or
+    DecodeError. Nothing else."""
     reason: object = None
     try:
         msg = decode_control(frame)
@@ -450,7 +451,12 @@ def decodes_or_refuses(frame: bytes) -> None:
         assert isinstance(reason, str)
         assert reason
         return
-    assert isinstance(msg, State | Bye)
+    assert isinstance(msg, State | Bye | ClockQuery | ClockReading)
+    if isinstance(msg, ClockQuery | ClockReading):
+        assert 0 <= msg.token <= U32
+        if isinstance(msg, ClockReading):
+            assert 0 <= msg.time_ns < 2**64
+        return
     assert isinstance(msg.node_id, bytes)
     assert len(msg.node_id) == 16
     assert 0 <= msg.epoch <= U32

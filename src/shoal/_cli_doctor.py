@@ -151,7 +151,7 @@ def _announced(mdns: MDNS) -> dict[str, str]:
     """The control endpoints mDNS found, by DNS-SD instance name. Read from the source
     itself: a node announced over mDNS but never heard over TCP is exactly the case
     doctor is for, and the peer table only knows nodes that answered."""
-    return dict(mdns._endpoints)
+    return mdns.found
 
 
 async def _check_peer(node: shoal.Node, peer: Peer, out: dict[str, Any]) -> None:

@@ -39,6 +39,9 @@ def add_talk_commands(commands: Any) -> None:
                        "(repeatable)")
         p.add_argument("--name", default=f"shoal-cli-{os.getpid()}",
                        help="this node's name (default: shoal-cli-PID)")
+        p.add_argument("--port", type=int, default=0,
+                       help="this node's control port, for others' --static lists "
+                       "(default: any free port)")
         if data:
             p.add_argument("--json", action="store_true",
                            help="print one JSON object per line")
@@ -153,7 +156,9 @@ async def _node(args: argparse.Namespace) -> AsyncIterator[shoal.Node]:
     sources: list[Any] = [MDNS(interfaces=args.interface)]
     if args.static:
         sources.append(Static(args.static, interfaces=args.interface))
-    async with shoal.open_node(args.name, discovery=sources) as node:
+    if not 0 <= args.port <= 65535:
+        raise UsageError("--port must be between 0 and 65535")
+    async with shoal.open_node(args.name, discovery=sources, port=args.port) as node:
         yield node
 
 

@@ -157,6 +157,16 @@ class NodeStatistics:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeResource:
+    """A resource open through a node (``Node.resources()``): its channel, its role,
+    and the publisher, subscriber, pusher... itself."""
+
+    channel: str
+    role: Role
+    resource: Any
+
+
+@dataclass(frozen=True, slots=True)
 class ClockSample:
     """Another node's wall clock compared with this one's (``Node.read_clock``)."""
 
@@ -271,6 +281,7 @@ class Node:
             raise
         self._links: dict[str, _Link] = {}
         self._offers: dict[int, ChannelOffer] = {}
+        self._resources: dict[int, NodeResource] = {}
         self._connectors: dict[int, _Connector] = {}
         self._tokens = iter(range(1, 2**62))
         self._revision = 0
@@ -324,6 +335,10 @@ class Node:
     def peers(self) -> list[Peer]:
         """A snapshot of the live peers (not this node); empty once the node is closed."""
         return [] if self._closed else self._table.peers()
+
+    def resources(self) -> list[NodeResource]:
+        """The resources open through this node now, oldest first."""
+        return list(self._resources.values())
 
     def watch_peers(self) -> PeerWatch:
         """Peer changes from now on: ``async for change in node.watch_peers(): ...``.
@@ -600,9 +615,11 @@ class Node:
         self._beat_now.set()  # tell every peer now, not at the next heartbeat
 
     @contextmanager
-    def _listing(self, offer: ChannelOffer, connector: _Connector | None = None) -> Iterator[None]:
+    def _listing(self, offer: ChannelOffer, connector: _Connector | None = None, *,
+                 resource: Any) -> Iterator[None]:
         token = next(self._tokens)
         self._offers[token] = offer
+        self._resources[token] = NodeResource(offer.name, offer.role, resource)
         if connector is not None:
             self._connectors[token] = connector
         self._catalogue_changed()
@@ -610,14 +627,16 @@ class Node:
             yield
         finally:
             del self._offers[token]
+            self._resources.pop(token, None)
             self._connectors.pop(token, None)
             if not self._closed:
                 self._catalogue_changed()
 
     # -- the patterns, by channel ----------------------------------------------------------
 
-    def _listener(self, channel: str, role: Role, sock: Socket) -> Any:
-        return self._listing(ChannelOffer(channel, role, self._port(sock.bound[0])))
+    def _listener(self, channel: str, role: Role, sock: Socket, resource: Any) -> Any:
+        return self._listing(ChannelOffer(channel, role, self._port(sock.bound[0])),
+                             resource=resource)
 
     @overload
     def open_publisher(
@@ -663,7 +682,7 @@ class Node:
         sock = self._socket(zmq.XPUB, publisher_options(high_water_mark), linger_ms=linger_ms,
                             bind=True)
         async with Publisher(sock, self.identity) as pub:
-            with self._listener(channel, Role.PUBLISHER, sock):
+            with self._listener(channel, Role.PUBLISHER, sock, pub):
                 yield pub
 
     @asynccontextmanager
@@ -677,7 +696,7 @@ class Node:
             socket=sock, identity=self.identity, window=window, rto=rto, grace=grace,
             max_subscribers=max_subscribers,
         ) as pub:
-            with self._listener(channel, Role.RELIABLE_PUBLISHER, sock):
+            with self._listener(channel, Role.RELIABLE_PUBLISHER, sock, pub):
                 yield pub
 
     @overload
@@ -726,7 +745,7 @@ class Node:
             sub._start(topics)
             conn = _Connector(channel, Role.SUBSCRIBER, lambda ep, _r: sock.connect(ep),
                               lambda ep, _r, _w: sock.disconnect(ep))
-            with self._listing(ChannelOffer(channel, Role.SUBSCRIBER), conn):
+            with self._listing(ChannelOffer(channel, Role.SUBSCRIBER), conn, resource=sub):
                 yield sub
 
     @asynccontextmanager
@@ -743,7 +762,8 @@ class Node:
             conn = _Connector(channel, Role.RELIABLE_SUBSCRIBER,
                               lambda ep, route: sub.add_route(route, ep),
                               lambda ep, route, why: sub.drop_route(route, ep, why))
-            with self._listing(ChannelOffer(channel, Role.RELIABLE_SUBSCRIBER), conn):
+            with self._listing(ChannelOffer(channel, Role.RELIABLE_SUBSCRIBER), conn,
+                               resource=sub):
                 yield sub
 
     @overload
@@ -798,7 +818,7 @@ class Node:
         async with Pusher(sock, self.identity) as push:
             conn = _Connector(channel, Role.PUSHER, lambda ep, _r: sock.connect(ep),
                               lambda ep, _r, _w: sock.disconnect(ep))
-            with self._listing(ChannelOffer(channel, Role.PUSHER), conn):
+            with self._listing(ChannelOffer(channel, Role.PUSHER), conn, resource=push):
                 yield push
 
     @asynccontextmanager
@@ -815,7 +835,8 @@ class Node:
             conn = _Connector(channel, Role.RELIABLE_PUSHER,
                               lambda ep, route: push.add_route(route, ep),
                               lambda ep, route, why: push.drop_route(route, ep, why))
-            with self._listing(ChannelOffer(channel, Role.RELIABLE_PUSHER), conn):
+            with self._listing(ChannelOffer(channel, Role.RELIABLE_PUSHER), conn,
+                               resource=push):
                 yield push
 
     @overload
@@ -864,7 +885,7 @@ class Node:
     ) -> AsyncIterator[Puller]:
         sock = self._socket(zmq.PULL, puller_options(high_water_mark), linger_ms=0, bind=True)
         async with Puller(sock, batch=batch) as pull:
-            with self._listener(channel, Role.PULLER, sock):
+            with self._listener(channel, Role.PULLER, sock, pull):
                 yield pull
 
     @asynccontextmanager
@@ -874,7 +895,7 @@ class Node:
         sock = self._socket(zmq.ROUTER, reliable_options(high_water_mark),
                             linger_ms=DEFAULT_LINGER_MS, bind=True)  # lingers for its acks
         async with cls(sock, self.identity, batch=batch, max_streams=4096) as pull:
-            with self._listener(channel, Role.RELIABLE_PULLER, sock):
+            with self._listener(channel, Role.RELIABLE_PULLER, sock, pull):
                 try:
                     yield pull
                 finally:
@@ -895,7 +916,7 @@ class Node:
         sock = self._socket(zmq.ROUTER, replier_options(high_water_mark), linger_ms=linger_ms,
                             bind=True)
         async with Replier(sock, self.identity, batch=batch, reply_cache=reply_cache) as rep:
-            with self._listener(channel, Role.REPLIER, sock):
+            with self._listener(channel, Role.REPLIER, sock, rep):
                 yield rep
 
     @asynccontextmanager
@@ -913,7 +934,7 @@ class Node:
             conn = _Connector(channel, Role.REQUESTER,
                               lambda ep, route: client.add_route(route, ep),
                               lambda ep, route, why: client.drop_route(route, ep, why))
-            with self._listing(ChannelOffer(channel, Role.REQUESTER), conn):
+            with self._listing(ChannelOffer(channel, Role.REQUESTER), conn, resource=client):
                 yield client
 
     # -- life ----------------------------------------------------------------------------

@@ -72,6 +72,12 @@ class MDNS:
     def __repr__(self) -> str:
         return f"MDNS(interfaces={self.interfaces!r})"
 
+    @property
+    def found(self) -> dict[str, str]:
+        """The shoal instances heard over mDNS and not withdrawn since: instance name
+        -> control endpoint (a snapshot, bounded like the table behind it)."""
+        return dict(self._endpoints)
+
     def _info(self, node: Node) -> ServiceInfo:
         label = f"{node.name[:40]}-{node.id[:8]}"
         return ServiceInfo(
