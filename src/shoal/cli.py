@@ -1,6 +1,6 @@
 """The ``shoal`` command line. Uses the public API only.
 
-    shoal demo [--seconds N]           nodes talking over loopback mDNS
+    shoal demo [--seconds N] [--plain] nodes on loopback; a worker is killed, its jobs redelivered
     shoal peers [--once]               the shoal nodes on the network
     shoal pub CHANNEL TOPIC [BODY]     publish (BODY as JSON, or lines of stdin)
     shoal sub CHANNEL [--topic P]...   print publications
