@@ -273,7 +273,9 @@ def decode_control(frame: bytes) -> ControlMessage:
     if kind == _CLOCK_READING and len(obj) == 4:
         return ClockReading(_u32(obj[2], "token"), _u64(obj[3], "time"))
     if kind != _STATE or len(obj) != 9:
-        raise _fail("unknown-control", repr(kind)[:40])
+        # Never repr() what a peer sent: a deeply nested value overflows the stack.
+        raise _fail("unknown-control",
+                    kind[:40] if isinstance(kind, str) else type(kind).__name__)
     addresses, channels = obj[5], obj[8]
     if not isinstance(addresses, list) or len(addresses) > MAX_ADDRESSES:
         raise _fail("bad-field", "addresses")

@@ -47,6 +47,11 @@ _REINTRODUCE = 2.0
 """Seconds between re-introductions to cached instances that are not live peers."""
 
 
+def _utf8_prefix(text: str, limit: int) -> str:
+    """The longest prefix of ``text`` whose UTF-8 encoding fits in ``limit`` bytes."""
+    return text.encode()[:limit].decode(errors="ignore")
+
+
 class MDNS:
     """Discovery over mDNS/DNS-SD on the LAN.
 
@@ -79,13 +84,15 @@ class MDNS:
         return dict(self._endpoints)
 
     def _info(self, node: Node) -> ServiceInfo:
-        label = f"{node.name[:40]}-{node.id[:8]}"
+        # DNS limits bytes, not characters: a label is at most 63 bytes, a TXT entry 255.
+        label = f"{_utf8_prefix(node.name, 40)}-{node.id[:8]}"
         return ServiceInfo(
             self.service_type, f"{label}.{self.service_type}",
             port=node.control_port,
             addresses=[socket.inet_aton(a) for a in node.addresses],
             server=f"shoal-{node.id[:16]}.local.",
-            properties={"v": str(VERSION), "id": node.id, "name": node.name[:100],
+            properties={"v": str(VERSION), "id": node.id,
+                        "name": _utf8_prefix(node.name, 200),
                         "epoch": str(node.epoch)},
         )
 

@@ -49,7 +49,8 @@ def _endpoint(value: object) -> str:
     ep = value if "://" in value else f"tcp://{value}"
     check_endpoint(ep)
     host, sep, port = ep.removeprefix("tcp://").rpartition(":")
-    if not ep.startswith("tcp://") or not sep or not host or not port.isdigit() or port == "0":
+    fixed = port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+    if not ep.startswith("tcp://") or not sep or not host or not fixed:
         raise InvalidEndpoint(f"a static peer is 'tcp://HOST:PORT' with a fixed port, "
                               f"not {value!r}")
     return ep

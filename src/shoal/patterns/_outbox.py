@@ -64,21 +64,43 @@ class Outbox:
             db.close()
             raise LocalProtocolError(f"{self.path!r} is not a shoal outbox: {exc}") from None
 
+    def _damaged(self, what: str) -> LocalProtocolError:
+        return LocalProtocolError(
+            f"{self.path!r} is not a shoal outbox or is damaged ({what}); move it away "
+            "to start a new stream")
+
     def stream(self) -> tuple[bytes, int, int, int] | None:
         """``(sender, epoch, stream, next_seq)`` of the stream this file continues,
-        or None for a new file."""
-        row = self._db.execute(
-            "SELECT sender, epoch, stream, next_seq FROM stream WHERE id = 0").fetchone()
-        return None if row is None else (bytes(row[0]), row[1], row[2], row[3])
+        or None for a new file. Raises ``LocalProtocolError`` for a damaged file."""
+        try:
+            row = self._db.execute(
+                "SELECT sender, epoch, stream, next_seq FROM stream WHERE id = 0").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(str(exc)) from None
+        if row is None:
+            return None
+        sender, epoch, stream, next_seq = row
+        if not (isinstance(sender, bytes) and len(sender) == 16
+                and all(type(v) is int for v in (epoch, stream, next_seq))
+                and 0 <= epoch < 2**32 and 0 <= stream < 2**32 and 0 <= next_seq < 2**63):
+            raise self._damaged("the stream row")
+        return sender, epoch, stream, next_seq
 
     def start(self, sender: bytes, epoch: int, stream: int) -> None:
         """Record the identity of a new stream."""
         self._db.execute("INSERT INTO stream VALUES (0, ?, ?, ?, 0)", (sender, epoch, stream))
 
     def pending(self) -> list[tuple[int, bytes]]:
-        """The items not yet done, in order."""
-        return [(seq, bytes(frame)) for seq, frame in
-                self._db.execute("SELECT seq, frame FROM item ORDER BY seq")]
+        """The items not yet done, in order. Raises ``LocalProtocolError`` for a
+        damaged file (rows of the wrong types; frames are checked by the pusher)."""
+        try:
+            rows = self._db.execute("SELECT seq, frame FROM item ORDER BY seq").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(str(exc)) from None
+        if not all(type(seq) is int and seq >= 0 and isinstance(frame, bytes)
+                   for seq, frame in rows):
+            raise self._damaged("an item row")
+        return rows
 
     def add(self, seq: int, frame: bytes) -> None:
         """Keep an accepted item (committed when this returns)."""

@@ -54,7 +54,7 @@ from shoal._core import (
 from shoal._identity import next_stream, process_identity
 from shoal._tasks import open_service_nursery
 from shoal._zmq import DEFAULT_LINGER_MS, PeerUnreachable, Socket
-from shoal.errors import ClosedError, DeliveryFailed, LocalProtocolError
+from shoal.errors import ClosedError, DecodeError, DeliveryFailed, LocalProtocolError
 from shoal.patterns._common import (
     DEFAULT_BATCH,
     BufferedReceiver,
@@ -199,6 +199,17 @@ class ReliablePusher(SocketResource):
             return StreamEncoder(sender=ident.sender, epoch=ident.epoch, stream=stream)
         sender, epoch, stream, next_seq = known
         pending = outbox.pending()
+        for seq, frame in pending:
+            try:
+                decode(frame)
+            except DecodeError:
+                raise LocalProtocolError(
+                    f"the outbox {outbox.path!r} is damaged (item {seq} does not decode); "
+                    "move it away to start a new stream") from None
+            if seq >= next_seq:
+                raise LocalProtocolError(
+                    f"the outbox {outbox.path!r} is damaged (item {seq} is past the "
+                    "stream's next number); move it away to start a new stream")
         # -1: not the current floor, so the first transmission writes the floor in
         self._core.restore([(seq, (frame, -1)) for seq, frame in pending], next_seq,
                            trio.current_time())
@@ -473,8 +484,9 @@ class ReliablePusher(SocketResource):
         try:
             msg = decode(frames[1])
             received, done = msg.body
-            if msg.kind is not Kind.ACK or not all(
-                    type(s) is int for s in (*received, *done)):
+            if (msg.kind is not Kind.ACK or type(received) is not list
+                    or type(done) is not list
+                    or not all(type(s) is int for s in (*received, *done))):
                 raise ValueError
         except Exception:  # hostile input of any shape: counted, dropped
             self._malformed += 1
