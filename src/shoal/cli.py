@@ -8,6 +8,7 @@
     shoal req CHANNEL BODY / shoal reply CHANNEL --echo
     shoal doctor                       why a peer might be invisible
     shoal bench                        latency and throughput, beside raw pyzmq
+    shoal keygen PATH                  a CURVE key pair for shoal.security
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 import shoal
 from shoal._cli_bench import add_bench_command, run_bench
 from shoal._cli_doctor import add_doctor_command, run_doctor
+from shoal._cli_keygen import add_keygen_command, run_keygen
 from shoal._cli_talk import add_talk_commands, run_talk
 from shoal._demo import add_demo_command, run_demo_command
 
@@ -34,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     add_talk_commands(commands)
     add_doctor_command(commands)
     add_bench_command(commands)
+    add_keygen_command(commands)
     return parser
 
 
@@ -52,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "bench":
         return run_bench(args, lambda line: print(line, flush=True), err)
+    if args.command == "keygen":
+        return run_keygen(args, lambda line: print(line, flush=True), err)
     if args.command == "doctor":
         return run_doctor(args, lambda line: print(line, flush=True), err)
     return run_talk(args, lambda line: print(line, flush=True), err)
