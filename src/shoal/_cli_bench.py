@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -154,6 +155,10 @@ async def _serve(endpoint: str, seconds: float | None, out: Out) -> None:
 
 def run_bench(args: argparse.Namespace, out: Out, err: Out) -> int:
     """Run ``shoal bench`` as parsed; return the exit status."""
+    # Measurements end by closing resources with messages still in flight on purpose;
+    # the library's warnings about that would only clutter the figures (losses are
+    # counted and shown in the table).
+    logging.getLogger("shoal").setLevel(logging.ERROR)
     try:
         if args.serve and args.peer:
             raise UsageError("--serve and --peer exclude each other")

@@ -154,8 +154,9 @@ def plot(variants: list[Variant], opts: Options, path: str) -> None:
         ax.set_xticklabels([f"{t:g}%" for t in ticks])
         kind = next(v.latency_kind for v in variants
                     if v.spec.pattern == pattern and v.latency_kind)
+        paced = f", {opts.rate:,.0f}/s" if opts.rate else ""
         ax.set_title(f"{PATTERN_NAMES[pattern]} ({kind}), {opts.transport}, "
-                     f"{variants[0].spec.size} B")
+                     f"{variants[0].spec.size} B{paced}")
         ax.set_xlabel("percentile")
         ax.set_ylabel("latency (µs)")
         ax.grid(True, which="both", alpha=0.3)
