@@ -8,8 +8,12 @@ loopback); nothing else is contacted.
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,7 +99,47 @@ def test_peers_once_lists_a_node_with_its_channel() -> None:
     assert done.returncode == 0, done.stderr
     peers = [json.loads(line) for line in done.stdout.splitlines()]
     assert any(f"{ch}:rep" in p["channels"] for p in peers), peers
-    assert all({"name", "id", "epoch", "addresses", "channels"} <= set(p) for p in peers)
+    assert all({"name", "id", "epoch", "addresses", "channels", "version", "last_seen_s"}
+               <= set(p) for p in peers)
+    assert all(p["version"] == 1 and 0 <= p["last_seen_s"] < 5 for p in peers), peers
+
+
+def test_peers_keeps_a_live_table_on_a_terminal() -> None:
+    """On a terminal, ``shoal peers`` redraws a table in place (no pipe: a pty)."""
+    ch = channel()
+    with background("reply", ch, "--echo", "--seconds", "20", *LO):
+        primary, secondary = pty.openpty()
+        proc = subprocess.Popen([sys.executable, "-m", "shoal.cli", "peers", "--wait", "2",
+                                 "--seconds", "3", *LO], stdout=secondary,
+                                stderr=subprocess.PIPE)
+        os.close(secondary)
+        out = b""
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([primary], [], [], 0.2)
+                if ready:
+                    try:
+                        chunk = os.read(primary, 65536)
+                    except OSError:  # the other end closed
+                        break
+                    if not chunk:
+                        break
+                    out += chunk
+                elif proc.poll() is not None:
+                    break
+            assert proc.wait(timeout=10) == 0
+        finally:
+            os.close(primary)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+    text = out.decode(errors="replace")
+    assert text.count("\x1b[H") >= 2, text  # drawn, then redrawn in place
+    assert "NAME" in text
+    assert "SEEN" in text
+    assert f"{ch}:rep" in text
+    assert "node(s); Ctrl-C to stop" in text
 
 
 @pytest.mark.parametrize(("args", "stdin", "reason"), [

@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 import shoal
+from shoal._core import VERSION as PROTOCOL_VERSION
 from shoal.discovery import MDNS, Peer, PeerJoined, PeerLeft, Static
 
 __all__ = ["add_talk_commands", "run_talk"]
@@ -54,13 +55,16 @@ def add_talk_commands(commands: Any) -> None:
     p = add("peers", "list the shoal nodes on the network",
             "shoal peers --once --interface 127.0.0.1",
             "Print the nodes this one discovers (name, id, addresses, channels and "
-            "roles, epoch), then every change as it happens.")
+            "roles, epoch, protocol version, seconds since last heard), then keep a "
+            "live table on a terminal, or print every change as it happens otherwise.")
     common(p)
     p.add_argument("--once", action="store_true", help="print a snapshot and exit")
     p.add_argument("--wait", type=float, default=2.0,
                    help="seconds to listen before the snapshot (default: 2)")
     p.add_argument("--seconds", type=float, default=None,
                    help="stop after this many seconds (default: until interrupted)")
+    p.add_argument("--lines", action="store_true",
+                   help="print changes as lines even on a terminal (no live table)")
 
     p = add("pub", "publish on a channel", "shoal pub telemetry room1/temp '{\"c\": 21.5}'",
             "Publish BODY (JSON) on TOPIC, or one message per line of standard input.")
@@ -165,7 +169,39 @@ async def _node(args: argparse.Namespace) -> AsyncIterator[shoal.Node]:
 def _peer_record(peer: Peer) -> dict[str, Any]:
     return {"name": peer.name, "id": peer.id, "epoch": peer.epoch,
             "addresses": list(peer.addresses),
-            "channels": [f"{c.name}:{c.role.value}" for c in peer.channels]}
+            "channels": [f"{c.name}:{c.role.value}" for c in peer.channels],
+            # The node only admits peers of its own protocol version (doctor reports
+            # the others), so every peer listed speaks this one.
+            "version": PROTOCOL_VERSION,
+            "last_seen_s": round(max(0.0, trio.current_time() - peer.last_seen), 1)}
+
+
+_TABLE = "{:<20} {:<12}  {:<16} {:>8} {:>2} {:>6}  {}"
+
+
+def _table(peers: list[Peer]) -> list[str]:
+    rows = [_TABLE.format("NAME", "ID", "ADDRESSES", "EPOCH", "V", "SEEN", "CHANNELS")]
+    for peer in sorted(peers, key=lambda p: (p.name, p.id)):
+        r = _peer_record(peer)
+        rows.append(_TABLE.format(r["name"][:20], r["id"][:12], ",".join(r["addresses"]),
+                                  f"{r['epoch']:08x}", r["version"],
+                                  f"{r['last_seen_s']:.1f}s", " ".join(r["channels"]) or "-"))
+    return rows
+
+
+async def _live_table(node: shoal.Node, out: Out) -> None:
+    """Redraw the table in place about once a second, and at once on a change (a
+    terminal only)."""
+    watch = node.watch_peers()
+    while True:
+        peers = node.peers()
+        stamp = trio.current_time()
+        lines = _table(peers)
+        lines.append(f"{len(peers)} node(s); Ctrl-C to stop")
+        # Home, then each line cleared to its end, then the rest of the screen cleared.
+        out("\x1b[H" + "".join(f"{line}\x1b[K\n" for line in lines) + "\x1b[J")
+        with trio.move_on_at(stamp + 1.0):
+            await watch.__anext__()
 
 
 async def _peers(args: argparse.Namespace, out: Out) -> None:
@@ -176,15 +212,20 @@ async def _peers(args: argparse.Namespace, out: Out) -> None:
         else:
             extra = f" ({reason})" if reason else ""
             out(f"{kind:<7} {rec['name']:<20} {rec['id'][:12]}  "
-                f"{','.join(rec['addresses']):<16} {' '.join(rec['channels']) or '-'}{extra}")
+                f"{','.join(rec['addresses']):<16} {' '.join(rec['channels']) or '-'}"
+                f"  v{rec['version']} seen {rec['last_seen_s']:.1f}s ago{extra}")
 
     async with _node(args) as node:
         await trio.sleep(args.wait)
-        for peer in sorted(node.peers(), key=lambda p: (p.name, p.id)):
-            show("peer", peer)
+        live = not (args.once or args.json or args.lines) and sys.stdout.isatty()
+        if not live:
+            for peer in sorted(node.peers(), key=lambda p: (p.name, p.id)):
+                show("peer", peer)
         if args.once:
             return
         with trio.move_on_after(args.seconds if args.seconds is not None else float("inf")):
+            if live:
+                await _live_table(node, out)
             async for change in node.watch_peers():
                 if isinstance(change, PeerJoined):
                     show("joined", change.peer)
