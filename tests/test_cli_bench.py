@@ -21,9 +21,18 @@ from typing import Any
 
 import pytest
 import trio
+import zmq
 
 import shoal
-from shoal._bench._common import TIMED, WARMUP, Schedule, Spec, Tally, make_body
+from shoal._bench._common import (
+    TIMED,
+    WARMUP,
+    Schedule,
+    Spec,
+    Tally,
+    curve_client_context,
+    make_body,
+)
 from shoal._bench._report import records
 from shoal._bench._run import Options, Variant
 from shoal._bench._server import BenchServer
@@ -290,3 +299,55 @@ def test_records_without_raw_have_no_ratios() -> None:
     assert all(r["vs_raw"] is None for r in recs)
     assert recs[1]["vs_best_effort"]["throughput"] == 0.4
     assert recs[1]["latency_us"] is None
+
+
+def test_curve_encrypts_both_stacks() -> None:
+    done = bench(*QUICK, "--json", "--curve", "--pattern", "rr,pp")
+    assert done.returncode == 0, done.stderr
+    recs = lines(done.stdout)
+    assert {r["label"] for r in recs} == {"raw pyzmq +curve", "shoal +curve",
+                                          "shoal reliable +curve"}
+    for rec in recs:
+        assert rec["curve"] is True
+        check_record(rec)
+        assert rec["lost"] == 0
+
+
+def test_curve_with_inproc_is_refused() -> None:
+    done = bench("--curve", "--transport", "inproc", timeout=30)
+    assert done.returncode == 2
+    assert "--curve needs --transport tcp or ipc" in done.stderr
+
+
+async def test_a_curve_session_admits_no_plaintext_client() -> None:
+    """The control that --curve really encrypts: a plaintext REQ gets no answer from a
+    CURVE session's replier, a CURVE client with the server's key does."""
+    spec = Spec(pattern="rr", stack="raw", reliable=False, size=64, count=10, seconds=0,
+                warmup=0, rate=0, hwm=10, curve=True)
+
+    def ask(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> bytes | None:
+        sock = ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(endpoint)
+            sock.send(make_body(64, 0, TIMED))
+            return sock.recv() if sock.poll(1500) else None
+        finally:
+            sock.close()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            endpoint = await nursery.start(BenchServer("tcp://127.0.0.1:*").serve)
+            async with shoal.open_requester(connect=endpoint) as ctl:
+                opened = await ctl.request({"op": "open", "spec": spec.to_wire()})
+                data = opened["endpoint"]
+                plain = await trio.to_thread.run_sync(ask, zmq.Context.instance(), data)
+                assert plain is None
+                ctx = curve_client_context(opened["server_key"])
+                try:
+                    secured = await trio.to_thread.run_sync(ask, ctx, data)
+                finally:
+                    ctx.destroy(linger=0)
+                assert secured == make_body(64, 0, TIMED)
+                await ctl.request({"op": "close", "session": opened["session"]})
+            nursery.cancel_scope.cancel()

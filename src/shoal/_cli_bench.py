@@ -31,6 +31,7 @@ EXAMPLES = """examples:
   shoal bench --pattern rr --size 4096 --rate 2000 --seconds 10
   shoal bench --transport ipc --mode reliable --json > figures.jsonl
   shoal bench --plot latency.png
+  shoal bench --curve                          the same, every data connection encrypted
   shoal bench --serve tcp://0.0.0.0:5700       (host A)
   shoal bench --peer tcp://hostA:5700          (host B)
 """
@@ -81,6 +82,9 @@ def add_bench_command(commands: Any) -> None:
                    help="rounds per variant, interleaved (default: 3)")
     p.add_argument("--hwm", type=int, help="high-water mark of both ends (default: "
                    "rr/pp 1000, ps 100000)")
+    p.add_argument("--curve", action="store_true",
+                   help="encrypt every data connection with CURVE, raw pyzmq and shoal "
+                   "alike (tcp/ipc; run with and without to see its cost)")
     p.add_argument("--interface", default="127.0.0.1",
                    help="address the local server binds for tcp (default: 127.0.0.1)")
     p.add_argument("--serve", metavar="ENDPOINT",
@@ -118,13 +122,15 @@ def _options(args: argparse.Namespace) -> Options:
     if args.peer and not args.peer.startswith(("tcp://", "ipc://")):
         raise UsageError("--peer takes a tcp:// or ipc:// endpoint, e.g. tcp://hostA:5700")
     transport = args.transport
+    if args.curve and transport == "inproc":
+        raise UsageError("--curve needs --transport tcp or ipc (inproc does not encrypt)")
     if args.peer:
         transport = args.peer.split("://", 1)[0]
     return Options(patterns=args.pattern, modes=args.mode, compare_raw=args.compare == "raw",
                    transport=transport, size=args.size, count=args.count,
                    seconds=args.seconds or 0.0, warmup=args.warmup, rate=args.rate,
                    rounds=args.rounds, hwm=args.hwm, interface=args.interface,
-                   peer=args.peer, timeout=args.timeout)
+                   peer=args.peer, timeout=args.timeout, curve=args.curve)
 
 
 class _Bar:

@@ -38,9 +38,11 @@ from shoal._bench._common import (
     HIST_LOWEST_NS,
     PROBE,
     BenchError,
+    Context,
     Schedule,
     Spec,
     Tally,
+    curve_client_context,
     make_body,
     new_histogram,
     wait_until_blocking,
@@ -76,11 +78,12 @@ def _histogram_of(samples: array[int]) -> bytes | None:
 # --- request/reply: the client times round trips ------------------------------------
 
 
-async def _shoal_rr(spec: Spec, endpoint: str) -> Measured:
+async def _shoal_rr(spec: Spec, endpoint: str, ctx: Context | None) -> Measured:
     retries = 3 if spec.reliable else 0
     samples: array[int] = array("q")
     now = time.perf_counter_ns
-    async with shoal.open_requester(connect=endpoint, high_water_mark=spec.hwm) as client:
+    async with shoal.open_requester(connect=endpoint, high_water_mark=spec.hwm,
+                                    context=ctx) as client:
         request = client.request
         sched = Schedule(spec, now())
         i = first = last = 0
@@ -96,8 +99,8 @@ async def _shoal_rr(spec: Spec, endpoint: str) -> Measured:
     return _rr_measured(i, samples, first, last)
 
 
-def _raw_rr_blocking(spec: Spec, endpoint: str) -> Measured:
-    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.REQ)
+def _raw_rr_blocking(spec: Spec, endpoint: str, ctx: Context | None) -> Measured:
+    sock: zmq.Socket[bytes] = (ctx or zmq.Context.instance()).socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     samples: array[int] = array("q")
     now = time.perf_counter_ns
@@ -131,12 +134,12 @@ def _rr_measured(sent: int, samples: array[int], first: int, last: int) -> Measu
 # --- push/pull: the client pushes, the server counts ---------------------------------
 
 
-async def _shoal_pp_send(spec: Spec, endpoint: str) -> int:
+async def _shoal_pp_send(spec: Spec, endpoint: str, ctx: Context | None) -> int:
     now = time.perf_counter_ns
     pusher: Any = (shoal.open_pusher(connect=endpoint, high_water_mark=spec.hwm,
-                                     reliable=True)
+                                     reliable=True, context=ctx)
                    if spec.reliable else
-                   shoal.open_pusher(connect=endpoint, high_water_mark=spec.hwm))
+                   shoal.open_pusher(connect=endpoint, high_water_mark=spec.hwm, context=ctx))
     async with pusher as push:
         send, size = push.send, spec.size
         sched = Schedule(spec, now())
@@ -151,8 +154,8 @@ async def _shoal_pp_send(spec: Spec, endpoint: str) -> int:
     return i
 
 
-def _raw_pp_send_blocking(spec: Spec, endpoint: str) -> int:
-    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUSH)
+def _raw_pp_send_blocking(spec: Spec, endpoint: str, ctx: Context | None) -> int:
+    sock: zmq.Socket[bytes] = (ctx or zmq.Context.instance()).socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, spec.hwm)
     sock.setsockopt(zmq.LINGER, 10_000)   # deliver what is queued before closing
     now = time.perf_counter_ns
@@ -192,13 +195,14 @@ async def _ask_run(ctl: shoal.Requester, sid: int, expect: _Expect) -> None:
 
 
 async def _shoal_ps(spec: Spec, endpoint: str, ctl: shoal.Requester, sid: int,
-                    tally: Tally) -> _Expect:
+                    tally: Tally, ctx: Context | None) -> _Expect:
     now = time.perf_counter_ns
     subscriber: Any = (shoal.open_subscriber(connect=endpoint, topics=["bench"],
-                                             high_water_mark=spec.hwm, reliable=True)
+                                             high_water_mark=spec.hwm, reliable=True,
+                                             context=ctx)
                        if spec.reliable else
                        shoal.open_subscriber(connect=endpoint, topics=["bench"],
-                                             high_water_mark=spec.hwm))
+                                             high_water_mark=spec.hwm, context=ctx))
     expect = _Expect()
     async with subscriber as sub, trio.open_nursery() as nursery:
         nursery.start_soon(_ask_run, ctl, sid, expect)
@@ -219,8 +223,8 @@ async def _shoal_ps(spec: Spec, endpoint: str, ctl: shoal.Requester, sid: int,
     return expect
 
 
-def _raw_sub_socket(spec: Spec, endpoint: str) -> zmq.Socket[bytes]:
-    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
+def _raw_sub_socket(spec: Spec, endpoint: str, ctx: Context | None) -> zmq.Socket[bytes]:
+    sock: zmq.Socket[bytes] = (ctx or zmq.Context.instance()).socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, spec.hwm)
     sock.setsockopt(zmq.RCVTIMEO, POLL_MS)
@@ -256,8 +260,8 @@ def _raw_ps_receive(sock: zmq.Socket[bytes], tally: Tally, expect: _Expect) -> N
 
 
 async def _raw_ps(spec: Spec, endpoint: str, ctl: shoal.Requester, sid: int,
-                  tally: Tally) -> _Expect:
-    sock = _raw_sub_socket(spec, endpoint)
+                  tally: Tally, ctx: Context | None) -> _Expect:
+    sock = _raw_sub_socket(spec, endpoint, ctx)
     expect = _Expect()
     try:
         await trio.to_thread.run_sync(_raw_wait_probe, sock)
@@ -281,28 +285,52 @@ def _reachable(endpoint: str, peer_host: str | None) -> str:
     return endpoint
 
 
+class CurveContexts:
+    """The CURVE client contexts of one run, one per server key; destroyed at the end."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[bytes, Context] = {}
+
+    def get(self, server_key: bytes) -> Context:
+        if server_key not in self._by_key:
+            self._by_key[server_key] = curve_client_context(server_key)
+        return self._by_key[server_key]
+
+    def close(self) -> None:
+        for ctx in self._by_key.values():
+            ctx.destroy(linger=0)
+        self._by_key.clear()
+
+
 async def measure(ctl: shoal.Requester, spec: Spec, *, same_clock: bool,
-                  peer_host: str | None = None) -> Measured:
+                  peer_host: str | None = None,
+                  curve: CurveContexts | None = None) -> Measured:
     """Run ``spec`` once against the server behind ``ctl``."""
     opened = await ctl.request({"op": "open", "spec": spec.to_wire()})
     sid = opened["session"]
     endpoint = _reachable(opened["endpoint"], peer_host)
+    ctx = None
+    if spec.curve:
+        if curve is None or not isinstance(opened.get("server_key"), bytes):
+            raise BenchError("the bench server did not give a CURVE key")
+        ctx = curve.get(opened["server_key"])
     try:
         if spec.pattern == "rr":
             if spec.stack == "raw":
-                return await trio.to_thread.run_sync(_raw_rr_blocking, spec, endpoint)
-            return await _shoal_rr(spec, endpoint)
+                return await trio.to_thread.run_sync(_raw_rr_blocking, spec, endpoint, ctx)
+            return await _shoal_rr(spec, endpoint, ctx)
         if spec.pattern == "pp":
             if spec.stack == "raw":
-                sent = await trio.to_thread.run_sync(_raw_pp_send_blocking, spec, endpoint)
+                sent = await trio.to_thread.run_sync(_raw_pp_send_blocking, spec, endpoint,
+                                                     ctx)
             else:
-                sent = await _shoal_pp_send(spec, endpoint)
+                sent = await _shoal_pp_send(spec, endpoint, ctx)
             got = await ctl.request({"op": "result", "session": sid, "sent": sent})
             return Measured(sent=sent, received=got["received"], timed=got["timed"],
                             rate=got["rate"], hist=got["hist"] if same_clock else None)
         tally = Tally(latency=same_clock)
         runner = _raw_ps if spec.stack == "raw" else _shoal_ps
-        expect = await runner(spec, endpoint, ctl, sid, tally)
+        expect = await runner(spec, endpoint, ctl, sid, tally, ctx)
         out = tally.result()
         return Measured(sent=expect.total or 0, received=out["received"],
                         timed=out["timed"], rate=out["rate"], hist=out["hist"],

@@ -17,6 +17,8 @@ from array import array
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import zmq
+
 BODY_MIN = 16
 TIMED, WARMUP, PROBE = 0, 1, 2
 # HDR histogram range: 1 ns to one hour, three significant digits.
@@ -62,6 +64,7 @@ class Spec:
     warmup: int
     rate: float           # messages per second, 0 = as fast as possible
     hwm: int
+    curve: bool = False   # CURVE encryption on the data connection
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,7 +74,7 @@ class Spec:
         if not isinstance(raw, dict):
             raise BenchError("malformed spec")
         try:
-            spec = cls(**{k: raw[k] for k in cls.__dataclass_fields__})
+            spec = cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
         except (KeyError, TypeError) as exc:
             raise BenchError(f"malformed spec: {exc}") from None
         if spec.pattern not in PATTERNS or spec.stack not in ("raw", "shoal"):
@@ -82,9 +85,33 @@ class Spec:
 
     @property
     def label(self) -> str:
-        if self.stack == "raw":
-            return "raw pyzmq"
-        return "shoal reliable" if self.reliable else "shoal"
+        name = ("raw pyzmq" if self.stack == "raw"
+                else "shoal reliable" if self.reliable else "shoal")
+        return f"{name} +curve" if self.curve else name
+
+
+Context = zmq.Context[zmq.Socket[bytes]]
+
+
+def curve_server_context(secret: bytes) -> Context:
+    """A ZeroMQ context whose sockets are CURVE servers with ``secret``: every socket
+    of the serving end (they all bind). No ZAP handler runs, so any client key is
+    admitted: the benchmark measures encryption, not authentication."""
+    ctx: Context = zmq.Context()
+    ctx.setsockopt(zmq.CURVE_SERVER, 1)
+    ctx.setsockopt(zmq.CURVE_SECRETKEY, secret)
+    return ctx
+
+
+def curve_client_context(server_key: bytes) -> Context:
+    """A ZeroMQ context whose sockets are CURVE clients of ``server_key`` (every
+    socket of the measuring end connects), with a key pair of their own."""
+    public, secret = zmq.curve_keypair()
+    ctx: Context = zmq.Context()
+    ctx.setsockopt(zmq.CURVE_PUBLICKEY, public)
+    ctx.setsockopt(zmq.CURVE_SECRETKEY, secret)
+    ctx.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+    return ctx
 
 
 def make_body(size: int, stamp: int, flag: int) -> bytes:

@@ -57,6 +57,7 @@ def records(variants: list[Variant], opts: Options, version: str) -> list[dict[s
             "reliable": spec.reliable,
             "label": spec.label,
             "transport": opts.transport,
+            "curve": spec.curve,
             "size": spec.size,
             "rounds": opts.rounds,
             "rate_target": spec.rate or None,
@@ -101,10 +102,13 @@ def table(variants: list[Variant], opts: Options, out: Callable[[str], None]) ->
         amount = (f"{first.spec.seconds:g} s" if first.spec.seconds
                   else f"{first.spec.count:,} messages")
         rate = f", {first.spec.rate:,.0f}/s" if first.spec.rate else ""
-        out(f"{PATTERN_NAMES[pattern]} over {opts.transport}, {first.spec.size} B bodies, "
+        secured = " with CURVE" if first.spec.curve else ""
+        out(f"{PATTERN_NAMES[pattern]} over {opts.transport}{secured}, "
+            f"{first.spec.size} B bodies, "
             f"{opts.rounds} round(s) x {amount}{rate}; latency: "
             f"{kind or 'not measured (different clocks)'} in µs")
-        out(f"  {'':<15}" + "".join(c.rjust(9) for c in COLUMNS)
+        width = max(15, *(len(v.spec.label) for v, _ in rows))
+        out(f"  {'':<{width}}" + "".join(c.rjust(9) for c in COLUMNS)
             + f"{'msg/s':>11}{'lost':>7}   vs raw: p50   p99  msg/s")
         for v, r in rows:
             lat = r["latency_us"] or {}
@@ -113,7 +117,7 @@ def table(variants: list[Variant], opts: Options, out: Callable[[str], None]) ->
             ratios = ("" if vs is None else
                       f"   {_fmt_ratio(vs['p50']):>9} {_fmt_ratio(vs['p99']):>5} "
                       f"{_fmt_ratio(vs['throughput']):>6}")
-            out(f"  {v.spec.label:<15}{cells}{_fmt(v.rate, 11)}{v.lost:>7}{ratios}")
+            out(f"  {v.spec.label:<{width}}{cells}{_fmt(v.rate, 11)}{v.lost:>7}{ratios}")
         for _v, r in rows:
             vb = r["vs_best_effort"]
             if vb is not None:

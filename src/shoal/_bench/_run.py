@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 import shoal
-from shoal._bench._client import Measured, hello, measure, open_server
+from shoal._bench._client import CurveContexts, Measured, hello, measure, open_server
 from shoal._bench._common import PATTERNS, BenchError, Spec, histogram_class, new_histogram
 
 DEFAULT_COUNT = {"rr": 5_000, "pp": 100_000, "ps": 100_000}
@@ -44,6 +44,7 @@ class Options:
     interface: str = "127.0.0.1"
     peer: str | None = None
     timeout: float = 300.0
+    curve: bool = False
 
     def specs(self, pattern: str) -> list[Spec]:
         base = dict(pattern=pattern, size=self.size,
@@ -51,7 +52,8 @@ class Options:
                     seconds=self.seconds,
                     warmup=DEFAULT_WARMUP[pattern] if self.warmup is None else self.warmup,
                     rate=self.rate,
-                    hwm=DEFAULT_HWM[pattern] if self.hwm is None else self.hwm)
+                    hwm=DEFAULT_HWM[pattern] if self.hwm is None else self.hwm,
+                    curve=self.curve)
         out = []
         if self.compare_raw:
             out.append(Spec(stack="raw", reliable=False, **base))  # type: ignore[arg-type]
@@ -127,27 +129,32 @@ async def run(opts: Options, progress: Progress | None = None) -> tuple[list[Var
     peer_host = None
     if opts.peer and opts.peer.startswith("tcp://"):
         peer_host = opts.peer[len("tcp://"):].rsplit(":", 1)[0]
-    async with open_server(opts.transport, interface=opts.interface,
-                           peer=opts.peer) as control, \
-            shoal.open_requester(connect=control) as ctl:
-        with trio.move_on_after(min(30.0, opts.timeout)) as cs:
-            same_clock, version = await hello(ctl)
-        if cs.cancelled_caught:
-            raise BenchError(f"no bench server answers at {control} (start one there "
-                             "with: shoal bench --serve ENDPOINT)")
-        for n, (variant, spec) in enumerate(plan):
-            if progress is not None:
-                progress(f"{spec.pattern} {spec.label}", n, len(plan))
-            with trio.move_on_after(opts.timeout) as cs:
-                m = await measure(ctl, spec, same_clock=same_clock, peer_host=peer_host)
+    curve = CurveContexts()
+    try:
+        async with open_server(opts.transport, interface=opts.interface,
+                               peer=opts.peer) as control, \
+                shoal.open_requester(connect=control) as ctl:
+            with trio.move_on_after(min(30.0, opts.timeout)) as cs:
+                same_clock, version = await hello(ctl)
             if cs.cancelled_caught:
-                raise BenchError(f"{spec.pattern} {spec.label} did not finish within "
-                                 f"{opts.timeout:g} s (--timeout)")
-            if spec.pattern == "rr":
-                variant.latency_kind = "round-trip"
-            elif m.hist is not None:
-                variant.latency_kind = "one-way"
-            variant.add(m)
-        if progress is not None:
-            progress("done", len(plan), len(plan))
+                raise BenchError(f"no bench server answers at {control} (start one there "
+                                 "with: shoal bench --serve ENDPOINT)")
+            for n, (variant, spec) in enumerate(plan):
+                if progress is not None:
+                    progress(f"{spec.pattern} {spec.label}", n, len(plan))
+                with trio.move_on_after(opts.timeout) as cs:
+                    m = await measure(ctl, spec, same_clock=same_clock, peer_host=peer_host,
+                                      curve=curve)
+                if cs.cancelled_caught:
+                    raise BenchError(f"{spec.pattern} {spec.label} did not finish within "
+                                     f"{opts.timeout:g} s (--timeout)")
+                if spec.pattern == "rr":
+                    variant.latency_kind = "round-trip"
+                elif m.hist is not None:
+                    variant.latency_kind = "one-way"
+                variant.add(m)
+            if progress is not None:
+                progress("done", len(plan), len(plan))
+    finally:
+        curve.close()
     return variants, version

@@ -36,9 +36,11 @@ from shoal._bench._common import (
     PROBE,
     SLEEP_NS,
     BenchError,
+    Context,
     Schedule,
     Spec,
     Tally,
+    curve_server_context,
     make_body,
     wait_until_blocking,
 )
@@ -86,6 +88,7 @@ class _Session:
         self.sent: dict[str, Any] | None = None
         self.sent_done = trio.Event()
         self.publisher: Any = None
+        self.context: Context | None = None   # None: the process-wide default
 
 
 class BenchServer:
@@ -96,6 +99,14 @@ class BenchServer:
         self.endpoint = ""
         self._sessions: dict[int, _Session] = {}
         self._ids = itertools.count(1)
+        self._curve: tuple[Context, bytes] | None = None
+
+    def _curve_context(self) -> tuple[Context, bytes]:
+        """The CURVE server context (made once) and its public key."""
+        if self._curve is None:
+            public, secret = zmq.curve_keypair()
+            self._curve = (curve_server_context(secret), public)
+        return self._curve
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -111,6 +122,8 @@ class BenchServer:
                 for s in self._sessions.values():
                     s.stop.set()
                     s.go.set()
+                if self._curve is not None:
+                    self._curve[0].destroy(linger=0)
 
     async def _answer(self, req: shoal.Request) -> None:
         body = req.body
@@ -153,6 +166,11 @@ class BenchServer:
     async def _open(self, spec: Spec) -> dict[str, Any]:
         sid = next(self._ids)
         session = _Session(sid, spec)
+        extra: dict[str, Any] = {}
+        if spec.curve:
+            if self.endpoint.startswith("inproc://"):
+                raise BenchError("CURVE needs tcp or ipc (inproc does not encrypt)")
+            session.context, extra["server_key"] = self._curve_context()
         self._sessions[sid] = session
         self._nursery.start_soon(self._run_session, session,
                                  data_endpoint(self.endpoint, sid))
@@ -161,7 +179,7 @@ class BenchServer:
             del self._sessions[sid]
             raise BenchError(f"could not open {spec.label} {spec.pattern}: "
                              f"{session.error!r}")
-        return {"session": sid, "endpoint": session.endpoint}
+        return {"session": sid, "endpoint": session.endpoint, **extra}
 
     async def _close(self, session: _Session) -> None:
         session.stop.set()
@@ -204,7 +222,8 @@ class BenchServer:
 
 
 async def _shoal_rr(session: _Session, endpoint: str) -> None:
-    async with shoal.open_replier(bind=endpoint, high_water_mark=session.spec.hwm) as rep:
+    async with shoal.open_replier(bind=endpoint, high_water_mark=session.spec.hwm,
+                                  context=session.context) as rep:
         session.endpoint = rep.endpoints[0]
         session.ready.set()
         async for req in rep:
@@ -215,9 +234,11 @@ async def _shoal_pp(session: _Session, endpoint: str) -> None:
     spec = session.spec
     add = session.tally.add
     now = time.perf_counter_ns
-    puller: Any = (shoal.open_puller(bind=endpoint, high_water_mark=spec.hwm, reliable=True)
+    ctx = session.context
+    puller: Any = (shoal.open_puller(bind=endpoint, high_water_mark=spec.hwm, reliable=True,
+                                     context=ctx)
                    if spec.reliable else
-                   shoal.open_puller(bind=endpoint, high_water_mark=spec.hwm))
+                   shoal.open_puller(bind=endpoint, high_water_mark=spec.hwm, context=ctx))
     async with puller as pull:
         session.endpoint = pull.endpoints[0]
         session.ready.set()
@@ -229,10 +250,12 @@ async def _shoal_pp(session: _Session, endpoint: str) -> None:
 
 async def _shoal_ps(session: _Session, endpoint: str) -> None:
     spec = session.spec
+    ctx = session.context
     publisher: Any = (shoal.open_publisher(bind=endpoint, high_water_mark=spec.hwm,
-                                           reliable=True)
+                                           reliable=True, context=ctx)
                       if spec.reliable else
-                      shoal.open_publisher(bind=endpoint, high_water_mark=spec.hwm))
+                      shoal.open_publisher(bind=endpoint, high_water_mark=spec.hwm,
+                                           context=ctx))
     async with publisher as pub:
         session.endpoint = pub.endpoints[0]
         session.ready.set()
@@ -262,8 +285,9 @@ async def _shoal_ps(session: _Session, endpoint: str) -> None:
 # --- raw pyzmq sessions (a blocking socket in a worker thread) ----------------------
 
 
-def _raw_socket(kind: int, endpoint: str, hwm: int) -> tuple[zmq.Socket[bytes], str]:
-    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(kind)
+def _raw_socket(kind: int, endpoint: str, hwm: int,
+                context: Context | None) -> tuple[zmq.Socket[bytes], str]:
+    sock: zmq.Socket[bytes] = (context or zmq.Context.instance()).socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
@@ -277,7 +301,7 @@ def _raw_socket(kind: int, endpoint: str, hwm: int) -> tuple[zmq.Socket[bytes], 
 
 
 async def _in_thread(session: _Session, endpoint: str, kind: int, loop: Any) -> None:
-    sock, session.endpoint = _raw_socket(kind, endpoint, session.spec.hwm)
+    sock, session.endpoint = _raw_socket(kind, endpoint, session.spec.hwm, session.context)
     session.ready.set()
     try:
         with trio.CancelScope(shield=True):  # the thread ends once ``stop`` is set
