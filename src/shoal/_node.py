@@ -27,6 +27,23 @@ Theory of operation:
 * Links to peers that left on a timeout stay open (libzmq keeps reconnecting) for
   ``LINK_GRACE`` seconds, so two nodes separated by a flapping link find each other
   again when it heals; links to nodes that said goodbye close at once.
+* Links to endpoints not yet known as peers are bounded (``MAX_PENDING_LINKS``): a
+  flood of advertisements cannot make a node open sockets without limit.
+
+Security (``open_node(..., security=Security(keypair, trust))``): every socket is a
+CURVE server (binding) or client (connecting); the node's ZAP handler, bound on the
+node's context before the control socket, admits the keys its trust policy allows.
+Each ``connect()`` names the server's public key, which comes from the discovery
+source (mDNS TXT ``pk``, a ``Static`` mapping) for an introduction, and from the
+ZAP-authenticated ``User-Id`` of a peer's State for everything else: the link back
+and every data connection to that peer's listeners. A State is accepted only if
+``trust.allows(key, node_id)`` (so trust on first use pins node ids) and, while the
+peer is known, only with the key first seen for its id (another key: a forged id,
+dropped and logged). libzmq does not reconnect a client the server's ZAP refused:
+each link's socket monitor reports the refusal and the node connects again every
+``AUTH_RETRY`` seconds; when a refused link is admitted at last, the data
+connections to that peer are made again too (one ZAP handler decides for all of a
+node's sockets), so adding a key to a trusted-keys file takes effect without restarts.
 
 Never here: reading a socket outside trio, blocking calls in the trio thread (zeroconf
 is driven through ``trio.to_thread``), timers that are not trio's clock.
@@ -45,7 +62,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar, overload
+from typing import Any, Literal, NoReturn, Protocol, TypeVar, overload
 
 import trio
 import zmq
@@ -104,6 +121,8 @@ from shoal.patterns._reqrep import (
     replier_options,
     requester_options,
 )
+from shoal.security._curve import Security, connect_curve, peer_key
+from shoal.security._zap import ZapHandler, ZapStatistics
 
 R = TypeVar("R", ReliablePuller, ManualAckPuller)
 
@@ -120,6 +139,13 @@ LINK_GRACE = 30.0
 """Seconds a control link to a silent, unknown or departed-on-timeout node stays open."""
 WATCH_BUFFER = 1024
 """Events a ``watch_peers()`` iterator may fall behind by before it fails."""
+MAX_PENDING_LINKS = 128
+"""Control links to endpoints that are not live peers (being introduced to), at most;
+introductions beyond are skipped (the discovery source tries again later). A secured
+link costs three ZeroMQ sockets (its own and a monitor pair) of the context's 1023."""
+AUTH_RETRY = 5.0
+"""Seconds between connection attempts to a node whose ZAP handler refused our key."""
+_MAX_WARNED = 1024  # (reason, who) pairs remembered so that each is logged once
 
 # Every socket of a node: ZMTP heartbeats drop dead TCP connections (a pulled cable
 # sends no FIN) and reconnects back off to a second.
@@ -179,12 +205,27 @@ class ClockSample:
 
 
 class _Link:
-    __slots__ = ("expires", "persistent", "sock")
+    __slots__ = ("expires", "key", "monitor", "persistent", "refused", "retry_at", "sock")
 
-    def __init__(self, sock: Socket, *, persistent: bool, expires: float) -> None:
+    def __init__(self, sock: Socket, *, persistent: bool, expires: float,
+                 key: bytes | None = None) -> None:
         self.sock = sock
         self.persistent = persistent
         self.expires = expires
+        self.key = key  # the server's public key (secured nodes)
+        self.monitor: Socket | None = None  # handshake events (secured nodes)
+        self.refused = False  # the other node's ZAP handler refused our key
+        self.retry_at = math.inf  # when to connect again after a refusal
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            if not self.sock.closed:
+                try:
+                    self.sock.zmq_socket.disable_monitor()
+                except zmq.ZMQError:
+                    pass  # the context is terminating
+            self.monitor.close()
+        self.sock.close()
 
 
 class _Connector:
@@ -192,13 +233,22 @@ class _Connector:
 
     __slots__ = ("add", "channel", "current", "drop", "role")
 
-    def __init__(self, channel: str, role: Role, add: Callable[[str, bytes], None],
+    def __init__(self, channel: str, role: Role,
+                 add: Callable[[str, bytes, bytes | None], None],
                  drop: Callable[[str, bytes, str], None]) -> None:
         self.channel = channel
         self.role = role
         self.add = add
         self.drop = drop
         self.current: dict[str, bytes] = {}  # endpoint -> route
+        # add(endpoint, route, server_key): server_key is None on a plaintext node
+
+
+def _connect(sock: Socket, endpoint: str, server_key: bytes | None) -> None:
+    if server_key is None:
+        sock.connect(endpoint)
+    else:
+        connect_curve(sock, endpoint, server_key)
 
 
 class PeerWatch:
@@ -261,8 +311,11 @@ class Node:
     def __init__(
         self, name: str, identity: Identity, *, addresses: Sequence[str], bind_host: str,
         port: int, heartbeat: float, peer_timeout: float, linger_ms: int,
+        security: Security | None = None,
     ) -> None:
         self.name = name
+        self.security = security
+        """The node's CURVE key pair and trust policy; None for a plaintext node."""
         self.identity = identity
         self._addresses = tuple(addresses)
         self._bind_host = bind_host
@@ -272,11 +325,28 @@ class Node:
         self._networks = local_networks(self._addresses)
         self._table = PeerTable(identity.sender, timeout=peer_timeout, networks=self._networks)
         self._closed = False
-        self._control = self._socket(zmq.ROUTER, [(zmq.RCVHWM, 10_000)], linger_ms=0)
+        self._zap: ZapHandler | None = None
+        self._nursery: trio.Nursery | None = None
+        self._peer_keys: dict[str, bytes] = {}  # live peer id -> its authenticated key
+        self._warned: set[tuple[str, str]] = set()
+        try:
+            if security is not None:
+                # before any CURVE server exists: handshakes never meet a missing handler
+                self._zap = ZapHandler(security.zap_trust)
+                self._zap.bind(self._ctx)
+            self._control = self._socket(zmq.ROUTER, [(zmq.RCVHWM, 10_000)], linger_ms=0,
+                                         server=True)
+        except BaseException:
+            if self._zap is not None:
+                self._zap.close()
+            self._ctx.term()
+            raise
         try:
             self.control_port = self._port(self._control.bind(f"tcp://{bind_host}:{port}"))
         except BaseException:
             self._control.close()
+            if self._zap is not None:
+                self._zap.close()
             self._ctx.term()
             raise
         self._links: dict[str, _Link] = {}
@@ -373,6 +443,26 @@ class Node:
             malformed=self._malformed.total, version_mismatches=self._mismatches,
             refused=self._table.refused)
 
+    def zap_statistics(self) -> ZapStatistics | None:
+        """The ZAP handler's counters (connections admitted and refused by this node's
+        trust policy); None for a plaintext node."""
+        return None if self._zap is None else self._zap.statistics()
+
+    @property
+    def public_key(self) -> bytes | None:
+        """This node's CURVE public key (Z85), what peers need to reach it; None for a
+        plaintext node."""
+        return None if self.security is None else self.security.public_key
+
+    def _warn_once(self, reason: str, who: str, message: str, *args: object,
+                   level: int = logging.WARNING) -> None:
+        if (reason, who) in self._warned:
+            return
+        if len(self._warned) >= _MAX_WARNED:
+            self._warned.clear()
+        self._warned.add((reason, who))
+        log.log(level, message, *args)
+
     # -- sockets ------------------------------------------------------------------------
 
     @staticmethod
@@ -380,35 +470,131 @@ class Node:
         return int(endpoint.rsplit(":", 1)[1])
 
     def _socket(self, kind: int, options: Sequence[tuple[int, int | bytes]], *,
-                linger_ms: int, bind: bool = False) -> Socket:
+                linger_ms: int, bind: bool = False, server: bool = False) -> Socket:
         if self._closed:
             raise ClosedError("this node is closed; open a new one")
+        curve: list[tuple[int, int | bytes]] = []
+        if self.security is not None:
+            # a socket that binds is a CURVE server, one that connects a client
+            curve = (self.security.server_options() if bind or server
+                     else self.security.client_options())
         return Socket.open(kind, bind=[f"tcp://{self._bind_host}:*"] if bind else [],
                            context=self._ctx, linger_ms=linger_ms,
-                           options=[*_TCP_OPTIONS, *options])
+                           options=[*_TCP_OPTIONS, *curve, *options])
 
     # -- control links --------------------------------------------------------------------
 
-    def introduce(self, endpoint: str, *, persistent: bool = False) -> None:
+    def introduce(self, endpoint: str, *, persistent: bool = False,
+                  server_key: bytes | None = None) -> None:
         """Send this node's State to a control endpoint (found by a discovery source).
 
         ``persistent``: keep the link for as long as the node lives (static peers),
-        so a peer that restarts later is found again."""
+        so a peer that restarts later is found again. ``server_key``: the Z85 public
+        key of the node there; required by a secured node (raises
+        ``LocalProtocolError`` without it), refused by a plaintext one."""
         if self._closed:
             return
+        if (server_key is None) != (self.security is None):
+            raise LocalProtocolError(
+                f"introducing to {endpoint}: a secured node needs the peer's public key "
+                "(server_key=)" if server_key is None else
+                f"introducing to {endpoint}: server_key= needs a node opened with "
+                "security=")
         link = self._links.get(endpoint)
         now = trio.current_time()
         if link is None:
-            sock = self._socket(zmq.DEALER, [(zmq.SNDHWM, 8)], linger_ms=200)
-            try:
-                sock.connect(endpoint)
-            except BaseException:
-                sock.close()
-                raise
-            link = self._links[endpoint] = _Link(sock, persistent=persistent,
-                                                  expires=now + LINK_GRACE)
+            if not persistent and self._pending_links(endpoint) >= MAX_PENDING_LINKS:
+                self._warn_once("links", "", "not introducing to %s: %d links to unknown "
+                                "nodes are open already (an advertisement flood?)",
+                                endpoint, MAX_PENDING_LINKS)
+                return
+            link = self._open_link(endpoint, server_key, persistent=persistent,
+                                   expires=now + LINK_GRACE)
         link.persistent = link.persistent or persistent
         self._send(link, self._state_frame)
+
+    def _pending_links(self, endpoint: str) -> int:
+        """Links to endpoints that are not live peers; 0 if ``endpoint`` is one (a
+        live peer is always answered, whatever a flood of advertisements did)."""
+        live = {p.control_endpoint for p in self._table.peers()}
+        if endpoint in live:
+            return 0
+        return sum(1 for ep, link in self._links.items()
+                   if ep not in live and not link.persistent)
+
+    def _open_link(self, endpoint: str, key: bytes | None, *, persistent: bool,
+                   expires: float) -> _Link:
+        sock = self._socket(zmq.DEALER, [(zmq.SNDHWM, 8)], linger_ms=200)
+        link = _Link(sock, persistent=persistent, expires=expires, key=key)
+        try:
+            if key is not None and self._nursery is not None:
+                # before connect(), so no handshake goes unseen
+                raw = sock.zmq_socket.get_monitor_socket(
+                    zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+                link.monitor = Socket(raw, linger_ms=0)
+                self._nursery.start_soon(self._watch_link, endpoint, link)
+            _connect(sock, endpoint, key)
+        except BaseException:
+            link.close()
+            raise
+        self._links[endpoint] = link
+        return link
+
+    async def _watch_link(self, endpoint: str, link: _Link) -> None:
+        """Follow a secured link's handshakes (see the module notes on refusals)."""
+        mon = link.monitor
+        assert mon is not None
+        try:
+            while True:
+                for frames in mon.receive_batch_nowait(16):
+                    if len(frames) != 2 or len(frames[0]) < 2:
+                        continue
+                    event = int.from_bytes(frames[0][:2], "little")
+                    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                        self._link_refused(endpoint, link)
+                    elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                        self._link_admitted(endpoint, link)
+                await mon.wait_receivable()
+        except ClosedError:
+            pass  # the link closed
+
+    def _link_refused(self, endpoint: str, link: _Link) -> None:
+        link.refused = True
+        link.retry_at = trio.current_time() + AUTH_RETRY
+        assert self.security is not None
+        self._warn_once("refused-us", endpoint,
+                        "the node at %s refused this node's key %s (authentication "
+                        "failed); trying again every %g s. To admit this node, add its "
+                        "key to that node's trusted keys", endpoint,
+                        self.security.public_key.decode(), AUTH_RETRY)
+
+    def _link_admitted(self, endpoint: str, link: _Link) -> None:
+        if not link.refused:
+            return
+        link.refused = False
+        self._warned.discard(("refused-us", endpoint))
+        log.info("the node at %s admitted this node's key", endpoint)
+        self._send(link, self._state_frame)
+        # its data listeners refused us too (one ZAP handler decides for a node's
+        # sockets), and libzmq does not retry a refused connection: make them again
+        ids = {p.id for p in self._table.peers() if p.control_endpoint == endpoint}
+        for conn in self._connectors.values():
+            for ep, route in list(conn.current.items()):
+                peer_id = route[1:17].hex()
+                if peer_id in ids:
+                    conn.drop(ep, route, f"reconnecting to {ep} (admitted after a refusal)")
+                    conn.add(ep, route, self._peer_keys.get(peer_id))
+
+    def _retry_refused(self, now: float) -> None:
+        for ep, link in self._links.items():
+            if link.retry_at <= now and link.key is not None and not link.sock.closed:
+                link.retry_at = math.inf
+                try:
+                    link.sock.disconnect(ep)
+                except ShoalError:
+                    pass  # not connected any more: connect below is what counts
+                connect_curve(link.sock, ep, link.key)
+                self._send(link, self._state_frame)
 
     def has_link(self, endpoint: str) -> bool:
         """Whether a control link to ``endpoint`` is open (for discovery sources)."""
@@ -431,12 +617,12 @@ class Node:
             if ep in live:
                 link.expires = now + LINK_GRACE
             elif not link.persistent and link.expires <= now:
-                link.sock.close()
+                link.close()
                 del self._links[ep]
 
     # -- the control plane -----------------------------------------------------------------
 
-    def _on_control(self, frames: list[bytes], now: float) -> None:
+    def _on_control(self, frames: list[bytes], now: float, key: bytes | None = None) -> None:
         if len(frames) != 2:
             self._malformed.drop("frame-count", "node control", str(len(frames)))
             return
@@ -459,11 +645,16 @@ class Node:
         if isinstance(msg, ClockReading):
             return  # answers go to the socket that asked, never to a control socket
         if isinstance(msg, Bye):
+            if self.security is not None and not self._key_matches(msg.node_id, key):
+                return
             self._apply(self._table.on_bye(msg.node_id, msg.epoch, now))
             return
         if msg.node_id == self.identity.sender and msg.epoch != self.identity.epoch:
             log.warning("another node (epoch %d) uses this node's id %s: give the nodes "
                         "distinct names or node_id=", msg.epoch, self.id)
+            return
+        if self.security is not None:
+            self._on_secured_state(msg, now, key)
             return
         events = self._table.on_state(msg, now)
         if events:
@@ -471,6 +662,55 @@ class Node:
             peer = self._table.get(msg.node_id)
             if peer is not None and peer.control_endpoint not in self._links:
                 self.introduce(peer.control_endpoint)  # answer an introduction
+
+    def _key_matches(self, node_id: bytes, key: bytes | None) -> bool:
+        """Whether ``key`` may speak for ``node_id`` (False: logged, drop the message)."""
+        held = self._peer_keys.get(node_id.hex())
+        if key is None:
+            # cannot happen through a CURVE server with ZAP; refuse rather than guess
+            self._warn_once("no-key", node_id.hex(), "dropped a control message from "
+                            "node %s without an authenticated key", node_id.hex())
+            return False
+        if held is not None and held != key:
+            self._warn_once("forged", node_id.hex() + key.decode(),
+                            "dropped a control message claiming node id %s from key %s: "
+                            "that node is known with key %s (a forged or reused node id)",
+                            node_id.hex(), key.decode(), held.decode())
+            return False
+        return True
+
+    def _on_secured_state(self, msg: State, now: float, key: bytes | None) -> None:
+        assert self.security is not None
+        if not self._key_matches(msg.node_id, key):
+            return
+        assert key is not None
+        nid = msg.node_id.hex()
+        if nid not in self._peer_keys:
+            # asked once per peer's life (heartbeats would stat a trusted-keys file
+            # every time); TOFU pins the id to the key here
+            verdict = self.security.trust.allows(key, msg.node_id)
+            if not verdict:
+                self._warn_once("untrusted", nid + key.decode(),
+                                "ignoring node %s (%r) with key %s: %s by this node's "
+                                "trust policy", nid, msg.name, key.decode(), verdict.reason)
+                return
+        events = self._table.on_state(msg, now)
+        peer = self._table.get(msg.node_id)
+        if peer is not None:
+            self._peer_keys[nid] = key
+        if events:
+            self._apply(events)
+            peer = self._table.get(msg.node_id)
+            if peer is not None:
+                link = self._links.get(peer.control_endpoint)
+                if link is not None and link.key != key:
+                    # a link opened from an advertisement with another key: the
+                    # authenticated one wins
+                    link.close()
+                    del self._links[peer.control_endpoint]
+                    link = None
+                if link is None:
+                    self.introduce(peer.control_endpoint, server_key=key)
 
     def _answer_clock(self, route: bytes, token: int) -> None:
         # The wall clock, read as late as possible: the asker puts the reading at the
@@ -482,7 +722,8 @@ class Node:
         except (trio.WouldBlock, ShoalError):
             pass  # the asker left or is not reading: it times out and may ask again
 
-    async def read_clock(self, endpoint: str, *, samples: int = 3) -> ClockSample:
+    async def read_clock(self, endpoint: str, *, samples: int = 3,
+                         server_key: bytes | str | None = None) -> ClockSample:
         """Compare the wall clock of the node at control ``endpoint`` (a peer's
         ``control_endpoint``) with this one's: ``samples`` queries in turn over one
         connection, keeping the one with the shortest round trip (the first one also
@@ -490,14 +731,26 @@ class Node:
 
         The caller owns the timeout (``trio.fail_after``): a node of a shoal that
         predates clock queries never answers. Cancel-safe (nothing is left open).
-        Raises ``LocalProtocolError`` for ``samples`` < 1 or a bad endpoint,
-        ``ClosedError`` if this node is closed.
+        ``server_key``: on a secured node, the public key of the node asked (by
+        default the key of the live peer or link at ``endpoint``).
+
+        Raises ``LocalProtocolError`` for ``samples`` < 1, a bad endpoint or (secured)
+        no known key, ``ClosedError`` if this node is closed.
         """
         if type(samples) is not int or samples < 1:
             raise LocalProtocolError(f"samples= is a whole number >= 1, not {samples!r}")
+        key: bytes | str | None = None
+        if self.security is not None:
+            key = server_key if server_key is not None else self._key_for(endpoint)
+            if key is None:
+                raise LocalProtocolError(f"no public key known for {endpoint}: pass "
+                                         "server_key=")
         sock = self._socket(zmq.DEALER, [(zmq.SNDHWM, 8)], linger_ms=0)
         try:
-            sock.connect(endpoint)
+            if key is None:
+                sock.connect(endpoint)
+            else:
+                connect_curve(sock, endpoint, key)
             best: ClockSample | None = None
             for _ in range(samples):
                 sample = await self._clock_exchange(sock)
@@ -507,6 +760,13 @@ class Node:
             return best
         finally:
             sock.close()
+
+    def _key_for(self, control_endpoint: str) -> bytes | None:
+        for p in self._table.peers():
+            if p.control_endpoint == control_endpoint and p.id in self._peer_keys:
+                return self._peer_keys[p.id]
+        link = self._links.get(control_endpoint)
+        return None if link is None else link.key
 
     @staticmethod
     async def _clock_exchange(sock: Socket) -> ClockSample:
@@ -540,6 +800,8 @@ class Node:
         now = trio.current_time()
         for ev in events:
             if isinstance(ev, PeerLeft):
+                if self._table.get(bytes.fromhex(ev.peer.id)) is None:
+                    self._peer_keys.pop(ev.peer.id, None)
                 log.info("peer %s (%s) left: %s", ev.peer.name, ev.peer.id[:8], ev.reason)
                 link = self._links.get(ev.peer.control_endpoint)
                 if link is not None and ev.reason != "timeout":
@@ -560,6 +822,8 @@ class Node:
         for conn in self._connectors.values():
             want: dict[str, tuple[bytes, str]] = {}
             for peer in everyone:
+                if self.security is not None and self._server_key(peer.id) is None:
+                    continue  # not authenticated (cannot happen: States need a key)
                 for offer in offers(peer, conn.channel, conn.role.counterpart):
                     ep = peer.endpoint(offer)
                     # the incarnation is part of the route: requests waiting on a
@@ -574,13 +838,23 @@ class Node:
                     why = (reasons or {}).get(
                         peer_id, f"the listener at {ep} withdrew channel {conn.channel!r}")
                     conn.drop(ep, route, why)
-            for ep, (route, _) in want.items():
+            for ep, (route, peer_id) in want.items():
                 if ep not in conn.current:
                     conn.current[ep] = route
-                    conn.add(ep, route)
+                    conn.add(ep, route, self._server_key(peer_id))
+
+    def _server_key(self, peer_id: str) -> bytes | None:
+        """The public key of a live peer's listeners (this node's own for itself)."""
+        if self.security is None:
+            return None
+        if peer_id == self.id:
+            return self.security.public_key
+        return self._peer_keys.get(peer_id)
 
     async def _read_control(self) -> None:
         sock = self._control
+        if self.security is not None:
+            await self._read_secured_control(sock)
         while True:
             raws = sock.receive_batch_nowait(64)
             if not raws:
@@ -591,6 +865,19 @@ class Node:
                 self._on_control(frames, now)
             await trio.lowlevel.checkpoint()
 
+    async def _read_secured_control(self, sock: Socket) -> NoReturn:
+        # frames with their metadata: the sender's ZAP-authenticated key (User-Id)
+        while True:
+            raws = sock.receive_frames_nowait(64)
+            if not raws:
+                await sock.wait_receivable()
+                continue
+            now = trio.current_time()
+            for frames in raws:
+                key = peer_key(frames[-1])
+                self._on_control([f.bytes for f in frames], now, key)
+            await trio.lowlevel.checkpoint()
+
     async def _beat(self) -> None:
         next_beat = trio.current_time()
         while True:
@@ -599,6 +886,8 @@ class Node:
                 self._beat_now = trio.Event()
                 self._broadcast()
                 next_beat = now + self._heartbeat
+                if self.security is not None:
+                    self._retry_refused(now)
             events = self._table.expire(now)
             if events:
                 self._apply(events)
@@ -743,7 +1032,7 @@ class Node:
         sock = self._socket(zmq.SUB, subscriber_options(high_water_mark), linger_ms=0)
         async with Subscriber(sock, batch=batch, max_streams=max_streams) as sub:
             sub._start(topics)
-            conn = _Connector(channel, Role.SUBSCRIBER, lambda ep, _r: sock.connect(ep),
+            conn = _Connector(channel, Role.SUBSCRIBER, lambda ep, _r, key: _connect(sock, ep, key),
                               lambda ep, _r, _w: sock.disconnect(ep))
             with self._listing(ChannelOffer(channel, Role.SUBSCRIBER), conn, resource=sub):
                 yield sub
@@ -760,7 +1049,7 @@ class Node:
             max_streams=max_streams, heartbeat=heartbeat,
         ) as sub:
             conn = _Connector(channel, Role.RELIABLE_SUBSCRIBER,
-                              lambda ep, route: sub.add_route(route, ep),
+                              lambda ep, route, key: sub.add_route(route, ep, server_key=key),
                               lambda ep, route, why: sub.drop_route(route, ep, why))
             with self._listing(ChannelOffer(channel, Role.RELIABLE_SUBSCRIBER), conn,
                                resource=sub):
@@ -816,7 +1105,7 @@ class Node:
     ) -> AsyncIterator[Pusher]:
         sock = self._socket(zmq.PUSH, pusher_options(high_water_mark), linger_ms=linger_ms)
         async with Pusher(sock, self.identity) as push:
-            conn = _Connector(channel, Role.PUSHER, lambda ep, _r: sock.connect(ep),
+            conn = _Connector(channel, Role.PUSHER, lambda ep, _r, key: _connect(sock, ep, key),
                               lambda ep, _r, _w: sock.disconnect(ep))
             with self._listing(ChannelOffer(channel, Role.PUSHER), conn, resource=push):
                 yield push
@@ -833,7 +1122,7 @@ class Node:
             max_attempts=max_attempts, give_up_after=give_up_after, outbox=outbox,
         ) as push:
             conn = _Connector(channel, Role.RELIABLE_PUSHER,
-                              lambda ep, route: push.add_route(route, ep),
+                              lambda ep, route, key: push.add_route(route, ep, server_key=key),
                               lambda ep, route, why: push.drop_route(route, ep, why))
             with self._listing(ChannelOffer(channel, Role.RELIABLE_PUSHER), conn,
                                resource=push):
@@ -932,7 +1221,7 @@ class Node:
                             linger_ms=linger_ms)
         async with Requester(sock, self.identity, batch=batch, routed=True) as client:
             conn = _Connector(channel, Role.REQUESTER,
-                              lambda ep, route: client.add_route(route, ep),
+                              lambda ep, route, key: client.add_route(route, ep, server_key=key),
                               lambda ep, route, why: client.drop_route(route, ep, why))
             with self._listing(ChannelOffer(channel, Role.REQUESTER), conn, resource=client):
                 yield client
@@ -952,9 +1241,11 @@ class Node:
         """Close every socket (goodbyes get 200 ms to leave), end every watch."""
         self._goodbye()
         for link in self._links.values():
-            link.sock.close()
+            link.close()
         self._links.clear()
         self._control.close()
+        if self._zap is not None:
+            self._zap.close()  # after the servers, before term (which waits for it)
         for w in list(self._watches):
             w._close()
         # Sockets are closed; term waits for the goodbyes' linger (200 ms at most) and
@@ -988,6 +1279,7 @@ async def open_node(
     node_id: bytes | None = None,
     heartbeat: float = DEFAULT_HEARTBEAT,
     peer_timeout: float = DEFAULT_PEER_TIMEOUT,
+    security: Security | None = None,
 ) -> AsyncIterator[Node]:
     """Open a node: this process's presence on the network, with patterns by channel.
 
@@ -999,6 +1291,11 @@ async def open_node(
     and the host name, so a restarted node keeps its id (with a new epoch).
     ``heartbeat`` / ``peer_timeout``: seconds between heartbeats, and of silence
     before a peer counts as gone (it is then disconnected from every channel).
+    ``security``: ``shoal.security.Security(keypair, trust)`` encrypts and
+    authenticates every connection with CURVE and admits only the peers ``trust``
+    allows; discovery then needs the peers' keys (``MDNS`` advertises them,
+    ``Static`` takes them as ``{endpoint: key}``). Secured and plaintext nodes never
+    talk to each other.
 
     Leaving the block says goodbye to every peer and closes the node's sockets.
     Raises ``LocalProtocolError`` for bad arguments, ``TransportError`` if the
@@ -1016,6 +1313,9 @@ async def open_node(
     if not numbers or not 0 < heartbeat < peer_timeout:
         raise LocalProtocolError("need 0 < heartbeat < peer_timeout (seconds); "
                                  f"got heartbeat={heartbeat!r}, peer_timeout={peer_timeout!r}")
+    if security is not None and not isinstance(security, Security):
+        raise LocalProtocolError(f"security= takes shoal.security.Security(keypair, trust), "
+                                 f"not {security!r}")
     if interfaces is None:
         wanted = [s.interfaces for s in sources]
         if wanted and all(w is not None for w in wanted):
@@ -1024,9 +1324,13 @@ async def open_node(
     nid = node_id if node_id is not None else default_node_id(name)
     identity = Identity(sender=nid, epoch=new_identity().epoch)
     node = Node(name, identity, addresses=addresses, bind_host=bind_host, port=port,
-                heartbeat=heartbeat, peer_timeout=peer_timeout, linger_ms=DEFAULT_LINGER_MS)
+                heartbeat=heartbeat, peer_timeout=peer_timeout, linger_ms=DEFAULT_LINGER_MS,
+                security=security)
     try:
         async with open_service_nursery() as nursery:
+            node._nursery = nursery
+            if node._zap is not None:
+                nursery.start_soon(node._zap.serve)
             nursery.start_soon(node._read_control)
             nursery.start_soon(node._beat)
             for s in sources:

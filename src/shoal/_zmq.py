@@ -407,6 +407,24 @@ class Socket:
             self._after_call()
         return out
 
+    def receive_frames_nowait(self, limit: int) -> list[list[zmq.Frame]]:
+        """Like ``receive_batch_nowait``, but each frame is a ``zmq.Frame``, whose
+        connection metadata (``frame.get("User-Id")``: the ZAP-authenticated key) can be
+        read. Slower than the bytes path: for control traffic, not the hot path."""
+        self.check_open("receive")
+        out: list[list[zmq.Frame]] = []
+        try:
+            while len(out) < limit:
+                out.append(self._sock.recv_multipart(_NOBLOCK, copy=False))
+        except zmq.Again:
+            pass
+        except zmq.ZMQError as exc:
+            if not out:
+                raise map_error(exc, "receive") from None
+        finally:
+            self._after_call()
+        return out
+
     # -- configuration (each call may consume the edge, so each refreshes) ---------
 
     def setsockopt(self, option: int, value: int | bytes) -> None:

@@ -6,6 +6,15 @@ at its control socket, TXT carries ``v`` (the protocol version), ``id`` (node id
 The channel catalogue does not travel in DNS: the node introduces itself over ZeroMQ
 to every instance it finds, and the answer carries the catalogue (see ``shoal._node``).
 
+Security: a secured node also advertises ``pk`` (its CURVE public key, Z85). It
+introduces itself only to instances whose ``pk`` its trust policy allows for the
+``id`` beside it (``trust.allows(pk, id)``, asked again at every re-introduction, so
+a key added to a trusted-keys file takes effect within ``_REINTRODUCE`` seconds), and
+connects naming that key: an advertisement that lies about the key or the port finds
+a CURVE handshake that fails. An instance without ``pk`` is a plaintext node, which a
+secured node ignores; a plaintext node ignores instances with ``pk``. Each ignored
+instance is logged once, with the reason.
+
 Bridging: python-zeroconf runs its own asyncio loop in a thread. Its blocking calls
 (construct, register, resolve, unregister, close) run through ``trio.to_thread``;
 its browser callback runs on its thread and only hands the name to trio with
@@ -30,9 +39,11 @@ from zeroconf import Zeroconf as _Zeroconf
 from shoal._core import VERSION, choose_address
 from shoal.discovery._interfaces import multicast_addresses
 from shoal.errors import LocalProtocolError
+from shoal.security._keys import z85_key_or_none
 
 if TYPE_CHECKING:
     from shoal._node import Node
+    from shoal.security import Security
 
 __all__ = ["MDNS", "SERVICE_TYPE"]
 
@@ -73,6 +84,8 @@ class MDNS:
         self.service_type = service_type
         self._warned: set[str] = set()
         self._endpoints: dict[str, str] = {}  # instance name -> control endpoint
+        # instance name -> (its public key, its node id), for secured nodes
+        self._keys: dict[str, tuple[bytes, bytes]] = {}
 
     def __repr__(self) -> str:
         return f"MDNS(interfaces={self.interfaces!r})"
@@ -86,14 +99,17 @@ class MDNS:
     def _info(self, node: Node) -> ServiceInfo:
         # DNS limits bytes, not characters: a label is at most 63 bytes, a TXT entry 255.
         label = f"{_utf8_prefix(node.name, 40)}-{node.id[:8]}"
+        properties = {"v": str(VERSION), "id": node.id,
+                      "name": _utf8_prefix(node.name, 200), "epoch": str(node.epoch)}
+        security = _security(node)
+        if security is not None:
+            properties["pk"] = security.public_key.decode("ascii")
         return ServiceInfo(
             self.service_type, f"{label}.{self.service_type}",
             port=node.control_port,
             addresses=[socket.inet_aton(a) for a in node.addresses],
             server=f"shoal-{node.id[:16]}.local.",
-            properties={"v": str(VERSION), "id": node.id,
-                        "name": _utf8_prefix(node.name, 200),
-                        "epoch": str(node.epoch)},
+            properties=properties,
         )
 
     async def _run(self, node: Node, *, task_status: trio.TaskStatus[None]) -> None:
@@ -129,6 +145,7 @@ class MDNS:
                         # Departures travel over ZeroMQ (goodbye, heartbeat timeout);
                         # here we only stop re-introducing ourselves to the instance.
                         self._endpoints.pop(name, None)
+                        self._keys.pop(name, None)
                     elif name != info.name:
                         nursery.start_soon(self._resolve, zc, node, name)
         finally:
@@ -150,23 +167,65 @@ class MDNS:
             log.debug("mDNS: %s did not resolve", name)
             return
         props = {k: v for k, v in info.properties.items() if isinstance(k, bytes)}
+        self._found(node, name, props, info.parsed_addresses(IPVersion.V4Only), info.port)
+
+    def _warn_once(self, name: str, level: int, message: str, *args: object) -> None:
+        if name not in self._warned and len(self._warned) < 1024:
+            self._warned.add(name)
+            log.log(level, message, *args)
+
+    def _found(self, node: Node, name: str, props: dict[bytes, bytes | None],
+               addresses: Sequence[str], port: int) -> None:
+        """A resolved instance: introduce the node to it, if it qualifies."""
         version = props.get(b"v")
         if version != str(VERSION).encode():
-            if name not in self._warned and len(self._warned) < 1024:
-                self._warned.add(name)
-                log.warning("mDNS: ignoring %s: it speaks shoal protocol %r, this node %r",
-                            name, version, VERSION)
+            self._warn_once(name, logging.WARNING, "mDNS: ignoring %s: it speaks shoal "
+                            "protocol %r, this node %r", name, version, VERSION)
             return
         if props.get(b"id") == node.id.encode():
             return  # ourselves (another interface's announcement)
-        addresses = [a for a in info.parsed_addresses(IPVersion.V4Only)]
         if not addresses:
             return
-        address = choose_address(addresses, node._networks)
-        endpoint = f"tcp://{address}:{info.port}"
+        raw_key = props.get(b"pk")
+        key: bytes | None = None
+        node_id = b""
+        if _security(node) is None:
+            if raw_key is not None:
+                self._warn_once(name, logging.INFO, "mDNS: ignoring %s: a secured node "
+                                "(it advertises a public key) ignored by a plaintext node",
+                                name)
+                return
+        else:
+            if raw_key is None:
+                self._warn_once(name, logging.WARNING, "mDNS: ignoring %s: plaintext peer "
+                                "(no public key advertised) ignored by a secured node", name)
+                return
+            key = z85_key_or_none(raw_key)
+            node_id = _node_id(props.get(b"id"))
+            if key is None or not node_id:
+                self._warn_once(name, logging.WARNING, "mDNS: ignoring %s: malformed "
+                                "public key or node id in its advertisement", name)
+                return
+        address = choose_address(list(addresses), node._networks)
+        endpoint = f"tcp://{address}:{port}"
         if name in self._endpoints or len(self._endpoints) < _MAX_KNOWN:
             self._endpoints[name] = endpoint
-        node.introduce(endpoint)
+            if key is not None:
+                self._keys[name] = (key, node_id)
+        if key is None:
+            node.introduce(endpoint)
+        elif self._trusted(node, name, key, node_id):
+            node.introduce(endpoint, server_key=key)
+
+    def _trusted(self, node: Node, name: str, key: bytes, node_id: bytes) -> bool:
+        security = _security(node)
+        assert security is not None
+        verdict = security.trust.allows(key, node_id)
+        if not verdict:
+            self._warn_once(name, logging.WARNING, "mDNS: ignoring %s (node %s): its key "
+                            "%s is refused by this node's trust policy (%s)", name,
+                            node_id.hex(), key.decode(), verdict.reason)
+        return bool(verdict)
 
     async def _reintroduce(self, node: Node) -> None:
         """Introduce the node again, every few seconds, to every instance still in the
@@ -176,9 +235,31 @@ class MDNS:
         while True:
             await trio.sleep(_REINTRODUCE)
             live = {p.control_endpoint for p in node.peers()}
-            for endpoint in list(self._endpoints.values()):
-                if endpoint not in live and not node.has_link(endpoint):
+            for name, endpoint in list(self._endpoints.items()):
+                if endpoint in live or node.has_link(endpoint):
+                    continue
+                if _security(node) is None:
                     node.introduce(endpoint)
+                    continue
+                found = self._keys.get(name)
+                # trust is asked again: a trusted-keys file may have changed
+                if found is not None and self._trusted(node, name, *found):
+                    node.introduce(endpoint, server_key=found[0])
+
+
+def _security(node: Node) -> Security | None:
+    # getattr: stand-in nodes (tests, tools) that predate security have no attribute
+    security: Security | None = getattr(node, "security", None)
+    return security
+
+
+def _node_id(value: bytes | None) -> bytes:
+    """The node id of a TXT ``id`` value (32 hex digits), or b"" if malformed."""
+    try:
+        raw = bytes.fromhex((value or b"").decode("ascii"))
+    except ValueError:
+        return b""
+    return raw if len(raw) == 16 else b""
 
 
 def _offer(send: trio.MemorySendChannel[tuple[str, bool]], item: tuple[str, bool]) -> None:

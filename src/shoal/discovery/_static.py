@@ -3,17 +3,23 @@
 Each listed endpoint gets a persistent control link: the node introduces itself there
 on start and on every heartbeat, and libzmq keeps reconnecting while the peer is down,
 so a peer that starts later, or restarts, is found as soon as it listens.
+
+Secured nodes (``open_node(..., security=...)``) need each peer's CURVE public key:
+give the peers as a mapping ``{endpoint: public key}``. A secured node refuses an
+endpoint without a key, a plaintext node refuses keys (``LocalProtocolError`` when the
+node opens): the two never mix by accident.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import trio
 
 from shoal._zmq import check_endpoint
 from shoal.errors import InvalidEndpoint, LocalProtocolError
+from shoal.security._keys import check_key
 
 if TYPE_CHECKING:
     from shoal._node import Node
@@ -25,21 +31,49 @@ class Static:
     """Discovery from a list of peers' control endpoints (``"tcp://10.0.0.7:7700"``, or
     ``"10.0.0.7:7700"``). Open those nodes with a fixed ``port=``; ``node.control_endpoint``
     tells what to list. ``interfaces``: addresses this node listens on (None: those of
-    the node's other sources, else every multicast-capable interface)."""
+    the node's other sources, else every multicast-capable interface).
 
-    def __init__(self, peers: Sequence[str], *, interfaces: Sequence[str] | None = None) -> None:
+    For a secured node, a mapping from endpoint to that node's public key (Z85, as
+    ``node.public_key`` or ``shoal keygen`` gives it)::
+
+        Static({"tcp://10.0.0.7:7700": "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"})
+
+    Raises ``InvalidEndpoint`` / ``InvalidKey`` for a malformed endpoint or key."""
+
+    def __init__(self, peers: Sequence[str] | Mapping[str, bytes | str], *,
+                 interfaces: Sequence[str] | None = None) -> None:
         if isinstance(peers, str):
             raise LocalProtocolError("Static() takes a list of endpoints, e.g. "
                                      "Static(['tcp://10.0.0.7:7700'])")
-        self.peers = tuple(_endpoint(p) for p in peers)
+        if isinstance(peers, Mapping):
+            keyed = {_endpoint(p): check_key(k, f"public key of static peer {p!r}")
+                     for p, k in peers.items()}
+            self.peers = tuple(keyed)
+            self.keys: dict[str, bytes] = keyed
+            """Endpoint -> public key (empty unless given as a mapping)."""
+        else:
+            self.peers = tuple(_endpoint(p) for p in peers)
+            self.keys = {}
         self.interfaces = None if interfaces is None else tuple(interfaces)
 
     def __repr__(self) -> str:
         return f"Static({list(self.peers)!r})"
 
     async def _run(self, node: Node, *, task_status: trio.TaskStatus[None]) -> None:
+        secured = node.security is not None
         for ep in self.peers:
-            node.introduce(ep, persistent=True)
+            key = self.keys.get(ep)
+            if secured and key is None:
+                raise LocalProtocolError(
+                    f"a secured node needs the public key of static peer {ep}: pass "
+                    f"Static({{{ep!r}: 'ITS_PUBLIC_KEY'}}) (node.public_key on that node)")
+            if not secured and key is not None:
+                raise LocalProtocolError(
+                    f"Static() gives a public key for {ep}, but this node is plaintext: "
+                    "open it with security=shoal.security.Security(keypair, trust), or "
+                    "list the endpoints without keys")
+        for ep in self.peers:
+            node.introduce(ep, persistent=True, server_key=self.keys.get(ep))
         task_status.started()
 
 

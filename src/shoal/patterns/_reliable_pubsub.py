@@ -331,9 +331,14 @@ class ReliableSubscriber(BufferedReceiver[Message]):
 
     # -- routes ----------------------------------------------------------------------------
 
-    def add_route(self, route: bytes, endpoint: str) -> None:
-        """Connect to a publisher at ``endpoint``, known as ``route``."""
+    def add_route(self, route: bytes, endpoint: str, *,
+                  server_key: bytes | None = None) -> None:
+        """Connect to a publisher at ``endpoint``, known as ``route``.
+        ``server_key``: the CURVE public key (Z85) of the listener there, for a socket
+        made with ``shoal.security.client_options`` (libzmq reads it at ``connect``)."""
         self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, route)
+        if server_key is not None:
+            self._sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
         self._routes[endpoint] = route
         self._sock.connect(endpoint)
 

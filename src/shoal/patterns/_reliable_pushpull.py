@@ -372,9 +372,14 @@ class ReliablePusher(SocketResource):
 
     # -- routes (explicit endpoints, or a node's wiring) ---------------------------------------
 
-    def add_route(self, route: bytes, endpoint: str) -> None:
-        """Connect to a puller at ``endpoint``, known as ``route``."""
+    def add_route(self, route: bytes, endpoint: str, *,
+                  server_key: bytes | None = None) -> None:
+        """Connect to a puller at ``endpoint``, known as ``route``.
+        ``server_key``: the CURVE public key (Z85) of the listener there, for a socket
+        made with ``shoal.security.client_options`` (libzmq reads it at ``connect``)."""
         self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, route)
+        if server_key is not None:
+            self._sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
         self._route_of[endpoint] = route
         self._sock.connect(endpoint)  # used once the monitor reports the handshake
         if endpoint.startswith("inproc://"):

@@ -255,9 +255,14 @@ class Requester(SocketResource):
                 await changed.wait()
             delay = min(delay * 2, 0.05)
 
-    def add_route(self, route: bytes, endpoint: str) -> None:
-        """Routed mode: connect to a replier at ``endpoint``, known as ``route``."""
+    def add_route(self, route: bytes, endpoint: str, *,
+                  server_key: bytes | None = None) -> None:
+        """Routed mode: connect to a replier at ``endpoint``, known as ``route``.
+        ``server_key``: the CURVE public key (Z85) of the listener there, for a socket
+        made with ``shoal.security.client_options`` (libzmq reads it at ``connect``)."""
         self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, route)
+        if server_key is not None:
+            self._sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
         self._sock.connect(endpoint)
         self._routes.append(route)
         self._routes_changed.set()
