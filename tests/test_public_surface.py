@@ -90,6 +90,7 @@ ERRORS_ALL = [
     "EncodeError",
     "InvalidEndpoint",
     "LocalProtocolError",
+    "MessageTooLarge",
     "PeerLost",
     "RemoteError",
     "RemoteProtocolError",

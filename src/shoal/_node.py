@@ -88,7 +88,7 @@ from shoal._core import (
 from shoal._core._control import ClockQuery, ClockReading
 from shoal._identity import new_identity
 from shoal._tasks import open_service_nursery
-from shoal._zmq import DEFAULT_LINGER_MS, Socket
+from shoal._zmq import DEFAULT_LINGER_MS, DEFAULT_MAX_MESSAGE_SIZE, Socket
 from shoal.discovery._interfaces import local_networks, multicast_addresses
 from shoal.errors import ClosedError, DecodeError, LocalProtocolError, ShoalError
 from shoal.patterns._common import DEFAULT_BATCH, MalformedCounter, check_limits
@@ -311,7 +311,7 @@ class Node:
     def __init__(
         self, name: str, identity: Identity, *, addresses: Sequence[str], bind_host: str,
         port: int, heartbeat: float, peer_timeout: float, linger_ms: int,
-        security: Security | None = None,
+        security: Security | None = None, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         self.name = name
         self.security = security
@@ -322,6 +322,8 @@ class Node:
         self._heartbeat = heartbeat
         self._linger = linger_ms
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        # Every socket of the node (control, links, channels) takes its limit from here.
+        self._ctx.setsockopt(zmq.MAXMSGSIZE, max_message_size)
         self._networks = local_networks(self._addresses)
         self._table = PeerTable(identity.sender, timeout=peer_timeout, networks=self._networks)
         self._closed = False
@@ -1280,6 +1282,7 @@ async def open_node(
     heartbeat: float = DEFAULT_HEARTBEAT,
     peer_timeout: float = DEFAULT_PEER_TIMEOUT,
     security: Security | None = None,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
 ) -> AsyncIterator[Node]:
     """Open a node: this process's presence on the network, with patterns by channel.
 
@@ -1295,7 +1298,10 @@ async def open_node(
     authenticates every connection with CURVE and admits only the peers ``trust``
     allows; discovery then needs the peers' keys (``MDNS`` advertises them,
     ``Static`` takes them as ``{endpoint: key}``). Secured and plaintext nodes never
-    talk to each other.
+    talk to each other. ``max_message_size``: the largest message (bytes, envelope
+    included) the node's sockets accept from peers and let the application send
+    (``MessageTooLarge`` beyond; default 16 MiB; -1 for no limit); give every node
+    of a system the same value.
 
     Leaving the block says goodbye to every peer and closes the node's sockets.
     Raises ``LocalProtocolError`` for bad arguments, ``TransportError`` if the
@@ -1313,6 +1319,10 @@ async def open_node(
     if not numbers or not 0 < heartbeat < peer_timeout:
         raise LocalProtocolError("need 0 < heartbeat < peer_timeout (seconds); "
                                  f"got heartbeat={heartbeat!r}, peer_timeout={peer_timeout!r}")
+    if (type(max_message_size) is not int or max_message_size < -1
+            or max_message_size == 0):
+        raise LocalProtocolError("max_message_size is a number of bytes > 0, or -1 for "
+                                 f"no limit; not {max_message_size!r}")
     if security is not None and not isinstance(security, Security):
         raise LocalProtocolError(f"security= takes shoal.security.Security(keypair, trust), "
                                  f"not {security!r}")
@@ -1325,7 +1335,7 @@ async def open_node(
     identity = Identity(sender=nid, epoch=new_identity().epoch)
     node = Node(name, identity, addresses=addresses, bind_host=bind_host, port=port,
                 heartbeat=heartbeat, peer_timeout=peer_timeout, linger_ms=DEFAULT_LINGER_MS,
-                security=security)
+                security=security, max_message_size=max_message_size)
     try:
         async with open_service_nursery() as nursery:
             node._nursery = nursery

@@ -90,6 +90,20 @@ def default_context() -> zmq.Context[zmq.Socket[bytes]]:
     return zmq.Context.instance()
 
 
+DEFAULT_MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
+"""The largest message (one frame: topic, header, headers, body) a shoal socket
+accepts unless its context says otherwise."""
+_UNLIMITED: Final = 2**63 - 1
+
+
+def max_message_size(context: zmq.Context[zmq.Socket[bytes]]) -> int:
+    """The message size limit for sockets of ``context``: the context's MAXMSGSIZE
+    default if it has one (``ctx.setsockopt(zmq.MAXMSGSIZE, n)``; -1: no limit), else
+    ``DEFAULT_MAX_MESSAGE_SIZE``."""
+    limit = context.sockopts.get(zmq.MAXMSGSIZE, DEFAULT_MAX_MESSAGE_SIZE)
+    return int(limit)
+
+
 def map_error(exc: zmq.ZMQError, action: str) -> Exception:
     """Translate a ZMQError into the shoal exception that says what to do."""
     code = exc.errno
@@ -131,6 +145,7 @@ class Socket:
         "_unyielded",
         "_watch_flag",
         "bound",
+        "max_message_size",
     )
 
     def __init__(self, sock: zmq.Socket[bytes], *, linger_ms: int = DEFAULT_LINGER_MS) -> None:
@@ -150,6 +165,9 @@ class Socket:
         self._interrupts = 0  # interrupt() calls so far
         self.bound: list[str] = []
         """Endpoints bound so far, as libzmq reports them (ports resolved)."""
+        self.max_message_size = _UNLIMITED
+        """The largest message this socket takes from a peer (libzmq's MAXMSGSIZE: a
+        peer that sends more is disconnected), and so the largest its resource sends."""
 
     @classmethod
     def open(
@@ -170,6 +188,9 @@ class Socket:
             raise map_error(exc, "create a socket") from None
         sock = cls(raw, linger_ms=linger_ms)
         try:
+            limit = max_message_size(ctx)
+            sock.setsockopt(zmq.MAXMSGSIZE, limit)
+            sock.max_message_size = limit if limit >= 0 else _UNLIMITED
             for opt, value in options:
                 sock.setsockopt(opt, value)
             for ep in bind:

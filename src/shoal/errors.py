@@ -23,6 +23,7 @@ from shoal._core._errors import (
     DecodeError,
     EncodeError,
     LocalProtocolError,
+    MessageTooLarge,
     RemoteProtocolError,
     ShoalError,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "EncodeError",
     "InvalidEndpoint",
     "LocalProtocolError",
+    "MessageTooLarge",
     "PeerLost",
     "RemoteError",
     "RemoteProtocolError",

@@ -37,7 +37,7 @@ from typing import Any, Final, NamedTuple
 
 import msgpack
 
-from shoal._core._errors import DecodeError, EncodeError
+from shoal._core._errors import DecodeError, EncodeError, MessageTooLarge
 
 __all__ = [
     "HEADER",
@@ -152,11 +152,15 @@ class StreamEncoder:
     message costs one small ``struct.pack`` and one ``join``: this is the send hot path.
     """
 
-    __slots__ = ("_prefixes", "epoch", "stream")
+    __slots__ = ("_prefixes", "epoch", "max_size", "stream")
 
-    def __init__(self, *, sender: bytes, epoch: int, stream: int) -> None:
+    def __init__(self, *, sender: bytes, epoch: int, stream: int,
+                 max_size: int = 2**63 - 1) -> None:
         self.epoch = epoch
         self.stream = stream
+        self.max_size = max_size
+        """Frames longer than this raise ``MessageTooLarge`` (the sending socket's
+        ``max_message_size``: what its peers accept)."""
         self._prefixes: dict[int, bytes] = {
             (kind << 8) | flags: _PREFIX.pack(VERSION, kind, flags, sender, epoch, stream)
             for kind in Kind
@@ -175,7 +179,8 @@ class StreamEncoder:
     ) -> bytes:
         """One frame. ``topic_z`` is ``encode_topic(topic) + b"\\0"`` (checked once, reused).
 
-        Raises ``EncodeError`` for a body or headers that msgpack cannot encode.
+        Raises ``EncodeError`` for a body or headers that msgpack cannot encode, and
+        ``MessageTooLarge`` (an ``EncodeError``) for a frame over ``max_size``.
         """
         if type(body) is bytes:
             flags = FLAG_RAW
@@ -188,14 +193,20 @@ class StreamEncoder:
             payload = _pack(body, "body")
         tail = _TAIL.pack(seq, timestamp_ns, correlation)
         if not headers:
-            return b"".join((topic_z, self._prefixes[(kind << 8) | flags], tail, payload))
+            frame = b"".join((topic_z, self._prefixes[(kind << 8) | flags], tail, payload))
+            if len(frame) > self.max_size:
+                raise MessageTooLarge(len(frame), self.max_size)
+            return frame
         if not isinstance(headers, Mapping) or not all(isinstance(k, str) for k in headers):
             raise EncodeError("headers must be a mapping with str keys")
         packed = _pack(dict(headers), "headers")
         if len(packed) > MAX_HEADERS:
             raise EncodeError(f"headers encode to {len(packed)} bytes; the limit is {MAX_HEADERS}")
         prefix = self._prefixes[(kind << 8) | flags | FLAG_HEADERS]
-        return b"".join((topic_z, prefix, tail, _U32.pack(len(packed)), packed, payload))
+        frame = b"".join((topic_z, prefix, tail, _U32.pack(len(packed)), packed, payload))
+        if len(frame) > self.max_size:
+            raise MessageTooLarge(len(frame), self.max_size)
+        return frame
 
 
 def encode(

@@ -6,8 +6,8 @@ itself; ``shoal.errors`` re-exports them as part of the one public hierarchy.
 
 from __future__ import annotations
 
-__all__ = ["DecodeError", "EncodeError", "LocalProtocolError", "RemoteProtocolError",
-           "ShoalError"]
+__all__ = ["DecodeError", "EncodeError", "LocalProtocolError", "MessageTooLarge",
+           "RemoteProtocolError", "ShoalError"]
 
 
 class ShoalError(Exception):
@@ -20,6 +20,20 @@ class LocalProtocolError(ShoalError):
 
 class EncodeError(LocalProtocolError, TypeError):
     """A body, topic or header cannot be put on the wire (e.g. msgpack cannot encode it)."""
+
+
+class MessageTooLarge(EncodeError):
+    """A message encodes to more bytes than the socket's ``max_message_size``; it was
+    not sent (receivers would drop the connection that carried it)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"this message encodes to {size} bytes, over the limit of {limit} bytes; send "
+            "smaller messages, or raise the limit on both ends: "
+            "open_node(max_message_size=...), or a zmq.Context with MAXMSGSIZE set "
+            "passed as context=")
 
 
 class RemoteProtocolError(ShoalError):

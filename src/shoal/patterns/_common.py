@@ -58,10 +58,12 @@ def require_endpoints(bind: list[str], connect: list[str], what: str) -> None:
             "connect='tcp://HOST:PORT' (ipc:// and inproc:// work too)")
 
 
-def stream_encoder(identity: Identity | None) -> StreamEncoder:
-    """An encoder for a new stream of ``identity`` (default: the process identity)."""
+def stream_encoder(identity: Identity | None, sock: Socket) -> StreamEncoder:
+    """An encoder for a new stream of ``identity`` (default: the process identity),
+    refusing messages over ``sock``'s ``max_message_size``."""
     ident = identity if identity is not None else process_identity()
-    return StreamEncoder(sender=ident.sender, epoch=ident.epoch, stream=next_stream())
+    return StreamEncoder(sender=ident.sender, epoch=ident.epoch, stream=next_stream(),
+                         max_size=sock.max_message_size)
 
 
 def check_limits(*, high_water_mark: int, batch: int = 1) -> None:

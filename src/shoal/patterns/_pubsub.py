@@ -97,7 +97,7 @@ class Publisher(SocketResource):
 
     def __init__(self, sock: Socket, identity: Identity | None) -> None:
         self._sock = sock
-        self._enc = stream_encoder(identity)
+        self._enc = stream_encoder(identity, sock)
         # topic -> [encoded topic + NUL, next seq]; one counter per distinct topic
         self._topics: dict[str, list[Any]] = {}
         self._published = 0

@@ -76,7 +76,7 @@ class Pusher(SocketResource):
 
     def __init__(self, sock: Socket, identity: Identity | None) -> None:
         self._sock = sock
-        self._enc = stream_encoder(identity)
+        self._enc = stream_encoder(identity, sock)
         self._seq = 0
 
 

@@ -111,7 +111,7 @@ class ReliablePublisher(SocketResource):
     def __init__(self, sock: Socket, identity: Identity | None, *, window: int, rto: float,
                  grace: float, max_subscribers: int) -> None:
         self._sock = sock
-        self._enc = stream_encoder(identity)
+        self._enc = stream_encoder(identity, sock)
         self._core = FanoutSender(window=window, rto=rto, max_rto=max(rto, 5.0), grace=grace,
                                   max_subscribers=max_subscribers)
         self._topics: dict[str, bytes] = {}
@@ -291,7 +291,7 @@ class ReliableSubscriber(BufferedReceiver[Message]):
     def __init__(self, sock: Socket, identity: Identity | None, *, batch: int,
                  max_streams: int, heartbeat: float) -> None:
         super().__init__(sock, batch=batch)
-        self._enc = stream_encoder(identity)
+        self._enc = stream_encoder(identity, sock)
         self._chain = ChainReceiver(max_streams=max_streams)
         self._prefixes: list[str] = []
         self._heartbeat = heartbeat

@@ -169,7 +169,7 @@ class ReliablePusher(SocketResource):
         self._outbox = outbox
         self._restored = 0
         if outbox is None:
-            self._enc = stream_encoder(identity)
+            self._enc = stream_encoder(identity, sock)
         else:
             self._enc = self._open_outbox(outbox, identity)
         self._routes: list[bytes] = []  # connected (handshake done), in turn order
@@ -196,7 +196,8 @@ class ReliablePusher(SocketResource):
             ident = identity if identity is not None else process_identity()
             stream = next_stream()
             outbox.start(ident.sender, ident.epoch, stream)
-            return StreamEncoder(sender=ident.sender, epoch=ident.epoch, stream=stream)
+            return StreamEncoder(sender=ident.sender, epoch=ident.epoch, stream=stream,
+                                 max_size=self._sock.max_message_size)
         sender, epoch, stream, next_seq = known
         pending = outbox.pending()
         for seq, frame in pending:
@@ -217,7 +218,8 @@ class ReliablePusher(SocketResource):
         if pending:
             log.info("reliable pusher: %d item(s) from the outbox %s are sent again",
                      len(pending), outbox.path)
-        return StreamEncoder(sender=sender, epoch=epoch, stream=stream)
+        return StreamEncoder(sender=sender, epoch=epoch, stream=stream,
+                             max_size=self._sock.max_message_size)
 
     # -- the application side -------------------------------------------------------------
 
@@ -551,7 +553,7 @@ class _ReliableReceiver(BufferedReceiver[T]):
     def __init__(self, sock: Socket, identity: Identity | None, *, batch: int,
                  max_streams: int) -> None:
         super().__init__(sock, batch=batch)
-        self._enc = stream_encoder(identity)
+        self._enc = stream_encoder(identity, sock)
         self._dedup = Deduplicator(max_streams=max_streams)
         self._received_acks: dict[bytes, list[int]] = {}
         self._done_acks: dict[bytes, list[int]] = {}

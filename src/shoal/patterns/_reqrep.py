@@ -134,7 +134,7 @@ class Requester(SocketResource):
         self, sock: Socket, identity: Identity | None, *, batch: int, routed: bool = False
     ) -> None:
         self._sock = sock
-        self._enc = stream_encoder(identity)
+        self._enc = stream_encoder(identity, sock)
         self._batch = batch
         self._routed = routed
         self._frames = 2 if routed else 1
@@ -403,7 +403,7 @@ class Replier(BufferedReceiver[Request]):
     def __init__(self, sock: Socket, identity: Identity | None, *, batch: int,
                  reply_cache: int = 1024) -> None:
         super().__init__(sock, batch=batch)
-        self._enc = stream_encoder(identity)
+        self._enc = stream_encoder(identity, sock)
         self._seq = 0
         # (sender, epoch, stream, request id) -> the answer sent, or None while handled;
         # the newest ``reply_cache`` requests, so a retry never runs the handler twice
