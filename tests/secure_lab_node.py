@@ -4,6 +4,7 @@ packet capture for the same hosts.
     python tests/secure_lab_node.py --name NAME [--key-file PATH] [--trust KEY]...
         [--pub CH] [--sub CH] [--publish CH BODY]
     python tests/secure_lab_node.py --capture IFACE OUTFILE
+    python tests/secure_lab_node.py --forge ID NAME PK ADDRESS
 
 Node mode speaks ``tests/labtools.py``'s protocol (``--name`` first, one JSON event per
 stdout line, a ``ready`` event): ``--key-file`` (a ``KeyPair.save`` file) and
@@ -17,6 +18,12 @@ stdin, after printing ``exited``.
 
 Capture mode appends every frame seen on IFACE (both directions; an ``AF_PACKET``
 raw socket) to OUTFILE until killed.
+
+Forge mode plays an intruder on the segment: it binds a CURVE server (a ROUTER with a
+key pair of its own) on ADDRESS and advertises it over mDNS as a shoal node with
+another node's ID, NAME and public key PK (the TXT record a real node would send);
+PK ``own`` advertises the intruder's own public key instead.
+It prints ``forging PORT``, then ``got N`` every 0.5 s: how many messages reached it.
 
 Network safety: both modes refuse to run (exit 2) outside a named network namespace
 (``/run/netns/*``): they are for ``Host.popen`` only, where "every interface" and the
@@ -136,6 +143,40 @@ async def run(args: argparse.Namespace) -> None:
     emit("exited")
 
 
+def forge(node_id: str, name: str, pk: str, address: str) -> int:
+    """Advertise someone else's identity, pointing at a socket of our own."""
+    import zmq
+    from zeroconf import ServiceInfo, Zeroconf
+
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    public, secret = zmq.curve_keypair()
+    if pk == "own":  # an intruder's own key: a peer that trusted it would get through
+        pk = public.decode()
+    sock.setsockopt(zmq.CURVE_SERVER, 1)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+    port = sock.bind_to_random_port(f"tcp://{address}")
+    zc = Zeroconf()
+    info = ServiceInfo(
+        "_shoal._tcp.local.", f"{name}-{node_id[:8]}x._shoal._tcp.local.", port=port,
+        addresses=[socket.inet_aton(address)], server=f"forger-{node_id[:8]}.local.",
+        properties={"v": "1", "id": node_id, "name": name, "epoch": "7", "pk": pk})
+    zc.register_service(info)
+    print(f"forging {port}", flush=True)
+    got = 0
+    try:
+        while True:
+            while sock.poll(500):
+                sock.recv_multipart()
+                got += 1
+            print(f"got {got}", flush=True)
+    finally:
+        zc.unregister_service(info)
+        zc.close()
+        sock.close(linger=0)
+        ctx.term()
+
+
 def main(argv: list[str]) -> int:
     if named_namespace() is None:
         print("secure_lab_node.py runs only inside a lab's network namespace "
@@ -143,6 +184,8 @@ def main(argv: list[str]) -> int:
         return 2
     if argv[:1] == ["--capture"]:
         return capture(argv[1], argv[2])
+    if argv[:1] == ["--forge"]:
+        return forge(*argv[1:5])
     p = argparse.ArgumentParser()
     p.add_argument("--name", required=True)
     p.add_argument("--key-file")

@@ -132,3 +132,63 @@ def test_control_without_security_the_same_capture_finds_the_body(
         time.sleep(0.1)
     # plaintext nodes trust everyone: c's messages reach b too
     run.b.wait_for(is_event("msg", channel=CHANNEL, sender=run.c.id), WAIT)
+
+
+@pytest.mark.parametrize("key", ["intruder", "trusted"])
+def test_a_forged_advertisement_gets_no_traffic_and_delivers_nothing(
+        lab3: Lab, tmp_path: Path, key: str) -> None:
+    """Host C advertises a node with a's id and name: with its own key (not trusted by
+    b; a node that connected anyway would complete the handshake and C would count its
+    messages), or with a's public key but pointing at C's socket (whose secret is not
+    a's). b connects to neither, and no message reaches C's socket."""
+    h0, h1, h2 = lab3.hosts
+    pairs = {n: generate_keypair() for n in ("a", "b")}
+    for n, pair in pairs.items():
+        pair.save(tmp_path / f"{n}.key")
+    nodes: list[LabNode] = []
+    forger = None
+    try:
+        a = LabNode(h0, "a", ["--key-file", str(tmp_path / "a.key"), "--trust",
+                              pairs["b"].public.decode(), "--pub", CHANNEL, "--publish",
+                              CHANNEL, SECRET], script=SCRIPT)
+        nodes.append(a)
+        a.wait_ready()
+        pk = "own" if key == "intruder" else pairs["a"].public.decode()
+        forger = h2.popen([sys.executable, "-u", SCRIPT, "--forge", a.id, "a", pk,
+                           h2.address], stdout=subprocess.PIPE, text=True)
+        assert forger.stdout is not None
+        assert forger.stdout.readline().startswith("forging ")
+        b = LabNode(h1, "b", ["--key-file", str(tmp_path / "b.key"), "--trust",
+                              pairs["a"].public.decode(), "--sub", CHANNEL], script=SCRIPT)
+        nodes.append(b)
+        b.wait_ready()
+        b.wait_count(is_event("msg", channel=CHANNEL, sender=a.id), 5, WAIT)
+        time.sleep(3.0)  # b has re-introduced itself to every advert a few times by now
+        got = [line for line in _lines_so_far(forger) if line.startswith("got ")]
+        assert got, "the forger reported nothing"
+        assert got[-1] == "got 0"
+        joined = b.find(is_event("joined"))
+        assert [(e["name"], e["id"]) for e in joined] == [("a", a.id)]
+        msgs = b.find(is_event("msg", channel=CHANNEL))
+        assert all(m["sender"] == a.id and m["body"] == SECRET for m in msgs)
+    finally:
+        for node in nodes:
+            node.close()
+        if forger is not None:
+            h2.kill(forger)
+
+
+def _lines_so_far(proc: subprocess.Popen[str], seconds: float = 1.5) -> list[str]:
+    """What ``proc`` prints (a line every 0.5 s) over the next ``seconds``."""
+    import select
+
+    assert proc.stdout is not None
+    out: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 0.2)[0]:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            out.append(line.strip())
+    return out
