@@ -129,3 +129,25 @@ async def test_open_node_refuses_a_nonsense_limit(bad: object) -> None:
         async with shoal.open_node("size-bad", interfaces=["127.0.0.1"],
                                    max_message_size=bad):  # type: ignore[arg-type]
             pass
+
+
+async def test_over_inproc_the_receiver_drops_and_counts_what_is_over_its_limit() -> None:
+    """inproc bypasses libzmq's MAXMSGSIZE: the receiver applies the same bound before
+    decoding (a valid envelope, just too large), counts it, and goes on."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    ctx.setsockopt(zmq.MAXMSGSIZE, 4096)
+    raw: zmq.Socket[bytes] = ctx.socket(zmq.PUSH)
+    raw.setsockopt(zmq.LINGER, 0)
+    enc = StreamEncoder(sender=b"s" * 16, epoch=1, stream=1)  # no limit of its own
+    try:
+        with trio.fail_after(10):
+            async with shoal.open_puller(bind="inproc://size-test", context=ctx) as pull:
+                raw.connect("inproc://size-test")
+                raw.send(enc.encode(Kind.PUSH, b"\0", b"x" * 10_000, 0, 0))
+                raw.send(enc.encode(Kind.PUSH, b"\0", b"fits", 1, 0))
+                assert (await pull.receive()).body == b"fits"
+                st = pull.statistics()
+                assert st.malformed == 1
+    finally:
+        raw.close()
+        ctx.destroy(linger=0)

@@ -185,7 +185,14 @@ class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
         """Drain what is queued into the buffer; return how many raw messages came."""
         raws = self._sock.receive_batch_nowait(self._batch)
         accept = self._accept
+        limit = self._sock.max_message_size
         for frames in raws:
+            # libzmq enforces the limit on tcp and ipc (it drops the connection), not on
+            # inproc: the same bound, checked here, before anything is decoded.
+            if frames and len(frames[-1]) > limit:
+                self._malformed.drop("too-large", type(self).__name__,
+                                     f"{len(frames[-1])} bytes > {limit}")
+                continue
             accept(frames)
         return len(raws)
 
