@@ -118,6 +118,11 @@ class ReliablePublisher(SocketResource):
         self._malformed = 0
         self._arm = trio.Event()
         self._waiters = 0  # tasks in _wait_for
+        # Routes whose pipe refused a send (high-water mark): nothing more goes to them
+        # until their resend, which starts from the hole in order. Sending past a hole
+        # is wasted (the subscriber cannot place what follows it) and refills the pipe.
+        self._stalled: set[Any] = set()
+        self._resume = False  # a stalled subscriber acknowledged: resend to it now
 
     @property
     def subscribers(self) -> int:
@@ -176,8 +181,10 @@ class ReliablePublisher(SocketResource):
                                  headers)
         seq, targets = core.publish(topic, (frame, len(raw_topic) + 44),
                                     trio.current_time())
+        stalled = self._stalled
         for book, prev in targets:
-            self._send(book.route, frame, len(raw_topic) + 44, prev)
+            if book.route not in stalled:
+                self._send(book.route, frame, len(raw_topic) + 44, prev)
         if not seq & 31:
             self._read_acks()
         if targets:
@@ -194,12 +201,18 @@ class ReliablePublisher(SocketResource):
         self.publish_nowait(topic, body, headers=headers)
         await self._sock.pace()
 
-    def _send(self, route: Any, frame: bytes, at: int, prev: int) -> None:
+    def _send(self, route: Any, frame: bytes, at: int, prev: int) -> bool:
+        """Send one publication to one subscriber; False if its pipe is full (the
+        route is then stalled until its resend) or it is not connected."""
         data = frame[:at] + _U64.pack(prev) + frame[at + 8:]
         try:
             self._sock.send_to_nowait(route, data)
-        except (PeerUnreachable, trio.WouldBlock):
-            pass  # sent again when its timer runs out
+        except trio.WouldBlock:
+            self._stalled.add(route)
+            return False  # sent again, from here on, when its timer runs out
+        except PeerUnreachable:
+            return False  # sent again when its timer runs out
+        return True
 
     def _read_acks(self) -> None:
         got = False
@@ -207,6 +220,9 @@ class ReliablePublisher(SocketResource):
             got = True
             for frames in raws:
                 self._on_ack(frames)
+        if self._resume:
+            self._resume = False
+            self._tick()
         if got and self._waiters:
             self._sock.interrupt()  # a waiter parked on the socket may be done now
 
@@ -233,18 +249,30 @@ class ReliablePublisher(SocketResource):
             return
         if (epoch, stream) != (self._enc.epoch, self._enc.stream):
             acked = -1  # it speaks of another publisher, or of our previous life
-        if core.on_ack(key, frames[0], prefixes, acked, trio.current_time(),
-                       msg.seq) is None:
+        now = trio.current_time()
+        if core.on_ack(key, frames[0], prefixes, acked, now, msg.seq) is None:
             log.debug("reliable publisher: refused a subscriber (%d already)",
                       core.max_subscribers)
+        elif frames[0] in self._stalled:
+            # Its pipe had filled; an acknowledgement means it has been draining it:
+            # carry on from the hole now rather than at the retransmission timer.
+            book = core.books.get(key)
+            if book is not None and book.route == frames[0]:
+                book.due = min(book.due, now)
+                self._resume = True
 
     def _tick(self) -> None:
         """Send again what is due; drop subscribers silent past the grace period."""
         resend, dropped = self._core.due(trio.current_time())
+        if self._stalled:  # forget the routes of subscribers that are gone
+            self._stalled &= {book.route for book in self._core.books.values()}
         for book, entries in resend:
+            self._stalled.discard(book.route)
             for seq, prev in entries:
                 frame, at = self._core.payload(seq)
-                self._send(book.route, frame, at, prev)
+                if not self._send(book.route, frame, at, prev):
+                    break  # a full pipe: the rest would only refill it; next time
+
         for d in dropped:
             log.warning("reliable publisher: dropped subscriber %s after %.1f s of silence; "
                         "%d publication(s) never reached it", d.key, d.silent_for,
