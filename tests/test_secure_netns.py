@@ -62,7 +62,7 @@ class Run:
                 return []
             args = ["--key-file", keys[name][0]]
             for other in trusted:
-                args += ["--trust", keys[other][1]]
+                args.append(f"--trust={keys[other][1]}")  # a Z85 key may start with "-"
             return args
 
         h0, h1, h2 = lab.hosts
@@ -148,9 +148,9 @@ def test_a_forged_advertisement_gets_no_traffic_and_delivers_nothing(
     nodes: list[LabNode] = []
     forger = None
     try:
-        a = LabNode(h0, "a", ["--key-file", str(tmp_path / "a.key"), "--trust",
-                              pairs["b"].public.decode(), "--pub", CHANNEL, "--publish",
-                              CHANNEL, SECRET], script=SCRIPT)
+        a = LabNode(h0, "a", ["--key-file", str(tmp_path / "a.key"),
+                              f"--trust={pairs['b'].public.decode()}", "--pub", CHANNEL,
+                              "--publish", CHANNEL, SECRET], script=SCRIPT)
         nodes.append(a)
         a.wait_ready()
         pk = "own" if key == "intruder" else pairs["a"].public.decode()
@@ -158,8 +158,9 @@ def test_a_forged_advertisement_gets_no_traffic_and_delivers_nothing(
                            h2.address], stdout=subprocess.PIPE, text=True)
         assert forger.stdout is not None
         assert forger.stdout.readline().startswith("forging ")
-        b = LabNode(h1, "b", ["--key-file", str(tmp_path / "b.key"), "--trust",
-                              pairs["a"].public.decode(), "--sub", CHANNEL], script=SCRIPT)
+        b = LabNode(h1, "b", ["--key-file", str(tmp_path / "b.key"),
+                              f"--trust={pairs['a'].public.decode()}", "--sub", CHANNEL],
+                    script=SCRIPT)
         nodes.append(b)
         b.wait_ready()
         b.wait_count(is_event("msg", channel=CHANNEL, sender=a.id), 5, WAIT)
