@@ -145,6 +145,7 @@ class Socket:
         "_unyielded",
         "_watch_flag",
         "bound",
+        "inproc",
         "max_message_size",
     )
 
@@ -165,6 +166,9 @@ class Socket:
         self._interrupts = 0  # interrupt() calls so far
         self.bound: list[str] = []
         """Endpoints bound so far, as libzmq reports them (ports resolved)."""
+        self.inproc = False
+        """Bound or connected over ``inproc://``, where libzmq does not apply
+        MAXMSGSIZE: receivers then check the size themselves."""
         self.max_message_size = _UNLIMITED
         """The largest message this socket takes from a peer (libzmq's MAXMSGSIZE: a
         peer that sends more is disconnected), and so the largest its resource sends."""
@@ -464,6 +468,7 @@ class Socket:
         try:
             self._sock.bind(endpoint)
             actual = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.inproc = self.inproc or endpoint.startswith("inproc://")
         except zmq.ZMQError as exc:
             raise map_error(exc, f"bind {endpoint!r}") from None
         finally:
@@ -476,6 +481,7 @@ class Socket:
         self.check_open("connect")
         try:
             self._sock.connect(endpoint)
+            self.inproc = self.inproc or endpoint.startswith("inproc://")
         except zmq.ZMQError as exc:
             raise map_error(exc, f"connect to {endpoint!r}") from None
         finally:

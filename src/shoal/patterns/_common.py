@@ -183,12 +183,16 @@ class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
 
     def _fill(self) -> int:
         """Drain what is queued into the buffer; return how many raw messages came."""
-        raws = self._sock.receive_batch_nowait(self._batch)
+        sock = self._sock
+        raws = sock.receive_batch_nowait(self._batch)
         accept = self._accept
-        limit = self._sock.max_message_size
+        if not sock.inproc:  # libzmq enforces the size limit (it drops the connection)
+            for frames in raws:
+                accept(frames)
+            return len(raws)
+        # inproc bypasses libzmq's limit: the same bound, before anything is decoded
+        limit = sock.max_message_size
         for frames in raws:
-            # libzmq enforces the limit on tcp and ipc (it drops the connection), not on
-            # inproc: the same bound, checked here, before anything is decoded.
             if frames and len(frames[-1]) > limit:
                 self._malformed.drop("too-large", type(self).__name__,
                                      f"{len(frames[-1])} bytes > {limit}")
