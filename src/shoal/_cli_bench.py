@@ -103,8 +103,6 @@ def add_bench_command(commands: Any) -> None:
 
 
 def _options(args: argparse.Namespace) -> Options:
-    if args.serve and args.peer:
-        raise UsageError("--serve and --peer exclude each other")
     if args.size < BODY_MIN or args.size > 256 * 1024 * 1024:
         raise UsageError(f"--size must be between {BODY_MIN} and 268435456 bytes")
     if args.count is not None and args.count < 2:

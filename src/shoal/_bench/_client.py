@@ -34,8 +34,6 @@ import zmq
 
 import shoal
 from shoal._bench._common import (
-    HIST_HIGHEST_NS,
-    HIST_LOWEST_NS,
     PROBE,
     BenchError,
     Context,
@@ -43,8 +41,8 @@ from shoal._bench._common import (
     Spec,
     Tally,
     curve_client_context,
+    histogram_of,
     make_body,
-    new_histogram,
     wait_until_blocking,
 )
 from shoal._bench._server import IDLE_S, POLL_MS, BenchServer, wait_until
@@ -63,16 +61,6 @@ class Measured:
     rate: float                    # timed messages per second at the receiver
     hist: bytes | None             # encoded HDR histogram (ns) or None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _histogram_of(samples: array[int]) -> bytes | None:
-    if not samples:
-        return None
-    h = new_histogram()
-    for v in samples:
-        h.record_value(max(HIST_LOWEST_NS, min(v, HIST_HIGHEST_NS)))
-    encoded: bytes = h.encode()
-    return encoded
 
 
 # --- request/reply: the client times round trips ------------------------------------
@@ -128,7 +116,7 @@ def _rr_measured(sent: int, samples: array[int], first: int, last: int) -> Measu
     elapsed = (last - first) / 1e9
     return Measured(sent=sent, received=sent, timed=len(samples),
                     rate=len(samples) / elapsed if elapsed > 0 else 0.0,
-                    hist=_histogram_of(samples))
+                    hist=histogram_of(samples))
 
 
 # --- push/pull: the client pushes, the server counts ---------------------------------

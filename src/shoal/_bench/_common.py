@@ -161,6 +161,19 @@ def wait_until_blocking(due: int) -> None:
             time.sleep((left - NAP_SLACK_NS) / 1e9)
 
 
+def histogram_of(samples: array[int]) -> bytes | None:
+    """The encoded HDR histogram of latency samples in ns (None without samples);
+    values outside the histogram's range are clamped to it."""
+    if not samples:
+        return None
+    h = new_histogram()
+    record = h.record_value
+    for v in samples:
+        record(max(HIST_LOWEST_NS, min(v, HIST_HIGHEST_NS)))
+    encoded: bytes = h.encode()
+    return encoded
+
+
 class Tally:
     """A receiver's count: timed messages, first/last arrival, latency samples.
 
@@ -195,13 +208,7 @@ class Tally:
             self.samples.append(now - int.from_bytes(body[:8], "little"))
 
     def result(self) -> dict[str, Any]:
-        hist = None
-        if self.latency and self.samples:
-            h = new_histogram()
-            record = h.record_value
-            for v in self.samples:
-                record(max(HIST_LOWEST_NS, min(v, HIST_HIGHEST_NS)))
-            hist = h.encode()
+        hist = histogram_of(self.samples) if self.latency else None
         elapsed = (self.last - self.first) / 1e9
         rate = (self.timed - 1) / elapsed if self.timed > 1 and elapsed > 0 else 0.0
         return {"received": self.received, "timed": self.timed, "warm": self.warm,
