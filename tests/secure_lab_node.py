@@ -140,7 +140,7 @@ def forge(node_id: str, name: str, pk: str, address: str) -> int:
     sock.setsockopt(zmq.CURVE_SERVER, 1)
     sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
     port = sock.bind_to_random_port(f"tcp://{address}")
-    zc = Zeroconf()
+    zc = Zeroconf(interfaces=[address])  # the lab host's own address, nothing else
     info = ServiceInfo(
         "_shoal._tcp.local.", f"{name}-{node_id[:8]}x._shoal._tcp.local.", port=port,
         addresses=[socket.inet_aton(address)], server=f"forger-{node_id[:8]}.local.",
