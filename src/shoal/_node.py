@@ -330,6 +330,7 @@ class Node:
         self._zap: ZapHandler | None = None
         self._nursery: trio.Nursery | None = None
         self._peer_keys: dict[str, bytes] = {}  # live peer id -> its authenticated key
+        self._live_endpoints: set[str] = set()  # control endpoints of live peers
         self._warned: set[tuple[str, str]] = set()
         try:
             if security is not None:
@@ -516,10 +517,11 @@ class Node:
         self._send(link, self._state_frame)
 
     def _pending_links(self, endpoint: str) -> int:
-        """Links to endpoints that are not live peers; 0 if ``endpoint`` is one (a
-        live peer is always answered, whatever a flood of advertisements did)."""
-        live = {p.control_endpoint for p in self._table.peers()}
-        if endpoint in live:
+        """Links to endpoints that are not live peers, as far as the bound needs: 0 if
+        ``endpoint`` is a live peer (always answered, whatever a flood of
+        advertisements did) or if there are fewer links than the bound in all."""
+        live = self._live_endpoints
+        if endpoint in live or len(self._links) < MAX_PENDING_LINKS:
             return 0
         return sum(1 for ep, link in self._links.items()
                    if ep not in live and not link.persistent)
@@ -810,6 +812,9 @@ class Node:
                     link.expires = now  # said goodbye, or replaced: no grace
             else:
                 log.debug("peer %s (%s): %s", ev.peer.name, ev.peer.id[:8], type(ev).__name__)
+        # Kept here, where every change of the table passes, rather than rebuilt for
+        # each introduction (a flood of advertisements means many of those).
+        self._live_endpoints = {p.control_endpoint for p in self._table.peers()}
         reasons = {ev.peer.id: f"node {ev.peer.name!r} left ({ev.reason})"
                    for ev in events if isinstance(ev, PeerLeft)}
         self._rewire(reasons)
