@@ -54,6 +54,7 @@ __all__ = [
     "candidate",
     "control_reason",
     "envelope_reason",
+    "frame_by_frame_reason",
     "flood",
     "flood_peers",
     "open_flooders",
@@ -67,9 +68,12 @@ HOSTILE_SENDER = b"hostile-peer-id!"
 VERSION_MISMATCH = "version-mismatch"
 """The oracle's label for control frames a node counts as another protocol version."""
 
-Classify = Callable[[list[bytes]], str | None]
+Reasons = str | tuple[str, ...]
+Classify = Callable[[list[bytes]], Reasons | None]
 """What the receiver does with a message (its frames, as the hostile peer sends them):
-the reason it counts it under as malformed, or None if it accepts it."""
+the reason it counts it under as malformed, or None if it accepts it. A receiver that
+reads each frame as a message of its own counts a multi-frame message once per
+frame: a tuple of reasons."""
 
 _LINGER_MS = 2000
 _SEND_TIMEOUT_MS = 200
@@ -88,6 +92,19 @@ def envelope_reason(frames: list[bytes], kinds: Sequence[Kind]) -> str | None:
     except DecodeError as exc:
         return exc.reason
     return None if msg.kind in kinds else "unexpected-kind"
+
+
+def frame_by_frame_reason(frames: list[bytes], kinds: Sequence[Kind]) -> Reasons | None:
+    """A receiver of one-frame messages that reads plain frames (puller, subscriber):
+    each frame of a multi-frame message is judged as a message of its own. None if
+    any frame would be delivered (the hostile peer then does not send it)."""
+    reasons = []
+    for frame in frames:
+        reason = envelope_reason([frame], kinds)
+        if reason is None:
+            return None
+        reasons.append(reason)
+    return reasons[0] if len(reasons) == 1 else tuple(reasons)
 
 
 def pusher_ack_reason(frames: list[bytes]) -> str | None:
@@ -279,9 +296,10 @@ class Tally:
     handled: dict[int, Any] = field(default_factory=dict)
     """Work items it processed: seq -> body."""
 
-    def count(self, reason: str) -> None:
-        self.sent += 1
-        self.reasons[reason] += 1
+    def count(self, reason: Reasons) -> None:
+        for one in (reason,) if isinstance(reason, str) else reason:
+            self.sent += 1
+            self.reasons[one] += 1
 
 
 class Garbage:
@@ -297,18 +315,18 @@ class Garbage:
         self._classify = classify
         self._envelope = envelope
         self.tally = Tally()
-        self._ready: deque[tuple[list[bytes], str]] = deque()
+        self._ready: deque[tuple[list[bytes], Reasons]] = deque()
         self._ready.extend(self._make() for _ in range(prepare))
 
-    def __iter__(self) -> Iterator[tuple[list[bytes], str]]:
+    def __iter__(self) -> Iterator[tuple[list[bytes], Reasons]]:
         return self
 
-    def __next__(self) -> tuple[list[bytes], str]:
+    def __next__(self) -> tuple[list[bytes], Reasons]:
         if self._ready:
             return self._ready.popleft()
         return self._make()
 
-    def _make(self) -> tuple[list[bytes], str]:
+    def _make(self) -> tuple[list[bytes], Reasons]:
         for _ in range(10_000):
             frames = candidate(self._rng, self._templates, envelope=self._envelope)
             try:

@@ -44,6 +44,7 @@ from _hostile import (
     answer_requests,
     control_reason,
     envelope_reason,
+    frame_by_frame_reason,
     flood,
     flood_peers,
     open_flooders,
@@ -84,6 +85,12 @@ def templates(*bodies: Any, topic: bytes = b"") -> list[bytes]:
 
 def receiver_oracle(*kinds: Kind) -> Classify:
     return lambda frames: envelope_reason(frames, kinds)
+
+
+def frame_oracle(*kinds: Kind) -> Classify:
+    """Pullers and subscribers read plain frames: a multi-frame message counts once
+    per frame."""
+    return lambda frames: frame_by_frame_reason(frames, kinds)
 
 
 @dataclass
@@ -177,7 +184,7 @@ def assert_counted_exactly(stats: Any, tally: Tally) -> None:
 
 async def test_a_subscriber_under_a_hostile_publisher(ctx: Ctx) -> None:
     xpub, evil = bound(ctx, zmq.XPUB)
-    garbage = Garbage(1, templates(topic=b"news"), receiver_oracle(Kind.PUBLISH), prepare=LIMIT)
+    garbage = Garbage(1, templates(topic=b"news"), frame_oracle(Kind.PUBLISH), prepare=LIMIT)
     got: list[shoal.Message] = []
     with trio.fail_after(TIMEOUT):
         async with (shoal.open_publisher(bind=LOOPBACK) as pub,
@@ -209,7 +216,7 @@ async def test_a_subscriber_under_a_hostile_publisher(ctx: Ctx) -> None:
 
 
 async def test_a_puller_under_hostile_pushers(ctx: Ctx) -> None:
-    garbage = Garbage(2, templates(), receiver_oracle(Kind.PUSH), prepare=LIMIT)
+    garbage = Garbage(2, templates(), frame_oracle(Kind.PUSH), prepare=LIMIT)
     got: list[Any] = []
     with trio.fail_after(TIMEOUT):
         async with (shoal.open_puller(bind=LOOPBACK) as pull,

@@ -202,8 +202,9 @@ async def test_two_waiters_break_a_naive_implementation(
 
 # --- 3. Messages already queued need no new edge ------------------------------------
 
-async def receive_queued(ctx: zmq.Context[zmq.Socket[bytes]], naive: bool) -> list[bytes]:
-    ours, peer = pair(ctx)
+async def receive_queued(ctx: zmq.Context[zmq.Socket[bytes]], naive: bool,
+                         cls: type[Socket] = Socket) -> list[bytes]:
+    ours, peer = pair(ctx, cls)
     for i in range(10):
         peer.send(b"%d" % i)
     got: list[bytes] = []
@@ -226,7 +227,17 @@ async def test_queued_messages_strand_a_wait_first_receiver(
 ) -> None:
     """"Wait for the FD, then recv once" never sees all ten: no edge announces them."""
     with trio.fail_after(5):
-        assert len(await receive_queued(ctx, naive=True)) < 10
+        assert len(await receive_queued(ctx, naive=True, cls=NaiveSocket)) < 10
+
+
+async def test_a_wait_after_a_libzmq_call_reads_events_before_parking(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    """The socket owns the invariant: the connect and the peer's sends left the edge
+    consumed, yet even a receiver that waits first gets all ten, because a wait after
+    any libzmq call re-reads EVENTS before it parks."""
+    with trio.fail_after(5):
+        assert await receive_queued(ctx, naive=True) == [b"%d" % i for i in range(10)]
 
 
 # --- 4. Closing wakes every waiter ---------------------------------------------------

@@ -18,6 +18,7 @@ from shoal._core._control import (
 from shoal._core._envelope import (
     HEADER,
     MAX_TOPIC,
+    SPLIT_AT,
     VERSION,
     Kind,
     Message,
@@ -25,6 +26,8 @@ from shoal._core._envelope import (
     decode,
     encode,
     encode_topic,
+    fast_decoder,
+    pack_tail,
 )
 from shoal._core._fanout import (
     LOST_TRACK,
@@ -54,6 +57,7 @@ __all__ = [
     "MAX_ADDRESSES",
     "MAX_TOPIC",
     "RESUME",
+    "SPLIT_AT",
     "START",
     "VERSION",
     "Bye",
@@ -86,5 +90,7 @@ __all__ = [
     "encode",
     "encode_control",
     "encode_topic",
+    "fast_decoder",
     "offers",
+    "pack_tail",
 ]

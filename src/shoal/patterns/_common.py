@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
-from typing import Generic, Self, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, Self, TypeVar
 
 import trio
 import zmq
@@ -113,6 +113,37 @@ class MalformedCounter:
     def drop_error(self, exc: DecodeError, where: str) -> None:
         self.drop(exc.reason, where, exc.detail)
 
+    def check_frame(
+        self, sock: Socket, frame: bytes, kinds: tuple[Kind, ...], where: str,
+        more: bool = False,
+    ) -> Message | None:
+        """Decode a message whose first frame ``drain`` handed over, taking the rest of
+        it from ``sock`` when it is split (or when ``more`` says frames follow);
+        otherwise like ``check``."""
+        rest: Sequence[Any] = sock.take_rest() if more else ()
+        try:
+            try:
+                msg = decode(frame, rest)
+            except DecodeError as exc:
+                if exc.reason != "frame-count" or rest:
+                    raise
+                rest = sock.take_rest()  # a split message: its body follows
+                if not rest:
+                    raise
+                msg = decode(frame, rest)
+        except DecodeError as exc:
+            self.drop_error(exc, where)
+            return None
+        if rest and sock.inproc:  # libzmq applies the size bound on tcp and ipc only
+            size = len(frame) + sum(len(f) for f in rest)
+            if size > sock.max_message_size:
+                self.drop("too-large", where, f"{size} bytes > {sock.max_message_size}")
+                return None
+        if msg.kind not in kinds:
+            self.drop("unexpected-kind", where, msg.kind.name)
+            return None
+        return msg
+
     def check(
         self, frames: list[bytes], kinds: tuple[Kind, ...], where: str, *, nframes: int = 1
     ) -> Message | None:
@@ -158,8 +189,13 @@ class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
     """A ``ReceiveChannel`` over a ZeroMQ socket with a local decoded buffer.
 
     Subclasses implement ``_accept(frames)``: decode one raw message and either
-    append the result to ``self._buffer`` or count it as dropped.
+    append the result to ``self._buffer`` or count it as dropped. Receivers of
+    one-frame messages set ``_accept_frame`` instead (a callable taking the message's
+    first frame as ``bytes``), and the buffer is filled through ``Socket.drain``,
+    the hot path: plain receives, no frame lists.
     """
+
+    _accept_frame: Callable[[bytes], None] | None = None
 
     def __init__(self, sock: Socket, *, batch: int = DEFAULT_BATCH) -> None:
         check_limits(high_water_mark=0, batch=batch)
@@ -184,6 +220,14 @@ class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
     def _fill(self) -> int:
         """Drain what is queued into the buffer; return how many raw messages came."""
         sock = self._sock
+        accept_frame = self._accept_frame
+        if accept_frame is not None:
+            if sock.inproc:
+                accept_frame = self._bounded(accept_frame)
+            before = len(self._buffer)
+            n = sock.drain(self._batch, accept_frame)
+            self._received += len(self._buffer) - before
+            return n
         raws = sock.receive_batch_nowait(self._batch)
         accept = self._accept
         if not sock.inproc:  # libzmq enforces the size limit (it drops the connection)
@@ -199,6 +243,19 @@ class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
                 continue
             accept(frames)
         return len(raws)
+
+    def _bounded(self, accept: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        """``accept`` behind the size bound that libzmq does not apply on inproc."""
+        limit = self._sock.max_message_size
+        malformed = self._malformed
+        where = type(self).__name__
+
+        def bounded(frame: bytes) -> None:
+            if len(frame) > limit:
+                malformed.drop("too-large", where, f"{len(frame)} bytes > {limit}")
+            else:
+                accept(frame)
+        return bounded
 
     def receive_nowait(self) -> T:
         """Return the next message if one is already here, else raise ``trio.WouldBlock``."""

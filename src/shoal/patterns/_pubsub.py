@@ -30,7 +30,7 @@ from typing import Any, Literal, overload
 import trio
 import zmq
 
-from shoal._core import GapTracker, Identity, Kind, Message, encode_topic
+from shoal._core import GapTracker, Identity, Kind, Message, encode_topic, fast_decoder
 from shoal._zmq import DEFAULT_LINGER_MS, Socket
 from shoal.errors import LocalProtocolError
 from shoal.patterns._common import (
@@ -193,6 +193,20 @@ class Subscriber(BufferedReceiver[Message]):
         self._gaps = GapTracker(max_streams=max_streams)
         self._prefixes: set[str] = set()
         self._marker = _MARKER + os.urandom(16)
+        fast = fast_decoder(Kind.PUBLISH, topic=True)
+        append = self._buffer.append
+        check = self._malformed.check_frame
+        observe = self._gaps.observe
+
+        def accept(frame: bytes) -> None:
+            msg = fast(frame)
+            if msg is None:
+                msg = check(sock, frame, _PUBLISH, "subscriber")
+                if msg is None:
+                    return
+            observe((msg.sender, msg.epoch, msg.stream, msg.topic), msg.seq)
+            append(msg)
+        self._accept_frame = accept
 
     def _announce(self) -> None:
         """Subscribe the marker that lets publishers count this subscriber. Called
@@ -222,14 +236,6 @@ class Subscriber(BufferedReceiver[Message]):
     def topics(self) -> frozenset[str]:
         """The prefixes subscribed to."""
         return frozenset(self._prefixes)
-
-    def _accept(self, frames: list[bytes]) -> None:
-        msg = self._malformed.check(frames, _PUBLISH, "subscriber")
-        if msg is None:
-            return
-        self._gaps.observe((msg.sender, msg.epoch, msg.stream, msg.topic), msg.seq)
-        self._received += 1
-        self._buffer.append(msg)
 
     def statistics(self) -> SubscriberStatistics:
         """An immutable snapshot of this resource's counters."""

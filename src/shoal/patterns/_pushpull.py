@@ -21,7 +21,7 @@ from typing import Any, Literal, overload
 import trio
 import zmq
 
-from shoal._core import Identity, Kind, Message
+from shoal._core import Identity, Kind, Message, fast_decoder
 from shoal._zmq import DEFAULT_LINGER_MS, Socket
 from shoal.errors import LocalProtocolError
 from shoal.patterns._common import (
@@ -120,12 +120,20 @@ class Pusher(SocketResource):
 class Puller(BufferedReceiver[Message]):
     """Receives work items. A ``trio.abc.ReceiveChannel[Message]``."""
 
-    def _accept(self, frames: list[bytes]) -> None:
-        msg = self._malformed.check(frames, _PUSH, "puller")
-        if msg is None:
-            return
-        self._received += 1
-        self._buffer.append(msg)
+    def __init__(self, sock: Socket, *, batch: int = DEFAULT_BATCH) -> None:
+        super().__init__(sock, batch=batch)
+        fast = fast_decoder(Kind.PUSH, topic=False)
+        append = self._buffer.append
+        check = self._malformed.check_frame
+
+        def accept(frame: bytes) -> None:
+            msg = fast(frame)
+            if msg is None:
+                msg = check(sock, frame, _PUSH, "puller")
+                if msg is None:
+                    return
+            append(msg)
+        self._accept_frame = accept
 
     def statistics(self) -> PullerStatistics:
         """An immutable snapshot of this resource's counters."""
