@@ -1,15 +1,19 @@
 """``shoal bench``: subprocess runs over tcp, ipc and inproc on loopback, --serve and
---peer, the JSON records and the ratios in them, --rate pacing and its coordinated
-omission correction, --plot, and the error paths.
+--peer, the JSON records and the ratios in them, CPU time per message at each end,
+--busy-poll, --rate pacing and its coordinated omission correction, --plot, and the
+error paths.
 
 Nothing here asserts a speed: the machines are shared. The figures are checked for
-consistency (counts, ordering of percentiles, ratios equal to the quotients of the
-figures they compare), and pacing for its lower bound on wall time.
+consistency (counts, ordering of percentiles, CPU figures positive, ratios equal to
+the quotients of the figures they compare), and pacing for its lower bound on wall
+time.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -24,7 +28,11 @@ import trio
 import zmq
 
 import shoal
+from shoal._bench import _common
+from shoal._bench._client import Measured
 from shoal._bench._common import (
+    CPU_EVERY,
+    CPU_SIDES,
     TIMED,
     WARMUP,
     Schedule,
@@ -61,6 +69,21 @@ def check_record(rec: dict[str, Any]) -> None:
     assert rec["timed"] >= 300, rec
 
 
+def check_cpu(rec: dict[str, Any], rounds: int = 1) -> None:
+    """CPU microseconds per message (per round trip for rr) at each end: a positive
+    number per side, the median of one figure per round."""
+    sides = CPU_SIDES[rec["pattern"]]
+    assert set(rec["cpu_us"]) == set(sides), rec
+    assert set(rec["cpu_us_rounds"]) == set(sides), rec
+    for side in sides:
+        us, per_round = rec["cpu_us"][side], rec["cpu_us_rounds"][side]
+        assert isinstance(us, float), rec
+        assert us > 0, rec
+        assert len(per_round) == rounds, rec
+        assert all(x > 0 for x in per_round), rec
+        assert us == pytest.approx(statistics.median(per_round), abs=0.002), rec
+
+
 def check_ratios(recs: list[dict[str, Any]]) -> None:
     """Each shoal record's ratios are the quotients of the figures it compares."""
     for pattern in {r["pattern"] for r in recs}:
@@ -75,10 +98,23 @@ def check_ratios(recs: list[dict[str, Any]]) -> None:
                 assert r["vs_raw"][key] == pytest.approx(want, rel=0.01, abs=0.002)
             want = r["throughput"] / raw["throughput"]
             assert r["vs_raw"]["throughput"] == pytest.approx(want, rel=0.01, abs=0.002)
+            check_cpu_ratios(r["vs_raw"], r, raw)
             if label == "shoal reliable" and be is not None:
                 want = r["latency_us"]["p50"] / be["latency_us"]["p50"]
                 assert r["vs_best_effort"]["p50"] == pytest.approx(want, rel=0.01,
                                                                    abs=0.002)
+                check_cpu_ratios(r["vs_best_effort"], r, be)
+
+
+def check_cpu_ratios(ratios: dict[str, Any], rec: dict[str, Any],
+                     base: dict[str, Any]) -> None:
+    for side in CPU_SIDES[rec["pattern"]]:
+        mine, theirs = rec["cpu_us"][side], base["cpu_us"][side]
+        if mine is None or theirs is None:
+            assert ratios[f"cpu_{side}"] is None
+        else:
+            assert ratios[f"cpu_{side}"] == pytest.approx(mine / theirs, rel=0.01,
+                                                          abs=0.002)
 
 
 def test_every_pattern_over_tcp_as_json_with_ratios_to_raw() -> None:
@@ -91,7 +127,9 @@ def test_every_pattern_over_tcp_as_json_with_ratios_to_raw() -> None:
     for rec in recs:
         assert rec["transport"] == "tcp"
         assert rec["size"] == 64
+        assert rec["busy_poll"] == 0
         check_record(rec)
+        check_cpu(rec)
         assert rec["latency"] == ("round-trip" if rec["pattern"] == "rr" else "one-way")
         if rec["reliable"] or rec["pattern"] != "ps":
             assert rec["lost"] == 0, rec   # backpressure or acknowledgements: no loss
@@ -111,6 +149,12 @@ def test_other_transports(transport: str) -> None:
         assert rec["size"] == 1024
         check_record(rec)
         assert rec["lost"] == 0
+        if transport == "inproc":
+            # Both ends in one process: neither figure would be one end's alone.
+            assert set(rec["cpu_us"].values()) == {None}
+            assert set(map(len, rec["cpu_us_rounds"].values())) == {0}
+        else:
+            check_cpu(rec)
     check_ratios(recs)
 
 
@@ -124,6 +168,9 @@ def test_table_output_names_every_variant_and_the_units() -> None:
     assert "shoal reliable" in text
     assert "p99.99" in text
     assert "msg/s" in text
+    assert "cpu:snd" in text
+    assert "cpu:rcv" in text
+    assert "µs of process CPU time per message at each end" in text
     assert "\nshoal " not in text  # only the modes asked for
     assert "  shoal  " not in text
 
@@ -240,6 +287,8 @@ def test_serve_for_stops_by_itself() -> None:
     (["--peer", "udp://x:1"], "--peer takes a tcp:// or ipc://"),
     (["--pattern", "rr,xx"], "expected a comma-separated list"),
     (["--count", "5", "--seconds", "2"], "not allowed with argument"),
+    (["--busy-poll", "-0.5"], "--busy-poll must be between 0 and 1 seconds"),
+    (["--busy-poll", "2"], "--busy-poll must be between 0 and 1 seconds"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args: list[str], says: str) -> None:
     done = bench(*args, timeout=30)
@@ -351,3 +400,86 @@ async def test_a_curve_session_admits_no_plaintext_client() -> None:
                 assert secured == make_body(64, 0, TIMED)
                 await ctl.request({"op": "close", "session": opened["session"]})
             nursery.cancel_scope.cancel()
+
+
+def takes_busy_poll() -> bool:
+    return all("busy_poll" in inspect.signature(f).parameters
+               for f in (shoal.open_requester, shoal.open_replier, shoal.open_pusher,
+                         shoal.open_puller, shoal.open_publisher, shoal.open_subscriber))
+
+
+@pytest.mark.skipif(not takes_busy_poll(), reason="this shoal's resources take no "
+                    "busy_poll= yet")
+def test_busy_poll_reaches_shoal_at_both_ends() -> None:
+    done = bench(*QUICK, "--json", "--busy-poll", "0.001")
+    assert done.returncode == 0, done.stderr
+    assert "skipped" not in done.stderr
+    recs = lines(done.stdout)
+    assert len(recs) == 9
+    for rec in recs:
+        assert rec["busy_poll"] == (0 if rec["stack"] == "raw" else 0.001)
+        check_record(rec)
+        check_cpu(rec)
+    check_ratios(recs)
+
+
+def test_busy_poll_without_the_keyword_is_skipped_in_one_line() -> None:
+    """A shoal whose openers take no busy_poll= (stood in for by a wrapper without it)
+    measures without it and says so."""
+    pre = ("import shoal; _o = shoal.open_requester; "
+           "shoal.open_requester = lambda **kw: _o(**kw); ")
+    done = bench(*QUICK, "--json", "--pattern", "rr", "--busy-poll", "0.001", pre=pre)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "shoal bench: --busy-poll skipped: open_requester" in done.stderr
+    assert "take no busy_poll=" in done.stderr
+    assert [r["busy_poll"] for r in lines(done.stdout)] == [0, 0, 0]
+
+
+def test_cpu_per_message_is_read_every_cpu_every_messages(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A receiver reads the CPU clock at its first timed message and every CPU_EVERY
+    after (never per message), and divides what it spent between the first and the
+    last reading by the messages between them; warmup and probes do not count."""
+    reads: list[int] = []
+
+    def clock() -> int:
+        reads.append(len(reads))
+        return 3_000 * len(reads)       # 3 us more at each reading
+
+    monkeypatch.setattr(_common, "cpu_ns", clock)
+    tally = Tally(latency=False)
+    for flag in (WARMUP, _common.PROBE):
+        tally.add(make_body(64, 0, flag), 0)
+    assert tally.cpu_us() is None
+    assert not reads
+    tally.add(make_body(64, 0, TIMED), 0)
+    assert len(reads) == 1
+    assert tally.cpu_us() is None    # no interval yet
+    for _ in range(2 * CPU_EVERY + 10):
+        tally.add(make_body(64, 0, TIMED), 0)
+    assert len(reads) == 3                               # at 1, 65 and 129
+    assert tally.cpu_us() == pytest.approx(2 * 3.0 / (2 * CPU_EVERY))
+    assert tally.result()["cpu_us"] == tally.cpu_us()
+
+
+def test_cpu_figures_are_medians_over_rounds_and_ratios_their_quotients() -> None:
+    opts = Options(patterns=("pp",), rounds=3)
+    raw, be, rel = (Variant(s, "tcp", None) for s in opts.specs("pp"))
+    for v, sends in ((raw, (1.0, 3.0, 2.0)), (be, (4.0, 5.0, 9.0)), (rel, (10.0, 8.0, 1.0))):
+        for send in sends:
+            v.add(Measured(sent=10, received=10, timed=10, rate=100.0, hist=None,
+                           cpu={"send": send, "receive": send / 2}))
+    recs = {r["label"]: r for r in records([raw, be, rel], opts, "x")}
+    assert recs["raw pyzmq"]["cpu_us"] == {"send": 2.0, "receive": 1.0}
+    assert recs["shoal"]["cpu_us_rounds"] == {"send": [4.0, 5.0, 9.0],
+                                              "receive": [2.0, 2.5, 4.5]}
+    assert recs["shoal"]["vs_raw"]["cpu_send"] == 2.5
+    assert recs["shoal"]["vs_raw"]["cpu_receive"] == 2.5
+    assert recs["shoal reliable"]["vs_best_effort"]["cpu_send"] == 1.6
+    # A side never measured (inproc) has no figure and no ratio.
+    lone = Variant(opts.specs("pp")[1], "inproc", None)
+    lone.add(Measured(sent=1, received=1, timed=1, rate=1.0, hist=None,
+                      cpu={"send": None, "receive": None}))
+    (rec,) = records([lone], Options(patterns=("pp",), compare_raw=False, rounds=1), "x")
+    assert rec["cpu_us"] == {"send": None, "receive": None}

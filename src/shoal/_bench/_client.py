@@ -11,6 +11,10 @@ Throughput is counted by the receiver, from the first to the last timed message.
 One-way latency is kept only when the server reads the same monotonic clock as the
 client (``same_clock``, checked with ``hello``), which holds on one machine.
 
+CPU time per message or round trip (see ``_common``): the client's own, and the
+server's from its ``close`` reply. With ``inproc://`` both ends share this process,
+so neither figure is kept.
+
 Raw pyzmq clients run blocking sockets in a worker thread, so that the trio side of
 this process stays idle while they measure. Both stacks use ZeroMQ's process-wide
 context (needed for ``inproc://``).
@@ -35,11 +39,14 @@ import zmq
 import shoal
 from shoal._bench._common import (
     PROBE,
+    SERVER_SIDE,
     BenchError,
     Context,
     Schedule,
     Spec,
     Tally,
+    cpu_ns,
+    cpu_us_per,
     curve_client_context,
     histogram_of,
     make_body,
@@ -61,6 +68,21 @@ class Measured:
     rate: float                    # timed messages per second at the receiver
     hist: bytes | None             # encoded HDR histogram (ns) or None
     extra: dict[str, Any] = field(default_factory=dict)
+    # CPU microseconds per message (per round trip for rr) by side (``CPU_SIDES``).
+    cpu: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class _Sent:
+    """What a sender did: how many it sent, its CPU clock at the first send, and the
+    CPU time pacing took since (left out of its figure)."""
+
+    count: int
+    cpu_start: int
+    cpu_paced: int = 0
+
+    def cpu_us(self) -> float | None:
+        return cpu_us_per(cpu_ns() - self.cpu_start - self.cpu_paced, self.count)
 
 
 # --- request/reply: the client times round trips ------------------------------------
@@ -71,20 +93,24 @@ async def _shoal_rr(spec: Spec, endpoint: str, ctx: Context | None) -> Measured:
     samples: array[int] = array("q")
     now = time.perf_counter_ns
     async with shoal.open_requester(connect=endpoint, high_water_mark=spec.hwm,
-                                    context=ctx) as client:
+                                    context=ctx, **spec.shoal_options()) as client:
         request = client.request
         sched = Schedule(spec, now())
         i = first = last = 0
+        clock = _Sent(0, cpu_ns())
         while (due := sched.due(i, now())) is not None:
+            if i == spec.warmup:
+                clock.cpu_start, clock.cpu_paced = cpu_ns(), 0
             if due > now():
-                await wait_until(due)
+                clock.cpu_paced += await wait_until(due)
             await request(make_body(spec.size, due, sched.flag(i)), retries=retries)
             if i >= spec.warmup:
                 last = now()
                 first = first or due
                 samples.append(last - due)
             i += 1
-    return _rr_measured(i, samples, first, last)
+        clock.count = len(samples)
+        return _rr_measured(i, samples, first, last, clock.cpu_us())
 
 
 def _raw_rr_blocking(spec: Spec, endpoint: str, ctx: Context | None) -> Measured:
@@ -97,9 +123,12 @@ def _raw_rr_blocking(spec: Spec, endpoint: str, ctx: Context | None) -> Measured
         send, recv = sock.send, sock.recv
         sched = Schedule(spec, now())
         i = first = last = 0
+        clock = _Sent(0, cpu_ns())
         while (due := sched.due(i, now())) is not None:
+            if i == spec.warmup:
+                clock.cpu_start, clock.cpu_paced = cpu_ns(), 0
             if due > now():
-                wait_until_blocking(due)
+                clock.cpu_paced += wait_until_blocking(due)
             send(make_body(spec.size, due, sched.flag(i)))
             recv()
             if i >= spec.warmup:
@@ -107,42 +136,49 @@ def _raw_rr_blocking(spec: Spec, endpoint: str, ctx: Context | None) -> Measured
                 first = first or due
                 samples.append(last - due)
             i += 1
+        clock.count = len(samples)
+        cpu_us = clock.cpu_us()
     finally:
         sock.close()
-    return _rr_measured(i, samples, first, last)
+    return _rr_measured(i, samples, first, last, cpu_us)
 
 
-def _rr_measured(sent: int, samples: array[int], first: int, last: int) -> Measured:
+def _rr_measured(sent: int, samples: array[int], first: int, last: int,
+                 cpu_us: float | None) -> Measured:
     elapsed = (last - first) / 1e9
     return Measured(sent=sent, received=sent, timed=len(samples),
                     rate=len(samples) / elapsed if elapsed > 0 else 0.0,
-                    hist=histogram_of(samples))
+                    hist=histogram_of(samples), cpu={"client": cpu_us})
 
 
 # --- push/pull: the client pushes, the server counts ---------------------------------
 
 
-async def _shoal_pp_send(spec: Spec, endpoint: str, ctx: Context | None) -> int:
+async def _shoal_pp_send(spec: Spec, endpoint: str, ctx: Context | None) -> _Sent:
     now = time.perf_counter_ns
+    opts = spec.shoal_options()
     pusher: Any = (shoal.open_pusher(connect=endpoint, high_water_mark=spec.hwm,
-                                     reliable=True, context=ctx)
+                                     reliable=True, context=ctx, **opts)
                    if spec.reliable else
-                   shoal.open_pusher(connect=endpoint, high_water_mark=spec.hwm, context=ctx))
+                   shoal.open_pusher(connect=endpoint, high_water_mark=spec.hwm, context=ctx,
+                                     **opts))
     async with pusher as push:
         send, size = push.send, spec.size
         sched = Schedule(spec, now())
+        sent = _Sent(0, cpu_ns())
         i = 0
         while (due := sched.due(i, now())) is not None:
             if due > now():
-                await wait_until(due)
+                sent.cpu_paced += await wait_until(due)
             await send(make_body(size, due, sched.flag(i)))
             i += 1
         if spec.reliable:
             await push.wait_acked()
-    return i
+    sent.count = i
+    return sent
 
 
-def _raw_pp_send_blocking(spec: Spec, endpoint: str, ctx: Context | None) -> int:
+def _raw_pp_send_blocking(spec: Spec, endpoint: str, ctx: Context | None) -> _Sent:
     sock: zmq.Socket[bytes] = (ctx or zmq.Context.instance()).socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, spec.hwm)
     sock.setsockopt(zmq.LINGER, 10_000)   # deliver what is queued before closing
@@ -151,15 +187,17 @@ def _raw_pp_send_blocking(spec: Spec, endpoint: str, ctx: Context | None) -> int
         sock.connect(endpoint)
         send, size = sock.send, spec.size
         sched = Schedule(spec, now())
+        sent = _Sent(0, cpu_ns())
         i = 0
         while (due := sched.due(i, now())) is not None:
             if due > now():
-                wait_until_blocking(due)
+                sent.cpu_paced += wait_until_blocking(due)
             send(make_body(size, due, sched.flag(i)))
             i += 1
     finally:
         sock.close()
-    return i
+    sent.count = i
+    return sent
 
 
 # --- pub/sub: the server publishes, the client counts --------------------------------
@@ -185,12 +223,13 @@ async def _ask_run(ctl: shoal.Requester, sid: int, expect: _Expect) -> None:
 async def _shoal_ps(spec: Spec, endpoint: str, ctl: shoal.Requester, sid: int,
                     tally: Tally, ctx: Context | None) -> _Expect:
     now = time.perf_counter_ns
+    opts = spec.shoal_options()
     subscriber: Any = (shoal.open_subscriber(connect=endpoint, topics=["bench"],
                                              high_water_mark=spec.hwm, reliable=True,
-                                             context=ctx)
+                                             context=ctx, **opts)
                        if spec.reliable else
                        shoal.open_subscriber(connect=endpoint, topics=["bench"],
-                                             high_water_mark=spec.hwm, context=ctx))
+                                             high_water_mark=spec.hwm, context=ctx, **opts))
     expect = _Expect()
     async with subscriber as sub, trio.open_nursery() as nursery:
         nursery.start_soon(_ask_run, ctl, sid, expect)
@@ -302,30 +341,42 @@ async def measure(ctl: shoal.Requester, spec: Spec, *, same_clock: bool,
         if curve is None or not isinstance(opened.get("server_key"), bytes):
             raise BenchError("the bench server did not give a CURVE key")
         ctx = curve.get(opened["server_key"])
+    closed: dict[str, Any] = {}
     try:
-        if spec.pattern == "rr":
-            if spec.stack == "raw":
-                return await trio.to_thread.run_sync(_raw_rr_blocking, spec, endpoint, ctx)
-            return await _shoal_rr(spec, endpoint, ctx)
-        if spec.pattern == "pp":
-            if spec.stack == "raw":
-                sent = await trio.to_thread.run_sync(_raw_pp_send_blocking, spec, endpoint,
-                                                     ctx)
-            else:
-                sent = await _shoal_pp_send(spec, endpoint, ctx)
-            got = await ctl.request({"op": "result", "session": sid, "sent": sent})
-            return Measured(sent=sent, received=got["received"], timed=got["timed"],
-                            rate=got["rate"], hist=got["hist"] if same_clock else None)
-        tally = Tally(latency=same_clock)
-        runner = _raw_ps if spec.stack == "raw" else _shoal_ps
-        expect = await runner(spec, endpoint, ctl, sid, tally, ctx)
-        out = tally.result()
-        return Measured(sent=expect.total or 0, received=out["received"],
-                        timed=out["timed"], rate=out["rate"], hist=out["hist"],
-                        extra={k: v for k, v in expect.reply.items() if k != "sent"})
+        m = await _measure(ctl, spec, sid, endpoint, ctx, same_clock=same_clock)
     finally:
         with trio.move_on_after(10):
-            await ctl.request({"op": "close", "session": sid})
+            closed = await ctl.request({"op": "close", "session": sid})
+    m.cpu[SERVER_SIDE[spec.pattern]] = closed.get("cpu_us")
+    if endpoint.startswith("inproc://"):
+        m.cpu = dict.fromkeys(m.cpu)  # one process: each figure would be both ends'
+    return m
+
+
+async def _measure(ctl: shoal.Requester, spec: Spec, sid: int, endpoint: str,
+                   ctx: Context | None, *, same_clock: bool) -> Measured:
+    if spec.pattern == "rr":
+        if spec.stack == "raw":
+            return await trio.to_thread.run_sync(_raw_rr_blocking, spec, endpoint, ctx)
+        return await _shoal_rr(spec, endpoint, ctx)
+    if spec.pattern == "pp":
+        if spec.stack == "raw":
+            sent = await trio.to_thread.run_sync(_raw_pp_send_blocking, spec, endpoint,
+                                                 ctx)
+        else:
+            sent = await _shoal_pp_send(spec, endpoint, ctx)
+        got = await ctl.request({"op": "result", "session": sid, "sent": sent.count})
+        return Measured(sent=sent.count, received=got["received"], timed=got["timed"],
+                        rate=got["rate"], hist=got["hist"] if same_clock else None,
+                        cpu={"send": sent.cpu_us()})
+    tally = Tally(latency=same_clock)
+    runner = _raw_ps if spec.stack == "raw" else _shoal_ps
+    expect = await runner(spec, endpoint, ctl, sid, tally, ctx)
+    out = tally.result()
+    return Measured(sent=expect.total or 0, received=out["received"],
+                    timed=out["timed"], rate=out["rate"], hist=out["hist"],
+                    extra={k: v for k, v in expect.reply.items() if k != "sent"},
+                    cpu={"receive": out["cpu_us"]})
 
 
 # --- the server this run talks to ---------------------------------------------------

@@ -8,12 +8,23 @@ falls behind charges the delay to the latency: coordinated omission corrected), 
 the time it was sent otherwise. One-way latency is ``receive time - stamp``, which
 means something only when both ends read the same monotonic clock (the same
 machine); the client checks that before it reports one-way latency.
+
+CPU time per message (per round trip for rr) comes from process CPU time (every
+thread, libzmq's I/O thread included). Reading it is a system call (about 0.6 us),
+so nobody reads it per message: a receiver (``Tally``, and the rr server) reads it at
+its first timed message and then every ``CPU_EVERY`` timed messages, and divides the
+CPU time between its first and last reading by the messages between them; a sender
+reads it at its first send and once the receiver has everything (libzmq may still be
+writing its last messages when the last send returns), and divides by all it sent.
+Pacing (``--rate``) ends in a short spin: the waits return the CPU they burnt, and
+the senders leave it out.
 """
 
 from __future__ import annotations
 
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,8 +41,23 @@ MAX_SAMPLES = 20_000_000
 SLEEP_NS = 1_500_000
 NAP_SLACK_NS = 100_000
 
+# Receivers read the CPU clock at their first timed message and every CPU_EVERY after.
+CPU_EVERY = 64
+BUSY_POLL_MAX = 1.0  # seconds
+
 PATTERNS = ("rr", "pp", "ps")
 PATTERN_NAMES = {"rr": "request/reply", "pp": "push/pull", "ps": "pub/sub"}
+# The sides of the CPU figures, and which of them the serving end is.
+CPU_SIDES = {"rr": ("client", "server"), "pp": ("send", "receive"),
+             "ps": ("send", "receive")}
+SERVER_SIDE = {"rr": "server", "pp": "receive", "ps": "send"}
+
+cpu_ns: Callable[[], int] = time.process_time_ns
+
+
+def cpu_us_per(ns: int, n: int) -> float | None:
+    """Microseconds of CPU time per event, or None without events."""
+    return ns / n / 1e3 if n > 0 and ns >= 0 else None
 
 
 class BenchError(Exception):
@@ -65,6 +91,7 @@ class Spec:
     rate: float           # messages per second, 0 = as fast as possible
     hwm: int
     curve: bool = False   # CURVE encryption on the data connection
+    busy_poll: float = 0.0  # shoal resources' busy_poll= (seconds); 0: not passed
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +108,14 @@ class Spec:
             raise BenchError("malformed spec: unknown pattern or stack")
         if spec.size < BODY_MIN or spec.hwm < 1 or spec.warmup < 0:
             raise BenchError("malformed spec: size, hwm or warmup out of range")
+        if not isinstance(spec.busy_poll, int | float) or not (
+                0 <= spec.busy_poll <= BUSY_POLL_MAX):
+            raise BenchError("malformed spec: busy_poll out of range")
         return spec
+
+    def shoal_options(self) -> dict[str, Any]:
+        """Keyword arguments every shoal resource of this measurement gets."""
+        return {"busy_poll": self.busy_poll} if self.busy_poll else {}
 
     @property
     def label(self) -> str:
@@ -149,16 +183,19 @@ class Schedule:
         return WARMUP if i < self.warmup else TIMED
 
 
-def wait_until_blocking(due: int) -> None:
+def wait_until_blocking(due: int) -> int:
     """Block until ``perf_counter_ns() >= due``: sleep while more than ``SLEEP_NS``
     remain (the OS may oversleep by a millisecond), then short naps (Linux high
-    resolution timers wake within tens of microseconds) and a final spin."""
+    resolution timers wake within tens of microseconds) and a final spin. Return the
+    CPU time it took (ns), for the sender to leave out of its figure."""
+    k0 = cpu_ns()
     now = time.perf_counter_ns()
     if due - now > SLEEP_NS:
         time.sleep((due - now - SLEEP_NS + NAP_SLACK_NS) / 1e9)
     while (left := due - time.perf_counter_ns()) > 0:
         if left > 2 * NAP_SLACK_NS:
             time.sleep((left - NAP_SLACK_NS) / 1e9)
+    return cpu_ns() - k0
 
 
 def histogram_of(samples: array[int]) -> bytes | None:
@@ -175,13 +212,15 @@ def histogram_of(samples: array[int]) -> bytes | None:
 
 
 class Tally:
-    """A receiver's count: timed messages, first/last arrival, latency samples.
+    """A receiver's count: timed messages, first/last arrival, latency samples, and
+    the CPU time over the timed messages (see the module doc).
 
     ``latency`` is False when the stamps are not comparable with this clock; samples
     are then not kept.
     """
 
-    __slots__ = ("first", "last", "latency", "received", "samples", "timed", "warm")
+    __slots__ = ("cpu_first", "cpu_last", "cpu_last_n", "first", "last", "latency",
+                 "received", "samples", "timed", "warm")
 
     def __init__(self, *, latency: bool) -> None:
         self.received = 0     # every message but probes
@@ -191,6 +230,9 @@ class Tally:
         self.last = 0
         self.latency = latency
         self.samples = array("q")
+        self.cpu_first = 0    # CPU clock at the first timed message
+        self.cpu_last = 0     # ... and at the last reading, the ``cpu_last_n``-th
+        self.cpu_last_n = 0
 
     def add(self, body: bytes, now: int) -> None:
         flag = body[8]
@@ -202,14 +244,26 @@ class Tally:
             return
         if not self.timed:
             self.first = now
-        self.timed += 1
+        timed = self.timed = self.timed + 1
         self.last = now
+        if timed % CPU_EVERY == 1:
+            self._read_cpu(timed)
         if self.latency and len(self.samples) < MAX_SAMPLES:
             self.samples.append(now - int.from_bytes(body[:8], "little"))
+
+    def _read_cpu(self, timed: int) -> None:
+        if timed == 1:
+            self.cpu_first = cpu_ns()
+        else:
+            self.cpu_last, self.cpu_last_n = cpu_ns(), timed
+
+    def cpu_us(self) -> float | None:
+        """CPU microseconds per timed message; None before ``CPU_EVERY + 1`` of them."""
+        return cpu_us_per(self.cpu_last - self.cpu_first, self.cpu_last_n - 1)
 
     def result(self) -> dict[str, Any]:
         hist = histogram_of(self.samples) if self.latency else None
         elapsed = (self.last - self.first) / 1e9
         rate = (self.timed - 1) / elapsed if self.timed > 1 and elapsed > 0 else 0.0
         return {"received": self.received, "timed": self.timed, "warm": self.warm,
-                "elapsed": elapsed, "rate": rate, "hist": hist}
+                "elapsed": elapsed, "rate": rate, "hist": hist, "cpu_us": self.cpu_us()}

@@ -4,7 +4,8 @@ variant (``--json``), and a percentile-distribution plot (``--plot``).
 Ratios compare a shoal variant with raw pyzmq measured in the same run with the same
 settings (``vs_raw``), and shoal reliable with shoal best effort (``vs_best_effort``):
 latency ratios above 1 mean shoal is slower, throughput ratios below 1 mean it moves
-fewer messages per second.
+fewer messages per second, CPU ratios above 1 mean it spends more CPU time per
+message (``cpu_<side>``, one per side of ``cpu_us``).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from shoal._bench._common import PATTERN_NAMES, BenchError
+from shoal._bench._common import CPU_SIDES, PATTERN_NAMES, BenchError
 from shoal._bench._run import Options, Variant
 
 COLUMNS = ("p50", "p90", "p99", "p99.9", "p99.99", "max")
+SHORT = {"client": "cli", "server": "srv", "send": "snd", "receive": "rcv"}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -31,7 +33,14 @@ def _compare(v: Variant, base: Variant | None) -> dict[str, float | None] | None
     out: dict[str, float | None] = {"throughput": _ratio(v.rate, base.rate)}
     for p in ("p50", "p99", "p99.9"):
         out[p] = _ratio(lat[p] if lat else None, base_lat[p] if base_lat else None)
+    cpu, base_cpu = v.cpu_us(), base.cpu_us()
+    for side in CPU_SIDES[v.spec.pattern]:
+        out[f"cpu_{side}"] = _ratio(cpu[side], base_cpu[side])
     return out
+
+
+def _round_cpu(cpu: dict[str, float | None]) -> dict[str, float | None]:
+    return {side: None if us is None else round(us, 3) for side, us in cpu.items()}
 
 
 def _bases(variants: list[Variant]) -> dict[str, dict[str, Variant]]:
@@ -58,6 +67,7 @@ def records(variants: list[Variant], opts: Options, version: str) -> list[dict[s
             "label": spec.label,
             "transport": opts.transport,
             "curve": spec.curve,
+            "busy_poll": spec.busy_poll,
             "size": spec.size,
             "rounds": opts.rounds,
             "rate_target": spec.rate or None,
@@ -70,6 +80,9 @@ def records(variants: list[Variant], opts: Options, version: str) -> list[dict[s
             "latency": v.latency_kind,
             "latency_us": (None if (lat := v.latency_us()) is None
                            else {k: round(x, 2) for k, x in lat.items()}),
+            "cpu_us": _round_cpu(v.cpu_us()),
+            "cpu_us_rounds": {side: [round(us, 3) for us in v.cpu_rounds.get(side, [])]
+                              for side in CPU_SIDES[spec.pattern]},
             "vs_raw": _compare(v, b.get("raw")) if spec.stack == "shoal" else None,
             "vs_best_effort": _compare(v, b.get("be")) if spec.reliable else None,
             "extra": v.extra,
@@ -90,6 +103,12 @@ def _fmt_ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
+def _fmt_cpu(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.0f}" if x >= 1000 else f"{x:.2f}"
+
+
 def table(variants: list[Variant], opts: Options, out: Callable[[str], None]) -> None:
     """Print one table per pattern, latency in microseconds."""
     recs = records(variants, opts, "")
@@ -103,26 +122,35 @@ def table(variants: list[Variant], opts: Options, out: Callable[[str], None]) ->
                   else f"{first.spec.count:,} messages")
         rate = f", {first.spec.rate:,.0f}/s" if first.spec.rate else ""
         secured = " with CURVE" if first.spec.curve else ""
+        busy = (f", shoal busy_poll={opts.busy_poll:g} s" if opts.busy_poll else "")
         out(f"{PATTERN_NAMES[pattern]} over {opts.transport}{secured}, "
             f"{first.spec.size} B bodies, "
-            f"{opts.rounds} round(s) x {amount}{rate}; latency: "
+            f"{opts.rounds} round(s) x {amount}{rate}{busy}; latency: "
             f"{kind or 'not measured (different clocks)'} in µs")
+        sides = CPU_SIDES[pattern]
+        unit = "round trip" if pattern == "rr" else "message"
+        out(f"  cpu: µs of process CPU time per {unit} at each end "
+            f"({' and '.join(sides)}), the median round")
         width = max(15, *(len(v.spec.label) for v, _ in rows))
+        cpu_heads = "".join(f"cpu:{SHORT[side]}".rjust(10) for side in sides)
         out(f"  {'':<{width}}" + "".join(c.rjust(9) for c in COLUMNS)
-            + f"{'msg/s':>11}{'lost':>7}   vs raw: p50   p99  msg/s")
+            + f"{'msg/s':>11}{'lost':>7}{cpu_heads}   vs raw: p50   p99  msg/s  cpu")
         for v, r in rows:
             lat = r["latency_us"] or {}
             cells = "".join(" " + _fmt(lat.get(c)) for c in COLUMNS)
+            cpu = "".join(_fmt_cpu(r["cpu_us"][side]).rjust(10) for side in sides)
             vs = r["vs_raw"]
             ratios = ("" if vs is None else
                       f"   {_fmt_ratio(vs['p50']):>9} {_fmt_ratio(vs['p99']):>5} "
-                      f"{_fmt_ratio(vs['throughput']):>6}")
-            out(f"  {v.spec.label:<{width}}{cells}{_fmt(v.rate, 11)}{v.lost:>7}{ratios}")
+                      f"{_fmt_ratio(vs['throughput']):>6} "
+                      + "/".join(_fmt_ratio(vs[f'cpu_{side}']) for side in sides))
+            out(f"  {v.spec.label:<{width}}{cells}{_fmt(v.rate, 11)}{v.lost:>7}{cpu}{ratios}")
         for _v, r in rows:
             vb = r["vs_best_effort"]
             if vb is not None:
+                cpu = ", ".join(f"{side} {_fmt_ratio(vb[f'cpu_{side}'])}" for side in sides)
                 out(f"  shoal reliable / shoal: p50 {_fmt_ratio(vb['p50'])}, "
-                    f"throughput {_fmt_ratio(vb['throughput'])}")
+                    f"throughput {_fmt_ratio(vb['throughput'])}, cpu {cpu}")
         out("")
 
 

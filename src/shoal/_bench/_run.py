@@ -4,7 +4,8 @@ up to.
 Variants of one pattern (raw pyzmq, shoal, shoal reliable) are interleaved over the
 rounds (round 1: A B C, round 2: B C A, ...) so that a slow spell of a shared machine
 does not land on one variant only. A variant's latency histograms are added up over
-its rounds; its throughput is the median of its rounds.
+its rounds; its throughput and its CPU time per message (each side) are the medians
+of its rounds.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ import trio
 
 import shoal
 from shoal._bench._client import CurveContexts, Measured, hello, measure, open_server
-from shoal._bench._common import PATTERNS, BenchError, Spec, histogram_class, new_histogram
+from shoal._bench._common import (
+    CPU_SIDES,
+    PATTERNS,
+    BenchError,
+    Spec,
+    histogram_class,
+    new_histogram,
+)
 
 DEFAULT_COUNT = {"rr": 5_000, "pp": 100_000, "ps": 100_000}
 DEFAULT_WARMUP = {"rr": 500, "pp": 5_000, "ps": 5_000}
@@ -45,6 +53,7 @@ class Options:
     peer: str | None = None
     timeout: float = 300.0
     curve: bool = False
+    busy_poll: float = 0.0  # seconds; shoal resources only (0: not passed)
 
     def specs(self, pattern: str) -> list[Spec]:
         base = dict(pattern=pattern, size=self.size,
@@ -59,7 +68,7 @@ class Options:
             out.append(Spec(stack="raw", reliable=False, **base))  # type: ignore[arg-type]
         for mode in self.modes:
             out.append(Spec(stack="shoal", reliable=mode == "reliable",
-                            **base))  # type: ignore[arg-type]
+                            busy_poll=self.busy_poll, **base))  # type: ignore[arg-type]
         return out
 
 
@@ -76,6 +85,7 @@ class Variant:
     timed: int = 0
     hist: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    cpu_rounds: dict[str, list[float]] = field(default_factory=dict)
 
     def add(self, m: Measured) -> None:
         self.rates.append(m.rate)
@@ -89,10 +99,20 @@ class Variant:
         for k, v in m.extra.items():
             if isinstance(v, int | float):
                 self.extra[k] = self.extra.get(k, 0) + v
+        for side, us in m.cpu.items():
+            if us is not None:
+                self.cpu_rounds.setdefault(side, []).append(us)
 
     @property
     def rate(self) -> float:
         return statistics.median(self.rates) if self.rates else 0.0
+
+    def cpu_us(self) -> dict[str, float | None]:
+        """CPU microseconds per message (per round trip for rr) of each side, the
+        median round; None for a side never measured (inproc, or too few messages)."""
+        return {side: statistics.median(self.cpu_rounds[side])
+                if self.cpu_rounds.get(side) else None
+                for side in CPU_SIDES[self.spec.pattern]}
 
     @property
     def lost(self) -> int:

@@ -16,7 +16,12 @@ not as a service).
 Control requests: ``hello`` (the server's clock and version), ``open`` (a Spec ->
 session id and data endpoint), ``run`` (ps: publish the run, return how many were
 sent), ``result`` (pp: wait until ``sent`` have arrived or arrivals stop, return the
-tally), ``close``.
+tally), ``close`` (returns ``cpu_us``, this end's CPU microseconds per round trip or
+message, or None: see ``_common``).
+
+The server's CPU figure: rr, over the timed requests (a Tally without latency);
+pp, the receiving tally's; ps, from the first publication until ``close`` (the client
+closes once it has every message), over every message published.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from shoal._bench._common import (
     Schedule,
     Spec,
     Tally,
+    cpu_ns,
+    cpu_us_per,
     curve_server_context,
     make_body,
     wait_until_blocking,
@@ -58,10 +65,12 @@ def data_endpoint(control: str, n: int) -> str:
     return f"{control}-data-{n}"
 
 
-async def wait_until(due: int) -> None:
+async def wait_until(due: int) -> int:
     """Pace a trio sender: sleep in trio while more than ``SLEEP_NS`` remain, then
     alternate a checkpoint (other tasks of this process run: with ``inproc://`` the
-    receiving end is one of them) with short blocking naps, without burning a core."""
+    receiving end is one of them) with short blocking naps, without burning a core.
+    Return the CPU time it took (ns), for the sender to leave out of its figure."""
+    k0 = cpu_ns()
     now = time.perf_counter_ns()
     if due - now > SLEEP_NS:
         await trio.sleep((due - now - SLEEP_NS + NAP_SLACK_NS) / 1e9)
@@ -70,6 +79,7 @@ async def wait_until(due: int) -> None:
         if left > 2 * NAP_SLACK_NS:
             # Deliberately blocking: at most a millisecond, after the checkpoint.
             time.sleep((left - NAP_SLACK_NS) / 1e9)  # noqa: ASYNC251
+    return cpu_ns() - k0
 
 
 class _Session:
@@ -81,12 +91,15 @@ class _Session:
         self.ready = trio.Event()
         self.done = trio.Event()
         self.error: BaseException | None = None
-        self.tally = Tally(latency=True)
+        # rr: counts the timed requests for the CPU figure; the stamps mean nothing here.
+        self.tally = Tally(latency=spec.pattern != "rr")
         self.stop = threading.Event()
         self.go = threading.Event()      # raw threads wait on this one
         self.go_async = trio.Event()     # shoal tasks on this one
         self.sent: dict[str, Any] | None = None
         self.sent_done = trio.Event()
+        self.cpu_start = -1     # ps: CPU clock at the first publication
+        self.cpu_paced = 0      # ps: CPU time pacing took since then
         self.publisher: Any = None
         self.context: Context | None = None   # None: the process-wide default
 
@@ -159,8 +172,9 @@ class BenchServer:
                 raise BenchError("result needs sent")
             return await self._result(session, sent)
         if op == "close":
+            cpu_us = self._cpu_us(session)
             await self._close(session)
-            return {}
+            return {"cpu_us": cpu_us}
         raise BenchError(f"unknown op {op!r}")
 
     async def _open(self, spec: Spec) -> dict[str, Any]:
@@ -180,6 +194,15 @@ class BenchServer:
             raise BenchError(f"could not open {spec.label} {spec.pattern}: "
                              f"{session.error!r}")
         return {"session": sid, "endpoint": session.endpoint, **extra}
+
+    def _cpu_us(self, session: _Session) -> float | None:
+        """This end's CPU microseconds per round trip or message (see the module doc)."""
+        if session.spec.pattern != "ps":
+            return session.tally.cpu_us()
+        if session.cpu_start < 0 or not session.sent:
+            return None
+        spent = cpu_ns() - session.cpu_start - session.cpu_paced
+        return cpu_us_per(spent, int(session.sent["sent"]))
 
     async def _close(self, session: _Session) -> None:
         session.stop.set()
@@ -222,12 +245,15 @@ class BenchServer:
 
 
 async def _shoal_rr(session: _Session, endpoint: str) -> None:
+    add = session.tally.add
     async with shoal.open_replier(bind=endpoint, high_water_mark=session.spec.hwm,
-                                  context=session.context) as rep:
+                                  context=session.context,
+                                  **session.spec.shoal_options()) as rep:
         session.endpoint = rep.endpoints[0]
         session.ready.set()
         async for req in rep:
             await req.reply(req.body)
+            add(req.body, 0)
 
 
 async def _shoal_pp(session: _Session, endpoint: str) -> None:
@@ -235,10 +261,12 @@ async def _shoal_pp(session: _Session, endpoint: str) -> None:
     add = session.tally.add
     now = time.perf_counter_ns
     ctx = session.context
+    opts = spec.shoal_options()
     puller: Any = (shoal.open_puller(bind=endpoint, high_water_mark=spec.hwm, reliable=True,
-                                     context=ctx)
+                                     context=ctx, **opts)
                    if spec.reliable else
-                   shoal.open_puller(bind=endpoint, high_water_mark=spec.hwm, context=ctx))
+                   shoal.open_puller(bind=endpoint, high_water_mark=spec.hwm, context=ctx,
+                                     **opts))
     async with puller as pull:
         session.endpoint = pull.endpoints[0]
         session.ready.set()
@@ -251,11 +279,12 @@ async def _shoal_pp(session: _Session, endpoint: str) -> None:
 async def _shoal_ps(session: _Session, endpoint: str) -> None:
     spec = session.spec
     ctx = session.context
+    opts = spec.shoal_options()
     publisher: Any = (shoal.open_publisher(bind=endpoint, high_water_mark=spec.hwm,
-                                           reliable=True, context=ctx)
+                                           reliable=True, context=ctx, **opts)
                       if spec.reliable else
                       shoal.open_publisher(bind=endpoint, high_water_mark=spec.hwm,
-                                           context=ctx))
+                                           context=ctx, **opts))
     async with publisher as pub:
         session.endpoint = pub.endpoints[0]
         session.ready.set()
@@ -266,10 +295,11 @@ async def _shoal_ps(session: _Session, endpoint: str) -> None:
             size = spec.size
             sched = Schedule(spec, time.perf_counter_ns())
             t0 = time.perf_counter_ns()
+            session.cpu_start = cpu_ns()
             i = 0
             while (due := sched.due(i, time.perf_counter_ns())) is not None:
                 if due > time.perf_counter_ns():
-                    await wait_until(due)
+                    session.cpu_paced += await wait_until(due)
                 await publish("bench", make_body(size, due, sched.flag(i)))
                 i += 1
             elapsed = (time.perf_counter_ns() - t0) / 1e9
@@ -311,13 +341,14 @@ async def _in_thread(session: _Session, endpoint: str, kind: int, loop: Any) -> 
 
 
 def _raw_rr_loop(session: _Session, sock: zmq.Socket[bytes]) -> None:
-    recv, send, stop = sock.recv, sock.send, session.stop
+    recv, send, stop, add = sock.recv, sock.send, session.stop, session.tally.add
     while not stop.is_set():
         try:
             msg = recv()
         except zmq.Again:
             continue
         send(msg)
+        add(msg, 0)
 
 
 def _raw_pp_loop(session: _Session, sock: zmq.Socket[bytes]) -> None:
@@ -344,10 +375,11 @@ def _raw_ps_loop(session: _Session, sock: zmq.Socket[bytes]) -> None:
         send, size = sock.send, spec.size
         sched = Schedule(spec, time.perf_counter_ns())
         t0 = time.perf_counter_ns()
+        session.cpu_start = cpu_ns()
         i = 0
         while (due := sched.due(i, time.perf_counter_ns())) is not None:
             if due > time.perf_counter_ns():
-                wait_until_blocking(due)
+                session.cpu_paced += wait_until_blocking(due)
             send(make_body(size, due, sched.flag(i)))
             i += 1
         elapsed = (time.perf_counter_ns() - t0) / 1e9
