@@ -43,7 +43,7 @@ from __future__ import annotations
 import errno as _errno
 from collections.abc import Callable, Sequence
 from time import perf_counter as _perf_counter
-from typing import Final
+from typing import Final, cast
 
 import trio
 import zmq
@@ -68,7 +68,7 @@ _BOTH: Final = POLLIN | POLLOUT
 # (draft routing ids and groups, str checks). Only ever called with bytes and ints.
 _raw_send: Final = zmq.backend.Socket.send
 _raw_recv: Final = zmq.backend.Socket.recv
-_raw_get: Final = zmq.backend.Socket.get
+_raw_get: Final[Callable[[zmq.Socket[bytes], int], int]] = zmq.backend.Socket.get  # type: ignore[assignment]
 
 _ASK_EVENTS_BELOW: Final = 4
 
@@ -146,9 +146,9 @@ class Socket:
         "_parked",
         "_poked",
         "_quiet",
+        "_rest",
         "_sock",
         "_spun",
-        "_rest",
         "_unyielded",
         "_watch_flag",
         "_woke",
@@ -435,6 +435,38 @@ class Socket:
             raise map_error(exc, "send") from None
         finally:
             self._after_call()
+
+    def send_batch_nowait(self, frames: Sequence[bytes | tuple[bytes, bytes]],
+                          start: int = 0) -> int:
+        """Send ``frames[start:]`` in order until the socket refuses one (high-water
+        mark, or no peer); return how many went. Each item is a one-frame message,
+        or ``(head, body)`` sent as ``send_split_nowait`` does. Never blocks; raises
+        only if the very first send fails with an error other than a refusal."""
+        self.check_open("send")
+        sock = self._sock
+        i = start
+        n = len(frames)
+        quiet = 0
+        try:
+            while i < n:
+                f = frames[i]
+                if type(f) is bytes:
+                    _raw_send(sock, f, _NOBLOCK)
+                else:
+                    head, body = cast(tuple[bytes, bytes], f)
+                    _raw_send(sock, head, _NOBLOCK | _SNDMORE)
+                    _raw_send(sock, body, _NOBLOCK, False)
+                i += 1
+        except zmq.Again:
+            quiet = POLLOUT
+        except zmq.ZMQError as exc:
+            if i == start:
+                raise map_error(exc, "send") from None
+        finally:
+            self._quiet = quiet
+            if self._parked:
+                self._refresh()
+        return i - start
 
     async def send(self, msg: bytes | Sequence[bytes]) -> None:
         """Send, waiting while the socket cannot take the message.

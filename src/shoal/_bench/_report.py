@@ -130,7 +130,9 @@ def table(variants: list[Variant], opts: Options, out: Callable[[str], None]) ->
         sides = CPU_SIDES[pattern]
         unit = "round trip" if pattern == "rr" else "message"
         out(f"  cpu: µs of process CPU time per {unit} at each end "
-            f"({' and '.join(sides)}), the median round")
+            f"({' and '.join(sides)}), the median round"
+            + ("; not measured over inproc (one process holds both ends)"
+               if opts.transport == "inproc" else ""))
         width = max(15, *(len(v.spec.label) for v, _ in rows))
         cpu_heads = "".join(f"cpu:{SHORT[side]}".rjust(10) for side in sides)
         out(f"  {'':<{width}}" + "".join(c.rjust(9) for c in COLUMNS)

@@ -10,6 +10,11 @@ streams are remembered (least recently seen forgotten first, and counted in
 ``forgotten``), so a hostile peer inventing ids cannot grow it without bound.
 A stream seen for the first time reports no gap: what was published before a
 subscriber joined is not the subscriber's loss.
+
+Hot paths handle the in-order case inline (``expected[key] == seq``: set it to
+``seq + 1``) and call ``observe`` for everything else; they refresh a stream's
+recency once per 64 in-order arrivals, so eviction forgets the streams least
+recently refreshed, which a busy stream never is for long.
 """
 
 from __future__ import annotations
@@ -24,13 +29,16 @@ StreamKey = tuple[str, int, int, str]  # (sender, epoch, stream, topic)
 class GapTracker:
     """Tracks the next expected sequence number of each stream."""
 
-    __slots__ = ("_by_sender", "_next", "forgotten", "gaps", "max_streams", "out_of_order")
+    __slots__ = ("_by_sender", "_next", "expected", "forgotten", "gaps", "max_streams",
+                 "out_of_order")
 
     def __init__(self, *, max_streams: int = 4096) -> None:
         if max_streams < 1:
             raise ValueError("max_streams must be at least 1")
         self.max_streams = max_streams
         self._next: OrderedDict[StreamKey, int] = OrderedDict()
+        self.expected = self._next
+        """Per stream, the sequence number expected next (least recent first)."""
         self._by_sender: dict[str, int] = {}
         self.gaps = 0
         """Messages known to be missing, over all streams."""

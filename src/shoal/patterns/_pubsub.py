@@ -21,7 +21,7 @@ Never here: waiting on a slow subscriber (PUB does not block), re-encoding bodie
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from time import time_ns
@@ -30,9 +30,18 @@ from typing import Any, Literal, overload
 import trio
 import zmq
 
-from shoal._core import GapTracker, Identity, Kind, Message, encode_topic, fast_decoder
+from shoal._core import (
+    SPLIT_AT,
+    GapTracker,
+    Identity,
+    Kind,
+    Message,
+    encode_topic,
+    fast_decoder,
+    pack_tail,
+)
 from shoal._zmq import DEFAULT_LINGER_MS, Socket
-from shoal.errors import LocalProtocolError
+from shoal.errors import LocalProtocolError, MessageTooLarge
 from shoal.patterns._common import (
     DEFAULT_BATCH,
     BufferedReceiver,
@@ -92,14 +101,29 @@ class SubscriberStatistics:
     """Messages that arrived with a sequence number already passed."""
 
 
+PublishItem = tuple[str, Any] | tuple[str, Any, Mapping[str, Any] | None]
+"""What ``publish_many`` takes: ``(topic, body)`` or ``(topic, body, headers)``."""
+
+
+def _item(item: Any) -> tuple[str, Any, Mapping[str, Any] | None]:
+    if isinstance(item, tuple) and len(item) == 2:
+        return item[0], item[1], None
+    if isinstance(item, tuple) and len(item) == 3:
+        return item
+    raise LocalProtocolError(f"publish_many takes (topic, body) or (topic, body, headers) "
+                             f"tuples, not {item!r}")
+
+
 class Publisher(SocketResource):
     """Publishes messages on topics. Make one with ``open_publisher``."""
 
     def __init__(self, sock: Socket, identity: Identity | None) -> None:
         self._sock = sock
         self._enc = stream_encoder(identity, sock)
-        # topic -> [encoded topic + NUL, next seq]; one counter per distinct topic
+        # topic -> [topic + NUL, next seq, topic + NUL + raw header prefix]
         self._topics: dict[str, list[Any]] = {}
+        self._raw_prefix = self._enc.raw_prefix[Kind.PUBLISH]
+        self._max = sock.max_message_size
         self._published = 0
         self._subscribers: set[bytes] = set()
 
@@ -138,6 +162,37 @@ class Publisher(SocketResource):
                 return
             await self._sock.wait_receivable()
 
+    def _encode(self, topic: str, body: Any,
+                headers: Mapping[str, Any] | None) -> bytes | tuple[bytes, bytes]:
+        """Encode the next publication on ``topic`` and take its sequence number.
+        Raises ``EncodeError`` before taking one."""
+        entry = self._topics.get(topic)
+        if entry is None:
+            topic_z = encode_topic(topic) + b"\0"
+            entry = [topic_z, 0, topic_z + self._raw_prefix]
+        seq = entry[1]
+        if type(body) is bytes and headers is None and len(body) < SPLIT_AT:
+            frame: bytes | tuple[bytes, bytes] = b"".join(
+                (entry[2], pack_tail(seq, time_ns(), 0), body))
+            if len(frame) > self._max:
+                raise MessageTooLarge(len(frame), self._max)
+        else:
+            head, big = self._enc.encode_parts(Kind.PUBLISH, entry[0], body, seq, time_ns(),
+                                               0, headers)
+            frame = head if big is None else (head, big)
+        entry[1] = seq + 1
+        if seq == 0:
+            self._topics[topic] = entry
+        return frame
+
+    def _sent(self, n: int) -> None:
+        before = self._published
+        self._published += n
+        if (before >> 8) != (self._published >> 8):
+            # XPUB queues subscription changes for us to read: take them now and then
+            # so that subscriber churn cannot pile them up when nobody asks.
+            self._read_subscriptions()
+
     def publish_nowait(
         self, topic: str, body: Any, *, headers: Mapping[str, Any] | None = None
     ) -> None:
@@ -146,20 +201,13 @@ class Publisher(SocketResource):
         Raises ``EncodeError`` for a topic or body that cannot be sent (nothing is sent
         and no sequence number is used), ``ClosedError`` once closed.
         """
-        entry = self._topics.get(topic)
-        if entry is None:
-            entry = [encode_topic(topic) + b"\0", 0]
-        seq = entry[1]
-        frame = self._enc.encode(Kind.PUBLISH, entry[0], body, seq, time_ns(), 0, headers)
-        self._sock.send_nowait(frame)
-        entry[1] = seq + 1
-        if seq == 0:
-            self._topics[topic] = entry
-        self._published += 1
-        if not self._published & 255:
-            # XPUB queues subscription changes for us to read: take them now and then
-            # so that subscriber churn cannot pile them up when nobody asks.
-            self._read_subscriptions()
+        self._sock.check_open("publish")
+        frame = self._encode(topic, body, headers)
+        if type(frame) is bytes:
+            self._sock.send_nowait(frame)
+        else:
+            self._sock.send_split_nowait(None, *frame)
+        self._sent(1)
 
     async def publish(
         self, topic: str, body: Any, *, headers: Mapping[str, Any] | None = None
@@ -174,6 +222,33 @@ class Publisher(SocketResource):
         self.publish_nowait(topic, body, headers=headers)
         if self._sock.due_to_yield():
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def publish_many_nowait(self, items: Iterable[PublishItem]) -> None:
+        """Publish every item, in order, without a checkpoint: ``(topic, body)`` or
+        ``(topic, body, headers)`` each. Never blocks (PUB drops at its high-water
+        mark, as ``publish`` does).
+
+        Every item is encoded first: ``EncodeError`` (or ``LocalProtocolError`` for an
+        item that is not such a tuple) means nothing was sent. Items already encoded
+        keep their sequence numbers, so subscribers count those as a gap.
+        """
+        self._sock.check_open("publish")
+        frames = [self._encode(*_item(it)) for it in items]
+        sock = self._sock
+        done = 0
+        while done < len(frames):  # PUB refuses nothing; the loop is for XPUB_NODROP
+            sent = sock.send_batch_nowait(frames, done)
+            if not sent:
+                raise trio.WouldBlock
+            done += sent
+        self._sent(done)
+
+    async def publish_many(self, items: Iterable[PublishItem]) -> None:
+        """The batch form of ``publish``: one scheduling point for the whole batch.
+        Same items and errors as ``publish_many_nowait``."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self.publish_many_nowait(items)
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     def statistics(self) -> PublisherStatistics:
         """An immutable snapshot of this resource's counters."""
@@ -193,19 +268,17 @@ class Subscriber(BufferedReceiver[Message]):
         self._gaps = GapTracker(max_streams=max_streams)
         self._prefixes: set[str] = set()
         self._marker = _MARKER + os.urandom(16)
-        fast = fast_decoder(Kind.PUBLISH, topic=True)
-        append = self._buffer.append
         check = self._malformed.check_frame
+        append = self._buffer.append
         observe = self._gaps.observe
 
-        def accept(frame: bytes) -> None:
-            msg = fast(frame)
-            if msg is None:
-                msg = check(sock, frame, _PUBLISH, "subscriber")
-                if msg is None:
-                    return
-            observe((msg.sender, msg.epoch, msg.stream, msg.topic), msg.seq)
-            append(msg)
+        def slow(frame: bytes) -> None:
+            msg = check(sock, frame, _PUBLISH, "subscriber")
+            if msg is not None:
+                observe((msg.sender, msg.epoch, msg.stream, msg.topic), msg.seq)
+                append(msg)
+        accept = fast_decoder(Kind.PUBLISH, topic=True, deliver=append, fallback=slow,
+                              gaps=self._gaps)
         self._accept_frame = accept
 
     def _announce(self) -> None:
