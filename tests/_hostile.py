@@ -84,26 +84,42 @@ _MSGPACK_BOMBS = (b"\xdb", b"\xc6", b"\xdd", b"\xdf", b"\xc9")  # str32 bin32 ar
 
 
 def envelope_reason(frames: list[bytes], kinds: Sequence[Kind]) -> str | None:
-    """A receiver taking one envelope frame of ``kinds`` (``MalformedCounter.check``)."""
-    if len(frames) != 1:
-        return "frame-count"
+    """A receiver taking one message of ``kinds`` (``MalformedCounter.check_frame``):
+    one frame, or a first frame announcing a split body and that body; any other
+    frame count is a ``frame-count``."""
     try:
         msg = decode(frames[0])
     except DecodeError as exc:
-        return exc.reason
+        if exc.reason != "frame-count" or len(frames) == 1:
+            return exc.reason if len(frames) == 1 else "frame-count"
+        try:
+            msg = decode(frames[0], frames[1:])
+        except DecodeError as exc2:
+            return exc2.reason
+    else:
+        if len(frames) != 1:
+            return "frame-count"
     return None if msg.kind in kinds else "unexpected-kind"
 
 
 def frame_by_frame_reason(frames: list[bytes], kinds: Sequence[Kind]) -> Reasons | None:
     """A receiver of one-frame messages that reads plain frames (puller, subscriber):
-    each frame of a multi-frame message is judged as a message of its own. None if
-    any frame would be delivered (the hostile peer then does not send it)."""
+    each frame of a multi-frame message is judged as a message of its own, except
+    that a frame announcing a split body takes the frames after it as that body.
+    None if any would be delivered (the hostile peer then does not send it)."""
     reasons = []
-    for frame in frames:
-        reason = envelope_reason([frame], kinds)
+    for i in range(len(frames)):
+        split = False
+        try:
+            decode(frames[i])
+        except DecodeError as exc:
+            split = exc.reason == "frame-count" and i + 1 < len(frames)
+        reason = envelope_reason(frames[i:] if split else [frames[i]], kinds)
         if reason is None:
             return None
         reasons.append(reason)
+        if split:
+            break
     return reasons[0] if len(reasons) == 1 else tuple(reasons)
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Generic, Self, TypeVar
 
 import trio
@@ -28,7 +29,8 @@ from shoal.errors import ClosedError, DecodeError, LocalProtocolError
 
 __all__ = [
     "DEFAULT_BATCH", "BufferedReceiver", "Endpoints", "MalformedCounter", "SocketResource",
-    "check_limits", "endpoint_list", "open_socket", "stream_encoder",
+    "check_busy_poll", "check_limits", "endpoint_list", "open_socket", "stream_encoder",
+    "with_busy_poll",
 ]
 
 log = logging.getLogger("shoal")
@@ -96,6 +98,35 @@ def open_socket(
                        options=options)
 
 
+R = TypeVar("R")
+
+
+def check_busy_poll(busy_poll: object) -> float:
+    """Refuse a ``busy_poll=`` that is not a number of seconds >= 0."""
+    if (isinstance(busy_poll, bool) or not isinstance(busy_poll, int | float)
+            or not busy_poll >= 0 or busy_poll == float("inf")):
+        raise LocalProtocolError(f"busy_poll is a number of seconds >= 0 (0: off), not "
+                                 f"{busy_poll!r}")
+    return float(busy_poll)
+
+
+def with_busy_poll(
+    cm: AbstractAsyncContextManager[R], busy_poll: float
+) -> AbstractAsyncContextManager[R]:
+    """``cm``, whose resource's socket busy-polls for ``busy_poll`` seconds before
+    parking on its FD (see ``Socket.busy_poll``). Checked before anything opens."""
+    if check_busy_poll(busy_poll) == 0.0:
+        return cm
+    return _busy_polling(cm, busy_poll)
+
+
+@asynccontextmanager
+async def _busy_polling(cm: AbstractAsyncContextManager[R], busy_poll: float) -> AsyncIterator[R]:
+    async with cm as resource:
+        resource._sock.busy_poll = busy_poll  # type: ignore[attr-defined]
+        yield resource
+
+
 class MalformedCounter:
     """Counts dropped input by reason, and logs it at DEBUG."""
 
@@ -117,21 +148,29 @@ class MalformedCounter:
         self, sock: Socket, frame: bytes, kinds: tuple[Kind, ...], where: str,
         more: bool = False,
     ) -> Message | None:
-        """Decode a message whose first frame ``drain`` handed over, taking the rest of
-        it from ``sock`` when it is split (or when ``more`` says frames follow);
-        otherwise like ``check``."""
-        rest: Sequence[Any] = sock.take_rest() if more else ()
+        """Decode a message whose first frame ``drain`` handed over; otherwise like
+        ``check``. A first frame that announces a split body takes the rest of the
+        message from ``sock``. ``more`` (routers, which must always know): frames
+        follow; unless the first frame announces them, that is a ``frame-count``."""
+        rest: Sequence[Any] = ()
         try:
             try:
-                msg = decode(frame, rest)
+                msg = decode(frame)
             except DecodeError as exc:
-                if exc.reason != "frame-count" or rest:
+                if exc.reason != "frame-count":
                     raise
                 rest = sock.take_rest()  # a split message: its body follows
                 if not rest:
                     raise
                 msg = decode(frame, rest)
+            else:
+                if more:
+                    raise DecodeError("frame-count", "frames after a whole message")
         except DecodeError as exc:
+            if more and not rest:
+                sock.take_rest()
+                if exc.reason != "frame-count":
+                    exc = DecodeError("frame-count", f"several frames ({exc.reason})")
             self.drop_error(exc, where)
             return None
         if rest and sock.inproc:  # libzmq applies the size bound on tcp and ipc only
@@ -197,6 +236,13 @@ class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
 
     _accept_frame: Callable[[bytes], None] | None = None
 
+    def _accept_routed(self, route: bytes, frame: bytes, more: bool) -> None:
+        """Routers (``_routed = True``) implement this instead: one message, drained
+        by ``Socket.drain_routed``."""
+        raise NotImplementedError
+
+    _routed = False
+
     def __init__(self, sock: Socket, *, batch: int = DEFAULT_BATCH) -> None:
         check_limits(high_water_mark=0, batch=batch)
         self._sock = sock
@@ -221,6 +267,14 @@ class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
         """Drain what is queued into the buffer; return how many raw messages came."""
         sock = self._sock
         accept_frame = self._accept_frame
+        if self._routed:
+            before = len(self._buffer)
+            accept_routed: Callable[[bytes, bytes, bool], None] = self._accept_routed
+            if sock.inproc:
+                accept_routed = self._bounded_routed(accept_routed)
+            n = sock.drain_routed(self._batch, accept_routed)
+            self._received += len(self._buffer) - before
+            return n
         if accept_frame is not None:
             if sock.inproc:
                 accept_frame = self._bounded(accept_frame)
@@ -243,6 +297,20 @@ class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
                 continue
             accept(frames)
         return len(raws)
+
+    def _bounded_routed(
+        self, accept: Callable[[bytes, bytes, bool], None]
+    ) -> Callable[[bytes, bytes, bool], None]:
+        limit = self._sock.max_message_size
+        malformed = self._malformed
+        where = type(self).__name__
+
+        def bounded(route: bytes, frame: bytes, more: bool) -> None:
+            if len(frame) > limit:
+                malformed.drop("too-large", where, f"{len(frame)} bytes > {limit}")
+            else:
+                accept(route, frame, more)
+        return bounded
 
     def _bounded(self, accept: Callable[[bytes], None]) -> Callable[[bytes], None]:
         """``accept`` behind the size bound that libzmq does not apply on inproc."""

@@ -49,6 +49,7 @@ from shoal.patterns._common import (
     SocketResource,
     open_socket,
     stream_encoder,
+    with_busy_poll,
 )
 from shoal.patterns._reliable_pubsub import (
     ReliablePublisher,
@@ -327,7 +328,7 @@ class Subscriber(BufferedReceiver[Message]):
 def open_publisher(
     *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
     high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[False] = False,
+    linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[False] = False, busy_poll: float = 0.0,
 ) -> AbstractAsyncContextManager[Publisher]: ...
 
 
@@ -335,7 +336,8 @@ def open_publisher(
 def open_publisher(
     *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
     high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[True], window: int = 8192,
+    linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[True],
+    busy_poll: float = 0.0, window: int = 8192,
     rto: float = 0.5, grace: float = 10.0, max_subscribers: int = 1024,
 ) -> AbstractAsyncContextManager[ReliablePublisher]: ...
 
@@ -343,7 +345,8 @@ def open_publisher(
 def open_publisher(
     *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
     high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    linger_ms: int = DEFAULT_LINGER_MS, reliable: bool = False, window: int = 8192,
+    linger_ms: int = DEFAULT_LINGER_MS, reliable: bool = False,
+    busy_poll: float = 0.0, window: int = 8192,
     rto: float = 0.5, grace: float = 10.0, max_subscribers: int = 1024,
 ) -> AbstractAsyncContextManager[Publisher] | AbstractAsyncContextManager[ReliablePublisher]:
     """Open a publisher bound to and/or connected to the given endpoints.
@@ -362,13 +365,14 @@ def open_publisher(
         if connect is not None:
             raise LocalProtocolError("a reliable publisher binds and reliable subscribers "
                                      "connect to it: pass bind=[...], not connect=")
-        return open_reliable_publisher(
+        cm1 = open_reliable_publisher(
             bind=bind, identity=identity, high_water_mark=high_water_mark, window=window,
             rto=rto, grace=grace, max_subscribers=max_subscribers, context=context,
             linger_ms=linger_ms)
-    return _open_publisher(bind=bind, connect=connect, identity=identity,
-                           high_water_mark=high_water_mark, context=context,
-                           linger_ms=linger_ms)
+        return with_busy_poll(cm1, busy_poll)
+    cm2 = _open_publisher(bind=bind, connect=connect, identity=identity,
+                          high_water_mark=high_water_mark, context=context, linger_ms=linger_ms)
+    return with_busy_poll(cm2, busy_poll)
 
 
 @asynccontextmanager
@@ -389,6 +393,7 @@ def open_subscriber(
     *, bind: Endpoints = None, connect: Endpoints = None, topics: Sequence[str] = ("",),
     high_water_mark: int = 1000, batch: int = DEFAULT_BATCH, max_streams: int = 4096,
     context: zmq.Context[zmq.Socket[bytes]] | None = None, reliable: Literal[False] = False,
+    busy_poll: float = 0.0,
 ) -> AbstractAsyncContextManager[Subscriber]: ...
 
 
@@ -397,6 +402,7 @@ def open_subscriber(
     *, bind: Endpoints = None, connect: Endpoints = None, topics: Sequence[str] = ("",),
     high_water_mark: int = 1000, batch: int = DEFAULT_BATCH, max_streams: int = 4096,
     context: zmq.Context[zmq.Socket[bytes]] | None = None, reliable: Literal[True],
+    busy_poll: float = 0.0,
     identity: Identity | None = None, heartbeat: float = 0.5,
 ) -> AbstractAsyncContextManager[ReliableSubscriber]: ...
 
@@ -405,6 +411,7 @@ def open_subscriber(
     *, bind: Endpoints = None, connect: Endpoints = None, topics: Sequence[str] = ("",),
     high_water_mark: int = 1000, batch: int = DEFAULT_BATCH, max_streams: int = 4096,
     context: zmq.Context[zmq.Socket[bytes]] | None = None, reliable: bool = False,
+    busy_poll: float = 0.0,
     identity: Identity | None = None, heartbeat: float = 0.5,
 ) -> AbstractAsyncContextManager[Subscriber] | AbstractAsyncContextManager[ReliableSubscriber]:
     """Open a subscriber receiving every topic that starts with one of ``topics``.
@@ -422,13 +429,15 @@ def open_subscriber(
             raise LocalProtocolError("a reliable subscriber connects to its publishers: "
                                      "pass connect=[...] (the publishers bind), not bind=")
         check_subscriber_args(topics, max_streams)
-        return open_reliable_subscriber(
+        cm3 = open_reliable_subscriber(
             connect=connect, topics=topics, identity=identity,
             high_water_mark=high_water_mark, batch=batch, max_streams=max_streams,
             heartbeat=heartbeat, context=context)
-    return _open_subscriber(bind=bind, connect=connect, topics=topics,
-                            high_water_mark=high_water_mark, batch=batch,
-                            max_streams=max_streams, context=context)
+        return with_busy_poll(cm3, busy_poll)
+    cm4 = _open_subscriber(bind=bind, connect=connect, topics=topics,
+                           high_water_mark=high_water_mark, batch=batch,
+                           max_streams=max_streams, context=context)
+    return with_busy_poll(cm4, busy_poll)
 
 
 @asynccontextmanager

@@ -31,6 +31,7 @@ from shoal.patterns._common import (
     SocketResource,
     open_socket,
     stream_encoder,
+    with_busy_poll,
 )
 from shoal.patterns._reliable_pushpull import (
     ManualAckPuller,
@@ -206,7 +207,7 @@ class Puller(BufferedReceiver[Message]):
 def open_pusher(
     *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
     high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[False] = False,
+    linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[False] = False, busy_poll: float = 0.0,
 ) -> AbstractAsyncContextManager[Pusher]: ...
 
 
@@ -214,7 +215,8 @@ def open_pusher(
 def open_pusher(
     *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
     high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[True], window: int = 1024,
+    linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[True], busy_poll: float = 0.0,
+    window: int = 1024,
     rto: float = 0.5, max_attempts: int = 10, give_up_after: float | None = None,
     outbox: str | os.PathLike[str] | None = None,
 ) -> AbstractAsyncContextManager[ReliablePusher]: ...
@@ -223,7 +225,8 @@ def open_pusher(
 def open_pusher(
     *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
     high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    linger_ms: int = DEFAULT_LINGER_MS, reliable: bool = False, window: int = 1024,
+    linger_ms: int = DEFAULT_LINGER_MS, reliable: bool = False, busy_poll: float = 0.0,
+    window: int = 1024,
     rto: float = 0.5, max_attempts: int = 10, give_up_after: float | None = None,
     outbox: str | os.PathLike[str] | None = None,
 ) -> AbstractAsyncContextManager[Pusher] | AbstractAsyncContextManager[ReliablePusher]:
@@ -249,13 +252,14 @@ def open_pusher(
         if bind is not None:
             raise LocalProtocolError("a reliable pusher connects to its pullers: pass "
                                      "connect=[...] (the pullers bind), not bind=")
-        return open_reliable_pusher(
+        cm1 = open_reliable_pusher(
             connect=connect, identity=identity, high_water_mark=high_water_mark,
             window=window, rto=rto, max_attempts=max_attempts, give_up_after=give_up_after,
             context=context, linger_ms=linger_ms, outbox=outbox)
-    return _open_pusher(bind=bind, connect=connect, identity=identity,
-                        high_water_mark=high_water_mark, context=context,
-                        linger_ms=linger_ms)
+        return with_busy_poll(cm1, busy_poll)
+    cm2 = _open_pusher(bind=bind, connect=connect, identity=identity,
+                       high_water_mark=high_water_mark, context=context, linger_ms=linger_ms)
+    return with_busy_poll(cm2, busy_poll)
 
 
 @asynccontextmanager
@@ -274,7 +278,7 @@ async def _open_pusher(
 def open_puller(
     *, bind: Endpoints = None, connect: Endpoints = None, high_water_mark: int = 1000,
     batch: int = DEFAULT_BATCH, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    reliable: Literal[False] = False,
+    reliable: Literal[False] = False, busy_poll: float = 0.0,
 ) -> AbstractAsyncContextManager[Puller]: ...
 
 
@@ -282,7 +286,7 @@ def open_puller(
 def open_puller(
     *, bind: Endpoints = None, connect: Endpoints = None, high_water_mark: int = 1000,
     batch: int = DEFAULT_BATCH, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    reliable: Literal[True], manual_ack: Literal[False] = False,
+    reliable: Literal[True], busy_poll: float = 0.0, manual_ack: Literal[False] = False,
     identity: Identity | None = None, max_streams: int = 4096,
 ) -> AbstractAsyncContextManager[ReliablePuller]: ...
 
@@ -291,7 +295,7 @@ def open_puller(
 def open_puller(
     *, bind: Endpoints = None, connect: Endpoints = None, high_water_mark: int = 1000,
     batch: int = DEFAULT_BATCH, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    reliable: Literal[True], manual_ack: Literal[True],
+    reliable: Literal[True], busy_poll: float = 0.0, manual_ack: Literal[True],
     identity: Identity | None = None, max_streams: int = 4096,
 ) -> AbstractAsyncContextManager[ManualAckPuller]: ...
 
@@ -299,8 +303,8 @@ def open_puller(
 def open_puller(
     *, bind: Endpoints = None, connect: Endpoints = None, high_water_mark: int = 1000,
     batch: int = DEFAULT_BATCH, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    reliable: bool = False, manual_ack: bool = False, identity: Identity | None = None,
-    max_streams: int = 4096,
+    reliable: bool = False, busy_poll: float = 0.0, manual_ack: bool = False,
+    identity: Identity | None = None, max_streams: int = 4096,
 ) -> (AbstractAsyncContextManager[Puller] | AbstractAsyncContextManager[ReliablePuller]
       | AbstractAsyncContextManager[ManualAckPuller]):
     """Open a puller: ``async for msg in pull`` yields each work item sent to it.
@@ -316,18 +320,21 @@ def open_puller(
             raise LocalProtocolError("a reliable puller binds and reliable pushers connect "
                                      "to it: pass bind=[...], not connect=")
         if manual_ack:
-            return open_reliable_puller(bind=bind, identity=identity,
-                                        high_water_mark=high_water_mark, batch=batch,
-                                        max_streams=max_streams, manual_ack=True,
-                                        context=context)
-        return open_reliable_puller(bind=bind, identity=identity,
-                                    high_water_mark=high_water_mark, batch=batch,
-                                    max_streams=max_streams, context=context)
+            cm3 = open_reliable_puller(bind=bind, identity=identity,
+                                       high_water_mark=high_water_mark, batch=batch,
+                                       max_streams=max_streams, manual_ack=True,
+                                       context=context)
+            return with_busy_poll(cm3, busy_poll)
+        cm4 = open_reliable_puller(bind=bind, identity=identity,
+                                   high_water_mark=high_water_mark, batch=batch,
+                                   max_streams=max_streams, context=context)
+        return with_busy_poll(cm4, busy_poll)
     if manual_ack:
         raise LocalProtocolError("manual_ack=True needs reliable=True (a best-effort "
                                  "puller acknowledges nothing)")
-    return _open_puller(bind=bind, connect=connect, high_water_mark=high_water_mark,
-                        batch=batch, context=context)
+    cm5 = _open_puller(bind=bind, connect=connect, high_water_mark=high_water_mark,
+                       batch=batch, context=context)
+    return with_busy_poll(cm5, busy_poll)
 
 
 @asynccontextmanager
