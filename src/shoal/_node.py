@@ -91,7 +91,7 @@ from shoal._tasks import open_service_nursery
 from shoal._zmq import DEFAULT_LINGER_MS, DEFAULT_MAX_MESSAGE_SIZE, Socket
 from shoal.discovery._interfaces import local_networks, multicast_addresses
 from shoal.errors import ClosedError, DecodeError, LocalProtocolError, ShoalError
-from shoal.patterns._common import DEFAULT_BATCH, MalformedCounter, check_limits
+from shoal.patterns._common import DEFAULT_BATCH, MalformedCounter, check_busy_poll, check_limits
 from shoal.patterns._pubsub import (
     Publisher,
     Subscriber,
@@ -312,8 +312,10 @@ class Node:
         self, name: str, identity: Identity, *, addresses: Sequence[str], bind_host: str,
         port: int, heartbeat: float, peer_timeout: float, linger_ms: int,
         security: Security | None = None, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        busy_poll: float = 0.0,
     ) -> None:
         self.name = name
+        self._busy_poll = busy_poll
         self.security = security
         """The node's CURVE key pair and trust policy; None for a plaintext node."""
         self.identity = identity
@@ -338,7 +340,7 @@ class Node:
                 self._zap = ZapHandler(security.zap_trust)
                 self._zap.bind(self._ctx)
             self._control = self._socket(zmq.ROUTER, [(zmq.RCVHWM, 10_000)], linger_ms=0,
-                                         server=True)
+                                         server=True, data=False)
         except BaseException:
             if self._zap is not None:
                 self._zap.close()
@@ -473,7 +475,8 @@ class Node:
         return int(endpoint.rsplit(":", 1)[1])
 
     def _socket(self, kind: int, options: Sequence[tuple[int, int | bytes]], *,
-                linger_ms: int, bind: bool = False, server: bool = False) -> Socket:
+                linger_ms: int, bind: bool = False, server: bool = False,
+                data: bool = True) -> Socket:
         if self._closed:
             raise ClosedError("this node is closed; open a new one")
         curve: list[tuple[int, int | bytes]] = []
@@ -481,9 +484,12 @@ class Node:
             # a socket that binds is a CURVE server, one that connects a client
             curve = (self.security.server_options() if bind or server
                      else self.security.client_options())
-        return Socket.open(kind, bind=[f"tcp://{self._bind_host}:*"] if bind else [],
+        sock = Socket.open(kind, bind=[f"tcp://{self._bind_host}:*"] if bind else [],
                            context=self._ctx, linger_ms=linger_ms,
                            options=[*_TCP_OPTIONS, *curve, *options])
+        if data:  # the application's channels; the node's own sockets never spin
+            sock.busy_poll = self._busy_poll
+        return sock
 
     # -- control links --------------------------------------------------------------------
 
@@ -528,7 +534,7 @@ class Node:
 
     def _open_link(self, endpoint: str, key: bytes | None, *, persistent: bool,
                    expires: float) -> _Link:
-        sock = self._socket(zmq.DEALER, [(zmq.SNDHWM, 8)], linger_ms=200)
+        sock = self._socket(zmq.DEALER, [(zmq.SNDHWM, 8)], linger_ms=200, data=False)
         link = _Link(sock, persistent=persistent, expires=expires, key=key)
         try:
             if key is not None and self._nursery is not None:
@@ -749,7 +755,7 @@ class Node:
             if key is None:
                 raise LocalProtocolError(f"no public key known for {endpoint}: pass "
                                          "server_key=")
-        sock = self._socket(zmq.DEALER, [(zmq.SNDHWM, 8)], linger_ms=0)
+        sock = self._socket(zmq.DEALER, [(zmq.SNDHWM, 8)], linger_ms=0, data=False)
         try:
             if key is None:
                 sock.connect(endpoint)
@@ -1288,6 +1294,7 @@ async def open_node(
     peer_timeout: float = DEFAULT_PEER_TIMEOUT,
     security: Security | None = None,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    busy_poll: float = 0.0,
 ) -> AsyncIterator[Node]:
     """Open a node: this process's presence on the network, with patterns by channel.
 
@@ -1306,7 +1313,9 @@ async def open_node(
     talk to each other. ``max_message_size``: the largest message (bytes, envelope
     included) the node's sockets accept from peers and let the application send
     (``MessageTooLarge`` beyond; default 16 MiB; -1 for no limit); give every node
-    of a system the same value.
+    of a system the same value. ``busy_poll``: seconds each of the node's channels
+    spins reading its socket before it sleeps (0, the default: never; see the
+    README's "Busy polling").
 
     Leaving the block says goodbye to every peer and closes the node's sockets.
     Raises ``LocalProtocolError`` for bad arguments, ``TransportError`` if the
@@ -1328,6 +1337,7 @@ async def open_node(
             or max_message_size == 0):
         raise LocalProtocolError("max_message_size is a number of bytes > 0, or -1 for "
                                  f"no limit; not {max_message_size!r}")
+    busy_poll = check_busy_poll(busy_poll)
     if security is not None and not isinstance(security, Security):
         raise LocalProtocolError(f"security= takes shoal.security.Security(keypair, trust), "
                                  f"not {security!r}")
@@ -1340,7 +1350,7 @@ async def open_node(
     identity = Identity(sender=nid, epoch=new_identity().epoch)
     node = Node(name, identity, addresses=addresses, bind_host=bind_host, port=port,
                 heartbeat=heartbeat, peer_timeout=peer_timeout, linger_ms=DEFAULT_LINGER_MS,
-                security=security, max_message_size=max_message_size)
+                security=security, max_message_size=max_message_size, busy_poll=busy_poll)
     try:
         async with open_service_nursery() as nursery:
             node._nursery = nursery

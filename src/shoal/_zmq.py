@@ -520,14 +520,18 @@ class Socket:
         out: list[list[bytes]] = []
         sock = self._sock
         quiet = 0
-        self._woke = False
+        ask = _ASK_EVENTS_BELOW
+        if self._woke:  # as in drain(): try at once, and take just the one
+            self._woke = False
+            limit = 1
+            ask = 0
         try:
             # pyzmq's zmq.Again costs about two EVENTS reads (measured), so ask EVENTS
             # while the batch is small (the latency path: one message, or none) and let
             # Again end the long batches. Reading EVENTS consumes the edge just as a
             # failed recv does, so a caller may wait on the FD after an empty result.
             while len(out) < limit:
-                if len(out) < _ASK_EVENTS_BELOW and not _raw_get(sock, _EVENTS) & POLLIN:
+                if len(out) < ask and not _raw_get(sock, _EVENTS) & POLLIN:
                     quiet = POLLIN
                     break
                 # A zero-copy Frame tells ``more`` without a getsockopt(RCVMORE) call,
