@@ -2,7 +2,7 @@
 
 Usage (from the repository root, with shoal installed in the active environment)::
 
-    python benchmarks/run.py                  # full run, about 3 minutes on 2 cores
+    python benchmarks/run.py                  # full run, 3 to 4 minutes on 2 cores
     python benchmarks/run.py --quick          # short run, under a minute
     python benchmarks/run.py --json out.json  # also write every round's figures as JSON
     python benchmarks/run.py --only rr,pp --sizes 64 --rounds 7
