@@ -78,7 +78,7 @@ NOWHERE = "tcp://127.0.0.1:9"
 REASONS = frozenset({
     "no-topic-delimiter", "topic-not-utf8", "truncated-header", "unsupported-version",
     "unknown-kind", "unknown-flags", "truncated-headers", "bad-headers-length",
-    "headers-not-a-map", "headers-key-not-str", "malformed",
+    "headers-not-a-map", "headers-key-not-str", "malformed", "frame-count",
 })
 """Every ``DecodeError.reason`` the envelope decoder documents (stable labels)."""
 

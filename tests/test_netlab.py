@@ -148,6 +148,8 @@ def test_multicast_crosses_the_bridge(lab3: Lab) -> None:
 def test_link_down_isolates_and_link_up_restores(lab3: Lab) -> None:
     a, b, _ = lab3.hosts
     if shutil.which("ping") is None:
+        # probes go both ways below: each end needs its listener
+        start_listener(a)
         start_listener(b)
     assert can_reach(a, b)
     b.link_down()

@@ -406,19 +406,32 @@ def fast_decoder(
     refresh = expected.move_to_end
     check_gaps = gaps is not None
 
+    # What a stream's frames share, from the topic to the stream number, mapped to
+    # its topic name, sender id and gap key, decoded once instead of per message.
+    streams: dict[bytes, tuple[str, str, tuple[str, int, int, str]]] = {}
+    streams_get = streams.get
+    ident = at - 24  # the header up to and including the stream number
+
     def accept_topical(frame: bytes) -> None:
         z = frame.find(b"\0", 0, MAX_TOPIC + 1)
         if z >= 0 and len(frame) - z >= at:
             word, sender, epoch, stream, seq, ts, corr = unpack(frame, z)
             if word & 0xFFFFFF == expect:
-                try:
-                    name = frame[:z].decode()
-                except UnicodeDecodeError:
-                    fallback(frame)
-                    return
-                sid = sender.hex()
+                skey = frame[:z + ident]
+                known = streams_get(skey)
+                if known is None:
+                    try:
+                        name = frame[:z].decode()
+                    except UnicodeDecodeError:
+                        fallback(frame)
+                        return
+                    sid = sender.hex()
+                    known = (name, sid, (sid, epoch, stream, name))
+                    if len(streams) >= _MAX_KNOWN_STREAMS:
+                        streams.clear()  # bounded: a flood of ids only costs decoding
+                    streams[skey] = known
+                name, sid, key = known
                 if check_gaps:
-                    key = (sid, epoch, stream, name)
                     if expected_get(key) == seq:
                         expected[key] = seq + 1
                         if not seq & _REFRESH_EVERY:
@@ -432,5 +445,6 @@ def fast_decoder(
     return accept_topical
 
 
+_MAX_KNOWN_STREAMS: Final = 4096
 _REFRESH_EVERY: Final = 63
 """In-order arrivals refresh their stream's recency once per 64 (see ``GapTracker``)."""

@@ -38,12 +38,13 @@ from typing import Any
 import trio
 import zmq
 
-from shoal._core import Identity, Kind, Message
+from shoal._core import Identity, Kind, Message, pack_tail
 from shoal._zmq import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal.errors import (
     ClosedError,
     EncodeError,
     LocalProtocolError,
+    MessageTooLarge,
     PeerLost,
     RemoteError,
 )
@@ -136,6 +137,8 @@ class Requester(SocketResource):
     ) -> None:
         self._sock = sock
         self._enc = stream_encoder(identity, sock)
+        self._head = b"\0" + self._enc.raw_prefix[Kind.REQUEST]
+        self._max = sock.max_message_size
         self._batch = batch
         self._routed = routed
         self._frames = 2 if routed else 1
@@ -183,13 +186,24 @@ class Requester(SocketResource):
             raise LocalProtocolError("retries is an int >= 0 and retry_after a number of "
                                      "seconds > 0")
         rid = self._next_id
-        frame = self._enc.encode(Kind.REQUEST, b"\0", body, rid, time_ns(), rid, headers)
+        if type(body) is bytes and headers is None:  # the hot path: one join
+            frame = b"".join((self._head, pack_tail(rid, time_ns(), rid), body))
+            if len(frame) > self._max:
+                raise MessageTooLarge(len(frame), self._max)
+        else:
+            frame = self._enc.encode(Kind.REQUEST, b"\0", body, rid, time_ns(), rid, headers)
         self._next_id = rid + 1
         slot = _Pending()
         self._pending[rid] = slot
         try:
-            await self._send_request(slot, frame)
+            if self._routed:
+                slot.route = await self._send_routed(frame)
+            else:
+                await self._sock.send(frame)
             self._sent += 1
+            if not retries and not self._reading:
+                # one call in flight (the latency path): read our own reply, no hand-off
+                await self._read_until(slot)
             for _ in range(retries):
                 with trio.move_on_after(retry_after):
                     await self._await_reply(slot)
@@ -407,6 +421,8 @@ class Replier(BufferedReceiver[Request]):
                  reply_cache: int = 1024) -> None:
         super().__init__(sock, batch=batch)
         self._enc = stream_encoder(identity, sock)
+        self._reply_head = b"\0" + self._enc.raw_prefix[Kind.REPLY]
+        self._max = sock.max_message_size
         self._seq = 0
         # (sender, epoch, stream, request id) -> the answer sent, or None while handled;
         # the newest ``reply_cache`` requests, so a retry never runs the handler twice
@@ -443,15 +459,28 @@ class Replier(BufferedReceiver[Request]):
         if req._answered:
             raise LocalProtocolError(f"request {req.id} was already answered; answer once")
         await trio.lowlevel.checkpoint_if_cancelled()
-        frame = self._enc.encode(kind, b"\0", body, self._seq, time_ns(),
-                                 req.message.correlation, headers)
-        req._answered = True
         m = req.message
+        if type(body) is bytes and headers is None and kind is Kind.REPLY:  # one join
+            frame = b"".join((self._reply_head, pack_tail(self._seq, time_ns(), m.correlation),
+                              body))
+            if len(frame) > self._max:
+                raise MessageTooLarge(len(frame), self._max)
+        else:
+            frame = self._enc.encode(kind, b"\0", body, self._seq, time_ns(), m.correlation,
+                                     headers)
+        req._answered = True
         key = (m.sender, m.epoch, m.stream, m.correlation)
         if key in self._answers:
             self._answers[key] = frame  # a retry of this request gets this answer
+        sock = self._sock
         try:
-            await self._sock.send([req._identity, frame])
+            try:
+                sock.send_to_nowait(req._identity, frame)
+            except trio.WouldBlock:
+                await sock.send([req._identity, frame])  # the requester's queue is full
+            else:
+                if sock.due_to_yield():
+                    await trio.lowlevel.cancel_shielded_checkpoint()
         except PeerUnreachable:
             self._unroutable += 1
             log.debug("reply to request %d dropped: its requester has gone", req.id)
