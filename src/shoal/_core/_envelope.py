@@ -389,12 +389,21 @@ def fast_decoder(
     at = _FAST.size
 
     if not topic:
+        # sender ids, hex-spelled once each (bounded like the streams below)
+        ids: dict[bytes, str] = {}
+        ids_get = ids.get
+
         def accept_untopical(frame: bytes) -> None:
             if len(frame) >= at and not frame[0]:
                 word, sender, epoch, stream, seq, ts, corr = unpack(frame)
                 if word & 0xFFFFFF == expect:
-                    deliver(new(Message, ("", frame[at:], kind, sender.hex(), epoch, stream,
-                                          seq, ts, corr, empty)))
+                    sid = ids_get(sender)
+                    if sid is None:
+                        if len(ids) >= _MAX_KNOWN_STREAMS:
+                            ids.clear()
+                        sid = ids[sender] = sender.hex()
+                    deliver(new(Message, ("", frame[at:], kind, sid, epoch, stream, seq, ts,
+                                          corr, empty)))
                     return
             fallback(frame)
         return accept_untopical

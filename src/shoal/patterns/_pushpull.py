@@ -42,6 +42,7 @@ from shoal.patterns._reliable_pushpull import (
 )
 
 _PUSH = (Kind.PUSH,)
+_ROOM = 64  # more than a push frame's bytes besides its body (NUL + 52-byte header)
 
 __all__ = [
     "Puller",
@@ -95,6 +96,19 @@ class Pusher(SocketResource):
                                            headers)
         return head if big is None else (head, big)
 
+    def _encode_many(self, bodies: Iterable[Any]) -> list[bytes | tuple[bytes, bytes]]:
+        """Encode a batch, numbered from the next sequence number. The items of a batch
+        share one timestamp: they leave together."""
+        seq = self._seq
+        if self._max < SPLIT_AT + _ROOM:  # a small size bound: check every frame
+            return [self._encode(b, seq + i, None) for i, b in enumerate(bodies)]
+        now = time_ns()
+        head = self._head
+        join = b"".join
+        return [join((head, pack_tail(seq + i, now, 0), b))
+                if type(b) is bytes and len(b) < SPLIT_AT else self._encode(b, seq + i, None)
+                for i, b in enumerate(bodies)]
+
     def send_nowait(self, body: Any, *, headers: Mapping[str, Any] | None = None) -> None:
         """Send if ZeroMQ can take the message now, else raise ``trio.WouldBlock``
         (high-water mark reached, or no puller connected).
@@ -138,8 +152,7 @@ class Pusher(SocketResource):
 
         Every body is encoded first: ``EncodeError`` means nothing was sent.
         """
-        seq = self._seq
-        frames = [self._encode(b, seq + i, None) for i, b in enumerate(bodies)]
+        frames = self._encode_many(bodies)
         sent = self._sock.send_batch_nowait(frames) if frames else 0
         self._seq += sent
         return sent
@@ -154,9 +167,7 @@ class Pusher(SocketResource):
         were not: ``statistics().sent`` counts exactly the items sent.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        seq = self._seq
-        await self._send_frames([self._encode(b, seq + i, None)
-                                     for i, b in enumerate(bodies)])
+        await self._send_frames(self._encode_many(bodies))
 
     async def _send_frames(self, frames: list[bytes | tuple[bytes, bytes]]) -> None:
         sock = self._sock
