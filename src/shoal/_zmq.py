@@ -636,18 +636,19 @@ class Socket:
                 self._refresh()
         return n
 
-    def take_rest(self) -> list[zmq.Frame]:
-        """The frames left of the message ``drain`` is handing over (zero-copy), or
-        ``[]`` if it has no more. Only from inside a ``drain`` or ``drain_routed``
-        callback, before it returns."""
+    def take_rest(self) -> list[bytes]:
+        """The frames left of the message ``drain`` is handing over, or ``[]`` if it
+        has no more. Only from inside a ``drain`` or ``drain_routed`` callback, before
+        it returns. Each is copied once, from libzmq's buffer into its ``bytes`` (for
+        a large body, cheaper than a zero-copy frame whose buffer the main thread
+        then has to free)."""
         sock = self._sock
-        out: list[zmq.Frame] = []
+        out: list[bytes] = []
         try:
             more = self._rest or _raw_get(sock, _RCVMORE)
             while more:
-                f = _raw_recv(sock, _NOBLOCK, False)
-                out.append(f)
-                more = f.more
+                out.append(_raw_recv(sock, _NOBLOCK))
+                more = _raw_get(sock, _RCVMORE)
         except zmq.ZMQError:
             pass  # a message's frames arrive together: this is the socket closing
         self._rest = False
