@@ -295,3 +295,26 @@ async def test_a_send_right_before_a_wait_cannot_strand_a_message(
         assert ours.receive_batch_nowait(8) == [[b"arrived"]]
     ours.close()
     peer.close(linger=0)
+
+
+async def test_reliable_senders_take_batches_too() -> None:
+    bodies = [b"%d" % i for i in range(3000)]  # more than the window: send_many waits
+    with trio.fail_after(20):
+        async with (shoal.open_puller(bind=LOOPBACK, reliable=True) as pull,
+                    shoal.open_pusher(connect=pull.endpoints, reliable=True, window=256) as push):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(push.send_many, bodies)
+                got: list[bytes] = []
+                while len(got) < len(bodies):
+                    got.extend(m.body for m in await pull.receive_batch())
+            assert push.send_many_nowait([b"more"]) == 1
+            assert (await pull.receive()).body == b"more"
+        assert got == bodies
+
+        async with (shoal.open_publisher(bind=LOOPBACK, reliable=True) as pub,
+                    shoal.open_subscriber(connect=pub.endpoints, reliable=True) as sub):
+            await pub.wait_for_subscribers(1)
+            await pub.publish_many([("r/a", i) for i in range(500)] + [("r/b", "x", {"h": 1})])
+            msgs = [await sub.receive() for _ in range(501)]
+        assert [m.body for m in msgs[:500]] == list(range(500))
+        assert (msgs[500].topic, dict(msgs[500].headers)) == ("r/b", {"h": 1})

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Generic, Self, TypeVar
 
@@ -28,8 +28,18 @@ from shoal._zmq import Socket
 from shoal.errors import ClosedError, DecodeError, LocalProtocolError
 
 __all__ = [
-    "DEFAULT_BATCH", "BufferedReceiver", "Endpoints", "MalformedCounter", "SocketResource",
-    "check_busy_poll", "check_limits", "endpoint_list", "open_socket", "stream_encoder",
+    "DEFAULT_BATCH",
+    "BufferedReceiver",
+    "Endpoints",
+    "MalformedCounter",
+    "PublishItem",
+    "SocketResource",
+    "check_busy_poll",
+    "check_limits",
+    "endpoint_list",
+    "open_socket",
+    "publish_item",
+    "stream_encoder",
     "with_busy_poll",
 ]
 
@@ -99,6 +109,19 @@ def open_socket(
 
 
 R = TypeVar("R")
+
+PublishItem = tuple[str, Any] | tuple[str, Any, Mapping[str, Any] | None]
+"""What ``publish_many`` takes: ``(topic, body)`` or ``(topic, body, headers)``."""
+
+
+def publish_item(item: object) -> tuple[str, Any, Mapping[str, Any] | None]:
+    """Unpack one ``publish_many`` item, or raise ``LocalProtocolError``."""
+    if isinstance(item, tuple) and len(item) == 2:
+        return item[0], item[1], None
+    if isinstance(item, tuple) and len(item) == 3:
+        return item[0], item[1], item[2]
+    raise LocalProtocolError(f"publish_many takes (topic, body) or (topic, body, headers) "
+                             f"tuples, not {item!r}")
 
 
 def check_busy_poll(busy_poll: object) -> float:

@@ -46,8 +46,10 @@ from shoal.patterns._common import (
     DEFAULT_BATCH,
     BufferedReceiver,
     Endpoints,
+    PublishItem,
     SocketResource,
     open_socket,
+    publish_item,
     stream_encoder,
     with_busy_poll,
 )
@@ -100,19 +102,6 @@ class SubscriberStatistics:
     """Missing messages per publisher sender id."""
     out_of_order: int
     """Messages that arrived with a sequence number already passed."""
-
-
-PublishItem = tuple[str, Any] | tuple[str, Any, Mapping[str, Any] | None]
-"""What ``publish_many`` takes: ``(topic, body)`` or ``(topic, body, headers)``."""
-
-
-def _item(item: Any) -> tuple[str, Any, Mapping[str, Any] | None]:
-    if isinstance(item, tuple) and len(item) == 2:
-        return item[0], item[1], None
-    if isinstance(item, tuple) and len(item) == 3:
-        return item
-    raise LocalProtocolError(f"publish_many takes (topic, body) or (topic, body, headers) "
-                             f"tuples, not {item!r}")
 
 
 class Publisher(SocketResource):
@@ -234,7 +223,7 @@ class Publisher(SocketResource):
         keep their sequence numbers, so subscribers count those as a gap.
         """
         self._sock.check_open("publish")
-        frames = [self._encode(*_item(it)) for it in items]
+        frames = [self._encode(*publish_item(it)) for it in items]
         sock = self._sock
         done = 0
         while done < len(frames):  # PUB refuses nothing; the loop is for XPUB_NODROP

@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import struct
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from time import time_ns
@@ -47,6 +47,7 @@ from shoal.patterns._common import (
     check_limits,
     endpoint_list,
     open_socket,
+    publish_item,
     require_endpoints,
     stream_encoder,
 )
@@ -200,6 +201,23 @@ class ReliablePublisher(SocketResource):
             await self._wait_for(self._core.has_room)
         self.publish_nowait(topic, body, headers=headers)
         await self._sock.pace()
+
+    async def publish_many(self, items: Iterable[Any]) -> None:
+        """Publish every item, in order, as ``publish`` would: ``(topic, body)`` or
+        ``(topic, body, headers)`` each, with one scheduling point for the batch.
+        Waits while a subscriber's window is full. If cancelled while waiting (or on
+        ``EncodeError``/``LocalProtocolError`` for an item), the items before that
+        point were published and the rest were not."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        for item in items:
+            topic, body, headers = publish_item(item)
+            if not self._core.has_room():
+                await self._wait_for(self._core.has_room)
+                waited = True
+            self.publish_nowait(topic, body, headers=headers)
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _send(self, route: Any, frame: bytes, at: int, prev: int) -> bool:
         """Send one publication to one subscriber; False if its pipe is full (the

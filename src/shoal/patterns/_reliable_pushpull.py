@@ -33,7 +33,7 @@ import logging
 import math
 import os
 import struct
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from time import time_ns
@@ -272,6 +272,35 @@ class ReliablePusher(SocketResource):
             await self._wait_for(self._core.has_room)
             self.send_nowait(body, headers=headers)
         await self._sock.pace()
+
+    def send_many_nowait(self, bodies: Iterable[Any]) -> int:
+        """Take as many of ``bodies``, in order, as the window has room for; return how
+        many were taken (the first ones). Never blocks. ``EncodeError`` for a body
+        msgpack cannot encode: the ones before it were taken, it and the rest not."""
+        taken = 0
+        for body in bodies:
+            try:
+                self.send_nowait(body)
+            except trio.WouldBlock:
+                break
+            taken += 1
+        return taken
+
+    async def send_many(self, bodies: Iterable[Any]) -> None:
+        """Send every body, in order, as ``send`` would, with one scheduling point for
+        the batch; waits while the window is full. If cancelled while waiting (or on
+        ``EncodeError``), the items before that point were taken and the rest were not."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        for body in bodies:
+            try:
+                self.send_nowait(body)
+            except trio.WouldBlock:
+                await self._wait_for(self._core.has_room)
+                waited = True
+                self.send_nowait(body)
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_acked(self) -> None:
         """Wait until every item sent so far is done at some puller.
