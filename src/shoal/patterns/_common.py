@@ -7,6 +7,11 @@ local buffer of already-decoded messages without a scheduling round-trip; only w
 the buffer is empty does it drain the socket (everything queued, up to ``batch``
 messages, decoding each and dropping malformed ones) and then yield once.
 
+Pullers and subscribers fill the buffer through ``Socket.drain`` with a closure from
+``shoal._core.fast_decoder`` (one Python call per message: the common envelope
+decoded inline, anything else judged by the full decoder); repliers through
+``Socket.drain_routed``; the reliable receivers through frame lists.
+
 Cancel safety: messages move from libzmq into the buffer synchronously and leave the
 buffer only by being returned, so a cancelled ``receive()`` loses nothing.
 """
