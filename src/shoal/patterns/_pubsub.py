@@ -31,6 +31,7 @@ import trio
 import zmq
 
 from shoal._core import (
+    MAX_TOPIC,
     SPLIT_AT,
     GapTracker,
     Identity,
@@ -61,6 +62,7 @@ from shoal.patterns._reliable_pubsub import (
 )
 
 _PUBLISH = (Kind.PUBLISH,)
+_ROOM = 64  # more than a publication's bytes besides topic and body (NUL + header)
 _MARKER = b"\xff"
 """Subscriber markers start with this byte; no UTF-8 topic does."""
 
@@ -175,6 +177,42 @@ class Publisher(SocketResource):
             self._topics[topic] = entry
         return frame
 
+    def _encode_many(self, items: Iterable[PublishItem]) -> list[bytes | tuple[bytes, bytes]]:
+        """Encode a batch under one timestamp. Sequence numbers are taken only once
+        every item has been encoded."""
+        topics = self._topics
+        batch: dict[str, list[Any]] = {}  # topic -> its entry as the batch advances it
+        frames: list[bytes | tuple[bytes, bytes]] = []
+        append = frames.append
+        join = b"".join
+        now = time_ns()
+        inline = self._max >= SPLIT_AT + MAX_TOPIC + _ROOM  # no per-frame size check needed
+        for item in items:
+            if type(item) is tuple and len(item) == 2:
+                topic, body = item
+                headers = None
+            else:
+                topic, body, headers = publish_item(item)
+            entry = batch.get(topic)
+            if entry is None:
+                known = topics.get(topic)
+                if known is None:
+                    topic_z = encode_topic(topic) + b"\0"
+                    entry = [topic_z, 0, topic_z + self._raw_prefix]
+                else:
+                    entry = list(known)
+                batch[topic] = entry
+            seq = entry[1]
+            if inline and type(body) is bytes and headers is None and len(body) < SPLIT_AT:
+                append(join((entry[2], pack_tail(seq, now, 0), body)))
+            else:
+                head, big = self._enc.encode_parts(Kind.PUBLISH, entry[0], body, seq, now, 0,
+                                                   headers)
+                append(head if big is None else (head, big))
+            entry[1] = seq + 1
+        topics.update(batch)
+        return frames
+
     def _sent(self, n: int) -> None:
         before = self._published
         self._published += n
@@ -219,11 +257,11 @@ class Publisher(SocketResource):
         mark, as ``publish`` does).
 
         Every item is encoded first: ``EncodeError`` (or ``LocalProtocolError`` for an
-        item that is not such a tuple) means nothing was sent. Items already encoded
-        keep their sequence numbers, so subscribers count those as a gap.
+        item that is not such a tuple) means nothing was sent and no sequence number
+        was used.
         """
         self._sock.check_open("publish")
-        frames = [self._encode(*publish_item(it)) for it in items]
+        frames = self._encode_many(items)
         sock = self._sock
         done = 0
         while done < len(frames):  # PUB refuses nothing; the loop is for XPUB_NODROP
