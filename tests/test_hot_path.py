@@ -22,7 +22,7 @@ import zmq
 import shoal
 from conftest import Addresses, sync_subscribers
 from shoal import Kind
-from shoal._core import HEADER, SPLIT_AT, decode, encode, encode_topic
+from shoal._core import HEADER, SPLIT_AT, StreamEncoder, decode, encode, encode_topic
 from shoal._core._envelope import FLAG_RAW, FLAG_SPLIT
 from shoal._zmq import Socket
 from shoal.errors import EncodeError, LocalProtocolError
@@ -181,6 +181,31 @@ async def test_a_large_body_travels_as_a_second_frame(
     assert decode(head, [body]).body == BIG
     assert len(small) == 1
     assert decode(small[0]).body == BIG[:SPLIT_AT - 1]
+
+
+async def test_large_requests_and_replies_travel_split(
+    zctx: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    raw = zctx.socket(zmq.ROUTER)
+    port = raw.bind_to_random_port("tcp://127.0.0.1")
+    got: list[Any] = []
+    with trio.fail_after(10):
+        async with (shoal.open_requester(connect=f"tcp://127.0.0.1:{port}",
+                                         context=zctx) as client,
+                    trio.open_nursery() as nursery):
+            async def ask() -> None:
+                got.append(await client.request(BIG))
+            nursery.start_soon(ask)
+            route, head, body = await trio.to_thread.run_sync(raw.recv_multipart)
+            request = decode(head, [body])
+            assert request.body == BIG
+            reply = StreamEncoder(sender=b"r" * 16, epoch=1, stream=1)
+            rhead, rbody = reply.encode_parts(Kind.REPLY, b"\0", BIG[::-1], 0, 0,
+                                              request.correlation)
+            assert rbody is not None
+            raw.send_multipart([route, rhead, rbody])
+    raw.close(linger=0)
+    assert got == [BIG[::-1]]
 
 
 def split_head(kind: Kind, topic: str = "") -> bytes:

@@ -261,6 +261,29 @@ async def test_all_three_patterns_connect_by_channel_name_between_two_nodes() ->
             await exercise_patterns(listening=b, connecting=a)
 
 
+async def test_large_bodies_cross_node_channels_whole() -> None:
+    """Bodies of a megabyte travel as a frame of their own on every node channel
+    (the routed requester included) and arrive whole."""
+    big = bytes(range(256)) * 4096
+    with trio.fail_after(20):
+        async with (
+            pair() as (a, b), a.open_puller("big-jobs") as pull,
+            b.open_pusher("big-jobs") as push,
+            a.open_replier("big-ask") as rep,
+            b.open_requester("big-ask") as req,
+            trio.open_nursery() as nursery,
+        ):
+            await push.send_many([big, b"small", big])
+            assert [(await pull.receive()).body for _ in range(3)] == [big, b"small", big]
+
+            async def echo() -> None:
+                async for request in rep:
+                    await request.reply(request.body[::-1])
+            nursery.start_soon(echo)
+            assert await req.request(big) == big[::-1]
+            nursery.cancel_scope.cancel()
+
+
 async def test_all_three_patterns_connect_within_one_node() -> None:
     with trio.fail_after(10):
         async with open_test_node("solo") as a:

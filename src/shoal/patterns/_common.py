@@ -212,15 +212,20 @@ class MalformedCounter:
         return msg
 
     def check(
-        self, frames: list[bytes], kinds: tuple[Kind, ...], where: str, *, nframes: int = 1
+        self, frames: list[bytes], kinds: tuple[Kind, ...], where: str, *, nframes: int = 1,
+        split: bool = False,
     ) -> Message | None:
         """Decode the envelope in the last of ``nframes`` frames if it is one of
-        ``kinds``; otherwise count why it was dropped and return None."""
-        if len(frames) != nframes:
-            self.drop("frame-count", where, str(len(frames)))
-            return None
+        ``kinds``; otherwise count why it was dropped and return None. ``split``: the
+        envelope may announce its body in one more frame (a large body)."""
         try:
-            msg = decode(frames[-1])
+            if len(frames) == nframes:
+                msg = decode(frames[-1])
+            elif split and len(frames) > nframes:
+                msg = decode_split(frames[nframes - 1], frames[nframes:])
+            else:
+                self.drop("frame-count", where, str(len(frames)))
+                return None
         except DecodeError as exc:
             self.drop_error(exc, where)
             return None
@@ -228,6 +233,18 @@ class MalformedCounter:
             self.drop("unexpected-kind", where, msg.kind.name)
             return None
         return msg
+
+
+def decode_split(head: bytes, rest: Sequence[bytes]) -> Message:
+    """Decode a message of several frames: valid only as a head announcing a split
+    body and that body; anything else is a ``frame-count``."""
+    try:
+        decode(head)
+    except DecodeError as exc:
+        if exc.reason != "frame-count":
+            raise DecodeError("frame-count", f"several frames ({exc.reason})") from None
+        return decode(head, rest)
+    raise DecodeError("frame-count", "frames after a whole message")
 
 
 class SocketResource:

@@ -38,7 +38,7 @@ from typing import Any
 import trio
 import zmq
 
-from shoal._core import Identity, Kind, Message, pack_tail
+from shoal._core import SPLIT_AT, Identity, Kind, Message, pack_tail
 from shoal._zmq import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal.errors import (
     ClosedError,
@@ -186,20 +186,25 @@ class Requester(SocketResource):
             raise LocalProtocolError("retries is an int >= 0 and retry_after a number of "
                                      "seconds > 0")
         rid = self._next_id
-        if type(body) is bytes and headers is None:  # the hot path: one join
+        frame: bytes | tuple[bytes, bytes]
+        if type(body) is bytes and headers is None and len(body) < SPLIT_AT:  # one join
             frame = b"".join((self._head, pack_tail(rid, time_ns(), rid), body))
             if len(frame) > self._max:
                 raise MessageTooLarge(len(frame), self._max)
         else:
-            frame = self._enc.encode(Kind.REQUEST, b"\0", body, rid, time_ns(), rid, headers)
+            head, big = self._enc.encode_parts(Kind.REQUEST, b"\0", body, rid, time_ns(), rid,
+                                               headers)
+            frame = head if big is None else (head, big)
         self._next_id = rid + 1
         slot = _Pending()
         self._pending[rid] = slot
         try:
             if self._routed:
                 slot.route = await self._send_routed(frame)
-            else:
+            elif type(frame) is bytes:
                 await self._sock.send(frame)
+            else:
+                await self._send_split(frame)
             self._sent += 1
             if not retries and not self._reading:
                 # one call in flight (the latency path): read our own reply, no hand-off
@@ -226,11 +231,26 @@ class Requester(SocketResource):
             raise RemoteError(str(reply.body))
         return reply
 
-    async def _send_request(self, slot: _Pending, frame: bytes) -> None:
+    async def _send_request(self, slot: _Pending, frame: bytes | tuple[bytes, bytes]) -> None:
         if self._routed:
             slot.route = await self._send_routed(frame, avoid=slot.route)
-        else:
+        elif type(frame) is bytes:
             await self._sock.send(frame)
+        else:
+            await self._send_split(frame)
+
+    async def _send_split(self, frame: Any) -> None:
+        """Send a request whose body is a frame of its own (zero-copy)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        sock = self._sock
+        while True:
+            try:
+                sock.send_split_nowait(None, *frame)
+            except trio.WouldBlock:
+                await sock.wait_sendable()
+                continue
+            await sock.pace()
+            return
 
     async def _await_reply(self, slot: _Pending) -> None:
         while not slot.done:
@@ -241,7 +261,8 @@ class Requester(SocketResource):
             else:
                 await self._read_until(slot)
 
-    async def _send_routed(self, frame: bytes, avoid: bytes = b"") -> bytes:
+    async def _send_routed(self, frame: bytes | tuple[bytes, bytes],
+                           avoid: bytes = b"") -> bytes:
         """Send to the next replier that takes the request (``avoid``, where it went
         before, only if no other does); return its route."""
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -258,7 +279,10 @@ class Requester(SocketResource):
                 order.append(avoid)
             for route in order:
                 try:
-                    sock.send_nowait([route, frame])
+                    if type(frame) is bytes:
+                        sock.send_to_nowait(route, frame)
+                    else:
+                        sock.send_split_nowait(route, *frame)
                 except (PeerUnreachable, trio.WouldBlock):
                     continue  # not connected (yet, or any more), or its queue is full
                 await sock.pace()
@@ -323,7 +347,8 @@ class Requester(SocketResource):
                     break
 
     def _dispatch(self, frames: list[bytes]) -> None:
-        msg = self._malformed.check(frames, _ANSWERS, "requester", nframes=self._frames)
+        msg = self._malformed.check(frames, _ANSWERS, "requester", nframes=self._frames,
+                                    split=True)
         if msg is None:
             return
         slot = self._pending.get(msg.correlation)
@@ -426,7 +451,8 @@ class Replier(BufferedReceiver[Request]):
         self._seq = 0
         # (sender, epoch, stream, request id) -> the answer sent, or None while handled;
         # the newest ``reply_cache`` requests, so a retry never runs the handler twice
-        self._answers: OrderedDict[tuple[str, int, int, int], bytes | None] = OrderedDict()
+        self._answers: OrderedDict[tuple[str, int, int, int],
+                                   bytes | tuple[bytes, bytes] | None] = OrderedDict()
         self._cache_size = reply_cache
         self._duplicates = 0
         self._replied = 0
@@ -444,7 +470,7 @@ class Replier(BufferedReceiver[Request]):
             cached = answers[key]
             if cached is not None:  # answered already: the answer again, not the handler
                 try:
-                    self._sock.send_nowait([route, cached])
+                    self._send_answer(route, cached)
                 except (PeerUnreachable, trio.WouldBlock):
                     self._unroutable += 1
             return
@@ -453,6 +479,12 @@ class Replier(BufferedReceiver[Request]):
             answers.popitem(last=False)
         self._buffer.append(Request(self, route, msg))
 
+    def _send_answer(self, route: bytes, frame: bytes | tuple[bytes, bytes]) -> None:
+        if type(frame) is bytes:
+            self._sock.send_to_nowait(route, frame)
+        else:
+            self._sock.send_split_nowait(route, *frame)
+
     async def _answer(
         self, req: Request, kind: Kind, body: Any, headers: Mapping[str, Any] | None
     ) -> None:
@@ -460,27 +492,32 @@ class Replier(BufferedReceiver[Request]):
             raise LocalProtocolError(f"request {req.id} was already answered; answer once")
         await trio.lowlevel.checkpoint_if_cancelled()
         m = req.message
-        if type(body) is bytes and headers is None and kind is Kind.REPLY:  # one join
+        frame: bytes | tuple[bytes, bytes]
+        if (type(body) is bytes and headers is None and kind is Kind.REPLY
+                and len(body) < SPLIT_AT):  # the hot path: one join
             frame = b"".join((self._reply_head, pack_tail(self._seq, time_ns(), m.correlation),
                               body))
             if len(frame) > self._max:
                 raise MessageTooLarge(len(frame), self._max)
         else:
-            frame = self._enc.encode(kind, b"\0", body, self._seq, time_ns(), m.correlation,
-                                     headers)
+            head, big = self._enc.encode_parts(kind, b"\0", body, self._seq, time_ns(),
+                                               m.correlation, headers)
+            frame = head if big is None else (head, big)
         req._answered = True
         key = (m.sender, m.epoch, m.stream, m.correlation)
         if key in self._answers:
             self._answers[key] = frame  # a retry of this request gets this answer
         sock = self._sock
         try:
-            try:
-                sock.send_to_nowait(req._identity, frame)
-            except trio.WouldBlock:
-                await sock.send([req._identity, frame])  # the requester's queue is full
-            else:
-                if sock.due_to_yield():
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+            while True:
+                try:
+                    self._send_answer(req._identity, frame)
+                except trio.WouldBlock:
+                    await sock.wait_sendable()  # the requester's queue is full
+                    continue
+                break
+            if sock.due_to_yield():
+                await trio.lowlevel.cancel_shielded_checkpoint()
         except PeerUnreachable:
             self._unroutable += 1
             log.debug("reply to request %d dropped: its requester has gone", req.id)
