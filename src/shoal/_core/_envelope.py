@@ -380,30 +380,49 @@ def fast_decoder(
     stream's sequence gaps (``GapTracker``), in-order arrivals inline.
 
     One closure instead of a decode call and a deliver call: the per-message Python
-    call is most of what a receive costs.
+    call is most of what a receive costs. What a stream's frames share (topic,
+    version, kind, flags, sender, epoch, stream: the bytes up to the sequence
+    number) is checked and decoded once per stream and remembered (at most
+    ``_MAX_KNOWN_STREAMS``, then forgotten all at once); each message then costs one
+    dictionary look-up and the unpacking of its last three header fields.
     """
     expect = VERSION | (int(kind) << 8) | (FLAG_RAW << 16)
     unpack = _FAST.unpack_from
+    unpack_tail = _TAIL.unpack_from
     new = _new_message
     empty = _EMPTY
-    at = _FAST.size
+    at = _FAST.size  # from the NUL to the body
+    ident = at - _TAIL.size  # from the NUL to the sequence number
+    # stream prefix -> (topic, sender id, epoch, stream, gap key)
+    streams: dict[bytes, tuple[str, str, int, int, tuple[str, int, int, str]]] = {}
+    streams_get = streams.get
+
+    def learn(frame: bytes, z: int, skey: bytes
+              ) -> tuple[str, str, int, int, tuple[str, int, int, str]] | None:
+        word, sender, epoch, stream, _seq, _ts, _corr = unpack(frame, z)
+        if word & 0xFFFFFF != expect:
+            return None
+        try:
+            name = frame[:z].decode()
+        except UnicodeDecodeError:
+            return None
+        sid = sender.hex()
+        known = (name, sid, epoch, stream, (sid, epoch, stream, name))
+        if len(streams) >= _MAX_KNOWN_STREAMS:
+            streams.clear()  # bounded: a flood of made-up ids only costs re-learning
+        streams[skey] = known
+        return known
 
     if not topic:
-        # sender ids, hex-spelled once each (bounded like the streams below)
-        ids: dict[bytes, str] = {}
-        ids_get = ids.get
-
         def accept_untopical(frame: bytes) -> None:
             if len(frame) >= at and not frame[0]:
-                word, sender, epoch, stream, seq, ts, corr = unpack(frame)
-                if word & 0xFFFFFF == expect:
-                    sid = ids_get(sender)
-                    if sid is None:
-                        if len(ids) >= _MAX_KNOWN_STREAMS:
-                            ids.clear()
-                        sid = ids[sender] = sender.hex()
-                    deliver(new(Message, ("", frame[at:], kind, sid, epoch, stream, seq, ts,
-                                          corr, empty)))
+                known = streams_get(frame[:ident])
+                if known is None:
+                    known = learn(frame, 0, frame[:ident])
+                if known is not None:
+                    seq, ts, corr = unpack_tail(frame, ident)
+                    deliver(new(Message, ("", frame[at:], kind, known[1], known[2], known[3],
+                                          seq, ts, corr, empty)))
                     return
             fallback(frame)
         return accept_untopical
@@ -415,31 +434,16 @@ def fast_decoder(
     refresh = expected.move_to_end
     check_gaps = gaps is not None
 
-    # What a stream's frames share, from the topic to the stream number, mapped to
-    # its topic name, sender id and gap key, decoded once instead of per message.
-    streams: dict[bytes, tuple[str, str, tuple[str, int, int, str]]] = {}
-    streams_get = streams.get
-    ident = at - 24  # the header up to and including the stream number
-
     def accept_topical(frame: bytes) -> None:
         z = frame.find(b"\0", 0, MAX_TOPIC + 1)
         if z >= 0 and len(frame) - z >= at:
-            word, sender, epoch, stream, seq, ts, corr = unpack(frame, z)
-            if word & 0xFFFFFF == expect:
-                skey = frame[:z + ident]
-                known = streams_get(skey)
-                if known is None:
-                    try:
-                        name = frame[:z].decode()
-                    except UnicodeDecodeError:
-                        fallback(frame)
-                        return
-                    sid = sender.hex()
-                    known = (name, sid, (sid, epoch, stream, name))
-                    if len(streams) >= _MAX_KNOWN_STREAMS:
-                        streams.clear()  # bounded: a flood of ids only costs decoding
-                    streams[skey] = known
-                name, sid, key = known
+            skey = frame[:z + ident]
+            known = streams_get(skey)
+            if known is None:
+                known = learn(frame, z, skey)
+            if known is not None:
+                name, sid, epoch, stream, key = known
+                seq, ts, corr = unpack_tail(frame, z + ident)
                 if check_gaps:
                     if expected_get(key) == seq:
                         expected[key] = seq + 1
