@@ -22,7 +22,15 @@ import zmq
 import shoal
 from conftest import Addresses, sync_subscribers
 from shoal import Kind
-from shoal._core import HEADER, SPLIT_AT, StreamEncoder, decode, encode, encode_topic
+from shoal._core import (
+    HEADER,
+    SPLIT_AT,
+    StreamEncoder,
+    decode,
+    encode,
+    encode_topic,
+    fast_decoder,
+)
 from shoal._core._envelope import FLAG_RAW, FLAG_SPLIT
 from shoal._zmq import Socket
 from shoal.errors import EncodeError, LocalProtocolError
@@ -345,3 +353,23 @@ async def test_reliable_senders_take_batches_too() -> None:
             msgs = [await sub.receive() for _ in range(501)]
         assert [m.body for m in msgs[:500]] == list(range(500))
         assert (msgs[500].topic, dict(msgs[500].headers)) == ("r/b", {"h": 1})
+
+
+@pytest.mark.parametrize("topical", [False, True])
+def test_the_fast_decoders_agree_with_decode_across_many_streams(topical: bool) -> None:
+    """More streams than the decoders remember (they forget and re-learn), topics,
+    senders and sequence numbers mixed: every message equals what ``decode`` says."""
+    kind = Kind.PUBLISH if topical else Kind.PUSH
+    frames = []
+    for i in range(5000):
+        enc = StreamEncoder(sender=i.to_bytes(16, "little"), epoch=i % 7, stream=i % 3)
+        topic = encode_topic(f"t/{i % 11}" if topical else "") + b"\0"
+        frames += [enc.encode(kind, topic, b"body %d" % i, seq, 1000 + seq, seq)
+                   for seq in range(2)]
+    got: list[Any] = []
+    slow: list[bytes] = []
+    accept = fast_decoder(kind, topic=topical, deliver=got.append, fallback=slow.append)
+    for frame in frames:
+        accept(frame)
+    assert slow == []
+    assert got == [decode(f) for f in frames]
