@@ -483,6 +483,29 @@ class Socket:
                 self._refresh()
         return i - start
 
+    def send_routed_batch_nowait(self, routes: Sequence[bytes],
+                                 frames: Sequence[bytes]) -> int:
+        """Send ``[routes[i], frames[i]]`` in order (a ROUTER's batch) until one is
+        refused (high-water mark, or a peer not connected); return how many went.
+        Never blocks; EVENTS is re-read once, after the batch."""
+        self.check_open("send")
+        sock = self._sock
+        i = 0
+        n = len(frames)
+        try:
+            while i < n:
+                _raw_send(sock, routes[i], _NOBLOCK | _SNDMORE)
+                _raw_send(sock, frames[i], _NOBLOCK)
+                i += 1
+        except zmq.Again:
+            pass
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH and i == 0:
+                raise map_error(exc, "send") from None
+        finally:
+            self._after_call()
+        return i
+
     async def send(self, msg: bytes | Sequence[bytes]) -> None:
         """Send, waiting while the socket cannot take the message.
 

@@ -26,6 +26,7 @@ from shoal._core._envelope import (
     decode,
     encode,
     encode_topic,
+    fast_decode,
     fast_decoder,
     pack_tail,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "encode",
     "encode_control",
     "encode_topic",
+    "fast_decode",
     "fast_decoder",
     "offers",
     "pack_tail",

@@ -58,6 +58,7 @@ __all__ = [
     "decode",
     "encode",
     "encode_topic",
+    "fast_decode",
     "fast_decoder",
     "pack_tail",
 ]
@@ -456,6 +457,24 @@ def fast_decoder(
                 return
         fallback(frame)
     return accept_topical
+
+
+def fast_decode(kind: Kind) -> Callable[[bytes], Message | None]:
+    """The untopical fast path of ``fast_decoder`` as a plain decoder: the message, or
+    None for anything it does not handle (valid or not: the caller then uses
+    ``decode``). For receivers that look at a message before delivering it."""
+    got: list[Message] = []
+    accept = fast_decoder(kind, topic=False, deliver=got.append, fallback=_ignore)
+    pop = got.pop
+
+    def decode_fast(frame: bytes) -> Message | None:
+        accept(frame)
+        return pop() if got else None
+    return decode_fast
+
+
+def _ignore(frame: bytes) -> None:
+    pass
 
 
 _MAX_KNOWN_STREAMS: Final = 4096

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict, deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,6 +161,48 @@ class ReliableSender:
         seq = self._take(payload, now)
         self._entries[seq].queued = False
         return seq
+
+    def room_for(self) -> int:
+        """How many messages ``send`` would take now, one after another."""
+        f = self.floor()
+        return max(0, min(self.window - len(self._entries),
+                          self.max_span - (self.next_seq - f)))
+
+    def send_now_many(self, payloads: Sequence[Any], now: float) -> int:
+        """``send_now`` for several messages at once; returns the first one's number
+        (the others follow it). All must fit (``room_for()``), or none is taken."""
+        if self._queue:
+            raise LocalProtocolError("send_now_many() while messages are queued: use send()")
+        n = len(payloads)
+        if n > self.room_for():
+            raise WindowFull(f"{n} messages do not fit: {self.in_flight} await "
+                             f"acknowledgement (window {self.window}); wait for acks")
+        first = self.next_seq
+        entries = self._entries
+        for i, payload in enumerate(payloads):
+            e = _Entry(payload, now)
+            e.queued = False
+            entries[first + i] = e
+        self.next_seq = first + n
+        return first
+
+    def sent_many(self, first: int, destinations: Sequence[Hashable], now: float) -> None:
+        """``sent`` for ``first``, ``first + 1``... (one per destination): the first
+        transmissions of messages taken with ``send_now_many``."""
+        due = now + self.rto
+        entries = self._entries
+        fresh = self._fresh
+        for i, destination in enumerate(destinations):
+            seq = first + i
+            e = entries.get(seq)
+            if e is None or e.attempts or e.received:
+                self.sent(seq, destination, now)
+                continue
+            e.attempts = e.tries = 1
+            e.destination = e.last = destination
+            e.due = due
+            fresh.append((due, seq))
+            self.sent_count += 1
 
     def _take(self, payload: Any, now: float) -> int:
         seq = self.next_seq

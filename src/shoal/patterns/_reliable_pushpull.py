@@ -50,6 +50,7 @@ from shoal._core import (
     ReliableSender,
     StreamEncoder,
     decode,
+    fast_decode,
 )
 from shoal._identity import next_stream, process_identity
 from shoal._tasks import open_service_nursery
@@ -291,16 +292,58 @@ class ReliablePusher(SocketResource):
         the batch; waits while the window is full. If cancelled while waiting (or on
         ``EncodeError``), the items before that point were taken and the rest were not."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        items = bodies if isinstance(bodies, list) else list(bodies)
         waited = False
-        for body in bodies:
+        i = 0
+        while i < len(items):
+            i += self._take_batch(items, i)
+            if i == len(items):
+                break
             try:
-                self.send_nowait(body)
+                self.send_nowait(items[i])
+                i += 1
             except trio.WouldBlock:
                 await self._wait_for(self._core.has_room)
                 waited = True
-                self.send_nowait(body)
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _take_batch(self, items: list[Any], start: int) -> int:
+        """Take as many of ``items[start:]`` as the window has room for, in one go:
+        encoded under one timestamp and floor, sent round-robin with one EVENTS read
+        for the batch. Returns how many were taken; 0 when the batch path does not
+        apply (an outbox, no puller connected, a queue to send first: ``send_nowait``
+        handles those one by one)."""
+        core = self._core
+        if self._outbox is not None or not self._routes or core.queued():
+            return 0
+        k = min(core.room_for(), len(items) - start)
+        if k <= 0:
+            return 0
+        floor = core.floor()
+        ts = time_ns()
+        seq0 = core.next_seq
+        encode = self._enc.encode
+        frames = [encode(Kind.PUSH, _TOPIC, items[start + j], seq0 + j, ts, floor)
+                  for j in range(k)]
+        was_empty = not core.in_flight
+        now = trio.current_time()
+        first = core.send_now_many([(f, floor) for f in frames], now)
+        routes = self._routes
+        n = len(routes)
+        turn = self._turn
+        dests = [routes[(turn + j) % n] for j in range(k)]
+        self._turn = turn + k
+        sent = self._sock.send_routed_batch_nowait(dests, frames)
+        core.sent_many(first, dests[:sent], now)
+        if sent < k:
+            for seq in range(first + k - 1, first + sent - 1, -1):
+                core.unsent(seq)  # in reverse: the queue keeps their order
+            self._transmit(now)
+        self._read_acks()
+        if was_empty:
+            self._arm.set()  # the timer task has a deadline again
+        return k
 
     async def wait_acked(self) -> None:
         """Wait until every item sent so far is done at some puller.
@@ -593,6 +636,7 @@ class _ReliableReceiver(BufferedReceiver[T]):
         self._ack_seq = 0
         self._pending_received = 0
         self._last_flush = 0.0
+        self._decode_fast = fast_decode(Kind.PUSH)
 
     def _wrap(self, msg: Message) -> T:
         raise NotImplementedError
@@ -600,11 +644,15 @@ class _ReliableReceiver(BufferedReceiver[T]):
     def _finish_current(self) -> None:
         """Mark done what the application finished by asking for more."""
 
-    def _accept(self, frames: list[bytes]) -> None:
-        msg = self._malformed.check(frames, _PUSH, "reliable puller", nframes=2)
+    _routed = True  # drained with Socket.drain_routed: plain receives, no frame lists
+
+    def _accept_routed(self, route: bytes, frame: bytes, more: bool) -> None:
+        msg = None if more else self._decode_fast(frame)
         if msg is None:
-            return
-        route = frames[0]
+            msg = self._malformed.check_frame(self._sock, frame, _PUSH, "reliable puller",
+                                              more)
+            if msg is None:
+                return
         self._received_acks.setdefault(route, []).append(msg.seq)
         self._pending_received += 1
         item = (msg.sender, msg.epoch, msg.stream, msg.seq)
@@ -614,8 +662,7 @@ class _ReliableReceiver(BufferedReceiver[T]):
                 self._done_count += 1
             return
         self._holding[item] = route
-        self._received += 1
-        self._buffer.append(self._wrap(msg))
+        self._buffer.append(self._wrap(msg))  # _fill counts what the buffer gained
 
     def _fill(self) -> int:
         n = super()._fill()
