@@ -487,7 +487,8 @@ async def test_a_reliable_puller_takes_any_floor_and_delivers_each_item_once(
                                      max_streams=2) as pull:
             assert isinstance(pull, ReliablePuller)
             for seq, floor, stream in items:
-                pull._accept(push_frame(seq, floor, stream))
+                route, frame = push_frame(seq, floor, stream)
+                pull._accept_routed(route, frame, False)
             got = []
             while True:
                 try:

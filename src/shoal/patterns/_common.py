@@ -283,7 +283,7 @@ class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
 
     def _accept_routed(self, route: bytes, frame: bytes, more: bool) -> None:
         """Routers (``_routed = True``) implement this instead: one message, drained
-        by ``Socket.drain_routed``."""
+        by ``Socket.drain_routed``; it counts what it delivers in ``_received``."""
         raise NotImplementedError
 
     _routed = False
@@ -312,14 +312,11 @@ class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
         """Drain what is queued into the buffer; return how many raw messages came."""
         sock = self._sock
         accept_frame = self._accept_frame
-        if self._routed:
-            before = len(self._buffer)
+        if self._routed:  # routers' _accept_routed counts what it takes itself
             accept_routed: Callable[[bytes, bytes, bool], None] = self._accept_routed
             if sock.inproc:
                 accept_routed = self._bounded_routed(accept_routed)
-            n = sock.drain_routed(self._batch, accept_routed)
-            self._received += len(self._buffer) - before
-            return n
+            return sock.drain_routed(self._batch, accept_routed)
         if accept_frame is not None:
             if sock.inproc:
                 accept_frame = self._bounded(accept_frame)

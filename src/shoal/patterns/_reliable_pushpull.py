@@ -662,7 +662,8 @@ class _ReliableReceiver(BufferedReceiver[T]):
                 self._done_count += 1
             return
         self._holding[item] = route
-        self._buffer.append(self._wrap(msg))  # _fill counts what the buffer gained
+        self._received += 1
+        self._buffer.append(self._wrap(msg))
 
     def _fill(self) -> int:
         n = super()._fill()

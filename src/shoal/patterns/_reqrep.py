@@ -477,6 +477,7 @@ class Replier(BufferedReceiver[Request]):
         answers[key] = None  # being handled
         if len(answers) > self._cache_size:
             answers.popitem(last=False)
+        self._received += 1
         self._buffer.append(Request(self, route, msg))
 
     def _send_answer(self, route: bytes, frame: bytes | tuple[bytes, bytes]) -> None:
