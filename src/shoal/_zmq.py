@@ -478,9 +478,7 @@ class Socket:
             if i == start:
                 raise map_error(exc, "send") from None
         finally:
-            self._quiet = quiet
-            if self._parked:
-                self._refresh()
+            self._settle(quiet)
         return i - start
 
     def send_routed_batch_nowait(self, routes: Sequence[bytes],
@@ -547,6 +545,21 @@ class Socket:
             return True
         return False
 
+    def _receive_plan(self, limit: int) -> tuple[int, int]:
+        """``(limit, receives that ask EVENTS first)`` for a drain: right after a wait
+        for POLLIN ended, one message, tried at once (the wake is nearly always it)."""
+        if self._woke:
+            self._woke = False
+            return 1, 0
+        return limit, _ASK_EVENTS_BELOW
+
+    def _settle(self, quiet: int) -> None:
+        """After a batch of libzmq calls: ``quiet`` holds the events its end showed
+        missing (POLLIN: nothing queued; POLLOUT: a send refused), else 0."""
+        self._quiet = quiet
+        if self._parked:
+            self._refresh()
+
     def receive_batch_nowait(self, limit: int) -> list[list[bytes]]:
         """Take up to ``limit`` messages that are already queued, without blocking.
 
@@ -558,11 +571,7 @@ class Socket:
         out: list[list[bytes]] = []
         sock = self._sock
         quiet = 0
-        ask = _ASK_EVENTS_BELOW
-        if self._woke:  # as in drain(): try at once, and take just the one
-            self._woke = False
-            limit = 1
-            ask = 0
+        limit, ask = self._receive_plan(limit)
         try:
             # pyzmq's zmq.Again costs about two EVENTS reads (measured), so ask EVENTS
             # while the batch is small (the latency path: one message, or none) and let
@@ -590,9 +599,7 @@ class Socket:
                 raise map_error(exc, "receive") from None
             # hand over what we have; the error recurs on the next call
         finally:
-            self._quiet = quiet
-            if self._parked:
-                self._refresh()
+            self._settle(quiet)
         return out
 
     def drain(self, limit: int, accept: Callable[[bytes], object]) -> int:
@@ -611,11 +618,7 @@ class Socket:
         self.check_open("receive")
         sock = self._sock
         quiet = 0
-        ask = _ASK_EVENTS_BELOW
-        if self._woke:
-            self._woke = False
-            limit = 1
-            ask = 0
+        limit, ask = self._receive_plan(limit)
         i = 0  # messages taken so far
         try:
             while i < limit and i < ask:
@@ -638,9 +641,7 @@ class Socket:
             if not i:
                 raise map_error(exc, "receive") from None
         finally:
-            self._quiet = quiet
-            if self._parked:
-                self._refresh()
+            self._settle(quiet)
         return i
 
     def drain_routed(self, limit: int, accept: Callable[[bytes, bytes, bool], object]) -> int:
@@ -652,11 +653,7 @@ class Socket:
         sock = self._sock
         n = 0
         quiet = 0
-        ask = _ASK_EVENTS_BELOW
-        if self._woke:
-            self._woke = False
-            limit = 1
-            ask = 0
+        limit, ask = self._receive_plan(limit)
         try:
             while n < limit:
                 if n < ask and not _raw_get(sock, _EVENTS) & POLLIN:
@@ -676,9 +673,7 @@ class Socket:
                 raise map_error(exc, "receive") from None
         finally:
             self._rest = False
-            self._quiet = quiet
-            if self._parked:
-                self._refresh()
+            self._settle(quiet)
         return n
 
     def take_rest(self) -> list[bytes]:
