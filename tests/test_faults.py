@@ -349,15 +349,30 @@ def test_request_is_answered_by_the_other_replier_when_one_is_killed_mid_request
     marks = {nd.name: nd.mark() for nd in (client, victim, survivor)}
     requests = {**{f"slow{i}": (2, 6.0) for i in range(2)},
                 **{f"fast{i}": (20, 0.3) for i in range(4)}}
-    sent = time.time()
-    for tag, (retries, retry_after) in requests.items():
-        client.send({"cmd": "request", "channel": "rpc", "body": {"tag": tag},
-                     "retries": retries, "retry_after": retry_after, "timeout": 20,
-                     "tag": tag})
+
     def ours(kind: str) -> Callable[[Event], bool]:
         """``kind`` events about this phase's requests (not the warm-up's)."""
         return lambda e: (e["event"] == kind and isinstance(e.get("body"), dict)
                           and e["body"].get("tag") in requests)
+
+    def send(tag: str) -> None:
+        retries, retry_after = requests[tag]
+        client.send({"cmd": "request", "channel": "rpc", "body": {"tag": tag},
+                     "retries": retries, "retry_after": retry_after, "timeout": 20,
+                     "tag": tag})
+
+    sent = time.time()
+    # The two slow requests first, alone: consecutive sends go round-robin, so each
+    # replier holds one. (Sent together with the fast ones, the order in which the
+    # client's tasks first run, which trio varies on purpose, decided where they went.)
+    send("slow0")
+    send("slow1")
+    for node in (victim, survivor):
+        node.wait_for(ours("handling"), WAIT, after=marks[node.name],
+                      what="a slow request in each replier's hands")
+    for tag in requests:
+        if tag.startswith("fast"):
+            send(tag)
 
     first = victim.wait_for(ours("handling"), WAIT, after=marks["victim"],
                             what="a request in the victim's hands")
