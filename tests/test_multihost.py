@@ -158,14 +158,28 @@ def test_pushpull_across_hosts_each_item_once(lab3: Lab, nodes: Nodes) -> None:
                           "timeout": DISCOVERY + 2},
                          lambda e: e["event"] in ("peers_ready", "error"), DISCOVERY + 3)
     assert answer["event"] == "peers_ready", answer
+    # Discovery does not mean the pusher's connections are up: probe until each puller
+    # has been reached, so that the items below are spread over both.
+    probes = 0
+    deadline = time.monotonic() + WAIT
+    while not all(any(isinstance(e["body"], str) for e in messages(nd, "work"))
+                  for nd in (p1, p2)):
+        assert time.monotonic() < deadline, "a puller was never reached"
+        push(pusher, "work", [f"probe{probes}", f"probe{probes + 1}"])
+        probes += 2
+        time.sleep(0.05)
+    wait_total([p1, p2], "work", probes, WAIT)  # every probe in: none arrives late
+    marks = [p1.mark(), p2.mark()]
     n = 60
     push(pusher, "work", list(range(n)))
-    wait_total([p1, p2], "work", n, WAIT)
+    wait_total([p1, p2], "work", n, WAIT, after=marks)
     time.sleep(0.2)
-    bodies = [e["body"] for nd in (p1, p2) for e in messages(nd, "work")]
+    got = [[e["body"] for e in messages(nd, "work", m)] for nd, m in zip((p1, p2), marks,
+                                                                      strict=True)]
+    bodies = [b for g in got for b in g]
     assert sorted(bodies) == list(range(n)), Counter(bodies)
-    assert messages(p1, "work"), "h1 got nothing"
-    assert messages(p2, "work"), "h2 got nothing"
+    assert got[0], "h1 got nothing"
+    assert got[1], "h2 got nothing"
 
 
 def test_request_reply_across_hosts(lab3: Lab, nodes: Nodes) -> None:
