@@ -9,6 +9,7 @@ hostile peer's split frames become). Every I/O test runs under ``trio.fail_after
 from __future__ import annotations
 
 import itertools
+import random
 import os
 from collections.abc import Iterator
 from functools import partial
@@ -23,6 +24,7 @@ import shoal
 from conftest import Addresses, sync_subscribers
 from shoal import Kind
 from shoal._core import (
+    GapTracker,
     HEADER,
     SPLIT_AT,
     StreamEncoder,
@@ -373,3 +375,46 @@ def test_the_fast_decoders_agree_with_decode_across_many_streams(topical: bool) 
         accept(frame)
     assert slow == []
     assert got == [decode(f) for f in frames]
+
+
+def test_the_topical_decoder_counts_gaps_as_the_tracker_does() -> None:
+    """The decoder keeps each stream's gap cell and skips the tracker for in-order
+    arrivals. Fed the same arrivals (gaps, duplicates, late ones), its counts equal
+    those of a tracker that ``observe``s every arrival."""
+    rng = random.Random(7)
+    encoders = [StreamEncoder(sender=bytes([i]) * 16, epoch=1, stream=0) for i in range(5)]
+    nxt = [0] * len(encoders)
+    arrivals = []
+    for _ in range(4000):
+        i = rng.randrange(len(encoders))
+        seq = max(0, nxt[i] + rng.choice([0] * 12 + [-1, -3, 2, 70]))  # mostly in order
+        nxt[i] = max(nxt[i], seq + 1)
+        topic = f"t/{i % 2}"
+        frame = encoders[i].encode(Kind.PUBLISH, encode_topic(topic) + b"\0", b"x", seq, 0)
+        arrivals.append((frame, (bytes([i]).hex() * 16, 1, 0, topic), seq))
+    reference = GapTracker()
+    tracker = GapTracker()
+    got: list[Any] = []
+    accept = fast_decoder(Kind.PUBLISH, topic=True, deliver=got.append,
+                          fallback=pytest.fail, gaps=tracker)
+    for frame, key, seq in arrivals:
+        reference.observe(key, seq)
+        accept(frame)
+    assert len(got) == len(arrivals)
+    assert reference.gaps > 0 and reference.out_of_order > 0
+    assert ((tracker.gaps, tracker.out_of_order, tracker.gaps_by_sender(), len(tracker))
+            == (reference.gaps, reference.out_of_order, reference.gaps_by_sender(),
+                len(reference)))
+
+
+def test_the_topical_decoder_drops_the_cell_of_a_stream_the_tracker_forgot() -> None:
+    """A stream evicted from the tracker while the decoder holds its cell: its next
+    arrival is a first sight, and a gap after that is still counted."""
+    tracker = GapTracker(max_streams=2)
+    accept = fast_decoder(Kind.PUBLISH, topic=True, deliver=lambda m: None,
+                          fallback=pytest.fail, gaps=tracker)
+    a, b, c = (StreamEncoder(sender=bytes([i]) * 16, epoch=1, stream=0) for i in range(3))
+    for enc, seqs in ((a, range(10)), (b, [0]), (c, [0]), (a, [10, 11, 13])):
+        for seq in seqs:
+            accept(enc.encode(Kind.PUBLISH, b"t\0", b"x", seq, 0))
+    assert (tracker.forgotten, tracker.gaps) == (2, 1)  # a, then b; 12 is missing

@@ -45,7 +45,7 @@ from typing import Any, Final, NamedTuple
 import msgpack
 
 from shoal._core._errors import DecodeError, EncodeError, MessageTooLarge
-from shoal._core._gaps import GapTracker
+from shoal._core._gaps import FORGOTTEN, GapTracker, StreamKey
 
 __all__ = [
     "HEADER",
@@ -394,12 +394,10 @@ def fast_decoder(
     empty = _EMPTY
     at = _FAST.size  # from the NUL to the body
     ident = at - _TAIL.size  # from the NUL to the sequence number
-    # stream prefix -> (topic, sender id, epoch, stream, gap key)
-    streams: dict[bytes, tuple[str, str, int, int, tuple[str, int, int, str]]] = {}
-    streams_get = streams.get
 
-    def learn(frame: bytes, z: int, skey: bytes
-              ) -> tuple[str, str, int, int, tuple[str, int, int, str]] | None:
+    def parse(frame: bytes, z: int) -> _Known | None:
+        """What the frames of this frame's stream share, or None to leave it to
+        ``fallback``."""
         word, sender, epoch, stream, _seq, _ts, _corr = unpack(frame, z)
         if word & 0xFFFFFF != expect:
             return None
@@ -408,18 +406,25 @@ def fast_decoder(
         except UnicodeDecodeError:
             return None
         sid = sender.hex()
-        known = (name, sid, epoch, stream, (sid, epoch, stream, name))
-        if len(streams) >= _MAX_KNOWN_STREAMS:
-            streams.clear()  # bounded: a flood of made-up ids only costs re-learning
-        streams[skey] = known
-        return known
+        return (name, sid, epoch, stream, (sid, epoch, stream, name))
 
     if not topic:
+        streams: dict[bytes, _Known] = {}  # stream prefix -> what its frames share
+        streams_get = streams.get
+
+        def learn(frame: bytes) -> _Known | None:
+            known = parse(frame, 0)
+            if known is not None:
+                if len(streams) >= _MAX_KNOWN_STREAMS:
+                    streams.clear()  # bounded: a flood of made-up ids costs re-learning
+                streams[frame[:ident]] = known
+            return known
+
         def accept_untopical(frame: bytes) -> None:
             if len(frame) >= at and not frame[0]:
                 known = streams_get(frame[:ident])
                 if known is None:
-                    known = learn(frame, 0, frame[:ident])
+                    known = learn(frame)
                 if known is not None:
                     seq, ts, corr = unpack_tail(frame, ident)
                     deliver(new(Message, ("", frame[at:], kind, known[1], known[2], known[3],
@@ -429,29 +434,54 @@ def fast_decoder(
         return accept_untopical
 
     tracker = gaps if gaps is not None else GapTracker()
-    expected = tracker.expected
-    expected_get = expected.get
+    cells = tracker.expected
     observe = tracker.observe
-    refresh = expected.move_to_end
+    refresh = cells.move_to_end
     check_gaps = gaps is not None
+    # stream prefix -> what its frames share, and the stream's gap cell
+    topical: dict[bytes, tuple[str, str, int, int, StreamKey, list[int]]] = {}
+    topical_get = topical.get
+
+    def learn_topical(frame: bytes, z: int, skey: bytes
+                      ) -> tuple[str, str, int, int, StreamKey, list[int]] | None:
+        known = parse(frame, z)
+        if known is None:
+            return None
+        # A cell no sequence number matches: the first arrival goes through observe
+        # (a first sight), which makes the tracker's cell; slow() then takes it.
+        entry = (*known, [FORGOTTEN])
+        if len(topical) >= _MAX_KNOWN_STREAMS:
+            topical.clear()
+        topical[skey] = entry
+        return entry
+
+    def slow(skey: bytes, entry: tuple[str, str, int, int, StreamKey, list[int]],
+             seq: int) -> None:
+        """Not the next in order, or not tracked yet (or any more): the tracker
+        judges it; the stream keeps the cell the tracker has for it now."""
+        key = entry[4]
+        observe(key, seq)
+        cell = cells.get(key)
+        if cell is not None and cell is not entry[5]:
+            topical[skey] = (*entry[:5], cell)
 
     def accept_topical(frame: bytes) -> None:
         z = frame.find(b"\0", 0, MAX_TOPIC + 1)
         if z >= 0 and len(frame) - z >= at:
             skey = frame[:z + ident]
-            known = streams_get(skey)
-            if known is None:
-                known = learn(frame, z, skey)
-            if known is not None:
-                name, sid, epoch, stream, key = known
+            entry = topical_get(skey)
+            if entry is None:
+                entry = learn_topical(frame, z, skey)
+            if entry is not None:
+                name, sid, epoch, stream, key, cell = entry
                 seq, ts, corr = unpack_tail(frame, z + ident)
                 if check_gaps:
-                    if expected_get(key) == seq:
-                        expected[key] = seq + 1
+                    if cell[0] == seq:
+                        cell[0] = seq + 1
                         if not seq & _REFRESH_EVERY:
                             refresh(key)  # keep a busy stream among the recent ones
                     else:
-                        observe(key, seq)
+                        slow(skey, entry, seq)
                 deliver(new(Message, (name, frame[z + at:], kind, sid, epoch, stream, seq,
                                       ts, corr, empty)))
                 return
@@ -477,6 +507,8 @@ def _ignore(frame: bytes) -> None:
     pass
 
 
+_Known = tuple[str, str, int, int, StreamKey]
+"""What a stream's frames share, decoded: topic, sender id, epoch, stream, gap key."""
 _MAX_KNOWN_STREAMS: Final = 4096
 _REFRESH_EVERY: Final = 63
 """In-order arrivals refresh their stream's recency once per 64 (see ``GapTracker``)."""

@@ -11,19 +11,25 @@ streams are remembered (least recently seen forgotten first, and counted in
 A stream seen for the first time reports no gap: what was published before a
 subscriber joined is not the subscriber's loss.
 
-Hot paths handle the in-order case inline (``expected[key] == seq``: set it to
-``seq + 1``) and call ``observe`` for everything else; they refresh a stream's
-recency once per 64 in-order arrivals, so eviction forgets the streams least
-recently refreshed, which a busy stream never is for long.
+Each stream's expected sequence number lives in a one-item list, its *cell*
+(``expected[key]``). Hot paths keep a stream's cell and handle the in-order case
+inline (``cell[0] == seq``: set it to ``seq + 1``), without hashing the key, and
+call ``observe`` for everything else; they refresh a stream's recency once per 64
+in-order arrivals, so eviction forgets the streams least recently refreshed, which a
+busy stream never is for long. An evicted stream's cell is set to ``FORGOTTEN``
+(no sequence number matches it), so a hot path holding it falls back to ``observe``,
+which starts a new cell.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-__all__ = ["GapTracker", "StreamKey"]
+__all__ = ["FORGOTTEN", "GapTracker", "StreamKey"]
 
 StreamKey = tuple[str, int, int, str]  # (sender, epoch, stream, topic)
+FORGOTTEN = -1
+"""The content of an evicted stream's cell: sequence numbers are never negative."""
 
 
 class GapTracker:
@@ -36,9 +42,10 @@ class GapTracker:
         if max_streams < 1:
             raise ValueError("max_streams must be at least 1")
         self.max_streams = max_streams
-        self._next: OrderedDict[StreamKey, int] = OrderedDict()
+        self._next: OrderedDict[StreamKey, list[int]] = OrderedDict()
         self.expected = self._next
-        """Per stream, the sequence number expected next (least recent first)."""
+        """Per stream, its cell: ``[the sequence number expected next]`` (least recent
+        first)."""
         self._by_sender: dict[str, int] = {}
         self.gaps = 0
         """Messages known to be missing, over all streams."""
@@ -49,22 +56,23 @@ class GapTracker:
 
     def observe(self, key: StreamKey, seq: int) -> int:
         """Record an arrival; return how many messages were skipped just before it."""
-        nxt = self._next.get(key)
-        if nxt is None:
+        cell = self._next.get(key)
+        if cell is None:
             if len(self._next) >= self.max_streams:
-                self._next.popitem(last=False)
+                self._next.popitem(last=False)[1][0] = FORGOTTEN
                 self.forgotten += 1
-            self._next[key] = seq + 1
+            self._next[key] = [seq + 1]
             return 0
         self._next.move_to_end(key)
+        nxt = cell[0]
         if seq == nxt:
-            self._next[key] = seq + 1
+            cell[0] = seq + 1
             return 0
         if seq < nxt:
             self.out_of_order += 1
             return 0
         missed = seq - nxt
-        self._next[key] = seq + 1
+        cell[0] = seq + 1
         self.gaps += missed
         sender = key[0]
         # bounded like the streams: only senders we still track keep a counter
