@@ -515,9 +515,9 @@ async def test_a_reliable_subscriber_takes_any_chain_link_and_delivers_in_order(
         async with shoal.open_subscriber(connect=NOWHERE, reliable=True) as sub:
             assert isinstance(sub, ReliableSubscriber)
             for seq, prev, stream in pubs:
-                sub._accept([ROUTE, encode(Kind.PUBLISH, b"t", seq, sender=SENDER, epoch=1,
-                                           stream=stream, seq=seq, timestamp_ns=0,
-                                           correlation=prev)])
+                sub._accept_routed(ROUTE, encode(Kind.PUBLISH, b"t", seq, sender=SENDER,
+                                                 epoch=1, stream=stream, seq=seq,
+                                                 timestamp_ns=0, correlation=prev), False)
             got = []
             while True:
                 try:

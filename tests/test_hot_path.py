@@ -9,8 +9,8 @@ hostile peer's split frames become). Every I/O test runs under ``trio.fail_after
 from __future__ import annotations
 
 import itertools
-import random
 import os
+import random
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -24,9 +24,9 @@ import shoal
 from conftest import Addresses, sync_subscribers
 from shoal import Kind
 from shoal._core import (
-    GapTracker,
     HEADER,
     SPLIT_AT,
+    GapTracker,
     StreamEncoder,
     decode,
     encode,
@@ -401,7 +401,8 @@ def test_the_topical_decoder_counts_gaps_as_the_tracker_does() -> None:
         reference.observe(key, seq)
         accept(frame)
     assert len(got) == len(arrivals)
-    assert reference.gaps > 0 and reference.out_of_order > 0
+    assert reference.gaps > 0
+    assert reference.out_of_order > 0
     assert ((tracker.gaps, tracker.out_of_order, tracker.gaps_by_sender(), len(tracker))
             == (reference.gaps, reference.out_of_order, reference.gaps_by_sender(),
                 len(reference)))

@@ -489,12 +489,12 @@ def fast_decoder(
     return accept_topical
 
 
-def fast_decode(kind: Kind) -> Callable[[bytes], Message | None]:
-    """The untopical fast path of ``fast_decoder`` as a plain decoder: the message, or
-    None for anything it does not handle (valid or not: the caller then uses
-    ``decode``). For receivers that look at a message before delivering it."""
+def fast_decode(kind: Kind, *, topic: bool = False) -> Callable[[bytes], Message | None]:
+    """The fast path of ``fast_decoder`` (without gap counting) as a plain decoder: the
+    message, or None for anything it does not handle (valid or not: the caller then
+    uses ``decode``). For receivers that look at a message before delivering it."""
     got: list[Message] = []
-    accept = fast_decoder(kind, topic=False, deliver=got.append, fallback=_ignore)
+    accept = fast_decoder(kind, topic=topic, deliver=got.append, fallback=_ignore)
     pop = got.pop
 
     def decode_fast(frame: bytes) -> Message | None:

@@ -125,12 +125,55 @@ class FanoutSender:
     def has_room(self) -> bool:
         return all(len(b.unacked) < self.window for b in self.books.values())
 
+    def room(self) -> int:
+        """How many publications can be made before some subscriber's window is full
+        (``window`` with no subscriber)."""
+        books = self.books
+        if not books:
+            return self.window
+        return self.window - max(len(b.unacked) for b in books.values())
+
     def publish(self, topic: str, payload: Any, now: float) -> tuple[int, list[tuple[Book, int]]]:
         """Number a publication and enter it in the books whose prefixes match it.
         Returns its number and ``(book, prev)`` for each subscriber to send it to."""
         if not self.has_room():
             raise WindowFull(f"a subscriber has {self.window} publications unacknowledged; "
                              "wait for it to catch up (or to be dropped)")
+        return self._enter(topic, payload, now)
+
+    def publish_many(self, entries: Sequence[tuple[str, Any]], now: float
+                     ) -> tuple[int, list[list[tuple[Book, int]]]]:
+        """``publish`` for each ``(topic, payload)`` in order, the window checked once
+        (``room()`` must cover them all). Returns the first number and, per entry,
+        its ``(book, prev)`` list."""
+        if len(entries) > self.room():
+            raise WindowFull(f"{len(entries)} publications do not fit: a subscriber's "
+                             f"window has room for {self.room()}")
+        first = seq = self.next_seq
+        books = list(self.books.values())
+        log = self._log
+        out: list[list[tuple[Book, int]]] = []
+        for topic, payload in entries:
+            targets: list[tuple[Book, int]] = []
+            for book in books:
+                if topic.startswith(book.prefixes):
+                    prev = book.last_sent
+                    book.unacked.append((seq, prev))
+                    book.last_sent = seq
+                    targets.append((book, prev))
+            if targets:
+                log[seq] = [payload, len(targets)]
+                self.sent += 1
+            out.append(targets)
+            seq += 1
+        self.next_seq = seq
+        for book in books:
+            if book.due == float("inf") and book.unacked:
+                book.due = now + self.rto
+        return first, out
+
+    def _enter(self, topic: str, payload: Any, now: float
+               ) -> tuple[int, list[tuple[Book, int]]]:
         seq = self.next_seq
         self.next_seq = seq + 1
         out: list[tuple[Book, int]] = []

@@ -27,7 +27,7 @@ from typing import Any, Generic, Self, TypeVar
 import trio
 import zmq
 
-from shoal._core import Identity, Kind, Message, StreamEncoder, decode
+from shoal._core import Identity, Kind, Message, StreamEncoder, decode, encode_topic
 from shoal._identity import next_stream, process_identity
 from shoal._zmq import Socket
 from shoal.errors import ClosedError, DecodeError, LocalProtocolError
@@ -120,11 +120,12 @@ PublishItem = tuple[str, Any] | tuple[str, Any, Mapping[str, Any] | None]
 
 
 def publish_item(item: object) -> tuple[str, Any, Mapping[str, Any] | None]:
-    """Unpack one ``publish_many`` item, or raise ``LocalProtocolError``."""
-    if isinstance(item, tuple) and len(item) == 2:
-        return item[0], item[1], None
-    if isinstance(item, tuple) and len(item) == 3:
-        return item[0], item[1], item[2]
+    """Unpack one ``publish_many`` item, or raise ``LocalProtocolError`` (an item that
+    is not such a tuple) or ``EncodeError`` (a topic that is not a ``str``)."""
+    if isinstance(item, tuple) and len(item) in (2, 3):
+        if type(item[0]) is not str:
+            encode_topic(item[0])  # raises the EncodeError that says what to do
+        return item[0], item[1], (item[2] if len(item) == 3 else None)
     raise LocalProtocolError(f"publish_many takes (topic, body) or (topic, body, headers) "
                              f"tuples, not {item!r}")
 

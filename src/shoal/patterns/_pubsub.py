@@ -188,7 +188,7 @@ class Publisher(SocketResource):
         now = time_ns()
         inline = self._max >= SPLIT_AT + MAX_TOPIC + _ROOM  # no per-frame size check needed
         for item in items:
-            if type(item) is tuple and len(item) == 2:
+            if type(item) is tuple and len(item) == 2 and type(item[0]) is str:
                 topic, body = item
                 headers = None
             else:

@@ -35,10 +35,22 @@ from typing import Any
 import trio
 import zmq
 
-from shoal._core import ChainReceiver, FanoutSender, Identity, Kind, Message, decode, encode_topic
+from shoal._core import (
+    MAX_TOPIC,
+    SPLIT_AT,
+    ChainReceiver,
+    FanoutSender,
+    Identity,
+    Kind,
+    Message,
+    decode,
+    encode_topic,
+    fast_decode,
+    pack_tail,
+)
 from shoal._tasks import open_service_nursery
 from shoal._zmq import DEFAULT_LINGER_MS, PeerUnreachable, Socket
-from shoal.errors import ClosedError, LocalProtocolError
+from shoal.errors import ClosedError, EncodeError, LocalProtocolError
 from shoal.patterns._common import (
     DEFAULT_BATCH,
     BufferedReceiver,
@@ -116,6 +128,7 @@ class ReliablePublisher(SocketResource):
         self._core = FanoutSender(window=window, rto=rto, max_rto=max(rto, 5.0), grace=grace,
                                   max_subscribers=max_subscribers)
         self._topics: dict[str, bytes] = {}
+        self._raw_prefix = self._enc.raw_prefix[Kind.PUBLISH]
         self._malformed = 0
         self._arm = trio.Event()
         self._waiters = 0  # tasks in _wait_for
@@ -173,11 +186,7 @@ class ReliablePublisher(SocketResource):
             self._read_acks()
             if not core.has_room():
                 raise trio.WouldBlock
-        raw_topic = self._topics.get(topic)
-        if raw_topic is None:
-            raw_topic = encode_topic(topic) + b"\0"
-            if len(self._topics) < 4096:
-                self._topics[topic] = raw_topic
+        raw_topic = self._raw_topic(topic)
         frame = self._enc.encode(Kind.PUBLISH, raw_topic, body, core.next_seq, time_ns(), 0,
                                  headers)
         seq, targets = core.publish(topic, (frame, len(raw_topic) + 44),
@@ -209,20 +218,101 @@ class ReliablePublisher(SocketResource):
         ``EncodeError``/``LocalProtocolError`` for an item), the items before that
         point were published and the rest were not."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        batch = items if isinstance(items, list) else list(items)
         waited = False
-        for item in items:
-            topic, body, headers = publish_item(item)
-            if not self._core.has_room():
-                await self._wait_for(self._core.has_room)
-                waited = True
-            self.publish_nowait(topic, body, headers=headers)
+        i = 0
+        while True:
+            i += self._take_batch(batch, i)
+            if i >= len(batch):
+                break
+            await self._wait_for(self._core.has_room)  # a window is full
+            waited = True
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _raw_topic(self, topic: str) -> bytes:
+        """``topic`` encoded with its NUL (remembered for up to 4096 topics)."""
+        raw_topic = self._topics.get(topic)
+        if raw_topic is None:
+            raw_topic = encode_topic(topic) + b"\0"
+            if len(self._topics) < 4096:
+                self._topics[topic] = raw_topic
+        return raw_topic
+
+    def _take_batch(self, items: list[Any], start: int) -> int:
+        """Publish as many of ``items[start:]`` as every window has room for (at most
+        ``_ACK_BATCH * 4``) in one go: encoded under one timestamp, entered in the
+        books at once, sent with one EVENTS read. Returns how many were published (0:
+        a window is full). An item that cannot be encoded raises once the items
+        before it are published."""
+        self._sock.check_open("publish")
+        core = self._core
+        k = min(core.room(), len(items) - start, _ACK_BATCH * 4)
+        if k <= 0:
+            self._read_acks()
+            k = min(core.room(), len(items) - start, _ACK_BATCH * 4)
+            if k <= 0:
+                return 0
+        ts = time_ns()
+        seq = core.next_seq
+        encode = self._enc.encode
+        prefix = self._raw_prefix
+        topics = self._topics
+        join = b"".join
+        inline = self._sock.max_message_size >= SPLIT_AT + MAX_TOPIC + 64
+        entries: list[tuple[str, tuple[bytes, int]]] = []
+        error: Exception | None = None
+        for item in items[start:start + k]:
+            try:
+                if type(item) is tuple and len(item) == 2 and type(item[0]) is str:
+                    topic, body = item
+                    headers = None
+                else:
+                    topic, body, headers = publish_item(item)
+                raw_topic = topics.get(topic) or self._raw_topic(topic)
+                if inline and type(body) is bytes and headers is None and len(body) < SPLIT_AT:
+                    # the common case as one join: see StreamEncoder.raw_prefix
+                    frame = join((raw_topic, prefix, pack_tail(seq, ts, 0), body))
+                else:
+                    frame = encode(Kind.PUBLISH, raw_topic, body, seq, ts, 0, headers)
+            except (EncodeError, LocalProtocolError) as exc:
+                error = exc
+                break
+            entries.append((topic, (frame, len(raw_topic) + 44)))
+            seq += 1
+        if entries:
+            self._publish_entries(entries)
+        if error is not None:
+            raise error
+        return k
+
+    def _publish_entries(self, entries: list[tuple[str, tuple[bytes, int]]]) -> None:
+        """Enter encoded publications in the books and send each to its subscribers,
+        in order; a route whose pipe refuses one is stalled as ``_send`` does."""
+        _, targets = self._core.publish_many(entries, trio.current_time())
+        stalled = self._stalled
+        routes: list[Any] = []  # routing ids (bytes)
+        frames: list[bytes] = []
+        pack = _U64.pack
+        for (_topic, (frame, at)), books in zip(entries, targets, strict=True):
+            for book, prev in books:
+                if book.route not in stalled:
+                    routes.append(book.route)
+                    frames.append(b"".join((frame[:at], pack(prev), frame[at + 8:])))
+        if routes:
+            sent = self._sock.send_routed_batch_nowait(routes, frames)
+            for i in range(sent, len(routes)):  # refused: judged one by one
+                if routes[i] not in stalled:
+                    self._send_frame(routes[i], frames[i])
+            self._arm.set()
+        self._read_acks()
 
     def _send(self, route: Any, frame: bytes, at: int, prev: int) -> bool:
         """Send one publication to one subscriber; False if its pipe is full (the
         route is then stalled until its resend) or it is not connected."""
-        data = frame[:at] + _U64.pack(prev) + frame[at + 8:]
+        return self._send_frame(route, frame[:at] + _U64.pack(prev) + frame[at + 8:])
+
+    def _send_frame(self, route: Any, data: bytes) -> bool:
         try:
             self._sock.send_to_nowait(route, data)
         except trio.WouldBlock:
@@ -350,6 +440,7 @@ class ReliableSubscriber(BufferedReceiver[Message]):
         self._last_flush = 0.0
         sock.setsockopt(zmq.ROUTING_ID, b"S" + os.urandom(15))
         self._links = LinkMonitor(sock, self._link_up, lambda _ep: None)
+        self._decode_fast = fast_decode(Kind.PUBLISH, topic=True)
 
     # -- topics ------------------------------------------------------------------------------
 
@@ -405,11 +496,15 @@ class ReliableSubscriber(BufferedReceiver[Message]):
 
     # -- receiving -----------------------------------------------------------------------------
 
-    def _accept(self, frames: list[bytes]) -> None:
-        msg = self._malformed.check(frames, _PUBLISH, "reliable subscriber", nframes=2)
+    _routed = True  # drained with Socket.drain_routed: plain receives, no frame lists
+
+    def _accept_routed(self, route: bytes, frame: bytes, more: bool) -> None:
+        msg = None if more else self._decode_fast(frame)
         if msg is None:
-            return
-        route = frames[0]
+            msg = self._malformed.check_frame(self._sock, frame, _PUBLISH,
+                                              "reliable subscriber", more)
+            if msg is None:
+                return
         stream = (msg.sender, msg.epoch, msg.stream)
         self._stream_of[route] = stream
         self._dirty.add(route)
