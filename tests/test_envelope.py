@@ -134,7 +134,10 @@ def test_extreme_field_values_round_trip() -> None:
 def test_message_id_and_timestamp_are_derived_from_the_envelope() -> None:
     msg = decode(frame_of("x"))
     assert msg.sender == SENDER.hex()
-    assert msg.id == f"{SENDER.hex()}:00000007:3:42"
+    assert msg.id == f"{SENDER.hex()}:00000007:3:42:{msg.topic}"
+    topical = decode(encode(Kind.PUBLISH, b"a:b", "x", sender=SENDER, epoch=7, stream=3,
+                            seq=42, timestamp_ns=0))
+    assert topical.id == f"{SENDER.hex()}:00000007:3:42:a:b"
     assert msg.timestamp == pytest.approx(1_700_000_000.0)
 
 

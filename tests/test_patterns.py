@@ -133,6 +133,9 @@ async def test_pubsub_sequence_numbers_count_per_topic(addresses: Addresses) -> 
         ("t/a", 0), ("t/b", 0), ("t/a", 1), ("t/a", 2), ("t/b", 1)]
     assert len({m.stream for m in got}) == 1
     assert stats.gaps == 0
+    # the ids tell the topics apart: deduplicating by id keeps every message
+    assert len({m.id for m in got}) == len(got)
+    assert got[0].id.split(":", 4)[3:] == ["0", "t/a"]
 
 
 async def test_a_subscriber_may_bind_and_several_publishers_connect(

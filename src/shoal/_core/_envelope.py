@@ -107,7 +107,8 @@ _EMPTY: Final[Mapping[str, Any]] = types.MappingProxyType({})
 class Message(NamedTuple):
     """One received shoal message (immutable).
 
-    ``(sender, epoch, stream, seq)`` identifies it uniquely; ``id`` spells that as a string.
+    ``(sender, epoch, stream, topic, seq)`` identifies it uniquely (a publisher numbers
+    each topic on its own); ``id`` spells that as a string.
     ``body`` is whatever the sender passed (``bytes`` arrive as ``bytes``, untouched).
 
     A ``NamedTuple`` rather than a frozen dataclass on purpose: it is built once per
@@ -128,7 +129,11 @@ class Message(NamedTuple):
 
     @property
     def id(self) -> str:
-        """Globally unique message id: ``sender:epoch:stream:seq``."""
+        """Globally unique message id: ``sender:epoch:stream:seq``, then ``:topic``
+        when there is a topic (pub/sub sequence numbers count per topic, so two
+        topics of one publisher share numbers). Parse it with ``split(":", 4)``."""
+        if self.topic:
+            return f"{self.sender}:{self.epoch:08x}:{self.stream}:{self.seq}:{self.topic}"
         return f"{self.sender}:{self.epoch:08x}:{self.stream}:{self.seq}"
 
     @property
