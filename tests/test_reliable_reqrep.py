@@ -98,6 +98,46 @@ async def test_a_repeated_request_is_answered_from_the_cache_not_the_handler() -
     assert rep.statistics().replied == 1
 
 
+async def test_a_reused_request_id_gets_an_error_not_the_other_requests_reply() -> None:
+    """A second request with the id of one already answered (same sender, epoch and
+    stream) but another body is not a retry: it is counted and answered with an
+    error; the cached reply still answers true retries of the first."""
+    runs = 0
+    with trio.fail_after(10):
+        async with shoal.open_replier(bind=LOOPBACK) as rep, trio.open_nursery() as nursery:
+            async def serve() -> None:
+                nonlocal runs
+                async for req in rep:
+                    runs += 1
+                    await req.reply({"echo": req.body})
+
+            nursery.start_soon(serve)
+            ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.RCVTIMEO, 5000)
+            dealer.connect(rep.endpoints[0])
+
+            def request(body: str, ts: int) -> bytes:
+                return encode(Kind.REQUEST, b"", body, sender=b"\x07" * 16, epoch=1,
+                              stream=9, seq=5, timestamp_ns=ts, correlation=5)
+            try:
+                replies = []
+                for frame in (request("first", 1), request("second", 2), request("first", 1)):
+                    dealer.send(frame)
+                    replies.append(decode(await trio.to_thread.run_sync(dealer.recv)))
+            finally:
+                dealer.close(linger=0)
+                ctx.term()
+            nursery.cancel_scope.cancel()
+    assert runs == 1
+    assert [r.kind for r in replies] == [Kind.REPLY, Kind.ERROR, Kind.REPLY]
+    assert replies[0].body == replies[2].body == {"echo": "first"}
+    assert "already used by a different request" in replies[1].body
+    assert all(r.correlation == 5 for r in replies)
+    stats = rep.statistics()
+    assert (stats.reused_ids, stats.duplicates, stats.replied) == (1, 1, 1)
+
+
 async def test_a_repeat_while_the_handler_still_runs_is_dropped() -> None:
     """The first copy is still being handled: the repeat is dropped (not handled
     again); the one answer reaches the caller."""

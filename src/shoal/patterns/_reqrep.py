@@ -112,6 +112,10 @@ class ReplierStatistics:
     duplicates: int
     """Repeated requests (a requester's retry): answered from the reply cache, or
     dropped while the first copy is still being handled; the handler never runs twice."""
+    reused_ids: int
+    """Requests whose id (sender, epoch, stream, correlation) the reply cache holds for
+    a different request: answered with an error (``RemoteError`` at the caller), never
+    with the other request's reply."""
     malformed: int
     malformed_by_reason: Mapping[str, int]
 
@@ -449,12 +453,15 @@ class Replier(BufferedReceiver[Request]):
         self._reply_head = b"\0" + self._enc.raw_prefix[Kind.REPLY]
         self._max = sock.max_message_size
         self._seq = 0
-        # (sender, epoch, stream, request id) -> the answer sent, or None while handled;
-        # the newest ``reply_cache`` requests, so a retry never runs the handler twice
+        # (sender, epoch, stream, request id) -> [the request's digest, the answer sent
+        # or None while handled]; the newest ``reply_cache`` requests, so a retry never
+        # runs the handler twice. A retry is the same frame again (send time included):
+        # the digest tells it from another request that reuses its id.
         self._answers: OrderedDict[tuple[str, int, int, int],
-                                   bytes | tuple[bytes, bytes] | None] = OrderedDict()
+                                   list[Any]] = OrderedDict()
         self._cache_size = reply_cache
         self._duplicates = 0
+        self._reused = 0
         self._replied = 0
         self._failed = 0
         self._unroutable = 0
@@ -465,20 +472,38 @@ class Replier(BufferedReceiver[Request]):
             return
         key = (msg.sender, msg.epoch, msg.stream, msg.correlation)
         answers = self._answers
-        if key in answers:
+        digest = hash(frame)  # the first frame holds the send time: enough to tell apart
+        entry = answers.get(key)
+        if entry is not None:
+            if entry[0] != digest:
+                self._reused += 1
+                self._refuse_reused(route, msg)
+                return
             self._duplicates += 1
-            cached = answers[key]
+            cached = entry[1]
             if cached is not None:  # answered already: the answer again, not the handler
                 try:
                     self._send_answer(route, cached)
                 except (PeerUnreachable, trio.WouldBlock):
                     self._unroutable += 1
             return
-        answers[key] = None  # being handled
+        answers[key] = [digest, None]  # being handled
         if len(answers) > self._cache_size:
             answers.popitem(last=False)
         self._received += 1
         self._buffer.append(Request(self, route, msg))
+
+    def _refuse_reused(self, route: bytes, msg: Message) -> None:
+        """Answer a request whose id belongs to another request with an error."""
+        text = (f"request id {msg.correlation} was already used by a different request "
+                f"from this sender; a requester must not reuse ids")
+        log.warning("replier: %s (sender %s)", text, msg.sender)
+        frame = self._enc.encode(Kind.ERROR, b"\0", text, self._seq, time_ns(), msg.correlation)
+        self._seq += 1
+        try:
+            self._send_answer(route, frame)
+        except (PeerUnreachable, trio.WouldBlock):
+            self._unroutable += 1
 
     def _send_answer(self, route: bytes, frame: bytes | tuple[bytes, bytes]) -> None:
         if type(frame) is bytes:
@@ -505,9 +530,9 @@ class Replier(BufferedReceiver[Request]):
                                                m.correlation, headers)
             frame = head if big is None else (head, big)
         req._answered = True
-        key = (m.sender, m.epoch, m.stream, m.correlation)
-        if key in self._answers:
-            self._answers[key] = frame  # a retry of this request gets this answer
+        entry = self._answers.get((m.sender, m.epoch, m.stream, m.correlation))
+        if entry is not None:
+            entry[1] = frame  # a retry of this request gets this answer
         sock = self._sock
         try:
             while True:
@@ -540,6 +565,7 @@ class Replier(BufferedReceiver[Request]):
             failed=self._failed,
             unroutable=self._unroutable,
             duplicates=self._duplicates,
+            reused_ids=self._reused,
             malformed=self._malformed.total,
             malformed_by_reason=dict(self._malformed.by_reason),
         )
