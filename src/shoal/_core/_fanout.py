@@ -21,6 +21,13 @@ subscriber can tell a gap from a publication it was never meant to get.
   when a connection drops or a high-water mark overflows). A subscriber heard from
   again after a silence longer than two ``rto`` gets its book again at once. A book
   not heard from for ``grace`` seconds is dropped, with what it held (``Dropped``).
+  The caller reports what it actually sent again with ``resent(count)`` (that is
+  what ``retransmitted`` counts).
+* ``stalled(book, prev)``: sending to the book was refused (a full pipe) at the
+  publication sent after ``prev``; the caller sends it nothing more until
+  ``resume(book)`` (the subscriber acknowledged: it is draining), after which the
+  next ``due`` lists the book's publications from the refused one on: what was
+  already sent is not sent again before the retransmission timer says so.
 * ``on_bye(key)``: the subscriber left cleanly; its book goes without a count.
 * An acknowledgement of ``LOST_TRACK`` (-2) means the subscriber holds publications of
   this stream it cannot place (its memory of the stream was forgotten, or the first
@@ -76,7 +83,7 @@ class Book:
     """What the publisher keeps for one subscriber."""
 
     __slots__ = ("ack_seq", "acked", "attempts", "due", "key", "last_heard", "last_sent",
-                 "prefixes", "route", "unacked")
+                 "prefixes", "resume", "route", "sent_upto", "unacked")
 
     def __init__(self, key: Hashable, route: Hashable, prefixes: tuple[str, ...],
                  now: float) -> None:
@@ -90,6 +97,10 @@ class Book:
         self.due = float("inf")  # when to send ``unacked`` again
         self.attempts = 0  # retransmission rounds since the last progress
         self.ack_seq = -1  # number of the newest acknowledgement taken
+        # After a refused send: the number of the last publication sent before it (-1:
+        # none), where ``resume`` carries on.
+        self.sent_upto = -1
+        self.resume = False  # carry on after ``sent_upto`` at the next ``due``
 
 
 class FanoutSender:
@@ -275,6 +286,21 @@ class FanoutSender:
 
     # -- time --------------------------------------------------------------------------------
 
+    def stalled(self, book: Book, prev: int) -> None:
+        """Sending the publication that follows ``prev`` to ``book`` was refused:
+        everything before it had been sent."""
+        book.sent_upto = prev if prev < RESUME else -1
+        book.resume = False
+
+    def resume(self, book: Book) -> None:
+        """A stalled book's subscriber is draining: the next ``due`` lists what was
+        not sent yet."""
+        book.resume = True
+
+    def resent(self, count: int) -> None:
+        """``count`` publications of what ``due`` listed were sent again."""
+        self.retransmitted += count
+
     def due(self, now: float) -> tuple[list[tuple[Book, list[tuple[int, int]]]], list[Dropped]]:
         """What to send again now (per book, in order), and the books dropped for
         silence."""
@@ -294,8 +320,15 @@ class FanoutSender:
                 book.attempts += 1
                 book.due = now + min(self.rto * 2 ** min(book.attempts, _MAX_DOUBLINGS),
                                      self.max_rto)
-                self.retransmitted += len(book.unacked)
                 resend.append((book, list(book.unacked)))
+                book.sent_upto = book.unacked[-1][0]  # unless ``stalled`` says otherwise
+            elif book.resume and book.unacked:
+                after = book.sent_upto
+                rest = [e for e in book.unacked if e[0] > after]
+                if rest:
+                    resend.append((book, rest))
+                    book.sent_upto = rest[-1][0]
+            book.resume = False
         return resend, dropped
 
     def get_timer(self) -> float | None:

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from time import time_ns
-from typing import Any
+from typing import Any, cast
 
 import trio
 import zmq
@@ -48,6 +48,7 @@ from shoal._core import (
     fast_decode,
     pack_tail,
 )
+from shoal._core._fanout import Book
 from shoal._tasks import open_service_nursery
 from shoal._zmq import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal.errors import ClosedError, EncodeError, LocalProtocolError
@@ -194,7 +195,7 @@ class ReliablePublisher(SocketResource):
         stalled = self._stalled
         for book, prev in targets:
             if book.route not in stalled:
-                self._send(book.route, frame, len(raw_topic) + 44, prev)
+                self._send(book, frame, len(raw_topic) + 44, prev)
         if not seq & 31:
             self._read_acks()
         if targets:
@@ -293,31 +294,35 @@ class ReliablePublisher(SocketResource):
         stalled = self._stalled
         routes: list[Any] = []  # routing ids (bytes)
         frames: list[bytes] = []
+        sends: list[tuple[Book, int]] = []  # (book, prev) of each frame
         pack = _U64.pack
         for (_topic, (frame, at)), books in zip(entries, targets, strict=True):
             for book, prev in books:
                 if book.route not in stalled:
                     routes.append(book.route)
                     frames.append(b"".join((frame[:at], pack(prev), frame[at + 8:])))
+                    sends.append((book, prev))
         if routes:
             sent = self._sock.send_routed_batch_nowait(routes, frames)
             for i in range(sent, len(routes)):  # refused: judged one by one
                 if routes[i] not in stalled:
-                    self._send_frame(routes[i], frames[i])
+                    self._send_frame(*sends[i], frames[i])
             self._arm.set()
         self._read_acks()
 
-    def _send(self, route: Any, frame: bytes, at: int, prev: int) -> bool:
-        """Send one publication to one subscriber; False if its pipe is full (the
-        route is then stalled until its resend) or it is not connected."""
-        return self._send_frame(route, frame[:at] + _U64.pack(prev) + frame[at + 8:])
+    def _send(self, book: Book, frame: bytes, at: int, prev: int) -> bool:
+        """Send one publication (the one after ``prev``) to one subscriber; False if
+        its pipe is full (the route is then stalled until the subscriber acknowledges
+        again or its timer runs out) or it is not connected."""
+        return self._send_frame(book, prev, frame[:at] + _U64.pack(prev) + frame[at + 8:])
 
-    def _send_frame(self, route: Any, data: bytes) -> bool:
+    def _send_frame(self, book: Book, prev: int, data: bytes) -> bool:
         try:
-            self._sock.send_to_nowait(route, data)
+            self._sock.send_to_nowait(cast(bytes, book.route), data)
         except trio.WouldBlock:
-            self._stalled.add(route)
-            return False  # sent again, from here on, when its timer runs out
+            self._stalled.add(book.route)
+            self._core.stalled(book, prev)
+            return False  # sent, from here on, when it acknowledges or its timer runs out
         except PeerUnreachable:
             return False  # sent again when its timer runs out
         return True
@@ -366,7 +371,7 @@ class ReliablePublisher(SocketResource):
             # carry on from the hole now rather than at the retransmission timer.
             book = core.books.get(key)
             if book is not None and book.route == frames[0]:
-                book.due = min(book.due, now)
+                core.resume(book)
                 self._resume = True
 
     def _tick(self) -> None:
@@ -374,12 +379,16 @@ class ReliablePublisher(SocketResource):
         resend, dropped = self._core.due(trio.current_time())
         if self._stalled:  # forget the routes of subscribers that are gone
             self._stalled &= {book.route for book in self._core.books.values()}
+        core = self._core
         for book, entries in resend:
             self._stalled.discard(book.route)
+            sent = 0
             for seq, prev in entries:
-                frame, at = self._core.payload(seq)
-                if not self._send(book.route, frame, at, prev):
+                frame, at = core.payload(seq)
+                if not self._send(book, frame, at, prev):
                     break  # a full pipe: the rest would only refill it; next time
+                sent += 1
+            core.resent(sent)
 
         for d in dropped:
             log.warning("reliable publisher: dropped subscriber %s after %.1f s of silence; "
