@@ -65,7 +65,7 @@ from shoal.patterns._common import (
     stream_encoder,
 )
 from shoal.patterns._links import LinkMonitor
-from shoal.patterns._reliable_pushpull import reliable_options
+from shoal.patterns._reliable_pushpull import BATCH_BYTES, reliable_options
 
 __all__ = ["ReliablePublisher", "ReliablePublisherStatistics", "ReliableSubscriber",
            "ReliableSubscriberStatistics", "open_reliable_publisher",
@@ -242,10 +242,10 @@ class ReliablePublisher(SocketResource):
 
     def _take_batch(self, items: list[Any], start: int) -> int:
         """Publish as many of ``items[start:]`` as every window has room for (at most
-        ``_ACK_BATCH * 4``) in one go: encoded under one timestamp, entered in the
-        books at once, sent with one EVENTS read. Returns how many were published (0:
-        a window is full). An item that cannot be encoded raises once the items
-        before it are published."""
+        ``_ACK_BATCH * 4``, and about ``BATCH_BYTES``) in one go: encoded under one
+        timestamp, entered in the books at once, sent with one EVENTS read. Returns
+        how many were published (0: a window is full). An item that cannot be
+        encoded raises once the items before it are published."""
         self._sock.check_open("publish")
         core = self._core
         k = min(core.room(), len(items) - start, _ACK_BATCH * 4)
@@ -263,6 +263,7 @@ class ReliablePublisher(SocketResource):
         inline = self._sock.max_message_size >= SPLIT_AT + MAX_TOPIC + 64
         entries: list[tuple[str, tuple[bytes, int]]] = []
         error: Exception | None = None
+        size = 0
         for item in items[start:start + k]:
             try:
                 if type(item) is tuple and len(item) == 2 and type(item[0]) is str:
@@ -281,11 +282,14 @@ class ReliablePublisher(SocketResource):
                 break
             entries.append((topic, (frame, len(raw_topic) + 44)))
             seq += 1
+            size += len(frame)
+            if size >= BATCH_BYTES:
+                break  # large bodies: the rest in the next batch
         if entries:
             self._publish_entries(entries)
         if error is not None:
             raise error
-        return k
+        return len(entries)
 
     def _publish_entries(self, entries: list[tuple[str, tuple[bytes, int]]]) -> None:
         """Enter encoded publications in the books and send each to its subscribers,

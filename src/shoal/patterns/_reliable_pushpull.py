@@ -88,6 +88,9 @@ _ACK_BATCH = 64
 _ACK_DELAY = 0.002
 """Seconds a puller may sit on acknowledgements before sending them (batching)."""
 _READ_EVERY_MASK = 31
+BATCH_BYTES = 1 << 20
+"""A batch send (``send_many``, ``publish_many``) encodes about this many bytes at a
+time at most: large bodies do not pile up in memory before the first one leaves."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,11 +312,11 @@ class ReliablePusher(SocketResource):
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _take_batch(self, items: list[Any], start: int) -> int:
-        """Take as many of ``items[start:]`` as the window has room for, in one go:
-        encoded under one timestamp and floor, sent round-robin with one EVENTS read
-        for the batch. Returns how many were taken; 0 when the batch path does not
-        apply (an outbox, no puller connected, a queue to send first: ``send_nowait``
-        handles those one by one)."""
+        """Take as many of ``items[start:]`` as the window has room for (up to about
+        ``BATCH_BYTES``), in one go: encoded under one timestamp and floor, sent
+        round-robin with one EVENTS read for the batch. Returns how many were taken;
+        0 when the batch path does not apply (an outbox, no puller connected, a
+        queue to send first: ``send_nowait`` handles those one by one)."""
         core = self._core
         if self._outbox is not None or not self._routes or core.queued():
             return 0
@@ -324,8 +327,15 @@ class ReliablePusher(SocketResource):
         ts = time_ns()
         seq0 = core.next_seq
         encode = self._enc.encode
-        frames = [encode(Kind.PUSH, _TOPIC, items[start + j], seq0 + j, ts, floor)
-                  for j in range(k)]
+        frames: list[bytes] = []
+        size = 0
+        for j in range(k):
+            frame = encode(Kind.PUSH, _TOPIC, items[start + j], seq0 + j, ts, floor)
+            frames.append(frame)
+            size += len(frame)
+            if size >= BATCH_BYTES:
+                break  # large bodies: the rest in the next batch
+        k = len(frames)
         was_empty = not core.in_flight
         now = trio.current_time()
         first = core.send_now_many([(f, floor) for f in frames], now)
