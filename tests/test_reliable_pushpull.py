@@ -676,6 +676,41 @@ async def test_waiting_for_a_puller_does_not_spin() -> None:
     assert not scope.cancelled_caught, "a task kept running while nothing could happen"
 
 
+async def test_a_full_puller_queue_is_refilled_as_it_drains_not_on_a_timer(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Every puller's queue is full (high-water mark 1) and the application is idle:
+    the pusher must send the next queued item when the puller takes one, woken by
+    the socket, not by a timer that polls. Trio's clock is frozen here (a MockClock
+    at rate 0): a pusher that polls on a timer never sends again; a real-time
+    watchdog thread bounds the test."""
+    n = 300
+    got: list[Any] = []
+    endpoint = f"inproc://refill-{random.getrandbits(32)}"
+    stalled = False
+
+    async def watchdog(scope: trio.CancelScope) -> None:
+        nonlocal stalled
+        await trio.to_thread.run_sync(time.sleep, 20, abandon_on_cancel=True)
+        stalled = True
+        scope.cancel()
+
+    async with trio.open_nursery() as guard:
+        guard.start_soon(watchdog, guard.cancel_scope)
+        async with (
+            shoal.open_puller(bind=endpoint, reliable=True, high_water_mark=1) as pull,
+            shoal.open_pusher(connect=endpoint, reliable=True, high_water_mark=1,
+                              window=n) as push,
+        ):
+            for i in range(n):
+                push.send_nowait(i)  # taken into the window; most wait in its queue
+            while len(got) < n:
+                got.append((await pull.receive()).body)
+        guard.cancel_scope.cancel()
+    assert not stalled, f"stalled after {len(got)} of {n} items with a frozen clock"
+    assert got == list(range(n))
+
+
 # -- misuse ------------------------------------------------------------------------------------
 
 

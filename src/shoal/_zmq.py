@@ -182,6 +182,7 @@ class Socket:
         self._lots: dict[int, trio.lowlevel.ParkingLot] = {
             POLLIN: trio.lowlevel.ParkingLot(),
             POLLOUT: trio.lowlevel.ParkingLot(),
+            _BOTH: trio.lowlevel.ParkingLot(),  # wait_either()
         }
         self._parked = 0  # tasks inside _wait (watcher included)
         self._watch_flag = 0  # what the watcher waits for; 0 = no watcher
@@ -275,6 +276,8 @@ class Socket:
             lots[POLLIN].unpark_all()
         if events & POLLOUT:
             lots[POLLOUT].unpark_all()
+        if events:
+            lots[_BOTH].unpark_all()
         if watcher and events & self._watch_flag and not self._poked:
             self._poke_watcher()
         return events
@@ -296,9 +299,10 @@ class Socket:
             self._refresh()
 
     async def _wait(self, flag: int) -> None:
-        """Wait until ``flag`` may be ready. Returns spuriously; callers retry."""
+        """Wait until ``flag`` (POLLIN, POLLOUT, or either: ``_BOTH``) may be ready.
+        Returns spuriously; callers retry."""
         self.check_open("wait")
-        if not self._quiet & flag and self._refresh() & flag:
+        if self._quiet & flag != flag and self._refresh() & flag:
             # A libzmq call since the last look may have taken the edge: the event is
             # ready now, and parking on the FD would sleep through it.
             await trio.lowlevel.checkpoint()
@@ -391,6 +395,17 @@ class Socket:
     async def wait_sendable(self) -> None:
         """Wait until a send may succeed (may return spuriously). Cancel-safe."""
         await self._wait(POLLOUT)
+
+    async def wait_either(self) -> None:
+        """Wait until a receive or a send may succeed (may return spuriously): for a
+        sender whose queue is full that also reads acknowledgements. Cancel-safe."""
+        await self._wait(_BOTH)
+
+    def sendable(self) -> bool:
+        """Whether a send may succeed now (EVENTS, read afresh). For a ROUTER with
+        ROUTER_MANDATORY: whether any peer's queue has room."""
+        self.check_open("send")
+        return bool(self._refresh() & POLLOUT)
 
     # -- operations ----------------------------------------------------------------
 

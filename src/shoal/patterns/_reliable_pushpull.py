@@ -383,13 +383,19 @@ class ReliablePusher(SocketResource):
                 if condition():
                     return
                 # What is queued and found no puller waits for one (``_wake``), or
-                # for a full queue to drain (looked at again soon).
+                # for a full queue to drain: on the socket when every puller's queue is
+                # full, else (its own puller's queue is full) looked at again soon.
                 timer = core.get_timer(queued=sent_all)
-                if not sent_all and self._routes:
+                full = not sent_all and bool(self._routes)
+                if full and sock.sendable():
                     soon = trio.current_time() + 0.005
                     timer = soon if timer is None else min(timer, soon)
+                    full = False
                 with trio.move_on_at(math.inf if timer is None else max(timer, 0.0)):
-                    await sock.wait_receivable()
+                    if full:
+                        await sock.wait_either()
+                    else:
+                        await sock.wait_receivable()
         finally:
             self._waiters -= 1
 
@@ -606,7 +612,22 @@ class ReliablePusher(SocketResource):
                 # every rto while anything is in flight, in case one comes earlier
                 deadline = (None if timer is None
                             else min(timer, trio.current_time() + core.rto))
-            elif self._routes:  # pullers' queues full: look again soon
+            elif self._routes and not sock.sendable():
+                # Every puller's queue is full: sleep on the socket until one has room
+                # or acknowledgements come (parked there, sends pay an EVENTS read;
+                # they are failing anyway).
+                timer = core.get_timer(queued=False)
+                self._waiters += 1
+                try:
+                    with trio.move_on_at(math.inf if timer is None else max(timer, 0.0)):
+                        await sock.wait_either()
+                except ClosedError:
+                    return
+                finally:
+                    self._waiters -= 1
+                backoff = 0.001
+                continue
+            elif self._routes:  # its own puller's queue is full (a resend): look again soon
                 deadline = trio.current_time() + backoff
                 backoff = min(backoff * 2, 0.05)
             else:  # no puller: one connecting wakes us (_wake); in-flight timers run on
