@@ -554,6 +554,32 @@ def test_a_message_older_than_give_up_after_is_given_up_at_its_deadline() -> Non
     assert s.get_timer() is None
 
 
+def test_a_held_message_is_probed_at_its_holder_until_done() -> None:
+    """A received acknowledgement given ``now`` arms probes of the holder: after
+    ``probe_after`` (found by a scan every ``probe_after / 2``), then doubling. They
+    go to the holder, never count toward ``max_attempts``, and stop once done: a lost
+    done acknowledgement costs a probe, not the stream."""
+    s = ReliableSender(rto=0.5, max_rto=2.0, max_attempts=1)
+    assert s.probe_after == 2.0
+    s.send("x", 0.0)
+    assert transmit(s, 0.0) == [0]
+    s.on_received([0], "A", 0.1)
+    probes: list[float] = []
+    now = 0.1
+    while len(probes) < 3:
+        timer = s.get_timer()
+        assert timer is not None
+        assert timer > now
+        now = timer
+        if transmit(s, now, dest=s.destination(0) or "?") == [0]:
+            probes.append(now)
+    assert 2.1 <= probes[0] <= 3.1  # probe_after, found by the next scan
+    assert [round(b - a) for a, b in itertools.pairwise(probes)] == [4, 8]  # doubling
+    assert (s.given_up, s.retransmitted, s.destination(0)) == (0, 3, "A")
+    assert s.on_done([0]) == 1
+    assert (s.in_flight, s.get_timer()) == (0, None)
+
+
 def test_a_received_message_also_expires_and_its_deadline_is_the_timer() -> None:
     s = ReliableSender(rto=0.25, give_up_after=3.0)
     s.send("held", 1.0)

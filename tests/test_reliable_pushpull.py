@@ -32,6 +32,7 @@ import zmq
 import shoal
 from shoal import Kind
 from shoal._core import decode, encode
+from shoal._zmq import Socket
 from shoal.errors import ClosedError, DeliveryFailed, EncodeError, LocalProtocolError
 from shoal.patterns import Delivery, ReliablePuller, ReliablePusher, ReliablePusherStatistics
 from test_garbage_input import expected_reasons, garbage, raw_receive, raw_socket
@@ -709,6 +710,54 @@ async def test_a_full_puller_queue_is_refilled_as_it_drains_not_on_a_timer(
         guard.cancel_scope.cancel()
     assert not stalled, f"stalled after {len(got)} of {n} items with a frozen clock"
     assert got == list(range(n))
+
+
+async def test_a_lost_done_acknowledgement_is_repaired_by_a_probe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The one frame that says an item is done never reaches the pusher. The pusher
+    probes the puller that holds it, which answers "done" again: ``wait_acked``
+    returns, and the application saw the item once."""
+    dropped: list[list[int]] = []
+    with trio.fail_after(15):
+        async with (
+            shoal.open_puller(bind=LOOPBACK, reliable=True) as pull,
+            shoal.open_pusher(connect=pull.endpoints, reliable=True, rto=0.05) as push,
+        ):
+            sock = pull._sock
+            real_send = Socket.send_to_nowait
+
+            def lossy_send(self: Socket, route: bytes, frame: bytes) -> None:
+                if self is not sock:
+                    return real_send(self, route, frame)
+                received, done = decode(frame).body
+                if done and not dropped:
+                    dropped.append(done)  # lost on the way: never sent
+                    if received:
+                        real_send(self, route, encode(Kind.ACK, b"", [received, []],
+                                                sender=b"\0" * 16, epoch=0, stream=0,
+                                                seq=0, timestamp_ns=0))
+                    return None
+                return real_send(self, route, frame)
+
+            monkeypatch.setattr(Socket, "send_to_nowait", lossy_send)
+            got: list[Any] = []
+
+            async def work() -> None:  # done with each item when asking for the next
+                async for msg in pull:
+                    got.append(msg.body)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(work)
+                await push.send("item")
+                await push.wait_acked()
+                nursery.cancel_scope.cancel()
+            st = push.statistics()
+    assert dropped == [[0]]
+    assert got == ["item"]
+    assert (st.in_flight, st.acked) == (0, 1)
+    assert st.retransmitted >= 1  # the probe
+    assert pull.statistics().received == 1
 
 
 # -- misuse ------------------------------------------------------------------------------------

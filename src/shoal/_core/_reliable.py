@@ -15,7 +15,14 @@
   retransmission stops, the message stays in the window) and ``on_done(seqs)`` (the
   application is finished with it: it leaves the window). A received-but-not-done
   message is retransmitted only when its destination is reported gone
-  (``destination_lost``), so a slow handler is never duplicated by a timer. A
+  (``destination_lost``), so a slow handler is never duplicated by a timer, and, as a
+  *probe*, to the destination that holds it when ``on_received`` was given ``now``:
+  ``probe_after`` seconds after the received acknowledgement (looked for every
+  ``probe_after / 2``), doubling up to
+  ``PROBE_MAX``. A probe is a duplicate at the receiver, which answers it with a done
+  acknowledgement if the application has finished (one that was lost on the way), or
+  a received one again: a lost done acknowledgement costs ``probe_after`` seconds,
+  never the stream. Probes do not count toward ``max_attempts``. A
   *received* acknowledgement from a destination other than the one the message was
   last sent to is ignored (a late word from a receiver given up on).
 * A message that reached ``max_attempts`` transmissions without being received (the
@@ -50,6 +57,10 @@ from shoal._core._errors import LocalProtocolError
 __all__ = ["Deduplicator", "GaveUp", "ReliableSender", "WindowFull"]
 
 
+PROBE_MAX = 60.0
+"""The longest interval between two probes of a message's holder (seconds)."""
+
+
 class WindowFull(LocalProtocolError):
     """``send`` was called with ``window`` messages unacknowledged; wait for acks."""
 
@@ -69,8 +80,8 @@ class GaveUp:
 
 
 class _Entry:
-    __slots__ = ("attempts", "destination", "due", "first", "last", "payload", "queued",
-                 "received", "tries")
+    __slots__ = ("attempts", "destination", "due", "first", "last", "payload", "probe",
+                 "probe_due", "probes", "queued", "received", "tries")
 
     def __init__(self, payload: Any, first: float) -> None:
         self.payload = payload
@@ -82,6 +93,9 @@ class _Entry:
         self.due = first  # when to (re)transmit; inf once received
         self.received = False
         self.queued = True  # in the transmission queue (at most once)
+        self.probe = False  # queued as a probe of its holder
+        self.probes = 0  # probes since it was last received
+        self.probe_due = float("inf")  # when to probe its holder (received ones)
 
 
 class ReliableSender:
@@ -90,12 +104,13 @@ class ReliableSender:
     def __init__(
         self, *, window: int = 1024, rto: float = 0.5, max_rto: float = 5.0,
         max_attempts: int = 10, give_up_after: float | None = None, first_seq: int = 0,
-        max_span: int = 65536,
+        max_span: int = 65536, probe_after: float | None = None,
     ) -> None:
         if (window < 1 or rto <= 0 or max_rto < rto or max_attempts < 1
-                or max_span < window):
+                or max_span < window or (probe_after is not None and probe_after <= 0)):
             raise LocalProtocolError("need window >= 1, 0 < rto <= max_rto, "
-                                     "max_attempts >= 1, max_span >= window")
+                                     "max_attempts >= 1, max_span >= window, "
+                                     "probe_after > 0")
         if give_up_after is not None and give_up_after <= 0:
             raise LocalProtocolError("give_up_after is a number of seconds > 0, or None")
         self.window = window
@@ -103,6 +118,8 @@ class ReliableSender:
         self.rto = rto
         self.max_rto = max_rto
         self.max_attempts = max_attempts
+        self.probe_after = max(max_rto, 4 * rto) if probe_after is None else probe_after
+        """Seconds from a received acknowledgement to the first probe of its holder."""
         self.give_up_after = give_up_after
         self.next_seq = first_seq
         self._floor = first_seq
@@ -112,6 +129,8 @@ class ReliableSender:
         # their deadlines come in sending order: a deque; retransmissions (backoff) a heap.
         self._fresh: deque[tuple[float, int]] = deque()
         self._timers: list[tuple[float, int]] = []
+        self._next_scan = 0.0  # when transmissions() next looks for holders to probe
+        self._probing = False  # on_received was given ``now``: holders get probed
         self._gave_up: list[GaveUp] = []
         self.sent_count = 0
         self.retransmitted = 0
@@ -263,6 +282,8 @@ class ReliableSender:
                 e.due = float("inf")
                 e.queued = True
                 queue.append(seq)
+        if self._probing and now >= self._next_scan:
+            self._scan(now)
         out: list[int] = []
         while queue:
             seq = queue.popleft()
@@ -270,8 +291,10 @@ class ReliableSender:
             if e is None:
                 continue
             e.queued = False
-            if e.received:  # a holder turned up meanwhile
-                continue
+            if e.received:
+                if e.probe:
+                    out.append(seq)
+                continue  # else a holder turned up meanwhile
             if e.tries >= self.max_attempts:
                 self._give_up(seq, e, "attempts")
                 continue
@@ -293,6 +316,12 @@ class ReliableSender:
             self.retransmitted += 1
         else:
             self.sent_count += 1
+        if e.received:  # a probe of its holder: the next one later
+            e.attempts += 1
+            e.probe = False
+            e.probes += 1
+            e.probe_due = now + min(self.probe_after * 2 ** min(e.probes, 32), PROBE_MAX)
+            return
         e.attempts += 1
         e.tries += 1
         e.destination = e.last = destination
@@ -312,10 +341,12 @@ class ReliableSender:
             e.queued = True
             self._queue.appendleft(seq)
 
-    def on_received(self, seqs: Iterable[int], destination: Hashable | None = None) -> None:
-        """The receiver holds these messages: no more timer retransmissions. Ignored
-        for a message last sent to another destination (a late word from a receiver
-        given up on must not stop the copy now on its way elsewhere)."""
+    def on_received(self, seqs: Iterable[int], destination: Hashable | None = None,
+                    now: float | None = None) -> None:
+        """The receiver holds these messages: no more timer retransmissions (only
+        probes of the holder, from ``now + probe_after``, when ``now`` is given).
+        Ignored for a message last sent to another destination (a late word from a
+        receiver given up on must not stop the copy now on its way elsewhere)."""
         for seq in seqs:
             e = self._entries.get(seq)
             if e is None or e.received:
@@ -326,6 +357,14 @@ class ReliableSender:
             e.received = True
             e.due = float("inf")
             e.tries = 0
+            e.probes = 0
+            if now is None:
+                e.probe_due = float("inf")
+            else:
+                e.probe_due = now + self.probe_after
+                if not self._probing:
+                    self._probing = True
+                    self._next_scan = now + self.probe_after / 2
             if destination is not None:
                 e.destination = destination
 
@@ -346,6 +385,7 @@ class ReliableSender:
         for seq, e in self._entries.items():
             if e.destination == destination and e.attempts:
                 e.received = False
+                e.probe = False
                 e.due = float("inf")
                 e.destination = None
                 e.tries = 0  # a fresh start elsewhere
@@ -383,7 +423,20 @@ class ReliableSender:
         if self.give_up_after is not None and self._entries:
             oldest = min(e.first for e in self._entries.values()) + self.give_up_after
             best = oldest if best is None else min(best, oldest)
+        if self._probing and self._entries:  # the next look for holders to probe
+            best = self._next_scan if best is None else min(best, self._next_scan)
         return best
+
+    def _scan(self, now: float) -> None:
+        """Queue a probe for each received message whose ``probe_due`` has come.
+        Once per ``probe_after / 2``: O(window), no per-message timer."""
+        self._next_scan = now + self.probe_after / 2
+        queue = self._queue
+        for seq, e in self._entries.items():
+            if e.received and not e.queued and e.probe_due <= now:
+                e.queued = True
+                e.probe = True
+                queue.append(seq)
 
     def gave_up_pending(self) -> bool:
         """Whether ``gave_up()`` has something to report."""

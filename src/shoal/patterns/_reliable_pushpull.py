@@ -88,6 +88,9 @@ _ACK_BATCH = 64
 _ACK_DELAY = 0.002
 """Seconds a puller may sit on acknowledgements before sending them (batching)."""
 _READ_EVERY_MASK = 31
+PROBE_AFTER = 2.0
+"""Seconds (at least; 4 rto if more) before a pusher asks a puller holding an item
+about it again: the repair of a lost done acknowledgement."""
 BATCH_BYTES = 1 << 20
 """A batch send (``send_many``, ``publish_many``) encodes about this many bytes at a
 time at most: large bodies do not pile up in memory before the first one leaves."""
@@ -168,8 +171,11 @@ class ReliablePusher(SocketResource):
         max_attempts: int, give_up_after: float | None, outbox: Outbox | None = None,
     ) -> None:
         self._sock = sock
+        # A puller holding an item is asked again (probed) PROBE_AFTER s after it said
+        # so, then doubling: a done acknowledgement lost on the way costs that long.
         self._core = ReliableSender(window=window, rto=rto, max_rto=max(rto, 5.0),
-                                    max_attempts=max_attempts, give_up_after=give_up_after)
+                                    max_attempts=max_attempts, give_up_after=give_up_after,
+                                    probe_after=max(4 * rto, PROBE_AFTER))
         self._outbox = outbox
         self._restored = 0
         if outbox is None:
@@ -587,7 +593,7 @@ class ReliablePusher(SocketResource):
             self._malformed += 1
             return
         core = self._core
-        core.on_received(received, frames[0])
+        core.on_received(received, frames[0], trio.current_time())
         if core.on_done(done) and self._outbox is not None:
             self._outbox.remove(done)
 
@@ -773,8 +779,15 @@ class _ReliableReceiver(BufferedReceiver[T]):
             try:
                 self._sock.send_to_nowait(route, frame)
                 self._acks_sent += 1
-            except (PeerUnreachable, trio.WouldBlock, ClosedError):
-                pass  # the pusher is gone or swamped; it retransmits, we re-ack then
+            except trio.WouldBlock:
+                # The pusher is not reading (its queue to us is full): keep them for
+                # the next flush. Only the done ones: a received one is no news once
+                # it is done, and the pusher probes for the rest.
+                if finished:
+                    self._done_acks.setdefault(route, [])[:0] = finished
+                    self._done_count += len(finished)
+            except (PeerUnreachable, ClosedError):
+                pass  # the pusher is gone: it sends the items again elsewhere
 
     def statistics(self) -> ReliablePullerStatistics:
         """An immutable snapshot of this resource's counters."""
