@@ -148,10 +148,9 @@ AUTH_RETRY = 5.0
 _MAX_WARNED = 1024  # (reason, who) pairs remembered so that each is logged once
 
 # Every socket of a node: ZMTP heartbeats drop dead TCP connections (a pulled cable
-# sends no FIN) and reconnects back off to a second.
+# sends no FIN); reconnects as every socket does (``shoal._zmq.RECONNECT_OPTIONS``).
 _TCP_OPTIONS: list[tuple[int, int | bytes]] = [
     (zmq.HEARTBEAT_IVL, 1000), (zmq.HEARTBEAT_TIMEOUT, 3000),
-    (zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 1000),
 ]
 
 

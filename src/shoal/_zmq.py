@@ -77,6 +77,12 @@ _SNDMORE: Final = int(zmq.SNDMORE)
 _EVENTS: Final = int(zmq.EVENTS)
 _RCVMORE: Final = int(zmq.RCVMORE)
 _BOTH: Final = POLLIN | POLLOUT
+RECONNECT_OPTIONS: Final[tuple[tuple[int, int], ...]] = (
+    (zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 250), (zmq.CONNECT_TIMEOUT, 250))
+"""Every socket: a failed connect is tried again after 100 ms, backing off to 250 ms,
+and a connect nobody answers (a pulled cable drops SYNs silently, and the kernel
+would retry them at 1, 3, 7... s) is abandoned after 250 ms and tried afresh: a link
+that comes back is used again within about half a second."""
 
 # The hot paths call pyzmq's backend (Cython) send/recv directly: ``zmq.Socket``'s
 # Python-level wrappers add ~0.8 us per send (measured) for features shoal does not use
@@ -231,7 +237,7 @@ class Socket:
             limit = max_message_size(ctx)
             sock.setsockopt(zmq.MAXMSGSIZE, limit)
             sock.max_message_size = limit if limit >= 0 else _UNLIMITED
-            for opt, value in options:
+            for opt, value in (*RECONNECT_OPTIONS, *options):
                 sock.setsockopt(opt, value)
             for ep in bind:
                 sock.bind(ep)
