@@ -36,6 +36,8 @@ Commands, one JSON object per stdin line (``tag``, if given, is echoed in the an
   or ``{"event": "error", "type": "PeerLost"|"TooSlowError"|..., "message"}``
 * ``{"cmd": "wait_subscribers", "channel", "n", "timeout"}`` -> ``{"event": "subscribers",
   "n"}`` (or an ``error`` event)
+* ``{"cmd": "wait_pullers", "channel", "n", "timeout"}`` -> ``{"event": "pullers",
+  "n"}`` (or an ``error`` event): the pusher's connections to ``n`` pullers are up
 * ``{"cmd": "wait_peers", "n", "channel", "timeout"}`` -> ``{"event": "peers_ready",
   "peers"}`` (or an ``error`` event)
 * ``{"cmd": "peers"}`` -> ``{"event": "peers", "peers": [names], "ids": [...]}``
@@ -134,6 +136,7 @@ class Runner:
         self.node = node
         self.publishers: dict[str, shoal.Publisher] = {}
         self.pushers: dict[str, trio.MemorySendChannel[Command]] = {}
+        self.pusher_objects: dict[str, Any] = {}
         self.requesters: dict[str, shoal.Requester] = {}
         self.done = trio.Event()
 
@@ -220,6 +223,15 @@ class Runner:
                 emit("subscribers", channel=channel, n=pub.subscribers, tag=tag)
 
             nursery.start_soon(self.guarded, cmd, wait_subscribers)
+        elif name == "wait_pullers":
+            pusher = self.role(self.pusher_objects, "pusher", channel)
+            want = int(cmd.get("n", 1))
+
+            async def wait_pullers() -> None:
+                await pusher.wait_for_pullers(want)
+                emit("pullers", channel=channel, n=pusher.pullers, tag=tag)
+
+            nursery.start_soon(self.guarded, cmd, wait_pullers)
         elif name == "wait_peers":
             n = int(cmd.get("n", 1))
 
@@ -298,6 +310,7 @@ async def run(args: argparse.Namespace) -> None:
                 pusher = await stack.enter_async_context(node.open_pusher(ch))
                 send, receive = trio.open_memory_channel[Command](math.inf)
                 runner.pushers[ch] = send
+                runner.pusher_objects[ch] = pusher
                 nursery.start_soon(runner.push_loop, ch, pusher, receive)
             for ch, answer in [*((c, True) for c in args.rep),
                                *((c, False) for c in args.rep_silent)]:

@@ -158,17 +158,11 @@ def test_pushpull_across_hosts_each_item_once(lab3: Lab, nodes: Nodes) -> None:
                           "timeout": DISCOVERY + 2},
                          lambda e: e["event"] in ("peers_ready", "error"), DISCOVERY + 3)
     assert answer["event"] == "peers_ready", answer
-    # Discovery does not mean the pusher's connections are up: probe until each puller
-    # has been reached, so that the items below are spread over both.
-    probes = 0
-    deadline = time.monotonic() + WAIT
-    while not all(any(isinstance(e["body"], str) for e in messages(nd, "work"))
-                  for nd in (p1, p2)):
-        assert time.monotonic() < deadline, "a puller was never reached"
-        push(pusher, "work", [f"probe{probes}", f"probe{probes + 1}"])
-        probes += 2
-        time.sleep(0.05)
-    wait_total([p1, p2], "work", probes, WAIT)  # every probe in: none arrives late
+    # Discovery does not mean the pusher's connections are up: wait for them, so that
+    # the items below are spread over both pullers.
+    answer = pusher.call({"cmd": "wait_pullers", "channel": "work", "n": 2, "timeout": WAIT},
+                         lambda e: e["event"] in ("pullers", "error"), WAIT + 1)
+    assert answer["event"] == "pullers", answer
     marks = [p1.mark(), p2.mark()]
     n = 60
     push(pusher, "work", list(range(n)))

@@ -32,6 +32,7 @@ from shoal.errors import (
     RemoteError,
     ShoalError,
 )
+from test_node import eventually
 
 LOOPBACK = "tcp://127.0.0.1:*"
 
@@ -236,6 +237,34 @@ async def test_publishing_without_subscribers_neither_blocks_nor_fails() -> None
 
 
 # -- push/pull ---------------------------------------------------------------------------
+
+
+async def test_wait_for_pullers_counts_connections_whose_handshake_completed() -> None:
+    """A pusher that binds counts the pullers connected to it, and one that connects
+    counts the pullers it reached; a puller that leaves is counted out."""
+    with trio.fail_after(10):
+        async with shoal.open_pusher(bind=LOOPBACK) as push:
+            assert push.pullers == 0
+            with trio.move_on_after(0.2) as waited:
+                await push.wait_for_pullers(1)  # nobody yet: it waits
+            assert waited.cancelled_caught
+            async with (shoal.open_puller(connect=push.endpoints) as p0,
+                        shoal.open_puller(connect=push.endpoints)):
+                await push.wait_for_pullers(2)
+                assert push.pullers == 2
+                # every item after the wait reaches both: the connections are up
+                for i in range(20):
+                    await push.send(i)
+                got = [(await p0.receive()).body for _ in range(10)]
+                assert len(got) == 10
+            await eventually(lambda: push.pullers == 0)  # both closed: counted out
+        async with (shoal.open_puller(bind=LOOPBACK) as a,
+                    shoal.open_puller(bind=LOOPBACK) as b,
+                    shoal.open_pusher(connect=a.endpoints + b.endpoints) as push):
+            await push.wait_for_pullers(2)
+            assert push.pullers == 2
+        with pytest.raises(ClosedError):
+            await push.wait_for_pullers(1)
 
 
 async def test_push_pull_delivers_each_message_to_exactly_one_of_several_pullers(

@@ -103,11 +103,14 @@ def open_socket(
     context: zmq.Context[zmq.Socket[bytes]] | None,
     linger_ms: int,
     options: Sequence[tuple[int, int | bytes]] = (),
+    endpoints_checked: bool = False,
 ) -> Socket:
     """What every ``open_*`` starts with: check the arguments (each mistake raises
-    before anything is opened), then create, bind and connect the socket."""
+    before anything is opened), then create, bind and connect the socket.
+    ``endpoints_checked``: the caller checked them (and connects later itself)."""
     b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
-    require_endpoints(b, c, what)
+    if not endpoints_checked:
+        require_endpoints(b, c, what)
     check_limits(high_water_mark=high_water_mark, batch=batch)
     return Socket.open(socket_type, bind=b, connect=c, context=context, linger_ms=linger_ms,
                        options=options)

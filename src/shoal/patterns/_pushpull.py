@@ -11,6 +11,7 @@ is lost with it. At-least-once delivery is a separate, opt-in layer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -23,13 +24,15 @@ import zmq
 
 from shoal._core import SPLIT_AT, Identity, Kind, Message, fast_decoder, pack_tail
 from shoal._zmq import DEFAULT_LINGER_MS, Socket
-from shoal.errors import LocalProtocolError, MessageTooLarge
+from shoal.errors import ClosedError, LocalProtocolError, MessageTooLarge
 from shoal.patterns._common import (
     DEFAULT_BATCH,
     BufferedReceiver,
     Endpoints,
     SocketResource,
+    endpoint_list,
     open_socket,
+    require_endpoints,
     stream_encoder,
     with_busy_poll,
 )
@@ -84,6 +87,70 @@ class Pusher(SocketResource):
         # fields fixed for this stream. The hot path adds the tail and the body.
         self._head = b"\0" + self._enc.raw_prefix[Kind.PUSH]
         self._max = sock.max_message_size
+        # Connections with a completed handshake, per endpoint, from libzmq's monitor
+        # (started before any connect; read only when asked: ``pullers``).
+        raw = sock.zmq_socket.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self._monitor = Socket(raw, linger_ms=0)
+        self._links: dict[str, int] = {}
+        self._inproc = 0  # inproc endpoints connected to (libzmq reports no handshake)
+
+    def connect(self, endpoint: str) -> None:
+        """Connect to a puller at ``endpoint`` (``open_pusher(connect=...)`` does)."""
+        self._sock.connect(endpoint)
+        if endpoint.startswith("inproc://"):
+            self._inproc += 1
+
+    def _read_links(self) -> None:
+        mon = self._monitor
+        if mon.closed:
+            return
+        links = self._links
+        while raws := mon.receive_batch_nowait(64):
+            for frames in raws:
+                if len(frames) != 2 or len(frames[0]) < 2:
+                    continue
+                event = int.from_bytes(frames[0][:2], "little")
+                endpoint = frames[1].decode(errors="replace")
+                if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    links[endpoint] = links.get(endpoint, 0) + 1
+                elif event == zmq.EVENT_DISCONNECTED and links.get(endpoint):
+                    links[endpoint] -= 1
+
+    @property
+    def pullers(self) -> int:
+        """How many pullers are connected with their handshake complete (tcp, ipc),
+        plus the inproc endpoints this pusher connected to (libzmq reports no
+        handshake on inproc; pullers connecting to an inproc endpoint it binds are
+        not counted)."""
+        if not self._sock.closed:
+            self._read_links()
+        return sum(self._links.values()) + self._inproc
+
+    async def wait_for_pullers(self, n: int = 1) -> None:
+        """Wait until at least ``n`` pullers are connected (see ``pullers``): what is
+        sent from then on is spread over them. Discovery finding a node does not
+        mean the connection to it is up; this does. The caller owns the timeout
+        (``trio.fail_after``). Raises ``ClosedError`` if the pusher is closed."""
+        while True:
+            self._sock.check_open("wait for pullers")
+            if self.pullers >= n:
+                await trio.lowlevel.checkpoint()
+                return
+            try:
+                await self._monitor.wait_receivable()
+            except ClosedError:
+                self._sock.check_open("wait for pullers")
+                raise
+
+    async def aclose(self) -> None:
+        """Close; unsent messages get the socket's LINGER time to leave. Always closes."""
+        if not self._monitor.closed:
+            if not self._sock.closed:
+                with contextlib.suppress(zmq.ZMQError):
+                    self._sock.zmq_socket.disable_monitor()
+            self._monitor.close()
+        await super().aclose()
 
     def _encode(self, body: Any, seq: int,
                 headers: Mapping[str, Any] | None) -> bytes | tuple[bytes, bytes]:
@@ -278,10 +345,15 @@ async def _open_pusher(
     *, bind: Endpoints, connect: Endpoints, identity: Identity | None, high_water_mark: int,
     context: zmq.Context[zmq.Socket[bytes]] | None, linger_ms: int,
 ) -> AsyncIterator[Pusher]:
-    sock = open_socket("open_pusher", zmq.PUSH, bind=bind, connect=connect,
+    b, c = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
+    require_endpoints(b, c, "open_pusher")
+    sock = open_socket("open_pusher", zmq.PUSH, bind=b, connect=None,
                        high_water_mark=high_water_mark, context=context,
-                       linger_ms=linger_ms, options=pusher_options(high_water_mark))
+                       linger_ms=linger_ms, options=pusher_options(high_water_mark),
+                       endpoints_checked=True)
     async with Pusher(sock, identity) as push:
+        for ep in c:  # after the monitor started: no handshake goes uncounted
+            push.connect(ep)
         yield push
 
 
