@@ -621,7 +621,9 @@ async def test_a_request_to_a_replier_that_dies_raises_peer_lost() -> None:
         dt = when - t0
         print(f"\n[SIGKILL -> PeerLost for a pending request: {dt * 1000:.0f} ms]")
         assert dt < 2.5
-        assert "left (timeout)" in str(exc)
+        # the connection drops at once (the kernel resets a killed process's
+        # connections): sooner than the peer timeout
+        assert "connection to the replier" in str(exc)
         st = req.statistics()
         assert (st.lost, st.replies, st.in_flight) == (1, 0, 0)
 

@@ -215,6 +215,46 @@ async def test_a_replier_killed_mid_request_the_caller_gets_its_answer_elsewhere
     assert st.lost >= 1  # the dead replier's requests were lost there, then re-sent
 
 
+async def test_requests_held_by_a_killed_replier_are_resent_when_its_connection_drops(
+) -> None:
+    """The requester's node would time the killed replier out only after 30 s here:
+    its requests are re-sent as soon as the connection to it drops (the kernel of a
+    killed process resets it), not after ``retry_after`` nor the peer timeout."""
+    with trio.fail_after(15):
+        a_port = free_port()
+        async with (
+            open_test_node("a", port=a_port, heartbeat=0.2, peer_timeout=30.0) as a,
+            a.open_requester("calc") as client,
+            a.open_replier("calc") as live,
+            node_process("mute", a_port, "--replier", "calc", "--print-received",
+                         "--never-answer") as proc,
+            trio.open_nursery() as nursery,
+        ):
+            await a.wait_for_peers(1, channel="calc")
+
+            async def serve() -> None:
+                async for req in live:
+                    await req.reply(f"live:{req.body}")
+
+            nursery.start_soon(serve)
+            answers: list[str] = []
+
+            async def ask(i: int) -> None:
+                answers.append(await client.request(f"q{i}", retries=1, retry_after=60))
+
+            async with trio.open_nursery() as asks:
+                for i in range(6):
+                    asks.start_soon(ask, i)
+                await proc.expect("request")  # the mute process holds one at least
+                proc.kill()
+            assert [p.name for p in a.peers()] == ["mute"]  # not timed out yet
+            nursery.cancel_scope.cancel()
+    assert sorted(answers) == sorted(f"live:q{i}" for i in range(6))
+    st = client.statistics()
+    assert st.lost >= 1
+    assert st.retried >= 1
+
+
 async def test_retries_must_be_sensible() -> None:
     with trio.fail_after(5):
         async with shoal.open_requester(connect="tcp://127.0.0.1:1") as client:

@@ -1231,12 +1231,19 @@ class Node:
         check_limits(high_water_mark=high_water_mark, batch=batch)
         sock = self._socket(zmq.ROUTER, requester_options(high_water_mark, routed=True),
                             linger_ms=linger_ms)
-        async with Requester(sock, self.identity, batch=batch, routed=True) as client:
+        async with (Requester(sock, self.identity, batch=batch, routed=True) as client,
+                    open_service_nursery() as nursery):
+            assert client.links is not None
+            nursery.start_soon(client.links.run)
             conn = _Connector(channel, Role.REQUESTER,
                               lambda ep, route, key: client.add_route(route, ep, server_key=key),
                               lambda ep, route, why: client.drop_route(route, ep, why))
-            with self._listing(ChannelOffer(channel, Role.REQUESTER), conn, resource=client):
-                yield client
+            try:
+                with self._listing(ChannelOffer(channel, Role.REQUESTER), conn,
+                                   resource=client):
+                    yield client
+            finally:
+                nursery.cancel_scope.cancel()
 
     # -- life ----------------------------------------------------------------------------
 

@@ -58,6 +58,7 @@ from shoal.patterns._common import (
     open_socket,
     stream_encoder,
 )
+from shoal.patterns._links import LinkMonitor
 
 __all__ = [
     "Replier",
@@ -147,8 +148,16 @@ class Requester(SocketResource):
         self._routed = routed
         self._frames = 2 if routed else 1
         self._routes: list[bytes] = []
+        self._route_of: dict[str, bytes] = {}  # endpoint -> route (routed mode)
         self._turn = 0
         self._routes_changed = trio.Event()
+        # Routed mode: a replier's connection dropping (a killed process: its kernel
+        # resets the connection) fails the requests it held at once, before the node
+        # times the peer out. ``links.run()`` runs in the owner's task group.
+        self.links: LinkMonitor | None = None
+        if routed:
+            self.links = LinkMonitor(sock, self._link_up, self._link_down)
+            self.links.start()  # before any connect: no handshake goes unseen
         self._lost = 0
         self._retried = 0
         self._next_id = 1
@@ -308,16 +317,37 @@ class Requester(SocketResource):
             self._sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
         self._sock.connect(endpoint)
         self._routes.append(route)
+        self._route_of[endpoint] = route
+        self._wake_senders()
+
+    def _wake_senders(self) -> None:
         self._routes_changed.set()
         self._routes_changed = trio.Event()
+
+    def _link_up(self, endpoint: str) -> None:
+        if endpoint in self._route_of:
+            self._wake_senders()  # a request waiting for a replier can go now
+
+    def _link_down(self, endpoint: str) -> None:
+        route = self._route_of.get(endpoint)
+        if route is not None:
+            self._fail_pending(route, f"its connection to the replier at {endpoint} "
+                                      "dropped")
 
     def drop_route(self, route: bytes, endpoint: str, why: str) -> None:
         """Routed mode: disconnect from a replier; requests waiting on it raise
         ``PeerLost(why)``."""
         if route in self._routes:
             self._routes.remove(route)
+        if self._route_of.get(endpoint) == route:
+            del self._route_of[endpoint]
         if not self._sock.closed:
             self._sock.disconnect(endpoint)
+        self._fail_pending(route, why)
+
+    def _fail_pending(self, route: bytes, why: str) -> None:
+        """Requests waiting on ``route`` are lost there: re-sent elsewhere (retries)
+        or ``PeerLost(why)``."""
         woke = False
         for slot in self._pending.values():
             if slot.route == route and not slot.done:
@@ -384,6 +414,8 @@ class Requester(SocketResource):
 
     async def aclose(self) -> None:
         """Close; calls still waiting for a reply raise ``ClosedError``."""
+        if self.links is not None:
+            self.links.close()
         self._sock.close()
         for slot in self._pending.values():
             if slot.wake is not None:
