@@ -51,6 +51,7 @@ is driven through ``trio.to_thread``), timers that are not trio's clock.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -145,6 +146,14 @@ introductions beyond are skipped (the discovery source tries again later). A sec
 link costs three ZeroMQ sockets (its own and a monitor pair) of the context's 1023."""
 AUTH_RETRY = 5.0
 """Seconds between connection attempts to a node whose ZAP handler refused our key."""
+HANDSHAKE_RETRY = 1.0
+"""After two failed handshakes in a row on a control link (something that accepts TCP
+and is not a shoal node), it is tried again after this, doubling up to
+``HANDSHAKE_RETRY_MAX``, instead of libzmq's 100 ms reconnect."""
+HANDSHAKE_RETRY_MAX = 60.0
+_LINK_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_DISCONNECTED)
 _MAX_WARNED = 1024  # (reason, who) pairs remembered so that each is logged once
 
 # Every socket of a node: ZMTP heartbeats drop dead TCP connections (a pulled cable
@@ -204,7 +213,8 @@ class ClockSample:
 
 
 class _Link:
-    __slots__ = ("expires", "key", "monitor", "persistent", "refused", "retry_at", "sock")
+    __slots__ = ("expires", "failed", "key", "monitor", "persistent", "refused", "retry_at",
+                 "sock", "up")
 
     def __init__(self, sock: Socket, *, persistent: bool, expires: float,
                  key: bytes | None = None) -> None:
@@ -214,7 +224,9 @@ class _Link:
         self.key = key  # the server's public key (secured nodes)
         self.monitor: Socket | None = None  # handshake events (secured nodes)
         self.refused = False  # the other node's ZAP handler refused our key
-        self.retry_at = math.inf  # when to connect again after a refusal
+        self.retry_at = math.inf  # when to connect again (after a refusal or failures)
+        self.up = False  # a handshake completed since the last connect
+        self.failed = 0  # handshakes failed in a row (not a shoal node there?)
 
     def close(self) -> None:
         if self.monitor is not None:
@@ -536,10 +548,9 @@ class Node:
         sock = self._socket(zmq.DEALER, [(zmq.SNDHWM, 8)], linger_ms=200, data=False)
         link = _Link(sock, persistent=persistent, expires=expires, key=key)
         try:
-            if key is not None and self._nursery is not None:
+            if self._nursery is not None:
                 # before connect(), so no handshake goes unseen
-                raw = sock.zmq_socket.get_monitor_socket(
-                    zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+                raw = sock.zmq_socket.get_monitor_socket(_LINK_EVENTS)
                 link.monitor = Socket(raw, linger_ms=0)
                 self._nursery.start_soon(self._watch_link, endpoint, link)
             _connect(sock, endpoint, key)
@@ -550,7 +561,10 @@ class Node:
         return link
 
     async def _watch_link(self, endpoint: str, link: _Link) -> None:
-        """Follow a secured link's handshakes (see the module notes on refusals)."""
+        """Follow a link's handshakes: refusals of a secured link (see the module
+        notes), and handshakes that fail again and again (something that accepts TCP
+        and closes, or speaks another protocol: backed off, logged once). A plaintext
+        link stops watching after its first handshake: a shoal node is there."""
         mon = link.monitor
         assert mon is not None
         try:
@@ -562,10 +576,47 @@ class Node:
                     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                         self._link_refused(endpoint, link)
                     elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                        link.up = True
+                        link.failed = 0
+                        self._warned.discard(("handshake", endpoint))
                         self._link_admitted(endpoint, link)
+                        if link.key is None:
+                            self._stop_watching(link)
+                            return
+                    elif event == zmq.EVENT_DISCONNECTED:
+                        if not link.up and not link.refused:
+                            self._handshake_failed(endpoint, link)
+                        link.up = False
+                    elif event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+                                   zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+                        link.up = False
                 await mon.wait_receivable()
         except ClosedError:
             pass  # the link closed
+
+    @staticmethod
+    def _stop_watching(link: _Link) -> None:
+        mon, link.monitor = link.monitor, None
+        if mon is not None:
+            if not link.sock.closed:
+                with contextlib.suppress(zmq.ZMQError):
+                    link.sock.zmq_socket.disable_monitor()
+            mon.close()
+
+    def _handshake_failed(self, endpoint: str, link: _Link) -> None:
+        """A connection to ``endpoint`` closed before its handshake completed. From the
+        second in a row: disconnect, and connect again after a backoff."""
+        link.failed += 1
+        if link.failed < 2 or link.sock.closed:
+            return
+        wait = min(HANDSHAKE_RETRY * 2 ** min(link.failed - 2, 16), HANDSHAKE_RETRY_MAX)
+        with contextlib.suppress(ShoalError):
+            link.sock.disconnect(endpoint)
+        link.retry_at = trio.current_time() + wait
+        self._warn_once("handshake", endpoint,
+                        "%s accepts connections but no shoal handshake completes there "
+                        "(not a shoal node, or another protocol); trying again after "
+                        "backing off, up to every %g s", endpoint, HANDSHAKE_RETRY_MAX)
 
     def _link_refused(self, endpoint: str, link: _Link) -> None:
         link.refused = True
@@ -594,15 +645,16 @@ class Node:
                     conn.drop(ep, route, f"reconnecting to {ep} (admitted after a refusal)")
                     conn.add(ep, route, self._peer_keys.get(peer_id))
 
-    def _retry_refused(self, now: float) -> None:
+    def _retry_links(self, now: float) -> None:
+        """Connect again the links whose wait (a refusal, failed handshakes) is over."""
         for ep, link in self._links.items():
-            if link.retry_at <= now and link.key is not None and not link.sock.closed:
+            if link.retry_at <= now and not link.sock.closed:
                 link.retry_at = math.inf
                 try:
                     link.sock.disconnect(ep)
                 except ShoalError:
                     pass  # not connected any more: connect below is what counts
-                connect_curve(link.sock, ep, link.key)
+                _connect(link.sock, ep, link.key)
                 self._send(link, self._state_frame)
 
     def has_link(self, endpoint: str) -> bool:
@@ -898,8 +950,7 @@ class Node:
                 self._beat_now = trio.Event()
                 self._broadcast()
                 next_beat = now + self._heartbeat
-                if self.security is not None:
-                    self._retry_refused(now)
+                self._retry_links(now)
             events = self._table.expire(now)
             if events:
                 self._apply(events)
