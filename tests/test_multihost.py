@@ -333,6 +333,31 @@ def test_pubsub_returns_within_a_second_of_a_long_cable_pull(lab3: Lab, nodes: N
     assert lag < 0.8, f"publications reached h2 again only {lag:.2f}s after link_up"
 
 
+def test_nodes_started_while_cut_off_meet_soon_after_the_cable_returns(
+        lab3: Lab, nodes: Nodes) -> None:
+    """h1's cable is out when both nodes start, and stays out past zeroconf's startup
+    browse queries (0, 1, 5, 14 s): neither node ever heard of the other. Within 5 s
+    of the cable's return (17 s after the start) they meet: the browse question is
+    asked again every 2 s for a minute after the start (zeroconf alone would ask
+    again only near its records' expiry, about an hour later)."""
+    h = lab3.hosts
+    h[1].link_down()
+    try:
+        a, b = nodes.many([(h[0], "h0", []), (h[1], "h1", [])])
+        started = min(a.ready["t"], b.ready["t"])
+        time.sleep(max(0.0, started + 17.0 - time.time()))
+        assert not a.find(is_event("joined", name="h1")), "met across a pulled cable?"
+    finally:
+        h[1].link_up()
+    up = time.time()
+    for nd, other in ((a, b), (b, a)):
+        ev = nd.wait_for(is_event("joined", name=other.name), 5.0)
+        assert ev["epoch"] == other.epoch
+    met = max(ev["t"] for ev in (*a.find(is_event("joined", name="h1")),
+                                 *b.find(is_event("joined", name="h0"))))
+    print(f"\nstarted cut off, cable back 17 s after the start: met {met - up:.2f}s later")
+
+
 def test_restarted_node_is_a_new_incarnation_and_patterns_rewire(
         lab3: Lab, nodes: Nodes) -> None:
     h = lab3.hosts

@@ -28,13 +28,16 @@ namespace of their own.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
-from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange
+from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, current_time_millis
 from zeroconf import Zeroconf as _Zeroconf
+from zeroconf._dns import DNSPointer, DNSQuestion  # not re-exported by the package
+from zeroconf._protocol.outgoing import DNSOutgoing
 
 from shoal._core import VERSION, choose_address
 from shoal.discovery._interfaces import multicast_addresses
@@ -55,6 +58,11 @@ _QUEUE = 4096
 _MAX_KNOWN = 4096
 """Instances remembered for re-introduction, at most (the rest: once, when found)."""
 _REINTRODUCE = 2.0
+_FAST_FOR = 60.0
+"""Seconds after the start, and after a peer was lost, during which the browse query
+is repeated every ``_REINTRODUCE`` seconds (then every ``_SLOW_QUERY`` while this node
+knows no peer at all, else not: zeroconf's own schedule is enough)."""
+_SLOW_QUERY = 30.0
 """Seconds between re-introductions to cached instances that are not live peers."""
 
 
@@ -138,7 +146,7 @@ class MDNS:
                 # Registration probes the name for ~1.2 s: do it beside browsing.
                 nursery.start_soon(self._register, zc, info)
                 browser = ServiceBrowser(zc, self.service_type, handlers=[on_change])
-                nursery.start_soon(self._reintroduce, node)
+                nursery.start_soon(self._heal, zc, node)
                 task_status.started()
                 async for name, removed in receive:
                     if removed:
@@ -227,24 +235,58 @@ class MDNS:
                             node_id.hex(), key.decode(), verdict.reason)
         return bool(verdict)
 
-    async def _reintroduce(self, node: Node) -> None:
-        """Introduce the node again, every few seconds, to every instance still in the
-        DNS-SD cache that is not a live peer. Zeroconf reports a cached service once:
-        two nodes whose links closed during a long partition would otherwise never
-        meet again after it heals."""
+    async def _heal(self, zc: _Zeroconf, node: Node) -> None:
+        """Find peers again after a partition, whenever it began.
+
+        Every ``_REINTRODUCE`` seconds: introduce the node again to every instance
+        still in the DNS-SD cache that is not a live peer (zeroconf reports a cached
+        service once: two nodes whose links closed during a long partition would
+        otherwise never meet again after it heals), resolving it afresh from the
+        cache (a peer restarted meanwhile has a new port). And ask the browse
+        question again, naming the live peers as known answers so that only the
+        others reply: zeroconf asks at about 0, 1, 5 and 14 s after start, then only
+        near the records' expiry (~an hour), so a node started while cut off would
+        not hear of its peers for that long. Asked every ``_REINTRODUCE`` seconds
+        during ``_FAST_FOR`` seconds after the start, after a peer was lost, and while
+        a known instance is not a live peer; every ``_SLOW_QUERY`` seconds while no
+        peer at all is known; otherwise not."""
+        started = last_loss = trio.current_time()
+        last_query = -math.inf
+        previous: set[str] = set()
         while True:
             await trio.sleep(_REINTRODUCE)
+            now = trio.current_time()
             live = {p.control_endpoint for p in node.peers()}
-            for name, endpoint in list(self._endpoints.items()):
-                if endpoint in live or node.has_link(endpoint):
-                    continue
-                if _security(node) is None:
-                    node.introduce(endpoint)
-                    continue
-                found = self._keys.get(name)
-                # trust is asked again: a trusted-keys file may have changed
-                if found is not None and self._trusted(node, name, *found):
-                    node.introduce(endpoint, server_key=found[0])
+            if previous - live:
+                last_loss = now
+            previous = live
+            missing = [name for name, ep in self._endpoints.items()
+                       if ep not in live and not node.has_link(ep)]
+            fast = now - started < _FAST_FOR or now - last_loss < _FAST_FOR or missing
+            if fast or (not live and now - last_query >= _SLOW_QUERY):
+                last_query = now
+                known = {name for name, ep in self._endpoints.items() if ep in live}
+                _ask(zc, self.service_type, known)
+            for name in missing:
+                await self._resolve(zc, node, name)
+
+
+def _ask(zc: _Zeroconf, service_type: str, known: set[str]) -> None:
+    """Send the browse question for ``service_type``, with the cached answers of the
+    instances in ``known`` (which then stay silent: RFC 6762 known-answer
+    suppression). Never blocks: zeroconf sends it from its own loop."""
+    now = current_time_millis()
+    out = DNSOutgoing(_FLAGS_QUERY, multicast=True)
+    out.add_question(DNSQuestion(service_type, _TYPE_PTR, _CLASS_IN))
+    for record in zc.cache.get_all_by_details(service_type, _TYPE_PTR, _CLASS_IN):
+        if isinstance(record, DNSPointer) and record.alias in known and not record.is_stale(now):
+            out.add_answer_at_time(record, now)
+    zc.send(out)
+
+
+_FLAGS_QUERY = 0x0000
+_TYPE_PTR = 12
+_CLASS_IN = 1
 
 
 def _security(node: Node) -> Security | None:
