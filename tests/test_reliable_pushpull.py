@@ -760,6 +760,40 @@ async def test_a_lost_done_acknowledgement_is_repaired_by_a_probe(
     assert pull.statistics().received == 1
 
 
+async def test_a_stuck_puller_holds_only_its_share_and_the_others_keep_flowing() -> None:
+    """Two pullers; one takes an item and then stops (its application hangs). It ends
+    up holding at most its share of the window (window / pullers); every other item
+    goes to the healthy puller and ``send`` never stalls for long. (With one shared
+    window, the stuck puller filled it with half of everything and ``send`` stopped.)"""
+    window, n = 64, 400
+    got: list[Any] = []
+    with trio.fail_after(15):
+        async with (
+            shoal.open_puller(bind=LOOPBACK, reliable=True) as stuck,
+            shoal.open_puller(bind=LOOPBACK, reliable=True) as healthy,
+            shoal.open_pusher(connect=stuck.endpoints + healthy.endpoints, reliable=True,
+                              window=window) as push,
+            trio.open_nursery() as nursery,
+        ):
+            async def work() -> None:
+                async for msg in healthy:
+                    got.append(msg.body)
+
+            nursery.start_soon(work)
+            await push.send("first")
+            with trio.fail_after(5):
+                await stuck.receive()  # then it never asks for more
+            for i in range(n):
+                await push.send(i)  # never stalls for good: the healthy one drains
+            # all but what the stuck one holds (its share at most) reach the healthy one
+            await eventually(lambda: len(got) >= n - window // 2)
+            held = push.statistics().held
+            nursery.cancel_scope.cancel()
+    assert len(set(got)) == len(got)
+    assert len(held) == 2
+    assert max(held.values()) <= window // 2  # the stuck one: its share at most
+
+
 # -- misuse ------------------------------------------------------------------------------------
 
 

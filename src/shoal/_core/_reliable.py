@@ -129,6 +129,7 @@ class ReliableSender:
         # their deadlines come in sending order: a deque; retransmissions (backoff) a heap.
         self._fresh: deque[tuple[float, int]] = deque()
         self._timers: list[tuple[float, int]] = []
+        self._held: dict[Hashable, int] = {}  # destination -> messages it holds or was sent
         self._next_scan = 0.0  # when transmissions() next looks for holders to probe
         self._probing = False  # on_received was given ``now``: holders get probed
         self._gave_up: list[GaveUp] = []
@@ -211,6 +212,7 @@ class ReliableSender:
         due = now + self.rto
         entries = self._entries
         fresh = self._fresh
+        held = self._held
         for i, destination in enumerate(destinations):
             seq = first + i
             e = entries.get(seq)
@@ -219,6 +221,7 @@ class ReliableSender:
                 continue
             e.attempts = e.tries = 1
             e.destination = e.last = destination
+            held[destination] = held.get(destination, 0) + 1
             e.due = due
             fresh.append((due, seq))
             self.sent_count += 1
@@ -316,6 +319,7 @@ class ReliableSender:
             self.retransmitted += 1
         else:
             self.sent_count += 1
+        self._move(e, destination)
         if e.received:  # a probe of its holder: the next one later
             e.attempts += 1
             e.probe = False
@@ -324,7 +328,7 @@ class ReliableSender:
             return
         e.attempts += 1
         e.tries += 1
-        e.destination = e.last = destination
+        e.last = destination
         if not e.received:
             if e.tries == 1:  # deadlines of first tries come in time order: a deque
                 e.due = now + self.rto
@@ -366,17 +370,42 @@ class ReliableSender:
                     self._probing = True
                     self._next_scan = now + self.probe_after / 2
             if destination is not None:
-                e.destination = destination
+                self._move(e, destination)
 
     def on_done(self, seqs: Iterable[int]) -> int:
         """The application at the receiver is done with these: they leave the window.
         Returns how many were newly acknowledged."""
         n = 0
+        entries = self._entries
         for seq in seqs:
-            if self._entries.pop(seq, None) is not None:
+            e = entries.pop(seq, None)
+            if e is not None:
                 n += 1
+                if e.destination is not None:
+                    self._move(e, None)
         self.acked += n
         return n
+
+    def held_by(self, destination: Hashable) -> int:
+        """How many messages in the window ``destination`` holds or was sent last
+        (received or not, not yet done): its share of the window."""
+        return self._held.get(destination, 0)
+
+    def _move(self, e: _Entry, destination: Hashable | None) -> None:
+        """``e`` is now with ``destination`` (None: with nobody): keep the counts."""
+        old = e.destination
+        if old == destination:
+            return
+        held = self._held
+        if old is not None:
+            left = held[old] - 1
+            if left:
+                held[old] = left
+            else:
+                del held[old]
+        if destination is not None:
+            held[destination] = held.get(destination, 0) + 1
+        e.destination = destination
 
     def destination_lost(self, destination: Hashable, now: float) -> int:
         """``destination`` is gone: everything it held or was sent goes out again now
@@ -387,7 +416,7 @@ class ReliableSender:
                 e.received = False
                 e.probe = False
                 e.due = float("inf")
-                e.destination = None
+                self._move(e, None)
                 e.tries = 0  # a fresh start elsewhere
                 if not e.queued:
                     e.queued = True
@@ -457,6 +486,8 @@ class ReliableSender:
 
     def _give_up(self, seq: int, e: _Entry, reason: str) -> None:
         del self._entries[seq]
+        if e.destination is not None:
+            self._move(e, None)
         self.given_up += 1
         self._gave_up.append(GaveUp(seq, e.payload, e.attempts, e.last, reason))
 

@@ -35,7 +35,7 @@ import os
 import struct
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import time_ns
 from typing import Any, Literal, TypeVar, overload
 
@@ -137,6 +137,10 @@ class ReliablePusherStatistics:
     dead_letters_dropped: int
     """Dead letters dropped unread from the full ``dead_letters`` channel."""
     malformed: int
+    held: Mapping[str, int] = field(default_factory=dict)
+    """Per connected puller (its routing id, hex): the items sent to it and not yet
+    done. Each holds at most ``window // pullers`` (a puller that stops acknowledging
+    stalls only that share); a count stuck at that bound is a stuck worker."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,12 +254,10 @@ class ReliablePusher(SocketResource):
         now = trio.current_time()
         if self._outbox is not None:
             self._outbox.add(core.next_seq, frame)  # on disk before it is accepted
-        routes = self._routes
-        if routes and not core.queued():
+        route = self._pick() if self._routes and not core.queued() else None
+        if route is not None:
             # The common case: straight onto the wire, to the next puller in turn.
             seq = core.send_now((frame, floor), now)
-            route = routes[self._turn % len(routes)]
-            self._turn += 1
             try:
                 self._sock.send_to_nowait(route, frame)
             except (PeerUnreachable, trio.WouldBlock):
@@ -341,15 +343,14 @@ class ReliablePusher(SocketResource):
             size += len(frame)
             if size >= BATCH_BYTES:
                 break  # large bodies: the rest in the next batch
-        k = len(frames)
+        dests = self._deal(len(frames))
+        if not dests:
+            return 0  # every puller holds its share: send_nowait queues
+        k = len(dests)
+        del frames[k:]
         was_empty = not core.in_flight
         now = trio.current_time()
         first = core.send_now_many([(f, floor) for f in frames], now)
-        routes = self._routes
-        n = len(routes)
-        turn = self._turn
-        dests = [routes[(turn + j) % n] for j in range(k)]
-        self._turn = turn + k
         sent = self._sock.send_routed_batch_nowait(dests, frames)
         core.sent_many(first, dests[:sent], now)
         if sent < k:
@@ -392,7 +393,7 @@ class ReliablePusher(SocketResource):
                 # for a full queue to drain: on the socket when every puller's queue is
                 # full, else (its own puller's queue is full) looked at again soon.
                 timer = core.get_timer(queued=sent_all)
-                full = not sent_all and bool(self._routes)
+                full = not sent_all and bool(self._routes) and not self._capped()
                 if full and sock.sendable():
                     soon = trio.current_time() + 0.005
                     timer = soon if timer is None else min(timer, soon)
@@ -464,7 +465,8 @@ class ReliablePusher(SocketResource):
             sent=c.sent_count, acked=c.acked, in_flight=c.in_flight,
             retransmitted=c.retransmitted, redelivered=self._redelivered,
             given_up=c.given_up, disconnects=self._disconnects, restored=self._restored,
-            dead_letters_dropped=self._dead_dropped, malformed=self._malformed)
+            dead_letters_dropped=self._dead_dropped, malformed=self._malformed,
+            held={r.hex(): c.held_by(r) for r in self._routes})
 
     # -- routes (explicit endpoints, or a node's wiring) ---------------------------------------
 
@@ -554,9 +556,12 @@ class ReliablePusher(SocketResource):
                 for later in reversed(todo[i:]):
                     core.unsent(later)
                 return False
+            share = self._share()
             for _ in range(len(routes)):
                 route = routes[self._turn % len(routes)]
                 self._turn += 1
+                if core.held_by(route) >= share:
+                    continue  # it holds its share of the window (stuck, or slow)
                 try:
                     sock.send_to_nowait(route, data)
                 except (PeerUnreachable, trio.WouldBlock):
@@ -568,6 +573,52 @@ class ReliablePusher(SocketResource):
                     core.unsent(later)
                 return False
         return True
+
+    def _share(self) -> int:
+        """The most a puller may hold of the window (sent to it, not done): one
+        puller that stops acknowledging stalls only its share, not the others."""
+        return max(1, self._core.window // max(1, len(self._routes)))
+
+    def _pick(self) -> bytes | None:
+        """The next puller in turn that holds less than its share, or None."""
+        routes = self._routes
+        n = len(routes)
+        share = self._share()
+        held_by = self._core.held_by
+        for _ in range(n):
+            route = routes[self._turn % n]
+            self._turn += 1
+            if held_by(route) < share:
+                return route
+        return None
+
+    def _deal(self, k: int) -> list[bytes]:
+        """Destinations for up to ``k`` new items, round-robin over the pullers below
+        their share (fewer than ``k`` when the shares run out)."""
+        routes = self._routes
+        n = len(routes)
+        share = self._share()
+        held_by = self._core.held_by
+        turn = self._turn
+        order = [routes[(turn + i) % n] for i in range(n)]
+        room = [share - held_by(r) for r in order]
+        if min(room) >= k:  # the common case: plain round-robin
+            self._turn = turn + k
+            return [order[j % n] for j in range(k)]
+        dests: list[bytes] = []
+        while len(dests) < k and max(room) > 0:
+            for i in range(n):
+                if room[i] > 0 and len(dests) < k:
+                    dests.append(order[i])
+                    room[i] -= 1
+        self._turn = turn + len(dests)
+        return dests
+
+    def _capped(self) -> bool:
+        """Every connected puller holds its share: only acknowledgements help."""
+        share = self._share()
+        return bool(self._routes) and all(self._core.held_by(r) >= share
+                                          for r in self._routes)
 
     def _read_acks(self) -> None:
         got = False
@@ -618,7 +669,7 @@ class ReliablePusher(SocketResource):
                 # every rto while anything is in flight, in case one comes earlier
                 deadline = (None if timer is None
                             else min(timer, trio.current_time() + core.rto))
-            elif self._routes and not sock.sendable():
+            elif self._routes and (self._capped() or not sock.sendable()):
                 # Every puller's queue is full: sleep on the socket until one has room
                 # or acknowledgements come (parked there, sends pay an EVENTS read;
                 # they are failing anyway).
@@ -626,7 +677,10 @@ class ReliablePusher(SocketResource):
                 self._waiters += 1
                 try:
                     with trio.move_on_at(math.inf if timer is None else max(timer, 0.0)):
-                        await sock.wait_either()
+                        if self._capped():
+                            await sock.wait_receivable()  # acknowledgements free shares
+                        else:
+                            await sock.wait_either()
                 except ClosedError:
                     return
                 finally:
