@@ -10,10 +10,13 @@ Network safety: loopback only (explicit 127.0.0.1 endpoints).
 from __future__ import annotations
 
 import contextlib
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -26,14 +29,15 @@ from test_node import free_port
 
 LOOPBACK = "tcp://127.0.0.1:*"
 
-# A pusher process: send N items through its outbox to ENDPOINT, wait up to WAIT
+# A pusher process: send N items through its outbox to ENDPOINTS (comma-separated),
+# wait up to WAIT
 # seconds for them to go on the wire, report, then wait to be killed (SIGKILL: no
 # clean close, no flush).
 _CHILD = r"""
 import sys, trio, shoal
 async def main() -> None:
-    endpoint, path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    async with shoal.open_pusher(connect=endpoint, reliable=True, outbox=path) as push:
+    endpoints, path, n = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3])
+    async with shoal.open_pusher(connect=endpoints, reliable=True, outbox=path) as push:
         for i in range(n):
             await push.send({"n": i})
         with trio.move_on_after(float(sys.argv[4])):  # until they went on the wire
@@ -44,6 +48,51 @@ async def main() -> None:
         await trio.sleep(60)
 trio.run(main)
 """
+
+
+class Relay:
+    """A TCP relay on loopback: ``127.0.0.1:port`` forwarded to ``127.0.0.1:target``,
+    listening between ``start()`` and ``stop()`` (threads; every socket closed on
+    ``stop``). Lets a test decide when a connection to a puller can come up."""
+
+    def __init__(self, port: int, target: int) -> None:
+        self.port, self.target = port, target
+        self._socks: list[socket.socket] = []
+        self._server: socket.socket | None = None
+
+    def start(self) -> None:
+        server = socket.create_server(("127.0.0.1", self.port))
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+                out = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                return  # stopped
+            self._socks += [conn, out]
+            for src, dst in ((conn, out), (out, conn)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for sock in self._socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._socks.clear()
 
 
 def count_items(path: Path) -> int:
@@ -137,6 +186,57 @@ async def test_items_a_puller_already_processed_are_not_processed_again(
     assert not {m.id for m in first} & {m.id for m in again}  # nothing processed twice
     assert sorted(m.body["n"] for m in first + again) == list(range(40))
     assert stats.duplicates >= len(first)
+    assert count_items(path) == 0
+
+
+async def test_a_restarted_pusher_sends_unfinished_items_first_to_the_puller_that_had_them(
+        tmp_path: Path) -> None:
+    """Before the crash every item went to puller A (B was not up), which processed
+    them all; no acknowledgement reached the pusher. Reopened on its outbox with A and
+    B both up, the pusher sends each item to A again, which recognises it and
+    acknowledges it; B, whose memory cannot know what A did, is never handed one to
+    process a second time. (Round-robin, B processed about half of them again.)"""
+    path = tmp_path / "jobs.sqlite"
+    pa = free_port()
+    ea, eb = f"tcp://127.0.0.1:{pa}", f"tcp://127.0.0.1:{free_port()}"
+    relay = Relay(free_port(), pa)  # the pusher reaches A through it: we say when
+    via = f"tcp://127.0.0.1:{relay.port}"
+    got_a: list[Any] = []
+    got_b: list[Any] = []
+    with trio.fail_after(30):
+        async with shoal.open_puller(bind=ea, reliable=True) as a:
+            relay.start()
+            try:
+                await run_child_until_sent(f"{via},{eb}", path, 40, 5.0)
+                first: list[shoal.Message] = []
+                with trio.move_on_after(2.0):
+                    while len(first) < 40:
+                        first.append(await a.receive())
+            finally:
+                relay.stop()
+            async with (
+                shoal.open_puller(bind=eb, reliable=True) as b,
+                shoal.open_pusher(connect=[via, eb], reliable=True, outbox=path) as push,
+                trio.open_nursery() as nursery,
+            ):
+                async def take(pull: Any, into: list[Any]) -> None:
+                    async for msg in pull:
+                        into.append(msg.body)
+
+                nursery.start_soon(take, a, got_a)
+                nursery.start_soon(take, b, got_b)
+                await trio.sleep(0.5)  # B is connected by now; A not yet
+                relay.start()
+                try:
+                    await push.wait_acked()
+                finally:
+                    relay.stop()
+                restored = push.statistics().restored
+                nursery.cancel_scope.cancel()
+    assert len(first) == 40
+    assert restored == 40  # nothing was acknowledged to the dead pusher
+    assert got_b == []  # nothing processed twice...
+    assert got_a == []  # ...A dropped its copies (and acknowledged them)
     assert count_items(path) == 0
 
 

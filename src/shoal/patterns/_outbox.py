@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS stream (
     sender BLOB NOT NULL, epoch INTEGER NOT NULL, stream INTEGER NOT NULL,
     next_seq INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS item (seq INTEGER PRIMARY KEY, frame BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS item (seq INTEGER PRIMARY KEY, frame BLOB NOT NULL, route BLOB);
 """
 
 
@@ -51,6 +51,9 @@ class Outbox:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(item)")}
+            if "route" not in columns:  # a file of an earlier version
+                db.execute("ALTER TABLE item ADD COLUMN route BLOB")
             db.execute("PRAGMA user_version = 1")  # a write: the exclusive lock, kept
             db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
@@ -90,29 +93,45 @@ class Outbox:
         """Record the identity of a new stream."""
         self._db.execute("INSERT INTO stream VALUES (0, ?, ?, ?, 0)", (sender, epoch, stream))
 
-    def pending(self) -> list[tuple[int, bytes]]:
-        """The items not yet done, in order. Raises ``LocalProtocolError`` for a
-        damaged file (rows of the wrong types; frames are checked by the pusher)."""
+    def pending(self) -> list[tuple[int, bytes, bytes | None]]:
+        """The items not yet done, in order: ``(seq, frame, route)``, ``route`` the
+        puller it was first sent to (None: not known). Raises ``LocalProtocolError``
+        for a damaged file (rows of the wrong types; frames are checked by the
+        pusher)."""
         try:
-            rows = self._db.execute("SELECT seq, frame FROM item ORDER BY seq").fetchall()
+            rows = self._db.execute(
+                "SELECT seq, frame, route FROM item ORDER BY seq").fetchall()
         except sqlite3.DatabaseError as exc:
             raise self._damaged(str(exc)) from None
         if not all(type(seq) is int and seq >= 0 and isinstance(frame, bytes)
-                   for seq, frame in rows):
+                   and (route is None or isinstance(route, bytes))
+                   for seq, frame, route in rows):
             raise self._damaged("an item row")
         return rows
 
-    def add(self, seq: int, frame: bytes) -> None:
-        """Keep an accepted item (committed when this returns)."""
+    def add(self, seq: int, frame: bytes, route: bytes | None = None) -> None:
+        """Keep an accepted item (committed when this returns); ``route``: the puller
+        it goes to first, if known (a restarted pusher sends it there again: that
+        puller recognises what it already did)."""
         db = self._db
         db.execute("BEGIN")
         try:
-            db.execute("INSERT INTO item VALUES (?, ?)", (seq, frame))
+            db.execute("INSERT INTO item VALUES (?, ?, ?)", (seq, frame, route))
             db.execute("UPDATE stream SET next_seq = ? WHERE id = 0", (seq + 1,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def sent_to(self, pairs: Iterable[tuple[bytes, int]]) -> None:
+        """Record the puller each item went to (``(route, seq)`` pairs), for items
+        that waited in the queue before going out."""
+        rows = list(pairs)
+        if rows:
+            db = self._db
+            db.execute("BEGIN")
+            db.executemany("UPDATE item SET route = ? WHERE seq = ?", rows)
+            db.execute("COMMIT")
 
     def remove(self, seqs: Iterable[int]) -> None:
         """Forget items that are done (or given up)."""

@@ -89,6 +89,9 @@ _ACK_DELAY = 0.002
 """Seconds a puller may sit on acknowledgements before sending them (batching)."""
 _READ_EVERY_MASK = 31
 PROBE_AFTER = 2.0
+RESTORE_WAIT = 3.0
+"""Seconds a pusher reopened on its outbox waits for the puller an unfinished item
+went to before (which recognises it) before sending it to another."""
 """Seconds (at least; 4 rto if more) before a pusher asks a puller holding an item
 about it again: the repair of a lost done acknowledgement."""
 BATCH_BYTES = 1 << 20
@@ -181,6 +184,8 @@ class ReliablePusher(SocketResource):
                                     max_attempts=max_attempts, give_up_after=give_up_after,
                                     probe_after=max(4 * rto, PROBE_AFTER))
         self._outbox = outbox
+        self._prior: dict[int, bytes] = {}  # restored item -> the puller it went to
+        self._restore_until = 0.0
         self._restored = 0
         if outbox is None:
             self._enc = stream_encoder(identity, sock)
@@ -214,7 +219,7 @@ class ReliablePusher(SocketResource):
                                  max_size=self._sock.max_message_size)
         sender, epoch, stream, next_seq = known
         pending = outbox.pending()
-        for seq, frame in pending:
+        for seq, frame, _route in pending:
             try:
                 decode(frame)
             except DecodeError:
@@ -226,9 +231,14 @@ class ReliablePusher(SocketResource):
                     f"the outbox {outbox.path!r} is damaged (item {seq} is past the "
                     "stream's next number); move it away to start a new stream")
         # -1: not the current floor, so the first transmission writes the floor in
-        self._core.restore([(seq, (frame, -1)) for seq, frame in pending], next_seq,
+        self._core.restore([(seq, (frame, -1)) for seq, frame, _route in pending], next_seq,
                            trio.current_time())
         self._restored = len(pending)
+        # Each goes first to the puller it went to before, if that one is there within
+        # RESTORE_WAIT: it recognises what it already did (and acknowledges it again)
+        # where another puller would do it a second time.
+        self._prior = {seq: route for seq, _frame, route in pending if route is not None}
+        self._restore_until = trio.current_time() + RESTORE_WAIT
         if pending:
             log.info("reliable pusher: %d item(s) from the outbox %s are sent again",
                      len(pending), outbox.path)
@@ -252,9 +262,9 @@ class ReliablePusher(SocketResource):
         frame = self._enc.encode(Kind.PUSH, _TOPIC, body, core.next_seq, time_ns(), floor,
                                  headers)
         now = trio.current_time()
-        if self._outbox is not None:
-            self._outbox.add(core.next_seq, frame)  # on disk before it is accepted
         route = self._pick() if self._routes and not core.queued() else None
+        if self._outbox is not None:
+            self._outbox.add(core.next_seq, frame, route)  # on disk before it is accepted
         if route is not None:
             # The common case: straight onto the wire, to the next puller in turn.
             seq = core.send_now((frame, floor), now)
@@ -534,6 +544,20 @@ class ReliablePusher(SocketResource):
         todo = core.transmissions(now)
         if not todo:
             return True
+        if self._outbox is None:
+            return self._put_on_wire(todo, now, None)
+        placed: list[tuple[bytes, int]] = []
+        try:
+            return self._put_on_wire(todo, now, placed)
+        finally:
+            self._outbox.sent_to(placed)  # where each went: a restart sends it there
+
+    def _put_on_wire(self, todo: list[int], now: float,
+                     placed: list[tuple[bytes, int]] | None) -> bool:
+        """``_transmit``'s work; ``placed`` collects ``(route, seq)`` of what went."""
+        core = self._core
+        prior = self._prior
+        waiting: list[int] = []  # restored items waiting for their puller
         sock = self._sock
         routes = self._routes
         floor = core.floor()
@@ -542,6 +566,15 @@ class ReliablePusher(SocketResource):
             if encoded_floor != floor:  # a retransmission: tell the current floor
                 data = data[:_FLOOR_AT] + _U64.pack(floor) + data[_FLOOR_AT + 8:]
             held_by = core.destination(seq)
+            if prior and held_by is None and seq in prior:
+                # restored from the outbox: to the puller that had it, if it is there
+                if prior[seq] in routes:
+                    held_by = prior[seq]  # forgotten once sent
+                elif now < self._restore_until:
+                    waiting.append(seq)  # it may yet connect: wait for it a little
+                    continue
+                else:
+                    del prior[seq]
             if held_by is not None and held_by in routes:
                 # Its puller is still connected (a timer ran out: the acknowledgement
                 # is late, the puller slow or its link lossy): send it there again, where
@@ -552,8 +585,14 @@ class ReliablePusher(SocketResource):
                     pass
                 else:
                     core.sent(seq, held_by, now)
+                    if prior:
+                        prior.pop(seq, None)
+                    if placed is not None:
+                        placed.append((held_by, seq))
                     continue
                 for later in reversed(todo[i:]):
+                    core.unsent(later)
+                for later in reversed(waiting):
                     core.unsent(later)
                 return False
             share = self._share()
@@ -567,12 +606,18 @@ class ReliablePusher(SocketResource):
                 except (PeerUnreachable, trio.WouldBlock):
                     continue
                 core.sent(seq, route, now)
+                if placed is not None:
+                    placed.append((route, seq))
                 break
             else:
                 for later in reversed(todo[i:]):
                     core.unsent(later)
+                for later in reversed(waiting):
+                    core.unsent(later)
                 return False
-        return True
+        for later in reversed(waiting):
+            core.unsent(later)  # first in line, in order, for the next look
+        return not waiting
 
     def _share(self) -> int:
         """The most a puller may hold of the window (sent to it, not done): one
