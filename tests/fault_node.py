@@ -3,7 +3,8 @@
 
     python tests/fault_node.py --name NAME [--discovery mdns|static]
         [--static-peer tcp://IP:PORT] [--port N]
-        [--push CH [--window N] [--rto S] [--max-attempts N] [--give-up-after S]]
+        [--push CH [--window N] [--rto S] [--max-attempts N] [--give-up-after S]
+         [--outbox PATH]]
         [--pull CH [--work S]] [--rep CH [--handle-delay S]] [--req CH]
         [--rpub CH [--window N] [--rto S] [--grace S]] [--rsub CH [--topic P] [--heartbeat S]]
 
@@ -18,8 +19,9 @@ Every stdout line is one JSON object, flushed at once (``t`` is ``time.time()``)
   ``--work S`` sleeps ``S`` seconds per item (the "processing");
 * reliable pusher: ``{"cmd": "push_run", "channel", "n", "rate", "timeout"}`` sends
   bodies ``{"i": 0} .. {"i": n-1}`` paced at ``rate`` items/s (0: as fast as the window
-  allows), printing ``{"event": "progress", "queued", "rss_kb", <statistics>}`` every
-  0.1 s, then
+  allows; with ``--outbox``, a pusher reopened on its file starts after the items it
+  restored, at its stream's next number), printing ``{"event": "progress", "queued",
+  "rss_kb", <statistics>}`` every 0.1 s, then
   waits (at most ``timeout`` s) for ``wait_acked()``: ``{"event": "acked",
   <statistics>, "elapsed"}`` or ``{"event": "error", "type", "message", "failed"}``;
 * reliable subscriber (``--rsub``, on the ``--topic`` prefixes, default every topic):
@@ -101,6 +103,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--give-up-after", type=float, default=None,
                    help="seconds after which a reliable pusher gives an item up")
     p.add_argument("--work", type=float, default=0.0, help="seconds of work per pulled item")
+    p.add_argument("--outbox", default=None, help="the reliable pusher's outbox file")
     p.add_argument("--handle-delay", type=float, default=0.0,
                    help="seconds a request handler sleeps before replying")
     return p.parse_args(argv)
@@ -154,7 +157,9 @@ class Runner:
         async def send(i: int) -> None:
             await pusher.send({"i": i})
 
-        await self.paced_run("push_run", cmd, send, pusher.statistics, pusher.wait_acked)
+        # a pusher reopened on its outbox numbers new items after the restored ones
+        await self.paced_run("push_run", cmd, send, pusher.statistics, pusher.wait_acked,
+                             start=pusher._core.next_seq)
 
     async def publish_run(self, cmd: Command) -> None:
         publisher = self.publishers[str(cmd["channel"])]
@@ -168,14 +173,14 @@ class Runner:
 
     async def paced_run(self, name: str, cmd: Command, send: Callable[[int], Awaitable[None]],
                         statistics: Callable[[], Any],
-                        wait_acked: Callable[[], Awaitable[None]]) -> None:
+                        wait_acked: Callable[[], Awaitable[None]], start: int = 0) -> None:
         """``send(0) .. send(n-1)`` at ``rate`` per second, ``progress`` reports meanwhile,
         then ``wait_acked()`` within ``timeout``: ``acked`` or ``error``."""
         channel = str(cmd["channel"])
         n = int(cmd["n"])
         rate = float(cmd.get("rate", 0))
-        queued = 0
-        started = trio.current_time()
+        queued = start
+        started = trio.current_time() - start / rate if rate else trio.current_time()
 
         async def progress() -> None:
             while True:
@@ -368,7 +373,8 @@ async def run(args: argparse.Namespace) -> None:
             for ch in args.push:
                 runner.pushers[ch] = await stack.enter_async_context(node.open_pusher(
                     ch, reliable=True, window=args.window, rto=args.rto,
-                    max_attempts=args.max_attempts, give_up_after=args.give_up_after))
+                    max_attempts=args.max_attempts, give_up_after=args.give_up_after,
+                    outbox=args.outbox))
             for ch in args.rep:
                 replier = await stack.enter_async_context(node.open_replier(ch))
                 runner.repliers[ch] = replier

@@ -19,6 +19,9 @@ What "at least once" promises here, and so what is asserted:
   the item was in the window while its link was down; nothing else is duplicated
   (packet loss on a live TCP connection must not produce duplicates);
 * ``wait_acked()`` completes, nothing is given up;
+* a pusher SIGKILLed with its window full and restarted on its outbox loses nothing,
+  and fewer than 100 of 20,000 items are processed twice (0 measured; 603 when the
+  restored items went round-robin instead of to the puller that had them);
 * a request whose replier is SIGKILLed mid-handler is answered by the other replier,
   and no handler on that live replier runs twice for one request id;
 * reliable pub/sub: a subscriber whose cable is pulled for 2 s (long enough for the
@@ -312,6 +315,59 @@ def test_reliable_pushpull_survives_kill_flap_and_loss(lab4: Lab, nodes: Nodes) 
     print(f"  during the loss: retransmitted "
           f"+{progress.delta('retransmitted', times['loss_on'], loss_end)}, redelivered "
           f"+{progress.delta('redelivered', times['loss_on'], loss_end)}")
+
+
+def test_a_pusher_killed_mid_stream_and_restarted_on_its_outbox_loses_nothing(
+        lab4: Lab, nodes: Nodes, tmp_path: Path) -> None:
+    """The pusher itself is SIGKILLed with a window of items out at three pullers, and
+    restarted on its outbox (same node, new incarnation). Nothing is lost; an item is
+    processed twice only if the done acknowledgement of it had not reached the pusher
+    and another puller got it: the restarted pusher sends each restored item to the
+    puller it went to before, which recognises what it finished."""
+    h = lab4.hosts
+    outbox = str(tmp_path / "work.sqlite")
+    pusher_args = [*static_peers(h, 0), "--push", "work", "--window", str(WINDOW),
+                   "--outbox", outbox]
+    pusher, *pullers = nodes.many([
+        (h[0], "src", pusher_args),
+        *((h[i], f"w{i}", [*static_peers(h, i), "--pull", "work", "--work", str(WORK)])
+          for i in (1, 2, 3)),
+    ])
+    wait_peers(pusher, 3, "work")
+    # as fast as the window allows: the window is full (items out at every puller)
+    run = {"cmd": "push_run", "channel": "work", "n": ITEMS, "rate": 0,
+           "timeout": ACKED_TIMEOUT}
+    pusher.send(run)
+    Progress(pusher).wait_queued(ITEMS * 2 // 5, WAIT)
+    killed_at = pusher.kill()
+    queued_before = Progress(pusher).queued_at(killed_at)
+    (again,) = nodes.many([(h[0], "src", pusher_args)])
+    wait_peers(again, 3, "work")
+    again.send(run)
+    done = again.wait_for(lambda e: e["event"] == "acked" or (
+        e["event"] == "error" and e.get("cmd") == "push_run"), RUN_TIMEOUT,
+        what="the end of push_run")
+    restarted = again.find(is_event("progress"))[0]
+    for nd in pullers:
+        nd.call({"cmd": "stats"}, is_event("stats"), WAIT)
+    by_node = {nd.name: processed(nd) for nd in pullers}
+    holders: dict[int, list[str]] = defaultdict(list)
+    for name, ids in by_node.items():
+        for i in ids:
+            holders[i].append(name)
+    dups = {i: names for i, names in holders.items() if len(names) > 1}
+    print(f"\npusher SIGKILLed after queueing ~{queued_before} of {ITEMS} items, restarted "
+          f"on its outbox ({restarted['restored']} items restored, new ones from "
+          f"{restarted['queued']}): {done['event']}; processed twice: {len(dups)} items")
+    assert done["event"] == "acked", again.describe()
+    assert (done["in_flight"], done["given_up"]) == (0, 0), done
+    missing = set(range(ITEMS)) - set(holders)
+    assert not missing, f"{len(missing)} items never processed, e.g. {sorted(missing)[:20]}"
+    assert restarted["restored"] > 0, "the outbox held nothing at the kill"
+    for name, ids in by_node.items():
+        c = Counter(ids)
+        assert not [i for i, k in c.items() if k > 1], f"{name} processed an item twice"
+    assert len(dups) < 100, f"{len(dups)} items processed by two pullers"
 
 
 def test_request_is_answered_by_the_other_replier_when_one_is_killed_mid_request(
