@@ -853,7 +853,7 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
                 try:
                     summary = await run_demo(seconds=args.seconds, out=out, live=live)
                 except* DemoFailed as group:
-                    failure = str(group.exceptions[0])
+                    failure = str(_first_leaf(group))
                 except* trio.TooSlowError:
                     failure = "the demo did not finish in time"
                 finally:
@@ -873,6 +873,12 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         print("shoal demo: interrupted", file=sys.stderr, flush=True)
     _quiet_closed_stdout()
     return status
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception of ``group`` that is not itself a group (nurseries nest)."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _quiet_closed_stdout() -> None:

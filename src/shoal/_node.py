@@ -550,8 +550,7 @@ class Node:
         try:
             if self._nursery is not None:
                 # before connect(), so no handshake goes unseen
-                raw = sock.zmq_socket.get_monitor_socket(_LINK_EVENTS)
-                link.monitor = Socket(raw, linger_ms=0)
+                link.monitor = sock.monitor(_LINK_EVENTS)
                 self._nursery.start_soon(self._watch_link, endpoint, link)
             _connect(sock, endpoint, key)
         except BaseException:

@@ -56,6 +56,7 @@ cancelled wait never loses a message. ``zmq.ZMQError`` is translated here, once;
 from __future__ import annotations
 
 import errno as _errno
+import itertools
 from collections.abc import Callable, Sequence
 from time import perf_counter as _perf_counter
 from typing import Final, cast
@@ -77,6 +78,7 @@ _SNDMORE: Final = int(zmq.SNDMORE)
 _EVENTS: Final = int(zmq.EVENTS)
 _RCVMORE: Final = int(zmq.RCVMORE)
 _BOTH: Final = POLLIN | POLLOUT
+_MONITORS: Final = itertools.count()  # numbers the monitor sockets' inproc addresses
 RECONNECT_OPTIONS: Final[tuple[tuple[int, int], ...]] = (
     (zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 250), (zmq.CONNECT_TIMEOUT, 250))
 """Every socket: a failed connect is tried again after 100 ms, backing off to 250 ms,
@@ -247,6 +249,14 @@ class Socket:
             sock.close()
             raise
         return sock
+
+    def monitor(self, events: int) -> Socket:
+        """A socket receiving libzmq's monitor events of this one (``events``: a mask of
+        ``zmq.EVENT_*``), on an inproc address of its own. (pyzmq's default address
+        is named after the socket's FD, which a socket closed a moment ago may still
+        hold: a new socket on the reused FD would fail to start its monitor.)"""
+        raw = self._sock.get_monitor_socket(events, f"inproc://shoal-monitor-{next(_MONITORS)}")
+        return Socket(raw, linger_ms=0)
 
     # -- introspection -------------------------------------------------------------
 

@@ -27,9 +27,7 @@ class LinkMonitor:
         self._mon: Socket | None = None
 
     def start(self) -> None:
-        raw = self._sock.zmq_socket.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-        self._mon = Socket(raw, linger_ms=0)
+        self._mon = self._sock.monitor(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
 
     async def run(self) -> None:
         mon = self._mon

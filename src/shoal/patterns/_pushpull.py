@@ -89,9 +89,7 @@ class Pusher(SocketResource):
         self._max = sock.max_message_size
         # Connections with a completed handshake, per endpoint, from libzmq's monitor
         # (started before any connect; read only when asked: ``pullers``).
-        raw = sock.zmq_socket.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-        self._monitor = Socket(raw, linger_ms=0)
+        self._monitor = sock.monitor(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self._links: dict[str, int] = {}
         self._inproc = 0  # inproc endpoints connected to (libzmq reports no handshake)
 
