@@ -377,6 +377,10 @@ def test_the_fast_decoders_agree_with_decode_across_many_streams(topical: bool) 
     assert got == [decode(f) for f in frames]
 
 
+def unexpected(frame: bytes) -> None:
+    pytest.fail(f"the fast decoder handed on a frame it should take: {frame!r}")
+
+
 def test_the_topical_decoder_counts_gaps_as_the_tracker_does() -> None:
     """The decoder keeps each stream's gap cell and skips the tracker for in-order
     arrivals. Fed the same arrivals (gaps, duplicates, late ones), its counts equal
@@ -396,7 +400,7 @@ def test_the_topical_decoder_counts_gaps_as_the_tracker_does() -> None:
     tracker = GapTracker()
     got: list[Any] = []
     accept = fast_decoder(Kind.PUBLISH, topic=True, deliver=got.append,
-                          fallback=pytest.fail, gaps=tracker)
+                          fallback=unexpected, gaps=tracker)
     for frame, key, seq in arrivals:
         reference.observe(key, seq)
         accept(frame)
@@ -413,7 +417,7 @@ def test_the_topical_decoder_drops_the_cell_of_a_stream_the_tracker_forgot() -> 
     arrival is a first sight, and a gap after that is still counted."""
     tracker = GapTracker(max_streams=2)
     accept = fast_decoder(Kind.PUBLISH, topic=True, deliver=lambda m: None,
-                          fallback=pytest.fail, gaps=tracker)
+                          fallback=unexpected, gaps=tracker)
     a, b, c = (StreamEncoder(sender=bytes([i]) * 16, epoch=1, stream=0) for i in range(3))
     for enc, seqs in ((a, range(10)), (b, [0]), (c, [0]), (a, [10, 11, 13])):
         for seq in seqs:

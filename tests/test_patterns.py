@@ -803,6 +803,23 @@ async def test_a_bad_endpoint_raises_invalid_endpoint(
         assert isinstance(info.value, ValueError)
 
 
+@pytest.mark.parametrize(("endpoint", "side", "says"), [
+    ("tcp://127.0.0.1:99999", "bind", "from 0 to 65535"),  # libzmq wrapped it to 34463
+    ("tcp://127.0.0.1:99999", "connect", "from 1 to 65535"),
+    ("tcp://127.0.0.1:-5", "bind", "from 0 to 65535"),  # libzmq bound 65531
+    ("tcp://127.0.0.1", "bind", "no port"),  # libzmq: "Invalid argument"
+    ("tcp://127.0.0.1", "connect", "no port"),
+    ("tcp://127.0.0.1:*", "connect", "from 1 to 65535"),
+])
+async def test_a_tcp_endpoint_without_a_valid_port_says_what_to_write(
+    endpoint: str, side: str, says: str
+) -> None:
+    with trio.fail_after(5):
+        with pytest.raises(InvalidEndpoint, match=says):
+            async with shoal.open_puller(**{side: endpoint}):  # type: ignore[call-overload]
+                pass
+
+
 @pytest.mark.parametrize("opener", list(OPENERS))
 async def test_a_bad_endpoint_in_a_list_raises_invalid_endpoint(opener: str) -> None:
     with trio.fail_after(5):

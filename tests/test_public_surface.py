@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import inspect
+import pickle
 import sys
+import traceback
 import types
 import typing
 
@@ -17,6 +19,7 @@ import shoal
 import shoal.discovery
 import shoal.errors
 import shoal.patterns
+from shoal._core import encode_topic
 
 SHOAL_ALL = [
     "Identity",
@@ -157,6 +160,19 @@ def test_version_is_the_installed_release() -> None:
 def test_every_error_derives_from_shoal_error() -> None:
     for public in ERRORS_ALL:
         assert issubclass(getattr(shoal.errors, public), shoal.errors.ShoalError)
+
+
+def test_every_error_reports_its_public_module() -> None:
+    """Tracebacks say ``shoal.errors.EncodeError``, the name users catch, not the
+    private module that defines it."""
+    for public in ERRORS_ALL:
+        cls = getattr(shoal.errors, public)
+        assert f"{cls.__module__}.{cls.__qualname__}" == f"shoal.errors.{public}"
+    with pytest.raises(shoal.errors.EncodeError) as info:
+        encode_topic("a\0b")
+    assert "".join(traceback.format_exception_only(info.value)).startswith(
+        "shoal.errors.EncodeError: ")
+    assert pickle.loads(pickle.dumps(info.value)).args == info.value.args
 
 
 def written_docstring(obj: object) -> str:

@@ -148,12 +148,28 @@ def map_error(exc: zmq.ZMQError, action: str) -> Exception:
     return TransportError(f"cannot {action}: {exc.strerror}", code)
 
 
-def check_endpoint(endpoint: object) -> str:
-    """Refuse anything that is not a ``tcp://``, ``ipc://`` or ``inproc://`` string."""
+def check_endpoint(endpoint: object, *, binding: bool = False) -> str:
+    """Refuse anything that is not a ``tcp://``, ``ipc://`` or ``inproc://`` string,
+    and a ``tcp://`` endpoint without a port or with one outside 1..65535 (``*`` or 0
+    when binding: any free port). libzmq would wrap ``:99999`` to another port
+    silently, and say only "Invalid argument" for a missing one."""
     if not isinstance(endpoint, str) or not endpoint.startswith(_SCHEMES):
         raise InvalidEndpoint(
             f"bad endpoint {endpoint!r}: use 'tcp://HOST:PORT' (PORT may be '*' when "
             "binding), 'ipc:///path' or 'inproc://name'")
+    if endpoint.startswith("tcp://"):
+        address = endpoint[6:].rpartition(";")[2]  # after a source address, if any
+        host, colon, port = address.rpartition(":")
+        if not colon or not host:
+            raise InvalidEndpoint(
+                f"bad endpoint {endpoint!r}: no port; use 'tcp://HOST:PORT'"
+                + (" (or 'tcp://HOST:*' for any free port)" if binding else ""))
+        low = 0 if binding else 1
+        if not ((binding and port == "*")
+                or (port.isdigit() and port.isascii() and low <= int(port) <= 65535)):
+            raise InvalidEndpoint(
+                f"bad endpoint {endpoint!r}: the port must be a number from {low} to 65535"
+                + (" or '*' (any free port)" if binding else ""))
     return endpoint
 
 
@@ -756,7 +772,7 @@ class Socket:
 
     def bind(self, endpoint: str) -> str:
         """Bind and return the endpoint as bound (``tcp://127.0.0.1:*`` resolved)."""
-        check_endpoint(endpoint)
+        check_endpoint(endpoint, binding=True)
         self.check_open("bind")
         try:
             self._sock.bind(endpoint)

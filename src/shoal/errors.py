@@ -86,3 +86,10 @@ class DeliveryFailed(ShoalError):
         super().__init__(f"{len(failed)} message(s) given up: {shown}{more}; "
                          "check that a receiver is reachable, or raise the sender's "
                          "max_attempts / give_up_after")
+
+
+# Every error reports the module users import it from (``shoal.errors.EncodeError``
+# in tracebacks and reprs), not the private one that defines it.
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

@@ -81,10 +81,11 @@ def _endpoint(value: object) -> str:
     if not isinstance(value, str):
         raise LocalProtocolError(f"a static peer is an endpoint string, not {value!r}")
     ep = value if "://" in value else f"tcp://{value}"
-    check_endpoint(ep)
+    if not ep.startswith("tcp://"):
+        check_endpoint(ep)  # an unknown scheme: says which ones there are
     host, sep, port = ep.removeprefix("tcp://").rpartition(":")
     fixed = port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
     if not ep.startswith("tcp://") or not sep or not host or not fixed:
         raise InvalidEndpoint(f"a static peer is 'tcp://HOST:PORT' with a fixed port, "
                               f"not {value!r}")
-    return ep
+    return check_endpoint(ep)
