@@ -160,28 +160,9 @@ class FanoutSender:
         if len(entries) > self.room():
             raise WindowFull(f"{len(entries)} publications do not fit: a subscriber's "
                              f"window has room for {self.room()}")
-        first = seq = self.next_seq
-        books = list(self.books.values())
-        log = self._log
-        out: list[list[tuple[Book, int]]] = []
-        for topic, payload in entries:
-            targets: list[tuple[Book, int]] = []
-            for book in books:
-                if topic.startswith(book.prefixes):
-                    prev = book.last_sent
-                    book.unacked.append((seq, prev))
-                    book.last_sent = seq
-                    targets.append((book, prev))
-            if targets:
-                log[seq] = [payload, len(targets)]
-                self.sent += 1
-            out.append(targets)
-            seq += 1
-        self.next_seq = seq
-        for book in books:
-            if book.due == float("inf") and book.unacked:
-                book.due = now + self.rto
-        return first, out
+        first = self.next_seq
+        enter = self._enter
+        return first, [enter(topic, payload, now)[1] for topic, payload in entries]
 
     def _enter(self, topic: str, payload: Any, now: float
                ) -> tuple[int, list[tuple[Book, int]]]:

@@ -561,6 +561,7 @@ class ReliablePusher(SocketResource):
         sock = self._sock
         routes = self._routes
         floor = core.floor()
+        left: list[int] = []  # from the first that found no way out on
         for i, seq in enumerate(todo):
             data, encoded_floor = core.payload(seq)
             if encoded_floor != floor:  # a retransmission: tell the current floor
@@ -582,19 +583,14 @@ class ReliablePusher(SocketResource):
                 try:
                     sock.send_to_nowait(held_by, data)
                 except (PeerUnreachable, trio.WouldBlock):
-                    pass
-                else:
-                    core.sent(seq, held_by, now)
-                    if prior:
-                        prior.pop(seq, None)
-                    if placed is not None:
-                        placed.append((held_by, seq))
-                    continue
-                for later in reversed(todo[i:]):
-                    core.unsent(later)
-                for later in reversed(waiting):
-                    core.unsent(later)
-                return False
+                    left = todo[i:]
+                    break
+                core.sent(seq, held_by, now)
+                if prior:
+                    prior.pop(seq, None)
+                if placed is not None:
+                    placed.append((held_by, seq))
+                continue
             share = self._share()
             for _ in range(len(routes)):
                 route = routes[self._turn % len(routes)]
@@ -610,14 +606,11 @@ class ReliablePusher(SocketResource):
                     placed.append((route, seq))
                 break
             else:
-                for later in reversed(todo[i:]):
-                    core.unsent(later)
-                for later in reversed(waiting):
-                    core.unsent(later)
-                return False
-        for later in reversed(waiting):
+                left = todo[i:]
+                break
+        for later in reversed(waiting + left):
             core.unsent(later)  # first in line, in order, for the next look
-        return not waiting
+        return not waiting and not left
 
     def _share(self) -> int:
         """The most a puller may hold of the window (sent to it, not done): one
