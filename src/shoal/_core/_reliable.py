@@ -82,6 +82,9 @@ class GaveUp:
 class _Entry:
     __slots__ = ("attempts", "destination", "due", "first", "last", "payload", "probe",
                  "probe_due", "probes", "queued", "received", "tries")
+    probe: bool
+    probes: int
+    probe_due: float
 
     def __init__(self, payload: Any, first: float) -> None:
         self.payload = payload
@@ -93,9 +96,9 @@ class _Entry:
         self.due = first  # when to (re)transmit; inf once received
         self.received = False
         self.queued = True  # in the transmission queue (at most once)
-        self.probe = False  # queued as a probe of its holder
-        self.probes = 0  # probes since it was last received
-        self.probe_due = float("inf")  # when to probe its holder (received ones)
+        # Set by ``on_received`` (only a received entry reads them): ``probe``, queued
+        # as a probe of its holder; ``probes``, since it was received; ``probe_due``,
+        # when to probe its holder next.
 
 
 class ReliableSender:
@@ -319,7 +322,13 @@ class ReliableSender:
             self.retransmitted += 1
         else:
             self.sent_count += 1
-        self._move(e, destination)
+        old = e.destination
+        if old is None:  # the common case inline: a first transmission
+            held = self._held
+            held[destination] = held.get(destination, 0) + 1
+            e.destination = destination
+        elif old != destination:
+            self._move(e, destination)
         if e.received:  # a probe of its holder: the next one later
             e.attempts += 1
             e.probe = False
@@ -351,6 +360,13 @@ class ReliableSender:
         probes of the holder, from ``now + probe_after``, when ``now`` is given).
         Ignored for a message last sent to another destination (a late word from a
         receiver given up on must not stop the copy now on its way elsewhere)."""
+        if now is None:
+            probe_due = float("inf")
+        else:
+            probe_due = now + self.probe_after
+            if not self._probing:
+                self._probing = True
+                self._next_scan = now + self.probe_after / 2
         for seq in seqs:
             e = self._entries.get(seq)
             if e is None or e.received:
@@ -362,14 +378,9 @@ class ReliableSender:
             e.due = float("inf")
             e.tries = 0
             e.probes = 0
-            if now is None:
-                e.probe_due = float("inf")
-            else:
-                e.probe_due = now + self.probe_after
-                if not self._probing:
-                    self._probing = True
-                    self._next_scan = now + self.probe_after / 2
-            if destination is not None:
+            e.probe_due = probe_due
+            e.probe = False
+            if destination is not None and e.destination != destination:
                 self._move(e, destination)
 
     def on_done(self, seqs: Iterable[int]) -> int:
@@ -377,12 +388,31 @@ class ReliableSender:
         Returns how many were newly acknowledged."""
         n = 0
         entries = self._entries
+        # the holders' counts (what ``_move(e, None)`` does), one update per run of
+        # messages from one holder: an acknowledgement comes from one
+        gone: dict[Hashable, int] = {}
+        last: Hashable | None = None
+        run = 0
         for seq in seqs:
             e = entries.pop(seq, None)
             if e is not None:
                 n += 1
-                if e.destination is not None:
-                    self._move(e, None)
+                d = e.destination
+                if d is last:
+                    run += 1
+                else:
+                    if last is not None:
+                        gone[last] = gone.get(last, 0) + run
+                    last, run = d, 1
+        if last is not None:
+            gone[last] = gone.get(last, 0) + run
+        held = self._held
+        for d, k in gone.items():
+            left = held[d] - k
+            if left:
+                held[d] = left
+            else:
+                del held[d]
         self.acked += n
         return n
 

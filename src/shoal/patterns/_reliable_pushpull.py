@@ -262,7 +262,14 @@ class ReliablePusher(SocketResource):
         frame = self._enc.encode(Kind.PUSH, _TOPIC, body, core.next_seq, time_ns(), floor,
                                  headers)
         now = trio.current_time()
-        route = self._pick() if self._routes and not core.queued() else None
+        routes = self._routes
+        route = None
+        if routes and not core.queued():
+            # the next in turn, unless it holds its share (then ``_pick`` looks on)
+            route = routes[self._turn % len(routes)]
+            self._turn += 1
+            if core.held_by(route) >= core.window // len(routes):
+                route = self._pick()
         if self._outbox is not None:
             self._outbox.add(core.next_seq, frame, route)  # on disk before it is accepted
         if route is not None:
