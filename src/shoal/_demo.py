@@ -13,9 +13,10 @@ The nodes:
 
 Each worker reports on its stdout every job it gets and every job it is done with
 (acknowledged), so the demo knows what the killed worker held. At the end it checks
-and says: every job sent was done, none twice; the jobs delivered twice are exactly
-those the killed worker held unfinished; every request was answered (the bad one with
-an error); every reading reached its subscribers without gaps. The exit status is 0
+and says: every job sent was processed exactly once; the jobs handed out more than
+once are exactly those the killed worker held unfinished (handed again to another
+worker); every request was answered (the bad one with an error); every reading reached
+its subscribers without gaps. The exit status is 0
 when all of that holds, 1 when not (or the demo could not run), 130 after Ctrl-C.
 
 Output: on a terminal, a status panel redrawn in place four times a second (ANSI
@@ -42,7 +43,7 @@ import signal
 import subprocess
 import sys
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,7 +98,8 @@ class _Row:
     counts: Callable[[], str] | None = None
     peers: Callable[[], int | None] | None = None
     last: deque[str] = field(default_factory=lambda: deque(maxlen=3))
-    """Its last few events, in short (shown newest first: the column may be cut)."""
+    """Its last few events, in short, oldest first (the panel drops the oldest ones
+    that do not fit its width)."""
 
     def freeze(self) -> None:
         """The node is closing: keep showing what it showed (a closed node has no
@@ -183,9 +185,9 @@ class _View:
         for r in self.rows.values():
             counts = r.counts() if r.counts else ""
             peers = r.peers() if r.peers else None
-            lines.append(f"{r.name:<13} {r.pattern:<25} {r.state:<8} {counts:<27} "
-                         f"{'-' if peers is None else peers:>5}  "
-                         f"{', '.join(reversed(r.last))}")
+            head = (f"{r.name:<13} {r.pattern:<25} {r.state:<8} {counts:<27} "
+                    f"{'-' if peers is None else peers:>5}  ")
+            lines.append(head + _story(r.last, size.columns - 1 - len(head)))
             colours.append("\x1b[31m" if r.state == "KILLED" else "")
         lines.append("recent events")
         colours.append("")
@@ -223,6 +225,17 @@ class _View:
         if self.live and not self.gone:
             self.draw(final=word)
             self.live = False  # from here on, plain lines
+
+
+def _story(events: Iterable[str], width: int) -> str:
+    """A node's last events in the order they happened, the oldest ones left out
+    (marked by a leading ``...``) where they do not fit ``width`` characters."""
+    kept = list(events)
+    text = " > ".join(kept)
+    while len(kept) > 1 and len(text) > width:
+        kept.pop(0)
+        text = "... " + " > ".join(kept)
+    return text
 
 
 def _clip(line: str, width: int) -> str:
@@ -701,7 +714,7 @@ class _Demo:
         done = set(self.done_by)
         twice = sorted(j for j, ws in self.done_by.items() if len(ws) > 1)
         missing = sorted(set(range(sent)) - done)
-        delivered_twice = sorted(j for j, ws in self.taken_by.items() if len(ws) > 1)
+        handed_out_again = sorted(j for j, ws in self.taken_by.items() if len(ws) > 1)
         victim = self.victim
         stats = client.statistics()
         return {
@@ -717,7 +730,7 @@ class _Demo:
             "killed": None if victim is None else {"name": victim.name, "pid": victim.pid,
                                                    "holding": self.lost},
             "redelivered": {str(j): n for j, n in sorted(self.redelivered.items())},
-            "delivered_twice": delivered_twice,
+            "handed_out_again": handed_out_again,
             "pusher_redelivered": push.statistics().redelivered,
             "jobs_by_worker": {f"{w.name}#{w.incarnation}": w.done for w in self.workers},
             "worker_pids": [w.pid for w in self.workers],
@@ -736,21 +749,21 @@ def _verdict(summary: dict[str, Any]) -> tuple[list[tuple[str, str]], bool]:
     redelivered = summary["redelivered"]
     jobs_ok = (not summary["missing"] and not summary["done_twice"]
                and summary["jobs_done"] == summary["jobs_sent"]
-               and summary["delivered_twice"] == sorted(lost)
+               and summary["handed_out_again"] == sorted(lost)
                and sorted(int(j) for j in redelivered) == sorted(lost))
     where = ", ".join(f"{j} -> {n}" for j, n in redelivered.items()) or "none"
     lines = []
     if jobs_ok:
         lines.append(("jobs", f"{summary['jobs_sent']} sent, {summary['jobs_done']} done: "
-                      "every job was processed, none twice"))
+                      "every job was processed exactly once"))
     else:
         lines.append(("jobs", f"NOT as it should be: {summary['jobs_sent']} sent, "
                       f"{summary['jobs_done']} done, missing {_jobs(summary['missing'])}, "
                       f"done twice {_jobs(summary['done_twice'])}"))
-    lines.append(("jobs", f"{killed['name']} was killed holding {_jobs(lost)}; "
-                  f"redelivered {where}; delivered twice: "
-                  f"{_jobs(summary['delivered_twice'])} (the pusher counted "
-                  f"{summary['pusher_redelivered']} redelivered)"))
+    lines.append(("jobs", f"{killed['name']} was killed holding {_jobs(lost)} unfinished; "
+                  f"handed to another worker after the kill: {where} (jobs given out "
+                  f"more than once: {_jobs(summary['handed_out_again'])}; the pusher "
+                  f"counted {summary['pusher_redelivered']} redelivered)"))
     failed = summary["failed_requests"]
     requests_ok = summary["replies"] == summary["requests"] > 0 and failed == 1
     lines.append(("requests", f"{summary['requests']} sent, {summary['replies']} answered, "
