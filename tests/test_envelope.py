@@ -13,8 +13,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal._core import HEADER, MAX_TOPIC, VERSION, Kind, Message, decode, encode, encode_topic
-from shoal._core._envelope import FLAG_HEADERS, FLAG_RAW, MAX_HEADERS
+from shoal._core import (
+    HEADER,
+    MAX_TOPIC,
+    VERSION,
+    Kind,
+    Message,
+    decode,
+    encode,
+    encode_topic,
+    fast_decode,
+)
+from shoal._core._envelope import (
+    FLAG_ADVISORY,
+    FLAG_HEADERS,
+    FLAG_MUST_UNDERSTAND,
+    FLAG_RAW,
+    FLAG_SPLIT,
+    MAX_HEADERS,
+)
 from shoal.errors import DecodeError, EncodeError, LocalProtocolError, RemoteProtocolError
 
 U32 = 2**32 - 1
@@ -200,6 +217,67 @@ def test_the_reserved_byte_is_zero_on_send_and_ignored_on_receive() -> None:
     reserved = header_offset(frame) + 3
     assert frame[reserved] == 0
     assert decode(patch(frame, reserved, b"\x7f")) == decode(frame)
+
+
+# -- unknown flag bits: advisory ones ignored, must-understand ones refused -----------------
+
+
+def test_every_flag_bit_is_known_advisory_or_must_understand() -> None:
+    known = FLAG_RAW | FLAG_HEADERS | FLAG_SPLIT
+    assert known | FLAG_ADVISORY | FLAG_MUST_UNDERSTAND == 0xFF
+    assert known & FLAG_ADVISORY == known & FLAG_MUST_UNDERSTAND == 0
+    assert FLAG_ADVISORY & FLAG_MUST_UNDERSTAND == 0
+
+
+def with_flags(frame: bytes, extra: int) -> bytes:
+    at = header_offset(frame) + 2
+    return patch(frame, at, bytes([frame[at] | extra]))
+
+
+ADVISORY_BITS = [b for b in range(8) if FLAG_ADVISORY >> b & 1]
+MUST_UNDERSTAND_BITS = [b for b in range(8) if FLAG_MUST_UNDERSTAND >> b & 1]
+SHAPES = {
+    "msgpack body": frame_of({"a": [1, 2]}),
+    "raw body": frame_of(b"\x00raw"),
+    "raw body, no topic": frame_of(b"raw", topic="", kind=Kind.PUSH),
+    "headers": frame_of("x", headers={"h": 1}),
+    "raw body and headers": frame_of(b"x", headers={"h": b"\x01"}),
+}
+
+
+@pytest.mark.parametrize("bit", ADVISORY_BITS)
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_an_unknown_advisory_flag_is_ignored(shape: str, bit: int) -> None:
+    frame = SHAPES[shape]
+    assert decode(with_flags(frame, 1 << bit)) == decode(frame)
+
+
+@pytest.mark.parametrize("bit", ADVISORY_BITS)
+def test_an_unknown_advisory_flag_is_ignored_on_a_split_message(bit: int) -> None:
+    head = with_flags(frame_of(b"", topic="", kind=Kind.PUSH), FLAG_SPLIT)
+    body = b"\x01" * 100
+    assert decode(with_flags(head, 1 << bit), [body]) == decode(head, [body])
+
+
+@pytest.mark.parametrize("bit", MUST_UNDERSTAND_BITS)
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_an_unknown_must_understand_flag_is_refused(shape: str, bit: int) -> None:
+    assert decode_reason(with_flags(SHAPES[shape], 1 << bit)) == "unknown-flags"
+
+
+@pytest.mark.parametrize("topical", [False, True], ids=["untopical", "topical"])
+def test_the_fast_decoders_follow_the_same_flag_rule(topical: bool) -> None:
+    """The hot path takes a raw frame with an advisory bit as it is (the same message
+    as ``decode``), and leaves one with a must-understand bit to ``decode``."""
+    kind = Kind.PUBLISH if topical else Kind.PUSH
+    frame = frame_of(b"payload", topic="t" if topical else "", kind=kind)
+    for bit in ADVISORY_BITS:
+        odd = with_flags(frame, 1 << bit)
+        assert fast_decode(kind, topic=topical)(odd) == decode(odd) == decode(frame)
+    for bit in MUST_UNDERSTAND_BITS:
+        odd = with_flags(frame, 1 << bit)
+        assert fast_decode(kind, topic=topical)(odd) is None
+        assert decode_reason(odd) == "unknown-flags"
 
 
 # -- refusals with a stable reason --------------------------------------------------------

@@ -8,7 +8,8 @@ Layout (all integers little-endian)::
       u8  version        refused unless == VERSION
       u8  kind           Kind
       u8  flags          FLAG_RAW: body is raw bytes; FLAG_HEADERS: user headers follow;
-                         FLAG_SPLIT: the body is the message's second frame
+                         FLAG_SPLIT: the body is the message's second frame; the
+                         unassigned bits: see "Unknown flag bits" below
       u8  reserved       0 on send, ignored on receive (room for a future flag byte)
       16s sender         sender id (a node's or process's random 128-bit id)
       u32 epoch          incarnation of the sender: fresh on every start
@@ -27,6 +28,16 @@ the same ZeroMQ message, with FLAG_SPLIT set and nothing after the header (and u
 headers) in the first frame: the sender hands the body to libzmq without copying it
 into a joined frame, and the receiver takes it zero-copy (at 1 MiB a join and
 libzmq's copy cost ~900 us, a second frame ~3 us). Every other message is one frame.
+
+Unknown flag bits: the unassigned bits are split in two ranges, so that a later
+version can add a flag without making every older receiver drop its frames.
+``FLAG_ADVISORY`` bits (0x08, 0x10) may only carry what a receiver can do without
+(a hint): a receiver that does not know one ignores it and decodes the frame as if it
+were clear. ``FLAG_MUST_UNDERSTAND`` bits (0x20, 0x40, 0x80) change how the frame
+reads: a receiver that does not know one drops the frame (``DecodeError`` reason
+``unknown-flags``, counted like any malformed input). The known bits are all
+must-understand. The hot-path decoders mask the advisory bits out of the word they
+compare, so the rule costs them nothing.
 
 Contract: this module is sans-I/O. It imports no trio, zmq, socket, time or random;
 the caller passes ids and the time in. ``decode`` treats every byte as hostile: any
@@ -71,6 +82,10 @@ FLAG_RAW: Final = 0x01
 FLAG_HEADERS: Final = 0x02
 FLAG_SPLIT: Final = 0x04
 _KNOWN_FLAGS: Final = FLAG_RAW | FLAG_HEADERS | FLAG_SPLIT
+FLAG_ADVISORY: Final = 0x18
+"""Unassigned flag bits a receiver ignores when it does not know them (hints only)."""
+FLAG_MUST_UNDERSTAND: Final = 0xE0
+"""Unassigned flag bits that make a receiver which does not know them drop the frame."""
 
 SPLIT_AT: Final = 64 * 1024
 """Bodies of this many bytes (encoded) and more travel as a frame of their own."""
@@ -332,8 +347,10 @@ def _decode(frame: bytes, rest: Sequence[Buffer]) -> Message:
             Message,
             (topic, frame[off:], kind, sender.hex(), epoch, stream, seq, ts, corr, _EMPTY),
         )
-    if flags & ~_KNOWN_FLAGS:
+    if flags & FLAG_MUST_UNDERSTAND:
         raise DecodeError("unknown-flags", hex(flags))
+    # what is left besides the known bits is advisory: ignored (the tests below read
+    # single bits, so it needs no masking)
     if bool(flags & FLAG_SPLIT) != bool(rest):
         raise DecodeError("frame-count", f"{1 + len(rest)} frames, split flag "
                           f"{'set' if flags & FLAG_SPLIT else 'clear'}")
@@ -393,6 +410,8 @@ def fast_decoder(
     dictionary look-up and the unpacking of its last three header fields.
     """
     expect = VERSION | (int(kind) << 8) | (FLAG_RAW << 16)
+    # version, kind and flags, the advisory flag bits left out (ignored: see above)
+    mask = 0xFFFFFF & ~(FLAG_ADVISORY << 16)
     unpack = _FAST.unpack_from
     unpack_tail = _TAIL.unpack_from
     new = _new_message
@@ -404,7 +423,7 @@ def fast_decoder(
         """What the frames of this frame's stream share, or None to leave it to
         ``fallback``."""
         word, sender, epoch, stream, _seq, _ts, _corr = unpack(frame, z)
-        if word & 0xFFFFFF != expect:
+        if word & mask != expect:
             return None
         try:
             name = frame[:z].decode()
