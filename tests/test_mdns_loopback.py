@@ -108,3 +108,36 @@ def test_mdns_refuses_bad_arguments() -> None:
         MDNS(interfaces="127.0.0.1")
     with pytest.raises(shoal.errors.LocalProtocolError, match=r"_shoal\._tcp\.local\."):
         MDNS(interfaces=LOOPBACK, service_type="shoal")
+
+
+def _service_type() -> str:
+    return f"_s{uuid.uuid4().hex[:8]}._tcp.local."
+
+
+async def test_a_closing_node_says_goodbye_and_a_browser_forgets_it() -> None:
+    """The node's one goodbye (TTL 0) reaches a plain DNS-SD browser, which then
+    reports the instance removed (long before its records' two-minute TTL)."""
+    from zeroconf import ServiceBrowser, ServiceStateChange
+
+    service_type = _service_type()
+    zc = await trio.to_thread.run_sync(
+        lambda: _Zeroconf(interfaces=LOOPBACK, ip_version=IPVersion.V4Only))
+    token = trio.lowlevel.current_trio_token()
+    added, removed = trio.Event(), trio.Event()
+
+    def on_change(zeroconf: object, service_type: str, name: str,
+                  state_change: ServiceStateChange) -> None:  # zeroconf's thread
+        event = removed if state_change is ServiceStateChange.Removed else added
+        token.run_sync_soon(event.set)
+
+    browser = ServiceBrowser(zc, service_type, handlers=[on_change])
+    try:
+        with trio.fail_after(20):
+            async with shoal.open_node(unique("bye"), discovery=MDNS(
+                    interfaces=LOOPBACK, service_type=service_type)):
+                await added.wait()
+            await removed.wait()
+    finally:
+        await trio.to_thread.run_sync(browser.cancel)
+        await trio.to_thread.run_sync(zc.close)
+

@@ -16,9 +16,17 @@ secured node ignores; a plaintext node ignores instances with ``pk``. Each ignor
 instance is logged once, with the reason.
 
 Bridging: python-zeroconf runs its own asyncio loop in a thread. Its blocking calls
-(construct, register, resolve, unregister, close) run through ``trio.to_thread``;
-its browser callback runs on its thread and only hands the name to trio with
-``TrioToken.run_sync_soon`` (never blocking zeroconf's loop).
+(construct, close) run through ``trio.to_thread``; registration and resolutions run as
+tasks on zeroconf's loop that trio awaits and closing cancels (a node closed while its
+name is still being probed does not wait for the probes to end, and no task is left
+pending on a stopped loop); its browser callback runs on its thread and only hands
+the name to trio with ``TrioToken.run_sync_soon`` (never blocking zeroconf's loop).
+
+Closing sends one goodbye (the records with a TTL of 0), as soon as the node closes:
+zeroconf's own unregister repeats it twice more, 125 ms apart, and its close waits
+for that and for any registration in progress (up to a second). Peers learn of the
+departure over ZeroMQ in any case (the node's goodbye, or the heartbeat timeout);
+the mDNS goodbye only makes caches forget the instance sooner.
 
 Network safety: ``interfaces`` pins zeroconf to the given addresses; the default
 (None) is every interface, which tests and demos must never use outside a network
@@ -27,17 +35,21 @@ namespace of their own.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import math
 import socket
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, current_time_millis
 from zeroconf import Zeroconf as _Zeroconf
 from zeroconf._dns import DNSPointer, DNSQuestion  # not re-exported by the package
 from zeroconf._protocol.outgoing import DNSOutgoing
+from zeroconf.asyncio import AsyncServiceInfo
 
 from shoal._core import VERSION, choose_address
 from shoal.discovery._interfaces import multicast_addresses
@@ -51,6 +63,7 @@ if TYPE_CHECKING:
 __all__ = ["MDNS", "SERVICE_TYPE"]
 
 log = logging.getLogger("shoal")
+T = TypeVar("T")
 
 SERVICE_TYPE = "_shoal._tcp.local."
 _RESOLVE_MS = 3000
@@ -141,12 +154,13 @@ class MDNS:
                 pass
 
         browser = None
+        bridge = _Bridge(zc, info)
         try:
             async with trio.open_nursery() as nursery:
                 # Registration probes the name for ~1.2 s: do it beside browsing.
-                nursery.start_soon(self._register, zc, info)
+                nursery.start_soon(bridge.register)
                 browser = ServiceBrowser(zc, self.service_type, handlers=[on_change])
-                nursery.start_soon(self._heal, zc, node)
+                nursery.start_soon(self._heal, bridge, node)
                 task_status.started()
                 async for name, removed in receive:
                     if removed:
@@ -155,22 +169,16 @@ class MDNS:
                         self._endpoints.pop(name, None)
                         self._keys.pop(name, None)
                     elif name != info.name:
-                        nursery.start_soon(self._resolve, zc, node, name)
+                        nursery.start_soon(self._resolve, bridge, node, name)
         finally:
             with trio.move_on_after(3) as scope:
                 scope.shield = True
                 if browser is not None:
                     await trio.to_thread.run_sync(browser.cancel, abandon_on_cancel=True)
-                await trio.to_thread.run_sync(_shutdown, zc, info, abandon_on_cancel=True)
+                await trio.to_thread.run_sync(bridge.close, abandon_on_cancel=True)
 
-    @staticmethod
-    async def _register(zc: _Zeroconf, info: ServiceInfo) -> None:
-        await trio.to_thread.run_sync(zc.register_service, info, abandon_on_cancel=True)
-        log.debug("mDNS: registered %s", info.name)
-
-    async def _resolve(self, zc: _Zeroconf, node: Node, name: str) -> None:
-        info = await trio.to_thread.run_sync(
-            zc.get_service_info, self.service_type, name, _RESOLVE_MS, abandon_on_cancel=True)
+    async def _resolve(self, bridge: _Bridge, node: Node, name: str) -> None:
+        info = await bridge.resolve(self.service_type, name)
         if info is None or not info.port:
             log.debug("mDNS: %s did not resolve", name)
             return
@@ -235,7 +243,7 @@ class MDNS:
                             node_id.hex(), key.decode(), verdict.reason)
         return bool(verdict)
 
-    async def _heal(self, zc: _Zeroconf, node: Node) -> None:
+    async def _heal(self, bridge: _Bridge, node: Node) -> None:
         """Find peers again after a partition, whenever it began.
 
         Every ``_REINTRODUCE`` seconds: introduce the node again to every instance
@@ -266,9 +274,9 @@ class MDNS:
             if fast or (not live and now - last_query >= _SLOW_QUERY):
                 last_query = now
                 known = {name for name, ep in self._endpoints.items() if ep in live}
-                _ask(zc, self.service_type, known)
+                _ask(bridge.zc, self.service_type, known)
             for name in missing:
-                await self._resolve(zc, node, name)
+                await self._resolve(bridge, node, name)
 
 
 def _ask(zc: _Zeroconf, service_type: str, known: set[str]) -> None:
@@ -311,9 +319,82 @@ def _offer(send: trio.MemorySendChannel[tuple[str, bool]], item: tuple[str, bool
         log.debug("mDNS: dropped a browse event for %s (queue full or closed)", item[0])
 
 
-def _shutdown(zc: _Zeroconf, info: ServiceInfo) -> None:
-    try:
-        zc.unregister_service(info)  # goodbye packets, so caches forget us
-    except Exception as exc:  # not registered yet (closing during probing), or closed
-        log.debug("mDNS: unregister %s: %r", info.name, exc)
-    zc.close()
+class _Bridge:
+    """The node's work on zeroconf's asyncio loop: the DNS-SD instance (probed and
+    announced by ``register``) and the resolutions in progress, each a task there
+    that trio awaits without a thread. ``close`` cancels what is left, withdraws the
+    instance and closes zeroconf, so no task is left pending on a stopped loop."""
+
+    def __init__(self, zc: _Zeroconf, info: ServiceInfo) -> None:
+        assert zc.loop is not None
+        self.zc = zc
+        self.loop = zc.loop
+        self.info = info
+        self.token = trio.lowlevel.current_trio_token()
+        self.tasks: set[asyncio.Task[Any]] = set()  # on zeroconf's loop
+        self.registered = False
+
+    async def _tracked(self, coro: Coroutine[Any, Any, T]) -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            return await coro
+        finally:
+            self.tasks.discard(task)
+
+    async def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on zeroconf's loop; trio waits for it (cancelling it if
+        cancelled)."""
+        future = asyncio.run_coroutine_threadsafe(self._tracked(coro), self.loop)
+        done = trio.Event()
+
+        def finished(_: object) -> None:  # zeroconf's thread
+            with contextlib.suppress(trio.RunFinishedError):
+                self.token.run_sync_soon(done.set)
+
+        future.add_done_callback(finished)
+        try:
+            await done.wait()
+        except trio.Cancelled:
+            future.cancel()
+            raise
+        return future.result()
+
+    async def _announce(self) -> None:
+        # zeroconf's loop: probe the name, enter it, then announce it (twice more)
+        announced = await self.zc.async_register_service(self.info)
+        self.registered = True
+        await announced
+
+    async def register(self) -> None:
+        try:
+            await self._on_loop(self._announce())
+        except concurrent.futures.CancelledError:
+            return  # closing
+        log.debug("mDNS: registered %s", self.info.name)
+
+    async def resolve(self, service_type: str, name: str) -> AsyncServiceInfo | None:
+        try:
+            return await self._on_loop(
+                self.zc.async_get_service_info(service_type, name, _RESOLVE_MS))
+        except concurrent.futures.CancelledError:
+            return None  # closing
+
+    async def _withdraw(self) -> None:
+        # zeroconf's loop: stop what is in progress, then one goodbye if announced
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.registered:
+            self.zc.registry.async_remove(self.info)
+            self.zc.async_send(self.zc.generate_service_broadcast(self.info, 0))
+
+    def close(self) -> None:
+        """Withdraw the instance and close zeroconf (blocking: run in a thread)."""
+        try:
+            asyncio.run_coroutine_threadsafe(self._withdraw(), self.loop).result(1.0)
+        except Exception as exc:  # zeroconf's loop stopped or stuck: close anyway
+            log.debug("mDNS: withdrawing %s: %r", self.info.name, exc)
+        self.zc.close()
