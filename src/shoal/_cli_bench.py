@@ -23,7 +23,8 @@ import trio
 import shoal
 from shoal._bench._common import BODY_MIN, BUSY_POLL_MAX, PATTERNS, BenchError
 from shoal._bench._run import Options, run
-from shoal.errors import ShoalError
+from shoal.discovery._interfaces import resolve_interfaces
+from shoal.errors import LocalProtocolError, ShoalError
 
 Out = Callable[[str], None]
 
@@ -54,16 +55,29 @@ def _csv(choices: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
     return parse
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Wraps the description to the terminal like argparse's default, but keeps the
+    indented lines of the examples as they are written (RawDescriptionHelpFormatter
+    would keep the description's one long line unwrapped too)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def add_bench_command(commands: Any) -> None:
     p = commands.add_parser(
         "bench", help="latency and throughput of each pattern, beside raw pyzmq",
         description="Measure request/reply round trips (rr), push/pull (pp) and pub/sub "
         "(ps) throughput and one-way latency, shoal best effort and reliable, with raw "
         "pyzmq measured in the same run with the same settings. Latency is an HDR "
-        "histogram (p50 ... p99.99, max) in microseconds. The serving end runs in a "
-        "child process on this machine (tcp, ipc), in this process (inproc), or on "
-        "another host (--peer).",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "histogram (p50 ... p99.99, max) in microseconds. Without --rate, push/pull and "
+        "pub/sub send as fast as they can, so their one-way latency is latency under "
+        "saturation: mostly time spent queued (the output says so); --rate N measures "
+        "it at a set load. The serving end runs in a child process on this machine "
+        "(tcp, ipc), in this process (inproc), or on another host (--peer).",
+        epilog=EXAMPLES, formatter_class=_Formatter)
     p.add_argument("--pattern", type=_csv(PATTERNS), default=PATTERNS,
                    help="which patterns, e.g. rr,pp (default: rr,pp,ps)")
     p.add_argument("--mode", type=_csv(("best-effort", "reliable")),
@@ -71,7 +85,9 @@ def add_bench_command(commands: Any) -> None:
                    help="shoal modes to measure (default: best-effort,reliable)")
     p.add_argument("--compare", choices=("raw", "none"), default="raw",
                    help="measure raw pyzmq too and print ratios (default: raw)")
-    p.add_argument("--transport", choices=("tcp", "ipc", "inproc"), default="tcp")
+    p.add_argument("--transport", choices=("tcp", "ipc", "inproc"), default="tcp",
+                   help="how the two ends connect: tcp (on --interface), ipc (a Unix "
+                   "socket) or inproc (both ends in this process) (default: tcp)")
     p.add_argument("--size", type=int, default=64,
                    help=f"body size in bytes, at least {BODY_MIN} (default: 64)")
     amount = p.add_mutually_exclusive_group()
@@ -83,7 +99,7 @@ def add_bench_command(commands: Any) -> None:
     p.add_argument("--rate", type=float, default=0.0,
                    help="send at this many messages per second, latency counted from "
                    "when each was due (coordinated omission corrected); default: as "
-                   "fast as possible")
+                   "fast as possible, where one-way latency is mostly queueing")
     p.add_argument("--rounds", type=int, default=3,
                    help="rounds per variant, interleaved (default: 3)")
     p.add_argument("--hwm", type=int, help="high-water mark of both ends (default: "
@@ -95,8 +111,9 @@ def add_bench_command(commands: Any) -> None:
                    help="busy_poll= of every shoal resource at both ends: a receiver "
                    "polls this long before parking on its socket (default: 0, off; raw "
                    "pyzmq is unchanged)")
-    p.add_argument("--interface", default="127.0.0.1",
-                   help="address the local server binds for tcp (default: 127.0.0.1)")
+    p.add_argument("--interface", default="127.0.0.1", metavar="IP|NAME",
+                   help="address (or interface name, e.g. lo) the local server binds for "
+                   "tcp (default: 127.0.0.1)")
     p.add_argument("--serve", metavar="ENDPOINT",
                    help="be the serving end for another host's --peer, e.g. "
                    "tcp://192.0.2.7:5700; runs until interrupted (or --for)")
@@ -136,10 +153,14 @@ def _options(args: argparse.Namespace) -> Options:
         raise UsageError("--curve needs --transport tcp or ipc (inproc does not encrypt)")
     if args.peer:
         transport = args.peer.split("://", 1)[0]
+    try:
+        interface = resolve_interfaces([args.interface])[0]
+    except LocalProtocolError as exc:
+        raise UsageError(f"--interface {exc}") from None
     return Options(patterns=args.pattern, modes=args.mode, compare_raw=args.compare == "raw",
                    transport=transport, size=args.size, count=args.count,
                    seconds=args.seconds or 0.0, warmup=args.warmup, rate=args.rate,
-                   rounds=args.rounds, hwm=args.hwm, interface=args.interface,
+                   rounds=args.rounds, hwm=args.hwm, interface=interface,
                    peer=args.peer, timeout=args.timeout, curve=args.curve,
                    busy_poll=args.busy_poll)
 

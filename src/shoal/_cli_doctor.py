@@ -17,6 +17,15 @@ half the round trip of that. A node is reported when its clock is off by more th
 that uncertainty. Skew is a warning, not a problem: discovery, liveness and delivery
 use only each host's own monotonic clock and work whatever the wall clocks say.
 
+Interfaces: their flags (up, multicast, loopback) are read from the kernel for this
+network namespace (``shoal.discovery._interfaces``), so they are right on every kind
+of interface and inside namespaces and containers. Loopback counts: on a host whose
+only interface that is up is ``lo``, nodes there still find each other over mDNS on
+127.0.0.1 (that is where a node with default settings listens then), so doctor says
+so and listens there; only a host with no interface up at all is a problem.
+``--interface`` takes names (``lo``, ``eth0``) as well as addresses; something that
+is neither exits 2 with one line.
+
 Network safety: before anything is sent, an ``--interface`` that is not a local
 address stops the run; mDNS goes only where ``--interface`` says (default: the
 multicast-capable interfaces, like every node); TCP goes only to endpoints that
@@ -32,14 +41,13 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-import ifaddr
 import trio
 
 import shoal
 from shoal.discovery import MDNS, Peer, Static
+from shoal.discovery._interfaces import interfaces, resolve_interfaces
 
 __all__ = ["DEFAULT_SKEW_THRESHOLD", "add_doctor_command", "run_doctor"]
 
@@ -52,8 +60,6 @@ TCP_TIMEOUT = 1.0
 """Seconds a TCP connection to a control port may take before it counts as blocked."""
 CLOCK_TIMEOUT = 2.0
 """Seconds to wait for a node's answer to clock queries (older nodes never answer)."""
-
-_IFF_UP, _IFF_LOOPBACK, _IFF_MULTICAST = 0x1, 0x8, 0x1000
 
 
 @dataclass(frozen=True)
@@ -71,9 +77,10 @@ def add_doctor_command(commands: Any) -> None:
         "over mDNS, check that each node found is reachable and that its clock agrees "
         "with this host's, and suggest fixes. Exits 1 if it found a problem.",
         epilog="example: shoal doctor --interface 127.0.0.1 --wait 3")
-    p.add_argument("--interface", action="append", metavar="IP",
-                   help="address of an interface to check and listen on (repeatable; "
-                   "default: every multicast-capable interface)")
+    p.add_argument("--interface", action="append", metavar="IP|NAME",
+                   help="an interface to check and listen on, by IPv4 address or name, "
+                   "e.g. eth0 or lo (repeatable; default: every multicast-capable "
+                   "interface, else loopback)")
     p.add_argument("--static", action="append", default=[], metavar="tcp://IP:PORT",
                    help="also try these control endpoints")
     p.add_argument("--wait", type=float, default=3.0,
@@ -86,23 +93,8 @@ def add_doctor_command(commands: Any) -> None:
 
 
 def _interfaces() -> list[dict[str, Any]]:
-    out = []
-    for adapter in ifaddr.get_adapters():
-        try:
-            flags: int | None = int(
-                Path(f"/sys/class/net/{adapter.name}/flags").read_text().strip(), 16)
-        except (OSError, ValueError):
-            flags = None
-        ips = [ip.ip for ip in adapter.ips if isinstance(ip.ip, str)]
-        loopback = any(ipaddress.ip_address(ip).is_loopback for ip in ips) or bool(
-            flags is not None and flags & _IFF_LOOPBACK)
-        out.append({
-            "name": adapter.name, "ipv4": ips,
-            "up": None if flags is None else bool(flags & _IFF_UP),
-            "multicast": None if flags is None else bool(flags & _IFF_MULTICAST),
-            "loopback": loopback,
-        })
-    return out
+    return [{"name": i.name, "ipv4": list(i.ipv4), "up": i.up, "multicast": i.multicast,
+             "loopback": i.loopback} for i in interfaces()]
 
 
 async def _tcp(address: str, port: int) -> str:
@@ -236,6 +228,7 @@ async def _diagnose(args: argparse.Namespace, emit: Callable[[str, dict[str, Any
     wanted = args.interface
     usable = [i for i in interfaces if i["ipv4"] and i["up"] is not False
               and i["multicast"] is not False and not i["loopback"]]
+    loopback = [i for i in interfaces if i["ipv4"] and i["loopback"] and i["up"] is not False]
     if wanted:
         known = {ip for i in interfaces for ip in i["ipv4"]}
         for ip in wanted:
@@ -243,14 +236,25 @@ async def _diagnose(args: argparse.Namespace, emit: Callable[[str, dict[str, Any
                 findings.append(Finding(
                     "problem", f"{ip} is not an address of this machine",
                     "pass --interface with one of the addresses listed above"))
-    elif not usable:
-        findings.append(Finding(
-            "problem", "no interface is up and multicast-capable: mDNS cannot work here",
-            "bring an interface up, or list peers with Static([...]) (--static)"))
-    else:
+    elif usable:
         findings.append(Finding(
             "ok", "multicast-capable interfaces: "
             + ", ".join(f"{i['name']} {'/'.join(i['ipv4'])}" for i in usable)))
+    elif loopback:
+        # What a node with default settings does here too: mDNS on loopback.
+        wanted = [ip for i in loopback for ip in i["ipv4"]
+                  if ipaddress.ip_address(ip).is_loopback][:1] or loopback[0]["ipv4"][:1]
+        findings.append(Finding(
+            "ok", "no interface but loopback is up: nodes on this host find each other "
+            f"over mDNS on {loopback[0]['name']} {wanted[0]} (listening there); nodes on "
+            "other hosts cannot be seen",
+            "to reach other hosts, bring up an interface on their network, or list "
+            "them with Static([...]) (--static)"))
+    else:
+        findings.append(Finding(
+            "problem", "no interface is up, not even loopback: mDNS cannot work here",
+            "bring an interface up (ip link set lo up, for nodes on this host), or "
+            "list peers with Static([...]) (--static)"))
     if any(f.level == "problem" for f in findings) and not args.static:
         return
     mdns = MDNS(interfaces=wanted)
@@ -348,9 +352,11 @@ def run_doctor(args: argparse.Namespace, out: Out, err: Out) -> int:
             state = ("up" if record["up"] else "down" if record["up"] is False else "?")
             mc = ("multicast" if record["multicast"] else "no multicast"
                   if record["multicast"] is False else "multicast ?")
+            # Loopback has no multicast flag, yet mDNS works over it on one host.
+            mc = "loopback" if record["loopback"] else mc
             out(f"interface {record['name']:<12} {state:<4} {mc:<12} "
-                f"{'loopback ' if record['loopback'] else ''}"
-                f"{', '.join(record['ipv4']) or '(no IPv4)'}")
+                f"{', '.join(record['ipv4']) or '(no IPv4)'}"
+                + (" (this host only)" if record["loopback"] and record["ipv4"] else ""))
         elif kind == "node":
             out(f"node      {record['name']:<20} {record['address']}:"
                 f"{record['control_port']} {'reachable' if record['reachable'] else 'UNREACHABLE'}"
@@ -360,6 +366,12 @@ def run_doctor(args: argparse.Namespace, out: Out, err: Out) -> int:
             out(f"endpoint  {record['endpoint']:<26} ({via}) no node answered; "
                 f"TCP: {record['tcp']}")
 
+    if args.interface:
+        try:
+            args.interface = resolve_interfaces(args.interface)
+        except shoal.errors.LocalProtocolError as exc:
+            err(f"shoal doctor: --interface {exc}")
+            return 2
     try:
         trio.run(_diagnose, args, emit, findings)
     except shoal.errors.ShoalError as exc:

@@ -1,7 +1,18 @@
 """``shoal peers / pub / sub / push / pull / req / reply``: talk to shoal nodes from
 the shell. Each command opens a node of its own (mDNS on ``--interface``, default
 the library's default; plus any ``--static`` endpoints) and works by channel name.
-Data goes in and out as JSON."""
+Data goes in and out as JSON.
+
+``--interface`` takes interface names (``lo``, ``eth0``) as well as IPv4 addresses;
+both are checked against this machine's interfaces before anything is opened, and
+one that is not there ends the command with exit status 2 and one line saying which
+interfaces there are. ``pub`` and ``push`` send standard input line by line as it
+arrives (``shoal._cli_stdin``); ``reply`` echoes, or answers by running a command
+(``--exec``, ``shoal._cli_exec``).
+
+Exit status: 0 done; 1 a failure at run time (no peer in time, an error reply...);
+2 a bad argument, or (``pub``/``push``, at the end) lines of standard input that
+were skipped."""
 
 from __future__ import annotations
 
@@ -9,32 +20,32 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import trio
 
 import shoal
+from shoal._cli_exec import Outcome, run_command
+from shoal._cli_stdin import BadLines, Input, UsageError, parse_json
 from shoal._core import VERSION as PROTOCOL_VERSION
 from shoal.discovery import MDNS, Peer, PeerJoined, PeerLeft, Static
+from shoal.discovery._interfaces import interfaces, resolve_interfaces, unknown_addresses
 
 __all__ = ["add_talk_commands", "run_talk"]
 
 Out = Callable[[str], None]
 
 
-class UsageError(Exception):
-    """A bad argument found after parsing (exit status 2, one line)."""
-
-
 def add_talk_commands(commands: Any) -> None:
     """Register the commands on the ``shoal`` parser's subparsers."""
 
     def common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
-        p.add_argument("--interface", action="append", metavar="IP",
-                       help="address of an interface to discover on (repeatable; default: "
-                       "every multicast-capable interface); 127.0.0.1 stays on this host")
+        p.add_argument("--interface", action="append", metavar="IP|NAME",
+                       help="an interface to discover on, by IPv4 address or name, e.g. "
+                       "192.168.1.20 or eth0 (repeatable; default: every "
+                       "multicast-capable interface); lo or 127.0.0.1 stays on this host")
         p.add_argument("--static", action="append", default=[], metavar="tcp://IP:PORT",
                        help="a peer's control endpoint, where there is no multicast "
                        "(repeatable)")
@@ -67,13 +78,19 @@ def add_talk_commands(commands: Any) -> None:
                    help="print changes as lines even on a terminal (no live table)")
 
     p = add("pub", "publish on a channel", "shoal pub telemetry room1/temp '{\"c\": 21.5}'",
-            "Publish BODY (JSON) on TOPIC, or one message per line of standard input.")
+            "Publish BODY (JSON) on TOPIC, or each line of standard input as one message "
+            "(JSON) as soon as the line is complete (tail -f log | shoal pub ...). A line "
+            "that is not JSON is reported on stderr with its number and skipped; the "
+            "others are sent, and the exit status is then 2.")
     common(p)
-    p.add_argument("channel")
-    p.add_argument("topic")
-    p.add_argument("body", nargs="?", help="JSON (default: read lines from stdin)")
+    p.add_argument("channel", help="the channel to publish on")
+    p.add_argument("topic", help="the topic of every message (subscribers filter on its "
+                   "prefix), e.g. room1/temp")
+    p.add_argument("body", nargs="?", help="the message, as JSON (default: one message per "
+                   "line of stdin)")
     p.add_argument("--subscribers", type=int, default=1,
-                   help="wait for this many subscribers first (default: 1)")
+                   help="wait for this many subscribers before the first message "
+                   "(default: 1)")
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds to wait for them (default: 10)")
     p.add_argument("--reliable", action="store_true", help="at-least-once pub/sub")
@@ -83,58 +100,75 @@ def add_talk_commands(commands: Any) -> None:
             "Print every message published on CHANNEL whose topic starts with a --topic "
             "prefix (default: every topic).")
     common(p)
-    p.add_argument("channel")
-    p.add_argument("--topic", action="append", metavar="PREFIX")
+    p.add_argument("channel", help="the channel to subscribe to")
+    p.add_argument("--topic", action="append", metavar="PREFIX",
+                   help="print only topics that start with PREFIX (repeatable; default: "
+                   "every topic)")
     p.add_argument("--count", type=int, default=None, help="exit after N messages")
     p.add_argument("--seconds", type=float, default=None, help="exit after S seconds")
     p.add_argument("--reliable", action="store_true", help="at-least-once pub/sub")
 
     p = add("push", "hand work items to a channel's pullers",
             "shoal push jobs '{\"n\": 1}'",
-            "Send BODY (JSON) to one puller of CHANNEL, or one item per line of stdin.")
+            "Send BODY (JSON) to one puller of CHANNEL, or each line of standard input as "
+            "one item (JSON) as soon as the line is complete. A line that is not JSON is "
+            "reported on stderr with its number and skipped; the others are sent, and "
+            "the exit status is then 2.")
     common(p)
-    p.add_argument("channel")
-    p.add_argument("body", nargs="?", help="JSON (default: read lines from stdin)")
+    p.add_argument("channel", help="the channel whose pullers get the items")
+    p.add_argument("body", nargs="?", help="the item, as JSON (default: one item per line "
+                   "of stdin)")
     p.add_argument("--timeout", type=float, default=10.0,
-                   help="seconds to wait for a puller (default: 10)")
+                   help="seconds one item may wait for a puller to take it, and "
+                   "(--reliable) the last ones for their acknowledgements (default: 10)")
     p.add_argument("--reliable", action="store_true",
                    help="at least once: exit when every item is acknowledged")
 
     p = add("pull", "print work items from a channel", "shoal pull jobs --count 1",
             "Take work items from every pusher of CHANNEL and print them.")
     common(p)
-    p.add_argument("channel")
+    p.add_argument("channel", help="the channel to take items from")
     p.add_argument("--count", type=int, default=None, help="exit after N items")
     p.add_argument("--seconds", type=float, default=None, help="exit after S seconds")
     p.add_argument("--reliable", action="store_true", help="at-least-once push/pull")
 
     p = add("req", "send a request and print the reply",
             "shoal req math '{\"a\": 1, \"b\": 2}' --timeout 5",
-            "Send BODY (JSON) to one replier of CHANNEL and print its reply.")
+            "Send BODY (JSON) to one replier of CHANNEL and print its reply. An error "
+            "reply (the replier failed) is printed on stderr, with exit status 1.")
     common(p)
-    p.add_argument("channel")
-    p.add_argument("body", help="JSON")
+    p.add_argument("channel", help="the channel whose repliers answer")
+    p.add_argument("body", help="the request, as JSON, e.g. '{\"a\": 1}' or '\"text\"'")
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds to wait for a replier and its reply (default: 10)")
     p.add_argument("--retries", type=int, default=0,
                    help="send the request again (same id) this many times")
 
-    p = add("reply", "answer requests on a channel", "shoal reply math --echo",
-            "Answer every request on CHANNEL with its own body (--echo).")
+    p = add("reply", "answer requests on a channel",
+            "shoal reply upper --exec 'tr a-z A-Z'  ",
+            "Answer every request on CHANNEL: with its own body (--echo, the default), or "
+            "with what a shell command prints (--exec CMD). CMD runs through /bin/sh for "
+            "each request, with the request body as one line of JSON on its stdin; its "
+            "stdout is the reply, as JSON if it parses, else as a string. A command that "
+            "exits non-zero or runs past --exec-timeout is answered with an error reply "
+            "(the requester sees RemoteError; shoal req exits 1) carrying the last line "
+            "of its stderr, and the replier goes on serving.")
     common(p)
-    p.add_argument("channel")
-    p.add_argument("--echo", action="store_true", required=True,
-                   help="answer each request with its body")
+    p.add_argument("channel", help="the channel to answer on")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--echo", action="store_true",
+                     help="answer each request with its body (the default)")
+    how.add_argument("--exec", dest="exec_command", metavar="CMD",
+                     help="answer each request with the output of the shell command CMD "
+                     "(request JSON on its stdin)")
+    p.add_argument("--exec-timeout", type=float, default=10.0, metavar="S",
+                   help="with --exec: kill a command still running after S seconds and "
+                   "send an error reply (default: 10)")
+    p.add_argument("--concurrency", type=int, default=1, metavar="N",
+                   help="with --exec: run up to N commands at once (default: 1, one "
+                   "request at a time)")
     p.add_argument("--count", type=int, default=None, help="exit after N requests")
     p.add_argument("--seconds", type=float, default=None, help="exit after S seconds")
-
-
-def _json_arg(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{what} is not JSON ({exc.msg} at column {exc.colno}): "
-                         f"{text[:60]!r}; quote strings, e.g. '\"hello\"'") from None
 
 
 def _printable(value: Any) -> Any:
@@ -204,7 +238,7 @@ async def _live_table(node: shoal.Node, out: Out) -> None:
             await watch.__anext__()
 
 
-async def _peers(args: argparse.Namespace, out: Out) -> None:
+async def _peers(args: argparse.Namespace, out: Out, err: Out) -> None:
     def show(kind: str, peer: Peer, reason: str | None = None) -> None:
         rec = _peer_record(peer)
         if args.json:
@@ -235,31 +269,50 @@ async def _peers(args: argparse.Namespace, out: Out) -> None:
                     show("updated", change.peer)
 
 
-async def _lines(body: str | None, what: str) -> list[Any]:
-    if body is not None:
-        return [_json_arg(body, what)]
-    text = await trio.to_thread.run_sync(sys.stdin.read)
-    return [_json_arg(line, f"line {i} of stdin") for i, line in
-            enumerate(text.splitlines(), 1) if line.strip()]
+async def _send_each(args: argparse.Namespace, source: Input,
+                     send: Callable[[Any], Awaitable[object]],
+                     before_first: Callable[[], Awaitable[object]] | None = None) -> int:
+    """Send every body as soon as it is read; the number sent. ``before_first`` runs
+    once a first body is there (nothing waits for peers when there is nothing to
+    send). A body that cannot be encoded is skipped like a line that is not JSON."""
+    sent = 0
+    async with aclosing(source.bodies()) as bodies:
+        async for line, body in bodies:
+            if sent == 0 and before_first is not None:
+                await before_first()
+            try:
+                with trio.fail_after(args.timeout):
+                    await send(body)
+            except shoal.errors.EncodeError as exc:
+                if line is None:
+                    raise UsageError(f"BODY cannot be sent: {exc}") from None
+                source.skip(line, f"cannot be sent ({exc})")
+                continue
+            sent += 1
+    return sent
 
 
-async def _pub(args: argparse.Namespace, out: Out) -> None:
-    bodies = await _lines(args.body, "BODY")
+async def _pub(args: argparse.Namespace, out: Out, err: Out) -> None:
+    source = Input(args.body, lambda line: err(f"shoal pub: {line}"))
     async with _node(args) as node:
         opener = (node.open_publisher(args.channel, reliable=True) if args.reliable
                   else node.open_publisher(args.channel))
         async with opener as pub:
-            with trio.fail_after(args.timeout):
-                await pub.wait_for_subscribers(args.subscribers)
-            for body in bodies:
-                await pub.publish(args.topic, body)
-            if isinstance(pub, shoal.patterns.ReliablePublisher):
+            async def subscribers() -> None:
+                with trio.fail_after(args.timeout):
+                    await pub.wait_for_subscribers(args.subscribers)
+
+            sent = await _send_each(args, source, lambda body: pub.publish(args.topic, body),
+                                    subscribers)
+            if sent and isinstance(pub, shoal.patterns.ReliablePublisher):
                 with trio.fail_after(args.timeout):
                     await pub.wait_acked()
-            else:
+            elif sent:
                 await trio.sleep(0.2)  # best effort: let libzmq write them out
     if args.json:
-        out(json.dumps({"published": len(bodies), "channel": args.channel}))
+        out(json.dumps({"published": sent, "skipped": len(source.skipped),
+                        "channel": args.channel}))
+    source.check()
 
 
 async def _receive_loop(args: argparse.Namespace, receiver: Any,
@@ -275,7 +328,7 @@ async def _receive_loop(args: argparse.Namespace, receiver: Any,
         receiver.mark_done()  # what was printed is done
 
 
-async def _sub(args: argparse.Namespace, out: Out) -> None:
+async def _sub(args: argparse.Namespace, out: Out, err: Out) -> None:
     topics = args.topic or [""]
 
     def show(msg: shoal.Message) -> None:
@@ -293,26 +346,26 @@ async def _sub(args: argparse.Namespace, out: Out) -> None:
             await _receive_loop(args, sub, show)
 
 
-async def _push(args: argparse.Namespace, out: Out) -> None:
-    bodies = await _lines(args.body, "BODY")
+async def _push(args: argparse.Namespace, out: Out, err: Out) -> None:
+    source = Input(args.body, lambda line: err(f"shoal push: {line}"))
     async with _node(args) as node:
         if args.reliable:
             async with node.open_pusher(args.channel, reliable=True) as rpush:
+                sent = await _send_each(args, source, rpush.send)
                 with trio.fail_after(args.timeout):
-                    for body in bodies:
-                        await rpush.send(body)
                     await rpush.wait_acked()
         else:
             async with node.open_pusher(args.channel) as push:
-                with trio.fail_after(args.timeout):
-                    for body in bodies:
-                        await push.send(body)
-                await trio.sleep(0.2)  # best effort: let libzmq write them out
+                sent = await _send_each(args, source, push.send)
+                if sent:
+                    await trio.sleep(0.2)  # best effort: let libzmq write them out
     if args.json:
-        out(json.dumps({"pushed": len(bodies), "channel": args.channel}))
+        out(json.dumps({"pushed": sent, "skipped": len(source.skipped),
+                        "channel": args.channel}))
+    source.check()
 
 
-async def _pull(args: argparse.Namespace, out: Out) -> None:
+async def _pull(args: argparse.Namespace, out: Out, err: Out) -> None:
     def show(msg: shoal.Message) -> None:
         if args.json:
             out(json.dumps({"body": _printable(msg.body), "id": msg.id},
@@ -327,8 +380,8 @@ async def _pull(args: argparse.Namespace, out: Out) -> None:
             await _receive_loop(args, pull, show)
 
 
-async def _req(args: argparse.Namespace, out: Out) -> None:
-    body = _json_arg(args.body, "BODY")
+async def _req(args: argparse.Namespace, out: Out, err: Out) -> None:
+    body = parse_json(args.body, "BODY")
     async with _node(args) as node, node.open_requester(args.channel) as client:
         with trio.fail_after(args.timeout):
             await node.wait_for_peers(1, channel=args.channel)
@@ -339,7 +392,25 @@ async def _req(args: argparse.Namespace, out: Out) -> None:
         if args.json else _dump(reply))
 
 
-async def _reply(args: argparse.Namespace, out: Out) -> None:
+async def _answer(args: argparse.Namespace, req: shoal.Request, err: Out) -> None:
+    """Answer one request: its own body, or what the --exec command made of it."""
+    if args.exec_command is None:
+        await req.reply(req.body)
+        return
+    outcome: Outcome = await run_command(args.exec_command, _dump(req.body),
+                                         args.exec_timeout, err)
+    ok, value = outcome
+    if ok:
+        try:
+            await req.reply(value)
+            return
+        except shoal.errors.EncodeError as exc:
+            ok, value = False, f"the command's output cannot be sent as a reply: {exc}"
+    err(f"shoal reply: request {req.id}: {value}")
+    await req.fail(value)
+
+
+async def _reply(args: argparse.Namespace, out: Out, err: Out) -> None:
     def show(req: shoal.Request) -> None:
         if args.json:
             out(json.dumps({"request": _printable(req.body), "id": req.id},
@@ -347,15 +418,32 @@ async def _reply(args: argparse.Namespace, out: Out) -> None:
         else:
             out(f"request {_dump(req.body)}")
 
+    free = trio.Semaphore(args.concurrency)
+
+    async def answer(req: shoal.Request) -> None:
+        try:
+            await _answer(args, req, err)
+        except (shoal.errors.ShoalError, OSError) as exc:
+            # One request that cannot be answered (the shell cannot start, the
+            # reply cannot leave) does not stop the others.
+            err(f"shoal reply: request {req.id}: {type(exc).__name__}: {exc}")
+        finally:
+            free.release()
+
     async with _node(args) as node, node.open_replier(args.channel) as rep:
         n = 0
-        with trio.move_on_after(args.seconds if args.seconds is not None else float("inf")):
-            async for req in rep:
-                show(req)
-                await req.reply(req.body)
-                n += 1
-                if args.count is not None and n >= args.count:
-                    break
+        # Requests being answered when --seconds or --count ends the loop are finished
+        # (each within --exec-timeout) before the nursery closes.
+        async with trio.open_nursery() as nursery:
+            with trio.move_on_after(args.seconds if args.seconds is not None
+                                    else float("inf")):
+                async for req in rep:
+                    show(req)
+                    await free.acquire()
+                    nursery.start_soon(answer, req)
+                    n += 1
+                    if args.count is not None and n >= args.count:
+                        break
         await trio.sleep(0.2)  # the last reply leaves before the node does
 
 
@@ -363,14 +451,30 @@ _COMMANDS = {"peers": _peers, "pub": _pub, "sub": _sub, "push": _push, "pull": _
              "req": _req, "reply": _reply}
 
 
+def _interface_args(given: list[str]) -> list[str]:
+    """``--interface`` values as IPv4 addresses of this machine (names resolved), or a
+    UsageError naming the interfaces there are."""
+    try:
+        addresses = resolve_interfaces(given)
+    except shoal.errors.LocalProtocolError as exc:
+        raise UsageError(f"--interface {exc}") from None
+    unknown = unknown_addresses(addresses)
+    if unknown:
+        have = "; ".join(f"{i.name} {', '.join(i.ipv4)}" for i in interfaces() if i.ipv4)
+        raise UsageError(f"--interface {unknown[0]} is not an address of this machine "
+                         f"(interfaces: {have or 'none with IPv4'})")
+    return addresses
+
+
 def run_talk(args: argparse.Namespace, out: Out, err: Out) -> int:
     """Run one of the commands; the exit status."""
-    for name in ("seconds", "timeout", "wait"):
+    for name in ("seconds", "timeout", "wait", "exec_timeout"):
         value = getattr(args, name, None)
         if value is not None and not 0 < value <= 86400:
-            err(f"shoal {args.command}: --{name} must be between 0 and 86400 seconds")
+            flag = name.replace("_", "-")
+            err(f"shoal {args.command}: --{flag} must be between 0 and 86400 seconds")
             return 2
-    for name in ("count", "subscribers"):
+    for name in ("count", "subscribers", "concurrency"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             err(f"shoal {args.command}: --{name} must be at least 1")
@@ -379,8 +483,10 @@ def run_talk(args: argparse.Namespace, out: Out, err: Out) -> int:
         err(f"shoal {args.command}: --retries must be at least 0")
         return 2
     try:
-        trio.run(_COMMANDS[args.command], args, out)
-    except UsageError as exc:
+        if args.interface:
+            args.interface = _interface_args(args.interface)
+        trio.run(_COMMANDS[args.command], args, out, err)
+    except (UsageError, BadLines) as exc:
         err(f"shoal {args.command}: {exc}")
         return 2
     except trio.TooSlowError:

@@ -6,6 +6,13 @@ settings (``vs_raw``), and shoal reliable with shoal best effort (``vs_best_effo
 latency ratios above 1 mean shoal is slower, throughput ratios below 1 mean it moves
 fewer messages per second, CPU ratios above 1 mean it spends more CPU time per
 message (``cpu_<side>``, one per side of ``cpu_us``).
+
+One-way latency without ``--rate`` is latency under saturation: the sender sends as
+fast as backpressure allows, so most of each message's latency is the time it waits
+behind the messages sent before it (queues in libzmq and the kernel), not the time
+to cross. The table, the plot and the records say so (``latency_saturated``), so
+that a figure like "pub/sub p50 100 ms" is not read as the latency of one message;
+``--rate N`` measures latency at a set load.
 """
 
 from __future__ import annotations
@@ -18,6 +25,25 @@ from shoal._bench._run import Options, Variant
 
 COLUMNS = ("p50", "p90", "p99", "p99.9", "p99.99", "max")
 SHORT = {"client": "cli", "server": "srv", "send": "snd", "receive": "rcv"}
+
+
+SATURATED_NOTE = ("latency under saturation: sent as fast as possible, so it is mostly "
+                  "time queued behind earlier messages; --rate N measures it at a set load")
+
+
+def saturated(pattern: str, rate: float) -> bool:
+    """Whether one-way latency was measured under saturation: push/pull or pub/sub
+    sent as fast as possible (request/reply has one request in flight: no queue)."""
+    return pattern != "rr" and not rate
+
+
+def latency_label(pattern: str, kind: str | None, rate: float) -> str:
+    """What a pattern's latency figures are, for the table header and the plot."""
+    if kind is None:
+        return "not measured (different clocks)"
+    if not saturated(pattern, rate):
+        return kind
+    return f"{kind} under saturation (includes queueing)"
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -78,6 +104,8 @@ def records(variants: list[Variant], opts: Options, version: str) -> list[dict[s
             "throughput": round(v.rate, 1),
             "throughput_rounds": [round(r, 1) for r in v.rates],
             "latency": v.latency_kind,
+            "latency_saturated": (None if v.latency_kind is None
+                                  else saturated(spec.pattern, spec.rate)),
             "latency_us": (None if (lat := v.latency_us()) is None
                            else {k: round(x, 2) for k, x in lat.items()}),
             "cpu_us": _round_cpu(v.cpu_us()),
@@ -125,8 +153,10 @@ def table(variants: list[Variant], opts: Options, out: Callable[[str], None]) ->
         busy = (f", shoal busy_poll={opts.busy_poll:g} s" if opts.busy_poll else "")
         out(f"{PATTERN_NAMES[pattern]} over {opts.transport}{secured}, "
             f"{first.spec.size} B bodies, "
-            f"{opts.rounds} round(s) x {amount}{rate}{busy}; latency: "
-            f"{kind or 'not measured (different clocks)'} in µs")
+            f"{opts.rounds} round(s) x {amount}{rate}{busy}; latency in µs: "
+            f"{latency_label(pattern, kind, first.spec.rate)}")
+        if kind is not None and saturated(pattern, first.spec.rate):
+            out(f"  {SATURATED_NOTE}")
         sides = CPU_SIDES[pattern]
         unit = "round trip" if pattern == "rr" else "message"
         out(f"  cpu: µs of process CPU time per {unit} at each end "
@@ -189,8 +219,9 @@ def plot(variants: list[Variant], opts: Options, path: str) -> None:
         kind = next(v.latency_kind for v in variants
                     if v.spec.pattern == pattern and v.latency_kind)
         paced = f", {opts.rate:,.0f}/s" if opts.rate else ""
-        ax.set_title(f"{PATTERN_NAMES[pattern]} ({kind}), {opts.transport}, "
-                     f"{variants[0].spec.size} B{paced}")
+        what = latency_label(pattern, kind, opts.rate)
+        ax.set_title(f"{PATTERN_NAMES[pattern]}, {opts.transport}, "
+                     f"{variants[0].spec.size} B{paced}\n{what}", fontsize=10)
         ax.set_xlabel("percentile")
         ax.set_ylabel("latency (µs)")
         ax.grid(True, which="both", alpha=0.3)
