@@ -1,24 +1,34 @@
 """``shoal peers / pub / sub / push / pull / req / reply / doctor`` end to end, as
-subprocesses.
+subprocesses: standard input sent line by line as it arrives, ``reply --exec``,
+``--interface`` by name, and a help text for every argument.
 
-Network safety: every command runs with ``--interface 127.0.0.1`` (mDNS pinned to
-loopback); nothing else is contacted.
+Network safety: every command runs with ``--interface 127.0.0.1`` or ``--interface
+lo`` (mDNS pinned to loopback); commands given an interface that is not there exit
+before opening anything; nothing else is contacted.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pty
+import queue
 import select
+import shlex
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+
+from shoal.cli import _parser
 
 LO = ["--interface", "127.0.0.1"]
 
@@ -30,9 +40,11 @@ def shoal(*args: str, stdin: str | None = None,
 
 
 @contextmanager
-def background(*args: str) -> Iterator[subprocess.Popen[str]]:
-    """A command running beside the test; killed at the end if still running."""
+def background(*args: str, stdin: bool = False) -> Iterator[subprocess.Popen[str]]:
+    """A command running beside the test (``stdin``: a pipe the test writes); killed at
+    the end if still running."""
     proc = subprocess.Popen([sys.executable, "-m", "shoal.cli", *args],
+                            stdin=subprocess.PIPE if stdin else None,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         yield proc
@@ -50,6 +62,31 @@ def finish(proc: subprocess.Popen[str], timeout: float = 20) -> tuple[int, str, 
 def channel() -> str:
     """A channel name no other test (or stray node on loopback) uses."""
     return f"t-{uuid.uuid4().hex[:8]}"
+
+
+class Lines:
+    """A background command's stdout, line by line as it comes (a reader thread), so
+    that a test can wait for one line with a deadline while the command runs on."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        stream = proc.stdout
+
+        def read() -> None:
+            for line in stream:
+                self._lines.put(line)
+            self._lines.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+
+    def next(self, timeout: float = 30) -> str:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no line within {timeout} s") from None
+        assert line is not None, "the command ended without printing another line"
+        return line
 
 
 def test_req_gets_the_reply_of_reply_echo() -> None:
@@ -86,7 +123,7 @@ def test_reliable_push_exits_once_pull_has_done_every_item() -> None:
         done = shoal("push", ch, "--reliable", "--json", "--timeout", "20", *LO,
                      stdin="1\n2\n3\n")
         assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout) == {"pushed": 3, "channel": ch}
+        assert json.loads(done.stdout) == {"pushed": 3, "skipped": 0, "channel": ch}
         code, out, err = finish(pull)
     assert code == 0, err
     assert [json.loads(line) for line in out.splitlines()] == [1, 2, 3]
@@ -147,7 +184,10 @@ def test_peers_keeps_a_live_table_on_a_terminal() -> None:
     (("pub", "ch", "t"), "{\n", "line 1 of stdin is not JSON"),
     (("sub", "ch", "--count", "0"), None, "--count must be at least 1"),
     (("req", "ch", "1", "--timeout", "-1"), None, "--timeout must be between"),
-    (("reply", "ch"), None, "--echo"),
+    (("reply", "ch", "--echo", "--exec", "cat"), None, "not allowed with argument --echo"),
+    (("reply", "ch", "--concurrency", "0"), None, "--concurrency must be at least 1"),
+    (("reply", "ch", "--exec", "cat", "--exec-timeout", "0"), None,
+     "--exec-timeout must be between"),
     (("pub", "ch"), None, "TOPIC"),
 ])
 def test_bad_arguments_exit_2_with_a_one_line_reason(args: tuple[str, ...], stdin: str | None,
@@ -198,3 +238,228 @@ def test_doctor_says_what_is_wrong_and_how_to_fix_it() -> None:
     assert "127.9.9.9 is not an address of this machine" in done.stdout
     assert "fix:" in done.stdout
     assert shoal("doctor", "--wait", "0", *LO).returncode == 2
+
+
+# -- pub and push: standard input line by line ---------------------------------------------
+
+
+def test_pub_publishes_each_stdin_line_as_it_arrives_and_skips_a_bad_one() -> None:
+    """The first line reaches the subscriber while pub's stdin is still open (nothing
+    waits for the end of the input); a line that is not JSON is reported with its
+    number and skipped, the line after it is still sent, and the exit status says
+    that a line was skipped."""
+    ch = channel()
+    with background("sub", ch, "--count", "2", "--seconds", "50", "--json", *LO) as sub, \
+            background("pub", ch, "t", "--timeout", "40", *LO, stdin=True) as pub:
+        got = Lines(sub)
+        assert pub.stdin is not None
+        pub.stdin.write('{"n": 1}\n')
+        pub.stdin.flush()
+        assert json.loads(got.next(timeout=40))["body"] == {"n": 1}
+        assert pub.poll() is None  # still reading its input
+        _, err = pub.communicate('oops\n{"n": 3}\n', timeout=30)
+        assert json.loads(got.next(timeout=20))["body"] == {"n": 3}
+        assert sub.wait(timeout=20) == 0
+    assert pub.returncode == 2, err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("shoal pub: line 2 of stdin is not JSON"), err
+    assert lines[0].endswith("'oops'; skipped"), err
+    assert lines[-1] == ("shoal pub: 1 of 3 line(s) of stdin skipped (line 2); every "
+                         "other line was sent"), err
+    assert "Traceback" not in err
+
+
+def test_push_sends_the_lines_around_a_bad_one_and_counts_what_it_skipped() -> None:
+    ch = channel()
+    with background("pull", ch, "--reliable", "--count", "3", "--seconds", "30",
+                    *LO) as pull:
+        done = shoal("push", ch, "--reliable", "--json", "--timeout", "20", *LO,
+                     stdin='1\n{"broken": \n2\n\n3\n')
+        code, out, err = finish(pull)
+    assert done.returncode == 2, done.stderr
+    assert json.loads(done.stdout) == {"pushed": 3, "skipped": 1, "channel": ch}
+    assert "line 2 of stdin is not JSON" in done.stderr
+    assert code == 0, err
+    assert [json.loads(line) for line in out.splitlines()] == [1, 2, 3]
+
+
+def test_a_stdin_line_that_is_not_utf8_is_skipped_not_a_crash() -> None:
+    ch = channel()
+    with background("pull", ch, "--count", "2", "--seconds", "30", *LO) as pull:
+        done = subprocess.run([sys.executable, "-m", "shoal.cli", "push", ch, "--timeout",
+                               "20", *LO], input=b'"a"\n\xff\xfe\n"b"\n',
+                              capture_output=True, timeout=30, check=False)
+        code, out, _ = finish(pull)
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert "line 2 of stdin is not UTF-8" in err
+    assert "Traceback" not in err
+    assert code == 0
+    assert [json.loads(line) for line in out.splitlines()] == ["a", "b"]
+
+
+def test_with_nothing_valid_to_send_pub_exits_without_waiting_for_subscribers() -> None:
+    done = shoal("pub", channel(), "t", "--timeout", "60", *LO, stdin="nope\n")
+    assert done.returncode == 2, done.stderr
+    assert "line 1 of stdin is not JSON" in done.stderr
+    assert "1 of 1 line(s) of stdin skipped" in done.stderr
+
+
+# -- reply: echo by default, or --exec ------------------------------------------------------
+
+
+ANSWER = """
+import json, os, sys, time
+request = json.load(sys.stdin)
+if request == "fail":
+    print("no such thing", file=sys.stderr)
+    sys.exit(3)
+if request == "slow":
+    open(sys.argv[1], "w").write(str(os.getpid()))
+    time.sleep(120)
+if request == "text":
+    print("plain words")
+    sys.exit(0)
+print(json.dumps({"sum": request["a"] + request["b"]}))
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return True
+    return state in ("Z", "X")  # a zombie no one has reaped yet is dead too
+
+
+def test_reply_exec_answers_with_the_commands_output_and_its_failures(
+    tmp_path: Path,
+) -> None:
+    """One replier, four requests: JSON output is the reply; output that is not JSON
+    is sent as a string; a non-zero exit and a command past --exec-timeout are error
+    replies (shoal req exits 1 saying why), the slow command is killed, and the
+    replier serves every request and exits 0 after --count."""
+    script, pidfile = tmp_path / "answer.py", tmp_path / "slow.pid"
+    script.write_text(ANSWER)
+    command = " ".join(map(shlex.quote, (sys.executable, str(script), str(pidfile))))
+    ch = channel()
+    with background("reply", ch, "--exec", command, "--exec-timeout", "3", "--count", "4",
+                    "--seconds", "80", "--json", *LO) as rep:
+        summed = shoal("req", ch, '{"a": 2, "b": 40}', "--timeout", "20", *LO)
+        failed = shoal("req", ch, '"fail"', "--timeout", "20", *LO)
+        slow = shoal("req", ch, '"slow"', "--timeout", "20", *LO)
+        text = shoal("req", ch, '"text"', "--timeout", "20", *LO)
+        code, out, err = finish(rep, timeout=30)
+    assert summed.returncode == 0, summed.stderr
+    assert json.loads(summed.stdout) == {"sum": 42}
+    assert failed.returncode == 1
+    assert failed.stderr.strip() == ("shoal req: RemoteError: the replier failed: the "
+                                     "command exited with status 3: no such thing")
+    assert slow.returncode == 1
+    assert "ran past 3 s (--exec-timeout) and was killed" in slow.stderr
+    assert _gone(int(pidfile.read_text()))
+    assert text.returncode == 0, text.stderr
+    assert json.loads(text.stdout) == "plain words"
+    assert code == 0, err
+    assert [json.loads(line)["request"] for line in out.splitlines()] == [
+        {"a": 2, "b": 40}, "fail", "slow", "text"]
+    assert "no such thing" in err  # the command's stderr passes through
+
+
+GATE = """
+import json, os, sys, time
+folder = json.load(sys.stdin)["folder"]
+open(os.path.join(folder, str(os.getpid())), "w").close()
+deadline = time.monotonic() + 30
+while len(os.listdir(folder)) < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(len(os.listdir(folder)))
+"""
+
+
+def test_reply_exec_runs_up_to_concurrency_commands_at_once(tmp_path: Path) -> None:
+    """Each command waits until two of them are running: with --concurrency 2, two
+    requests sent at once both see two (one at a time, the first would wait alone
+    until --exec-timeout)."""
+    script, folder = tmp_path / "gate.py", tmp_path / "running"
+    script.write_text(GATE)
+    folder.mkdir()
+    ch = channel()
+    body = json.dumps({"folder": str(folder)})
+    with background("reply", ch, "--exec", f"{shlex.quote(sys.executable)} "
+                    f"{shlex.quote(str(script))}", "--concurrency", "2", "--exec-timeout",
+                    "40", "--count", "2", "--seconds", "80", *LO) as rep:
+        reqs = [subprocess.Popen([sys.executable, "-m", "shoal.cli", "req", ch, body,
+                                  "--timeout", "50", *LO], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        try:
+            answers = [r.communicate(timeout=60) for r in reqs]
+        finally:
+            for r in reqs:
+                if r.poll() is None:
+                    r.kill()
+                r.wait(timeout=10)
+        code, _, err = finish(rep, timeout=30)
+    assert [r.returncode for r in reqs] == [0, 0], answers
+    assert [json.loads(out) for out, _ in answers] == [2, 2]
+    assert code == 0, err
+
+
+def test_reply_echoes_by_default_and_interface_takes_a_name() -> None:
+    """No --echo needed; ``--interface lo`` is loopback (127.0.0.1)."""
+    if "lo" not in {name for _, name in socket.if_nameindex()}:
+        pytest.skip("no interface named lo here")
+    ch = channel()
+    with background("reply", ch, "--count", "1", "--seconds", "25", "--interface",
+                    "lo") as rep:
+        done = shoal("req", ch, '{"x": [1]}', "--timeout", "15", "--interface", "lo")
+        code, _, err = finish(rep)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"x": [1]}
+    assert code == 0, err
+
+
+# -- --interface ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [("peers", "--once"), ("pub", "ch", "t", "1"),
+                                  ("sub", "ch"), ("push", "ch", "1"), ("pull", "ch"),
+                                  ("req", "ch", "1"), ("reply", "ch"), ("doctor",)],
+                         ids=lambda a: a[0])
+def test_an_interface_that_is_not_there_exits_2_in_one_line(args: tuple[str, ...]) -> None:
+    done = shoal(*args, "--interface", "no-such-if0", timeout=30)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    said = done.stderr.strip()
+    assert said.startswith(f"shoal {args[0]}: --interface 'no-such-if0' is neither an IPv4 "
+                           "address nor an interface of this machine (interfaces: "), said
+    assert said.count("\n") == 0
+    listed = said.rsplit("(interfaces: ", 1)[1].rstrip(")").split(", ")
+    assert sorted(listed) == sorted(name for _, name in socket.if_nameindex())
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("command", [("peers", "--once"), ("req", "ch", "1")],
+                         ids=lambda a: a[0])
+def test_an_address_no_interface_has_exits_2_before_opening_anything(
+    command: tuple[str, ...],
+) -> None:
+    # TEST-NET-3 (RFC 5737): documentation only, on no machine's interface
+    done = shoal(*command, "--interface", "203.0.113.77", timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"shoal {command[0]}: --interface 203.0.113.77 is not an "
+                                  "address of this machine (interfaces: ")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+# -- help ---------------------------------------------------------------------------------
+
+
+def test_every_argument_of_every_command_has_help() -> None:
+    parser = _parser()
+    commands = next(a for a in parser._actions
+                    if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {action.option_strings or action.dest}"
+               for name, sub in commands.choices.items() for action in sub._actions
+               if not (action.help or "").strip()]
+    assert missing == []
+    assert len(commands.choices) >= 10  # every command was walked
