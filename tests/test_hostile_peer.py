@@ -87,6 +87,16 @@ def receiver_oracle(*kinds: Kind) -> Classify:
     return lambda frames: envelope_reason(frames, kinds)
 
 
+def replier_oracle() -> Classify:
+    """A replier also takes a request framed as REQ frames it: an empty delimiter, then
+    the envelope's frames, judged as a message of their own."""
+    def reason(frames: list[bytes]) -> str | None:
+        if len(frames) > 1 and not frames[0]:
+            frames = frames[1:]
+        return envelope_reason(frames, (Kind.REQUEST,))
+    return reason
+
+
 def frame_oracle(*kinds: Kind) -> Classify:
     """Pullers and subscribers read plain frames: a multi-frame message counts once
     per frame."""
@@ -247,7 +257,7 @@ async def test_a_puller_under_hostile_pushers(ctx: Ctx) -> None:
 
 
 async def test_a_replier_under_hostile_requesters_with_random_routing_ids(ctx: Ctx) -> None:
-    garbage = Garbage(3, templates(), receiver_oracle(Kind.REQUEST), prepare=LIMIT)
+    garbage = Garbage(3, templates(), replier_oracle(), prepare=LIMIT)
     answers: list[Any] = []
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as outer:

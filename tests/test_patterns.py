@@ -24,6 +24,7 @@ import zmq
 import shoal
 from conftest import Addresses, sync_subscribers
 from shoal import Identity, Kind, Message
+from shoal._core import decode, encode
 from shoal.errors import (
     ClosedError,
     EncodeError,
@@ -544,6 +545,171 @@ async def test_a_failing_handler_becomes_remote_error_and_serving_goes_on(
     assert isinstance(boom.value, ShoalError)
     assert (client_stats.sent, client_stats.replies, client_stats.remote_errors) == (4, 4, 2)
     assert (rep_stats.received, rep_stats.replied, rep_stats.failed) == (4, 2, 2)
+
+
+# -- a plain ZeroMQ REQ socket as the requester ------------------------------------------------
+
+
+async def raw_receive(sock: zmq.Socket[bytes]) -> list[bytes]:
+    """One message from a raw pyzmq socket, waiting in trio (the caller's deadline).
+    Its FD is edge-triggered: read EVENTS before every wait."""
+    while not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        await trio.lowlevel.wait_readable(sock.FD)
+    return sock.recv_multipart(zmq.NOBLOCK)
+
+
+def raw_request(body: Any, rid: int) -> bytes:
+    """A request envelope as a foreign requester would build it."""
+    return encode(Kind.REQUEST, b"", body, sender=b"R" * 16, epoch=5, stream=1,
+                        seq=rid, timestamp_ns=time.time_ns(), correlation=rid)
+
+
+async def test_a_plain_zmq_req_socket_gets_replies_and_errors(addresses: Addresses) -> None:
+    """REQ frames a request as an empty delimiter and the envelope; the replier answers
+    with the delimiter in front, so REQ takes the answer (it waited forever before:
+    the request was dropped as a frame-count). REQ's lock-step needs every answer."""
+    def add(req: shoal.Request) -> Any:
+        if req.body == "boom":
+            raise ValueError("no boom")
+        if isinstance(req.body, bytes):
+            return req.body[::-1]
+        return req.body["a"] + req.body["b"]
+
+    big = bytes(range(256)) * 300  # 76,800 bytes: a split body both ways
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                rep = await nursery.start(partial(shoal.serve_replier, add,
+                                                  bind=addresses.fresh(), context=ctx))
+                req = ctx.socket(zmq.REQ)
+                req.linger = 0
+                try:
+                    req.connect(rep.endpoints[0])
+                    req.send(raw_request({"a": 1, "b": 2}, 1))
+                    (answer,) = await raw_receive(req)
+                    reply = decode(answer)
+                    assert (reply.kind, reply.body, reply.correlation) == (Kind.REPLY, 3, 1)
+
+                    req.send(raw_request("boom", 2))
+                    (answer,) = await raw_receive(req)
+                    error = decode(answer)
+                    assert (error.kind, error.correlation) == (Kind.ERROR, 2)
+                    assert "no boom" in error.body
+
+                    head = raw_request(b"", 3)
+                    at = head.index(b"\0") + 3  # the flags byte: raw body, split
+                    req.send_multipart([head[:at] + bytes([head[at] | 0x04]) + head[at + 1:],
+                                        big])
+                    head_back, body_back = await raw_receive(req)
+                    reply = decode(head_back, [body_back])
+                    assert (reply.correlation, reply.body) == (3, big[::-1])
+                finally:
+                    req.close()
+                st = rep.statistics()
+                assert (st.received, st.replied, st.failed, st.malformed) == (3, 2, 1, 0)
+                nursery.cancel_scope.cancel()
+    finally:
+        ctx.destroy(linger=0)
+
+
+async def test_a_repeated_req_framed_request_is_answered_from_the_cache_with_the_delimiter(
+) -> None:
+    """A DEALER framing like REQ (empty delimiter first) sends one request twice: both
+    answers come with the delimiter, and the handler runs once."""
+    calls: list[Any] = []
+
+    def handler(req: shoal.Request) -> Any:
+        calls.append(req.body)
+        return req.body * 2
+
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                rep = await nursery.start(partial(shoal.serve_replier, handler,
+                                                  bind=LOOPBACK, context=ctx))
+                dealer = ctx.socket(zmq.DEALER)
+                dealer.linger = 0
+                try:
+                    dealer.connect(rep.endpoints[0])
+                    frame = raw_request(21, 7)
+                    dealer.send_multipart([b"", frame])
+                    first = await raw_receive(dealer)
+                    dealer.send_multipart([b"", frame])
+                    again = await raw_receive(dealer)
+                    dealer.send_multipart([b""])  # an empty envelope, nothing after it
+                    dealer.send_multipart([b"", frame, b"x", b"y"])  # too many frames
+                finally:
+                    dealer.close()
+                await eventually(lambda: rep.statistics().malformed == 2)
+                st = rep.statistics()
+                nursery.cancel_scope.cancel()
+    finally:
+        ctx.destroy(linger=0)
+    assert first[0] == again[0] == b""
+    assert len(first) == len(again) == 2
+    assert decode(first[1]).body == decode(again[1]).body == 42
+    assert calls == [21]
+    assert (st.received, st.duplicates) == (1, 1)
+    assert st.malformed_by_reason == {"no-topic-delimiter": 1, "frame-count": 1}
+
+
+BODY_MISTAKES: dict[str, Callable[[Any], Any]] = {
+    "subscript": lambda body: body["a"] + body["b"],
+    "in": lambda body: "a" in body,
+    "dict method": lambda body: body.get("a"),
+    "arithmetic": lambda body: body + 1,
+    "len": lambda body: len(body),
+    "iteration": lambda body: list(body),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(BODY_MISTAKES))
+async def test_a_handler_that_takes_the_request_for_its_body_is_told_so(
+    mistake: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``def add(body): return body["a"] + body["b"]`` gets a ``Request``: the caller's
+    ``RemoteError`` (and a warning in the replier's log) says that and where the body
+    is, not only ``'Request' object is not subscriptable``."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            rep = await nursery.start(partial(shoal.serve_replier, BODY_MISTAKES[mistake],
+                                              bind=LOOPBACK))
+            async with shoal.open_requester(connect=rep.endpoints) as client:
+                with pytest.raises(RemoteError) as info:
+                    await client.request({"a": 1, "b": 2})
+            nursery.cancel_scope.cancel()
+    assert "received a shoal.Request" in info.value.message
+    assert "req.body" in info.value.message
+    assert any("received a shoal.Request" in r.getMessage() for r in caplog.records
+               if r.levelname == "WARNING")
+
+
+async def test_a_handler_error_that_does_not_involve_the_request_gets_no_such_hint() -> None:
+    def handler(req: shoal.Request) -> Any:
+        return req.body["missing"]  # the body is a dict: KeyError, a real handler bug
+
+    def wrong_type(req: shoal.Request) -> Any:
+        return req.body + 1  # the body is a str: TypeError about str and int
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            rep = await nursery.start(partial(shoal.serve_replier, handler, bind=LOOPBACK))
+            rep2 = await nursery.start(partial(shoal.serve_replier, wrong_type,
+                                               bind=LOOPBACK))
+            async with (
+                shoal.open_requester(connect=rep.endpoints) as client,
+                shoal.open_requester(connect=rep2.endpoints) as client2,
+            ):
+                with pytest.raises(RemoteError) as key_error:
+                    await client.request({"a": 1})
+                with pytest.raises(RemoteError) as type_error:
+                    await client2.request("text")
+            nursery.cancel_scope.cancel()
+    assert key_error.value.message == "KeyError: 'missing'"
+    assert type_error.value.message.startswith("TypeError: ")
+    assert "shoal.Request" not in type_error.value.message
 
 
 async def test_fail_reports_a_remote_error_with_the_reason() -> None:

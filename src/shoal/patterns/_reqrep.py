@@ -10,6 +10,12 @@ cannot wait forever uses a timeout (``trio.fail_after``). The ROUTER
 sets ``ZMQ_ROUTER_MANDATORY``: a reply to a requester that has gone is counted as
 unroutable instead of vanishing, and a full queue applies backpressure.
 
+A replier also answers a plain ZeroMQ REQ socket (or a DEALER that frames like one):
+REQ puts an empty delimiter frame before the envelope. The replier notices the empty
+first frame, takes the envelope from the frames after it, and puts the delimiter back
+in front of its answer, which REQ requires. A DEALER's request never starts with an
+empty frame, so this costs its requests one length test.
+
 The requester has no background task. Whichever waiting ``request()`` finds nobody
 reading becomes the reader: it drains replies, hands each to its caller, and when its
 own reply arrives passes the reader role to another waiting call (leader/follower).
@@ -427,6 +433,9 @@ class Request:
     """One request received by a replier. Answer it once: ``reply()`` or ``fail()``."""
 
     __slots__ = ("_answered", "_identity", "_replier", "message")
+    _delimited = False
+    """The requester framed it as REQ does (an empty frame first): so is the answer.
+    A class attribute, so DEALER requests pay nothing for it (see ``_ReqRequest``)."""
 
     def __init__(self, replier: Replier, identity: bytes, message: Message) -> None:
         self._replier = replier
@@ -473,6 +482,13 @@ class Request:
         return f"<Request id={self.id} from={self.message.sender[:8]} body={self.body!r}>"
 
 
+class _ReqRequest(Request):
+    """A request from a REQ socket: its answer leads with the empty delimiter frame."""
+
+    __slots__ = ()
+    _delimited = True
+
+
 class Replier(BufferedReceiver[Request]):
     """Receives ``Request``s; a ``trio.abc.ReceiveChannel[Request]``."""
 
@@ -499,9 +515,19 @@ class Replier(BufferedReceiver[Request]):
         self._unroutable = 0
 
     def _accept_routed(self, route: bytes, frame: bytes, more: bool) -> None:
-        msg = self._malformed.check_frame(self._sock, frame, _REQUEST, "replier", more)
-        if msg is None:
-            return
+        make: type[Request] = Request
+        if not frame and more:  # REQ framing: an empty delimiter, then the envelope
+            got = self._take_delimited()
+            if got is None:
+                return
+            frame, msg = got
+            make = _ReqRequest
+        else:
+            checked = self._malformed.check_frame(self._sock, frame, _REQUEST, "replier",
+                                                  more)
+            if checked is None:
+                return
+            msg = checked
         key = (msg.sender, msg.epoch, msg.stream, msg.correlation)
         answers = self._answers
         digest = hash(frame)  # the first frame holds the send time: enough to tell apart
@@ -509,13 +535,13 @@ class Replier(BufferedReceiver[Request]):
         if entry is not None:
             if entry[0] != digest:
                 self._reused += 1
-                self._refuse_reused(route, msg)
+                self._refuse_reused(route, msg, make._delimited)
                 return
             self._duplicates += 1
             cached = entry[1]
             if cached is not None:  # answered already: the answer again, not the handler
                 try:
-                    self._send_answer(route, cached)
+                    self._send_answer(route, cached, make._delimited)
                 except (PeerUnreachable, trio.WouldBlock):
                     self._unroutable += 1
             return
@@ -523,9 +549,26 @@ class Replier(BufferedReceiver[Request]):
         if len(answers) > self._cache_size:
             answers.popitem(last=False)
         self._received += 1
-        self._buffer.append(Request(self, route, msg))
+        self._buffer.append(make(self, route, msg))
 
-    def _refuse_reused(self, route: bytes, msg: Message) -> None:
+    def _take_delimited(self) -> tuple[bytes, Message] | None:
+        """A request from a REQ socket: the envelope is in the frames after the empty
+        delimiter (one, or two for a split body); anything else is a ``frame-count``.
+        Returns the envelope's first frame and the request, or None (counted)."""
+        sock = self._sock
+        frames = sock.take_rest()
+        msg = self._malformed.check(frames, _REQUEST, "replier", split=True)
+        if msg is None:
+            return None
+        if sock.inproc:  # libzmq applies the size bound on tcp and ipc only
+            size = sum(len(f) for f in frames)
+            if size > sock.max_message_size:
+                self._malformed.drop("too-large", "replier",
+                                     f"{size} bytes > {sock.max_message_size}")
+                return None
+        return frames[0], msg
+
+    def _refuse_reused(self, route: bytes, msg: Message, delimited: bool) -> None:
         """Answer a request whose id belongs to another request with an error."""
         text = (f"request id {msg.correlation} was already used by a different request "
                 f"from this sender; a requester must not reuse ids")
@@ -533,12 +576,16 @@ class Replier(BufferedReceiver[Request]):
         frame = self._enc.encode(Kind.ERROR, b"\0", text, self._seq, time_ns(), msg.correlation)
         self._seq += 1
         try:
-            self._send_answer(route, frame)
+            self._send_answer(route, frame, delimited)
         except (PeerUnreachable, trio.WouldBlock):
             self._unroutable += 1
 
-    def _send_answer(self, route: bytes, frame: bytes | tuple[bytes, bytes]) -> None:
-        if type(frame) is bytes:
+    def _send_answer(self, route: bytes, frame: bytes | tuple[bytes, bytes],
+                     delimited: bool = False) -> None:
+        if delimited:  # a REQ requester: the empty delimiter leads the answer
+            parts = [route, b"", frame] if type(frame) is bytes else [route, b"", *frame]
+            self._sock.send_nowait(parts)
+        elif type(frame) is bytes:
             self._sock.send_to_nowait(route, frame)
         else:
             self._sock.send_split_nowait(route, *frame)
@@ -569,7 +616,7 @@ class Replier(BufferedReceiver[Request]):
         try:
             while True:
                 try:
-                    self._send_answer(req._identity, frame)
+                    self._send_answer(req._identity, frame, req._delimited)
                 except trio.WouldBlock:
                     await sock.wait_sendable()  # the requester's queue is full
                     continue
@@ -683,6 +730,27 @@ def replier_options(high_water_mark: int) -> list[tuple[int, int | bytes]]:
 
 
 Handler = Callable[[Request], Any | Awaitable[Any]]
+"""``def handler(req: Request) -> reply body`` (or ``async def``)."""
+
+_MISTAKEN_FOR_BODY = ("'Request'", "'_ReqRequest'")
+"""How Python names the type in the TypeError/AttributeError of a handler that treats
+its ``Request`` as the body (``req["a"]``, ``"a" in req``, ``req.get("a")``, ``req + 1``)."""
+
+
+def _took_request_for_body(exc: Exception) -> bool:
+    """Whether a handler's ``exc`` comes from treating its ``Request`` as the body."""
+    return isinstance(exc, TypeError | AttributeError) and any(
+        name in str(exc) for name in _MISTAKEN_FOR_BODY)
+
+
+def _explain(exc: Exception, took_request: bool) -> str:
+    """The error reply for a handler that raised ``exc``: its type and message, and for
+    a handler that took the ``Request`` for the body, what it got instead."""
+    text = f"{type(exc).__name__}: {exc}"
+    if took_request:
+        text += (" (the handler received a shoal.Request, not the request's body: its "
+                 "body is req.body; write def handler(req): ... req.body ...)")
+    return text
 
 
 async def serve_replier(
@@ -694,12 +762,23 @@ async def serve_replier(
     task_status: trio.TaskStatus[Replier] = trio.TASK_STATUS_IGNORED,
     **options: Any,
 ) -> None:
-    """Answer every request with ``handler(request)`` (sync or async) until cancelled.
+    """Answer every request with ``handler(req)`` until cancelled.
+
+    ``handler`` takes the ``Request`` (not its body: the body is ``req.body``, beside
+    ``req.headers`` and ``req.message``) and returns the reply body; it may be a plain
+    function or an ``async def``::
+
+        def add(req: shoal.Request) -> int:
+            return req.body["a"] + req.body["b"]
 
     Use with ``nursery.start``: it reports the open ``Replier`` (for ``.endpoints``
     and ``statistics()``). An exception in the handler becomes a ``RemoteError`` at
-    the caller and serving goes on; so does a return value msgpack cannot encode.
+    the caller and serving goes on; so does a return value msgpack cannot encode. A
+    handler that treats the ``Request`` as the body (``req["a"]``, ``req.get("a")``)
+    fails with a ``TypeError``/``AttributeError`` whose reply, and log warning, says
+    so. ``options`` go to ``open_replier``.
     """
+    warned = False
     async with open_replier(bind=bind, connect=connect, identity=identity, **options) as rep:
         task_status.started(rep)
         async for req in rep:
@@ -708,8 +787,14 @@ async def serve_replier(
                 if inspect.isawaitable(result):
                     result = await result
             except Exception as exc:
-                log.debug("handler failed on request %d: %r", req.id, exc)
-                await req.fail(f"{type(exc).__name__}: {exc}")
+                took_request = _took_request_for_body(exc)
+                text = _explain(exc, took_request)
+                if took_request and not warned:
+                    warned = True  # once per replier: the handler is wrong every time
+                    log.warning("serve_replier: handler %r failed: %s", handler, text)
+                else:
+                    log.debug("handler failed on request %d: %r", req.id, exc)
+                await req.fail(text)
                 continue
             try:
                 await req.reply(result)
