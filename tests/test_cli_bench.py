@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -41,9 +42,10 @@ from shoal._bench._common import (
     curve_client_context,
     make_body,
 )
-from shoal._bench._report import records
+from shoal._bench._report import SATURATED_NOTE, latency_label, records
 from shoal._bench._run import Options, Variant
 from shoal._bench._server import BenchServer
+from shoal._cli_bench import EXAMPLES
 from shoal.errors import RemoteError
 
 QUICK = ["--count", "300", "--warmup", "50", "--rounds", "1", "--progress", "never"]
@@ -131,6 +133,8 @@ def test_every_pattern_over_tcp_as_json_with_ratios_to_raw() -> None:
         check_record(rec)
         check_cpu(rec)
         assert rec["latency"] == ("round-trip" if rec["pattern"] == "rr" else "one-way")
+        # sent as fast as possible: one-way latency is mostly queueing, and says so
+        assert rec["latency_saturated"] is (rec["pattern"] != "rr")
         if rec["reliable"] or rec["pattern"] != "ps":
             assert rec["lost"] == 0, rec   # backpressure or acknowledgements: no loss
             assert rec["received"] == rec["sent"] == 350, rec
@@ -163,7 +167,8 @@ def test_table_output_names_every_variant_and_the_units() -> None:
     assert done.returncode == 0, done.stderr
     text = done.stdout
     assert "pub/sub over tcp, 64 B bodies" in text
-    assert "one-way in µs" in text
+    assert "latency in µs: one-way under saturation (includes queueing)\n" in text
+    assert f"\n  {SATURATED_NOTE}\n" in text
     assert "raw pyzmq" in text
     assert "shoal reliable" in text
     assert "p99.99" in text
@@ -188,6 +193,25 @@ def test_rate_paces_the_sender() -> None:
     # Throughput counts from the first timed message's due time to the last reply:
     # at most the paced rate (plus the last round trip's share).
     assert rec["throughput"] <= 200 * 1.05
+
+
+def test_paced_one_way_latency_is_not_labelled_saturated() -> None:
+    done = bench("--pattern", "pp", "--compare", "none", "--mode", "best-effort",
+                 "--count", "200", "--warmup", "20", "--rounds", "1", "--rate", "2000",
+                 "--progress", "never")
+    assert done.returncode == 0, done.stderr
+    assert "2,000/s; latency in µs: one-way\n" in done.stdout
+    assert "saturation" not in done.stdout
+
+
+def test_latency_labels_say_when_the_figures_are_mostly_queueing() -> None:
+    """The words the table header and the plot titles use."""
+    assert latency_label("pp", "one-way", 0.0) == "one-way under saturation (includes queueing)"
+    assert latency_label("ps", "one-way", 0.0) == "one-way under saturation (includes queueing)"
+    assert latency_label("ps", "one-way", 500.0) == "one-way"
+    assert latency_label("rr", "round-trip", 0.0) == "round-trip"  # one request in flight
+    assert latency_label("ps", None, 0.0) == "not measured (different clocks)"
+    assert "--rate N" in SATURATED_NOTE
 
 
 def test_coordinated_omission_is_charged_to_the_messages_that_were_due() -> None:
@@ -289,6 +313,8 @@ def test_serve_for_stops_by_itself() -> None:
     (["--count", "5", "--seconds", "2"], "not allowed with argument"),
     (["--busy-poll", "-0.5"], "--busy-poll must be between 0 and 1 seconds"),
     (["--busy-poll", "2"], "--busy-poll must be between 0 and 1 seconds"),
+    (["--interface", "no-such-if0"],
+     "--interface 'no-such-if0' is neither an IPv4 address nor an interface"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args: list[str], says: str) -> None:
     done = bench(*args, timeout=30)
@@ -317,6 +343,19 @@ def test_help_has_examples() -> None:
     assert done.returncode == 0
     assert "shoal bench --serve" in done.stdout
     assert "--rate" in done.stdout
+
+
+def test_help_is_wrapped_and_keeps_the_examples_as_written() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # 80 columns
+    code = "import sys; from shoal.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, "bench", "--help"],
+                          capture_output=True, text=True, timeout=30, check=False, env=env)
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert max(map(len, lines)) <= 100, [ln for ln in lines if len(ln) > 100]
+    assert "latency under saturation" in " ".join(done.stdout.split())
+    for example in EXAMPLES.splitlines():  # one example per line, as written
+        assert example in lines
 
 
 async def test_server_refuses_malformed_control_requests() -> None:
