@@ -196,7 +196,7 @@ def test_sub_on_one_host_receives_the_lines_pub_sends_from_another(
     done = cli.run(b, "pub", ch, "room1/temp", "--timeout", str(WAIT), "--json",
                    stdin='{"c": 21.5}\n"two"\n[3]\n')
     assert done.returncode == 0, done.stderr
-    assert lines(done.stdout) == [{"published": 3, "channel": ch}]
+    assert lines(done.stdout) == [{"published": 3, "skipped": 0, "channel": ch}]
     code, out, err = cli.finish(sub)
     assert code == 0, err
     got = lines(out)
@@ -216,7 +216,7 @@ def test_reliable_push_from_one_host_reaches_pullers_on_two_others_once_each(
     done = cli.run(b, "push", ch, "--reliable", "--timeout", str(WAIT), "--json",
                    stdin="".join(f"{i}\n" for i in items))
     assert done.returncode == 0, done.stderr
-    assert lines(done.stdout) == [{"pushed": len(items), "channel": ch}]
+    assert lines(done.stdout) == [{"pushed": len(items), "skipped": 0, "channel": ch}]
     # every item was acknowledged as done, so each is printed by now: stop the pullers
     got: list[list[int]] = []
     for proc in pullers:
