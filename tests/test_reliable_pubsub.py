@@ -1023,10 +1023,9 @@ async def test_publications_lost_at_the_routers_high_water_mark_are_resent_in_or
 
 async def test_misuse_is_refused_with_local_protocol_error() -> None:
     with trio.fail_after(10):
-        with pytest.raises(LocalProtocolError, match="connect"):
-            shoal.open_subscriber(bind=LOOPBACK, reliable=True)
-        with pytest.raises(LocalProtocolError, match="bind"):
-            shoal.open_publisher(connect="tcp://127.0.0.1:1", reliable=True)
+        with pytest.raises(LocalProtocolError, match="bind='tcp"):
+            async with shoal.open_subscriber(reliable=True):  # nowhere to listen or go
+                pass
         bad_publishers: list[dict[str, Any]] = [
             {"window": 0}, {"window": -1}, {"window": True}, {"window": "8"},
             {"rto": 0}, {"grace": 0}, {"grace": -1.0},

@@ -14,7 +14,11 @@ subscriber can tell a gap from a publication it was never meant to get.
   (backpressure) until it catches up or is dropped.
 * ``on_ack(key, route, topics, acked, now)``: the subscriber ``key`` (reachable at
   ``route``) has everything up to ``acked`` in order (-1: nothing of this stream).
-  An unknown key opens a book, starting with the next publication.
+  An unknown key opens a book, starting with the next publication. A route leads to
+  one subscriber: a key heard on a route that another book holds means that other
+  subscriber was replaced there (a publisher's connection to an endpoint now leads to
+  a subscriber restarted at it). Its book is dropped as a silent one is (counted),
+  with ``reason`` ``replaced``, and the next ``due`` reports it.
 * ``due(now)`` lists what to send again: a book whose acknowledgements stopped
   advancing for ``rto`` seconds (doubling, up to ``max_rto``) gets every publication it
   holds again, in order (go-back-N: a subscriber loses publications only in a burst,
@@ -77,6 +81,9 @@ class Dropped:
     undelivered: int
     """Publications it held, never acknowledged."""
     silent_for: float
+    reason: str = "silence"
+    """``silence`` (``grace`` seconds of it), or ``replaced`` (another subscriber
+    answered on its route)."""
 
 
 class Book:
@@ -123,6 +130,8 @@ class FanoutSender:
         # starts with RESUME so that it counts what it missed
         self._dropped_keys: OrderedDict[Hashable, None] = OrderedDict()
         self._log: dict[int, list[Any]] = {}  # seq -> [payload, books holding it]
+        self._by_route: dict[Hashable, Hashable] = {}  # route -> key of the book there
+        self._replaced: list[Dropped] = []  # reported by the next ``due``
         self.sent = 0
         self.acked = 0
         self.retransmitted = 0
@@ -203,18 +212,29 @@ class FanoutSender:
         numbers the subscriber's acknowledgements: an older one arriving late is
         ignored."""
         book = self.books.get(key)
+        if book is None or book.route != route:
+            holder = self._by_route.get(route)
+            if holder is not None and holder != key:
+                other = self.books.get(holder)
+                if other is not None and other.route == route:
+                    self._replaced.append(self._drop(holder, now, "replaced"))
         if book is None:
             if len(self.books) >= self.max_subscribers:
                 self.refused += 1
                 return None
             book = self.books[key] = Book(key, route, tuple(prefixes), now)
+            self._by_route[route] = key
             if self._dropped_keys.pop(key, 0) is None:
                 book.last_sent = RESUME
         if ack_seq is not None:
             if ack_seq <= book.ack_seq:
                 return book  # overtaken by a newer one
             book.ack_seq = ack_seq
-        book.route = route
+        if book.route != route:
+            if self._by_route.get(book.route) == key:
+                del self._by_route[book.route]
+            self._by_route[route] = key
+            book.route = route
         book.prefixes = tuple(prefixes)
         if book.unacked and now - book.last_heard > 2 * self.rto:
             # Back after a silence (a link that was down): send it what it holds now
@@ -254,9 +274,22 @@ class FanoutSender:
         book = self.books.pop(key, None)
         if book is None:
             return False
+        if self._by_route.get(book.route) == key:
+            del self._by_route[book.route]
         for seq, _ in book.unacked:
             self._release(seq)
         return True
+
+    def _drop(self, key: Hashable, now: float, reason: str) -> Dropped:
+        """Stop keeping publications for ``key`` (it comes back, if ever, as RESUME)."""
+        book = self.books[key]
+        self.on_bye(key)
+        self._dropped_keys[key] = None
+        if len(self._dropped_keys) > self.max_subscribers:
+            self._dropped_keys.popitem(last=False)
+        self.dropped += 1
+        self.undelivered += len(book.unacked)
+        return Dropped(key, len(book.unacked), now - book.last_heard, reason)
 
     def _release(self, seq: int) -> None:
         entry = self._log.get(seq)
@@ -286,16 +319,10 @@ class FanoutSender:
         """What to send again now (per book, in order), and the books dropped for
         silence."""
         resend: list[tuple[Book, list[tuple[int, int]]]] = []
-        dropped: list[Dropped] = []
+        dropped, self._replaced = self._replaced, []
         for key, book in list(self.books.items()):
             if now - book.last_heard >= self.grace:
-                self.on_bye(key)
-                self._dropped_keys[key] = None
-                if len(self._dropped_keys) > self.max_subscribers:
-                    self._dropped_keys.popitem(last=False)
-                self.dropped += 1
-                self.undelivered += len(book.unacked)
-                dropped.append(Dropped(key, len(book.unacked), now - book.last_heard))
+                dropped.append(self._drop(key, now, "silence"))
                 continue
             if book.unacked and book.due <= now:
                 book.attempts += 1

@@ -383,19 +383,17 @@ def open_publisher(
     ``TransportError`` when the address cannot be used.
 
     ``reliable=True``: at least once (exactly once and in order to the application) to
-    every subscriber opened with ``reliable=True`` (they connect to it: ``bind=``
-    only). It keeps each subscriber's unacknowledged publications (up to ``window``;
-    ``publish`` waits beyond), sends them again after ``rto`` seconds without
-    progress, and drops a subscriber silent for ``grace`` seconds (counted, logged).
+    every subscriber opened with ``reliable=True`` (either side may bind; a publisher
+    that connects says hello, and the subscriber introduces itself). It keeps each
+    subscriber's unacknowledged publications (up to ``window``; ``publish`` waits
+    beyond), sends them again after ``rto`` seconds without progress, and drops a
+    subscriber silent for ``grace`` seconds (counted, logged).
     """
     if reliable:
-        if connect is not None:
-            raise LocalProtocolError("a reliable publisher binds and reliable subscribers "
-                                     "connect to it: pass bind=[...], not connect=")
         cm1 = open_reliable_publisher(
-            bind=bind, identity=identity, high_water_mark=high_water_mark, window=window,
-            rto=rto, grace=grace, max_subscribers=max_subscribers, context=context,
-            linger_ms=linger_ms)
+            bind=bind, connect=connect, identity=identity, high_water_mark=high_water_mark,
+            window=window, rto=rto, grace=grace, max_subscribers=max_subscribers,
+            context=context, linger_ms=linger_ms)
         return with_busy_poll(cm1, busy_poll)
     cm2 = _open_publisher(bind=bind, connect=connect, identity=identity,
                           high_water_mark=high_water_mark, context=context, linger_ms=linger_ms)
@@ -446,18 +444,15 @@ def open_subscriber(
     The default, ``("",)``, receives everything; ``topics=()`` receives nothing until
     ``subscribe()`` is called. ``max_streams`` bounds the gap-tracking memory.
 
-    ``reliable=True``: from reliable publishers (it connects to them: ``connect=``
-    only), once and in order per publisher, everything published after a publisher
-    heard of it. It tells each publisher where it stands every ``heartbeat`` seconds
-    and as it receives.
+    ``reliable=True``: from reliable publishers (either side may bind), once and in
+    order per publisher, everything published after a publisher heard of it. It
+    tells each publisher where it stands every ``heartbeat`` seconds and as it
+    receives.
     """
     if reliable:
-        if bind is not None:
-            raise LocalProtocolError("a reliable subscriber connects to its publishers: "
-                                     "pass connect=[...] (the publishers bind), not bind=")
         check_subscriber_args(topics, max_streams)
         cm3 = open_reliable_subscriber(
-            connect=connect, topics=topics, identity=identity,
+            bind=bind, connect=connect, topics=topics, identity=identity,
             high_water_mark=high_water_mark, batch=batch, max_streams=max_streams,
             heartbeat=heartbeat, context=context)
         return with_busy_poll(cm3, busy_poll)

@@ -309,7 +309,7 @@ def open_pusher(
     """Open a pusher. ``send()`` waits until a puller is connected and can take work.
 
     ``reliable=True``: at least once, to pullers opened with ``reliable=True`` (it
-    connects to them: ``connect=`` only). An item stays in a window of ``window``
+    connects to them, or they to it: either side may bind). An item stays in a window of ``window``
     until a puller's application is done with it, is retransmitted after ``rto``
     seconds (doubling) until a puller has it, goes to another puller if the one
     holding it disconnects, and is given up after ``max_attempts`` transmissions or
@@ -325,11 +325,8 @@ def open_pusher(
         raise LocalProtocolError("outbox= needs reliable=True (a best-effort pusher "
                                  "keeps nothing)")
     if reliable:
-        if bind is not None:
-            raise LocalProtocolError("a reliable pusher connects to its pullers: pass "
-                                     "connect=[...] (the pullers bind), not bind=")
         cm1 = open_reliable_pusher(
-            connect=connect, identity=identity, high_water_mark=high_water_mark,
+            bind=bind, connect=connect, identity=identity, high_water_mark=high_water_mark,
             window=window, rto=rto, max_attempts=max_attempts, give_up_after=give_up_after,
             context=context, linger_ms=linger_ms, outbox=outbox)
         return with_busy_poll(cm1, busy_poll)
@@ -390,23 +387,21 @@ def open_puller(
       | AbstractAsyncContextManager[ManualAckPuller]):
     """Open a puller: ``async for msg in pull`` yields each work item sent to it.
 
-    ``reliable=True``: from reliable pushers (which connect to it: ``bind=`` only).
-    Each item reaches the application once; it is done (acknowledged) when the next
-    one is asked for, or, with ``manual_ack=True``, when ``await item.ack()`` is
-    called on the ``Delivery`` handed out. ``identity`` names this puller's
+    ``reliable=True``: from reliable pushers (either side may bind; a puller that
+    connects introduces itself to each pusher, which then sends it work). Each item
+    reaches the application once; it is done (acknowledged) when the next one is
+    asked for, or, with ``manual_ack=True``, when ``await item.ack()`` is called on
+    the ``Delivery`` handed out. ``identity`` names this puller's
     acknowledgements; ``max_streams`` bounds how many senders it remembers.
     """
     if reliable:
-        if connect is not None:
-            raise LocalProtocolError("a reliable puller binds and reliable pushers connect "
-                                     "to it: pass bind=[...], not connect=")
         if manual_ack:
-            cm3 = open_reliable_puller(bind=bind, identity=identity,
+            cm3 = open_reliable_puller(bind=bind, connect=connect, identity=identity,
                                        high_water_mark=high_water_mark, batch=batch,
                                        max_streams=max_streams, manual_ack=True,
                                        context=context)
             return with_busy_poll(cm3, busy_poll)
-        cm4 = open_reliable_puller(bind=bind, identity=identity,
+        cm4 = open_reliable_puller(bind=bind, connect=connect, identity=identity,
                                    high_water_mark=high_water_mark, batch=batch,
                                    max_streams=max_streams, context=context)
         return with_busy_poll(cm4, busy_poll)

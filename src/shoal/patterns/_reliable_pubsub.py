@@ -2,16 +2,33 @@
 prefixes match, in order, once; a subscriber gone longer than a grace period is
 dropped from the publisher's books, and that is counted and logged.
 
-Sockets: the publisher is a ROUTER that binds; each subscriber is a ROUTER that
-connects to its publishers under a route per publisher. A subscriber introduces
-itself with an acknowledgement (ACK envelope, body ``[prefixes, epoch, stream,
-acked, bye]``: its topic prefixes, the publisher stream it last heard on this
-connection, the last publication of it delivered in order, and whether it is
-leaving), repeats it every ``heartbeat`` seconds and after every batch it receives.
-The publisher filters by prefix itself and sends each publication to each matching
-subscriber's route as a PUBLISH envelope whose ``seq`` numbers the publisher's stream
-and whose ``correlation`` is the previous publication sent to that subscriber. The
-state machines are ``shoal._core.FanoutSender`` and ``ChainReceiver``.
+Sockets: both ends are ROUTERs, and either may bind (or both bind some endpoints and
+connect to others). A subscriber introduces itself with an acknowledgement (ACK
+envelope, body ``[prefixes, epoch, stream, acked, bye]``: its topic prefixes, the
+publisher stream it last heard on this connection, the last publication of it
+delivered in order, and whether it is leaving), repeats it every ``heartbeat``
+seconds and after every batch it receives. The publisher filters by prefix itself and
+sends each publication to each matching subscriber's route as a PUBLISH envelope
+whose ``seq`` numbers the publisher's stream and whose ``correlation`` is the previous
+publication sent to that subscriber. The state machines are
+``shoal._core.FanoutSender`` and ``ChainReceiver``.
+
+Who speaks first: the side that connects, because the bound side cannot address a
+peer before hearing from it.
+
+* A subscriber that connects names each publisher's connection itself
+  (``CONNECT_ROUTING_ID``) and introduces itself when libzmq's monitor reports the
+  handshake; the publisher learns the subscriber's route (its ``ROUTING_ID``) from that.
+* A publisher that connects names each subscriber's connection itself and sends a
+  *hello*, an empty frame, when the handshake completes (at once on inproc); it sets a
+  routing id of its own for its life (a reconnect takes the same route over:
+  ``ROUTER_HANDOVER``). A subscriber that binds answers a hello from a connection it
+  accepted with its introduction, and heartbeats that publisher from then on, until a
+  send finds the connection gone (``ROUTER_MANDATORY``). An empty frame from anywhere
+  else (the publishers it connected to, or a subscriber that binds nothing) is
+  malformed, as before. The route of a publisher's connection stays when the
+  subscriber at that endpoint is restarted: the publisher drops the book of a
+  subscriber whose route another one answers on (``FanoutSender``, ``replaced``).
 
 A subscriber gets what is published after its first acknowledgement reached the
 publisher (``wait_for_subscribers(n)`` waits for that). A publisher blocks
@@ -65,7 +82,7 @@ from shoal.patterns._common import (
     stream_encoder,
 )
 from shoal.patterns._links import LinkMonitor
-from shoal.patterns._reliable_pushpull import BATCH_BYTES, reliable_options
+from shoal.patterns._reliable_pushpull import BATCH_BYTES, HELLO, reliable_options
 
 __all__ = ["ReliablePublisher", "ReliablePublisherStatistics", "ReliableSubscriber",
            "ReliableSubscriberStatistics", "open_reliable_publisher",
@@ -79,6 +96,9 @@ _U64 = struct.Struct("<Q")
 _ACK_BATCH = 64
 _ACK_DELAY = 0.002
 _MAX_PREFIXES = 256
+_HELLO_WAIT = 0.01
+"""Seconds after a publisher's connection to a bound subscriber is up before the
+subscriber looks for its hello (when its application is not reading)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +158,31 @@ class ReliablePublisher(SocketResource):
         # is wasted (the subscriber cannot place what follows it) and refills the pipe.
         self._stalled: set[Any] = set()
         self._resume = False  # a stalled subscriber acknowledged: resend to it now
+        self._route_of: dict[str, bytes] = {}  # endpoint -> route, of subscribers that bind
+        self._links = LinkMonitor(sock, self._hello, lambda _ep: None)
+
+    def add_route(self, route: bytes, endpoint: str, *,
+                  server_key: bytes | None = None) -> None:
+        """Connect to a subscriber bound at ``endpoint``, known as ``route``; say hello
+        once connected. ``server_key``: the CURVE public key (Z85) of the listener
+        there, for a socket made with ``shoal.security.client_options``."""
+        self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, route)
+        if server_key is not None:
+            self._sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+        self._route_of[endpoint] = route
+        self._sock.connect(endpoint)
+        if endpoint.startswith("inproc://"):
+            self._hello(endpoint)  # inproc has no handshake for the monitor to report
+
+    def _hello(self, endpoint: str) -> None:
+        """A connection to the subscriber at ``endpoint`` is up (again): say hello, so
+        that it introduces itself (and says where it stands)."""
+        route = self._route_of.get(endpoint)
+        if route is not None and not self._sock.closed:
+            try:
+                self._sock.send_to_nowait(route, HELLO)
+            except (PeerUnreachable, trio.WouldBlock):
+                pass  # gone again: the next handshake says hello
 
     @property
     def subscribers(self) -> int:
@@ -395,9 +440,14 @@ class ReliablePublisher(SocketResource):
             core.resent(sent)
 
         for d in dropped:
-            log.warning("reliable publisher: dropped subscriber %s after %.1f s of silence; "
-                        "%d publication(s) never reached it", d.key, d.silent_for,
-                        d.undelivered)
+            if d.reason == "replaced":
+                log.warning("reliable publisher: dropped subscriber %s, replaced by another "
+                            "at its endpoint; %d publication(s) never reached it", d.key,
+                            d.undelivered)
+            else:
+                log.warning("reliable publisher: dropped subscriber %s after %.1f s of "
+                            "silence; %d publication(s) never reached it", d.key,
+                            d.silent_for, d.undelivered)
 
     async def _run(self) -> None:
         """Read acknowledgements, resend and drop on time, until closed."""
@@ -428,6 +478,7 @@ class ReliablePublisher(SocketResource):
         if self._core.in_flight and not self._sock.closed:
             log.warning("reliable publisher closed with %d publication(s) not acknowledged "
                         "by every subscriber", self._core.in_flight)
+        self._links.close()
         self._sock.close()
         self._arm.set()
         await trio.lowlevel.checkpoint()
@@ -445,6 +496,12 @@ class ReliableSubscriber(BufferedReceiver[Message]):
         self._prefixes: list[str] = []
         self._heartbeat = heartbeat
         self._routes: dict[str, bytes] = {}  # endpoint -> route
+        # Publishers that connected to an endpoint this subscriber binds: routes learned
+        # from their hellos (see the module docstring).
+        self._binds = False
+        self._connected: set[bytes] = set()  # routes of add_route, once it binds too
+        self._learned: set[bytes] = set()
+        self._nudge = trio.Event()  # a publisher connected to one of our endpoints
         self._stream_of: dict[bytes, tuple[str, int, int]] = {}  # route -> publisher stream
         self._dirty: set[bytes] = set()  # routes owed an acknowledgement
         self._pending = 0
@@ -486,11 +543,33 @@ class ReliableSubscriber(BufferedReceiver[Message]):
         """Connect to a publisher at ``endpoint``, known as ``route``.
         ``server_key``: the CURVE public key (Z85) of the listener there, for a socket
         made with ``shoal.security.client_options`` (libzmq reads it at ``connect``)."""
+        if self._binds:  # a hello on this route is not one of a publisher connecting to us
+            self._connected.add(route)
         self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, route)
         if server_key is not None:
             self._sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
         self._routes[endpoint] = route
         self._sock.connect(endpoint)
+
+    def _bind(self, endpoint: str) -> None:
+        """Listen at ``endpoint``: publishers that connect there say hello and are
+        answered with this subscriber's introduction."""
+        self._binds = True
+        self._connected.update(self._routes.values())
+        self._sock.bind(endpoint)
+
+    def _learn(self, route: bytes) -> bool:
+        """A hello on ``route``: a publisher that connected to one of our endpoints.
+        Introduce ourselves to it. False if it cannot be one (this subscriber binds
+        nothing, or it is a route of our own connections)."""
+        if not self._binds or route in self._connected:
+            return False
+        self._learned.add(route)
+        self._send_ack(route)
+        return True
+
+    def _publisher_routes(self) -> list[bytes]:
+        return [*self._routes.values(), *self._learned]
 
     def drop_route(self, route: bytes, endpoint: str, why: str = "") -> None:
         """Disconnect from a publisher. No goodbye: if it comes back (a link that
@@ -506,6 +585,8 @@ class ReliableSubscriber(BufferedReceiver[Message]):
         route = self._routes.get(endpoint)
         if route is not None:
             self._send_ack(route)  # introduce ourselves at once
+        elif self._binds:
+            self._nudge.set()  # a publisher connected here: its hello is on the way
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -514,6 +595,8 @@ class ReliableSubscriber(BufferedReceiver[Message]):
     def _accept_routed(self, route: bytes, frame: bytes, more: bool) -> None:
         msg = None if more else self._decode_fast(frame)
         if msg is None:
+            if not frame and not more and self._learn(route):
+                return  # a hello
             msg = self._malformed.check_frame(self._sock, frame, _PUBLISH,
                                               "reliable subscriber", more)
             if msg is None:
@@ -534,6 +617,10 @@ class ReliableSubscriber(BufferedReceiver[Message]):
         n = super()._fill()
         if self._pending >= _ACK_BATCH:
             self._flush()
+        if not n and self._buffer:
+            # ``_take_hellos`` filled the buffer while a receive waited on the socket:
+            # say so, or that receive would wait again with messages here
+            return len(self._buffer)
         return n
 
     def _before_wait(self) -> None:
@@ -571,7 +658,7 @@ class ReliableSubscriber(BufferedReceiver[Message]):
 
     def _ack_all(self) -> None:
         if not self._sock.closed:
-            for route in list(self._routes.values()):
+            for route in self._publisher_routes():
                 self._send_ack(route)
 
     def _send_ack(self, route: bytes, *, bye: bool = False) -> None:
@@ -586,15 +673,42 @@ class ReliableSubscriber(BufferedReceiver[Message]):
         try:
             self._sock.send_to_nowait(route, frame)
             self._acks_sent += 1
-        except (PeerUnreachable, trio.WouldBlock, ClosedError):
-            pass  # not connected (yet): the next heartbeat or handshake says it
+        except PeerUnreachable:
+            if route in self._learned:
+                # a publisher that connected to us is gone (it says hello if it comes
+                # back): forget it
+                self._learned.discard(route)
+                self._stream_of.pop(route, None)
+                self._dirty.discard(route)
+            # else not connected (yet): the next heartbeat or handshake says it
+        except (trio.WouldBlock, ClosedError):
+            pass  # its queue is full, or we are closed: the next heartbeat says it
+
+    def _take_hellos(self) -> None:
+        """Read the socket on the application's behalf: a publisher that connected to
+        one of our endpoints waits for an answer to its hello, and the application
+        may not be receiving. At most one batch beyond what the buffer holds."""
+        if self._sock.closed or len(self._buffer) >= self._batch:
+            return
+        if self._fill() and self._buffer:
+            self._sock.interrupt()  # a receive waiting on the socket: look at the buffer
 
     async def _run(self) -> None:
         """Heartbeats: every publisher hears from this subscriber every ``heartbeat``
-        seconds, so it keeps its book (and learns where it stands)."""
+        seconds, so it keeps its book (and learns where it stands). A subscriber that
+        binds also reads hellos then, and just after a publisher connects."""
+        next_beat = trio.current_time()
         while not self._sock.closed:
-            self._ack_all()
-            await trio.sleep(self._heartbeat)
+            if self._binds:
+                self._take_hellos()
+            if trio.current_time() >= next_beat:
+                self._ack_all()
+                next_beat = trio.current_time() + self._heartbeat
+            with trio.move_on_at(next_beat):
+                await self._nudge.wait()
+            if self._nudge.is_set():
+                self._nudge = trio.Event()
+                await trio.sleep(_HELLO_WAIT)
 
     def statistics(self) -> ReliableSubscriberStatistics:
         """An immutable snapshot of this resource's counters."""
@@ -608,7 +722,7 @@ class ReliableSubscriber(BufferedReceiver[Message]):
         """Close, telling the publishers to forget this subscriber."""
         if not self._sock.closed:
             self._flush()
-            for route in list(self._routes.values()):
+            for route in self._publisher_routes():
                 self._send_ack(route, bye=True)
         self._links.close()
         self._sock.close()
@@ -628,22 +742,36 @@ def check_reliable_pubsub_args(*, window: int = 1, rto: float = 1.0, grace: floa
 
 @asynccontextmanager
 async def open_reliable_publisher(
-    *, bind: Endpoints = None, identity: Identity | None = None, high_water_mark: int = 1000,
+    *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
+    high_water_mark: int = 1000,
     window: int = 8192, rto: float = 0.5, grace: float = 10.0, max_subscribers: int = 1024,
     context: zmq.Context[zmq.Socket[bytes]] | None = None,
     linger_ms: int = DEFAULT_LINGER_MS, socket: Socket | None = None,
 ) -> AsyncIterator[ReliablePublisher]:
-    """A reliable publisher bound to ``bind`` (reliable subscribers connect), or over a
-    node's bound ``socket``."""
+    """A reliable publisher bound to ``bind`` (reliable subscribers connect) and/or
+    connected to the reliable subscribers bound at ``connect``, or over a node's bound
+    ``socket``."""
     check_reliable_pubsub_args(window=window, rto=rto, grace=grace)
+    binds, eps = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
     if socket is None:
-        socket = open_socket("open_publisher(reliable=True)", zmq.ROUTER, bind=bind,
+        require_endpoints(binds, eps, "open_publisher(reliable=True)")
+        # A publisher that connects is known to the subscribers by its own routing id,
+        # the same for its life: a reconnect takes its route over (ROUTER_HANDOVER).
+        options = reliable_options(high_water_mark)
+        if eps:
+            options.append((zmq.ROUTING_ID, b"B" + os.urandom(15)))
+        socket = open_socket("open_publisher(reliable=True)", zmq.ROUTER, bind=binds,
                              connect=None, high_water_mark=high_water_mark, context=context,
-                             linger_ms=linger_ms, options=reliable_options(high_water_mark))
+                             linger_ms=linger_ms, options=options, endpoints_checked=True)
     pub = ReliablePublisher(socket, identity, window=window, rto=rto, grace=grace,
                             max_subscribers=max_subscribers)
+    if eps:
+        pub._links.start()  # before any connect: no handshake goes unseen
     async with pub, open_service_nursery() as nursery:
+        for i, ep in enumerate(eps):
+            pub.add_route(b"s" + i.to_bytes(4, "big"), ep)
         nursery.start_soon(pub._run)
+        nursery.start_soon(pub._links.run)
         try:
             yield pub
         finally:
@@ -652,13 +780,14 @@ async def open_reliable_publisher(
 
 @asynccontextmanager
 async def open_reliable_subscriber(
-    *, connect: Endpoints = None, topics: Sequence[str] = ("",),
+    *, bind: Endpoints = None, connect: Endpoints = None, topics: Sequence[str] = ("",),
     identity: Identity | None = None, high_water_mark: int = 1000, batch: int = DEFAULT_BATCH,
     max_streams: int = 4096, heartbeat: float = 0.5,
     context: zmq.Context[zmq.Socket[bytes]] | None = None, socket: Socket | None = None,
 ) -> AsyncIterator[ReliableSubscriber]:
-    """A reliable subscriber connected to the given publishers' endpoints, or (for a
-    node) over an unconnected ``socket`` whose routes the node adds and drops."""
+    """A reliable subscriber bound to ``bind`` (reliable publishers connect and say
+    hello) and/or connected to the publishers at ``connect``, or (for a node) over an
+    unconnected ``socket`` whose routes the node adds and drops."""
     check_reliable_pubsub_args(heartbeat=heartbeat)
     if isinstance(topics, str):
         raise LocalProtocolError("topics is a list of prefixes: pass [topic], not a str")
@@ -666,9 +795,9 @@ async def open_reliable_subscriber(
         encode_topic(t)
     if max_streams < 1:
         raise LocalProtocolError("max_streams must be >= 1")
-    eps = endpoint_list(connect, "connect")
+    binds, eps = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
     if socket is None:
-        require_endpoints([], eps, "open_subscriber(reliable=True)")
+        require_endpoints(binds, eps, "open_subscriber(reliable=True)")
         check_limits(high_water_mark=high_water_mark, batch=batch)
         socket = Socket.open(zmq.ROUTER, context=context, linger_ms=DEFAULT_LINGER_MS,
                              options=reliable_options(high_water_mark))
@@ -678,6 +807,8 @@ async def open_reliable_subscriber(
         sub.subscribe(t)
     sub._links.start()
     async with sub, open_service_nursery() as nursery:
+        for ep in binds:
+            sub._bind(ep)
         for i, ep in enumerate(eps):
             sub.add_route(b"u" + i.to_bytes(4, "big"), ep)
         nursery.start_soon(sub._run)

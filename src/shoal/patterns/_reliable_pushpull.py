@@ -1,10 +1,26 @@
 """Reliable push/pull: at-least-once across the wire, each item processed once per live
 worker, redelivered to another worker if the one holding it dies or vanishes.
 
-Sockets: the pusher is a ROUTER that connects to each puller under a routing id of its
-own (a *route*) and picks the puller for every item itself; the puller is a ROUTER
-that binds and answers on the connection each item came in on. The state machines
-are ``shoal._core.ReliableSender`` and ``Deduplicator``; this module moves bytes.
+Sockets: both ends are ROUTERs, and either may bind (or both bind some endpoints and
+connect to others). The pusher picks the puller for every item itself and sends it to
+that puller's routing id (a *route*); the puller answers on the connection each item
+came in on. The state machines are ``shoal._core.ReliableSender`` and
+``Deduplicator``; this module moves bytes.
+
+* A pusher that connects names each puller's connection itself (``CONNECT_ROUTING_ID``)
+  and starts using it when libzmq's monitor reports the handshake.
+* A pusher that binds cannot address a puller before hearing from it: a puller that
+  connects sets a routing id of its own for its life (``ROUTING_ID``, so a reconnect
+  takes the same route over: ``ROUTER_HANDOVER``) and sends a *hello*, an empty frame,
+  to the pusher after each handshake (at once on inproc, which has none). The pusher
+  starts routing items to whoever says hello on a connection it accepted. libzmq's
+  monitor names only the listening endpoint when an accepted connection drops, not
+  the peer: the pusher then sends an empty frame to each puller it learned that way,
+  at once and a few times over the next second (libzmq may take a moment to retire
+  the connection), and ``ROUTER_MANDATORY`` refuses the one that is gone, whose items
+  go to the others; any send refused that way retires it too. The puller ignores
+  those empty frames from the pushers it connected to (elsewhere an empty frame is
+  malformed, as before); a pusher that does not bind counts a hello as malformed.
 
 An item travels as a PUSH envelope whose ``seq`` is its sequence number and whose
 ``correlation`` carries the pusher's *floor* (lowest sequence number not yet done), so
@@ -17,6 +33,13 @@ is ``[received, done]`` (two lists of sequence numbers), batched:
 * *done* when the application asks for the next item (``async for`` moving on, or
   ``receive()`` called again): only then does the item leave the pusher's window.
   Sent when 64 have gathered or before the puller waits for more.
+
+An ACK's ``correlation`` names the pusher stream it acknowledges (``ack_tag``: the
+stream's epoch and number); a pusher ignores an acknowledgement tagged for another
+stream. A puller that connects keeps its route to a bound endpoint when the pusher
+there is restarted, so an acknowledgement still queued for the pusher that died would
+otherwise mark the new pusher's items of the same numbers done. A tag of 0 (pullers
+that predate it) is taken as the pusher's own.
 
 If the puller holding an item goes away before *done* (its node leaves, is killed, or
 its link stays down past the peer timeout: ``drop_route``), the item goes to another
@@ -89,14 +112,26 @@ _ACK_DELAY = 0.002
 """Seconds a puller may sit on acknowledgements before sending them (batching)."""
 _READ_EVERY_MASK = 31
 PROBE_AFTER = 2.0
+"""Seconds (at least; 4 rto if more) before a pusher asks a puller holding an item
+about it again: the repair of a lost done acknowledgement."""
 RESTORE_WAIT = 3.0
 """Seconds a pusher reopened on its outbox waits for the puller an unfinished item
 went to before (which recognises it) before sending it to another."""
-"""Seconds (at least; 4 rto if more) before a pusher asks a puller holding an item
-about it again: the repair of a lost done acknowledgement."""
 BATCH_BYTES = 1 << 20
 """A batch send (``send_many``, ``publish_many``) encodes about this many bytes at a
 time at most: large bodies do not pile up in memory before the first one leaves."""
+HELLO = b""
+"""The control frame of a peer that connects to a bound ROUTER: here I am (the bound
+side learns the route to it). A bound pusher sends it to check a connection."""
+CHECKS = (0.0, 0.01, 0.1, 1.0)
+"""Seconds after an accepted connection drops at which a bound pusher checks the
+pullers it learned (libzmq retires a dropped connection's pipe a moment after its
+monitor reports the drop)."""
+
+
+def ack_tag(epoch: int, stream: int) -> int:
+    """The ``correlation`` of an acknowledgement of stream ``(epoch, stream)``."""
+    return (epoch << 32) | stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +228,14 @@ class ReliablePusher(SocketResource):
             self._enc = self._open_outbox(outbox, identity)
         self._routes: list[bytes] = []  # connected (handshake done), in turn order
         self._route_of: dict[str, bytes] = {}  # endpoint -> route, connected or not
+        # Pullers that connected to an endpoint this pusher binds: routes learned from
+        # their hellos, in ``_routes`` too (see the module docstring).
+        self._binds = False
+        self._connected: set[bytes] = set()  # routes of add_route, once it binds too
+        self._learned: set[bytes] = set()
+        self._gone: list[bytes] = []  # learned routes a send found gone, to retire
+        self._checks: list[float] = []  # when to check the learned routes
+        self._tag = ack_tag(self._enc.epoch, self._enc.stream)
         self._turn = 0
         self._disconnects = 0
         # One routing id for the pusher's life: a puller answering after a reconnect
@@ -277,7 +320,9 @@ class ReliablePusher(SocketResource):
             seq = core.send_now((frame, floor), now)
             try:
                 self._sock.send_to_nowait(route, frame)
-            except (PeerUnreachable, trio.WouldBlock):
+            except (PeerUnreachable, trio.WouldBlock) as exc:
+                if isinstance(exc, PeerUnreachable) and route in self._learned:
+                    self._gone.append(route)
                 core.unsent(seq)
                 self._transmit(now)
             else:
@@ -487,11 +532,19 @@ class ReliablePusher(SocketResource):
 
     # -- routes (explicit endpoints, or a node's wiring) ---------------------------------------
 
+    def _bind(self, endpoint: str) -> None:
+        """Listen at ``endpoint``: pullers that connect there say hello and get items."""
+        self._binds = True
+        self._connected.update(self._route_of.values())
+        self._sock.bind(endpoint)
+
     def add_route(self, route: bytes, endpoint: str, *,
                   server_key: bytes | None = None) -> None:
         """Connect to a puller at ``endpoint``, known as ``route``.
         ``server_key``: the CURVE public key (Z85) of the listener there, for a socket
         made with ``shoal.security.client_options`` (libzmq reads it at ``connect``)."""
+        if self._binds:  # a hello on this route is not one of a puller connecting to us
+            self._connected.add(route)
         self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, route)
         if server_key is not None:
             self._sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
@@ -519,12 +572,57 @@ class ReliablePusher(SocketResource):
     def _link_lost(self, endpoint: str) -> None:
         """The connection to a puller dropped (killed, or its link silent past the ZMTP
         heartbeat timeout). libzmq reconnects by itself; what the puller held and had
-        not acknowledged goes to the others now rather than waiting for it."""
+        not acknowledged goes to the others now rather than waiting for it. On an
+        endpoint this pusher binds, the monitor does not say whose connection it was:
+        the pullers that connected there are checked."""
+        if self._sock.closed:
+            return
         route = self._route_of.get(endpoint)
-        if route is None or self._sock.closed:
+        if route is None:
+            if self._learned:
+                now = trio.current_time()
+                self._checks = sorted({*self._checks, *(now + t for t in CHECKS)})
+                self._wake()
             return
         self._disconnects += 1
         self._holder_gone(route, endpoint, "connection dropped")
+
+    def _learn(self, route: bytes) -> bool:
+        """A hello on ``route``: a puller that connected to one of our endpoints.
+        False if it cannot be one (this pusher binds nothing, or it is a route of
+        our own connections)."""
+        if not self._binds or route in self._connected:
+            return False
+        if route not in self._learned:
+            self._learned.add(route)
+            self._routes.append(route)
+            log.debug("reliable pusher: puller %s connected", route.hex())
+            self._wake()
+        return True
+
+    def _check_learned(self) -> None:
+        """Send an empty frame to each learned puller: libzmq refuses the ones whose
+        connection is gone (``ROUTER_MANDATORY``), and they are retired."""
+        sock = self._sock
+        sock.sendable()  # an EVENTS read: libzmq takes in the pipes that ended
+        for route in [r for r in self._routes if r in self._learned]:
+            try:
+                sock.send_to_nowait(route, HELLO)
+            except PeerUnreachable:
+                self._gone.append(route)
+            except trio.WouldBlock:
+                pass  # there, its queue full
+        self._retire()
+
+    def _retire(self) -> None:
+        """Retire the learned routes a send found gone: what they held goes to the
+        other pullers (a puller that comes back says hello again)."""
+        while self._gone:
+            route = self._gone.pop()
+            if route in self._learned:
+                self._learned.discard(route)
+                self._disconnects += 1
+                self._holder_gone(route, f"puller {route.hex()}", "connection dropped")
 
     def _holder_gone(self, route: bytes, endpoint: str, why: str) -> None:
         """Stop using ``route``; what it acknowledged before going is done, the rest of
@@ -552,12 +650,17 @@ class ReliablePusher(SocketResource):
         if not todo:
             return True
         if self._outbox is None:
-            return self._put_on_wire(todo, now, None)
-        placed: list[tuple[bytes, int]] = []
-        try:
-            return self._put_on_wire(todo, now, placed)
-        finally:
-            self._outbox.sent_to(placed)  # where each went: a restart sends it there
+            sent_all = self._put_on_wire(todo, now, None)
+        else:
+            placed: list[tuple[bytes, int]] = []
+            try:
+                sent_all = self._put_on_wire(todo, now, placed)
+            finally:
+                self._outbox.sent_to(placed)  # where each went: a restart sends it there
+        if self._gone:  # learned pullers found gone: theirs go out again, elsewhere
+            self._retire()
+            return not core.queued()
+        return sent_all
 
     def _put_on_wire(self, todo: list[int], now: float,
                      placed: list[tuple[bytes, int]] | None) -> bool:
@@ -589,7 +692,9 @@ class ReliablePusher(SocketResource):
                 # it is recognised, never to a second worker.
                 try:
                     sock.send_to_nowait(held_by, data)
-                except (PeerUnreachable, trio.WouldBlock):
+                except (PeerUnreachable, trio.WouldBlock) as exc:
+                    if isinstance(exc, PeerUnreachable) and held_by in self._learned:
+                        self._gone.append(held_by)
                     left = todo[i:]
                     break
                 core.sent(seq, held_by, now)
@@ -606,7 +711,9 @@ class ReliablePusher(SocketResource):
                     continue  # it holds its share of the window (stuck, or slow)
                 try:
                     sock.send_to_nowait(route, data)
-                except (PeerUnreachable, trio.WouldBlock):
+                except (PeerUnreachable, trio.WouldBlock) as exc:
+                    if isinstance(exc, PeerUnreachable) and route in self._learned:
+                        self._gone.append(route)
                     continue
                 core.sent(seq, route, now)
                 if placed is not None:
@@ -678,6 +785,10 @@ class ReliablePusher(SocketResource):
         if len(frames) != 2:
             self._malformed += 1
             return
+        if not frames[1]:  # a hello
+            if not self._learn(frames[0]):
+                self._malformed += 1
+            return
         try:
             msg = decode(frames[1])
             received, done = msg.body
@@ -687,6 +798,11 @@ class ReliablePusher(SocketResource):
                 raise ValueError
         except Exception:  # hostile input of any shape: counted, dropped
             self._malformed += 1
+            return
+        if msg.correlation and msg.correlation != self._tag:
+            # for another stream: a pusher this puller reached at the same endpoint
+            # before (this one's numbers mean other items)
+            log.debug("reliable pusher: ignored an acknowledgement for another stream")
             return
         core = self._core
         core.on_received(received, frames[0], trio.current_time())
@@ -704,6 +820,11 @@ class ReliablePusher(SocketResource):
         backoff = 0.001
         while not sock.closed:
             self._read_acks()
+            checks = self._checks
+            if checks and checks[0] <= trio.current_time():
+                while checks and checks[0] <= trio.current_time():
+                    checks.pop(0)
+                self._check_learned()
             sent_all = self._transmit()
             if core.gave_up_pending():
                 self._collect_failures()
@@ -719,6 +840,8 @@ class ReliablePusher(SocketResource):
                 # or acknowledgements come (parked there, sends pay an EVENTS read;
                 # they are failing anyway).
                 timer = core.get_timer(queued=False)
+                if checks:
+                    timer = checks[0] if timer is None else min(timer, checks[0])
                 self._waiters += 1
                 try:
                     with trio.move_on_at(math.inf if timer is None else max(timer, 0.0)):
@@ -738,6 +861,22 @@ class ReliablePusher(SocketResource):
             else:  # no puller: one connecting wakes us (_wake); in-flight timers run on
                 timer = core.get_timer(queued=False)
                 deadline = None if timer is None else max(timer, trio.current_time())
+                if self._binds:
+                    # A puller that connects to us says hello on the socket: wait there
+                    # (nothing is being sent meanwhile: it costs the sends nothing).
+                    if checks:
+                        deadline = checks[0] if deadline is None else min(deadline, checks[0])
+                    self._waiters += 1
+                    try:
+                        with trio.move_on_at(math.inf if deadline is None else deadline):
+                            await sock.wait_receivable()
+                    except ClosedError:
+                        return
+                    finally:
+                        self._waiters -= 1
+                    continue
+            if checks:
+                deadline = checks[0] if deadline is None else min(deadline, checks[0])
             self._arm = trio.Event()
             with trio.move_on_at(math.inf if deadline is None else deadline):
                 await self._arm.wait()
@@ -763,8 +902,9 @@ class _ReliableReceiver(BufferedReceiver[T]):
         super().__init__(sock, batch=batch)
         self._enc = stream_encoder(identity, sock)
         self._dedup = Deduplicator(max_streams=max_streams)
-        self._received_acks: dict[bytes, list[int]] = {}
-        self._done_acks: dict[bytes, list[int]] = {}
+        # acknowledgements to send, by (route, ack_tag of the pusher's stream)
+        self._received_acks: dict[tuple[bytes, int], list[int]] = {}
+        self._done_acks: dict[tuple[bytes, int], list[int]] = {}
         self._done_count = 0
         # delivered into the buffer, not yet done: (sender, epoch, stream, seq) -> route
         self._holding: dict[tuple[str, int, int, int], bytes] = {}
@@ -773,6 +913,31 @@ class _ReliableReceiver(BufferedReceiver[T]):
         self._pending_received = 0
         self._last_flush = 0.0
         self._decode_fast = fast_decode(Kind.PUSH)
+        self._pushers: dict[str, bytes] = {}  # endpoint -> route, of pushers that bind
+        self._pusher_routes: set[bytes] = set()
+        self._links: LinkMonitor | None = None
+
+    # -- pushers that bind --------------------------------------------------------------------
+
+    def _connect(self, endpoint: str) -> None:
+        """Connect to a pusher bound at ``endpoint``; say hello once connected."""
+        route = b"u" + len(self._pushers).to_bytes(4, "big")
+        self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, route)
+        self._pushers[endpoint] = route
+        self._pusher_routes.add(route)
+        self._sock.connect(endpoint)
+        if endpoint.startswith("inproc://"):
+            self._hello(endpoint)  # inproc has no handshake for the monitor to report
+
+    def _hello(self, endpoint: str) -> None:
+        """A connection to the pusher at ``endpoint`` is up (again): introduce this
+        puller, so that the pusher routes items to it."""
+        route = self._pushers.get(endpoint)
+        if route is not None and not self._sock.closed:
+            try:
+                self._sock.send_to_nowait(route, HELLO)
+            except (PeerUnreachable, trio.WouldBlock):
+                pass  # gone again: the next handshake says hello
 
     def _wrap(self, msg: Message) -> T:
         raise NotImplementedError
@@ -785,17 +950,23 @@ class _ReliableReceiver(BufferedReceiver[T]):
     def _accept_routed(self, route: bytes, frame: bytes, more: bool) -> None:
         msg = None if more else self._decode_fast(frame)
         if msg is None:
+            if not frame and not more and route in self._pusher_routes:
+                return  # a pusher we connected to checks that we are still there
             msg = self._malformed.check_frame(self._sock, frame, _PUSH, "reliable puller",
                                               more)
             if msg is None:
                 return
-        self._received_acks.setdefault(route, []).append(msg.seq)
+        key = (route, (msg.epoch << 32) | msg.stream)
+        self._received_acks.setdefault(key, []).append(msg.seq)
         self._pending_received += 1
         item = (msg.sender, msg.epoch, msg.stream, msg.seq)
         if not self._dedup.accept(item[:3], msg.seq, msg.correlation):
-            if item not in self._holding:  # done before: say so again
-                self._done_acks.setdefault(route, []).append(msg.seq)
+            holder = self._holding.get(item)
+            if holder is None:  # done before: say so again
+                self._done_acks.setdefault(key, []).append(msg.seq)
                 self._done_count += 1
+            elif holder != route:
+                self._holding[item] = route  # its pusher now speaks on this route
             return
         self._holding[item] = route
         self._received += 1
@@ -818,7 +989,7 @@ class _ReliableReceiver(BufferedReceiver[T]):
         route = self._holding.pop((msg.sender, msg.epoch, msg.stream, msg.seq), None)
         if route is None:
             return False
-        self._done_acks.setdefault(route, []).append(msg.seq)
+        self._done_acks.setdefault((route, (msg.epoch << 32) | msg.stream), []).append(msg.seq)
         self._done_count += 1
         if self._done_count >= _ACK_BATCH:
             self._flush(done=True)
@@ -864,16 +1035,17 @@ class _ReliableReceiver(BufferedReceiver[T]):
 
     def _flush(self, *, done: bool) -> None:
         self._last_flush = trio.current_time()
-        routes = set(self._received_acks) | (set(self._done_acks) if done else set())
-        for route in routes:
-            received = self._received_acks.pop(route, [])
-            finished = self._done_acks.pop(route, []) if done else []
+        keys = set(self._received_acks) | (set(self._done_acks) if done else set())
+        for key in keys:
+            received = self._received_acks.pop(key, [])
+            finished = self._done_acks.pop(key, []) if done else []
             self._done_count -= len(finished)
             self._pending_received -= len(received)
             if not received and not finished:
                 continue
+            route, tag = key
             frame = self._enc.encode(Kind.ACK, _TOPIC, [received, finished], self._ack_seq,
-                                     time_ns())
+                                     time_ns(), tag)
             self._ack_seq += 1
             try:
                 self._sock.send_to_nowait(route, frame)
@@ -883,7 +1055,7 @@ class _ReliableReceiver(BufferedReceiver[T]):
                 # the next flush. Only the done ones: a received one is no news once
                 # it is done, and the pusher probes for the rest.
                 if finished:
-                    self._done_acks.setdefault(route, [])[:0] = finished
+                    self._done_acks.setdefault(key, [])[:0] = finished
                     self._done_count += len(finished)
             except (PeerUnreachable, ClosedError):
                 pass  # the pusher is gone: it sends the items again elsewhere
@@ -902,6 +1074,8 @@ class _ReliableReceiver(BufferedReceiver[T]):
         puller."""
         if not self._sock.closed:
             self._flush(done=True)
+        if self._links is not None:
+            self._links.close()
         self._sock.close()
         await trio.lowlevel.checkpoint()
 
@@ -1017,18 +1191,20 @@ class ManualAckPuller(_ReliableReceiver[Delivery]):
 
 @asynccontextmanager
 async def open_reliable_pusher(
-    *, connect: Endpoints = None, identity: Identity | None = None,
+    *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
     high_water_mark: int = 1000, window: int = 1024, rto: float = 0.5, max_attempts: int = 10,
     give_up_after: float | None = None, context: zmq.Context[zmq.Socket[bytes]] | None = None,
     linger_ms: int = DEFAULT_LINGER_MS, socket: Socket | None = None,
     outbox: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[ReliablePusher]:
-    """A reliable pusher connected to the given pullers' endpoints, or (for a node) over
-    an unconnected ``socket`` whose routes the node adds and drops. ``outbox``: a
-    SQLite file keeping accepted items until done (see ``shoal.patterns._outbox``)."""
+    """A reliable pusher bound to ``bind`` (reliable pullers connect and say hello)
+    and/or connected to the pullers at ``connect``, or (for a node) over an unconnected
+    ``socket`` whose routes the node adds and drops. ``outbox``: a SQLite file keeping
+    accepted items until done (see ``shoal.patterns._outbox``)."""
+    binds = endpoint_list(bind, "bind")
     eps = endpoint_list(connect, "connect")
     if socket is None:
-        require_endpoints([], eps, "open_pusher(reliable=True)")
+        require_endpoints(binds, eps, "open_pusher(reliable=True)")
         check_limits(high_water_mark=high_water_mark)
     box = Outbox(outbox) if outbox is not None else None
     try:
@@ -1044,8 +1220,10 @@ async def open_reliable_pusher(
         if socket is not None:
             socket.close()
         raise
-    push._links.start()  # before any connect: no handshake goes unseen
+    push._links.start()  # before any bind or connect: no handshake goes unseen
     async with push, open_service_nursery() as nursery:
+        for ep in binds:
+            push._bind(ep)
         for i, ep in enumerate(eps):
             push.add_route(b"p" + i.to_bytes(4, "big"), ep)
         nursery.start_soon(push._run)
@@ -1058,7 +1236,8 @@ async def open_reliable_pusher(
 
 @overload
 def open_reliable_puller(
-    *, bind: Endpoints = None, identity: Identity | None = None, high_water_mark: int = 1000,
+    *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
+    high_water_mark: int = 1000,
     batch: int = DEFAULT_BATCH, max_streams: int = 4096, manual_ack: Literal[False] = False,
     context: zmq.Context[zmq.Socket[bytes]] | None = None, socket: Socket | None = None,
 ) -> AbstractAsyncContextManager[ReliablePuller]: ...
@@ -1066,27 +1245,31 @@ def open_reliable_puller(
 
 @overload
 def open_reliable_puller(
-    *, bind: Endpoints = None, identity: Identity | None = None, high_water_mark: int = 1000,
+    *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
+    high_water_mark: int = 1000,
     batch: int = DEFAULT_BATCH, max_streams: int = 4096, manual_ack: Literal[True],
     context: zmq.Context[zmq.Socket[bytes]] | None = None, socket: Socket | None = None,
 ) -> AbstractAsyncContextManager[ManualAckPuller]: ...
 
 
 def open_reliable_puller(
-    *, bind: Endpoints = None, identity: Identity | None = None, high_water_mark: int = 1000,
+    *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
+    high_water_mark: int = 1000,
     batch: int = DEFAULT_BATCH, max_streams: int = 4096, manual_ack: bool = False,
     context: zmq.Context[zmq.Socket[bytes]] | None = None, socket: Socket | None = None,
 ) -> AbstractAsyncContextManager[ReliablePuller] | AbstractAsyncContextManager[ManualAckPuller]:
-    """A reliable puller bound to ``bind`` (reliable pushers connect to it), or over a
-    node's bound ``socket``. ``manual_ack=True``: items are done when ``ack()``ed."""
+    """A reliable puller bound to ``bind`` (reliable pushers connect to it) and/or
+    connected to the reliable pushers bound at ``connect``, or over a node's bound
+    ``socket``. ``manual_ack=True``: items are done when ``ack()``ed."""
+    binds, eps = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")
     if socket is None:
         check_limits(high_water_mark=high_water_mark, batch=batch)
-        require_endpoints(endpoint_list(bind, "bind"), [], "open_puller(reliable=True)")
+        require_endpoints(binds, eps, "open_puller(reliable=True)")
     if max_streams < 1:
         raise LocalProtocolError("max_streams must be >= 1")
-    kw: dict[str, Any] = dict(bind=bind, identity=identity, high_water_mark=high_water_mark,
-                              batch=batch, max_streams=max_streams, context=context,
-                              socket=socket)
+    kw: dict[str, Any] = dict(bind=binds, connect=eps, identity=identity,
+                              high_water_mark=high_water_mark, batch=batch,
+                              max_streams=max_streams, context=context, socket=socket)
     if manual_ack:
         return _open_receiver(ManualAckPuller, **kw)
     return _open_receiver(ReliablePuller, **kw)
@@ -1094,14 +1277,31 @@ def open_reliable_puller(
 
 @asynccontextmanager
 async def _open_receiver(
-    cls: type[R], *, bind: Endpoints, identity: Identity | None, high_water_mark: int,
-    batch: int, max_streams: int, context: zmq.Context[zmq.Socket[bytes]] | None,
-    socket: Socket | None,
+    cls: type[R], *, bind: list[str], connect: list[str], identity: Identity | None,
+    high_water_mark: int, batch: int, max_streams: int,
+    context: zmq.Context[zmq.Socket[bytes]] | None, socket: Socket | None,
 ) -> AsyncIterator[R]:
     if socket is None:
+        # A puller that connects is known to the pushers by its own routing id, the
+        # same for its life: a reconnect takes its route over (ROUTER_HANDOVER).
+        options = reliable_options(high_water_mark)
+        if connect:
+            options.append((zmq.ROUTING_ID, b"Q" + os.urandom(15)))
         socket = open_socket("open_puller(reliable=True)", zmq.ROUTER, bind=bind, connect=None,
                              high_water_mark=high_water_mark, batch=batch, context=context,
-                             linger_ms=DEFAULT_LINGER_MS,
-                             options=reliable_options(high_water_mark))
+                             linger_ms=DEFAULT_LINGER_MS, options=options,
+                             endpoints_checked=True)
     async with cls(socket, identity, batch=batch, max_streams=max_streams) as pull:
-        yield pull
+        if not connect:
+            yield pull
+            return
+        pull._links = LinkMonitor(socket, pull._hello, lambda _ep: None)
+        pull._links.start()  # before any connect: no handshake goes unseen
+        async with open_service_nursery() as nursery:
+            for ep in connect:
+                pull._connect(ep)
+            nursery.start_soon(pull._links.run)
+            try:
+                yield pull
+            finally:
+                nursery.cancel_scope.cancel()
