@@ -2,10 +2,10 @@
 
     shoal demo [--seconds N] [--plain] nodes on loopback; a worker is killed, its jobs redelivered
     shoal peers [--once]               the shoal nodes on the network
-    shoal pub CHANNEL TOPIC [BODY]     publish (BODY as JSON, or lines of stdin)
+    shoal pub CHANNEL TOPIC [BODY]     publish (BODY as JSON, or each line of stdin as it comes)
     shoal sub CHANNEL [--topic P]...   print publications
     shoal push CHANNEL [BODY] / shoal pull CHANNEL
-    shoal req CHANNEL BODY / shoal reply CHANNEL --echo
+    shoal req CHANNEL BODY / shoal reply CHANNEL [--exec CMD]  (echo by default)
     shoal doctor                       why a peer might be invisible
     shoal bench                        latency and throughput, beside raw pyzmq
     shoal keygen PATH                  a CURVE key pair for shoal.security
