@@ -33,6 +33,7 @@ import zmq
 
 import shoal
 from shoal.discovery import MDNS
+from shoal.patterns import ReliablePusher
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md").read_text()
 LOOPBACK = "tcp://127.0.0.1:*"
@@ -474,43 +475,76 @@ async def test_a_raw_program_joins_as_a_node_and_uses_its_channel() -> None:
 # -- reliable acknowledgements --------------------------------------------------------------------
 
 
-async def test_a_raw_reliable_puller_acknowledges_a_shoal_reliable_pusher() -> None:
+def ack_tag(env: Envelope) -> int:
+    """The spec's tag of the pusher stream an acknowledgement is for."""
+    return (env.epoch << 32) | env.stream
+
+
+@asynccontextmanager
+async def raw_puller(ctx: Ctx, puller_binds: bool
+                     ) -> AsyncIterator[tuple[Sock, ReliablePusher]]:
+    """A raw ROUTER puller and a shoal reliable pusher, one of them bound. A puller
+    that connects says hello (one empty frame) so that the bound pusher learns it."""
+    if puller_binds:
+        sock = raw_socket(ctx, zmq.ROUTER, bind=True)
+        async with shoal.open_pusher(reliable=True, connect=endpoint_of(sock)) as push:
+            yield sock, push
+        return
+    async with shoal.open_pusher(reliable=True, bind=LOOPBACK) as push:
+        sock = raw_socket(ctx, zmq.ROUTER, options=(
+            (zmq.ROUTING_ID, b"Q" + os.urandom(15)), (zmq.ROUTER_MANDATORY, 1),
+            (zmq.CONNECT_ROUTING_ID, b"pusher")), connect=push.endpoints[0])
+        await send_routed(sock, [b"pusher", b""])
+        yield sock, push
+
+
+@pytest.mark.parametrize("puller_binds", [True, False], ids=["puller-binds", "pusher-binds"])
+async def test_a_raw_reliable_puller_acknowledges_a_shoal_reliable_pusher(
+    puller_binds: bool,
+) -> None:
     """Items come as PUSH envelopes whose correlation is the pusher's floor; an ACK
-    [received, done] takes them out of its window."""
+    [received, done], tagged with the pusher's stream, takes them out of its window;
+    one tagged for another stream is ignored."""
     assert PUSH_ACK == ["received", "done"]
     me = os.urandom(16)
     with trio.fail_after(15):
-        async with raw_context() as ctx:
-            puller = raw_socket(ctx, zmq.ROUTER, bind=True)
-            async with shoal.open_pusher(reliable=True, connect=endpoint_of(puller)) as push:
-                acks = 0
+        async with raw_context() as ctx, raw_puller(ctx, puller_binds) as (puller, push):
+            acks = 0
 
-                async def take(seq: int) -> tuple[bytes, Envelope]:
-                    while True:  # skip retransmissions of earlier items
-                        route, *frames = await receive(puller)
-                        env = parse(frames)
-                        if env.seq == seq:
-                            return route, env
+            async def take(seq: int) -> tuple[bytes, Envelope]:
+                while True:  # skip retransmissions of earlier items
+                    route, *frames = await receive(puller)
+                    env = parse(frames)
+                    if env.seq == seq:
+                        return route, env
 
-                async def ack(route: bytes, received: list[int], done: list[int]) -> None:
-                    nonlocal acks
-                    await send_routed(puller, [route, *Envelope(
-                        KIND["ACK"], body=[received, done], sender=me, seq=acks).frames()])
-                    acks += 1
+            async def ack(route: bytes, received: list[int], done: list[int],
+                          tag: int) -> None:
+                nonlocal acks
+                await send_routed(puller, [route, *Envelope(
+                    KIND["ACK"], body=[received, done], sender=me, seq=acks,
+                    correlation=tag).frames()])
+                acks += 1
 
-                await push.send({"job": 0})
-                route, item0 = await take(0)
-                await ack(route, [0], [0])
+            await push.send({"job": 0})
+            route, item0 = await take(0)
+            await ack(route, [0], [0], ack_tag(item0))
+            await push.wait_acked()
+            await push.send(b"job 1")
+            route, item1 = await take(1)
+            await ack(route, [1], [1], ack_tag(item1) ^ 1)  # another stream's: ignored
+            await ack(route, [1], [], ack_tag(item1))
+            with trio.move_on_after(0.3) as waiting:  # both read, item 1 still not done
                 await push.wait_acked()
-                await push.send(b"job 1")
-                route, item1 = await take(1)
-                await ack(route, [1], [])
-                await ack(route, [], [1])
-                await push.wait_acked()
-                stats = push.statistics()
+            still_held = push.statistics().in_flight
+            await ack(route, [], [1], ack_tag(item1))
+            await push.wait_acked()
+            stats = push.statistics()
     assert (item0.kind, item0.topic, item0.body, item0.correlation) == (
         KIND["PUSH"], "", {"job": 0}, 0)
     assert (item1.body, item1.correlation) == (b"job 1", 1)  # the floor: item 0 is done
+    assert waiting.cancelled_caught
+    assert still_held == 1
     assert (stats.acked, stats.in_flight, stats.malformed) == (2, 0, 0)
 
 
