@@ -1,11 +1,13 @@
 """A reliable puller in a process of its own, for tests that SIGKILL it mid-stream.
 
     python tests/_reliable_proc.py --bind tcp://127.0.0.1:*     (explicit endpoint)
+    python tests/_reliable_proc.py --connect tcp://127.0.0.1:PORT (to a bound pusher)
     python tests/_reliable_proc.py --node NAME --peer tcp://127.0.0.1:PORT --channel CH
         [--heartbeat S] [--peer-timeout S]                       (a node's puller)
     common options: [--manual-ack] [--stall-after N] [--delay S]
 
-Opens one reliable puller (``open_puller(bind=..., reliable=True)``, or
+Opens one reliable puller (``open_puller(bind=..., reliable=True)``, the same with
+``connect=``, or
 ``node.open_puller(CH, reliable=True)`` on a node with ``Static`` discovery), prints
 ``{"event": "ready", ...}`` (with the puller's ``endpoints``, or the node's ``id``) and
 then one JSON line per item, flushed at once, so that a test killing it knows what it
@@ -20,8 +22,8 @@ did:
   ``{"event": "stalled", "body": ..., "finished": N - 1, "held": ...}`` and sleeps
   until killed, holding the item (and whatever else is in its buffer).
 
-Network safety: binds only what ``--bind`` says (tests pass 127.0.0.1 or ipc) or, as a
-node, 127.0.0.1 (``interfaces=["127.0.0.1"]``); never mDNS.
+Network safety: binds or connects only what ``--bind``/``--connect`` say (tests pass
+127.0.0.1 or ipc) or, as a node, 127.0.0.1 (``interfaces=["127.0.0.1"]``); never mDNS.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ async def work(puller: ReliablePuller | ManualAckPuller, *, stall_after: int,
 async def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--bind")
+    p.add_argument("--connect")
     p.add_argument("--node")
     p.add_argument("--peer", action="append", default=[])
     p.add_argument("--channel", default="jobs")
@@ -73,8 +76,8 @@ async def main(argv: list[str]) -> None:
     p.add_argument("--stall-after", type=int, default=0)
     p.add_argument("--delay", type=float, default=0.0)
     args = p.parse_args(argv)
-    if (args.bind is None) == (args.node is None):
-        p.error("pass exactly one of --bind and --node")
+    if sum(a is not None for a in (args.bind, args.connect, args.node)) != 1:
+        p.error("pass exactly one of --bind, --connect and --node")
     async with AsyncExitStack() as stack:
         puller: ReliablePuller | ManualAckPuller
         if args.node is not None:
@@ -91,10 +94,11 @@ async def main(argv: list[str]) -> None:
         else:
             if args.manual_ack:
                 puller = await stack.enter_async_context(
-                    shoal.open_puller(bind=args.bind, reliable=True, manual_ack=True))
+                    shoal.open_puller(bind=args.bind, connect=args.connect, reliable=True,
+                                      manual_ack=True))
             else:
                 puller = await stack.enter_async_context(
-                    shoal.open_puller(bind=args.bind, reliable=True))
+                    shoal.open_puller(bind=args.bind, connect=args.connect, reliable=True))
             emit(event="ready", endpoints=puller.endpoints)
         await work(puller, stall_after=args.stall_after, delay=args.delay)
 
