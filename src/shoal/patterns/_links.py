@@ -1,4 +1,10 @@
-"""Which connections of a connecting socket are up, from libzmq's socket monitor."""
+"""Which connections of a connecting socket are up, from libzmq's socket monitor.
+
+An event names the endpoint the socket connected to. On an endpoint the socket binds,
+it names that listening endpoint, the same for every peer that connected there (and
+never the peer's routing id): a bound side learns who its peers are from what they
+send (the reliable patterns' hello), and that one of them dropped from an event here.
+"""
 
 from __future__ import annotations
 

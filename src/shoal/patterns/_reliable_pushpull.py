@@ -902,9 +902,9 @@ class _ReliableReceiver(BufferedReceiver[T]):
         super().__init__(sock, batch=batch)
         self._enc = stream_encoder(identity, sock)
         self._dedup = Deduplicator(max_streams=max_streams)
-        # acknowledgements to send, by (route, ack_tag of the pusher's stream)
-        self._received_acks: dict[tuple[bytes, int], list[int]] = {}
-        self._done_acks: dict[tuple[bytes, int], list[int]] = {}
+        # Acknowledgements to send, per route: [epoch, stream, received, done], the
+        # pusher stream they are for (one per route but across a pusher's restart).
+        self._acks: dict[bytes, list[Any]] = {}
         self._done_count = 0
         # delivered into the buffer, not yet done: (sender, epoch, stream, seq) -> route
         self._holding: dict[tuple[str, int, int, int], bytes] = {}
@@ -956,14 +956,18 @@ class _ReliableReceiver(BufferedReceiver[T]):
                                               more)
             if msg is None:
                 return
-        key = (route, (msg.epoch << 32) | msg.stream)
-        self._received_acks.setdefault(key, []).append(msg.seq)
+        epoch = msg.epoch
+        stream = msg.stream
+        rec = self._acks.get(route)
+        if rec is None or rec[1] != stream or rec[0] != epoch:
+            rec = self._ack_record(route, epoch, stream)
+        rec[2].append(msg.seq)
         self._pending_received += 1
-        item = (msg.sender, msg.epoch, msg.stream, msg.seq)
+        item = (msg.sender, epoch, stream, msg.seq)
         if not self._dedup.accept(item[:3], msg.seq, msg.correlation):
             holder = self._holding.get(item)
             if holder is None:  # done before: say so again
-                self._done_acks.setdefault(key, []).append(msg.seq)
+                rec[3].append(msg.seq)
                 self._done_count += 1
             elif holder != route:
                 self._holding[item] = route  # its pusher now speaks on this route
@@ -989,7 +993,10 @@ class _ReliableReceiver(BufferedReceiver[T]):
         route = self._holding.pop((msg.sender, msg.epoch, msg.stream, msg.seq), None)
         if route is None:
             return False
-        self._done_acks.setdefault((route, (msg.epoch << 32) | msg.stream), []).append(msg.seq)
+        rec = self._acks.get(route)
+        if rec is None or rec[1] != msg.stream or rec[0] != msg.epoch:
+            rec = self._ack_record(route, msg.epoch, msg.stream)
+        rec[3].append(msg.seq)
         self._done_count += 1
         if self._done_count >= _ACK_BATCH:
             self._flush(done=True)
@@ -1033,32 +1040,58 @@ class _ReliableReceiver(BufferedReceiver[T]):
         if not self._sock.closed:
             self._flush(done=True)
 
+    def _ack_record(self, route: bytes, epoch: int, stream: int) -> list[Any]:
+        """The pending acknowledgements of ``route`` for stream ``(epoch, stream)``;
+        those pending for another stream on that route (a pusher restarted behind a
+        connection this puller made) are sent first."""
+        old = self._acks.pop(route, None)
+        if old is not None:
+            self._send_acks(route, old, done=True)  # if refused, the pusher probes
+        rec: list[Any] = [epoch, stream, [], []]
+        self._acks[route] = rec
+        return rec
+
     def _flush(self, *, done: bool) -> None:
         self._last_flush = trio.current_time()
-        keys = set(self._received_acks) | (set(self._done_acks) if done else set())
-        for key in keys:
-            received = self._received_acks.pop(key, [])
-            finished = self._done_acks.pop(key, []) if done else []
-            self._done_count -= len(finished)
-            self._pending_received -= len(received)
+        acks = self._acks
+        for route in list(acks):
+            rec = acks.pop(route)
+            kept = self._send_acks(route, rec, done=done)
+            if kept:
+                # The pusher is not reading (its queue to us is full), or the done
+                # ones wait for a later flush: keep them. Only the done ones: a
+                # received one is no news once it is done, and the pusher probes
+                # for the rest.
+                acks[route] = [rec[0], rec[1], [], kept]
+                self._done_count += len(kept)
+
+    def _send_acks(self, route: bytes, rec: list[Any], *, done: bool) -> list[int]:
+        """Send what ``rec`` (taken out of ``_acks``) holds: the received ones, and
+        the done ones if ``done``. Returns the done ones not sent (not ``done``, or
+        the pusher's queue to us full); ``_done_count`` no longer counts them."""
+        received: list[int] = rec[2]
+        finished: list[int] = rec[3]
+        self._pending_received -= len(received)
+        self._done_count -= len(finished)
+        if not done:
+            if not received:
+                return finished
+            finished, kept = [], finished
+        else:
+            kept = []
             if not received and not finished:
-                continue
-            route, tag = key
-            frame = self._enc.encode(Kind.ACK, _TOPIC, [received, finished], self._ack_seq,
-                                     time_ns(), tag)
-            self._ack_seq += 1
-            try:
-                self._sock.send_to_nowait(route, frame)
-                self._acks_sent += 1
-            except trio.WouldBlock:
-                # The pusher is not reading (its queue to us is full): keep them for
-                # the next flush. Only the done ones: a received one is no news once
-                # it is done, and the pusher probes for the rest.
-                if finished:
-                    self._done_acks.setdefault(key, [])[:0] = finished
-                    self._done_count += len(finished)
-            except (PeerUnreachable, ClosedError):
-                pass  # the pusher is gone: it sends the items again elsewhere
+                return kept
+        frame = self._enc.encode(Kind.ACK, _TOPIC, [received, finished], self._ack_seq,
+                                 time_ns(), ack_tag(rec[0], rec[1]))
+        self._ack_seq += 1
+        try:
+            self._sock.send_to_nowait(route, frame)
+            self._acks_sent += 1
+        except trio.WouldBlock:
+            return finished + kept
+        except (PeerUnreachable, ClosedError):
+            pass  # the pusher is gone: it sends the items again elsewhere
+        return kept
 
     def statistics(self) -> ReliablePullerStatistics:
         """An immutable snapshot of this resource's counters."""
