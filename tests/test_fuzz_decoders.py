@@ -536,13 +536,13 @@ OWN_ID = "11" * 16
 PEER_ID = "22" * 16
 
 
-class FakeZeroconf:
+class FakeBridge:
     """Answers every resolution with one prepared ``ServiceInfo`` (no network)."""
 
     def __init__(self, info: ServiceInfo | None) -> None:
         self.info = info
 
-    def get_service_info(self, type_: str, name: str, timeout: int) -> ServiceInfo | None:
+    async def resolve(self, service_type: str, name: str) -> ServiceInfo | None:
         return self.info
 
 
@@ -571,7 +571,7 @@ addresses = st.lists(st.binary(min_size=4, max_size=4) | st.binary(min_size=16, 
 
 async def resolve(info: ServiceInfo | None, node: Any) -> None:
     mdns = MDNS(interfaces=["127.0.0.1"])
-    await mdns._resolve(cast(Any, FakeZeroconf(info)), node, "peer._shoal._tcp.local.")
+    await mdns._resolve(cast(Any, FakeBridge(info)), node, "peer._shoal._tcp.local.")
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
