@@ -94,6 +94,7 @@ ERRORS_ALL = [
     "InvalidEndpoint",
     "LocalProtocolError",
     "MessageTooLarge",
+    "NotUnderTrio",
     "PeerLost",
     "RemoteError",
     "RemoteProtocolError",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import random
 import subprocess
 import sys
@@ -1120,3 +1121,33 @@ async def test_a_puller_node_killed_mid_stream_loses_nothing(manual_ack: bool) -
     assert st.redelivered >= 1
     assert len(twice) <= st.redelivered
     assert (st.sent, st.acked, st.in_flight, st.given_up) == (n, n, 0, 0)
+
+
+async def test_closing_with_items_unfinished_logs_what_happens_to_them(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path,
+) -> None:
+    """The warning at close names the pattern, what becomes of the items, and the fix;
+    with an outbox, the items are kept and the line says where."""
+    for outbox in (None, tmp_path / "outbox.sqlite"):
+        caplog.clear()
+        with trio.fail_after(10), caplog.at_level(logging.INFO, logger="shoal"):
+            async with (
+                shoal.open_puller(bind="tcp://127.0.0.1:*", reliable=True) as pull,
+                shoal.open_pusher(connect=pull.endpoints, reliable=True,
+                                  outbox=outbox) as push,
+            ):
+                await push.send("held")
+                assert (await pull.receive()).body == "held"  # taken, not finished
+                assert push.statistics().in_flight == 1
+        said = [r for r in caplog.records if "reliable pusher closed" in r.getMessage()]
+        assert len(said) == 1
+        line = said[0].getMessage()
+        assert "1 item(s) no puller acknowledged" in line
+        if outbox is None:
+            assert said[0].levelno == logging.WARNING
+            assert "dropped" in line
+            assert "outbox=" in line
+        else:
+            assert said[0].levelno == logging.INFO
+            assert str(outbox) in line
+            assert "sent again" in line

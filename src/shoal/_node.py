@@ -89,7 +89,7 @@ from shoal._core import (
 from shoal._core._control import ClockQuery, ClockReading
 from shoal._identity import new_identity
 from shoal._tasks import open_service_nursery
-from shoal._zmq import DEFAULT_LINGER_MS, DEFAULT_MAX_MESSAGE_SIZE, Socket
+from shoal._zmq import DEFAULT_LINGER_MS, DEFAULT_MAX_MESSAGE_SIZE, Socket, require_trio
 from shoal.discovery._interfaces import local_networks, multicast_addresses
 from shoal.errors import ClosedError, DecodeError, LocalProtocolError, ShoalError
 from shoal.patterns._common import DEFAULT_BATCH, MalformedCounter, check_busy_poll, check_limits
@@ -1377,6 +1377,7 @@ async def open_node(
     Raises ``LocalProtocolError`` for bad arguments, ``TransportError`` if the
     address cannot be bound.
     """
+    require_trio("shoal.open_node() was entered")
     if not isinstance(name, str) or not name:
         raise LocalProtocolError(f"a node name is a non-empty string, not {name!r}")
     sources = [discovery] if not isinstance(discovery, Sequence) else list(discovery)

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import trio
 
 from shoal._tasks import open_service_nursery
+from shoal._zmq import require_trio
 from shoal.errors import LocalProtocolError, TransportError
 
 if TYPE_CHECKING:
@@ -589,6 +590,7 @@ async def open_prometheus_exporter(
     installed (``pip install 'shoal[prometheus]'``), ``TransportError`` if the address
     cannot be bound.
     """
+    require_trio("shoal.open_prometheus_exporter() was entered")
     try:
         from prometheus_client import CollectorRegistry
     except ImportError as exc:

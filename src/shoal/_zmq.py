@@ -65,7 +65,7 @@ import trio
 import zmq
 import zmq.backend
 
-from shoal.errors import ClosedError, InvalidEndpoint, TransportError
+from shoal.errors import ClosedError, InvalidEndpoint, NotUnderTrio, TransportError
 
 __all__ = ["DEFAULT_LINGER_MS", "PeerUnreachable", "Socket", "default_context", "map_error"]
 
@@ -173,6 +173,15 @@ def check_endpoint(endpoint: object, *, binding: bool = False) -> str:
     return endpoint
 
 
+def require_trio(what: str) -> None:
+    """Raise ``NotUnderTrio`` unless a trio run is current: without it, a resource
+    opens seemingly fine under asyncio and fails only when it waits or closes."""
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        raise NotUnderTrio(what) from None
+
+
 class Socket:
     """A pyzmq socket driven from trio. Not thread-safe: use it from one trio run."""
 
@@ -198,6 +207,7 @@ class Socket:
     )
 
     def __init__(self, sock: zmq.Socket[bytes], *, linger_ms: int = DEFAULT_LINGER_MS) -> None:
+        require_trio("a shoal socket (open_publisher, open_node, ...) was opened")
         self._sock = sock
         self._linger = linger_ms
         sock.setsockopt(zmq.LINGER, linger_ms)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -40,8 +41,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"shoal: {record.levelname.lower()}: {super().format(record)}"
+
+
+def configure_logging() -> None:
+    """What the library logs at WARNING and above (items dropped at close, a peer
+    ignored) reaches stderr as ``shoal: warning: ...`` lines. A program that set up
+    logging itself keeps its own handlers."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LineFormatter("%(message)s"))
+    handler.setLevel(logging.WARNING)
+    root.addHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``shoal`` console script; returns the exit status."""
+    configure_logging()
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

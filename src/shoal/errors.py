@@ -15,6 +15,7 @@ Rules:
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import trio
@@ -36,6 +37,7 @@ __all__ = [
     "InvalidEndpoint",
     "LocalProtocolError",
     "MessageTooLarge",
+    "NotUnderTrio",
     "PeerLost",
     "RemoteError",
     "RemoteProtocolError",
@@ -46,6 +48,26 @@ __all__ = [
 
 class InvalidEndpoint(LocalProtocolError, ValueError):
     """An endpoint string is malformed or cannot be bound/connected as given."""
+
+
+class NotUnderTrio(LocalProtocolError, RuntimeError):
+    """A shoal resource was opened outside trio: from asyncio, or from code that is
+    not running in any event loop. shoal runs under trio; an asyncio program runs its
+    shoal part in trio's guest mode (README, "From asyncio")."""
+
+    def __init__(self, what: str) -> None:
+        where = "outside any event loop"
+        asyncio = sys.modules.get("asyncio")
+        if asyncio is not None:
+            try:
+                asyncio.get_running_loop()
+                where = "from asyncio"
+            except RuntimeError:
+                pass
+        super().__init__(
+            f"{what} {where}, but shoal runs under trio: call it in code "
+            "started by trio.run(...); an asyncio program runs its shoal part with "
+            "trio.lowlevel.start_guest_run on the asyncio loop (README, 'From asyncio')")
 
 
 class RemoteError(ShoalError):

@@ -476,8 +476,9 @@ class ReliablePublisher(SocketResource):
     async def aclose(self) -> None:
         """Close; what subscribers have not acknowledged is not sent again."""
         if self._core.in_flight and not self._sock.closed:
-            log.warning("reliable publisher closed with %d publication(s) not acknowledged "
-                        "by every subscriber", self._core.in_flight)
+            log.warning("reliable publisher closed with %d publication(s) not "
+                        "acknowledged by every subscriber; they are not sent again",
+                        self._core.in_flight)
         self._links.close()
         self._sock.close()
         self._arm.set()

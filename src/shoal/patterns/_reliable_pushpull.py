@@ -884,8 +884,14 @@ class ReliablePusher(SocketResource):
     async def aclose(self) -> None:
         """Close; unacknowledged items are dropped (``statistics().in_flight`` says how many)."""
         if self._core.in_flight:
-            log.warning("reliable pusher closed with %d item(s) not acknowledged",
-                        self._core.in_flight)
+            if self._outbox is None:
+                log.warning("reliable pusher closed with %d item(s) no puller "
+                            "acknowledged; they are dropped (open_pusher(outbox=PATH) "
+                            "keeps them for the next run)", self._core.in_flight)
+            else:
+                log.info("reliable pusher closed with %d item(s) no puller "
+                         "acknowledged; they stay in the outbox %s and are sent again "
+                         "when it reopens", self._core.in_flight, self._outbox.path)
         self._links.close()
         self._sock.close()
         if self._outbox is not None:
