@@ -13,7 +13,10 @@ import socket
 import sys
 
 import pytest
+import trio
 
+import shoal
+from shoal.discovery import MDNS, Static
 from shoal.discovery._interfaces import (
     IFF_LOOPBACK,
     IFF_UP,
@@ -70,3 +73,24 @@ def test_flags_come_from_the_kernel() -> None:
     assert lo.up == bool(flags & IFF_UP)
     assert interface_flags("no-such-if0") is None
     assert interface_flags("x" * 40) is None  # longer than a kernel name can be
+
+
+async def test_the_library_takes_interface_names_too() -> None:
+    """``open_node(interfaces=[...])`` and ``MDNS(interfaces=[...])`` take names as the
+    command line does; a wrong one is refused before anything opens."""
+    if not _has_lo():
+        pytest.skip("no interface named lo here")
+    assert MDNS(interfaces=["lo"]).interfaces == ("127.0.0.1",)
+    with pytest.raises(LocalProtocolError, match="neither an IPv4 address"):
+        MDNS(interfaces=["no-such-if0"])
+    with trio.fail_after(10):
+        async with shoal.open_node("n", discovery=Static([]), interfaces=["lo"]) as node:
+            assert node.addresses == ("127.0.0.1",)
+        with pytest.raises(LocalProtocolError, match="neither an IPv4 address"):
+            async with shoal.open_node("n", discovery=Static([]),
+                                       interfaces=["no-such-if0"]):
+                pass
+        with pytest.raises(LocalProtocolError, match="list of IPv4 addresses or interface"):
+            async with shoal.open_node("n", discovery=Static([]),
+                                       interfaces="lo"):
+                pass

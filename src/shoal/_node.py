@@ -90,7 +90,11 @@ from shoal._core._control import ClockQuery, ClockReading
 from shoal._identity import new_identity
 from shoal._tasks import open_service_nursery
 from shoal._zmq import DEFAULT_LINGER_MS, DEFAULT_MAX_MESSAGE_SIZE, Socket, require_trio
-from shoal.discovery._interfaces import local_networks, multicast_addresses
+from shoal.discovery._interfaces import (
+    local_networks,
+    multicast_addresses,
+    resolve_interfaces,
+)
 from shoal.errors import ClosedError, DecodeError, LocalProtocolError, ShoalError
 from shoal.patterns._common import DEFAULT_BATCH, MalformedCounter, check_busy_poll, check_limits
 from shoal.patterns._pubsub import (
@@ -1327,7 +1331,11 @@ class Node:
 def _bind_plan(interfaces: Sequence[str] | None) -> tuple[str, list[str]]:
     """Where to bind, and which addresses to advertise."""
     if interfaces is not None:
-        addrs = list(dict.fromkeys(interfaces))
+        if isinstance(interfaces, str) or not all(isinstance(i, str) for i in interfaces):
+            raise LocalProtocolError("interfaces= takes a list of IPv4 addresses or "
+                                     f"interface names, e.g. ['127.0.0.1'] or ['lo']; "
+                                     f"not {interfaces!r}")
+        addrs = resolve_interfaces(interfaces)
         if not addrs or len(addrs) > MAX_ADDRESSES:
             raise LocalProtocolError(f"interfaces= takes 1 to {MAX_ADDRESSES} addresses "
                                      "(or None for every multicast-capable interface)")
@@ -1355,11 +1363,12 @@ async def open_node(
     """Open a node: this process's presence on the network, with patterns by channel.
 
     ``discovery``: ``shoal.discovery.MDNS(...)``, ``shoal.discovery.Static([...])`` or a
-    list of both. ``interfaces``: the IPv4 addresses to listen on and advertise; by
-    default those of the discovery sources (``MDNS(interfaces=[...])``), else every
-    multicast-capable interface. ``port``: the control port (0 picks one; static peer
-    lists need a fixed one). ``node_id``: 16 bytes; by default derived from ``name``
-    and the host name, so a restarted node keeps its id (with a new epoch).
+    list of both. ``interfaces``: the IPv4 addresses (or interface names: ``lo``) to
+    listen on and advertise; by default those of the discovery sources
+    (``MDNS(interfaces=[...])``), else every multicast-capable interface. ``port``: the
+    control port (0 picks one; static peer lists need a fixed one). ``node_id``: 16
+    bytes; by default derived from ``name`` and the host name, so a restarted node
+    keeps its id (with a new epoch).
     ``heartbeat`` / ``peer_timeout``: seconds between heartbeats, and of silence
     before a peer counts as gone (it is then disconnected from every channel).
     ``security``: ``shoal.security.Security(keypair, trust)`` encrypts and

@@ -52,7 +52,7 @@ from zeroconf._protocol.outgoing import DNSOutgoing
 from zeroconf.asyncio import AsyncServiceInfo
 
 from shoal._core import VERSION, choose_address
-from shoal.discovery._interfaces import multicast_addresses
+from shoal.discovery._interfaces import multicast_addresses, resolve_interfaces
 from shoal.errors import LocalProtocolError
 from shoal.security._keys import z85_key_or_none
 
@@ -87,21 +87,23 @@ def _utf8_prefix(text: str, limit: int) -> str:
 class MDNS:
     """Discovery over mDNS/DNS-SD on the LAN.
 
-    ``interfaces``: IPv4 addresses to announce and listen on (``["127.0.0.1"]`` keeps
-    everything on this machine). None means every multicast-capable interface: what
-    nodes on a LAN want. ``service_type`` separates groups of nodes that must not see
-    each other.
+    ``interfaces``: IPv4 addresses or interface names to announce and listen on
+    (``["127.0.0.1"]`` or ``["lo"]`` keeps everything on this machine). None means
+    every multicast-capable interface: what nodes on a LAN want. ``service_type``
+    separates groups of nodes that must not see each other.
     """
 
     def __init__(
         self, *, interfaces: Sequence[str] | None = None, service_type: str = SERVICE_TYPE,
     ) -> None:
-        if isinstance(interfaces, str):
-            raise LocalProtocolError("interfaces= takes a list, e.g. ['127.0.0.1']")
+        if isinstance(interfaces, str) or (interfaces is not None and not all(
+                isinstance(i, str) for i in interfaces)):
+            raise LocalProtocolError("interfaces= takes a list of IPv4 addresses or "
+                                     "interface names, e.g. ['127.0.0.1'] or ['lo']")
         if not service_type.endswith("._tcp.local.") or not service_type.startswith("_"):
             raise LocalProtocolError(
                 f"service_type looks like '_shoal._tcp.local.', not {service_type!r}")
-        self.interfaces = None if interfaces is None else tuple(interfaces)
+        self.interfaces = None if interfaces is None else tuple(resolve_interfaces(interfaces))
         self.service_type = service_type
         self._warned: set[str] = set()
         self._endpoints: dict[str, str] = {}  # instance name -> control endpoint
