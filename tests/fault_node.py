@@ -67,9 +67,9 @@ import trio
 
 import shoal
 from lab_node import emit, named_namespace, peer_fields
-from shoal._node import Source
 from shoal.discovery import MDNS, PeerJoined, PeerLeft, Static
 from shoal.errors import DeliveryFailed
+from shoal.node._node import Source
 from shoal.patterns import ReliablePublisher, ReliablePuller, ReliablePusher, ReliableSubscriber
 
 log = logging.getLogger("fault_node")

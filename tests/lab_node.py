@@ -65,9 +65,9 @@ from typing import Any, TypeVar
 import trio
 
 import shoal
-import shoal._node as shoal_node
-from shoal._node import DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT, Source
+import shoal.node._node as shoal_node
 from shoal.discovery import MDNS, Peer, PeerJoined, PeerLeft, Static
+from shoal.node._node import DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT, Source
 
 log = logging.getLogger("lab_node")
 
@@ -112,7 +112,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for role in ("pub", "sub", "push", "pull", "rep", "rep-silent", "req"):
         p.add_argument(f"--{role}", action="append", default=[], metavar="CH")
     p.add_argument("--link-grace", type=float, default=None,
-                   help="override shoal._node.LINK_GRACE (seconds; a test knob)")
+                   help="override shoal.node._node.LINK_GRACE (seconds; a test knob)")
     p.add_argument("--topic", action="append", default=None, metavar="PREFIX")
     p.add_argument("--publish-on-ready", nargs=2, metavar=("CH", "TOPIC"))
     return p.parse_args(argv)

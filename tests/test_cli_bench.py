@@ -29,9 +29,10 @@ import trio
 import zmq
 
 import shoal
-from shoal._bench import _common
-from shoal._bench._client import Measured
-from shoal._bench._common import (
+from shoal.cli._bench import _common
+from shoal.cli._bench._client import Measured
+from shoal.cli._bench._command import EXAMPLES
+from shoal.cli._bench._common import (
     CPU_EVERY,
     CPU_SIDES,
     TIMED,
@@ -42,10 +43,9 @@ from shoal._bench._common import (
     curve_client_context,
     make_body,
 )
-from shoal._bench._report import SATURATED_NOTE, latency_label, records
-from shoal._bench._run import Options, Variant
-from shoal._bench._server import BenchServer
-from shoal._cli_bench import EXAMPLES
+from shoal.cli._bench._report import SATURATED_NOTE, latency_label, records
+from shoal.cli._bench._run import Options, Variant
+from shoal.cli._bench._server import BenchServer
 from shoal.errors import RemoteError
 
 QUICK = ["--count", "300", "--warmup", "50", "--rounds", "1", "--progress", "never"]

@@ -28,7 +28,6 @@ import pytest
 import trio
 
 import shoal
-from shoal._cli_doctor import DEFAULT_SKEW_THRESHOLD
 from shoal._core import VERSION
 from shoal._core._control import (
     ClockQuery,
@@ -37,8 +36,9 @@ from shoal._core._control import (
     decode_control,
     encode_control,
 )
-from shoal._node import Node
+from shoal.cli._doctor import DEFAULT_SKEW_THRESHOLD
 from shoal.errors import DecodeError, EncodeError, LocalProtocolError
+from shoal.node._node import Node
 
 LO = ["--interface", "127.0.0.1"]
 
@@ -51,9 +51,9 @@ skew_ns, old = int(float(sys.argv[1]) * 1e9), sys.argv[2] == "1"
 if skew_ns:
     _wall = time.time_ns
     time.time_ns = lambda: _wall() + skew_ns
-import shoal._node
+import shoal.node._node
 if old:
-    shoal._node.Node._answer_clock = lambda self, route, token: None
+    shoal.node._node.Node._answer_clock = lambda self, route, token: None
 from shoal.cli import main
 print("ready", flush=True)
 sys.exit(main(sys.argv[3:]))

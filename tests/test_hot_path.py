@@ -34,7 +34,7 @@ from shoal._core import (
     fast_decoder,
 )
 from shoal._core._envelope import FLAG_RAW, FLAG_SPLIT
-from shoal._zmq import Socket
+from shoal._zmq._socket import Socket
 from shoal.errors import EncodeError, LocalProtocolError
 
 LOOPBACK = "tcp://127.0.0.1:*"

@@ -16,7 +16,7 @@ import zmq
 
 import shoal
 from shoal._core import Kind, StreamEncoder
-from shoal._zmq import DEFAULT_MAX_MESSAGE_SIZE
+from shoal._zmq._socket import DEFAULT_MAX_MESSAGE_SIZE
 from shoal.errors import EncodeError, LocalProtocolError, MessageTooLarge
 
 LOOPBACK = "tcp://127.0.0.1:*"

@@ -25,10 +25,10 @@ from prometheus_client.samples import Sample
 import shoal
 import shoal.patterns
 from shoal import Node
-from shoal._node import DEFAULT_PEER_TIMEOUT
-from shoal._prometheus import GAUGE_FIELDS, MAX_REQUEST_BYTES, open_prometheus_exporter
 from shoal.discovery import Role, Static
 from shoal.errors import LocalProtocolError, TransportError
+from shoal.node._node import DEFAULT_PEER_TIMEOUT
+from shoal.prometheus._exporter import GAUGE_FIELDS, MAX_REQUEST_BYTES, open_prometheus_exporter
 
 LOOPBACK = ("127.0.0.1", 0)
 Address = tuple[str, int]

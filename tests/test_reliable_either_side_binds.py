@@ -30,7 +30,7 @@ import shoal
 from shoal import Kind
 from shoal._core import FanoutSender, decode, encode
 from shoal._core._fanout import Dropped
-from shoal._zmq import Socket
+from shoal._zmq._socket import Socket
 from shoal.errors import DecodeError
 from shoal.patterns import Delivery, ReliablePusher
 from shoal.patterns._reliable_pushpull import HELLO, ack_tag

@@ -33,7 +33,7 @@ import zmq
 import shoal
 from shoal import Kind
 from shoal._core import decode, encode
-from shoal._zmq import Socket
+from shoal._zmq._socket import Socket
 from shoal.errors import ClosedError, DeliveryFailed, EncodeError, LocalProtocolError
 from shoal.patterns import Delivery, ReliablePuller, ReliablePusher, ReliablePusherStatistics
 from test_garbage_input import expected_reasons, garbage, raw_receive, raw_socket

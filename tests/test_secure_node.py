@@ -31,11 +31,11 @@ from zeroconf import Zeroconf as _Zeroconf
 
 import shoal
 from shoal import Node
-from shoal._node import MAX_PENDING_LINKS
-from shoal._zmq import Socket
+from shoal._zmq._socket import Socket
 from shoal.discovery import MDNS, Static
 from shoal.discovery._mdns import _MAX_KNOWN
 from shoal.errors import LocalProtocolError
+from shoal.node._node import MAX_PENDING_LINKS
 from shoal.security import KeyPair, Security, Trust, generate_keypair, server_options
 
 LOOPBACK = ["127.0.0.1"]

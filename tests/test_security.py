@@ -1,7 +1,7 @@
 """``shoal.security``: CURVE key pairs and key files, trust policies, the ZAP handler
 driven by trio, the CURVE socket options, and ``shoal keygen``.
 
-The socket tests make real CURVE handshakes between ``shoal._zmq.Socket``s in one
+The socket tests make real CURVE handshakes between ``shoal._zmq._socket.Socket``s in one
 ZeroMQ context with the ZAP handler bound on it. Some tests pin down libzmq's own
 behaviour that the design rests on (option snapshot per connect, no reconnect after
 a refusal, a missing or slow handler); if a libzmq upgrade changes one, its test
@@ -24,8 +24,8 @@ import trio
 import zmq
 from zmq.utils import z85
 
-from shoal._cli_keygen import add_keygen_command, run_keygen
-from shoal._zmq import Socket
+from shoal._zmq._socket import Socket
+from shoal.cli._keygen import add_keygen_command, run_keygen
 from shoal.errors import LocalProtocolError, ShoalError
 from shoal.security import (
     ZAP_ENDPOINT,

@@ -18,7 +18,7 @@ import trio
 import trio.testing
 import zmq
 
-from shoal._zmq import Socket
+from shoal._zmq._socket import Socket
 from shoal.errors import ClosedError
 
 _names = itertools.count()

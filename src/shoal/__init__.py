@@ -11,10 +11,11 @@ The public surface is what ``__all__`` lists here, plus ``shoal.patterns``,
 ``shoal.discovery`` and ``shoal.errors``; everything under a ``_name`` is private.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from shoal import discovery, errors
 from shoal._core import Identity, Kind, Message
-from shoal._node import Node, NodeStatistics, PeerWatch, open_node
-from shoal._prometheus import PrometheusExporter, open_prometheus_exporter
+from shoal.node import Node, NodeStatistics, PeerWatch, open_node
 from shoal.patterns import (
     Publisher,
     Puller,
@@ -31,6 +32,9 @@ from shoal.patterns import (
     open_subscriber,
     serve_replier,
 )
+
+if TYPE_CHECKING:
+    from shoal.prometheus import PrometheusExporter, open_prometheus_exporter
 
 __version__ = "0.1.0"
 
@@ -62,3 +66,12 @@ __all__ = [
     "open_subscriber",
     "serve_replier",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The exporter (and prometheus_client behind it) loads when first asked for.
+    if name in ("PrometheusExporter", "open_prometheus_exporter"):
+        from shoal import prometheus
+
+        return getattr(prometheus, name)
+    raise AttributeError(f"module 'shoal' has no attribute {name!r}")

@@ -4,7 +4,7 @@ Each node registers one DNS-SD instance of ``SERVICE_TYPE``: SRV and A records p
 at its control socket, TXT carries ``v`` (the protocol version), ``id`` (node id),
 ``name`` and ``epoch``. Ordinary tools list it (``avahi-browse -rt _shoal._tcp``).
 The channel catalogue does not travel in DNS: the node introduces itself over ZeroMQ
-to every instance it finds, and the answer carries the catalogue (see ``shoal._node``).
+to every instance it finds, and the answer carries the catalogue (see ``shoal.node._node``).
 
 Security: a secured node also advertises ``pk`` (its CURVE public key, Z85). It
 introduces itself only to instances whose ``pk`` its trust policy allows for the
@@ -57,7 +57,7 @@ from shoal.errors import LocalProtocolError
 from shoal.security._keys import z85_key_or_none
 
 if TYPE_CHECKING:
-    from shoal._node import Node
+    from shoal.node._node import Node
     from shoal.security import Security
 
 __all__ = ["MDNS", "SERVICE_TYPE"]

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from shoal._zmq import check_endpoint
+from shoal._zmq._socket import check_endpoint
 from shoal.errors import InvalidEndpoint, LocalProtocolError
 from shoal.security._keys import check_key
 
 if TYPE_CHECKING:
-    from shoal._node import Node
+    from shoal.node._node import Node
 
 __all__ = ["Static"]
 

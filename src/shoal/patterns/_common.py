@@ -28,8 +28,8 @@ import trio
 import zmq
 
 from shoal._core import Identity, Kind, Message, StreamEncoder, decode, encode_topic
-from shoal._identity import next_stream, process_identity
-from shoal._zmq import Socket
+from shoal._process import next_stream, process_identity
+from shoal._zmq._socket import Socket
 from shoal.errors import ClosedError, DecodeError, LocalProtocolError
 
 __all__ = [

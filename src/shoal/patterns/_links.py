@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import zmq
 
-from shoal._zmq import Socket
+from shoal._zmq._socket import Socket
 from shoal.errors import ClosedError
 
 __all__ = ["LinkMonitor"]

@@ -41,7 +41,7 @@ from shoal._core import (
     fast_decoder,
     pack_tail,
 )
-from shoal._zmq import DEFAULT_LINGER_MS, Socket
+from shoal._zmq._socket import DEFAULT_LINGER_MS, Socket
 from shoal.errors import LocalProtocolError, MessageTooLarge
 from shoal.patterns._common import (
     DEFAULT_BATCH,

@@ -23,7 +23,7 @@ import trio
 import zmq
 
 from shoal._core import SPLIT_AT, Identity, Kind, Message, fast_decoder, pack_tail
-from shoal._zmq import DEFAULT_LINGER_MS, Socket
+from shoal._zmq._socket import DEFAULT_LINGER_MS, Socket
 from shoal.errors import ClosedError, LocalProtocolError, MessageTooLarge
 from shoal.patterns._common import (
     DEFAULT_BATCH,

@@ -66,8 +66,8 @@ from shoal._core import (
     pack_tail,
 )
 from shoal._core._fanout import Book
-from shoal._tasks import open_service_nursery
-from shoal._zmq import DEFAULT_LINGER_MS, PeerUnreachable, Socket
+from shoal._zmq._socket import DEFAULT_LINGER_MS, PeerUnreachable, Socket
+from shoal._zmq._tasks import open_service_nursery
 from shoal.errors import ClosedError, EncodeError, LocalProtocolError
 from shoal.patterns._common import (
     DEFAULT_BATCH,

@@ -75,9 +75,9 @@ from shoal._core import (
     decode,
     fast_decode,
 )
-from shoal._identity import next_stream, process_identity
-from shoal._tasks import open_service_nursery
-from shoal._zmq import DEFAULT_LINGER_MS, PeerUnreachable, Socket
+from shoal._process import next_stream, process_identity
+from shoal._zmq._socket import DEFAULT_LINGER_MS, PeerUnreachable, Socket
+from shoal._zmq._tasks import open_service_nursery
 from shoal.errors import ClosedError, DecodeError, DeliveryFailed, LocalProtocolError
 from shoal.patterns._common import (
     DEFAULT_BATCH,

@@ -45,7 +45,7 @@ import trio
 import zmq
 
 from shoal._core import SPLIT_AT, Identity, Kind, Message, pack_tail
-from shoal._zmq import DEFAULT_LINGER_MS, PeerUnreachable, Socket
+from shoal._zmq._socket import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal.errors import (
     ClosedError,
     EncodeError,

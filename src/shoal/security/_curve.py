@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from shoal._zmq import Socket
+from shoal._zmq._socket import Socket
 from shoal.security._keys import KeyPair, SecurityError, check_key, z85_key_or_none
 from shoal.security._trust import Trust
 

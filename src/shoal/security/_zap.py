@@ -3,7 +3,7 @@
 libzmq asks a ZAP handler (ZeroMQ RFC 27) about every handshake on a socket that
 authenticates: it sends a request over ``inproc://zeromq.zap.01`` *of the same
 context* and holds the handshake until the answer. The handler here binds that
-endpoint with a ROUTER (a ``shoal._zmq.Socket``, so the FD rules are kept) and
+endpoint with a ROUTER (a ``shoal._zmq._socket.Socket``, so the FD rules are kept) and
 answers in the trio thread:
 
 * request frames: ``[routing id, b"", b"1.0", request id, domain, address,
@@ -51,8 +51,8 @@ import trio
 import zmq
 from zmq.utils import z85
 
-from shoal._tasks import open_service_nursery
-from shoal._zmq import Socket
+from shoal._zmq._socket import Socket
+from shoal._zmq._tasks import open_service_nursery
 from shoal.errors import ShoalError, TransportError
 from shoal.security._keys import SecurityError
 from shoal.security._trust import Trust
@@ -142,7 +142,7 @@ class ZapHandler:
         if sock is None:
             raise SecurityError("bind(context) the ZAP handler before serve()")
         while True:
-            # NOBLOCK first, wait only when drained (see shoal._zmq): a request is taken
+            # NOBLOCK first, wait only when drained (see shoal._zmq._socket): a request is taken
             # off the socket and answered with no checkpoint in between
             batch = sock.receive_batch_nowait(_BATCH)
             for frames in batch:

@@ -37,7 +37,7 @@ import trio
 import zmq
 
 import shoal
-from shoal._bench._common import (
+from shoal.cli._bench._common import (
     PROBE,
     SERVER_SIDE,
     BenchError,
@@ -52,7 +52,7 @@ from shoal._bench._common import (
     make_body,
     wait_until_blocking,
 )
-from shoal._bench._server import IDLE_S, POLL_MS, BenchServer, wait_until
+from shoal.cli._bench._server import IDLE_S, POLL_MS, BenchServer, wait_until
 
 SERVER_START_S = 30.0
 PROBE_WAIT_S = 10.0

@@ -1,4 +1,4 @@
-"""``shoal bench``: the command line of the benchmark (see ``shoal._bench``).
+"""``shoal bench``: the command line of the benchmark (see ``shoal.cli._bench``).
 
 Errors: bad arguments exit 2 with one line; a benchmark that cannot run or finish
 exits 1 with one line. ``--busy-poll`` with a shoal whose resources take no
@@ -21,8 +21,8 @@ from typing import Any
 import trio
 
 import shoal
-from shoal._bench._common import BODY_MIN, BUSY_POLL_MAX, PATTERNS, BenchError
-from shoal._bench._run import Options, run
+from shoal.cli._bench._common import BODY_MIN, BUSY_POLL_MAX, PATTERNS, BenchError
+from shoal.cli._bench._run import Options, run
 from shoal.discovery._interfaces import resolve_interfaces
 from shoal.errors import LocalProtocolError, ShoalError
 
@@ -191,7 +191,7 @@ class _Bar:
 
 
 async def _serve(endpoint: str, seconds: float | None, out: Out) -> None:
-    from shoal._bench._server import BenchServer
+    from shoal.cli._bench._server import BenchServer
 
     server = BenchServer(endpoint)
     with trio.move_on_after(seconds if seconds else float("inf")):
@@ -222,7 +222,7 @@ def run_bench(args: argparse.Namespace, out: Out, err: Out) -> int:
         show = (args.progress == "always"
                 or (args.progress == "auto" and sys.stderr.isatty()))
         variants, version = trio.run(run, opts, _Bar() if show else None)
-        from shoal._bench._report import plot, records, table
+        from shoal.cli._bench._report import plot, records, table
 
         if args.json:
             for rec in records(variants, opts, version):

@@ -19,11 +19,11 @@ import sys
 from collections.abc import Sequence
 
 import shoal
-from shoal._cli_bench import add_bench_command, run_bench
-from shoal._cli_doctor import add_doctor_command, run_doctor
-from shoal._cli_keygen import add_keygen_command, run_keygen
-from shoal._cli_talk import add_talk_commands, run_talk
-from shoal._demo import add_demo_command, run_demo_command
+from shoal.cli._bench._command import add_bench_command, run_bench
+from shoal.cli._demo import add_demo_command, run_demo_command
+from shoal.cli._doctor import add_doctor_command, run_doctor
+from shoal.cli._keygen import add_keygen_command, run_keygen
+from shoal.cli._talk import add_talk_commands, run_talk
 
 
 def _parser() -> argparse.ArgumentParser:

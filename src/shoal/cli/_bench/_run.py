@@ -18,8 +18,8 @@ from typing import Any
 import trio
 
 import shoal
-from shoal._bench._client import CurveContexts, Measured, hello, measure, open_server
-from shoal._bench._common import (
+from shoal.cli._bench._client import CurveContexts, Measured, hello, measure, open_server
+from shoal.cli._bench._common import (
     CPU_SIDES,
     PATTERNS,
     BenchError,

@@ -55,8 +55,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import trio
 
-from shoal._tasks import open_service_nursery
-from shoal._zmq import require_trio
+from shoal._zmq._socket import require_trio
+from shoal._zmq._tasks import open_service_nursery
 from shoal.errors import LocalProtocolError, TransportError
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import CollectorRegistry
 
-    from shoal._node import Node
+    from shoal.node._node import Node
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_TIMEOUT", "GAUGE_FIELDS", "MAX_REQUEST_BYTES",
            "PrometheusExporter", "open_prometheus_exporter"]

@@ -87,9 +87,9 @@ from shoal._core import (
     offers,
 )
 from shoal._core._control import ClockQuery, ClockReading
-from shoal._identity import new_identity
-from shoal._tasks import open_service_nursery
-from shoal._zmq import DEFAULT_LINGER_MS, DEFAULT_MAX_MESSAGE_SIZE, Socket, require_trio
+from shoal._process import new_identity
+from shoal._zmq._socket import DEFAULT_LINGER_MS, DEFAULT_MAX_MESSAGE_SIZE, Socket, require_trio
+from shoal._zmq._tasks import open_service_nursery
 from shoal.discovery._interfaces import (
     local_networks,
     multicast_addresses,
@@ -161,7 +161,7 @@ _LINK_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 _MAX_WARNED = 1024  # (reason, who) pairs remembered so that each is logged once
 
 # Every socket of a node: ZMTP heartbeats drop dead TCP connections (a pulled cable
-# sends no FIN); reconnects as every socket does (``shoal._zmq.RECONNECT_OPTIONS``).
+# sends no FIN); reconnects as every socket does (``shoal._zmq._socket.RECONNECT_OPTIONS``).
 _TCP_OPTIONS: list[tuple[int, int | bytes]] = [
     (zmq.HEARTBEAT_IVL, 1000), (zmq.HEARTBEAT_TIMEOUT, 3000),
 ]

@@ -6,7 +6,7 @@ The nodes:
   telemetry and hands out jobs over reliable push/pull), two subscribers (every room,
   and room1 only; both count gaps), a calculator (replier) and its client (requester:
   several requests in flight, and one bad request that fails cleanly);
-* three workers, each a process of its own (``shoal._demo_worker``) taking jobs slowly
+* three workers, each a process of its own (``shoal.cli._demo_worker``) taking jobs slowly
   enough to hold a few. A third of the way through, one is killed with SIGKILL while
   it holds unfinished jobs; the pusher redelivers them to the others; later the
   killed worker starts again as a new incarnation.
@@ -319,7 +319,7 @@ class _Demo:
         assert self._nursery is not None
         incarnation = 1 + sum(w.name == name for w in self.workers)
         proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "shoal._demo_worker", name, "--service-type",
+            [sys.executable, "-m", "shoal.cli._demo_worker", name, "--service-type",
              self.service_type, "--channel", JOBS, "--job-ms", str(self.job_ms)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             # its own session: a Ctrl-C on the terminal reaches the demo only, which

@@ -1,6 +1,6 @@
 """A worker process of ``shoal demo``: one node taking jobs from a reliable puller.
 
-    python -m shoal._demo_worker NAME --service-type _shoal-1a2b3c4d._tcp.local.
+    python -m shoal.cli._demo_worker NAME --service-type _shoal-1a2b3c4d._tcp.local.
 
 The demo starts its workers this way, in processes of their own, so that it can kill
 one for real (SIGKILL: no goodbye, no acknowledgement, sockets torn down by the
@@ -110,8 +110,8 @@ async def run_worker(name: str, *, service_type: str, channel: str, job_ms: floa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point (``python -m shoal._demo_worker``); returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m shoal._demo_worker",
+    """Entry point (``python -m shoal.cli._demo_worker``); returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m shoal.cli._demo_worker",
                                      description="A worker process of `shoal demo`.")
     parser.add_argument("name")
     parser.add_argument("--service-type", required=True,

@@ -36,7 +36,7 @@ import trio
 import zmq
 
 import shoal
-from shoal._bench._common import (
+from shoal.cli._bench._common import (
     NAP_SLACK_NS,
     PROBE,
     SLEEP_NS,

@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from shoal._bench._common import CPU_SIDES, PATTERN_NAMES, BenchError
-from shoal._bench._run import Options, Variant
+from shoal.cli._bench._common import CPU_SIDES, PATTERN_NAMES, BenchError
+from shoal.cli._bench._run import Options, Variant
 
 COLUMNS = ("p50", "p90", "p99", "p99.9", "p99.99", "max")
 SHORT = {"client": "cli", "server": "srv", "send": "snd", "receive": "rcv"}

@@ -7,8 +7,8 @@ Data goes in and out as JSON.
 both are checked against this machine's interfaces before anything is opened, and
 one that is not there ends the command with exit status 2 and one line saying which
 interfaces there are. ``pub`` and ``push`` send standard input line by line as it
-arrives (``shoal._cli_stdin``); ``reply`` echoes, or answers by running a command
-(``--exec``, ``shoal._cli_exec``).
+arrives (``shoal.cli._stdin``); ``reply`` echoes, or answers by running a command
+(``--exec``, ``shoal.cli._exec``).
 
 Exit status: 0 done; 1 a failure at run time (no peer in time, an error reply...);
 2 a bad argument, or (``pub``/``push``, at the end) lines of standard input that
@@ -27,9 +27,9 @@ from typing import Any
 import trio
 
 import shoal
-from shoal._cli_exec import Outcome, run_command
-from shoal._cli_stdin import BadLines, Input, UsageError, parse_json
 from shoal._core import VERSION as PROTOCOL_VERSION
+from shoal.cli._exec import Outcome, run_command
+from shoal.cli._stdin import BadLines, Input, UsageError, parse_json
 from shoal.discovery import MDNS, Peer, PeerJoined, PeerLeft, Static
 from shoal.discovery._interfaces import interfaces, resolve_interfaces, unknown_addresses
 
