@@ -8,16 +8,14 @@ The check reads the source with ``ast`` (nothing is imported), so it sees every
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-import shoal
+from support.imports import SRC, imported_modules, module_name
 
-SRC = Path(shoal.__file__).resolve().parent
 CORE = SRC / "_core"
 
 FORBIDDEN = frozenset({
@@ -30,37 +28,6 @@ ALLOWED_SHOAL = ("shoal._core",)
 """The core uses no shoal module outside itself (its exception types live in it)."""
 
 
-def imported_modules(source: str, module: str, *, is_package: bool = False) -> set[str]:
-    """Every module name ``source`` (the text of ``module``) imports, fully qualified.
-
-    ``from pkg import name`` yields both ``pkg`` and ``pkg.name`` (``name`` may be a
-    submodule); relative imports are resolved against ``module``.
-    """
-    package = module if is_package else module.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                base_parts = parts[: len(parts) - (node.level - 1)]
-                base = ".".join([*base_parts, node.module] if node.module else base_parts)
-            else:
-                base = node.module or ""
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
-        elif isinstance(node, ast.Call) and node.args:
-            func = node.func
-            name = func.id if isinstance(func, ast.Name) else (
-                func.attr if isinstance(func, ast.Attribute) else "")
-            first = node.args[0]
-            if name in ("__import__", "import_module") and isinstance(first, ast.Constant) \
-                    and isinstance(first.value, str):
-                found.add(first.value)
-    return found
-
-
 def violations(source: str, module: str, *, is_package: bool = False) -> list[str]:
     """The imports in ``source`` that break the sans-I/O rule."""
     bad = []
@@ -70,14 +37,6 @@ def violations(source: str, module: str, *, is_package: bool = False) -> list[st
         if top in FORBIDDEN or outside_core:
             bad.append(name)
     return bad
-
-
-def module_name(path: Path) -> tuple[str, bool]:
-    rel = path.relative_to(SRC.parent).with_suffix("")
-    parts = list(rel.parts)
-    if parts[-1] == "__init__":
-        return ".".join(parts[:-1]), True
-    return ".".join(parts), False
 
 
 CORE_FILES = sorted(CORE.rglob("*.py"))

@@ -8,8 +8,6 @@ arrives as if nothing had happened.
 
 from __future__ import annotations
 
-import random
-import struct
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,12 +18,18 @@ import trio
 import zmq
 
 import shoal
-from conftest import Addresses, sync_subscribers
-from shoal._core import HEADER, Kind, decode, encode, encode_topic
-from shoal._core._envelope import FLAG_HEADERS
+from shoal._core import Kind, decode, encode, encode_topic
 from shoal.errors import DecodeError
-
-RAW_SENDER = b"raw-pyzmq-peer!!"
+from support.endpoints import Addresses
+from support.pubsub import sync_subscribers
+from support.raw import (
+    RAW_SENDER,
+    decode_reason,
+    expected_reasons,
+    garbage,
+    raw_receive,
+    raw_socket,
+)
 
 
 @pytest.fixture
@@ -36,24 +40,9 @@ def zctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
     context.destroy(linger=0)
 
 
-def raw_socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int) -> zmq.Socket[bytes]:
-    sock = ctx.socket(kind)
-    sock.setsockopt(zmq.LINGER, 0)
-    return sock
-
-
 def bind_raw(sock: zmq.Socket[bytes], addresses: Addresses) -> str:
     sock.bind(addresses.fresh())
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
-
-
-async def raw_receive(sock: zmq.Socket[bytes]) -> list[bytes]:
-    """Receive one message on a raw socket from trio: poll without blocking."""
-    while True:
-        try:
-            return sock.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            await trio.sleep(0.01)
 
 
 class RawStamp:
@@ -67,58 +56,6 @@ class RawStamp:
         self._seq[topic] += 1
         return encode(kind, encode_topic(topic), body, sender=RAW_SENDER, epoch=1, stream=1,
                       seq=seq, timestamp_ns=time.time_ns(), correlation=correlation)
-
-
-def patched(frame: bytes, field: int, value: int) -> bytes:
-    """``frame`` with header byte ``field`` (0 version, 1 kind, 2 flags) set to ``value``."""
-    at = frame.index(b"\0") + 1 + field
-    return frame[:at] + bytes([value]) + frame[at + 1:]
-
-
-def garbage(kind: Kind, *also: Kind, topic: str = "") -> list[tuple[list[bytes], str]]:
-    """Bad messages for a receiver expecting ``kind`` frames (or ``also`` kinds), each
-    with the reason it must be counted under. Each is one message: a list of frames."""
-    valid = encode(kind, encode_topic(topic), {"looks": "fine", "n": list(range(20))},
-                   sender=RAW_SENDER, epoch=1, stream=1, seq=0, timestamp_ns=0, correlation=1)
-    prefix = encode_topic(topic) + b"\0"
-    head = HEADER.pack(1, kind, FLAG_HEADERS, RAW_SENDER, 1, 1, 0, 0, 0)
-    noise = random.Random(20240611).randbytes(100)
-    cases: list[tuple[list[bytes], str]] = [
-        ([b""], "no-topic-delimiter"),
-        ([prefix[:-1] + b"no delimiter anywhere"], "no-topic-delimiter"),
-        ([b"\xff\xfe\0" + valid[len(prefix):]], "topic-not-utf8"),
-        ([valid[: len(prefix) + 20]], "truncated-header"),
-        ([patched(valid, 0, 0)], "unsupported-version"),
-        ([patched(valid, 0, 2)], "unsupported-version"),
-        ([patched(valid, 1, 0)], "unknown-kind"),
-        ([patched(valid, 1, 99)], "unknown-kind"),
-        ([patched(valid, 2, 0x40)], "unknown-flags"),
-        ([prefix + head + struct.pack("<I", 0xFFFFFFFF) + b"\x80"], "bad-headers-length"),
-        ([prefix + head + struct.pack("<I", 2) + b"\x91\x01"], "headers-not-a-map"),
-        ([valid[:-5]], "malformed"),  # msgpack body cut short
-        ([valid + b"\x00"], "malformed"),  # trailing bytes
-        ([prefix + HEADER.pack(1, kind, 0, RAW_SENDER, 1, 1, 0, 0, 0) + b"\xdb\xff\xff\xff\xff"],
-         "malformed"),  # a str declaring 4 GiB
-        ([prefix + noise], ""),  # random bytes: whatever decode() says
-        ([valid, valid], "frame-count"),
-        ([valid, b"", valid], "frame-count"),
-    ]
-    cases += [
-        ([encode(other, encode_topic(topic), "wrong kind", sender=RAW_SENDER, epoch=1,
-                 stream=1, seq=0, timestamp_ns=0, correlation=1)], "unexpected-kind")
-        for other in Kind if other is not kind and other not in also
-    ]
-    return [(frames, reason or decode_reason(frames[0])) for frames, reason in cases]
-
-
-def decode_reason(frame: bytes) -> str:
-    with pytest.raises(DecodeError) as info:
-        decode(frame)
-    return info.value.reason
-
-
-def expected_reasons(cases: list[tuple[list[bytes], str]]) -> Counter[str]:
-    return Counter(reason for _, reason in cases)
 
 
 def frame_by_frame(cases: list[tuple[list[bytes], str]], *kinds: Kind,

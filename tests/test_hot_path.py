@@ -21,7 +21,6 @@ import trio.testing
 import zmq
 
 import shoal
-from conftest import Addresses, sync_subscribers
 from shoal import Kind
 from shoal._core import (
     HEADER,
@@ -36,6 +35,8 @@ from shoal._core import (
 from shoal._core._envelope import FLAG_RAW, FLAG_SPLIT
 from shoal._zmq._socket import Socket
 from shoal.errors import EncodeError, LocalProtocolError
+from support.endpoints import Addresses
+from support.pubsub import sync_subscribers
 
 LOOPBACK = "tcp://127.0.0.1:*"
 BIG = os.urandom(SPLIT_AT * 16)  # 1 MiB: travels as a second frame

@@ -22,7 +22,6 @@ import trio.testing
 import zmq
 
 import shoal
-from conftest import Addresses, sync_subscribers
 from shoal import Identity, Kind, Message
 from shoal._core import decode, encode
 from shoal.errors import (
@@ -33,7 +32,9 @@ from shoal.errors import (
     RemoteError,
     ShoalError,
 )
-from test_node import eventually
+from support.endpoints import Addresses
+from support.pubsub import sync_subscribers
+from support.waiting import eventually
 
 LOOPBACK = "tcp://127.0.0.1:*"
 
