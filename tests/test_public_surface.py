@@ -22,6 +22,7 @@ import shoal.patterns
 from shoal._core import encode_topic
 
 SHOAL_ALL = [
+    "PROTOCOL_VERSION",
     "Identity",
     "Kind",
     "Message",
@@ -106,6 +107,7 @@ DISCOVERY_ALL = [
     "MDNS",
     "SERVICE_TYPE",
     "ChannelOffer",
+    "Interface",
     "Peer",
     "PeerEvent",
     "PeerJoined",
@@ -113,6 +115,9 @@ DISCOVERY_ALL = [
     "PeerUpdated",
     "Role",
     "Static",
+    "interfaces",
+    "resolve_interfaces",
+    "unknown_addresses",
 ]
 
 MODULES: dict[str, tuple[types.ModuleType, list[str]]] = {

@@ -9,11 +9,14 @@
 
 The public surface is what ``__all__`` lists here, plus ``shoal.patterns``,
 ``shoal.discovery`` and ``shoal.errors``; everything under a ``_name`` is private.
+``PROTOCOL_VERSION`` is the wire protocol this shoal speaks (envelope, control
+messages, the ``v`` of its mDNS TXT record): a node admits only peers on the same one.
 """
 
 from typing import TYPE_CHECKING, Any
 
 from shoal import discovery, errors
+from shoal._core import VERSION as PROTOCOL_VERSION
 from shoal._core import Identity, Kind, Message
 from shoal.node import Node, NodeStatistics, PeerWatch, open_node
 from shoal.patterns import (
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "PROTOCOL_VERSION",
     "Identity",
     "Kind",
     "Message",

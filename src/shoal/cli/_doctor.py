@@ -46,8 +46,7 @@ from typing import Any
 import trio
 
 import shoal
-from shoal.discovery import MDNS, Peer, Static
-from shoal.discovery._interfaces import interfaces, resolve_interfaces
+from shoal.discovery import MDNS, Peer, Static, interfaces, resolve_interfaces
 
 __all__ = ["DEFAULT_SKEW_THRESHOLD", "add_doctor_command", "run_doctor"]
 

@@ -27,11 +27,18 @@ from typing import Any
 import trio
 
 import shoal
-from shoal._core import VERSION as PROTOCOL_VERSION
 from shoal.cli._exec import Outcome, run_command
 from shoal.cli._stdin import BadLines, Input, UsageError, parse_json
-from shoal.discovery import MDNS, Peer, PeerJoined, PeerLeft, Static
-from shoal.discovery._interfaces import interfaces, resolve_interfaces, unknown_addresses
+from shoal.discovery import (
+    MDNS,
+    Peer,
+    PeerJoined,
+    PeerLeft,
+    Static,
+    interfaces,
+    resolve_interfaces,
+    unknown_addresses,
+)
 
 __all__ = ["add_talk_commands", "run_talk"]
 
@@ -206,7 +213,7 @@ def _peer_record(peer: Peer) -> dict[str, Any]:
             "channels": [f"{c.name}:{c.role.value}" for c in peer.channels],
             # The node only admits peers of its own protocol version (doctor reports
             # the others), so every peer listed speaks this one.
-            "version": PROTOCOL_VERSION,
+            "version": shoal.PROTOCOL_VERSION,
             "last_seen_s": round(max(0.0, trio.current_time() - peer.last_seen), 1)}
 
 

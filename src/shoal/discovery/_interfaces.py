@@ -79,6 +79,7 @@ class Interface:
 
     @property
     def up(self) -> bool | None:
+        """Whether the interface is up (None: the flags could not be read)."""
         return None if self.flags is None else bool(self.flags & IFF_UP)
 
     @property
@@ -89,6 +90,7 @@ class Interface:
 
     @property
     def loopback(self) -> bool:
+        """Whether the interface is a loopback one (by its flag, or by its addresses)."""
         return bool(self.flags is not None and self.flags & IFF_LOOPBACK) or any(
             ipaddress.ip_address(ip).is_loopback for ip in self.ipv4)
 

@@ -23,7 +23,7 @@ import trio
 import shoal
 from shoal.cli._bench._common import BODY_MIN, BUSY_POLL_MAX, PATTERNS, BenchError
 from shoal.cli._bench._run import Options, run
-from shoal.discovery._interfaces import resolve_interfaces
+from shoal.discovery import resolve_interfaces
 from shoal.errors import LocalProtocolError, ShoalError
 
 Out = Callable[[str], None]
