@@ -3,7 +3,7 @@ come, change, leave, die and restart.
 
 Network safety: every node here is opened with ``Static([...])`` discovery and
 ``interfaces=["127.0.0.1"]`` (through ``open_test_node``); peers that must be killed run
-in a subprocess (``tests/_node_proc.py``) under the same rules, and are always killed
+in a subprocess (``tests/support/peer.py``) under the same rules, and are always killed
 in a ``finally``. Never mDNS.
 
 Every I/O test runs under ``trio.fail_after`` so a lost wake-up fails instead of hanging.
@@ -13,18 +13,13 @@ changes).
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import socket
-import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
-from typing import Any, TypedDict, TypeVar
+from typing import Any, TypeVar
 
 import msgpack
 import pytest
@@ -43,59 +38,15 @@ from shoal.discovery import (
     Static,
 )
 from shoal.errors import ClosedError, InvalidEndpoint, LocalProtocolError, PeerLost
-
-LOOPBACK = ["127.0.0.1"]
-HELPER = Path(__file__).with_name("_node_proc.py")
-
-
-
-class Liveness(TypedDict):
-    heartbeat: float
-    peer_timeout: float
-
-
-FAST = Liveness(heartbeat=0.2, peer_timeout=1.0)
-"""Liveness settings for the tests that wait for a timeout (subprocess nodes use them too)."""
+from support.endpoints import endpoint, free_port
+from support.nodes import FAST, LOOPBACK, Liveness, open_test_node, pair
+from support.peers import node_process
+from support.waiting import eventually
 
 E = TypeVar("E", PeerJoined, PeerUpdated, PeerLeft)
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (for a node's fixed ``port=``)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def endpoint(port: int) -> str:
-    return f"tcp://127.0.0.1:{port}"
-
-
-def open_test_node(
-    name: str, *, peers: Sequence[int] = (), port: int = 0, heartbeat: float = 0.5,
-    peer_timeout: float = 2.0,
-) -> AbstractAsyncContextManager[Node]:
-    """A node on loopback only, introduced to the nodes listening on ``peers`` (ports)."""
-    return shoal.open_node(name, discovery=Static([endpoint(p) for p in peers]),
-                           interfaces=LOOPBACK, port=port, heartbeat=heartbeat,
-                           peer_timeout=peer_timeout)
-
-
-@asynccontextmanager
-async def pair() -> AsyncIterator[tuple[Node, Node]]:
-    """Nodes a and b that know each other; only b lists a."""
-    a_port = free_port()
-    async with (
-        open_test_node("a", port=a_port) as a,
-        open_test_node("b", peers=[a_port]) as b,
-    ):
-        await a.wait_for_peers(1)
-        await b.wait_for_peers(1)
-        yield a, b
 
 
 async def next_event(
@@ -106,14 +57,6 @@ async def next_event(
         if isinstance(ev, kind) and where(ev):
             return ev
     raise AssertionError("watch_peers() ended (the node closed)")
-
-
-async def eventually(condition: Callable[[], bool], poll: float = 0.005) -> None:
-    """Wait until ``condition()`` holds (the caller's ``fail_after`` bounds it)."""
-    while True:
-        if condition():
-            return
-        await trio.sleep(poll)
 
 
 def offers_named(channel: str) -> Callable[[PeerUpdated], bool]:
@@ -132,60 +75,6 @@ async def serve(rep: Replier, name: str) -> None:
     """Answer every request with who answered and what was asked."""
     async for req in rep:
         await req.reply({"from": name, "body": req.body})
-
-
-class NodeProcess:
-    """A node in a subprocess (``tests/_node_proc.py``): its JSON stdout lines, its death."""
-
-    def __init__(self, proc: trio.Process) -> None:
-        assert proc.stdout is not None
-        self.proc = proc
-        self._stdout = proc.stdout
-        self._buf = b""
-        self.ready: dict[str, Any] = {}
-
-    async def line(self) -> dict[str, Any]:
-        while b"\n" not in self._buf:
-            chunk = await self._stdout.receive_some(65536)
-            if not chunk:
-                raise AssertionError(f"the node process exited ({self.proc.returncode})")
-            self._buf += chunk
-        raw, _, self._buf = self._buf.partition(b"\n")
-        out: dict[str, Any] = json.loads(raw)
-        return out
-
-    async def expect(self, event: str) -> dict[str, Any]:
-        """The next line reporting ``event`` (other lines are skipped)."""
-        while True:
-            got = await self.line()
-            if got["event"] == event:
-                return got
-
-    def kill(self) -> None:
-        """SIGKILL: no goodbye, no FIN-time cleanup of shoal state, nothing."""
-        if self.proc.returncode is None:
-            self.proc.kill()
-
-
-@asynccontextmanager
-async def node_process(name: str, a_port: int | None, *args: str) -> AsyncIterator[NodeProcess]:
-    """Start ``_node_proc.py`` introduced to the node at ``a_port`` (None: to nobody);
-    wait until it is ready; SIGKILL it on the way out, whatever happens."""
-    peer = [] if a_port is None else ["--peer", endpoint(a_port)]
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, str(HELPER), name, *peer,
-         "--heartbeat", str(FAST["heartbeat"]), "--peer-timeout", str(FAST["peer_timeout"]),
-         *args],
-        stdout=subprocess.PIPE)
-    np = NodeProcess(proc)
-    try:
-        np.ready = await np.expect("ready")
-        yield np
-    finally:
-        np.kill()
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
-            await proc.wait()
-            await np._stdout.aclose()
 
 
 # -- discovery ---------------------------------------------------------------------------------
