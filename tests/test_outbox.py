@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -25,7 +24,8 @@ import zmq
 import shoal
 from shoal.errors import DeliveryFailed, LocalProtocolError
 from shoal.patterns import DeadLetter
-from test_node import free_port
+from support.delivery import count_items
+from support.endpoints import free_port
 
 LOOPBACK = "tcp://127.0.0.1:*"
 
@@ -93,13 +93,6 @@ class Relay:
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
         self._socks.clear()
-
-
-def count_items(path: Path) -> int:
-    """Items in an outbox file (opened and closed again: the file stays free)."""
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        n: int = db.execute("SELECT count(*) FROM item").fetchone()[0]
-        return n
 
 
 async def run_child_until_sent(endpoint: str, path: Path, n: int, wait: float) -> None:

@@ -19,7 +19,9 @@ import shoal
 from shoal import Kind
 from shoal._core import decode, encode
 from shoal.errors import LocalProtocolError
-from test_node import free_port, node_process, open_test_node
+from support.endpoints import free_port
+from support.nodes import open_test_node
+from support.peers import node_process
 
 LOOPBACK = "tcp://127.0.0.1:*"
 
