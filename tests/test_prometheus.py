@@ -496,7 +496,7 @@ async def test_connections_beyond_the_limit_are_closed_at_once() -> None:
             slow = await trio.open_tcp_stream(*exp.address)
             async with slow:
                 await slow.send_all(b"GET /met")
-                await eventually(lambda: exp._active == 1)
+                await eventually(lambda: exp._server.active == 1)
                 extra = await trio.open_tcp_stream(*exp.address)
                 async with extra:
                     await extra.send_all(b"GET /metrics HTTP/1.1\r\n\r\n")
