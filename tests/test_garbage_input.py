@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import trio
 import zmq
 
@@ -30,14 +28,6 @@ from support.raw import (
     raw_receive,
     raw_socket,
 )
-
-
-@pytest.fixture
-def zctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    """A fresh context shared by the raw peer and the shoal resource (inproc needs one)."""
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 def bind_raw(sock: zmq.Socket[bytes], addresses: Addresses) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import os
 import random
-from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -41,13 +40,6 @@ from support.pubsub import sync_subscribers
 LOOPBACK = "tcp://127.0.0.1:*"
 BIG = os.urandom(SPLIT_AT * 16)  # 1 MiB: travels as a second frame
 _names = itertools.count()
-
-
-@pytest.fixture
-def zctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 # -- batch sends ----------------------------------------------------------------------

@@ -5,19 +5,15 @@ everything the reliable patterns promise holds this way round too: each item onc
 redelivery when a puller closes or is killed, gaps repaired in order, restarts.
 
 Network safety: loopback only. Endpoints are ``tcp://127.0.0.1:*`` or ``ipc://`` paths
-under the test's ``tmp_path``; the processes that are SIGKILLed (``_reliable_proc.py``,
-``_pubsub_proc.py``) run under the same rules and are killed in a ``finally``. Never mDNS.
+under the test's ``tmp_path``; the peers that are SIGKILLed (``tests/support/peer.py``)
+run under the same rules and are killed in a ``finally``. Never mDNS.
 
 Every I/O test runs under ``trio.fail_after`` so a lost wake-up fails instead of hanging.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,30 +30,21 @@ from shoal._zmq._socket import Socket
 from shoal.errors import DecodeError
 from shoal.patterns import Delivery, ReliablePusher
 from shoal.patterns._reliable_pushpull import HELLO, ack_tag
-from test_garbage_input import raw_receive, raw_socket
-from test_node import NodeProcess, eventually
-from test_outbox import count_items
-from test_reliable_pubsub import Got, collect, matching, settle
-from test_reliable_pushpull import drain, puller_process, warm_up
+from support.delivery import (
+    Got,
+    collect,
+    count_items,
+    drain,
+    matching,
+    settle_subscribers,
+    warm_up,
+)
+from support.endpoints import bind_address
+from support.peers import puller_process, subscriber_process
+from support.raw import raw_receive, raw_socket
+from support.waiting import eventually
 
 LOOPBACK = "tcp://127.0.0.1:*"
-PUBSUB_HELPER = Path(__file__).with_name("_pubsub_proc.py")
-
-
-@pytest.fixture
-def zctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    """A fresh context for raw pyzmq peers (destroyed with linger 0 afterwards)."""
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-def bind_address(transport: str, tmp_path: Path, name: str) -> str:
-    if transport == "tcp":
-        return LOOPBACK
-    if transport == "inproc":
-        return f"inproc://{tmp_path.name}-{name}"
-    return f"ipc://{tmp_path}/{name}"
 
 
 async def settle_push(push: ReliablePusher, acked: int) -> None:
@@ -394,7 +381,7 @@ async def test_publishers_that_connect_to_bound_subscribers_deliver_once_in_orde
                 await one.publish(topic, ("one", body))
                 await two.publish(topic, ("two", body))
             exp1, exp2 = matching(published, p1), matching(published, p2)
-            await settle(one, (got1, 2 * len(exp1)), (got2, 2 * len(exp2)))
+            await settle_subscribers(one, (got1, 2 * len(exp1)), (got2, 2 * len(exp2)))
             await two.wait_acked()
             st = [one.statistics(), two.statistics()]
             sst = [s1.statistics(), s2.statistics()]
@@ -447,7 +434,7 @@ async def test_publications_lost_on_the_way_to_a_bound_subscriber_are_repaired_i
             published = [("t", i) for i in range(n)]
             for topic, body in published:
                 await pub.publish(topic, body)
-            await settle(pub, (got, n))
+            await settle_subscribers(pub, (got, n))
             st, sst = pub.statistics(), sub.statistics()
             nursery.cancel_scope.cancel()
     assert len(lost) == n // 10
@@ -455,23 +442,6 @@ async def test_publications_lost_on_the_way_to_a_bound_subscriber_are_repaired_i
     assert st.retransmitted >= len(lost)
     assert sst.missing > 0  # the holes were seen, and repaired
     assert (st.acked, st.in_flight, sst.received, sst.resyncs) == (n, 0, n, 0)
-
-
-@asynccontextmanager
-async def subscriber_process(*args: str) -> AsyncIterator[NodeProcess]:
-    """Start ``_pubsub_proc.py`` with ``args``; wait until it is ready; SIGKILL it on the
-    way out, whatever happens."""
-    proc = await trio.lowlevel.open_process([sys.executable, str(PUBSUB_HELPER), *args],
-                                            stdout=subprocess.PIPE)
-    np = NodeProcess(proc)
-    try:
-        np.ready = await np.expect("ready")
-        yield np
-    finally:
-        np.kill()
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
-            await proc.wait()
-            await np._stdout.aclose()
 
 
 async def test_a_subscriber_restarted_at_its_endpoint_replaces_its_old_book(
@@ -537,8 +507,8 @@ async def test_subscribers_and_publishers_may_each_bind_some_endpoints_and_conne
             for i in range(n):
                 await x.publish("x", i)
                 await y.publish("y", i)
-            await settle(x, (got_s, 2 * n))
-            await settle(y, (got_t, n))
+            await settle_subscribers(x, (got_s, 2 * n))
+            await settle_subscribers(y, (got_t, n))
             xst, yst = x.statistics(), y.statistics()
             nursery.cancel_scope.cancel()
     assert [b for tp, b in got_s if tp == "x"] == list(range(n))
@@ -564,7 +534,7 @@ async def test_a_publisher_restarted_while_connected_to_a_bound_subscriber() -> 
                     await pub.wait_for_subscribers(1)
                     for i in range(20):
                         await pub.publish("t", (name, i))
-                    await settle(pub, (got, 20 if name == "first" else 40))
+                    await settle_subscribers(pub, (got, 20 if name == "first" else 40))
             await eventually(lambda: len(sub._learned) == 0)  # heartbeats found them gone
             sst = sub.statistics()
             nursery.cancel_scope.cancel()

@@ -17,7 +17,7 @@ Every scenario is deterministic in its seed; a failure names the seed to replay 
 
 Network safety for the I/O tests: loopback only. Explicit endpoints are
 ``tcp://127.0.0.1:*``; nodes use ``Static`` discovery on 127.0.0.1; the subscriber that
-is SIGKILLed runs in a subprocess (``tests/_pubsub_proc.py``) under the same rules and
+is SIGKILLed runs in a subprocess (``tests/support/peer.py``) under the same rules and
 is killed in a ``finally`` whatever happens. Never mDNS. Every I/O test runs under
 ``trio.fail_after`` so a lost wake-up fails instead of hanging.
 """
@@ -29,13 +29,9 @@ import heapq
 import itertools
 import math
 import random
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,11 +52,12 @@ from shoal._core import (
     encode,
 )
 from shoal.errors import LocalProtocolError
-from shoal.patterns import ReliablePublisher, ReliableSubscriber
-from test_node import NodeProcess, eventually, open_test_node, pair
+from support.delivery import Got, collect, matching, settle_subscribers
+from support.nodes import open_test_node, pair
+from support.peers import subscriber_process
+from support.waiting import eventually
 
 LOOPBACK = "tcp://127.0.0.1:*"
-HELPER = Path(__file__).with_name("_pubsub_proc.py")
 STREAM = ("publisher", 1, 0)
 """The one stream of the simulated publisher: (sender, epoch, stream)."""
 
@@ -721,30 +718,9 @@ def test_the_chain_receiver_refuses_nonsense_parameters() -> None:
 # == B. loopback I/O on explicit endpoints ==================================================
 
 
-Got = list[tuple[str, Any]]
-
-
-async def collect(sub: ReliableSubscriber, into: Got) -> None:
-    """The application: record (topic, body) of everything, in delivery order."""
-    async for msg in sub:
-        into.append((msg.topic, msg.body))
-
-
-async def settle(pub: ReliablePublisher, *lists_and_counts: tuple[Got, int]) -> None:
-    """Everything published is acknowledged, and each application has at least what
-    it should have (the caller then checks it has nothing more)."""
-    await pub.wait_acked()
-    await eventually(lambda: all(len(got) >= n for got, n in lists_and_counts))
-    await trio.testing.wait_all_tasks_blocked(cushion=0.05)
-
-
 async def arrival(got: Got, item: tuple[str, Any]) -> None:
     """Wait until ``item`` has been delivered (the caller bounds the wait)."""
     await eventually(lambda: item in got)
-
-
-def matching(published: Sequence[tuple[str, Any]], prefixes: Sequence[str]) -> Got:
-    return [(t, b) for t, b in published if t.startswith(tuple(prefixes))]
 
 
 TOPIC_CYCLE = ("a/x", "a/y", "b/z", "c/w", "a/x/deep")
@@ -771,7 +747,7 @@ async def test_two_subscribers_each_get_exactly_their_publications_once_in_order
             for topic, body in published:
                 await pub.publish(topic, body)
             exp1, exp2 = matching(published, p1), matching(published, p2)
-            await settle(pub, (got1, len(exp1)), (got2, len(exp2)))
+            await settle_subscribers(pub, (got1, len(exp1)), (got2, len(exp2)))
             st = pub.statistics()
             st1, st2 = s1.statistics(), s2.statistics()
             nursery.cancel_scope.cancel()
@@ -809,7 +785,7 @@ async def test_publications_before_a_subscriber_is_known_are_not_kept_for_it() -
                 await pub.wait_for_subscribers(1)
                 for i in range(10):
                     await pub.publish("t", ("late", i))
-                await settle(pub, (got, 10))
+                await settle_subscribers(pub, (got, 10))
                 nursery.cancel_scope.cancel()
     assert got == [("t", ["late", i]) for i in range(10)]
 
@@ -839,7 +815,7 @@ async def test_a_subscriber_that_does_not_read_blocks_the_publisher_at_its_windo
                 nursery.start_soon(collect, sub, got)  # the application reads again
                 for i in range(window, 3 * window):
                     await pub.publish("t", i)
-                await settle(pub, (got, 3 * window))
+                await settle_subscribers(pub, (got, 3 * window))
                 nursery.cancel_scope.cancel()
             st = pub.statistics()
     # the cancelled publish published nothing: every number once, in order
@@ -868,24 +844,6 @@ async def test_a_subscriber_that_closes_says_bye_and_is_forgotten_at_once() -> N
     assert st.subscribers == 0
 
 
-@asynccontextmanager
-async def subscriber_process(endpoint: str, *topics: str) -> AsyncIterator[NodeProcess]:
-    """Start ``_pubsub_proc.py``; wait until it is ready; SIGKILL it on the way out,
-    whatever happens."""
-    args = [a for t in topics for a in ("--topic", t)]
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, str(HELPER), "--connect", endpoint, *args], stdout=subprocess.PIPE)
-    np = NodeProcess(proc)
-    try:
-        np.ready = await np.expect("ready")
-        yield np
-    finally:
-        np.kill()
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
-            await proc.wait()
-            await np._stdout.aclose()
-
-
 async def test_a_killed_subscriber_is_dropped_after_grace_and_publishing_resumes() -> None:
     window = 32
     grace = 1.5
@@ -895,7 +853,7 @@ async def test_a_killed_subscriber_is_dropped_after_grace_and_publishing_resumes
             shoal.open_publisher(bind=LOOPBACK, reliable=True, window=window,
                                  grace=grace) as pub,
             shoal.open_subscriber(connect=pub.endpoints, reliable=True) as live,
-            subscriber_process(pub.endpoints[0]) as proc,
+            subscriber_process("--connect", pub.endpoints[0]) as proc,
             trio.open_nursery() as nursery,
         ):
             nursery.start_soon(collect, live, got)
@@ -912,7 +870,7 @@ async def test_a_killed_subscriber_is_dropped_after_grace_and_publishing_resumes
                 await pub.publish("t", i)
             blocked_for = time.monotonic() - killed_at
             st = pub.statistics()
-            await settle(pub, (got, 10 + 3 * window))
+            await settle_subscribers(pub, (got, 10 + 3 * window))
             nursery.cancel_scope.cancel()
     print(f"publishing resumed {blocked_for:.2f} s after the kill (grace {grace} s)")
     assert st.dropped_subscribers == 1
@@ -947,7 +905,7 @@ async def test_subscribe_and_unsubscribe_at_runtime_change_what_arrives() -> Non
             batch1 = [(t, i) for i in range(50) for t in ("a/1", "b/1")]
             for t, i in batch1:
                 await pub.publish(t, i)
-            await settle(pub, (got, 50))
+            await settle_subscribers(pub, (got, 50))
             assert got == matching(batch1, ["a/"])
 
             sub.subscribe("b/")
@@ -957,7 +915,7 @@ async def test_subscribe_and_unsubscribe_at_runtime_change_what_arrives() -> Non
             batch2 = [(t, i) for i in range(50) for t in ("a/2", "b/2", "c/2")]
             for t, i in batch2:
                 await pub.publish(t, i)
-            await settle(pub, (got, mark + 100))
+            await settle_subscribers(pub, (got, mark + 100))
             assert got[mark:] == matching(batch2, ["a/", "b/"])
 
             sub.unsubscribe("a/")
@@ -977,7 +935,7 @@ async def test_subscribe_and_unsubscribe_at_runtime_change_what_arrives() -> Non
             batch3 = [(t, i) for i in range(50) for t in ("a/3", "b/3")]
             for t, i in batch3:
                 await pub.publish(t, i)
-            await settle(pub, (got, mark + 50))
+            await settle_subscribers(pub, (got, mark + 50))
             nursery.cancel_scope.cancel()
     assert got[mark:] == matching(batch3, ["b/"])
 
@@ -1006,7 +964,7 @@ async def test_publications_lost_at_the_routers_high_water_mark_are_resent_in_or
             for topic, body in published:
                 await pub.publish(topic, body)
             exp1, exp2 = matching(published, p1), matching(published, p2)
-            await settle(pub, (got1, len(exp1)), (got2, len(exp2)))
+            await settle_subscribers(pub, (got1, len(exp1)), (got2, len(exp2)))
             st = pub.statistics()
             st1, st2 = s1.statistics(), s2.statistics()
             nursery.cancel_scope.cancel()
@@ -1133,7 +1091,7 @@ async def test_garbage_at_either_end_is_dropped_and_counted_and_good_traffic_flo
                 await pub.wait_for_subscribers(1)
                 for i in range(n):
                     await pub.publish("t", i)
-                await settle(pub, (got, n))
+                await settle_subscribers(pub, (got, n))
                 await eventually(lambda: pub.statistics().malformed >= len(to_publisher)
                                  and sub.statistics().malformed >= len(to_subscriber))
                 await trio.testing.wait_all_tasks_blocked(cushion=0.05)
@@ -1174,7 +1132,7 @@ async def test_nodes_deliver_a_channel_reliably_to_a_remote_and_a_local_subscrib
             for topic, body in published:
                 await pub.publish(topic, body)
             exp_remote = matching(published, ["x/"])
-            await settle(pub, (remote, len(exp_remote)), (local, n))
+            await settle_subscribers(pub, (remote, len(exp_remote)), (local, n))
             st = pub.statistics()
             nursery.cancel_scope.cancel()
     assert remote == exp_remote
@@ -1203,7 +1161,7 @@ async def test_a_subscriber_node_opened_later_gets_what_follows_wait_for_subscri
             batch1 = [("t", ("one", i)) for i in range(300)]
             for topic, body in batch1:
                 await pub.publish(topic, body)
-            await settle(pub, (first, len(batch1)))
+            await settle_subscribers(pub, (first, len(batch1)))
             async with (
                 open_test_node("c", peers=[a.control_port]) as c,
                 c.open_subscriber("feed", reliable=True) as s2,
@@ -1213,7 +1171,8 @@ async def test_a_subscriber_node_opened_later_gets_what_follows_wait_for_subscri
                 batch2 = [("t", ("two", i)) for i in range(300)]
                 for topic, body in batch2:
                     await pub.publish(topic, body)
-                await settle(pub, (first, len(batch1) + len(batch2)), (later, len(batch2)))
+                await settle_subscribers(pub, (first, len(batch1) + len(batch2)),
+                                         (later, len(batch2)))
                 st = pub.statistics()
                 nursery.cancel_scope.cancel()
     assert [(t, list(b)) for t, b in batch1 + batch2] == first
@@ -1245,7 +1204,7 @@ async def test_a_subscriber_that_drains_a_full_pipe_gets_each_publication_about_
             await trio.sleep(0.2)  # the pipe fills; the publisher holds the rest back
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(collect, sub, got)
-                await settle(pub, (got, n))
+                await settle_subscribers(pub, (got, n))
                 nursery.cancel_scope.cancel()
             st, sst = pub.statistics(), sub.statistics()
     print(f"retransmitted {st.retransmitted}, duplicates at the subscriber {sst.duplicates}")

@@ -4,7 +4,7 @@ that nobody takes are given up and reported, garbage is dropped and counted.
 
 Network safety: loopback only. Explicit endpoints are ``tcp://127.0.0.1:*`` or ``ipc://``
 paths under the test's ``tmp_path``; nodes use ``Static`` discovery on 127.0.0.1; the
-pullers that are SIGKILLed run in a subprocess (``tests/_reliable_proc.py``) under the
+pullers that are SIGKILLed run in a subprocess (``tests/support/peer.py``) under the
 same rules and are killed in a ``finally`` whatever happens. Never mDNS.
 
 Every I/O test runs under ``trio.fail_after`` so a lost wake-up fails instead of hanging.
@@ -16,12 +16,9 @@ import contextlib
 import gc
 import logging
 import random
-import subprocess
-import sys
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,31 +32,18 @@ from shoal import Kind
 from shoal._core import decode, encode
 from shoal._zmq._socket import Socket
 from shoal.errors import ClosedError, DeliveryFailed, EncodeError, LocalProtocolError
-from shoal.patterns import Delivery, ReliablePuller, ReliablePusher, ReliablePusherStatistics
-from test_garbage_input import expected_reasons, garbage, raw_receive, raw_socket
-from test_node import FAST, NodeProcess, eventually, free_port, open_test_node, pair
+from shoal.patterns import Delivery, ReliablePusher, ReliablePusherStatistics
+from support.delivery import drain, warm_up
+from support.endpoints import bind_address, free_port
+from support.nodes import FAST, open_test_node, pair
+from support.peers import PeerProcess, node_process, puller_process
+from support.raw import expected_reasons, garbage, raw_receive, raw_socket
+from support.waiting import eventually
 
 LOOPBACK = "tcp://127.0.0.1:*"
-HELPER = Path(__file__).with_name("_reliable_proc.py")
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def zctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    """A fresh context for raw pyzmq peers (destroyed with linger 0 afterwards)."""
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-def bind_address(transport: str, tmp_path: Path, name: str) -> str:
-    if transport == "tcp":
-        return LOOPBACK
-    if transport == "inproc":
-        return f"inproc://{tmp_path.name}-{name}"
-    return f"ipc://{tmp_path}/{name}"
 
 
 async def wait_acked(push: ReliablePusher) -> None:
@@ -77,26 +61,7 @@ async def settle(push: ReliablePusher, condition: Callable[[ReliablePusherStatis
     return st
 
 
-async def warm_up(push: ReliablePusher, *seen: list[Any]) -> int:
-    """Send items 0, 1, 2... one at a time, each waited for, until every puller's
-    application has taken one (``seen`` are their lists, filled by other tasks): then
-    every connection is up and what follows is spread over all of them. Returns how
-    many items were sent."""
-    i = 0
-    while not all(seen):
-        await push.send(i)
-        await wait_acked(push)
-        i += 1
-    return i
-
-
-async def drain(puller: ReliablePuller, into: list[Any]) -> None:
-    """The application: take every item, each done when the next is asked for."""
-    async for msg in puller:
-        into.append(msg.body)
-
-
-async def follow_pulled(proc: NodeProcess, into: list[Any], ended: trio.Event) -> None:
+async def follow_pulled(proc: PeerProcess, into: list[Any], ended: trio.Event) -> None:
     """Collect the bodies ``proc`` reports pulling, until its stdout ends (it died: the
     pipe still hands over what it wrote before)."""
     while True:
@@ -107,23 +72,6 @@ async def follow_pulled(proc: NodeProcess, into: list[Any], ended: trio.Event) -
         if line["event"] == "pulled":
             into.append(line["body"])
     ended.set()
-
-
-@asynccontextmanager
-async def puller_process(*args: str) -> AsyncIterator[NodeProcess]:
-    """Start ``_reliable_proc.py`` with ``args``; wait until it is ready; SIGKILL it on
-    the way out, whatever happens."""
-    proc = await trio.lowlevel.open_process([sys.executable, str(HELPER), *args],
-                                            stdout=subprocess.PIPE)
-    np = NodeProcess(proc)
-    try:
-        np.ready = await np.expect("ready")
-        yield np
-    finally:
-        np.kill()
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
-            await proc.wait()
-            await np._stdout.aclose()
 
 
 # -- explicit endpoints: every item once -----------------------------------------------------
@@ -1095,9 +1043,8 @@ async def test_a_puller_node_killed_mid_stream_loses_nothing(manual_ack: bool) -
             open_test_node("a", port=a_port, **FAST) as a,
             open_test_node("b", peers=[a_port], **FAST) as b,
             b.open_puller("jobs", reliable=True) as b_pull,
-            puller_process("--node", "c", "--peer", f"tcp://127.0.0.1:{a_port}",
-                           "--channel", "jobs", "--delay", "0.002",
-                           *(["--manual-ack"] if manual_ack else [])) as proc,
+            node_process("c", a_port, "--reliable-puller", "jobs", "--delay", "0.002",
+                         *(["--manual-ack"] if manual_ack else [])) as proc,
             a.open_pusher("jobs", reliable=True) as push,
             trio.open_nursery() as nursery,
         ):

@@ -49,3 +49,13 @@ class Addresses:
         if self.transport == "inproc":
             return f"inproc://shoal-test-{os.getpid()}-{n}"
         raise AssertionError(f"unknown transport {self.transport!r}")
+
+
+def bind_address(transport: str, tmp_path: Path, name: str) -> str:
+    """An address named ``name`` to bind on ``transport``: loopback with any port, an
+    ipc path under ``tmp_path``, or an inproc name unique to the test."""
+    if transport == "tcp":
+        return LOOPBACK_ANY
+    if transport == "inproc":
+        return f"inproc://{tmp_path.name}-{name}"
+    return f"ipc://{tmp_path}/{name}"
