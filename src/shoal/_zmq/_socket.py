@@ -806,6 +806,29 @@ class Socket:
         finally:
             self._after_call()
 
+    def unbind(self, endpoint: str) -> None:
+        """Stop listening on ``endpoint`` (as bound). Raises ``ClosedError`` if the
+        socket or its context is closed."""
+        self.check_open("unbind")
+        try:
+            self._sock.unbind(endpoint)
+        except zmq.ZMQError as exc:
+            raise map_error(exc, f"unbind {endpoint!r}") from None
+        finally:
+            self._after_call()
+
+    def disable_monitor(self) -> None:
+        """Stop libzmq's monitor of this socket (see ``monitor``). Never raises: on a
+        closed socket, or once the context is terminating, there is nothing to stop."""
+        if self._closed:
+            return
+        try:
+            self._sock.disable_monitor()
+        except zmq.ZMQError:
+            pass  # the context is terminating: the monitor goes with it
+        finally:
+            self._after_call()
+
     def disconnect(self, endpoint: str) -> None:
         self.check_open("disconnect")
         try:

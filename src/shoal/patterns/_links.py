@@ -1,4 +1,5 @@
-"""Which connections of a connecting socket are up, from libzmq's socket monitor.
+"""Which connections of a connecting socket are up, from libzmq's socket monitor
+(parsed in ``shoal._zmq._monitor``).
 
 An event names the endpoint the socket connected to. On an endpoint the socket binds,
 it names that listening endpoint, the same for every peer that connected there (and
@@ -8,11 +9,9 @@ send (the reliable patterns' hello), and that one of them dropped from an event 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
-import zmq
-
+from shoal._zmq._monitor import DISCONNECTED, HANDSHAKE_SUCCEEDED, Monitor
 from shoal._zmq._socket import Socket
 from shoal.errors import ClosedError
 
@@ -30,10 +29,10 @@ class LinkMonitor:
         self._sock = sock
         self._on_up = on_up
         self._on_down = on_down
-        self._mon: Socket | None = None
+        self._mon: Monitor | None = None
 
     def start(self) -> None:
-        self._mon = self._sock.monitor(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self._mon = Monitor(self._sock, HANDSHAKE_SUCCEEDED | DISCONNECTED)
 
     async def run(self) -> None:
         mon = self._mon
@@ -41,23 +40,16 @@ class LinkMonitor:
             return
         try:
             while not mon.closed:
-                for frames in mon.receive_batch_nowait(64):
-                    if len(frames) != 2 or len(frames[0]) < 2:
-                        continue
-                    event = int.from_bytes(frames[0][:2], "little")
-                    endpoint = frames[1].decode(errors="replace")
-                    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                        self._on_up(endpoint)
-                    elif event == zmq.EVENT_DISCONNECTED:
-                        self._on_down(endpoint)
-                await mon.wait_receivable()
+                for ev in mon.events_nowait(64):
+                    if ev.event == HANDSHAKE_SUCCEEDED:
+                        self._on_up(ev.endpoint)
+                    elif ev.event == DISCONNECTED:
+                        self._on_down(ev.endpoint)
+                await mon.wait()
         except ClosedError:
             pass
 
     def close(self) -> None:
         mon, self._mon = self._mon, None
-        if mon is not None and not mon.closed:
-            if not self._sock.closed:
-                with contextlib.suppress(zmq.ZMQError):
-                    self._sock.zmq_socket.disable_monitor()
+        if mon is not None:
             mon.close()

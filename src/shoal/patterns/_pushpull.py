@@ -11,7 +11,6 @@ is lost with it. At-least-once delivery is a separate, opt-in layer.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -23,6 +22,7 @@ import trio
 import zmq
 
 from shoal._core import SPLIT_AT, Identity, Kind, Message, fast_decoder, pack_tail
+from shoal._zmq._monitor import DISCONNECTED, HANDSHAKE_SUCCEEDED, Monitor
 from shoal._zmq._socket import DEFAULT_LINGER_MS, Socket
 from shoal.errors import ClosedError, LocalProtocolError, MessageTooLarge
 from shoal.patterns._common import (
@@ -89,7 +89,7 @@ class Pusher(SocketResource):
         self._max = sock.max_message_size
         # Connections with a completed handshake, per endpoint, from libzmq's monitor
         # (started before any connect; read only when asked: ``pullers``).
-        self._monitor = sock.monitor(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self._monitor = Monitor(sock, HANDSHAKE_SUCCEEDED | DISCONNECTED)
         self._links: dict[str, int] = {}
         self._inproc = 0  # inproc endpoints connected to (libzmq reports no handshake)
 
@@ -100,20 +100,13 @@ class Pusher(SocketResource):
             self._inproc += 1
 
     def _read_links(self) -> None:
-        mon = self._monitor
-        if mon.closed:
-            return
         links = self._links
-        while raws := mon.receive_batch_nowait(64):
-            for frames in raws:
-                if len(frames) != 2 or len(frames[0]) < 2:
-                    continue
-                event = int.from_bytes(frames[0][:2], "little")
-                endpoint = frames[1].decode(errors="replace")
-                if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                    links[endpoint] = links.get(endpoint, 0) + 1
-                elif event == zmq.EVENT_DISCONNECTED and links.get(endpoint):
-                    links[endpoint] -= 1
+        while events := self._monitor.events_nowait(64):
+            for ev in events:
+                if ev.event == HANDSHAKE_SUCCEEDED:
+                    links[ev.endpoint] = links.get(ev.endpoint, 0) + 1
+                elif ev.event == DISCONNECTED and links.get(ev.endpoint):
+                    links[ev.endpoint] -= 1
 
     @property
     def pullers(self) -> int:
@@ -136,18 +129,14 @@ class Pusher(SocketResource):
                 await trio.lowlevel.checkpoint()
                 return
             try:
-                await self._monitor.wait_receivable()
+                await self._monitor.wait()
             except ClosedError:
                 self._sock.check_open("wait for pullers")
                 raise
 
     async def aclose(self) -> None:
         """Close; unsent messages get the socket's LINGER time to leave. Always closes."""
-        if not self._monitor.closed:
-            if not self._sock.closed:
-                with contextlib.suppress(zmq.ZMQError):
-                    self._sock.zmq_socket.disable_monitor()
-            self._monitor.close()
+        self._monitor.close()
         await super().aclose()
 
     def _encode(self, body: Any, seq: int,

@@ -165,8 +165,8 @@ class ZapHandler:
         # unbind first: libzmq frees the inproc name of a closed socket only later, in
         # its reaper thread, and a handler bound next must find it free
         try:
-            sock.zmq_socket.unbind(ZAP_ENDPOINT)
-        except zmq.ZMQError:
+            sock.unbind(ZAP_ENDPOINT)
+        except ShoalError:
             pass  # the context is terminating: the name goes with it
         sock.close()
 
