@@ -281,7 +281,7 @@ def test_bad_seconds_are_rejected_with_status_2(seconds: str) -> None:
 
 
 def test_a_rows_last_events_read_in_the_order_they_happened() -> None:
-    from shoal.cli._demo import _story
+    from shoal.cli._demo._panel import _story
 
     events = ["joined", "got job 7", "killed"]
     assert _story(events, 200) == "joined > got job 7 > killed"
