@@ -18,7 +18,7 @@ that uncertainty. Skew is a warning, not a problem: discovery, liveness and deli
 use only each host's own monotonic clock and work whatever the wall clocks say.
 
 Interfaces: their flags (up, multicast, loopback) are read from the kernel for this
-network namespace (``shoal.discovery._interfaces``), so they are right on every kind
+network namespace (``shoal.discovery.interfaces()``), so they are right on every kind
 of interface and inside namespaces and containers. Loopback counts: on a host whose
 only interface that is up is ``lo``, nodes there still find each other over mDNS on
 127.0.0.1 (that is where a node with default settings listens then), so doctor says
