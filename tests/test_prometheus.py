@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
@@ -29,6 +28,8 @@ from shoal.discovery import Role, Static
 from shoal.errors import LocalProtocolError, TransportError
 from shoal.node._node import DEFAULT_PEER_TIMEOUT
 from shoal.prometheus._exporter import GAUGE_FIELDS, MAX_REQUEST_BYTES, open_prometheus_exporter
+from support.endpoints import free_port
+from support.waiting import eventually
 
 LOOPBACK = ("127.0.0.1", 0)
 Address = tuple[str, int]
@@ -36,13 +37,6 @@ T = TypeVar("T")
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def open_test_node(name: str, *, peers: Sequence[int] = (), port: int = 0
@@ -118,14 +112,6 @@ async def scrape(address: Address) -> Page:
     assert int(headers["content-length"]) == len(body)
     assert headers["connection"] == "close"
     return Page(body.decode())
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    """Wait until ``condition()`` holds (the caller's ``fail_after`` bounds it)."""
-    while True:
-        if condition():
-            return
-        await trio.sleep(0.01)
 
 
 # -- what a scrape shows ---------------------------------------------------------------------

@@ -18,7 +18,7 @@ import os
 import re
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -34,6 +34,7 @@ import zmq
 import shoal
 from shoal.discovery import MDNS
 from shoal.patterns import ReliablePusher
+from support.waiting import eventually
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md").read_text()
 LOOPBACK = "tcp://127.0.0.1:*"
@@ -245,11 +246,6 @@ async def send_routed(sock: Sock, frames: list[bytes]) -> None:
             if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 raise
         await trio.sleep(0.01)
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    while not condition():  # noqa: ASYNC110 - shoal's counters have no event to wait on
-        await trio.sleep(0.005)
 
 
 # -- publish/subscribe -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -37,18 +37,13 @@ from shoal.discovery._mdns import _MAX_KNOWN
 from shoal.errors import LocalProtocolError
 from shoal.node._node import MAX_PENDING_LINKS
 from shoal.security import KeyPair, Security, Trust, generate_keypair, server_options
+from support.endpoints import free_port
+from support.waiting import eventually
 
 LOOPBACK = ["127.0.0.1"]
 A_KEYS = generate_keypair()
 B_KEYS = generate_keypair()
 EVIL_KEYS = generate_keypair()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def ep(port: int) -> str:
@@ -94,14 +89,6 @@ async def gather(receiver: Any, seconds: float) -> list[Any]:
         async for msg in receiver:
             got.append(msg)
     return got
-
-
-async def eventually(condition: Callable[[], bool], poll: float = 0.05) -> None:
-    """Wait until ``condition()`` holds (the caller's ``fail_after`` bounds it)."""
-    while True:
-        if condition():
-            return
-        await trio.sleep(poll)
 
 
 def logged(caplog: pytest.LogCaptureFixture, *texts: str) -> bool:

@@ -16,7 +16,7 @@ import argparse
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -48,6 +48,7 @@ from shoal.security import (
     serve_zap,
     server_options,
 )
+from support.waiting import eventually
 
 # A fixed, valid pair (made with zmq.curve_keypair) for format tests.
 PUBLIC = b"rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
@@ -402,12 +403,6 @@ def drain(sock: Socket) -> list[list[bytes]]:
     return sock.receive_batch_nowait(100)
 
 
-async def wait_until(condition: Callable[[], bool]) -> None:
-    # counters have no event to wait on; the caller's fail_after bounds this
-    while not condition():  # noqa: ASYNC110
-        await trio.sleep(0.005)
-
-
 async def next_event(mon: Socket) -> tuple[int, int]:
     frames = await receive(mon)
     return (int.from_bytes(frames[0][:2], "little"), int.from_bytes(frames[0][2:6], "little"))
@@ -464,7 +459,7 @@ async def test_untrusted_client_is_refused_and_does_not_retry(lab: Lab) -> None:
             # a new connect() is a new attempt (how a node retries a refused link)
             bob.disconnect(endpoint)
             connect_curve(bob, endpoint, SERVER.public)
-            await wait_until(lambda: zap.statistics().refused == 2)
+            await eventually(lambda: zap.statistics().refused == 2)
 
 
 async def test_refusal_is_logged_once_per_key(
@@ -474,7 +469,7 @@ async def test_refusal_is_logged_once_per_key(
             _, endpoint = lab.server()
             for _ in range(3):
                 lab.client(BOB, endpoint)
-            await wait_until(lambda: zap.statistics().refused == 3)
+            await eventually(lambda: zap.statistics().refused == 3)
     refusals = [r.getMessage() for r in caplog.records if "refused a CURVE" in r.getMessage()]
     assert len(refusals) == 1
     assert BOB.public.decode() in refusals[0]
@@ -558,7 +553,7 @@ async def test_one_socket_connects_to_two_servers_with_their_own_keys(lab: Lab) 
             await trio.sleep(0.05)
             reborn = lab.open(zmq.ROUTER, server_options(SERVER))
             reborn.bind(ep_one)
-            await wait_until(lambda: zap.statistics().allowed == 3)
+            await eventually(lambda: zap.statistics().allowed == 3)
             got: set[bytes] = set()
             n = 0
             while b"one" not in got:
