@@ -8,6 +8,7 @@ call that tests can drive deterministically.
 
 from shoal._core._ack_batching import ACK_BATCH, ACK_DELAY, PullReceiver, SubscriberReceiver
 from shoal._core._acks import (
+    ACK_TOPIC,
     MAX_PREFIXES,
     PullAck,
     SubscriberAck,
@@ -67,6 +68,7 @@ from shoal._core._wiring import Route, local_route
 __all__ = [
     "ACK_BATCH",
     "ACK_DELAY",
+    "ACK_TOPIC",
     "HEADER",
     "LOST_TRACK",
     "MAX_ADDRESSES",

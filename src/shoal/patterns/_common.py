@@ -41,6 +41,7 @@ __all__ = [
     "SocketResource",
     "check_busy_poll",
     "check_limits",
+    "check_reliable_pubsub_args",
     "endpoint_list",
     "open_socket",
     "publish_item",
@@ -90,6 +91,17 @@ def check_limits(*, high_water_mark: int, batch: int = 1) -> None:
             f"high_water_mark must be an int >= 0 (0 means no limit), not {high_water_mark!r}")
     if not isinstance(batch, int) or batch < 1:
         raise LocalProtocolError(f"batch must be an int >= 1, not {batch!r}")
+
+
+def check_reliable_pubsub_args(*, window: int = 1, rto: float = 1.0, grace: float = 1.0,
+                               heartbeat: float = 1.0) -> None:
+    """Refuse values that cannot work. (``grace`` should exceed a few of the
+    subscribers' ``heartbeat``s, 0.5 s by default; each side only knows its own.)"""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise LocalProtocolError(f"window must be an int >= 1, not {window!r}")
+    for name, value in (("rto", rto), ("grace", grace), ("heartbeat", heartbeat)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise LocalProtocolError(f"{name} must be a number > 0, not {value!r}")
 
 
 def open_socket(

@@ -1,0 +1,431 @@
+"""Request/reply over DEALER (requester) and ROUTER (replier), many requests in flight.
+
+Not REQ/REP: REQ locks up when one reply is lost. Each request carries an id in the
+envelope's ``correlation`` field; the reply carries it back and the requester matches
+it to the waiting call. DEALER spreads requests round-robin over the repliers it is
+connected to. It does not set ``ZMQ_IMMEDIATE``, which would make libzmq discard the
+replies already received from a replier that then disconnects; the price is that a
+request may queue for a connected endpoint whose replier is down, so a caller that
+cannot wait forever uses a timeout (``trio.fail_after``). The ROUTER
+sets ``ZMQ_ROUTER_MANDATORY``: a reply to a requester that has gone is counted as
+unroutable instead of vanishing, and a full queue applies backpressure.
+
+A replier also answers a plain ZeroMQ REQ socket (or a DEALER that frames like one):
+REQ puts an empty delimiter frame before the envelope. The replier notices the empty
+first frame, takes the envelope from the frames after it, and puts the delimiter back
+in front of its answer, which REQ requires. A DEALER's request never starts with an
+empty frame, so this costs its requests one length test.
+
+The requester has no background task. Whichever waiting ``request()`` finds nobody
+reading becomes the reader: it drains replies, hands each to its caller, and when its
+own reply arrives passes the reader role to another waiting call (leader/follower).
+One request in flight thus reads its own reply with no task hand-off.
+
+Routed mode (what a node's requester uses): the socket is a ROUTER that connects to
+each replier under a routing id of its own choosing (``add_route``), picks the
+replier for each request itself (round-robin over those that accept it) and so knows
+where every request went. When a replier vanishes (``drop_route``), the requests
+waiting on it fail at once with ``PeerLost`` instead of waiting for a reply that
+cannot come; they are not re-sent elsewhere, because the replier may have run them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from time import time_ns
+from typing import Any
+
+import trio
+import zmq
+
+from shoal._core import SPLIT_AT, Identity, Kind, Message, pack_tail
+from shoal._zmq._socket import DEFAULT_LINGER_MS, PeerUnreachable, Socket
+from shoal.errors import (
+    LocalProtocolError,
+    MessageTooLarge,
+    PeerLost,
+    RemoteError,
+)
+from shoal.patterns._common import (
+    DEFAULT_BATCH,
+    Endpoints,
+    MalformedCounter,
+    SocketResource,
+    check_busy_poll,
+    open_socket,
+    stream_encoder,
+)
+from shoal.patterns._links import LinkMonitor
+from shoal.patterns._routes import connect_route
+
+__all__ = ["Requester", "RequesterStatistics", "open_requester", "requester_options"]
+
+log = logging.getLogger("shoal")
+
+_ANSWERS = (Kind.REPLY, Kind.ERROR)
+_REQUEST = (Kind.REQUEST,)
+
+
+@dataclass(frozen=True, slots=True)
+class RequesterStatistics:
+    """Counters of a requester at one moment."""
+
+    sent: int
+    """Requests handed to ZeroMQ."""
+    replies: int
+    """Replies matched to a waiting request (including failures reported by repliers)."""
+    remote_errors: int
+    """Replies that reported a handler failure (raised as ``RemoteError``)."""
+    unmatched: int
+    """Replies nobody waited for any more (the request was cancelled or timed out)."""
+    lost: int
+    """Requests failed with ``PeerLost`` because their replier vanished."""
+    retried: int
+    """Requests sent again (``retries=``) after a timeout or a vanished replier."""
+    in_flight: int
+    malformed: int
+    malformed_by_reason: Mapping[str, int]
+
+
+class _Pending:
+    __slots__ = ("done", "error", "gone", "lost", "reply", "route", "wake")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.gone = False  # the waiting call has returned or was cancelled
+        self.error = False
+        self.reply: Message | None = None
+        self.wake: trio.Event | None = None
+        self.route = b""  # routed mode: the replier the request went to
+        self.lost = ""  # routed mode: why that replier is gone
+
+
+class Requester(SocketResource):
+    """Sends requests and matches replies by id. Make one with ``open_requester``."""
+
+    def __init__(
+        self, sock: Socket, identity: Identity | None, *, batch: int, routed: bool = False
+    ) -> None:
+        self._sock = sock
+        self._enc = stream_encoder(identity, sock)
+        self._head = b"\0" + self._enc.raw_prefix[Kind.REQUEST]
+        self._max = sock.max_message_size
+        self._batch = batch
+        self._routed = routed
+        self._frames = 2 if routed else 1
+        self._routes: list[bytes] = []
+        self._route_of: dict[str, bytes] = {}  # endpoint -> route (routed mode)
+        self._turn = 0
+        self._routes_changed = trio.Event()
+        # Routed mode: a replier's connection dropping (a killed process: its kernel
+        # resets the connection) fails the requests it held at once, before the node
+        # times the peer out. ``links.run()`` runs in the owner's task group.
+        self.links: LinkMonitor | None = None
+        if routed:
+            self.links = LinkMonitor(sock, self._link_up, self._link_down)
+            self.links.start()  # before any connect: no handshake goes unseen
+        self._lost = 0
+        self._retried = 0
+        self._next_id = 1
+        self._pending: dict[int, _Pending] = {}
+        self._followers: deque[_Pending] = deque()
+        self._reading = False
+        self._malformed = MalformedCounter()
+        self._sent = 0
+        self._replies = 0
+        self._remote_errors = 0
+        self._unmatched = 0
+
+    async def request(
+        self, body: Any, *, headers: Mapping[str, Any] | None = None, retries: int = 0,
+        retry_after: float = 1.0,
+    ) -> Any:
+        """Send ``body`` to one replier and return the body of its reply.
+
+        Waits as long as it takes: wrap it in ``trio.fail_after`` / ``move_on_after``.
+        Many calls may be in flight at once. ``retries``: send the request again, with
+        the same id, when no reply came within ``retry_after`` seconds (or when its
+        replier vanished), up to ``retries`` times; repliers recognise the id and
+        answer a repeat from their reply cache instead of running the handler twice.
+        Raises ``RemoteError`` if the replier's handler failed, ``PeerLost`` if the
+        replier vanished (no retries left), ``EncodeError`` for a body msgpack cannot
+        encode, ``ClosedError`` if the requester is closed. Cancel-safe: a late reply
+        to a cancelled call is counted in ``statistics().unmatched`` and dropped.
+        """
+        msg = await self.request_message(body, headers=headers, retries=retries,
+                                         retry_after=retry_after)
+        return msg.body
+
+    async def request_message(
+        self, body: Any, *, headers: Mapping[str, Any] | None = None, retries: int = 0,
+        retry_after: float = 1.0,
+    ) -> Message:
+        """Like ``request()``, but return the whole reply ``Message`` (headers, sender...)."""
+        if not isinstance(retries, int) or retries < 0 or not retry_after > 0:
+            raise LocalProtocolError("retries is an int >= 0 and retry_after a number of "
+                                     "seconds > 0")
+        rid = self._next_id
+        frame: bytes | tuple[bytes, bytes]
+        if type(body) is bytes and headers is None and len(body) < SPLIT_AT:  # one join
+            frame = b"".join((self._head, pack_tail(rid, time_ns(), rid), body))
+            if len(frame) > self._max:
+                raise MessageTooLarge(len(frame), self._max)
+        else:
+            head, big = self._enc.encode_parts(Kind.REQUEST, b"\0", body, rid, time_ns(), rid,
+                                               headers)
+            frame = head if big is None else (head, big)
+        self._next_id = rid + 1
+        slot = _Pending()
+        self._pending[rid] = slot
+        try:
+            if self._routed:
+                slot.route = await self._send_routed(frame)
+            elif type(frame) is bytes:
+                await self._sock.send(frame)
+            else:
+                await self._send_split(frame)
+            self._sent += 1
+            if not retries and not self._reading:
+                # one call in flight (the latency path): read our own reply, no hand-off
+                await self._read_until(slot)
+            for _ in range(retries):
+                with trio.move_on_after(retry_after):
+                    await self._await_reply(slot)
+                if slot.done and not slot.lost:
+                    break
+                # no answer in time, or its replier vanished: the same request again
+                slot.done, slot.lost = False, ""
+                await self._send_request(slot, frame)
+                self._retried += 1
+            await self._await_reply(slot)
+        finally:
+            slot.gone = True
+            del self._pending[rid]
+        if slot.lost:
+            raise PeerLost(f"request {rid} got no reply: {slot.lost}. It may or may not "
+                           "have been processed; retry if the request is idempotent")
+        reply = slot.reply
+        assert reply is not None
+        if slot.error:
+            raise RemoteError(str(reply.body))
+        return reply
+
+    async def _send_request(self, slot: _Pending, frame: bytes | tuple[bytes, bytes]) -> None:
+        if self._routed:
+            slot.route = await self._send_routed(frame, avoid=slot.route)
+        elif type(frame) is bytes:
+            await self._sock.send(frame)
+        else:
+            await self._send_split(frame)
+
+    async def _send_split(self, frame: Any) -> None:
+        """Send a request whose body is a frame of its own (zero-copy)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        sock = self._sock
+        while True:
+            try:
+                sock.send_split_nowait(None, *frame)
+            except trio.WouldBlock:
+                await sock.wait_sendable()
+                continue
+            await sock.pace()
+            return
+
+    async def _await_reply(self, slot: _Pending) -> None:
+        while not slot.done:
+            if self._reading:
+                slot.wake = trio.Event()
+                self._followers.append(slot)
+                await slot.wake.wait()
+            else:
+                await self._read_until(slot)
+
+    async def _send_routed(self, frame: bytes | tuple[bytes, bytes],
+                           avoid: bytes = b"") -> bytes:
+        """Send to the next replier that takes the request (``avoid``, where it went
+        before, only if no other does); return its route."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        delay = 0.001
+        while True:
+            sock = self._sock
+            sock.check_open("send a request")
+            n = len(self._routes)
+            start = self._turn
+            self._turn += 1
+            order = [self._routes[(start + i) % n] for i in range(n)]
+            if avoid in order and n > 1:
+                order.remove(avoid)
+                order.append(avoid)
+            for route in order:
+                try:
+                    if type(frame) is bytes:
+                        sock.send_to_nowait(route, frame)
+                    else:
+                        sock.send_split_nowait(route, *frame)
+                except (PeerUnreachable, trio.WouldBlock):
+                    continue  # not connected (yet, or any more), or its queue is full
+                await sock.pace()
+                return route
+            # Nobody took it. A new route wakes us; a connection completing its
+            # handshake tells nobody, so with routes known, look again soon.
+            changed = self._routes_changed
+            with trio.move_on_after(delay if n else math.inf):
+                await changed.wait()
+            delay = min(delay * 2, 0.05)
+
+    def add_route(self, route: bytes, endpoint: str, *,
+                  server_key: bytes | None = None) -> None:
+        """Routed mode: connect to a replier at ``endpoint``, known as ``route``.
+        ``server_key``: the CURVE public key (Z85) of the listener there, for a socket
+        made with ``shoal.security.client_options`` (libzmq reads it at ``connect``)."""
+        connect_route(self._sock, route, endpoint, server_key)
+        self._routes.append(route)
+        self._route_of[endpoint] = route
+        self._wake_senders()
+
+    def _wake_senders(self) -> None:
+        self._routes_changed.set()
+        self._routes_changed = trio.Event()
+
+    def _link_up(self, endpoint: str) -> None:
+        if endpoint in self._route_of:
+            self._wake_senders()  # a request waiting for a replier can go now
+
+    def _link_down(self, endpoint: str) -> None:
+        route = self._route_of.get(endpoint)
+        if route is not None:
+            self._fail_pending(route, f"its connection to the replier at {endpoint} "
+                                      "dropped")
+
+    def drop_route(self, route: bytes, endpoint: str, why: str) -> None:
+        """Routed mode: disconnect from a replier; requests waiting on it raise
+        ``PeerLost(why)``."""
+        if route in self._routes:
+            self._routes.remove(route)
+        if self._route_of.get(endpoint) == route:
+            del self._route_of[endpoint]
+        if not self._sock.closed:
+            self._sock.disconnect(endpoint)
+        self._fail_pending(route, why)
+
+    def _fail_pending(self, route: bytes, why: str) -> None:
+        """Requests waiting on ``route`` are lost there: re-sent elsewhere (retries)
+        or ``PeerLost(why)``."""
+        woke = False
+        for slot in self._pending.values():
+            if slot.route == route and not slot.done:
+                slot.done = True
+                slot.lost = why
+                self._lost += 1
+                woke = True
+                if slot.wake is not None:
+                    slot.wake.set()
+        if woke:
+            self._sock.interrupt()  # the reading call may be one of them
+
+    async def _read_until(self, slot: _Pending) -> None:
+        self._reading = True
+        try:
+            while not slot.done:
+                raws = self._sock.receive_batch_nowait(self._batch)
+                if not raws:
+                    await self._sock.wait_receivable()
+                    continue
+                for frames in raws:
+                    self._dispatch(frames)
+        finally:
+            self._reading = False
+            # Pass the reader role on: wake one call that still waits for its reply.
+            followers = self._followers
+            while followers:
+                other = followers.popleft()
+                if not other.gone and not other.done and other.wake is not None:
+                    other.wake.set()
+                    break
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        msg = self._malformed.check(frames, _ANSWERS, "requester", nframes=self._frames,
+                                    split=True)
+        if msg is None:
+            return
+        slot = self._pending.get(msg.correlation)
+        if slot is None or slot.done:
+            self._unmatched += 1
+            return
+        slot.done = True
+        slot.reply = msg
+        self._replies += 1
+        if msg.kind is Kind.ERROR:
+            slot.error = True
+            self._remote_errors += 1
+        if slot.wake is not None:
+            slot.wake.set()
+
+    def statistics(self) -> RequesterStatistics:
+        """An immutable snapshot of this resource's counters."""
+        return RequesterStatistics(
+            sent=self._sent,
+            replies=self._replies,
+            remote_errors=self._remote_errors,
+            unmatched=self._unmatched,
+            lost=self._lost,
+            retried=self._retried,
+            in_flight=len(self._pending),
+            malformed=self._malformed.total,
+            malformed_by_reason=dict(self._malformed.by_reason),
+        )
+
+    async def aclose(self) -> None:
+        """Close; calls still waiting for a reply raise ``ClosedError``."""
+        if self.links is not None:
+            self.links.close()
+        self._sock.close()
+        for slot in self._pending.values():
+            if slot.wake is not None:
+                slot.wake.set()  # followers re-check and find the socket closed
+        await trio.lowlevel.checkpoint()
+
+
+@asynccontextmanager
+async def open_requester(
+    *,
+    bind: Endpoints = None,
+    connect: Endpoints = None,
+    identity: Identity | None = None,
+    high_water_mark: int = 1000,
+    batch: int = DEFAULT_BATCH,
+    context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    linger_ms: int = DEFAULT_LINGER_MS,
+    busy_poll: float = 0.0,
+) -> AsyncIterator[Requester]:
+    """Open a requester. Requests are spread round-robin over connected repliers.
+
+    ``busy_poll``: seconds a call waiting for its reply spins before it sleeps (see
+    the README's "Busy polling": lower latency for a core's worth of CPU)."""
+    busy_poll = check_busy_poll(busy_poll)
+    sock = open_socket("open_requester", zmq.DEALER, bind=bind, connect=connect,
+                       high_water_mark=high_water_mark, batch=batch, context=context,
+                       linger_ms=linger_ms, options=requester_options(high_water_mark))
+    sock.busy_poll = busy_poll
+    async with Requester(sock, identity, batch=batch) as client:
+        yield client
+
+
+def requester_options(
+    high_water_mark: int, *, routed: bool = False
+) -> list[tuple[int, int | bytes]]:
+    """Socket options of a requester (DEALER; ROUTER in routed mode)."""
+    # No ZMQ_IMMEDIATE: with it, libzmq discards the unread replies of a replier that
+    # disconnects (a replier that answers and exits would lose its last answers).
+    opts: list[tuple[int, int | bytes]] = [
+        (zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark)]
+    if routed:
+        opts.append((zmq.ROUTER_MANDATORY, 1))  # an unconnected route raises, not drops
+    return opts
+
+
