@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -1206,3 +1207,17 @@ async def test_a_bad_max_streams_is_refused_before_anything_is_bound() -> None:
                 pass  # pragma: no cover - never opened
         async with shoal.open_subscriber(bind=ep) as sub:  # the address is still free
             assert sub.endpoints == [ep]
+
+
+@pytest.mark.parametrize("module", ["shoal.patterns._pubsub", "shoal.patterns._pushpull"])
+def test_the_best_effort_modules_do_not_import_the_reliable_ones(module: str) -> None:
+    """The ``reliable=`` switch lives in ``shoal.patterns._open``, which imports both
+    kinds; a best-effort module stays free of the reliable machinery."""
+    import ast
+    import importlib
+
+    source = Path(importlib.import_module(module).__file__ or "").read_text()
+    imported = {node.module for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.ImportFrom) and node.module}
+    assert "shoal.patterns._common" in imported  # the walk sees the imports
+    assert not {m for m in imported if "reliable" in m or m.endswith(("_open", "_acked"))}

@@ -13,21 +13,18 @@ request/reply      DEALER -> ROUTER, ids         one replier; the reply comes ba
 =================  ============================  ====================================
 """
 
+from shoal.patterns._open import open_publisher, open_puller, open_pusher, open_subscriber
 from shoal.patterns._pubsub import (
     Publisher,
     PublisherStatistics,
     Subscriber,
     SubscriberStatistics,
-    open_publisher,
-    open_subscriber,
 )
 from shoal.patterns._pushpull import (
     Puller,
     PullerStatistics,
     Pusher,
     PusherStatistics,
-    open_puller,
-    open_pusher,
 )
 from shoal.patterns._reliable_pubsub import (
     ReliablePublisher,

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from time import time_ns
-from typing import Any, Literal, overload
+from typing import Any
 
 import trio
 import zmq
@@ -41,10 +41,9 @@ from shoal._core import (
     fast_decoder,
     pack_tail,
 )
-from shoal._zmq._socket import DEFAULT_LINGER_MS, Socket
+from shoal._zmq._socket import Socket
 from shoal.errors import LocalProtocolError, MessageTooLarge
 from shoal.patterns._common import (
-    DEFAULT_BATCH,
     BufferedReceiver,
     Endpoints,
     PublishItem,
@@ -52,13 +51,6 @@ from shoal.patterns._common import (
     open_socket,
     publish_item,
     stream_encoder,
-    with_busy_poll,
-)
-from shoal.patterns._reliable_pubsub import (
-    ReliablePublisher,
-    ReliableSubscriber,
-    open_reliable_publisher,
-    open_reliable_subscriber,
 )
 
 _PUBLISH = (Kind.PUBLISH,)
@@ -71,8 +63,8 @@ __all__ = [
     "PublisherStatistics",
     "Subscriber",
     "SubscriberStatistics",
-    "open_publisher",
-    "open_subscriber",
+    "open_best_effort_publisher",
+    "open_best_effort_subscriber",
 ]
 # (publisher_options, subscriber_options, check_subscriber_args: for shoal's node)
 
@@ -351,57 +343,8 @@ class Subscriber(BufferedReceiver[Message]):
         )
 
 
-@overload
-def open_publisher(
-    *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
-    high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[False] = False, busy_poll: float = 0.0,
-) -> AbstractAsyncContextManager[Publisher]: ...
-
-
-@overload
-def open_publisher(
-    *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
-    high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[True],
-    busy_poll: float = 0.0, window: int = 8192,
-    rto: float = 0.5, grace: float = 10.0, max_subscribers: int = 1024,
-) -> AbstractAsyncContextManager[ReliablePublisher]: ...
-
-
-def open_publisher(
-    *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
-    high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    linger_ms: int = DEFAULT_LINGER_MS, reliable: bool = False,
-    busy_poll: float = 0.0, window: int = 8192,
-    rto: float = 0.5, grace: float = 10.0, max_subscribers: int = 1024,
-) -> AbstractAsyncContextManager[Publisher] | AbstractAsyncContextManager[ReliablePublisher]:
-    """Open a publisher bound to and/or connected to the given endpoints.
-
-    ``bind="tcp://127.0.0.1:*"`` picks a free port; ``pub.endpoints`` tells which.
-    Raises ``LocalProtocolError``/``InvalidEndpoint`` for bad arguments,
-    ``TransportError`` when the address cannot be used.
-
-    ``reliable=True``: at least once (exactly once and in order to the application) to
-    every subscriber opened with ``reliable=True`` (either side may bind; a publisher
-    that connects says hello, and the subscriber introduces itself). It keeps each
-    subscriber's unacknowledged publications (up to ``window``; ``publish`` waits
-    beyond), sends them again after ``rto`` seconds without progress, and drops a
-    subscriber silent for ``grace`` seconds (counted, logged).
-    """
-    if reliable:
-        cm1 = open_reliable_publisher(
-            bind=bind, connect=connect, identity=identity, high_water_mark=high_water_mark,
-            window=window, rto=rto, grace=grace, max_subscribers=max_subscribers,
-            context=context, linger_ms=linger_ms)
-        return with_busy_poll(cm1, busy_poll)
-    cm2 = _open_publisher(bind=bind, connect=connect, identity=identity,
-                          high_water_mark=high_water_mark, context=context, linger_ms=linger_ms)
-    return with_busy_poll(cm2, busy_poll)
-
-
 @asynccontextmanager
-async def _open_publisher(
+async def open_best_effort_publisher(
     *, bind: Endpoints, connect: Endpoints, identity: Identity | None, high_water_mark: int,
     context: zmq.Context[zmq.Socket[bytes]] | None, linger_ms: int,
 ) -> AsyncIterator[Publisher]:
@@ -413,57 +356,8 @@ async def _open_publisher(
         yield pub
 
 
-@overload
-def open_subscriber(
-    *, bind: Endpoints = None, connect: Endpoints = None, topics: Sequence[str] = ("",),
-    high_water_mark: int = 1000, batch: int = DEFAULT_BATCH, max_streams: int = 4096,
-    context: zmq.Context[zmq.Socket[bytes]] | None = None, reliable: Literal[False] = False,
-    busy_poll: float = 0.0,
-) -> AbstractAsyncContextManager[Subscriber]: ...
-
-
-@overload
-def open_subscriber(
-    *, bind: Endpoints = None, connect: Endpoints = None, topics: Sequence[str] = ("",),
-    high_water_mark: int = 1000, batch: int = DEFAULT_BATCH, max_streams: int = 4096,
-    context: zmq.Context[zmq.Socket[bytes]] | None = None, reliable: Literal[True],
-    busy_poll: float = 0.0,
-    identity: Identity | None = None, heartbeat: float = 0.5,
-) -> AbstractAsyncContextManager[ReliableSubscriber]: ...
-
-
-def open_subscriber(
-    *, bind: Endpoints = None, connect: Endpoints = None, topics: Sequence[str] = ("",),
-    high_water_mark: int = 1000, batch: int = DEFAULT_BATCH, max_streams: int = 4096,
-    context: zmq.Context[zmq.Socket[bytes]] | None = None, reliable: bool = False,
-    busy_poll: float = 0.0,
-    identity: Identity | None = None, heartbeat: float = 0.5,
-) -> AbstractAsyncContextManager[Subscriber] | AbstractAsyncContextManager[ReliableSubscriber]:
-    """Open a subscriber receiving every topic that starts with one of ``topics``.
-
-    The default, ``("",)``, receives everything; ``topics=()`` receives nothing until
-    ``subscribe()`` is called. ``max_streams`` bounds the gap-tracking memory.
-
-    ``reliable=True``: from reliable publishers (either side may bind), once and in
-    order per publisher, everything published after a publisher heard of it. It
-    tells each publisher where it stands every ``heartbeat`` seconds and as it
-    receives.
-    """
-    if reliable:
-        check_subscriber_args(topics, max_streams)
-        cm3 = open_reliable_subscriber(
-            bind=bind, connect=connect, topics=topics, identity=identity,
-            high_water_mark=high_water_mark, batch=batch, max_streams=max_streams,
-            heartbeat=heartbeat, context=context)
-        return with_busy_poll(cm3, busy_poll)
-    cm4 = _open_subscriber(bind=bind, connect=connect, topics=topics,
-                           high_water_mark=high_water_mark, batch=batch,
-                           max_streams=max_streams, context=context)
-    return with_busy_poll(cm4, busy_poll)
-
-
 @asynccontextmanager
-async def _open_subscriber(
+async def open_best_effort_subscriber(
     *, bind: Endpoints, connect: Endpoints, topics: Sequence[str], high_water_mark: int,
     batch: int, max_streams: int, context: zmq.Context[zmq.Socket[bytes]] | None,
 ) -> AsyncIterator[Subscriber]:

@@ -11,20 +11,19 @@ is lost with it. At-least-once delivery is a separate, opt-in layer.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from time import time_ns
-from typing import Any, Literal, overload
+from typing import Any
 
 import trio
 import zmq
 
 from shoal._core import SPLIT_AT, Identity, Kind, Message, fast_decoder, pack_tail
 from shoal._zmq._monitor import DISCONNECTED, HANDSHAKE_SUCCEEDED, Monitor
-from shoal._zmq._socket import DEFAULT_LINGER_MS, Socket
-from shoal.errors import ClosedError, LocalProtocolError, MessageTooLarge
+from shoal._zmq._socket import Socket
+from shoal.errors import ClosedError, MessageTooLarge
 from shoal.patterns._common import (
     DEFAULT_BATCH,
     BufferedReceiver,
@@ -34,14 +33,6 @@ from shoal.patterns._common import (
     open_socket,
     require_endpoints,
     stream_encoder,
-    with_busy_poll,
-)
-from shoal.patterns._reliable_pushpull import (
-    ManualAckPuller,
-    ReliablePuller,
-    ReliablePusher,
-    open_reliable_puller,
-    open_reliable_pusher,
 )
 
 _PUSH = (Kind.PUSH,)
@@ -52,8 +43,8 @@ __all__ = [
     "PullerStatistics",
     "Pusher",
     "PusherStatistics",
-    "open_puller",
-    "open_pusher",
+    "open_best_effort_puller",
+    "open_best_effort_pusher",
 ]
 
 
@@ -268,64 +259,8 @@ class Puller(BufferedReceiver[Message]):
         )
 
 
-@overload
-def open_pusher(
-    *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
-    high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[False] = False, busy_poll: float = 0.0,
-) -> AbstractAsyncContextManager[Pusher]: ...
-
-
-@overload
-def open_pusher(
-    *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
-    high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[True], busy_poll: float = 0.0,
-    window: int = 1024,
-    rto: float = 0.5, max_attempts: int = 10, give_up_after: float | None = None,
-    outbox: str | os.PathLike[str] | None = None,
-) -> AbstractAsyncContextManager[ReliablePusher]: ...
-
-
-def open_pusher(
-    *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
-    high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    linger_ms: int = DEFAULT_LINGER_MS, reliable: bool = False, busy_poll: float = 0.0,
-    window: int = 1024,
-    rto: float = 0.5, max_attempts: int = 10, give_up_after: float | None = None,
-    outbox: str | os.PathLike[str] | None = None,
-) -> AbstractAsyncContextManager[Pusher] | AbstractAsyncContextManager[ReliablePusher]:
-    """Open a pusher. ``send()`` waits until a puller is connected and can take work.
-
-    ``reliable=True``: at least once, to pullers opened with ``reliable=True`` (it
-    connects to them, or they to it: either side may bind). An item stays in a window of ``window``
-    until a puller's application is done with it, is retransmitted after ``rto``
-    seconds (doubling) until a puller has it, goes to another puller if the one
-    holding it disconnects, and is given up after ``max_attempts`` transmissions or
-    ``give_up_after`` seconds (``wait_acked()`` raises ``DeliveryFailed``; they are
-    also on ``push.dead_letters``).
-
-    ``outbox="path.sqlite"`` (reliable only) keeps every accepted item on disk until
-    it is done; a pusher reopened on the same file after a crash sends them again
-    under their original ids, and pullers drop the copies they already had. Without
-    an outbox, a pusher that crashes loses the items it had not yet seen done.
-    """
-    if outbox is not None and not reliable:
-        raise LocalProtocolError("outbox= needs reliable=True (a best-effort pusher "
-                                 "keeps nothing)")
-    if reliable:
-        cm1 = open_reliable_pusher(
-            bind=bind, connect=connect, identity=identity, high_water_mark=high_water_mark,
-            window=window, rto=rto, max_attempts=max_attempts, give_up_after=give_up_after,
-            context=context, linger_ms=linger_ms, outbox=outbox)
-        return with_busy_poll(cm1, busy_poll)
-    cm2 = _open_pusher(bind=bind, connect=connect, identity=identity,
-                       high_water_mark=high_water_mark, context=context, linger_ms=linger_ms)
-    return with_busy_poll(cm2, busy_poll)
-
-
 @asynccontextmanager
-async def _open_pusher(
+async def open_best_effort_pusher(
     *, bind: Endpoints, connect: Endpoints, identity: Identity | None, high_water_mark: int,
     context: zmq.Context[zmq.Socket[bytes]] | None, linger_ms: int,
 ) -> AsyncIterator[Pusher]:
@@ -341,69 +276,8 @@ async def _open_pusher(
         yield push
 
 
-@overload
-def open_puller(
-    *, bind: Endpoints = None, connect: Endpoints = None, high_water_mark: int = 1000,
-    batch: int = DEFAULT_BATCH, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    reliable: Literal[False] = False, busy_poll: float = 0.0,
-) -> AbstractAsyncContextManager[Puller]: ...
-
-
-@overload
-def open_puller(
-    *, bind: Endpoints = None, connect: Endpoints = None, high_water_mark: int = 1000,
-    batch: int = DEFAULT_BATCH, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    reliable: Literal[True], busy_poll: float = 0.0, manual_ack: Literal[False] = False,
-    identity: Identity | None = None, max_streams: int = 4096,
-) -> AbstractAsyncContextManager[ReliablePuller]: ...
-
-
-@overload
-def open_puller(
-    *, bind: Endpoints = None, connect: Endpoints = None, high_water_mark: int = 1000,
-    batch: int = DEFAULT_BATCH, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    reliable: Literal[True], busy_poll: float = 0.0, manual_ack: Literal[True],
-    identity: Identity | None = None, max_streams: int = 4096,
-) -> AbstractAsyncContextManager[ManualAckPuller]: ...
-
-
-def open_puller(
-    *, bind: Endpoints = None, connect: Endpoints = None, high_water_mark: int = 1000,
-    batch: int = DEFAULT_BATCH, context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    reliable: bool = False, busy_poll: float = 0.0, manual_ack: bool = False,
-    identity: Identity | None = None, max_streams: int = 4096,
-) -> (AbstractAsyncContextManager[Puller] | AbstractAsyncContextManager[ReliablePuller]
-      | AbstractAsyncContextManager[ManualAckPuller]):
-    """Open a puller: ``async for msg in pull`` yields each work item sent to it.
-
-    ``reliable=True``: from reliable pushers (either side may bind; a puller that
-    connects introduces itself to each pusher, which then sends it work). Each item
-    reaches the application once; it is done (acknowledged) when the next one is
-    asked for, or, with ``manual_ack=True``, when ``await item.ack()`` is called on
-    the ``Delivery`` handed out. ``identity`` names this puller's
-    acknowledgements; ``max_streams`` bounds how many senders it remembers.
-    """
-    if reliable:
-        if manual_ack:
-            cm3 = open_reliable_puller(bind=bind, connect=connect, identity=identity,
-                                       high_water_mark=high_water_mark, batch=batch,
-                                       max_streams=max_streams, manual_ack=True,
-                                       context=context)
-            return with_busy_poll(cm3, busy_poll)
-        cm4 = open_reliable_puller(bind=bind, connect=connect, identity=identity,
-                                   high_water_mark=high_water_mark, batch=batch,
-                                   max_streams=max_streams, context=context)
-        return with_busy_poll(cm4, busy_poll)
-    if manual_ack:
-        raise LocalProtocolError("manual_ack=True needs reliable=True (a best-effort "
-                                 "puller acknowledges nothing)")
-    cm5 = _open_puller(bind=bind, connect=connect, high_water_mark=high_water_mark,
-                       batch=batch, context=context)
-    return with_busy_poll(cm5, busy_poll)
-
-
 @asynccontextmanager
-async def _open_puller(
+async def open_best_effort_puller(
     *, bind: Endpoints, connect: Endpoints, high_water_mark: int, batch: int,
     context: zmq.Context[zmq.Socket[bytes]] | None,
 ) -> AsyncIterator[Puller]:
