@@ -12,7 +12,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+
 from netlab import Host, Lab, lab_fixture
+
+pytestmark = pytest.mark.lab
 
 lab2 = lab_fixture(2)
 

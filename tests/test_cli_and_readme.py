@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.lab
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

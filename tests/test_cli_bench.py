@@ -48,6 +48,8 @@ from shoal.cli._bench._run import Options, Variant
 from shoal.cli._bench._server import BenchServer
 from shoal.errors import RemoteError
 
+pytestmark = pytest.mark.lab
+
 QUICK = ["--count", "300", "--warmup", "50", "--rounds", "1", "--progress", "never"]
 
 

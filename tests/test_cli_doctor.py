@@ -165,6 +165,7 @@ def nodes() -> Iterator[dict[str, str]]:
             proc.wait(timeout=10)
 
 
+@pytest.mark.lab
 def test_doctor_reports_a_skewed_clock_with_its_fix_and_the_offset_of_each_node(
     nodes: dict[str, str],
 ) -> None:
@@ -197,6 +198,7 @@ def test_doctor_reports_a_skewed_clock_with_its_fix_and_the_offset_of_each_node(
     assert done.returncode == (1 if problems else 0), problems
 
 
+@pytest.mark.lab
 def test_doctor_text_shows_each_clock_and_the_threshold_is_a_flag(
     nodes: dict[str, str],
 ) -> None:
@@ -222,6 +224,7 @@ def test_doctor_text_shows_each_clock_and_the_threshold_is_a_flag(
     assert f"agree with this host's within {SKEW * 2:g} s" in lenient
 
 
+@pytest.mark.lab
 def test_doctor_says_when_nothing_listens_at_a_static_endpoint() -> None:
     with socket.socket() as s:  # a loopback port that was free a moment ago
         s.bind(("127.0.0.1", 0))
@@ -239,6 +242,7 @@ def test_doctor_says_when_nothing_listens_at_a_static_endpoint() -> None:
                for f in problem), problem
 
 
+@pytest.mark.lab
 @pytest.mark.parametrize("value", ["0", "-1", "1e9", "nan"])
 def test_a_bad_skew_threshold_exits_2_with_a_reason(value: str) -> None:
     done = doctor("--skew-threshold", value, "--wait", "1", *LO)

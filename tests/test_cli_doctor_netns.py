@@ -38,6 +38,8 @@ WAIT = 40.0
 NODE = """
 import sys, trio, shoal
 from shoal.discovery import MDNS
+
+pytestmark = pytest.mark.lab
 async def main():
     async with shoal.open_node(sys.argv[1], discovery=MDNS()) as node, \\
             node.open_replier(sys.argv[2]):

@@ -37,6 +37,8 @@ import pytest
 
 from netlab import IP_TIMEOUT, Host, Lab, namespaces_available
 
+pytestmark = pytest.mark.lab
+
 WAIT = 30.0
 """Bound for one command that waits for a peer (discovery, then its work)."""
 STOP = 5.0

@@ -30,6 +30,8 @@ import pytest
 
 from shoal.cli import _parser
 
+pytestmark = pytest.mark.lab
+
 LO = ["--interface", "127.0.0.1"]
 
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.lab
+
 SHOAL = Path(sys.executable).with_name("shoal")  # the console script of this venv
 
 

@@ -23,6 +23,8 @@ import pytest
 
 from netlab import Host, Lab, lab_fixture
 
+pytestmark = pytest.mark.lab
+
 lab2 = lab_fixture(2)
 
 SERVICE_TYPE = "_shoal._tcp.local."

@@ -55,6 +55,8 @@ import pytest
 from labtools import Event, LabNode, is_event, start_nodes
 from netlab import Host, Lab, lab_fixture, packet_loss_available
 
+pytestmark = pytest.mark.lab
+
 FAULT_NODE = str(Path(__file__).resolve().parent / "fault_node.py")
 
 lab4 = lab_fixture(4, scope="module")

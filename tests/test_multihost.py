@@ -21,6 +21,8 @@ import pytest
 from labtools import Event, LabNode, is_event, start_nodes
 from netlab import Host, Lab, lab_fixture, namespaces_available
 
+pytestmark = pytest.mark.lab
+
 lab3 = lab_fixture(3)
 
 DISCOVERY = 5.0

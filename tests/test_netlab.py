@@ -58,6 +58,8 @@ while True:
 
 CONNECT = """
 import socket, sys
+
+pytestmark = pytest.mark.lab
 try:
     socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close()
 except OSError as exc:

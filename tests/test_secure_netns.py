@@ -28,6 +28,8 @@ from labtools import LabNode, is_event
 from netlab import Host, Lab, lab_fixture
 from shoal.security import generate_keypair
 
+pytestmark = pytest.mark.lab
+
 lab3 = lab_fixture(3)
 
 SCRIPT = str(Path(__file__).resolve().parent / "secure_lab_node.py")

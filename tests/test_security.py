@@ -856,6 +856,7 @@ def test_security_surface_is_pinned_and_documented() -> None:
     assert missing == []
 
 
+@pytest.mark.lab
 def test_shoal_keygen_is_a_command_of_the_shoal_script(tmp_path: Path) -> None:
     import subprocess
     import sys

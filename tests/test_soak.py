@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.lab
+
 SOAK = Path(__file__).resolve().parent.parent / "benchmarks" / "soak.py"
 DEADLINE_S = 90.0  # the run takes about 25 s; this is only the hang guard
 LIMIT_MIB = 20.0
