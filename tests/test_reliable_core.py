@@ -6,13 +6,17 @@ event or to the sender's ``get_timer()``) wires one sender to one or more receiv
 through links that, with random parameters drawn per seed, drop, duplicate and delay
 (hence reorder) every packet, in both directions.
 
-* Data carries the sender's ``floor()`` at transmission time; the receiver passes it
-  to ``Deduplicator.accept`` and delivers what is new to an "application" that records
-  it, acknowledges *received* at once and *done* after a random processing delay.
-* The core never retransmits a message it knows is received, so a lost *done* is the
-  receiver's to repeat: the simulated receiver re-sends its *done* acknowledgements on
-  a timer until the floor carried by later data passes them (without that, one lost
-  *done* would leave its message in the window for ever, by design).
+* Data carries the sender's ``floor()`` at transmission time. The receiver is the
+  shipped ``PullReceiver`` (what a reliable puller runs): it recognises copies,
+  delivers what is new to an "application" that records it and finishes it after a
+  random processing delay, and batches its acknowledgements, which go out as a trio
+  puller sends them: at once when a batch is due, else at the core's ``get_timer()``.
+  They travel as encoded ACK envelopes (``PullAck.encode``) and the sender reads them
+  with ``decode_pull_ack``, as a reliable pusher does.
+* The sender never retransmits on a timer a message it knows is received; it
+  *probes* the holder (``probe_after``), and the receiver answers a copy of a message
+  it finished with *done* again: that is how a lost *done* is repaired (without it,
+  one lost *done* would leave its message in the window for ever, by design).
 * Once every message is done the simulation stops; then nothing may be lost, nothing
   delivered twice to one application, and the window is empty. Memory bounds are
   checked after every event.
@@ -29,11 +33,10 @@ forgets (see ``test_sending_whenever_there_is_room_never_delivers_twice``).
 from __future__ import annotations
 
 import functools
-import heapq
 import itertools
 import math
 import random
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import pytest
@@ -41,11 +44,23 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from shoal._core import Deduplicator, GaveUp, ReliableSender, WindowFull
+from shoal._core import (
+    Deduplicator,
+    GaveUp,
+    PullReceiver,
+    ReliableSender,
+    StreamEncoder,
+    WindowFull,
+    ack_tag,
+    decode_pull_ack,
+)
 from shoal._core._errors import LocalProtocolError, ShoalError
+from support.lossy import Clock, Link, LinkParams
 
 STREAM = ("sender", 1, 0)
 """The one stream of the simulated sender: (sender, epoch, stream)."""
+SENDER_ROUTE = b"sender"
+"""The route a receiver answers the sender on."""
 
 MAX_ATTEMPTS = 60
 """Generous: at most 30 % loss each way, so 60 failed round trips never happen."""
@@ -66,74 +81,22 @@ class Data:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    kind: str  # "received" or "done"
-    seqs: tuple[int, ...]
     source: str
+    frame: bytes  # an encoded ACK envelope (``PullAck.encode``)
 
 
 Packet = Data | Ack
 
 
-class Clock:
-    """Virtual time and the event heap."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._events: list[tuple[float, int, Callable[[], None]]] = []
-        self._order = itertools.count()
-
-    def at(self, when: float, action: Callable[[], None]) -> None:
-        heapq.heappush(self._events, (when, next(self._order), action))
-
-    def next_time(self) -> float:
-        return self._events[0][0] if self._events else math.inf
-
-    def run_next(self) -> None:
-        when, _, action = heapq.heappop(self._events)
-        self.now = when
-        action()
-
-
-@dataclass(frozen=True, slots=True)
-class LinkParams:
-    drop: float
-    duplicate: float
-    latency: float
-    jitter: float
-    """Mean of the exponential extra delay: a long tail, so packets overtake each other."""
-
-    @classmethod
-    def draw(cls, rng: random.Random) -> LinkParams:
-        return cls(drop=rng.uniform(0.0, 0.3), duplicate=rng.uniform(0.0, 0.2),
-                   latency=rng.uniform(0.001, 0.05), jitter=rng.uniform(0.0, 0.3))
-
-
-class Link:
-    """One direction of a lossy datagram link."""
-
-    def __init__(self, clock: Clock, rng: random.Random, params: LinkParams,
-                 deliver: Callable[[Packet], None]) -> None:
-        self._clock = clock
-        self._rng = rng
-        self._p = params
-        self._deliver = deliver
-
-    def carry(self, packet: Packet) -> None:
-        rng, p = self._rng, self._p
-        if rng.random() < p.drop:
-            return
-        for _ in range(2 if rng.random() < p.duplicate else 1):
-            delay = p.latency + (rng.expovariate(1.0 / p.jitter) if p.jitter else 0.0)
-            self._clock.at(self._clock.now + delay, lambda: self._deliver(packet))
-
-
 class Receiver:
-    """A Deduplicator in front of an application that records what it is given."""
+    """The shipped ``PullReceiver`` in front of an application that records what it is
+    given and finishes each message after a random processing time."""
 
     def __init__(self, name: str, clock: Clock, rng: random.Random, *, dedup_window: int,
-                 mean_processing: float, reack_every: float) -> None:
+                 mean_processing: float) -> None:
         self.name = name
-        self.dedup = Deduplicator(max_streams=4, window=dedup_window)
+        self.core = PullReceiver(max_streams=4, window=dedup_window)
+        self.dedup = self.core.dedup
         self.to_sender: Link | None = None
         self.alive = True
         self.delivered: list[int] = []  # payloads, in delivery order
@@ -141,53 +104,53 @@ class Receiver:
         self._clock = clock
         self._rng = rng
         self._mean_processing = mean_processing
-        self._reack_every = reack_every
-        self._holding: set[int] = set()  # seqs delivered, not yet done
-        self._unconfirmed: set[int] = set()  # done, until the floor passes them
-        self._known_floor = 0
-        self._reack_armed = False
-
-    def _ack(self, kind: str, *seqs: int) -> None:
-        assert self.to_sender is not None
-        self.to_sender.carry(Ack(kind, seqs, self.name))
+        self._enc = StreamEncoder(sender=name.encode().ljust(16, b"\0"), epoch=1, stream=0)
+        self._acks_sent = 0
+        self._flush_at: float | None = None
 
     def on_packet(self, packet: Packet) -> None:
         if not self.alive:
             return
         assert isinstance(packet, Data)
-        self._known_floor = max(self._known_floor, packet.floor)
-        if self.dedup.accept(STREAM, packet.seq, packet.floor):
+        if self.core.accept(SENDER_ROUTE, *STREAM, packet.seq, packet.floor):
             self.delivered.append(packet.payload)
-            self._holding.add(packet.seq)
-            self._ack("received", packet.seq)
             delay = self._rng.expovariate(1.0 / self._mean_processing)
             self._clock.at(self._clock.now + delay,
-                           lambda: self._finish(packet.seq, packet.payload))
-        elif packet.seq in self._holding:
-            self._ack("received", packet.seq)  # our first acknowledgement was lost
-        else:
-            self._ack("done", packet.seq)  # done before (or below the floor): say so again
+                           functools.partial(self._finish, packet.seq, packet.payload))
+        self._acknowledge()
 
     def _finish(self, seq: int, payload: int) -> None:
         if not self.alive:
             return
-        self._holding.discard(seq)
+        assert self.core.finish(*STREAM, seq)
         self.done.append(payload)
-        self._ack("done", seq)
-        self._unconfirmed.add(seq)
-        if not self._reack_armed:
-            self._reack_armed = True
-            self._clock.at(self._clock.now + self._reack_every, self._reack)
+        self._acknowledge()
 
-    def _reack(self) -> None:
-        self._reack_armed = False
-        if not self.alive:
-            return
-        self._unconfirmed = {s for s in self._unconfirmed if s >= self._known_floor}
-        if self._unconfirmed:
-            self._ack("done", *sorted(self._unconfirmed))
-            self._reack_armed = True
-            self._clock.at(self._clock.now + self._reack_every, self._reack)
+    def _acknowledge(self) -> None:
+        """What a reliable puller does after reading: a full batch goes at once,
+        the rest by the core's timer."""
+        core = self.core
+        if core.received_due:
+            self._flush(done=False)
+        if core.done_due:
+            self._flush(done=True)
+        timer = core.get_timer()
+        if timer is not None and self._flush_at is None:
+            self._flush_at = max(timer, self._clock.now)
+            self._clock.at(self._flush_at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._flush_at = None
+        if self.alive:
+            self._flush(done=True)
+
+    def _flush(self, *, done: bool) -> None:
+        assert self.to_sender is not None
+        for route, ack in self.core.acks_to_send(self._clock.now, done=done):
+            assert route == SENDER_ROUTE
+            assert ack.tag == ack_tag(STREAM[1], STREAM[2])
+            self.to_sender.carry(Ack(self.name, ack.encode(self._enc, self._acks_sent, 0)))
+            self._acks_sent += 1
 
     def die(self) -> None:
         """Stops: holds what it holds for ever, answers nothing (acks in flight still land)."""
@@ -228,7 +191,6 @@ class Scenario:
                                      first_seq=rng.choice([0, 1, 1000, 2**40]))
         self.span_limited = span_limited
         mean_processing = rng.uniform(0.001, 1.0)
-        reack_every = rng.uniform(0.05, 0.5)
         self.receivers: list[Receiver] = []
         self.to_receiver: dict[str, Link] = {}
         # The Deduplicator gets room to spare (``dedup_window_factor``), so that the
@@ -236,7 +198,7 @@ class Scenario:
         # protocol's doing, not the Deduplicator's own cap.
         for i in range(n_receivers):
             r = Receiver(f"r{i}", clock, rng, dedup_window=window * dedup_window_factor,
-                         mean_processing=mean_processing, reack_every=reack_every)
+                         mean_processing=mean_processing)
             r.to_sender = Link(clock, rng, LinkParams.draw(rng), self._on_ack)
             self.to_receiver[r.name] = Link(clock, rng, LinkParams.draw(rng), r.on_packet)
             self.receivers.append(r)
@@ -264,6 +226,7 @@ class Scenario:
         self.lost: list[str] = []
         self.gave_up: list[GaveUp] = []
         self.problems: list[str] = []
+        self.probes = 0
         self._turn = 0
         self._loss_pending = death
         self._last_floor = self.sender.floor()
@@ -293,7 +256,15 @@ class Scenario:
         live = self._live()
         for seq in todo:
             if seq in self.received_acked:
-                self.problems.append(f"seq {seq} retransmitted after its received ack")
+                # A probe: to the holder, never on the retransmission timer.
+                holder = self.last_dest[seq]
+                if s.destination(seq) != holder:
+                    self.problems.append(f"seq {seq} probed at {s.destination(seq)}, "
+                                         f"held by {holder}")
+                self.to_receiver[holder].carry(Data(seq, floor, self.payload_of[seq]))
+                s.sent(seq, holder, now)
+                self.probes += 1
+                continue
             dest = self.last_dest.get(seq)
             if dest is None or dest in self.lost:  # new, or its destination is gone
                 dest = live[self._turn % len(live)]
@@ -307,19 +278,20 @@ class Scenario:
     def _on_ack(self, packet: Packet) -> None:
         assert isinstance(packet, Ack)
         s = self.sender
-        if packet.kind == "received":
-            # A received ack from a destination already reported lost is stale: heeding
-            # it would stop the timer of the copy now on its way to another receiver.
-            if packet.source not in self.lost:
-                s.on_received(packet.seqs, packet.source)
-                self.received_acked.update(q for q in packet.seqs if q in self.outstanding)
-        else:
-            fresh = {q for q in packet.seqs if q in self.outstanding}
-            n = s.on_done(packet.seqs)
-            if n != len(fresh):
-                self.problems.append(f"on_done({packet.seqs}) returned {n}, not {len(fresh)}")
-            self.outstanding -= fresh
-            self.received_acked -= fresh
+        _, ack = decode_pull_ack(packet.frame)
+        # What a reliable pusher does with it: received, then done. A received ack from
+        # a destination already reported lost is stale (its connection is gone in the
+        # real thing): heeding it would stop the timer of the copy on its way elsewhere.
+        if packet.source not in self.lost:
+            s.on_received(ack.received, packet.source, self.clock.now)
+            self.received_acked.update(q for q in ack.received if q in self.outstanding
+                                       and s.destination(q) == packet.source)
+        fresh = {q for q in ack.done if q in self.outstanding}
+        n = s.on_done(ack.done)
+        if n != len(fresh):
+            self.problems.append(f"on_done({ack.done}) returned {n}, not {len(fresh)}")
+        self.outstanding -= fresh
+        self.received_acked -= fresh
 
     def _lost(self, name: str) -> None:
         self.lost.append(name)
@@ -425,17 +397,20 @@ def test_one_receiver_gets_every_message_exactly_once_over_a_lossy_link(chunk: i
     """At-least-once from the sender, at-most-once from the Deduplicator: the application
     sees every message exactly once, whatever the link drops, duplicates or reorders."""
     per = MAIN_SEEDS // MAIN_CHUNKS
-    lossy = 0
+    lossy = probed = 0
     for seed in range(chunk * per, (chunk + 1) * per):
         sc, out = run_scenario(seed)
+        probed += bool(sc.probes)
         check_common(sc, out)
         (r,) = out.receivers
         assert sorted(r.delivered) == out.payloads, f"seed {seed}: lost {r.delivered}"
         assert sorted(r.done) == out.payloads, f"seed {seed}"
         assert out.sender.acked == len(out.payloads), f"seed {seed}"
         lossy += bool(out.sender.retransmitted and r.dedup.duplicates)
-    # The links did their job: most seeds saw retransmissions and duplicates.
+    # The links did their job: most seeds saw retransmissions and duplicates, and
+    # some lost a done acknowledgement that only a probe could repair.
     assert lossy > per // 2
+    assert probed > 0
 
 
 DEATH_SEEDS = 600

@@ -71,9 +71,9 @@ class PullReceiver:
     __slots__ = ("_holding", "_last_flush", "_owed", "_stale", "batch", "dedup", "delay",
                  "pending_done", "pending_received")
 
-    def __init__(self, *, max_streams: int = 4096, batch: int = ACK_BATCH,
-                 delay: float = ACK_DELAY) -> None:
-        self.dedup = Deduplicator(max_streams=max_streams)
+    def __init__(self, *, max_streams: int = 4096, window: int = 65536,
+                 batch: int = ACK_BATCH, delay: float = ACK_DELAY) -> None:
+        self.dedup = Deduplicator(max_streams=max_streams, window=window)
         self.batch = batch
         self.delay = delay
         # route -> what it is owed for one pusher stream (one per route, but a pusher
