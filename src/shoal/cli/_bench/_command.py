@@ -9,7 +9,6 @@ records then say ``busy_poll: 0``).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import sys
@@ -20,8 +19,13 @@ from typing import Any
 
 import trio
 
-import shoal
-from shoal.cli._bench._common import BODY_MIN, BUSY_POLL_MAX, PATTERNS, BenchError
+from shoal.cli._bench._common import (
+    BODY_MIN,
+    BUSY_POLL_MAX,
+    PATTERNS,
+    BenchError,
+    busy_poll_missing,
+)
 from shoal.cli._bench._run import Options, run
 from shoal.discovery import resolve_interfaces
 from shoal.errors import LocalProtocolError, ShoalError
@@ -163,15 +167,6 @@ def _options(args: argparse.Namespace) -> Options:
                    rounds=args.rounds, hwm=args.hwm, interface=interface,
                    peer=args.peer, timeout=args.timeout, curve=args.curve,
                    busy_poll=args.busy_poll)
-
-
-def busy_poll_missing() -> str | None:
-    """Which of shoal's openers take no ``busy_poll=`` (None: all of them do)."""
-    openers = ("open_requester", "open_replier", "open_pusher", "open_puller",
-               "open_publisher", "open_subscriber")
-    missing = [name for name in openers
-               if "busy_poll" not in inspect.signature(getattr(shoal, name)).parameters]
-    return ", ".join(missing) or None
 
 
 class _Bar:

@@ -22,13 +22,16 @@ the senders leave it out.
 
 from __future__ import annotations
 
+import inspect
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
+
+import shoal
 
 BODY_MIN = 16
 TIMED, WARMUP, PROBE = 0, 1, 2
@@ -58,6 +61,27 @@ cpu_ns: Callable[[], int] = time.process_time_ns
 def cpu_us_per(ns: int, n: int) -> float | None:
     """Microseconds of CPU time per event, or None without events."""
     return ns / n / 1e3 if n > 0 and ns >= 0 else None
+
+
+T = TypeVar("T")
+
+OPENERS = ("open_requester", "open_replier", "open_pusher", "open_puller",
+           "open_publisher", "open_subscriber")
+
+
+def interleaved(variants: Sequence[T], round_index: int) -> list[T]:
+    """The order of ``variants`` in round ``round_index``: A B C, then B C A, then
+    C A B..., so that a slow spell of a shared machine does not land on one variant
+    only."""
+    k = round_index % len(variants)
+    return [*variants[k:], *variants[:k]]
+
+
+def busy_poll_missing(openers: Sequence[str] = OPENERS) -> str | None:
+    """Which of shoal's ``openers`` take no ``busy_poll=`` (None: all of them do)."""
+    missing = [name for name in openers
+               if "busy_poll" not in inspect.signature(getattr(shoal, name)).parameters]
+    return ", ".join(missing) or None
 
 
 class BenchError(Exception):

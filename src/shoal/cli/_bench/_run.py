@@ -25,6 +25,7 @@ from shoal.cli._bench._common import (
     BenchError,
     Spec,
     histogram_class,
+    interleaved,
     new_histogram,
 )
 
@@ -144,8 +145,7 @@ async def run(opts: Options, progress: Progress | None = None) -> tuple[list[Var
         row = [Variant(s, opts.transport, None) for s in specs]
         variants += row
         for r in range(opts.rounds):
-            k = r % len(row)
-            plan += [(v, v.spec) for v in row[k:] + row[:k]]
+            plan += [(v, v.spec) for v in interleaved(row, r)]
     peer_host = None
     if opts.peer and opts.peer.startswith("tcp://"):
         peer_host = opts.peer[len("tcp://"):].rsplit(":", 1)[0]
