@@ -1,4 +1,6 @@
-"""The ``shoal`` command line. Uses the public API only.
+"""The ``shoal`` command line. Uses the public API only (``shoal``, ``shoal.patterns``,
+``shoal.discovery``, ``shoal.errors``, ``shoal.security``) and its own modules; the
+benchmarks (``_bench``) also open raw pyzmq sockets, as the baseline they measure.
 
     shoal demo [--seconds N] [--plain] nodes on loopback; a worker is killed, its jobs redelivered
     shoal peers [--once]               the shoal nodes on the network
