@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from shoal.cli._bench._common import busy_poll_missing, interleaved
 from shoal.cli._bench._suite._common import VARIANTS, percentile
 from shoal.cli._bench._suite._report import Targets, fmt_size
@@ -23,6 +25,7 @@ TINY = ["--only", "rr,pp,ps", "--sizes", "64", "--rounds", "1", "--rr-count", "2
         "--rr-warmup", "20", "--tp-count", "2000", "--tp-warmup", "200"]
 
 
+@pytest.mark.lab  # a whole program
 def test_a_tiny_run_measures_every_variant_and_writes_the_json(tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     done = subprocess.run([sys.executable, str(RUN), *TINY, "--json", str(out)],
@@ -59,6 +62,7 @@ def test_a_tiny_run_measures_every_variant_and_writes_the_json(tmp_path: Path) -
     assert len(doc["targets"]) == 2 + 4 + 2  # rr: 2; pp 64 B: 2 + CPU 2; ps 64 B: 2
 
 
+@pytest.mark.lab  # a whole program
 def test_a_bad_option_is_refused_with_status_2() -> None:
     done = subprocess.run([sys.executable, str(RUN), "--only", "xx"], capture_output=True,
                           text=True, timeout=60, check=False)
