@@ -6,10 +6,13 @@ no sockets. A discrete-event simulation (virtual clock, a heap of timed events) 
 one publisher to one to three subscribers with different prefixes. Every data link
 (publisher -> subscriber) and every ack link (subscriber -> publisher) drops,
 duplicates and delays (hence reorders) packets with parameters drawn per seed. The
-subscribers join at random times and acknowledge both at once (sometimes) and on a
-heartbeat; the publisher calls ``due(now)`` exactly when ``get_timer()`` says. Then each
-subscriber's application must have been handed exactly the publications matching its
-prefixes that were published after its book opened, once each, in publication order;
+subscribers are the shipped ``SubscriberReceiver``; they join at random times and
+acknowledge as a reliable subscriber does (a full batch at once, the rest by the
+core's timer, and on a heartbeat), with encoded ACK envelopes the publisher reads
+with ``decode_subscriber_ack``; the publisher calls ``due(now)`` exactly when
+``get_timer()`` says. Then each subscriber's application must have been handed
+exactly the publications matching its prefixes that were published after its book
+opened, once each, in publication order;
 the publisher's ``in_flight`` must drain to 0; ``held()`` never exceeds
 ``window * books``; and ``publish`` raises ``WindowFull`` exactly when a book is full.
 Every scenario is deterministic in its seed; a failure names the seed to replay with
@@ -25,12 +28,11 @@ is killed in a ``finally`` whatever happens. Never mDNS. Every I/O test runs und
 from __future__ import annotations
 
 import functools
-import heapq
 import itertools
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,12 +49,16 @@ from shoal._core import (
     ChainReceiver,
     Dropped,
     FanoutSender,
+    StreamEncoder,
+    SubscriberReceiver,
     WindowFull,
     decode,
+    decode_subscriber_ack,
     encode,
 )
 from shoal.errors import LocalProtocolError
 from support.delivery import Got, collect, matching, settle_subscribers
+from support.lossy import Clock, Link, LinkParams
 from support.nodes import open_test_node, pair
 from support.peers import subscriber_process
 from support.waiting import eventually
@@ -60,75 +66,14 @@ from support.waiting import eventually
 LOOPBACK = "tcp://127.0.0.1:*"
 STREAM = ("publisher", 1, 0)
 """The one stream of the simulated publisher: (sender, epoch, stream)."""
+PUBLISHER_ROUTE = "publisher"
+"""The route a subscriber answers the publisher on."""
 
 STEP_LIMIT = 300_000
 """A scenario that has not finished after this many events is stuck (a livelock)."""
 
 
 # == A. the core, over a simulated lossy link ===============================================
-
-
-class Clock:
-    """Virtual time and the event heap."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._events: list[tuple[float, int, Callable[[], None]]] = []
-        self._order = itertools.count()
-
-    def at(self, when: float, action: Callable[[], None]) -> None:
-        heapq.heappush(self._events, (when, next(self._order), action))
-
-    def next_time(self) -> float:
-        return self._events[0][0] if self._events else math.inf
-
-    def run_next(self) -> None:
-        when, _, action = heapq.heappop(self._events)
-        self.now = when
-        action()
-
-    def __len__(self) -> int:
-        return len(self._events)
-
-
-@dataclass(frozen=True, slots=True)
-class LinkParams:
-    drop: float
-    duplicate: float
-    latency: float
-    jitter: float
-    """Mean of an exponential extra delay: a long tail, so packets overtake each other."""
-
-    @classmethod
-    def draw(cls, rng: random.Random) -> LinkParams:
-        return cls(drop=rng.uniform(0.0, 0.3), duplicate=rng.uniform(0.0, 0.2),
-                   latency=rng.uniform(0.001, 0.02), jitter=rng.choice([0.0, 0.005, 0.05]))
-
-
-class Link:
-    """One direction of a lossy datagram link; ``deliver`` gets what survives."""
-
-    def __init__(self, clock: Clock, rng: random.Random, params: LinkParams,
-                 deliver: Callable[[Any], None]) -> None:
-        self._clock = clock
-        self._rng = rng
-        self._p = params
-        self._deliver = deliver
-        self.dropped = 0
-        self.duplicated = 0
-
-    def carry(self, packet: Any) -> None:
-        rng, p = self._rng, self._p
-        if rng.random() < p.drop:
-            self.dropped += 1
-            return
-        copies = 1
-        if rng.random() < p.duplicate:
-            copies = 2
-            self.duplicated += 1
-        for _ in range(copies):
-            delay = p.latency + (rng.expovariate(1.0 / p.jitter) if p.jitter else 0.0)
-            self._clock.at(self._clock.now + delay, lambda: self._deliver(packet))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +85,8 @@ class Publication:
 
 @dataclass(frozen=True, slots=True)
 class AckPacket:
-    key: str
-    prefixes: tuple[str, ...]
-    acked: int
-    number: int  # the subscriber numbers its acknowledgements (the envelope's seq)
+    route: str  # the connection it came on (the subscriber's, to the publisher)
+    frame: bytes  # an encoded ACK envelope (``SubscriberAck.encode``)
 
 
 TOPICS = ("a/1", "a/2", "b/1", "b/2/x", "c")
@@ -152,13 +95,25 @@ PREFIX_SETS = (("a/",), ("b/", "a/2"), ("",), ("b/2",), ("c", "a/1"))
 
 @dataclass
 class SimSubscriber:
+    """The shipped ``SubscriberReceiver`` (what a reliable subscriber runs) and what its
+    application was handed."""
+
     key: str
     prefixes: tuple[str, ...]
-    chain: ChainReceiver = field(default_factory=ChainReceiver)
+    core: SubscriberReceiver = field(default_factory=SubscriberReceiver)
     delivered: list[int] = field(default_factory=list)
     verdicts: dict[str, int] = field(default_factory=dict)
     to_publisher: Link | None = None
     acks_sent: int = 0
+    flush_at: float | None = None
+
+    @property
+    def chain(self) -> ChainReceiver:
+        return self.core.chain
+
+    @property
+    def encoder(self) -> StreamEncoder:
+        return StreamEncoder(sender=self.key.encode().ljust(16, b"\0"), epoch=1, stream=0)
 
 
 class FanoutScenario:
@@ -168,10 +123,11 @@ class FanoutScenario:
         rng = self.rng = random.Random(seed)
         self.seed = seed
         self.clock = Clock()
+        draw = functools.partial(LinkParams.draw, max_latency=0.02,
+                                 jitter=lambda r: r.choice([0.0, 0.005, 0.05]))
         self.window = rng.choice([1, 2, 4, 8, 16])
         self.rto = rng.uniform(0.02, 0.2)
         self.heartbeat = rng.uniform(0.01, 0.1)
-        self.ack_at_once = rng.uniform(0.0, 1.0)
         self.n_pubs = rng.randint(10, 60)
         # grace far beyond any silence the links can cause: nobody may be dropped here
         self.sender = FanoutSender(window=self.window, rto=self.rto,
@@ -185,8 +141,8 @@ class FanoutScenario:
         self.blocked = False
         for i in range(rng.randint(1, 3)):
             sub = SimSubscriber(f"s{i}", rng.choice(PREFIX_SETS))
-            sub.to_publisher = Link(self.clock, rng, LinkParams.draw(rng), self._on_ack)
-            self.to_sub[sub.key] = Link(self.clock, rng, LinkParams.draw(rng),
+            sub.to_publisher = Link(self.clock, rng, draw(rng), self._on_ack)
+            self.to_sub[sub.key] = Link(self.clock, rng, draw(rng),
                                         functools.partial(self._on_data, sub))
             self.subs.append(sub)
             self.clock.at(rng.uniform(0.0, 0.5), functools.partial(self._join, sub))
@@ -214,18 +170,22 @@ class FanoutScenario:
         self.topics.append(topic)
         for book, prev in targets:
             assert topic.startswith(book.prefixes)
-            self.to_sub[str(book.key)].carry(Publication(seq, prev, topic))
+            self.to_sub[str(book.route)].carry(Publication(seq, prev, topic))
         self.clock.at(self.clock.now + self.rng.expovariate(1 / 0.01), self._publish)
 
-    def _on_ack(self, ack: AckPacket) -> None:
+    def _on_ack(self, packet: AckPacket) -> None:
+        """What a reliable publisher does with an acknowledgement."""
         s = self.sender
-        new = ack.key not in s.books
+        msg, ack = decode_subscriber_ack(packet.frame)
+        key = (msg.sender, msg.epoch, msg.stream)
+        acked = ack.acked if (ack.epoch, ack.stream) == STREAM[1:] else -1
+        new = key not in s.books
         next_seq = s.next_seq
-        book = s.on_ack(ack.key, ack.key, ack.prefixes, ack.acked, self.clock.now, ack.number)
+        book = s.on_ack(key, packet.route, ack.prefixes, acked, self.clock.now, msg.seq)
         assert book is not None
         if new:
-            assert ack.key not in self.opened_at, "a book opened twice with grace=1e6"
-            self.opened_at[ack.key] = next_seq
+            assert packet.route not in self.opened_at, "a book opened twice with grace=1e6"
+            self.opened_at[packet.route] = next_seq
         if self.blocked and s.has_room():
             self.blocked = False
             self.clock.at(self.clock.now + self.rng.uniform(0.0, 0.01), self._publish)
@@ -236,7 +196,7 @@ class FanoutScenario:
         for book, entries in resend:
             for seq, prev in entries:
                 assert self.sender.payload(seq) == seq
-                self.to_sub[str(book.key)].carry(Publication(seq, prev, self.topics[seq]))
+                self.to_sub[str(book.route)].carry(Publication(seq, prev, self.topics[seq]))
             self.sender.resent(len(entries))
 
     # -- the subscriber side ------------------------------------------------------------------
@@ -253,17 +213,29 @@ class FanoutScenario:
 
     def _ack(self, sub: SimSubscriber) -> None:
         assert sub.to_publisher is not None
-        sub.to_publisher.carry(AckPacket(sub.key, sub.prefixes, sub.chain.acked(STREAM),
-                                         sub.acks_sent))
+        ack = sub.core.ack(PUBLISHER_ROUTE, sub.prefixes)
+        sub.to_publisher.carry(AckPacket(sub.key, ack.encode(sub.encoder, sub.acks_sent, 0)))
         sub.acks_sent += 1
 
     def _on_data(self, sub: SimSubscriber, p: Publication) -> None:
-        verdict = sub.chain.accept(STREAM, p.seq, p.prev)
+        verdict = sub.core.accept(PUBLISHER_ROUTE, STREAM, p.seq, p.prev)
         sub.verdicts[verdict] = sub.verdicts.get(verdict, 0) + 1
         assert verdict != "resync", f"seed {self.seed}: no book is ever dropped here"
         if verdict == "deliver":
             sub.delivered.append(p.seq)
-        if self.rng.random() < self.ack_at_once:
+        # What a reliable subscriber does after reading: a full batch is acknowledged
+        # at once, the rest by the core's timer.
+        if sub.core.due:
+            self._flush(sub)
+        timer = sub.core.get_timer()
+        if timer is not None and sub.flush_at is None:
+            sub.flush_at = max(timer, self.clock.now)
+            self.clock.at(sub.flush_at, functools.partial(self._flush, sub))
+
+    def _flush(self, sub: SimSubscriber) -> None:
+        sub.flush_at = None
+        for route in sub.core.routes_to_ack(self.clock.now):
+            assert route == PUBLISHER_ROUTE
             self._ack(sub)
 
     # -- the run ---------------------------------------------------------------------------------
