@@ -1,13 +1,6 @@
 """The benchmark suite: shoal against raw pyzmq, sender and receiver in separate processes,
-every variant of each pattern in one run (``benchmarks/run.py`` runs it).
-
-Usage (from the repository root, with shoal installed in the active environment)::
-
-    python benchmarks/run.py                  # full run, 3 to 4 minutes on 2 cores
-    python benchmarks/run.py --quick          # short run, under a minute
-    python benchmarks/run.py --json out.json  # also write every round's figures as JSON
-    python benchmarks/run.py --only rr,pp --sizes 64 --rounds 7
-    python benchmarks/run.py --sizes 64,4096,1048576   # 64 B, 4 KiB and 1 MiB bodies
+every variant of each pattern in one run. ``benchmarks/run.py`` runs it (its docstring
+shows the usual invocations).
 
 Options: ``--rounds N`` (default 5, ``--quick`` 3), ``--sizes 64,4096`` (body sizes in
 bytes; 1048576 is 1 MiB), ``--rr-count N`` (timed round trips per round, default 5000)
