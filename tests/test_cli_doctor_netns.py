@@ -30,6 +30,8 @@ import pytest
 import netlab
 from netlab import DEFAULT_PREFIX, IP_TIMEOUT, namespaces_available
 
+pytestmark = pytest.mark.lab
+
 WAIT = 40.0
 """Bound for one command in a namespace (imports on a busy machine, then its work)."""
 
@@ -39,7 +41,6 @@ NODE = """
 import sys, trio, shoal
 from shoal.discovery import MDNS
 
-pytestmark = pytest.mark.lab
 async def main():
     async with shoal.open_node(sys.argv[1], discovery=MDNS()) as node, \\
             node.open_replier(sys.argv[2]):

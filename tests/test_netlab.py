@@ -16,6 +16,8 @@ import pytest
 
 from netlab import Host, Lab, lab_fixture, namespaces_available
 
+pytestmark = pytest.mark.lab
+
 lab3 = lab_fixture(3)
 
 GROUP = "239.255.77.77"
@@ -59,7 +61,6 @@ while True:
 CONNECT = """
 import socket, sys
 
-pytestmark = pytest.mark.lab
 try:
     socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close()
 except OSError as exc:
