@@ -65,7 +65,7 @@ from typing import Any, TypeVar
 import trio
 
 import shoal
-import shoal.node._node as shoal_node
+import shoal.node._links as shoal_links
 from shoal.discovery import MDNS, Peer, PeerJoined, PeerLeft, Static
 from shoal.node._node import DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT, Source
 
@@ -112,7 +112,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for role in ("pub", "sub", "push", "pull", "rep", "rep-silent", "req"):
         p.add_argument(f"--{role}", action="append", default=[], metavar="CH")
     p.add_argument("--link-grace", type=float, default=None,
-                   help="override shoal.node._node.LINK_GRACE (seconds; a test knob)")
+                   help="override shoal.node._links.LINK_GRACE (seconds; a test knob)")
     p.add_argument("--topic", action="append", default=None, metavar="PREFIX")
     p.add_argument("--publish-on-ready", nargs=2, metavar=("CH", "TOPIC"))
     return p.parse_args(argv)
@@ -277,7 +277,7 @@ class Runner:
 
 async def run(args: argparse.Namespace) -> None:
     if args.link_grace is not None:
-        shoal_node.LINK_GRACE = args.link_grace
+        shoal_links.LINK_GRACE = args.link_grace
     sources: list[Source] = []
     if args.discovery == "mdns":
         sources.append(MDNS())

@@ -38,7 +38,7 @@ from shoal._core._control import (
 )
 from shoal.cli._doctor import DEFAULT_SKEW_THRESHOLD
 from shoal.errors import DecodeError, EncodeError, LocalProtocolError
-from shoal.node._node import Node
+from shoal.node._control import Control
 
 LO = ["--interface", "127.0.0.1"]
 
@@ -51,9 +51,9 @@ skew_ns, old = int(float(sys.argv[1]) * 1e9), sys.argv[2] == "1"
 if skew_ns:
     _wall = time.time_ns
     time.time_ns = lambda: _wall() + skew_ns
-import shoal.node._node
+import shoal.node._control
 if old:
-    shoal.node._node.Node._answer_clock = lambda self, route, token: None
+    shoal.node._control.Control._answer_clock = lambda self, route, token: None
 from shoal.cli import main
 print("ready", flush=True)
 sys.exit(main(sys.argv[3:]))
@@ -124,7 +124,7 @@ async def test_read_clock_compares_two_nodes_on_one_clock() -> None:
 async def test_read_clock_waits_for_a_node_that_never_answers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(Node, "_answer_clock", lambda self, route, token: None)
+    monkeypatch.setattr(Control, "_answer_clock", lambda self, route, token: None)
     with trio.fail_after(15):
         async with shoal.open_node("clock-c", interfaces=["127.0.0.1"]) as a, \
                 shoal.open_node("clock-d", interfaces=["127.0.0.1"]) as b:

@@ -35,7 +35,6 @@ import tracemalloc
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, cast
 
 import msgpack
@@ -65,7 +64,10 @@ from shoal._core import (
 )
 from shoal._core._envelope import FLAG_HEADERS, FLAG_RAW, MAX_HEADERS
 from shoal.discovery import MDNS, Static
+from shoal.discovery._contract import Advertisement, Found, Lost
+from shoal.discovery._interfaces import Network
 from shoal.errors import DecodeError, DeliveryFailed, LocalProtocolError
+from shoal.node._discovered import pick_endpoint
 from shoal.patterns import ReliablePublisher, ReliablePuller, ReliablePusher
 from shoal.patterns._reliable_pubsub import ReliableSubscriber
 
@@ -546,10 +548,31 @@ class FakeBridge:
         return self.info
 
 
-def fake_node(node_id: str = OWN_ID) -> Any:
-    introduced: list[str] = []
-    return SimpleNamespace(id=node_id, _networks=[ipaddress.ip_network("127.0.0.0/8")],
-                           introduce=introduced.append, introduced=introduced)
+class Recorder:
+    """The reports of a source, recorded (``Reports``, with nothing reached)."""
+
+    def __init__(self) -> None:
+        self.records: list[Found | Lost] = []
+
+    def report(self, record: Found | Lost) -> None:
+        self.records.append(record)
+
+    def reached(self) -> frozenset[str]:
+        return frozenset()
+
+    def unreached(self) -> frozenset[str]:
+        return frozenset()
+
+    def found(self) -> list[Found]:
+        return [r for r in self.records if isinstance(r, Found)]
+
+
+def advertisement(name: str = "n", node_id: str = OWN_ID, *, epoch: int = 1,
+                  port: int = 5) -> Advertisement:
+    return Advertisement(name, bytes.fromhex(node_id), epoch, ("127.0.0.1",), port)
+
+
+NETWORKS: list[Network] = [ipaddress.ip_network("127.0.0.0/8")]
 
 
 def txt(items: list[bytes]) -> bytes:
@@ -569,31 +592,35 @@ addresses = st.lists(st.binary(min_size=4, max_size=4) | st.binary(min_size=16, 
                      max_size=4)
 
 
-async def resolve(info: ServiceInfo | None, node: Any) -> None:
+async def resolve(info: ServiceInfo | None) -> Recorder:
+    """What an mDNS source of a node (``OWN_ID``) reports for one resolution."""
     mdns = MDNS(interfaces=["127.0.0.1"])
-    await mdns._resolve(cast(Any, FakeBridge(info)), node, "peer._shoal._tcp.local.")
+    recorder = Recorder()
+    mdns._attach(advertisement(), recorder)
+    await mdns._resolve(cast(Any, FakeBridge(info)), "peer._shoal._tcp.local.")
+    return recorder
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(txt_records, addresses, st.integers(0, 65535))
-async def test_mdns_turns_any_service_info_into_at_most_one_sound_endpoint(
+async def test_mdns_turns_any_service_info_into_at_most_one_sound_report(
     record: bytes, addrs: list[bytes], port: int
 ) -> None:
     info = ServiceInfo("_shoal._tcp.local.", "peer._shoal._tcp.local.", port=port,
                        properties=record, addresses=addrs)
-    node = fake_node()
     with trio.fail_after(5):
-        await resolve(info, node)
+        recorder = await resolve(info)
     props = info.properties
     v4 = [str(ipaddress.IPv4Address(a)) for a in addrs if len(a) == 4]
     should = (port != 0 and props.get(b"v") == b"1" and props.get(b"id") != OWN_ID.encode()
               and bool(v4))
-    assert len(node.introduced) == should
-    for endpoint in node.introduced:
-        assert endpoint in {f"tcp://{a}:{port}" for a in v4}
-        # one on a network the node shares, if there is one
-        assert endpoint == f"tcp://{choose_address(v4, node._networks)}:{port}" or (
-            not any(a.startswith("127.") for a in v4))
+    found = recorder.found()
+    assert len(found) == should
+    for f in found:
+        assert f.endpoints == tuple(f"tcp://{a}:{port}" for a in v4)
+        # the node picks one on a network it shares, if there is one
+        assert pick_endpoint(f.endpoints, NETWORKS) == (
+            f"tcp://{choose_address(v4, NETWORKS)}:{port}")
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -604,27 +631,24 @@ async def test_an_mdns_advertisement_round_trips_to_the_control_endpoint(
     name: str, epoch: int, port: int
 ) -> None:
     """What a node advertises (SRV port, A record, TXT) resolves, at another node, to
-    its control endpoint; the TXT fields read back as written."""
-    node = SimpleNamespace(name=name, id=PEER_ID, control_port=port, addresses=("127.0.0.1",),
-                           epoch=epoch)
-    sent = MDNS(interfaces=["127.0.0.1"])._info(cast(Any, node))
+    its control endpoint and node id; the TXT fields read back as written."""
+    sent = MDNS(interfaces=["127.0.0.1"])._info(
+        advertisement(name, PEER_ID, epoch=epoch, port=port))
     # what another node rebuilds from the records on the wire
     info = ServiceInfo("_shoal._tcp.local.", sent.name, port=sent.port, properties=sent.text,
                        addresses=sent.addresses)
     assert info.properties == {b"v": str(VERSION).encode(), b"id": PEER_ID.encode(),
                                b"name": name[:100].encode(), b"epoch": str(epoch).encode()}
-    other = fake_node()
     with trio.fail_after(5):
-        await resolve(info, other)
-    assert other.introduced == [f"tcp://127.0.0.1:{port}"]
+        recorder = await resolve(info)
+    assert recorder.records == [Found("peer._shoal._tcp.local.", (f"tcp://127.0.0.1:{port}",),
+                                      node_id=bytes.fromhex(PEER_ID))]
 
 
 @pytest.mark.parametrize("name", ["é" * 40, "a" * 40 + "😀" * 53], ids=["label", "txt"])
 def test_a_node_with_any_valid_name_can_be_advertised(name: str) -> None:
     assert len(name.encode()) <= 255  # a valid node name (the control plane's limit)
-    node = SimpleNamespace(name=name, id=PEER_ID, control_port=5, addresses=("127.0.0.1",),
-                           epoch=1)
-    info = MDNS(interfaces=["127.0.0.1"])._info(cast(Any, node))
+    info = MDNS(interfaces=["127.0.0.1"])._info(advertisement(name, PEER_ID))
     assert info.properties[b"id"] == PEER_ID.encode()
 
 

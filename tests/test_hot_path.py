@@ -294,7 +294,7 @@ async def test_a_node_hands_busy_poll_to_its_channels() -> None:
         async with node.open_puller("jobs") as pull, node.open_publisher("news") as pub:
             assert pull._sock.busy_poll == 0.002
             assert pub._sock.busy_poll == 0.002
-        assert node._control.busy_poll == 0.0
+        assert node._control._socket.busy_poll == 0.0
 
 
 # -- the socket layer owns "look before you park" -------------------------------------

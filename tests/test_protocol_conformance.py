@@ -23,7 +23,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import msgpack
@@ -32,7 +31,7 @@ import trio
 import zmq
 
 import shoal
-from shoal.discovery import MDNS
+from shoal.discovery import MDNS, Advertisement
 from shoal.patterns import ReliablePusher
 from support.waiting import eventually
 
@@ -596,9 +595,9 @@ def test_the_dns_sd_advertisement_is_what_the_spec_says() -> None:
     """The records a node would register (built, not sent: no multicast here)."""
     records = {r["record"]: r["value"] for r in table("DNS-SD records")}
     keys = {r["key"] for r in table("TXT keys")}
-    node = SimpleNamespace(name="sensor-7", id=os.urandom(16).hex(), epoch=31337,
-                           control_port=7700, addresses=("127.0.0.1",), security=None)
-    info = MDNS(interfaces=["127.0.0.1"])._info(node)  # type: ignore[arg-type]
+    node = Advertisement(name="sensor-7", node_id=os.urandom(16), epoch=31337,
+                         addresses=("127.0.0.1",), control_port=7700)
+    info = MDNS(interfaces=["127.0.0.1"])._info(node)
     service = records["service type"].strip("`")
     assert info.type == service
     assert info.name == f"sensor-7-{node.id[:8]}.{service}"

@@ -35,6 +35,7 @@ from shoal._zmq._socket import Socket
 from shoal.discovery import MDNS, Static
 from shoal.discovery._mdns import _MAX_KNOWN
 from shoal.errors import LocalProtocolError
+from shoal.node._discovered import MAX_RECORDS
 from shoal.node._node import MAX_PENDING_LINKS
 from shoal.security import KeyPair, Security, Trust, generate_keypair, server_options
 from support.endpoints import free_port
@@ -366,11 +367,12 @@ async def test_an_advertisement_flood_keeps_tables_bounded_and_the_node_working(
                     props[b"pk"] = untrusted[i % len(untrusted)]
                 elif i % 3 == 2:
                     props[b"pk"] = B_KEYS.public
-                mdns._found(a, f"fake-{i}.{stype}", props, ["127.0.0.1"], 1 + i % 60_000)
+                mdns._found(f"fake-{i}.{stype}", props, ["127.0.0.1"], 1 + i % 60_000)
                 if i % 500 == 0:
                     await trio.lowlevel.checkpoint()
             assert len(mdns._endpoints) <= _MAX_KNOWN
-            assert len(mdns._keys) <= _MAX_KNOWN
+            [reports] = a._discovered._sources
+            assert len(reports.records) <= MAX_RECORDS
             assert len(mdns._warned) <= 1024
             assert len(a._warned) <= 1024
             assert a.statistics().links <= MAX_PENDING_LINKS

@@ -8,6 +8,29 @@ A discovery source only finds a peer's control endpoint; what the peer offers (i
 catalogue of channels), its liveness and its goodbye travel over ZeroMQ between the
 nodes, so ``MDNS`` and ``Static`` behave the same once a peer is found.
 
+Writing a source (a registry lookup, a file watched...): an object with an
+``interfaces`` attribute (None, or the addresses it works on) and an ``async def
+discover(own, reports, *, task_status)`` (the ``Source`` protocol). The node starts it
+with ``nursery.start``, giving it ``own`` (an ``Advertisement``: this node's name, id,
+epoch, addresses, control port and public key, for a source that announces it) and
+``reports``: the source calls ``reports.report(Found(instance, endpoints,
+public_key=..., node_id=...))`` for each node it finds and ``reports.report(Lost(instance))``
+when one is withdrawn, and may ask ``reports.reached()`` / ``reports.unreached()``
+which of its instances are live peers, to pace its lookups. A source knows nothing of
+the node and decides nothing: which address to use, whether a key is trusted, when
+to introduce the node and to introduce it again after a partition are the node's
+decisions, the same for every source::
+
+    class Registry:
+        interfaces = None
+
+        async def discover(self, own, reports, *, task_status=trio.TASK_STATUS_IGNORED):
+            task_status.started()
+            while True:
+                for name, endpoint, key in await lookup():
+                    reports.report(Found(name, (endpoint,), public_key=key))
+                await trio.sleep(10)
+
 ``interfaces=`` (of ``MDNS``, ``Static`` and ``open_node``) takes interface names or
 IPv4 addresses; ``resolve_interfaces`` does that resolution for an application that
 takes the same option (``unknown_addresses`` says which addresses are not this
@@ -23,6 +46,7 @@ from shoal._core import (
     PeerUpdated,
     Role,
 )
+from shoal.discovery._contract import Advertisement, Found, Lost, Reports, Source
 from shoal.discovery._interfaces import (
     Interface,
     interfaces,
@@ -35,14 +59,19 @@ from shoal.discovery._static import Static
 __all__ = [
     "MDNS",
     "SERVICE_TYPE",
+    "Advertisement",
     "ChannelOffer",
+    "Found",
     "Interface",
+    "Lost",
     "Peer",
     "PeerEvent",
     "PeerJoined",
     "PeerLeft",
     "PeerUpdated",
+    "Reports",
     "Role",
+    "Source",
     "Static",
     "interfaces",
     "resolve_interfaces",

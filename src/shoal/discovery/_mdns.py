@@ -4,16 +4,20 @@ Each node registers one DNS-SD instance of ``SERVICE_TYPE``: SRV and A records p
 at its control socket, TXT carries ``v`` (the protocol version), ``id`` (node id),
 ``name`` and ``epoch``. Ordinary tools list it (``avahi-browse -rt _shoal._tcp``).
 The channel catalogue does not travel in DNS: the node introduces itself over ZeroMQ
-to every instance it finds, and the answer carries the catalogue (see ``shoal.node._node``).
+to every instance reported, and the answer carries the catalogue.
 
-Security: a secured node also advertises ``pk`` (its CURVE public key, Z85). It
-introduces itself only to instances whose ``pk`` its trust policy allows for the
-``id`` beside it (``trust.allows(pk, id)``, asked again at every re-introduction, so
-a key added to a trusted-keys file takes effect within ``_REINTRODUCE`` seconds), and
-connects naming that key: an advertisement that lies about the key or the port finds
-a CURVE handshake that fails. An instance without ``pk`` is a plaintext node, which a
-secured node ignores; a plaintext node ignores instances with ``pk``. Each ignored
-instance is logged once, with the reason.
+What it reports (``shoal.discovery._contract``): every instance of the service type
+that resolves, speaks this protocol version and is not this node, as a ``Found`` with
+one endpoint per IPv4 address, the ``pk`` and ``id`` of its TXT record; ``Lost`` when
+the instance is withdrawn. A secured node advertises ``pk`` (its CURVE public key,
+Z85); whether a key is trusted, and what to do with a plaintext instance, is the
+node's decision. An advertisement with a malformed ``pk`` or ``id`` is not reported
+(logged once).
+
+Finding peers again after a partition: zeroconf reports a cached service once, so
+every ``_REINTRODUCE`` seconds the instances the node reports as unreached are
+resolved again from the cache (a peer restarted meanwhile has a new port) and
+reported afresh, and the browse question is asked again (see ``_heal``).
 
 Bridging: python-zeroconf runs its own asyncio loop in a thread. Its blocking calls
 (construct, close) run through ``trio.to_thread``; registration and resolutions run as
@@ -42,7 +46,7 @@ import logging
 import math
 import socket
 from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import trio
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, current_time_millis
@@ -52,13 +56,15 @@ from zeroconf._protocol.outgoing import DNSOutgoing
 from zeroconf.asyncio import AsyncServiceInfo
 
 from shoal._core import VERSION, choose_address
-from shoal.discovery._interfaces import multicast_addresses, resolve_interfaces
+from shoal.discovery._contract import Advertisement, Found, Lost, Reports
+from shoal.discovery._interfaces import (
+    Network,
+    local_networks,
+    multicast_addresses,
+    resolve_interfaces,
+)
 from shoal.errors import LocalProtocolError
 from shoal.security._keys import z85_key_or_none
-
-if TYPE_CHECKING:
-    from shoal.node._node import Node
-    from shoal.security import Security
 
 __all__ = ["MDNS", "SERVICE_TYPE"]
 
@@ -69,14 +75,14 @@ SERVICE_TYPE = "_shoal._tcp.local."
 _RESOLVE_MS = 3000
 _QUEUE = 4096
 _MAX_KNOWN = 4096
-"""Instances remembered for re-introduction, at most (the rest: once, when found)."""
+"""Instances remembered (``found``), at most (the rest are reported, not remembered)."""
 _REINTRODUCE = 2.0
 _FAST_FOR = 60.0
 """Seconds after the start, and after a peer was lost, during which the browse query
 is repeated every ``_REINTRODUCE`` seconds (then every ``_SLOW_QUERY`` while this node
 knows no peer at all, else not: zeroconf's own schedule is enough)."""
 _SLOW_QUERY = 30.0
-"""Seconds between re-introductions to cached instances that are not live peers."""
+"""Seconds between browse questions while none of the instances found is a live peer."""
 
 
 def _utf8_prefix(text: str, limit: int) -> str:
@@ -107,8 +113,9 @@ class MDNS:
         self.service_type = service_type
         self._warned: set[str] = set()
         self._endpoints: dict[str, str] = {}  # instance name -> control endpoint
-        # instance name -> (its public key, its node id), for secured nodes
-        self._keys: dict[str, tuple[bytes, bytes]] = {}
+        self._own: Advertisement | None = None  # while discovering
+        self._reports: Reports | None = None
+        self._networks: list[Network] = []  # the node's own (for ``found``)
 
     def __repr__(self) -> str:
         return f"MDNS(interfaces={self.interfaces!r})"
@@ -116,33 +123,40 @@ class MDNS:
     @property
     def found(self) -> dict[str, str]:
         """The shoal instances heard over mDNS and not withdrawn since: instance name
-        -> control endpoint (a snapshot, bounded like the table behind it)."""
+        -> control endpoint (of its addresses, one on a network this node shares, as
+        the node picks it; a snapshot, bounded like the table behind it)."""
         return dict(self._endpoints)
 
-    def _info(self, node: Node) -> ServiceInfo:
+    def _info(self, own: Advertisement) -> ServiceInfo:
         # DNS limits bytes, not characters: a label is at most 63 bytes, a TXT entry 255.
-        label = f"{_utf8_prefix(node.name, 40)}-{node.id[:8]}"
-        properties = {"v": str(VERSION), "id": node.id,
-                      "name": _utf8_prefix(node.name, 200), "epoch": str(node.epoch)}
-        security = _security(node)
-        if security is not None:
-            properties["pk"] = security.public_key.decode("ascii")
+        label = f"{_utf8_prefix(own.name, 40)}-{own.id[:8]}"
+        properties = {"v": str(VERSION), "id": own.id,
+                      "name": _utf8_prefix(own.name, 200), "epoch": str(own.epoch)}
+        if own.public_key is not None:
+            properties["pk"] = own.public_key.decode("ascii")
         return ServiceInfo(
             self.service_type, f"{label}.{self.service_type}",
-            port=node.control_port,
-            addresses=[socket.inet_aton(a) for a in node.addresses],
-            server=f"shoal-{node.id[:16]}.local.",
+            port=own.control_port,
+            addresses=[socket.inet_aton(a) for a in own.addresses],
+            server=f"shoal-{own.id[:16]}.local.",
             properties=properties,
         )
 
-    async def _run(self, node: Node, *, task_status: trio.TaskStatus[None]) -> None:
+    def _attach(self, own: Advertisement, reports: Reports) -> None:
+        self._own, self._reports = own, reports
+        self._networks = local_networks(own.addresses)
+
+    async def discover(self, own: Advertisement, reports: Reports, *,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Announce ``own`` and report the instances heard, until cancelled."""
+        self._attach(own, reports)
         # Default: the multicast-capable interfaces the node advertises, not zeroconf's
         # "All" (which includes loopback and interfaces that cannot do multicast).
         choice: Any = (list(self.interfaces) if self.interfaces is not None
-                       else multicast_addresses() or list(node.addresses))
+                       else multicast_addresses() or list(own.addresses))
         zc = await trio.to_thread.run_sync(
             lambda: _Zeroconf(interfaces=choice, ip_version=IPVersion.V4Only))
-        info = self._info(node)
+        info = self._info(own)
         send, receive = trio.open_memory_channel[tuple[str, bool]](_QUEUE)
         token = trio.lowlevel.current_trio_token()
 
@@ -162,16 +176,16 @@ class MDNS:
                 # Registration probes the name for ~1.2 s: do it beside browsing.
                 nursery.start_soon(bridge.register)
                 browser = ServiceBrowser(zc, self.service_type, handlers=[on_change])
-                nursery.start_soon(self._heal, bridge, node)
+                nursery.start_soon(self._heal, bridge, reports)
                 task_status.started()
                 async for name, removed in receive:
                     if removed:
                         # Departures travel over ZeroMQ (goodbye, heartbeat timeout);
-                        # here we only stop re-introducing ourselves to the instance.
+                        # the node only stops introducing itself to the instance.
                         self._endpoints.pop(name, None)
-                        self._keys.pop(name, None)
+                        reports.report(Lost(name))
                     elif name != info.name:
-                        nursery.start_soon(self._resolve, bridge, node, name)
+                        nursery.start_soon(self._resolve, bridge, name)
         finally:
             with trio.move_on_after(3) as scope:
                 scope.shield = True
@@ -179,106 +193,78 @@ class MDNS:
                     await trio.to_thread.run_sync(browser.cancel, abandon_on_cancel=True)
                 await trio.to_thread.run_sync(bridge.close, abandon_on_cancel=True)
 
-    async def _resolve(self, bridge: _Bridge, node: Node, name: str) -> None:
+    async def _resolve(self, bridge: _Bridge, name: str) -> None:
         info = await bridge.resolve(self.service_type, name)
         if info is None or not info.port:
             log.debug("mDNS: %s did not resolve", name)
             return
         props = {k: v for k, v in info.properties.items() if isinstance(k, bytes)}
-        self._found(node, name, props, info.parsed_addresses(IPVersion.V4Only), info.port)
+        self._found(name, props, info.parsed_addresses(IPVersion.V4Only), info.port)
 
     def _warn_once(self, name: str, level: int, message: str, *args: object) -> None:
         if name not in self._warned and len(self._warned) < 1024:
             self._warned.add(name)
             log.log(level, message, *args)
 
-    def _found(self, node: Node, name: str, props: dict[bytes, bytes | None],
+    def _found(self, name: str, props: dict[bytes, bytes | None],
                addresses: Sequence[str], port: int) -> None:
-        """A resolved instance: introduce the node to it, if it qualifies."""
+        """A resolved instance: report it, if it is a shoal node of this version."""
+        assert self._own is not None
+        assert self._reports is not None
         version = props.get(b"v")
         if version != str(VERSION).encode():
             self._warn_once(name, logging.WARNING, "mDNS: ignoring %s: it speaks shoal "
                             "protocol %r, this node %r", name, version, VERSION)
             return
-        if props.get(b"id") == node.id.encode():
+        if props.get(b"id") == self._own.id.encode():
             return  # ourselves (another interface's announcement)
         if not addresses:
             return
         raw_key = props.get(b"pk")
         key: bytes | None = None
-        node_id = b""
-        if _security(node) is None:
-            if raw_key is not None:
-                self._warn_once(name, logging.INFO, "mDNS: ignoring %s: a secured node "
-                                "(it advertises a public key) ignored by a plaintext node",
-                                name)
-                return
-        else:
-            if raw_key is None:
-                self._warn_once(name, logging.WARNING, "mDNS: ignoring %s: plaintext peer "
-                                "(no public key advertised) ignored by a secured node", name)
-                return
+        node_id = _node_id(props.get(b"id"))
+        if raw_key is not None:
             key = z85_key_or_none(raw_key)
-            node_id = _node_id(props.get(b"id"))
-            if key is None or not node_id:
+            if key is None or node_id is None:
                 self._warn_once(name, logging.WARNING, "mDNS: ignoring %s: malformed "
                                 "public key or node id in its advertisement", name)
                 return
-        address = choose_address(list(addresses), node._networks)
-        endpoint = f"tcp://{address}:{port}"
         if name in self._endpoints or len(self._endpoints) < _MAX_KNOWN:
-            self._endpoints[name] = endpoint
-            if key is not None:
-                self._keys[name] = (key, node_id)
-        if key is None:
-            node.introduce(endpoint)
-        elif self._trusted(node, name, key, node_id):
-            node.introduce(endpoint, server_key=key)
+            address = choose_address(list(addresses), self._networks)
+            self._endpoints[name] = f"tcp://{address}:{port}"
+        self._reports.report(Found(name, tuple(f"tcp://{a}:{port}" for a in addresses),
+                                   public_key=key, node_id=node_id))
 
-    def _trusted(self, node: Node, name: str, key: bytes, node_id: bytes) -> bool:
-        security = _security(node)
-        assert security is not None
-        verdict = security.trust.allows(key, node_id)
-        if not verdict:
-            self._warn_once(name, logging.WARNING, "mDNS: ignoring %s (node %s): its key "
-                            "%s is refused by this node's trust policy (%s)", name,
-                            node_id.hex(), key.decode(), verdict.reason)
-        return bool(verdict)
-
-    async def _heal(self, bridge: _Bridge, node: Node) -> None:
+    async def _heal(self, bridge: _Bridge, reports: Reports) -> None:
         """Find peers again after a partition, whenever it began.
 
-        Every ``_REINTRODUCE`` seconds: introduce the node again to every instance
-        still in the DNS-SD cache that is not a live peer (zeroconf reports a cached
-        service once: two nodes whose links closed during a long partition would
-        otherwise never meet again after it heals), resolving it afresh from the
-        cache (a peer restarted meanwhile has a new port). And ask the browse
-        question again, naming the live peers as known answers so that only the
-        others reply: zeroconf asks at about 0, 1, 5 and 14 s after start, then only
-        near the records' expiry (~an hour), so a node started while cut off would
-        not hear of its peers for that long. Asked every ``_REINTRODUCE`` seconds
-        during ``_FAST_FOR`` seconds after the start, after a peer was lost, and while
-        a known instance is not a live peer; every ``_SLOW_QUERY`` seconds while no
-        peer at all is known; otherwise not."""
+        Every ``_REINTRODUCE`` seconds: resolve afresh from the DNS-SD cache every
+        instance the node reports as unreached, and report it again (zeroconf reports
+        a cached service once; a peer restarted meanwhile has a new port). And ask the
+        browse question again, naming the reached instances as known answers so that
+        only the others reply: zeroconf asks at about 0, 1, 5 and 14 s after start,
+        then only near the records' expiry (~an hour), so a node started while cut off
+        would not hear of its peers for that long. Asked every ``_REINTRODUCE``
+        seconds during ``_FAST_FOR`` seconds after the start, after a reached instance
+        was lost, and while an instance is unreached; every ``_SLOW_QUERY`` seconds
+        while none is reached; otherwise not."""
         started = last_loss = trio.current_time()
         last_query = -math.inf
-        previous: set[str] = set()
+        previous: frozenset[str] = frozenset()
         while True:
             await trio.sleep(_REINTRODUCE)
             now = trio.current_time()
-            live = {p.control_endpoint for p in node.peers()}
-            if previous - live:
+            reached = reports.reached()
+            if previous - reached:
                 last_loss = now
-            previous = live
-            missing = [name for name, ep in self._endpoints.items()
-                       if ep not in live and not node.has_link(ep)]
+            previous = reached
+            missing = reports.unreached()
             fast = now - started < _FAST_FOR or now - last_loss < _FAST_FOR or missing
-            if fast or (not live and now - last_query >= _SLOW_QUERY):
+            if fast or (not reached and now - last_query >= _SLOW_QUERY):
                 last_query = now
-                known = {name for name, ep in self._endpoints.items() if ep in live}
-                _ask(bridge.zc, self.service_type, known)
+                _ask(bridge.zc, self.service_type, set(reached))
             for name in missing:
-                await self._resolve(bridge, node, name)
+                await self._resolve(bridge, name)
 
 
 def _ask(zc: _Zeroconf, service_type: str, known: set[str]) -> None:
@@ -299,19 +285,13 @@ _TYPE_PTR = 12
 _CLASS_IN = 1
 
 
-def _security(node: Node) -> Security | None:
-    # getattr: stand-in nodes (tests, tools) that predate security have no attribute
-    security: Security | None = getattr(node, "security", None)
-    return security
-
-
-def _node_id(value: bytes | None) -> bytes:
-    """The node id of a TXT ``id`` value (32 hex digits), or b"" if malformed."""
+def _node_id(value: bytes | None) -> bytes | None:
+    """The node id of a TXT ``id`` value (32 hex digits), or None if malformed."""
     try:
         raw = bytes.fromhex((value or b"").decode("ascii"))
     except ValueError:
-        return b""
-    return raw if len(raw) == 16 else b""
+        return None
+    return raw if len(raw) == 16 else None
 
 
 def _offer(send: trio.MemorySendChannel[tuple[str, bool]], item: tuple[str, bool]) -> None:

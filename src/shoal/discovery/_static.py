@@ -1,8 +1,10 @@
 """Static discovery: a fixed list of control endpoints, for networks without multicast.
 
-Each listed endpoint gets a persistent control link: the node introduces itself there
-on start and on every heartbeat, and libzmq keeps reconnecting while the peer is down,
-so a peer that starts later, or restarts, is found as soon as it listens.
+Each listed endpoint is reported once, as a steady ``Found`` (see
+``shoal.discovery._contract``): the node keeps a control link there for as long as it
+lives, introduces itself on start and on every heartbeat, and libzmq keeps
+reconnecting while the peer is down, so a peer that starts later, or restarts, is
+found as soon as it listens.
 
 Secured nodes (``open_node(..., security=...)``) need each peer's CURVE public key:
 give the peers as a mapping ``{endpoint: public key}``. A secured node refuses an
@@ -13,16 +15,13 @@ node opens): the two never mix by accident.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import trio
 
 from shoal._zmq._socket import check_endpoint
+from shoal.discovery._contract import Advertisement, Found, Reports
 from shoal.errors import InvalidEndpoint, LocalProtocolError
 from shoal.security._keys import check_key
-
-if TYPE_CHECKING:
-    from shoal.node._node import Node
 
 __all__ = ["Static"]
 
@@ -59,8 +58,10 @@ class Static:
     def __repr__(self) -> str:
         return f"Static({list(self.peers)!r})"
 
-    async def _run(self, node: Node, *, task_status: trio.TaskStatus[None]) -> None:
-        secured = node.security is not None
+    async def discover(self, own: Advertisement, reports: Reports, *,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Report every listed endpoint (steady: see the module notes)."""
+        secured = own.public_key is not None
         for ep in self.peers:
             key = self.keys.get(ep)
             if secured and key is None:
@@ -73,7 +74,7 @@ class Static:
                     "open it with security=shoal.security.Security(keypair, trust), or "
                     "list the endpoints without keys")
         for ep in self.peers:
-            node.introduce(ep, persistent=True, server_key=self.keys.get(ep))
+            reports.report(Found(ep, (ep,), public_key=self.keys.get(ep), steady=True))
         task_status.started()
 
 

@@ -1,0 +1,274 @@
+"""The link pool: one outgoing control link (a DEALER) per known control endpoint.
+
+A link carries this node's State (its introduction, then its heartbeat) and its
+goodbye. Links to live peers stay; links to endpoints that are not live peers close
+after ``LINK_GRACE`` seconds (libzmq keeps reconnecting meanwhile, so two nodes
+separated by a flapping link find each other again when it heals), except persistent
+ones (a steady discovery record: a configured peer), which stay as long as the
+record. Links to nodes that said goodbye close at once. Links to endpoints not yet
+known as peers are bounded (``MAX_PENDING_LINKS``): a flood of advertisements cannot
+make a node open sockets without limit.
+
+Each link's handshakes are followed on its socket monitor (``shoal._zmq._monitor``):
+
+* a secured link refused by the other node's ZAP handler is connected again every
+  ``AUTH_RETRY`` seconds (libzmq does not reconnect a refused client); when it is
+  admitted at last, ``on_admitted(endpoint)`` lets the node make its data
+  connections to that peer again (one ZAP handler decides for all of a node's
+  sockets, so they were refused too). Adding a key to a trusted-keys file thus takes
+  effect without restarts.
+* handshakes that fail again and again (something that accepts TCP and is not a shoal
+  node) are backed off from ``HANDSHAKE_RETRY`` up to ``HANDSHAKE_RETRY_MAX``
+  seconds, and logged once, instead of libzmq's 100 ms reconnect.
+
+A plaintext link stops watching after its first handshake: a shoal node is there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection
+
+import trio
+import zmq
+
+from shoal._zmq._monitor import (
+    DISCONNECTED,
+    HANDSHAKE_FAILED,
+    HANDSHAKE_FAILED_AUTH,
+    HANDSHAKE_SUCCEEDED,
+    Monitor,
+)
+from shoal._zmq._socket import Socket
+from shoal.errors import ClosedError, ShoalError
+from shoal.node._sockets import SocketFactory
+from shoal.node._watch import WarnOnce, log
+
+__all__ = ["AUTH_RETRY", "HANDSHAKE_RETRY", "LINK_GRACE", "MAX_PENDING_LINKS", "LinkPool"]
+
+LINK_GRACE = 30.0
+"""Seconds a control link to a silent, unknown or departed-on-timeout node stays open."""
+MAX_PENDING_LINKS = 128
+"""Control links to endpoints that are not live peers (being introduced to), at most;
+introductions beyond are skipped (discovery reports them again later). A secured
+link costs three ZeroMQ sockets (its own and a monitor pair) of the context's 1023."""
+AUTH_RETRY = 5.0
+"""Seconds between connection attempts to a node whose ZAP handler refused our key."""
+HANDSHAKE_RETRY = 1.0
+"""After two failed handshakes in a row on a control link (something that accepts TCP
+and is not a shoal node), it is tried again after this, doubling up to
+``HANDSHAKE_RETRY_MAX``, instead of libzmq's 100 ms reconnect."""
+HANDSHAKE_RETRY_MAX = 60.0
+_LINK_EVENTS = HANDSHAKE_SUCCEEDED | HANDSHAKE_FAILED_AUTH | HANDSHAKE_FAILED | DISCONNECTED
+
+
+class _Link:
+    __slots__ = ("expires", "failed", "key", "monitor", "persistent", "refused", "retry_at",
+                 "sock", "up")
+
+    def __init__(self, sock: Socket, *, persistent: bool, expires: float,
+                 key: bytes | None = None) -> None:
+        self.sock = sock
+        self.persistent = persistent
+        self.expires = expires
+        self.key = key  # the server's public key (secured nodes)
+        self.monitor: Monitor | None = None  # handshake events
+        self.refused = False  # the other node's ZAP handler refused our key
+        self.retry_at = math.inf  # when to connect again (after a refusal or failures)
+        self.up = False  # a handshake completed since the last connect
+        self.failed = 0  # handshakes failed in a row (not a shoal node there?)
+
+    def send(self, frame: bytes) -> None:
+        try:
+            self.sock.send_nowait(frame)
+        except trio.WouldBlock:
+            pass  # not connected and its small queue is full: the next beat will do
+
+    def stop_watching(self) -> None:
+        mon, self.monitor = self.monitor, None
+        if mon is not None:
+            mon.close()
+
+    def close(self) -> None:
+        self.stop_watching()
+        self.sock.close()
+
+
+class LinkPool:
+    """The control links, by endpoint. ``state()`` is this node's State frame now."""
+
+    def __init__(self, sockets: SocketFactory, warn: WarnOnce, *,
+                 state: Callable[[], bytes], on_admitted: Callable[[str], None]) -> None:
+        self._sockets = sockets
+        self._guard = sockets.guard
+        self._warn = warn
+        self._state = state
+        self._on_admitted = on_admitted
+        self._links: dict[str, _Link] = {}
+        self.nursery: trio.Nursery | None = None  # where links are watched, once running
+
+    def __contains__(self, endpoint: str) -> bool:
+        return endpoint in self._links
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def key_of(self, endpoint: str) -> bytes | None:
+        link = self._links.get(endpoint)
+        return None if link is None else link.key
+
+    def introduce(self, endpoint: str, server_key: bytes | None, *, persistent: bool,
+                  live: Collection[str]) -> None:
+        """Send this node's State to ``endpoint``, opening a link there if there is
+        none (unless too many links go to endpoints that are not ``live`` peers)."""
+        link = self._links.get(endpoint)
+        if link is None:
+            if not persistent and self._pending(endpoint, live) >= MAX_PENDING_LINKS:
+                self._warn("links", "", "not introducing to %s: %d links to unknown nodes "
+                           "are open already (an advertisement flood?)", endpoint,
+                           MAX_PENDING_LINKS)
+                return
+            link = self._open(endpoint, server_key, persistent=persistent,
+                              expires=trio.current_time() + LINK_GRACE)
+        link.persistent = link.persistent or persistent
+        link.send(self._state())
+
+    def _pending(self, endpoint: str, live: Collection[str]) -> int:
+        """Links to endpoints that are not live peers, as far as the bound needs: 0 if
+        ``endpoint`` is a live peer (always answered, whatever a flood of
+        advertisements did) or if there are fewer links than the bound in all."""
+        if endpoint in live or len(self._links) < MAX_PENDING_LINKS:
+            return 0
+        return sum(1 for ep, link in self._links.items()
+                   if ep not in live and not link.persistent)
+
+    def _open(self, endpoint: str, key: bytes | None, *, persistent: bool,
+              expires: float) -> _Link:
+        sock = self._sockets.open(zmq.DEALER, [(zmq.SNDHWM, 8)], linger_ms=200, data=False)
+        link = _Link(sock, persistent=persistent, expires=expires, key=key)
+        try:
+            if self.nursery is not None:
+                # before connect(), so no handshake goes unseen
+                link.monitor = Monitor(sock, _LINK_EVENTS)
+                self.nursery.start_soon(self._watch, endpoint, link)
+            self._guard.connect(sock, endpoint, key)
+        except BaseException:
+            link.close()
+            raise
+        self._links[endpoint] = link
+        return link
+
+    def replace(self, endpoint: str, key: bytes | None) -> None:
+        """Close the link to ``endpoint`` if it names another server key than ``key``
+        (the one a State was authenticated with wins)."""
+        link = self._links.get(endpoint)
+        if link is not None and self._guard.replaces_link(link.key, key):
+            link.close()
+            del self._links[endpoint]
+
+    def release(self, endpoint: str) -> None:
+        """The link to ``endpoint`` is no longer persistent: a grace period, then it goes
+        unless a live peer is there."""
+        link = self._links.get(endpoint)
+        if link is not None and link.persistent:
+            link.persistent = False
+            link.expires = trio.current_time() + LINK_GRACE
+
+    def end_grace(self, endpoint: str, now: float) -> None:
+        """The node there said goodbye (or was replaced): no grace."""
+        link = self._links.get(endpoint)
+        if link is not None:
+            link.expires = now
+
+    def broadcast(self, frame: bytes) -> None:
+        for link in self._links.values():
+            link.send(frame)
+
+    def prune(self, live: Collection[str], now: float) -> None:
+        for ep, link in list(self._links.items()):
+            if ep in live:
+                link.expires = now + LINK_GRACE
+            elif not link.persistent and link.expires <= now:
+                link.close()
+                del self._links[ep]
+
+    def retry(self, now: float) -> None:
+        """Connect again the links whose wait (a refusal, failed handshakes) is over."""
+        for ep, link in self._links.items():
+            if link.retry_at <= now and not link.sock.closed:
+                link.retry_at = math.inf
+                try:
+                    link.sock.disconnect(ep)
+                except ShoalError:
+                    pass  # not connected any more: connect below is what counts
+                self._guard.connect(link.sock, ep, link.key)
+                link.send(self._state())
+
+    def close(self) -> None:
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
+
+    # -- handshakes ---------------------------------------------------------------------
+
+    async def _watch(self, endpoint: str, link: _Link) -> None:
+        mon = link.monitor
+        assert mon is not None
+        try:
+            while True:
+                for ev in mon.events_nowait(16):
+                    if ev.event == HANDSHAKE_FAILED_AUTH:
+                        self._refused(endpoint, link)
+                    elif ev.event == HANDSHAKE_SUCCEEDED:
+                        link.up = True
+                        link.failed = 0
+                        self._warn.forget("handshake", endpoint)
+                        self._admitted(endpoint, link)
+                        if link.key is None:
+                            link.stop_watching()
+                            return
+                    elif ev.event == DISCONNECTED:
+                        if not link.up and not link.refused:
+                            self._handshake_failed(endpoint, link)
+                        link.up = False
+                    elif ev.handshake_failed:
+                        link.up = False
+                await mon.wait()
+        except ClosedError:
+            pass  # the link closed
+
+    def _handshake_failed(self, endpoint: str, link: _Link) -> None:
+        """A connection to ``endpoint`` closed before its handshake completed. From the
+        second in a row: disconnect, and connect again after a backoff."""
+        link.failed += 1
+        if link.failed < 2 or link.sock.closed:
+            return
+        wait = min(HANDSHAKE_RETRY * 2 ** min(link.failed - 2, 16), HANDSHAKE_RETRY_MAX)
+        try:
+            link.sock.disconnect(endpoint)
+        except ShoalError:
+            pass
+        link.retry_at = trio.current_time() + wait
+        self._warn("handshake", endpoint,
+                   "%s accepts connections but no shoal handshake completes there (not a "
+                   "shoal node, or another protocol); trying again after backing off, up "
+                   "to every %g s", endpoint, HANDSHAKE_RETRY_MAX)
+
+    def _refused(self, endpoint: str, link: _Link) -> None:
+        link.refused = True
+        link.retry_at = trio.current_time() + AUTH_RETRY
+        key = self._guard.public_key
+        assert key is not None  # only a CURVE client is refused by ZAP
+        self._warn("refused-us", endpoint,
+                   "the node at %s refused this node's key %s (authentication failed); "
+                   "trying again every %g s. To admit this node, add its key to that "
+                   "node's trusted keys", endpoint, key.decode(), AUTH_RETRY)
+
+    def _admitted(self, endpoint: str, link: _Link) -> None:
+        if not link.refused:
+            return
+        link.refused = False
+        self._warn.forget("refused-us", endpoint)
+        log.info("the node at %s admitted this node's key", endpoint)
+        link.send(self._state())
+        self._on_admitted(endpoint)

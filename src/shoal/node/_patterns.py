@@ -1,0 +1,368 @@
+"""The patterns by channel name: ``node.open_publisher("prices")`` and the others.
+
+Each ``open_*`` takes its options by keyword; what each pattern accepts and its
+defaults are in one table (``DEFAULTS``), the types the checker sees in one
+``TypedDict`` per pattern. ``reliable=True`` (a literal) gives the reliable
+resource's type (``open_pusher(..., reliable=True)`` is a ``ReliablePusher``).
+
+Every factory does the same: a socket from the node's factory (``bind``: on an
+ephemeral port of the node's address), the pattern's resource on it, and an entry in
+the catalogue for as long as the resource is open (``shoal.node._channels``): a
+listener with its port, a connecting role with the connections it is wired through
+(its own ``add_route``/``drop_route``, or the plain socket's connect/disconnect).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Literal, TypedDict, TypeVar, Unpack, overload
+
+import zmq
+
+from shoal._core import ChannelOffer, Identity, Role
+from shoal._zmq._socket import DEFAULT_LINGER_MS, Socket
+from shoal._zmq._tasks import open_service_nursery
+from shoal.errors import LocalProtocolError
+from shoal.node._channels import Channels, Routed, SocketConnector, check_channel
+from shoal.node._guard import Guard
+from shoal.node._sockets import SocketFactory, port_of
+from shoal.patterns._common import DEFAULT_BATCH, check_limits
+from shoal.patterns._pubsub import (
+    Publisher,
+    Subscriber,
+    check_subscriber_args,
+    publisher_options,
+    subscriber_options,
+)
+from shoal.patterns._pushpull import Puller, Pusher, puller_options, pusher_options
+from shoal.patterns._reliable_pubsub import (
+    ReliablePublisher,
+    ReliableSubscriber,
+    check_reliable_pubsub_args,
+    open_reliable_publisher,
+    open_reliable_subscriber,
+)
+from shoal.patterns._reliable_pushpull import (
+    ManualAckPuller,
+    ReliablePuller,
+    ReliablePusher,
+    open_reliable_pusher,
+    reliable_options,
+)
+from shoal.patterns._reqrep import (
+    Replier,
+    Requester,
+    check_reply_cache,
+    replier_options,
+    requester_options,
+)
+
+__all__ = ["DEFAULTS", "Patterns"]
+
+T = TypeVar("T")
+R = TypeVar("R", ReliablePuller, ManualAckPuller)
+ACM = AbstractAsyncContextManager
+
+
+class PublisherOptions(TypedDict, total=False):
+    high_water_mark: int
+    linger_ms: int
+
+
+class ReliablePublisherOptions(PublisherOptions, total=False):
+    window: int
+    rto: float
+    grace: float
+    max_subscribers: int
+
+
+class SubscriberOptions(TypedDict, total=False):
+    topics: Sequence[str]
+    high_water_mark: int
+    batch: int
+    max_streams: int
+
+
+class ReliableSubscriberOptions(SubscriberOptions, total=False):
+    heartbeat: float
+
+
+class PusherOptions(TypedDict, total=False):
+    high_water_mark: int
+    linger_ms: int
+
+
+class ReliablePusherOptions(PusherOptions, total=False):
+    window: int
+    rto: float
+    max_attempts: int
+    give_up_after: float | None
+    outbox: str | os.PathLike[str] | None
+
+
+class PullerOptions(TypedDict, total=False):
+    high_water_mark: int
+    batch: int
+
+
+class ReplierOptions(TypedDict, total=False):
+    high_water_mark: int
+    batch: int
+    linger_ms: int
+    reply_cache: int
+
+
+class RequesterOptions(TypedDict, total=False):
+    high_water_mark: int
+    batch: int
+    linger_ms: int
+
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "publisher": {"high_water_mark": 1000, "linger_ms": DEFAULT_LINGER_MS,
+                  "window": 8192, "rto": 0.5, "grace": 10.0, "max_subscribers": 1024},
+    "subscriber": {"topics": ("",), "high_water_mark": 1000, "batch": DEFAULT_BATCH,
+                   "max_streams": 4096, "heartbeat": 0.5},
+    "pusher": {"high_water_mark": 1000, "linger_ms": DEFAULT_LINGER_MS, "window": 1024,
+               "rto": 0.5, "max_attempts": 10, "give_up_after": None, "outbox": None},
+    "puller": {"high_water_mark": 1000, "batch": DEFAULT_BATCH, "manual_ack": False},
+    "replier": {"high_water_mark": 1000, "batch": DEFAULT_BATCH,
+                "linger_ms": DEFAULT_LINGER_MS, "reply_cache": 1024},
+    "requester": {"high_water_mark": 1000, "batch": DEFAULT_BATCH,
+                  "linger_ms": DEFAULT_LINGER_MS},
+}
+"""What each ``open_*`` accepts, and its defaults (the reliable options included: the
+best-effort resource ignores them)."""
+
+
+def _options(pattern: str, channel: object, given: dict[str, Any]) -> dict[str, Any]:
+    check_channel(channel)
+    defaults = DEFAULTS[pattern]
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise TypeError(f"open_{pattern}() got an unexpected keyword argument {unknown[0]!r}"
+                        f" (it takes {', '.join(defaults)})")
+    opts = {**defaults, **given}
+    check_limits(high_water_mark=opts["high_water_mark"],
+                 **({"batch": opts["batch"]} if "batch" in opts else {}))
+    return opts
+
+
+class Patterns:
+    """The ``open_*`` methods of ``Node``."""
+
+    identity: Identity
+    _sockets: SocketFactory
+    _channels: Channels
+    _guard: Guard
+
+    @asynccontextmanager
+    async def _listed(self, channel: str, role: Role, sock: Socket, resource: ACM[T], *,
+                      plain: bool = False) -> AsyncIterator[T]:
+        """Open ``resource`` on ``sock`` and list it in the catalogue while open."""
+        async with resource as res:
+            if role.binds:
+                offer = ChannelOffer(channel, role, port_of(sock.bound[0]))
+                with self._channels.listing(offer, res):
+                    yield res
+            else:
+                target: Routed = SocketConnector(sock, self._guard) if plain else res  # type: ignore[assignment]
+                with self._channels.listing(ChannelOffer(channel, role), res, target):
+                    yield res
+
+    # -- publish / subscribe ---------------------------------------------------------
+
+    @overload
+    def open_publisher(self, channel: str, *, reliable: Literal[False] = False,
+                       **options: Unpack[PublisherOptions]) -> ACM[Publisher]: ...
+
+    @overload
+    def open_publisher(self, channel: str, *, reliable: Literal[True],
+                       **options: Unpack[ReliablePublisherOptions]) -> ACM[ReliablePublisher]: ...
+
+    def open_publisher(self, channel: str, *, reliable: bool = False,
+                       **options: Any) -> ACM[Publisher] | ACM[ReliablePublisher]:
+        """Publish on ``channel``: every subscriber of it on the network (this node
+        included) connects, now and as they come. ``wait_for_subscribers(n)`` waits for
+        them. Options: ``high_water_mark`` (1000), ``linger_ms``.
+
+        ``reliable=True``: to subscribers opened with ``reliable=True``, at least once on
+        the wire, once and in order to their applications. Each subscriber's
+        unacknowledged publications are kept (up to ``window``, 8192: ``publish`` waits
+        beyond) and sent again after ``rto`` seconds (0.5) without progress; a
+        subscriber silent for ``grace`` seconds (10) is dropped from the books
+        (counted, logged); at most ``max_subscribers`` (1024).
+        """
+        o = _options("publisher", channel, options)
+        if reliable:
+            check_reliable_pubsub_args(window=o["window"], rto=o["rto"], grace=o["grace"])
+            sock = self._sockets.open(zmq.ROUTER, reliable_options(o["high_water_mark"]),
+                                      linger_ms=o["linger_ms"], bind=True)
+            return self._listed(channel, Role.RELIABLE_PUBLISHER, sock, open_reliable_publisher(
+                socket=sock, identity=self.identity, window=o["window"], rto=o["rto"],
+                grace=o["grace"], max_subscribers=o["max_subscribers"]))
+        sock = self._sockets.open(zmq.XPUB, publisher_options(o["high_water_mark"]),
+                                  linger_ms=o["linger_ms"], bind=True)
+        return self._listed(channel, Role.PUBLISHER, sock, Publisher(sock, self.identity))
+
+    @overload
+    def open_subscriber(self, channel: str, *, reliable: Literal[False] = False,
+                        **options: Unpack[SubscriberOptions]) -> ACM[Subscriber]: ...
+
+    @overload
+    def open_subscriber(self, channel: str, *, reliable: Literal[True],
+                        **options: Unpack[ReliableSubscriberOptions],
+                        ) -> ACM[ReliableSubscriber]: ...
+
+    def open_subscriber(self, channel: str, *, reliable: bool = False,
+                        **options: Any) -> ACM[Subscriber] | ACM[ReliableSubscriber]:
+        """Subscribe to ``topics`` (prefixes; default every topic) on ``channel``, from
+        every publisher of it, now and later. A publisher that vanishes is
+        disconnected. Options: ``high_water_mark`` (1000), ``batch``, ``max_streams``
+        (4096).
+
+        ``reliable=True``: from reliable publishers, once and in order per publisher,
+        everything published after the publisher heard of this subscriber (it
+        tells every ``heartbeat`` seconds, 0.5, where it stands).
+        """
+        o = _options("subscriber", channel, options)
+        check_subscriber_args(o["topics"], o["max_streams"])
+        if reliable:
+            check_reliable_pubsub_args(heartbeat=o["heartbeat"])
+            sock = self._sockets.open(zmq.ROUTER, reliable_options(o["high_water_mark"]),
+                                      linger_ms=DEFAULT_LINGER_MS)
+            return self._listed(channel, Role.RELIABLE_SUBSCRIBER, sock, open_reliable_subscriber(
+                socket=sock, topics=o["topics"], identity=self.identity, batch=o["batch"],
+                max_streams=o["max_streams"], heartbeat=o["heartbeat"]))
+        return self._open_subscriber(channel, o)
+
+    @asynccontextmanager
+    async def _open_subscriber(self, channel: str, o: dict[str, Any]) -> AsyncIterator[Subscriber]:
+        sock = self._sockets.open(zmq.SUB, subscriber_options(o["high_water_mark"]), linger_ms=0)
+        sub = Subscriber(sock, batch=o["batch"], max_streams=o["max_streams"])
+        sub._start(o["topics"])
+        async with self._listed(channel, Role.SUBSCRIBER, sock, sub, plain=True) as s:
+            yield s
+
+    # -- push / pull -------------------------------------------------------------------
+
+    @overload
+    def open_pusher(self, channel: str, *, reliable: Literal[False] = False,
+                    **options: Unpack[PusherOptions]) -> ACM[Pusher]: ...
+
+    @overload
+    def open_pusher(self, channel: str, *, reliable: Literal[True],
+                    **options: Unpack[ReliablePusherOptions]) -> ACM[ReliablePusher]: ...
+
+    def open_pusher(self, channel: str, *, reliable: bool = False,
+                    **options: Any) -> ACM[Pusher] | ACM[ReliablePusher]:
+        """Send work on ``channel``, each item to one of its pullers. ``send()`` waits
+        while no puller is connected; a vanished puller is disconnected. Options:
+        ``high_water_mark`` (1000), ``linger_ms``.
+
+        ``reliable=True``: at least once (talks to pullers opened with ``reliable=True``):
+        an item stays in a window of ``window`` (1024) until a puller's application is
+        done with it, is retransmitted after ``rto`` seconds (0.5, doubling) until a
+        puller has it, goes to another puller if the one holding it vanishes, and is
+        given up after ``max_attempts`` transmissions (10) or ``give_up_after``
+        seconds (``wait_acked()`` raises ``DeliveryFailed``; also on
+        ``push.dead_letters``). ``outbox="path.sqlite"`` keeps accepted items on disk
+        until done, so a pusher restarted on the same file sends them again under
+        their original ids.
+        """
+        o = _options("pusher", channel, options)
+        if not reliable:
+            if o["outbox"] is not None:
+                raise LocalProtocolError("outbox= needs reliable=True (a best-effort pusher "
+                                         "keeps nothing)")
+            sock = self._sockets.open(zmq.PUSH, pusher_options(o["high_water_mark"]),
+                                      linger_ms=o["linger_ms"])
+            return self._listed(channel, Role.PUSHER, sock, Pusher(sock, self.identity),
+                                plain=True)
+        sock = self._sockets.open(zmq.ROUTER, reliable_options(o["high_water_mark"]),
+                                  linger_ms=o["linger_ms"])
+        return self._listed(channel, Role.RELIABLE_PUSHER, sock, open_reliable_pusher(
+            socket=sock, identity=self.identity, window=o["window"], rto=o["rto"],
+            max_attempts=o["max_attempts"], give_up_after=o["give_up_after"],
+            outbox=o["outbox"]))
+
+    @overload
+    def open_puller(self, channel: str, *, reliable: Literal[False] = False,
+                    **options: Unpack[PullerOptions]) -> ACM[Puller]: ...
+
+    @overload
+    def open_puller(self, channel: str, *, reliable: Literal[True],
+                    manual_ack: Literal[False] = False,
+                    **options: Unpack[PullerOptions]) -> ACM[ReliablePuller]: ...
+
+    @overload
+    def open_puller(self, channel: str, *, reliable: Literal[True], manual_ack: Literal[True],
+                    **options: Unpack[PullerOptions]) -> ACM[ManualAckPuller]: ...
+
+    def open_puller(self, channel: str, *, reliable: bool = False, manual_ack: bool = False,
+                    **options: Any) -> ACM[Puller] | ACM[ReliablePuller] | ACM[ManualAckPuller]:
+        """Take work from every pusher of ``channel``. Options: ``high_water_mark``
+        (1000), ``batch``. ``reliable=True``: from reliable pushers; an item is done
+        (acknowledged) when the next one is asked for, or with ``manual_ack=True`` when
+        ``await item.ack()`` is called, and duplicates never reach the application."""
+        o = _options("puller", channel, options)
+        if not reliable:
+            if manual_ack:
+                raise LocalProtocolError("manual_ack=True needs reliable=True (a best-effort "
+                                         "puller acknowledges nothing)")
+            sock = self._sockets.open(zmq.PULL, puller_options(o["high_water_mark"]),
+                                      linger_ms=0, bind=True)
+            return self._listed(channel, Role.PULLER, sock, Puller(sock, batch=o["batch"]))
+        if manual_ack:
+            return self._open_reliable_puller(ManualAckPuller, channel, o)
+        return self._open_reliable_puller(ReliablePuller, channel, o)
+
+    @asynccontextmanager
+    async def _open_reliable_puller(self, cls: type[R], channel: str,
+                                    o: dict[str, Any]) -> AsyncIterator[R]:
+        sock = self._sockets.open(zmq.ROUTER, reliable_options(o["high_water_mark"]),
+                                  linger_ms=DEFAULT_LINGER_MS, bind=True)  # lingers for its acks
+        pull = cls(sock, self.identity, batch=o["batch"], max_streams=4096)
+        async with self._listed(channel, Role.RELIABLE_PULLER, sock, pull) as p:
+            try:
+                yield p
+            finally:
+                # acknowledge what is done before the withdrawal reaches the
+                # pushers (they re-send what was not acknowledged by then)
+                p.flush_acks()
+
+    # -- request / reply ---------------------------------------------------------------
+
+    def open_replier(self, channel: str, **options: Unpack[ReplierOptions]) -> ACM[Replier]:
+        """Answer requests on ``channel``: ``async for req in rep: await req.reply(...)``.
+        A request sent again is answered from the last ``reply_cache`` replies (1024).
+        Options: ``high_water_mark`` (1000), ``batch``, ``linger_ms``."""
+        o = _options("replier", channel, dict(options))
+        check_reply_cache(o["reply_cache"])
+        sock = self._sockets.open(zmq.ROUTER, replier_options(o["high_water_mark"]),
+                                  linger_ms=o["linger_ms"], bind=True)
+        return self._listed(channel, Role.REPLIER, sock, Replier(
+            sock, self.identity, batch=o["batch"], reply_cache=o["reply_cache"]))
+
+    def open_requester(self, channel: str,
+                       **options: Unpack[RequesterOptions]) -> ACM[Requester]:
+        """Send requests to the repliers of ``channel`` (round-robin). A request waits
+        while no replier is reachable; one whose replier vanishes raises ``PeerLost``.
+        Options: ``high_water_mark`` (1000), ``batch``, ``linger_ms``."""
+        return self._open_requester(channel, _options("requester", channel, dict(options)))
+
+    @asynccontextmanager
+    async def _open_requester(self, channel: str, o: dict[str, Any]) -> AsyncIterator[Requester]:
+        sock = self._sockets.open(zmq.ROUTER, requester_options(o["high_water_mark"], routed=True),
+                                  linger_ms=o["linger_ms"])
+        async with (self._listed(channel, Role.REQUESTER, sock, Requester(
+                        sock, self.identity, batch=o["batch"], routed=True)) as client,
+                    open_service_nursery() as nursery):
+            assert client.links is not None
+            nursery.start_soon(client.links.run)
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
