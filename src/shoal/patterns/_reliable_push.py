@@ -224,7 +224,7 @@ class ReliablePusher(PushWire):
         try:
             self.send_nowait(body, headers=headers)
         except trio.WouldBlock:
-            await self._wait_for(self._core.has_room, "send")
+            await self._wait_for(self._core.has_room, "wait for acknowledgements")
             self.send_nowait(body, headers=headers)
         await self._sock.pace()
 
@@ -257,7 +257,7 @@ class ReliablePusher(PushWire):
                 self.send_nowait(items[i])
                 i += 1
             except trio.WouldBlock:
-                await self._wait_for(self._core.has_room, "send")
+                await self._wait_for(self._core.has_room, "wait for acknowledgements")
                 waited = True
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
