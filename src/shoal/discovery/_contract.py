@@ -100,9 +100,10 @@ class Reports(Protocol):
 class Source(Protocol):
     """A discovery source (``shoal.discovery.MDNS``, ``Static``, or your own)."""
 
-    interfaces: tuple[str, ...] | None
-    """Addresses this source works on, which the node then listens on by default
-    (None: no preference)."""
+    @property
+    def interfaces(self) -> tuple[str, ...] | None:
+        """Addresses this source works on, which the node then listens on by default
+        (None: no preference). A plain attribute will do."""
 
     async def discover(self, own: Advertisement, reports: Reports, *,
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
