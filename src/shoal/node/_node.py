@@ -367,8 +367,8 @@ async def open_node(
     for s in sources:
         if not hasattr(s, "discover"):
             raise LocalProtocolError(
-                f"discovery= takes shoal.discovery.MDNS(...), Static([...]) or another "
-                f"shoal.discovery.Source (with a discover method), not {s!r}")
+                f"discovery= takes shoal.discovery.MDNS(...) or Static([...]) (or another "
+                f"shoal.discovery.Source: an object with a discover method), not {s!r}")
     numbers = all(isinstance(v, int | float) and not isinstance(v, bool)
                   for v in (heartbeat, peer_timeout))
     if not numbers or not 0 < heartbeat < peer_timeout:

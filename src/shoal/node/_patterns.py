@@ -15,9 +15,9 @@ listener with its port, a connecting role with the connections it is wired throu
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Literal, TypedDict, TypeVar, Unpack, overload
+from typing import Any, Literal, TypedDict, TypeVar, Unpack, cast, overload
 
 import zmq
 
@@ -159,16 +159,27 @@ class Patterns:
     _guard: Guard
 
     @asynccontextmanager
-    async def _listed(self, channel: str, role: Role, sock: Socket, resource: ACM[T], *,
-                      plain: bool = False) -> AsyncIterator[T]:
-        """Open ``resource`` on ``sock`` and list it in the catalogue while open."""
+    async def _listed(self, channel: str, role: Role, kind: int,
+                      options: list[tuple[int, int | bytes]], linger_ms: int,
+                      make: Callable[[Socket], ACM[T]], *, plain: bool = False,
+                      ) -> AsyncIterator[T]:
+        """A socket of ``kind`` (bound if ``role`` listens), the resource ``make``
+        builds on it, listed in the catalogue while open. Nothing is opened before the
+        block is entered."""
+        sock = self._sockets.open(kind, options, linger_ms=linger_ms, bind=role.binds)
+        try:
+            resource = make(sock)
+        except BaseException:
+            sock.close()
+            raise
         async with resource as res:
             if role.binds:
                 offer = ChannelOffer(channel, role, port_of(sock.bound[0]))
                 with self._channels.listing(offer, res):
                     yield res
             else:
-                target: Routed = SocketConnector(sock, self._guard) if plain else res  # type: ignore[assignment]
+                # the routed resources (reliable patterns, requester) wire themselves
+                target = SocketConnector(sock, self._guard) if plain else cast(Routed, res)
                 with self._channels.listing(ChannelOffer(channel, role), res, target):
                     yield res
 
@@ -198,14 +209,15 @@ class Patterns:
         o = _options("publisher", channel, options)
         if reliable:
             check_reliable_pubsub_args(window=o["window"], rto=o["rto"], grace=o["grace"])
-            sock = self._sockets.open(zmq.ROUTER, reliable_options(o["high_water_mark"]),
-                                      linger_ms=o["linger_ms"], bind=True)
-            return self._listed(channel, Role.RELIABLE_PUBLISHER, sock, open_reliable_publisher(
-                socket=sock, identity=self.identity, window=o["window"], rto=o["rto"],
-                grace=o["grace"], max_subscribers=o["max_subscribers"]))
-        sock = self._sockets.open(zmq.XPUB, publisher_options(o["high_water_mark"]),
-                                  linger_ms=o["linger_ms"], bind=True)
-        return self._listed(channel, Role.PUBLISHER, sock, Publisher(sock, self.identity))
+            return self._listed(
+                channel, Role.RELIABLE_PUBLISHER, zmq.ROUTER,
+                reliable_options(o["high_water_mark"]), o["linger_ms"],
+                lambda sock: open_reliable_publisher(
+                    socket=sock, identity=self.identity, window=o["window"], rto=o["rto"],
+                    grace=o["grace"], max_subscribers=o["max_subscribers"]))
+        return self._listed(channel, Role.PUBLISHER, zmq.XPUB,
+                            publisher_options(o["high_water_mark"]), o["linger_ms"],
+                            lambda sock: Publisher(sock, self.identity))
 
     @overload
     def open_subscriber(self, channel: str, *, reliable: Literal[False] = False,
@@ -231,20 +243,20 @@ class Patterns:
         check_subscriber_args(o["topics"], o["max_streams"])
         if reliable:
             check_reliable_pubsub_args(heartbeat=o["heartbeat"])
-            sock = self._sockets.open(zmq.ROUTER, reliable_options(o["high_water_mark"]),
-                                      linger_ms=DEFAULT_LINGER_MS)
-            return self._listed(channel, Role.RELIABLE_SUBSCRIBER, sock, open_reliable_subscriber(
-                socket=sock, topics=o["topics"], identity=self.identity, batch=o["batch"],
-                max_streams=o["max_streams"], heartbeat=o["heartbeat"]))
-        return self._open_subscriber(channel, o)
+            return self._listed(
+                channel, Role.RELIABLE_SUBSCRIBER, zmq.ROUTER,
+                reliable_options(o["high_water_mark"]), DEFAULT_LINGER_MS,
+                lambda sock: open_reliable_subscriber(
+                    socket=sock, topics=o["topics"], identity=self.identity,
+                    batch=o["batch"], max_streams=o["max_streams"], heartbeat=o["heartbeat"]))
 
-    @asynccontextmanager
-    async def _open_subscriber(self, channel: str, o: dict[str, Any]) -> AsyncIterator[Subscriber]:
-        sock = self._sockets.open(zmq.SUB, subscriber_options(o["high_water_mark"]), linger_ms=0)
-        sub = Subscriber(sock, batch=o["batch"], max_streams=o["max_streams"])
-        sub._start(o["topics"])
-        async with self._listed(channel, Role.SUBSCRIBER, sock, sub, plain=True) as s:
-            yield s
+        def subscriber(sock: Socket) -> Subscriber:
+            sub = Subscriber(sock, batch=o["batch"], max_streams=o["max_streams"])
+            sub._start(o["topics"])
+            return sub
+
+        return self._listed(channel, Role.SUBSCRIBER, zmq.SUB,
+                            subscriber_options(o["high_water_mark"]), 0, subscriber, plain=True)
 
     # -- push / pull -------------------------------------------------------------------
 
@@ -277,16 +289,15 @@ class Patterns:
             if o["outbox"] is not None:
                 raise LocalProtocolError("outbox= needs reliable=True (a best-effort pusher "
                                          "keeps nothing)")
-            sock = self._sockets.open(zmq.PUSH, pusher_options(o["high_water_mark"]),
-                                      linger_ms=o["linger_ms"])
-            return self._listed(channel, Role.PUSHER, sock, Pusher(sock, self.identity),
-                                plain=True)
-        sock = self._sockets.open(zmq.ROUTER, reliable_options(o["high_water_mark"]),
-                                  linger_ms=o["linger_ms"])
-        return self._listed(channel, Role.RELIABLE_PUSHER, sock, open_reliable_pusher(
-            socket=sock, identity=self.identity, window=o["window"], rto=o["rto"],
-            max_attempts=o["max_attempts"], give_up_after=o["give_up_after"],
-            outbox=o["outbox"]))
+            return self._listed(channel, Role.PUSHER, zmq.PUSH,
+                                pusher_options(o["high_water_mark"]), o["linger_ms"],
+                                lambda sock: Pusher(sock, self.identity), plain=True)
+        return self._listed(
+            channel, Role.RELIABLE_PUSHER, zmq.ROUTER, reliable_options(o["high_water_mark"]),
+            o["linger_ms"], lambda sock: open_reliable_pusher(
+                socket=sock, identity=self.identity, window=o["window"], rto=o["rto"],
+                max_attempts=o["max_attempts"], give_up_after=o["give_up_after"],
+                outbox=o["outbox"]))
 
     @overload
     def open_puller(self, channel: str, *, reliable: Literal[False] = False,
@@ -312,9 +323,9 @@ class Patterns:
             if manual_ack:
                 raise LocalProtocolError("manual_ack=True needs reliable=True (a best-effort "
                                          "puller acknowledges nothing)")
-            sock = self._sockets.open(zmq.PULL, puller_options(o["high_water_mark"]),
-                                      linger_ms=0, bind=True)
-            return self._listed(channel, Role.PULLER, sock, Puller(sock, batch=o["batch"]))
+            return self._listed(channel, Role.PULLER, zmq.PULL,
+                                puller_options(o["high_water_mark"]), 0,
+                                lambda sock: Puller(sock, batch=o["batch"]))
         if manual_ack:
             return self._open_reliable_puller(ManualAckPuller, channel, o)
         return self._open_reliable_puller(ReliablePuller, channel, o)
@@ -322,10 +333,11 @@ class Patterns:
     @asynccontextmanager
     async def _open_reliable_puller(self, cls: type[R], channel: str,
                                     o: dict[str, Any]) -> AsyncIterator[R]:
-        sock = self._sockets.open(zmq.ROUTER, reliable_options(o["high_water_mark"]),
-                                  linger_ms=DEFAULT_LINGER_MS, bind=True)  # lingers for its acks
-        pull = cls(sock, self.identity, batch=o["batch"], max_streams=4096)
-        async with self._listed(channel, Role.RELIABLE_PULLER, sock, pull) as p:
+        async with self._listed(
+                channel, Role.RELIABLE_PULLER, zmq.ROUTER, reliable_options(o["high_water_mark"]),
+                DEFAULT_LINGER_MS,  # lingers for its acks
+                lambda sock: cls(sock, self.identity, batch=o["batch"], max_streams=4096),
+        ) as p:
             try:
                 yield p
             finally:
@@ -341,10 +353,10 @@ class Patterns:
         Options: ``high_water_mark`` (1000), ``batch``, ``linger_ms``."""
         o = _options("replier", channel, dict(options))
         check_reply_cache(o["reply_cache"])
-        sock = self._sockets.open(zmq.ROUTER, replier_options(o["high_water_mark"]),
-                                  linger_ms=o["linger_ms"], bind=True)
-        return self._listed(channel, Role.REPLIER, sock, Replier(
-            sock, self.identity, batch=o["batch"], reply_cache=o["reply_cache"]))
+        return self._listed(channel, Role.REPLIER, zmq.ROUTER,
+                            replier_options(o["high_water_mark"]), o["linger_ms"],
+                            lambda sock: Replier(sock, self.identity, batch=o["batch"],
+                                                 reply_cache=o["reply_cache"]))
 
     def open_requester(self, channel: str,
                        **options: Unpack[RequesterOptions]) -> ACM[Requester]:
@@ -355,13 +367,15 @@ class Patterns:
 
     @asynccontextmanager
     async def _open_requester(self, channel: str, o: dict[str, Any]) -> AsyncIterator[Requester]:
-        sock = self._sockets.open(zmq.ROUTER, requester_options(o["high_water_mark"], routed=True),
-                                  linger_ms=o["linger_ms"])
-        async with (self._listed(channel, Role.REQUESTER, sock, Requester(
-                        sock, self.identity, batch=o["batch"], routed=True)) as client,
-                    open_service_nursery() as nursery):
+        async with (
+            self._listed(channel, Role.REQUESTER, zmq.ROUTER,
+                         requester_options(o["high_water_mark"], routed=True), o["linger_ms"],
+                         lambda sock: Requester(sock, self.identity, batch=o["batch"],
+                                                routed=True)) as client,
+            open_service_nursery() as nursery,
+        ):
             assert client.links is not None
-            nursery.start_soon(client.links.run)
+            nursery.start_soon(client.links.run)  # its connections' ups and downs
             try:
                 yield client
             finally:
