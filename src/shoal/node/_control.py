@@ -65,7 +65,8 @@ class Control:
     def __init__(self, identity: Identity, name: str, addresses: Sequence[str],
                  sockets: SocketFactory, table: PeerTable, warn: WarnOnce, *,
                  port: int, heartbeat: float,
-                 on_events: Callable[[list[PeerEvent], Reasons], None]) -> None:
+                 on_events: Callable[[list[PeerEvent], Reasons], None],
+                 reconnect: Callable[[set[str], str], None]) -> None:
         self.identity = identity
         self.name = name
         self.addresses = tuple(addresses)
@@ -75,6 +76,7 @@ class Control:
         self._warn = warn
         self._heartbeat = heartbeat
         self._on_events = on_events
+        self._reconnect = reconnect  # make the data connections to these peers again
         self._socket = sockets.open(zmq.ROUTER, [(zmq.RCVHWM, 10_000)], linger_ms=0,
                                     server=True, data=False)
         try:
@@ -84,8 +86,6 @@ class Control:
             raise
         self.links = LinkPool(sockets, warn, state=lambda: self._state_frame,
                               on_admitted=self._admitted)
-        self.reconnect: Callable[[set[str], str], None] = lambda ids, why: None
-        """Make the data connections to these peers again (set by the node)."""
         self.live: set[str] = set()  # control endpoints of live peers
         self._offers: tuple[ChannelOffer, ...] = ()
         self._revision = 0
@@ -131,7 +131,7 @@ class Control:
         # its data listeners refused us too (one ZAP handler decides for a node's
         # sockets), and libzmq does not retry a refused connection: make them again
         ids = {p.id for p in self.table.peers() if p.control_endpoint == endpoint}
-        self.reconnect(ids, f"reconnecting to {endpoint} (admitted after a refusal)")
+        self._reconnect(ids, f"reconnecting to {endpoint} (admitted after a refusal)")
 
     # -- receiving ---------------------------------------------------------------------
 

@@ -117,8 +117,13 @@ class Plaintext:
         return False
 
 
-class Secured(Plaintext):
-    """A node with CURVE: every socket a server (binding) or a client (connecting)."""
+class Secured:
+    """A node with CURVE: every socket a server (binding) or a client (connecting).
+    (Not a subclass of ``Plaintext``: every question is answered here, none by
+    inheritance.)"""
+
+    security: Security
+    public_key: bytes
 
     def __init__(self, security: Security, warn: WarnOnce, own_id: str) -> None:
         self.security = security
@@ -143,7 +148,6 @@ class Secured(Plaintext):
 
     def socket_options(self, *, server: bool) -> Options:
         security = self.security
-        assert security is not None
         return security.server_options() if server else security.client_options()
 
     def connect(self, sock: Socket, endpoint: str, server_key: bytes | None) -> None:
@@ -164,7 +168,6 @@ class Secured(Plaintext):
                            "secured node", final=True)
         if found.node_id is None:
             return None  # a configured key: trust is asked when its State comes
-        assert self.security is not None
         verdict = self.security.trust.allows(found.public_key, found.node_id)
         if not verdict:
             return Refusal(f"its key {found.public_key.decode()} is refused by this "
@@ -197,7 +200,6 @@ class Secured(Plaintext):
         if not self.speaks_for(msg.node_id, key):
             return False
         assert key is not None
-        assert self.security is not None
         nid = msg.node_id.hex()
         if nid not in self._keys:
             verdict = self.security.trust.allows(key, msg.node_id)

@@ -118,18 +118,18 @@ class Node(Patterns):
                                       max_message_size=max_message_size, busy_poll=busy_poll)
         self._networks = local_networks(self._addresses)
         self._watches: weakref.WeakSet[PeerWatch] = weakref.WeakSet()
+        self._channels = Channels(self._guard, self._catalogue_changed)
         try:
             self._guard.bind_zap(self._sockets.context)
             self._control = Control(
                 identity, name, self._addresses, self._sockets,
                 PeerTable(identity.sender, timeout=peer_timeout, networks=self._networks),
-                self._warned, port=port, heartbeat=heartbeat, on_events=self._peers_changed)
+                self._warned, port=port, heartbeat=heartbeat, on_events=self._peers_changed,
+                reconnect=self._channels.reconnect)
         except BaseException:
             self._guard.close()
             self._sockets.context.term()
             raise
-        self._channels = Channels(self._guard, self._catalogue_changed)
-        self._control.reconnect = self._channels.reconnect
         self._discovered = Discovered(self._control, self._guard, self._warned,
                                       lambda: self._networks)
 
