@@ -283,10 +283,10 @@ def test_bad_seconds_are_rejected_with_status_2(seconds: str) -> None:
 
 
 def test_a_rows_last_events_read_in_the_order_they_happened() -> None:
-    from shoal.cli._demo._panel import _story
+    from shoal.cli._demo._panel import story
 
     events = ["joined", "got job 7", "killed"]
-    assert _story(events, 200) == "joined > got job 7 > killed"
+    assert story(events, 200) == "joined > got job 7 > killed"
     # too narrow: the oldest go first, the newest always stays
-    assert _story(events, 24) == "... got job 7 > killed"
-    assert _story(events, 5) == "... killed"
+    assert story(events, 24) == "... got job 7 > killed"
+    assert story(events, 5) == "... killed"

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
     from shoal.node import Node
-    from shoal.prometheus._metrics import _Snapshotting
+    from shoal.prometheus._metrics import Snapshotting
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_TIMEOUT", "GAUGE_FIELDS", "MAX_REQUEST_BYTES",
            "PrometheusExporter", "open_prometheus_exporter"]
@@ -84,7 +84,7 @@ class PrometheusExporter:
         collide: give the nodes distinct names or ``node_id=``)."""
         self._collector.add_node(node)
 
-    def add(self, resource: _Snapshotting, *, name: str) -> None:
+    def add(self, resource: Snapshotting, *, name: str) -> None:
         """Export a resource opened without a node (``shoal.open_pusher(...)`` and the
         like): its ``statistics()``, labelled ``channel=name`` and its role. Exported
         until ``remove(resource)``, closed or not (its counters then stay as they were).

@@ -68,7 +68,7 @@ _NODE_LABELS = ("node", "node_id")
 _PEER_LABELS = ("node", "node_id", "peer", "peer_id")
 
 
-class _Snapshotting(Protocol):
+class Snapshotting(Protocol):
     def statistics(self) -> object: ...
 
 
@@ -249,11 +249,11 @@ class _NodeEntry:
         self.node = node
         # resources seen at the last scrape, held so that their final counts can be read
         # once the node no longer lists them: id -> (channel, resource)
-        self.live: dict[int, tuple[str, _Snapshotting]] = {}
+        self.live: dict[int, tuple[str, Snapshotting]] = {}
         self.groups: dict[tuple[str, str], _Group] = {}
 
 
-def _listed_resources(node: Node) -> list[tuple[str, _Snapshotting]]:
+def _listed_resources(node: Node) -> list[tuple[str, Snapshotting]]:
     """(channel, resource) for each resource open through ``node``.
 
     Read from ``node.resources()`` (records with ``channel`` and ``resource``), looked up
@@ -270,7 +270,7 @@ class Collector:
 
     def __init__(self) -> None:
         self._nodes: dict[str, _NodeEntry] = {}  # node id -> entry
-        self._resources: dict[int, tuple[str, _Snapshotting, str]] = {}  # id -> (name, r, kind)
+        self._resources: dict[int, tuple[str, Snapshotting, str]] = {}  # id -> (name, r, kind)
         self._collect_errors = 0
 
     def add_node(self, node: Node) -> None:
@@ -285,7 +285,7 @@ class Collector:
         _plan(node.statistics())
         self._nodes[node.id] = _NodeEntry(node)
 
-    def add(self, resource: _Snapshotting, *, name: str) -> None:
+    def add(self, resource: Snapshotting, *, name: str) -> None:
         """See ``PrometheusExporter.add``."""
         if not isinstance(name, str) or not name:
             raise LocalProtocolError(f"name= is a non-empty string, not {name!r}")
@@ -336,7 +336,7 @@ class Collector:
     def _labels(node: str, node_id: str, channel: str, role: str) -> dict[str, str]:
         return dict(zip(_RESOURCE_LABELS, (node, node_id, channel, role), strict=True))
 
-    def _snapshot(self, target: _Snapshotting) -> object | None:
+    def _snapshot(self, target: Snapshotting) -> object | None:
         try:
             return target.statistics()
         except Exception:

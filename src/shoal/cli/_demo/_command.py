@@ -18,8 +18,8 @@ from typing import Any
 
 import trio
 
-from shoal.cli._demo._panel import _fmt, _jobs, _View
-from shoal.cli._demo._scenario import _Demo
+from shoal.cli._demo._panel import View, as_json, job_list
+from shoal.cli._demo._scenario import Demo
 from shoal.cli._demo._workers import JOB_MS, VICTIM, DemoFailed
 
 
@@ -39,11 +39,11 @@ def _verdict(summary: dict[str, Any]) -> tuple[list[tuple[str, str]], bool]:
                       "every job was processed exactly once"))
     else:
         lines.append(("jobs", f"NOT as it should be: {summary['jobs_sent']} sent, "
-                      f"{summary['jobs_done']} done, missing {_jobs(summary['missing'])}, "
-                      f"done twice {_jobs(summary['done_twice'])}"))
-    lines.append(("jobs", f"{killed['name']} was killed holding {_jobs(lost)} unfinished; "
+                      f"{summary['jobs_done']} done, missing {job_list(summary['missing'])}, "
+                      f"done twice {job_list(summary['done_twice'])}"))
+    lines.append(("jobs", f"{killed['name']} was killed holding {job_list(lost)} unfinished; "
                   f"handed to another worker after the kill: {where} (jobs given out "
-                  f"more than once: {_jobs(summary['handed_out_again'])}; the pusher "
+                  f"more than once: {job_list(summary['handed_out_again'])}; the pusher "
                   f"counted {summary['pusher_redelivered']} redelivered)"))
     failed = summary["failed_requests"]
     requests_ok = summary["replies"] == summary["requests"] > 0 and failed == 1
@@ -67,8 +67,8 @@ async def run_demo(*, seconds: float = 20.0, out: Callable[[str], None] = print,
     went away (a closed pipe). Raises ``DemoFailed`` (inside an ``ExceptionGroup``)
     if the demo cannot run. Every worker process is reaped before it returns or raises.
     """
-    view = _View(out, live=live, seconds=seconds)
-    demo = _Demo(seconds, view, job_ms=job_ms)
+    view = View(out, live=live, seconds=seconds)
+    demo = Demo(seconds, view, job_ms=job_ms)
     try:
         with trio.CancelScope() as scope:
             view.on_gone = scope.cancel
@@ -86,7 +86,7 @@ async def run_demo(*, seconds: float = 20.0, out: Callable[[str], None] = print,
     for who, text in lines:
         view.write(f"[{who:<13}] {text}")
     if not live:
-        view.write("summary        " + _fmt(summary))
+        view.write("summary        " + as_json(summary))
     return summary
 
 

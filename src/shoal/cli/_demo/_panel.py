@@ -1,6 +1,6 @@
 """What the person watching ``shoal demo`` sees: plain lines, or a panel redrawn in place.
 
-``_View`` takes the demo's events: ``say`` (chatter, line mode only) and ``note`` (an
+``View`` takes the demo's events: ``say`` (chatter, line mode only) and ``note`` (an
 event: a line, or an entry of the panel's recent events and of its node's row). On a
 terminal the panel (one row per node, then the recent events) is redrawn four times a
 second over the previous one, never wider than the terminal (the redraw counts lines);
@@ -25,16 +25,16 @@ RECENT = 8
 """Events the live panel lists at most."""
 
 
-def _fmt(body: Any) -> str:
+def as_json(body: Any) -> str:
     return json.dumps(body, sort_keys=True)
 
 
-def _jobs(jobs: list[int] | set[int]) -> str:
+def job_list(jobs: list[int] | set[int]) -> str:
     return ", ".join(str(j) for j in sorted(jobs)) or "none"
 
 
 @dataclass
-class _Row:
+class Row:
     """One node in the live panel."""
 
     name: str
@@ -56,7 +56,7 @@ class _Row:
         self.state = "left"
 
 
-class _View:
+class View:
     """Where the demo's events go: plain lines, or a panel redrawn in place.
 
     ``say`` is chatter (each publication, each round of jobs), shown in line mode
@@ -67,7 +67,7 @@ class _View:
         self._out = out
         self.live = live
         self.seconds = seconds
-        self.rows: dict[str, _Row] = {}
+        self.rows: dict[str, Row] = {}
         self.recent: deque[str] = deque(maxlen=RECENT)
         self.started = trio.current_time()
         self.traffic_from: float | None = None
@@ -84,8 +84,8 @@ class _View:
             self.gone = True
             self.on_gone()
 
-    def row(self, name: str, pattern: str) -> _Row:
-        row = self.rows[name] = _Row(name, pattern)
+    def row(self, name: str, pattern: str) -> Row:
+        row = self.rows[name] = Row(name, pattern)
         return row
 
     def say(self, who: str, text: str) -> None:
@@ -132,7 +132,7 @@ class _View:
             peers = r.peers() if r.peers else None
             head = (f"{r.name:<13} {r.pattern:<25} {r.state:<8} {counts:<27} "
                     f"{'-' if peers is None else peers:>5}  ")
-            lines.append(head + _story(r.last, size.columns - 1 - len(head)))
+            lines.append(head + story(r.last, size.columns - 1 - len(head)))
             colours.append("\x1b[31m" if r.state == "KILLED" else "")
         lines.append("recent events")
         colours.append("")
@@ -142,7 +142,7 @@ class _View:
             colours.append("\x1b[33m" if "redelivered" in event or "killed" in event
                            else "")
         width = max(20, size.columns - 1)  # never wrap: the redraw counts lines
-        return [f"{c}{_clip(line, width)}\x1b[0m" if c else _clip(line, width)
+        return [f"{c}{clip(line, width)}\x1b[0m" if c else clip(line, width)
                 for line, c in zip(lines, colours, strict=True)]
 
     def draw(self, *, final: str = "") -> None:
@@ -172,7 +172,7 @@ class _View:
             self.live = False  # from here on, plain lines
 
 
-def _story(events: Iterable[str], width: int) -> str:
+def story(events: Iterable[str], width: int) -> str:
     """A node's last events in the order they happened, the oldest ones left out
     (marked by a leading ``...``) where they do not fit ``width`` characters."""
     kept = list(events)
@@ -183,7 +183,7 @@ def _story(events: Iterable[str], width: int) -> str:
     return text
 
 
-def _clip(line: str, width: int) -> str:
+def clip(line: str, width: int) -> str:
     """Cut ``line`` to ``width`` visible characters (escape sequences do not count)."""
     out: list[str] = []
     seen = 0

@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 import shoal
-from shoal.cli._demo._panel import _fmt, _View
+from shoal.cli._demo._panel import View, as_json
 from shoal.cli._demo._workers import BURST, JOBS, VICTIM, WORKERS, Crew, DemoFailed
 from shoal.discovery import MDNS, PeerJoined, PeerLeft, PeerUpdated
 from shoal.patterns import ReliablePusher
@@ -32,10 +32,10 @@ TICK = 0.5
 SETUP_TIMEOUT = 20.0
 
 
-class _Demo:
+class Demo:
     """The nodes of this process, the traffic between them, and what came of it."""
 
-    def __init__(self, seconds: float, view: _View, *, job_ms: float) -> None:
+    def __init__(self, seconds: float, view: View, *, job_ms: float) -> None:
         self.seconds = seconds
         self.view = view
         self.rng = random.Random(7)
@@ -102,7 +102,7 @@ class _Demo:
                 async for msg in sub:
                     self.received[name] += 1
                     self.reading_arrived.set()
-                    self.view.say(name, f"got {msg.topic} {_fmt(msg.body)} (seq {msg.seq})")
+                    self.view.say(name, f"got {msg.topic} {as_json(msg.body)} (seq {msg.seq})")
             finally:
                 row.freeze()
 
@@ -230,7 +230,7 @@ class _Demo:
             reading = {"celsius": round(self.rng.uniform(18, 24), 1)}
             await pub.publish(f"sensors/{room}", reading, headers={"unit": "C"})
             self.published[room] += 1
-            self.view.say("sensor", f"published sensors/{room} {_fmt(reading)}")
+            self.view.say("sensor", f"published sensors/{room} {as_json(reading)}")
             first = self.jobs_sent
             for _ in range(BURST):
                 await push.send({"job": self.jobs_sent})

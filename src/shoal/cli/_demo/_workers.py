@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from shoal.cli._demo._panel import _jobs, _View
+from shoal.cli._demo._panel import View, job_list
 
 WORKERS = ("worker-A", "worker-B", "worker-C")
 VICTIM = "worker-C"
@@ -37,7 +37,7 @@ class DemoFailed(Exception):
     died on its own); the message says what happened."""
 
 
-class _Worker:
+class Worker:
     """One worker process (one incarnation) and what it reported."""
 
     def __init__(self, name: str, incarnation: int, proc: trio.Process) -> None:
@@ -63,17 +63,17 @@ class _Worker:
 class Crew:
     """Every worker process of one demo (each incarnation) and what they reported."""
 
-    def __init__(self, view: _View, *, service_type: str, job_ms: float) -> None:
+    def __init__(self, view: View, *, service_type: str, job_ms: float) -> None:
         self.view = view
         self.service_type = service_type
         self.job_ms = job_ms
-        self.workers: list[_Worker] = []  # every incarnation: cleanup covers them all
-        self.taken_by: defaultdict[int, list[_Worker]] = defaultdict(list)
-        self.done_by: defaultdict[int, list[_Worker]] = defaultdict(list)
-        self.kill_armed: _Worker | None = None
+        self.workers: list[Worker] = []  # every incarnation: cleanup covers them all
+        self.taken_by: defaultdict[int, list[Worker]] = defaultdict(list)
+        self.done_by: defaultdict[int, list[Worker]] = defaultdict(list)
+        self.kill_armed: Worker | None = None
         self.armed_got = 0  # jobs the armed victim got since it was armed
         self.fired = trio.Event()
-        self.victim: _Worker | None = None
+        self.victim: Worker | None = None
         self.lost: list[int] = []  # what the victim held unfinished when it died
         self.awaiting: set[int] = set()  # of those, not yet seen at another worker
         self.redelivered: dict[int, str] = {}
@@ -81,7 +81,7 @@ class Crew:
         self.nursery: trio.Nursery | None = None
         """Where the tasks reading the workers' output run (set by the demo)."""
 
-    async def spawn(self, name: str) -> _Worker:
+    async def spawn(self, name: str) -> Worker:
         """Start a worker process; it is in ``self.workers`` before anything can fail."""
         assert self.nursery is not None
         incarnation = 1 + sum(w.name == name for w in self.workers)
@@ -92,7 +92,7 @@ class Crew:
             # its own session: a Ctrl-C on the terminal reaches the demo only, which
             # then kills its workers itself
             start_new_session=True)
-        w = _Worker(name, incarnation, proc)
+        w = Worker(name, incarnation, proc)
         self.workers.append(w)
         row = self.view.rows[name]
         row.state = "starting"
@@ -105,7 +105,7 @@ class Crew:
         self.nursery.start_soon(self._read_stderr, w)
         return w
 
-    async def _read_reports(self, w: _Worker) -> None:
+    async def _read_reports(self, w: Worker) -> None:
         assert w.proc.stdout is not None
         pending = b""
         async for chunk in w.proc.stdout:
@@ -126,14 +126,14 @@ class Crew:
             why = w.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
             raise DemoFailed(f"{w.name} (pid {w.pid}) exited with status {code}: {why[0]}")
 
-    async def _read_stderr(self, w: _Worker) -> None:
+    async def _read_stderr(self, w: Worker) -> None:
         assert w.proc.stderr is not None
         async for chunk in w.proc.stderr:
             w.stderr += chunk
             del w.stderr[:-4096]
         w.stderr_read.set()
 
-    def _on_report(self, w: _Worker, report: dict[str, Any]) -> None:
+    def _on_report(self, w: Worker, report: dict[str, Any]) -> None:
         ev = report.get("ev")
         job = report.get("job")
         row = self.view.rows[w.name]
@@ -164,7 +164,7 @@ class Crew:
         elif ev == "bye":
             row.state = "left"
 
-    def kill(self, w: _Worker) -> None:
+    def kill(self, w: Worker) -> None:
         """Kill ``w`` now (SIGKILL): the scenario's crash."""
         self.kill_armed = None
         w.killed = True
@@ -172,7 +172,7 @@ class Crew:
         self.view.rows[w.name].state = "KILLED"
         self.fired.set()
 
-    async def after_kill(self, w: _Worker) -> None:
+    async def after_kill(self, w: Worker) -> None:
         """Once its last reports are read: say what it held, and which of those other
         workers already got (the rest are announced as they arrive)."""
         with trio.fail_after(10):
@@ -184,7 +184,7 @@ class Crew:
         row.counts = lambda: f"died holding {len(self.lost)}"
         row.peers = lambda: None
         self.view.note(w.name, f"killed with SIGKILL (pid {w.pid}) while holding jobs "
-                       f"{_jobs(self.lost)}, unfinished", short="killed")
+                       f"{job_list(self.lost)}, unfinished", short="killed")
         for job in self.lost:
             others = [x for x in self.taken_by[job] if x is not w]
             if others:
@@ -192,17 +192,17 @@ class Crew:
             else:
                 self.awaiting.add(job)
 
-    def _redelivered(self, job: int, w: _Worker) -> None:
+    def _redelivered(self, job: int, w: Worker) -> None:
         self.redelivered[job] = w.name
         victim = self.victim.name if self.victim else VICTIM
         mine = [j for j, n in self.redelivered.items() if n == w.name]
         self.view.note(w.name, f"got job {job} again, redelivered: {victim} died holding it",
-                       short=f"redelivered {_jobs(mine)}", merge=True)
+                       short=f"redelivered {job_list(mine)}", merge=True)
 
     async def stop(self) -> None:
         """Close the stdin of every live worker (it says goodbye and exits), and read its
         last reports; kill one that takes more than five seconds."""
-        async def stop(w: _Worker) -> None:
+        async def stop(w: Worker) -> None:
             with trio.move_on_after(5):
                 if w.proc.stdin is not None:
                     await w.proc.stdin.aclose()
@@ -229,5 +229,5 @@ class Crew:
         """Say (line mode) which jobs each worker did since the last time."""
         for w in self.workers:
             if w.unreported:
-                self.view.say(w.name, f"did jobs {_jobs(w.unreported)}")
+                self.view.say(w.name, f"did jobs {job_list(w.unreported)}")
                 w.unreported.clear()
