@@ -131,3 +131,21 @@ def test_the_node_picks_an_endpoint_on_a_network_it_shares() -> None:
     assert pick_endpoint(both, []) == "tcp://10.1.2.3:7700"  # none shared: the first
     assert pick_endpoint(("tcp://host.example:7700",), lo) == "tcp://host.example:7700"
     assert pick_endpoint((), lo) is None
+
+
+@pytest.mark.parametrize("record", [
+    Found("x", ("127.0.0.1:7700",)),  # no scheme
+    Found("x", ("tcp://127.0.0.1:7700",), public_key=b"not a key"),
+    Found("x", ("tcp://127.0.0.1:7700",), node_id=b"short"),
+    Found("x", "tcp://127.0.0.1:7700"),  # type: ignore[arg-type]  # a str, not a tuple
+], ids=["endpoint", "key", "node-id", "endpoints-as-str"])
+async def test_a_malformed_record_is_refused_to_the_source_that_reports_it(
+        record: Found) -> None:
+    registry = Registry()
+    with trio.fail_after(10):
+        async with shoal.open_node("a", discovery=registry, interfaces=LOOPBACK) as a:
+            with pytest.raises(LocalProtocolError):
+                registry.report(record)
+            assert a.statistics().links == 0
+            registry.report(Found("x", (endpoint(free_port()),)))  # a well-formed one
+            assert a.statistics().links == 1

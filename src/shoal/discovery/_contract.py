@@ -87,7 +87,9 @@ class Reports(Protocol):
     """Where a source reports what it finds (one per source: instance names are its own)."""
 
     def report(self, record: Found | Lost) -> None:
-        """Take a record. Never blocks; safe to call from the trio thread only."""
+        """Take a record. Never blocks; call it from the trio thread only. Raises
+        ``LocalProtocolError`` for a malformed record (an endpoint that is not
+        ``tcp://HOST:PORT``, a key that is not Z85, a node id that is not 16 bytes)."""
 
     def reached(self) -> frozenset[str]:
         """Instances found whose node is a live peer now."""

@@ -26,11 +26,14 @@ from collections.abc import Callable, Collection
 import trio
 
 from shoal._core import choose_address
+from shoal._zmq._socket import check_endpoint
 from shoal.discovery._contract import Found, Lost
 from shoal.discovery._interfaces import Network
+from shoal.errors import LocalProtocolError
 from shoal.node._control import Control
 from shoal.node._guard import Guard, Refusal
 from shoal.node._watch import WarnOnce
+from shoal.security._keys import check_key
 
 __all__ = ["MAX_RECORDS", "REINTRODUCE", "Discovered", "SourceReports", "pick_endpoint"]
 
@@ -59,6 +62,23 @@ def _is_address(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _check(record: Found) -> None:
+    """Raise ``LocalProtocolError`` (to the source that reports it) for a malformed
+    record: nothing malformed reaches a socket later, in the node's own tasks."""
+    if not isinstance(record, Found):
+        raise LocalProtocolError(f"a source reports Found(...) or Lost(...), not {record!r}")
+    if not isinstance(record.instance, str) or isinstance(record.endpoints, str):
+        raise LocalProtocolError(f"Found(instance: str, endpoints: tuple of str), not {record!r}")
+    for ep in record.endpoints:
+        check_endpoint(ep)
+    if record.public_key is not None:
+        check_key(record.public_key, f"public key of {record.instance!r}")
+    if record.node_id is not None and (not isinstance(record.node_id, bytes)
+                                       or len(record.node_id) != 16):
+        raise LocalProtocolError(f"the node id of {record.instance!r} is 16 bytes, not "
+                                 f"{record.node_id!r}")
 
 
 class SourceReports:
@@ -102,15 +122,19 @@ class Discovered:
         return reports
 
     def found(self, source: SourceReports, record: Found) -> None:
+        _check(record)
         if record.node_id == self.control.identity.sender:
             return  # ourselves
         endpoint = pick_endpoint(record.endpoints, self._networks())
         if endpoint is None:
             return
         refusal = self._guard.refusal(record)
+        previous = source.records.pop(record.instance, None)
+        if previous is not None and previous[0].steady and previous[1] != endpoint:
+            self.control.links.release(previous[1])
         # a verdict that may change is asked again: the record is kept
-        keep = refusal is None or not refusal.final
-        if keep and (record.instance in source.records or len(source.records) < MAX_RECORDS):
+        if (refusal is None or not refusal.final) and (
+                previous is not None or len(source.records) < MAX_RECORDS):
             source.records[record.instance] = (record, endpoint)
         self._introduce(source, record, endpoint, refusal)
 
