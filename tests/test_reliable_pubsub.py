@@ -777,9 +777,20 @@ async def test_a_subscriber_that_does_not_read_blocks_the_publisher_at_its_windo
                 pub.publish_nowait("t", i)
             with pytest.raises(trio.WouldBlock):
                 pub.publish_nowait("t", window)
-            with trio.move_on_after(1.0) as waited:  # resends after rto change nothing
+            returned = False
+
+            async def one_more() -> None:
+                nonlocal returned
                 await pub.publish("t", window)
-            assert waited.cancelled_caught
+                returned = True
+
+            async with trio.open_nursery() as blocked:
+                blocked.start_soon(one_more)
+                # the publisher sends the whole window again after rto: still unread,
+                # so still no room (the publish above waits on)
+                await eventually(lambda: pub.statistics().retransmitted >= window)
+                assert not returned
+                blocked.cancel_scope.cancel()
             st = pub.statistics()
             assert (st.published, st.in_flight, st.acked) == (window, window, 0)
             assert st.retransmitted >= window  # sent again after rto; still not read
