@@ -27,18 +27,10 @@ from typing import Any
 import trio
 
 import shoal
+from shoal import discovery
 from shoal.cli._exec import Outcome, run_command
 from shoal.cli._stdin import BadLines, Input, UsageError, parse_json
-from shoal.discovery import (
-    MDNS,
-    Peer,
-    PeerJoined,
-    PeerLeft,
-    Static,
-    interfaces,
-    resolve_interfaces,
-    unknown_addresses,
-)
+from shoal.discovery import MDNS, Peer, PeerJoined, PeerLeft, Static
 
 __all__ = ["add_talk_commands", "run_talk"]
 
@@ -462,12 +454,12 @@ def _interface_args(given: list[str]) -> list[str]:
     """``--interface`` values as IPv4 addresses of this machine (names resolved), or a
     UsageError naming the interfaces there are."""
     try:
-        addresses = resolve_interfaces(given)
+        addresses = discovery.resolve_interfaces(given)
     except shoal.errors.LocalProtocolError as exc:
         raise UsageError(f"--interface {exc}") from None
-    unknown = unknown_addresses(addresses)
+    unknown = discovery.unknown_addresses(addresses)
     if unknown:
-        have = "; ".join(f"{i.name} {', '.join(i.ipv4)}" for i in interfaces() if i.ipv4)
+        have = "; ".join(f"{i.name} {', '.join(i.ipv4)}" for i in discovery.interfaces() if i.ipv4)
         raise UsageError(f"--interface {unknown[0]} is not an address of this machine "
                          f"(interfaces: {have or 'none with IPv4'})")
     return addresses
