@@ -291,10 +291,16 @@ class Node(Patterns):
         self._control.publish(self._channels.offers())
         self._channels.rewire([self._control.self_peer(), *self._control.table.peers()])
 
+    def _goodbye(self) -> None:
+        """Say goodbye to every peer (first thing on leaving: peers drop us at once);
+        from then on nothing new opens and the catalogue stays as it is."""
+        self._control.goodbye()
+        self._sockets.closed = True
+        self._channels.closed = True
+
     async def _close(self) -> None:
         """Close every socket (goodbyes get 200 ms to leave), end every watch."""
-        self._channels.closed = True
-        self._sockets.closed = True
+        self._goodbye()
         self._control.close()
         self._guard.close()  # after the servers, before term (which waits for it)
         for w in list(self._watches):
@@ -401,7 +407,7 @@ async def open_node(
             try:
                 yield node
             finally:
-                node._control.goodbye()  # before the discovery sources' slower teardown
+                node._goodbye()  # before the discovery sources' slower teardown
                 nursery.cancel_scope.cancel()
     finally:
         await node._close()
