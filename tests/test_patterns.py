@@ -35,7 +35,7 @@ from shoal.errors import (
 )
 from support.endpoints import Addresses
 from support.pubsub import sync_subscribers
-from support.waiting import eventually
+from support.waiting import eventually, still_waiting
 
 LOOPBACK = "tcp://127.0.0.1:*"
 
@@ -248,9 +248,7 @@ async def test_wait_for_pullers_counts_connections_whose_handshake_completed() -
     with trio.fail_after(10):
         async with shoal.open_pusher(bind=LOOPBACK) as push:
             assert push.pullers == 0
-            with trio.move_on_after(0.2) as waited:
-                await push.wait_for_pullers(1)  # nobody yet: it waits
-            assert waited.cancelled_caught
+            assert await still_waiting(lambda: push.wait_for_pullers(1))  # nobody yet
             async with (shoal.open_puller(connect=push.endpoints) as p0,
                         shoal.open_puller(connect=push.endpoints)):
                 await push.wait_for_pullers(2)
@@ -355,9 +353,7 @@ async def test_push_waits_while_no_puller_is_connected(addresses: Addresses) -> 
         async with shoal.open_pusher(bind=addresses.fresh()) as push:
             with pytest.raises(trio.WouldBlock):
                 push.send_nowait("nobody")
-            with trio.move_on_after(0.2) as waited:
-                await push.send("cancelled while waiting")
-            assert waited.cancelled_caught
+            assert await still_waiting(lambda: push.send("cancelled while waiting"))
             assert push.statistics().sent == 0
             async with shoal.open_puller(connect=push.endpoints) as pull:
                 await push.send("first real")

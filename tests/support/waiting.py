@@ -9,9 +9,10 @@ as a side effect of something else.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
+import trio.testing
 
 DEFAULT_WITHIN = 5.0
 """Seconds ``eventually`` waits by default: well beyond what any loopback exchange
@@ -41,3 +42,26 @@ async def eventually(condition: Callable[[], object], *, within: float = DEFAULT
             raise AssertionError(
                 f"still not true after {within:g} s: {what or describe(condition)}")
         await trio.sleep(poll)  # the state polled has no event to wait on
+
+
+async def still_waiting(call: Callable[[], Awaitable[object]]) -> bool:
+    """Whether ``call()`` is still waiting once every task is blocked; it is cancelled
+    either way.
+
+    For a wait that only outside input can end (a peer connecting, an acknowledgement
+    arriving): when no such input is on its way, "every task blocked" is the moment
+    that proves the wait would go on, with no sleep. Where input may be in flight
+    through libzmq's own threads, this proves nothing: wait for that input instead.
+    """
+    returned = False
+
+    async def run() -> None:
+        nonlocal returned
+        await call()
+        returned = True
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    return not returned
