@@ -39,6 +39,7 @@ import trio
 import zmq
 
 from shoal._core import (
+    ACK_BATCH,
     MAX_TOPIC,
     SPLIT_AT,
     FanoutSender,
@@ -72,8 +73,9 @@ __all__ = ["ReliablePublisher", "ReliablePublisherStatistics", "open_reliable_pu
 
 log = logging.getLogger("shoal")
 
-_ACK_BATCH = 64
-"""Publications ``publish_many`` takes at a time is at most four times this."""
+_MANY = 4 * ACK_BATCH
+"""The most publications ``publish_many`` takes in one go: a few acknowledgement
+batches' worth, so acknowledgements are read between them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,16 +218,16 @@ class ReliablePublisher(AckedSender):
 
     def _take_batch(self, items: list[Any], start: int) -> int:
         """Publish as many of ``items[start:]`` as every window has room for (at most
-        ``_ACK_BATCH * 4``, and about ``BATCH_BYTES``) in one go: encoded under one
+        ``_MANY``, and about ``BATCH_BYTES``) in one go: encoded under one
         timestamp, entered in the books at once, sent with one EVENTS read. Returns
         how many were published (0: a window is full). An item that cannot be
         encoded raises once the items before it are published."""
         self._sock.check_open("publish")
         core = self._core
-        k = min(core.room(), len(items) - start, _ACK_BATCH * 4)
+        k = min(core.room(), len(items) - start, _MANY)
         if k <= 0:
             self._read_acks()
-            k = min(core.room(), len(items) - start, _ACK_BATCH * 4)
+            k = min(core.room(), len(items) - start, _MANY)
             if k <= 0:
                 return 0
         ts = time_ns()
