@@ -165,7 +165,7 @@ def test_missing_key_file_says_how_to_make_one(tmp_path: Path) -> None:
     (PUBLIC[:-1] + b" ", SECRET, "not Z85"),
     (ALICE.public, SECRET, "does not belong"),
     (PUBLIC, 12, "not int"),
-])
+], ids=["public-39", "secret-41", "public-not-z85", "another-key", "secret-not-bytes"])
 def test_keypair_validation(public: object, secret: object, match: str) -> None:
     with pytest.raises(InvalidKey, match=match) as info:
         KeyPair(public, secret)  # type: ignore[arg-type]
