@@ -45,7 +45,6 @@ from hypothesis import strategies as st
 from zeroconf import ServiceInfo
 
 import shoal
-from _hostile import candidate
 from shoal._core import (
     HEADER,
     RESUME,
@@ -70,6 +69,7 @@ from shoal.errors import DecodeError, DeliveryFailed, LocalProtocolError
 from shoal.node._discovered import pick_endpoint
 from shoal.patterns import ReliablePublisher, ReliablePuller, ReliablePusher
 from shoal.patterns._reliable_pubsub import ReliableSubscriber
+from support.hostile import candidate
 
 U32 = 2**32 - 1
 U64 = 2**64 - 1
@@ -223,7 +223,7 @@ def test_a_declared_length_past_the_end_fails_without_allocating_it(
 @settings(max_examples=400, deadline=2000)
 @given(st.randoms(use_true_random=False))
 def test_every_refusal_names_one_of_the_documented_reasons(rng: Any) -> None:
-    """The hostile peer's generator (tests/_hostile.py) as a fuzz source: mutated
+    """The hostile peer's generator (tests/support/hostile.py) as a fuzz source: mutated
     envelopes of every kind, one frame at a time."""
     templates = [encode(kind, b"topic", body, sender=SENDER, epoch=1, stream=2, seq=3,
                         timestamp_ns=4, correlation=5, headers=headers)

@@ -1,7 +1,7 @@
 """Every shoal socket type against a hostile peer, while legitimate peers talk through it.
 
 For each resource (subscriber, puller, replier, requester, the four reliable ends, and
-a node's control port) a raw pyzmq peer (``tests/_hostile.py``, in a thread) sends,
+a node's control port) a raw pyzmq peer (``tests/support/hostile.py``, in a thread) sends,
 for about a second, random and mutated messages: wrong frame counts, empty frames,
 truncated envelopes, valid envelopes of the wrong kind, huge declared lengths, bodies
 of the wrong msgpack type, deep nesting, long frames, from random routing ids. Legit
@@ -35,7 +35,9 @@ import trio
 import zmq
 
 import shoal
-from _hostile import (
+from shoal._core import Bye, ChannelOffer, Kind, Role, State, encode, encode_control
+from shoal.discovery import PeerLeft
+from support.hostile import (
     HOSTILE_SENDER,
     VERSION_MISMATCH,
     Classify,
@@ -52,8 +54,6 @@ from _hostile import (
     pusher_ack_reason,
     work_as_puller,
 )
-from shoal._core import Bye, ChannelOffer, Kind, Role, State, encode, encode_control
-from shoal.discovery import PeerLeft
 
 LOOPBACK = "tcp://127.0.0.1:*"
 DURATION = 1.0
