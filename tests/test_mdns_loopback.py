@@ -61,7 +61,7 @@ def _register_foreign(zc: _Zeroconf, version: str) -> ServiceInfo:
         addresses=[socket.inet_aton("127.0.0.1")], server="future-node.local.",
         properties={"v": version, "id": uuid.uuid4().hex},
     )
-    zc.register_service(info)
+    zc.register_service(info, cooperating_responders=True)  # unique name: no probing
     return info
 
 
