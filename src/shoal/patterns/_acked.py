@@ -50,9 +50,14 @@ class AckedSender(SocketResource):
     def _after_acks(self) -> None:
         """Called once a read has drained the socket (the acknowledgements are in)."""
 
+    def _do_due(self) -> None:
+        """In ``_wait_for``, once acknowledgements are read: what is due before the
+        condition is looked at."""
+
     def _wait_plan(self) -> tuple[float | None, bool]:
-        """Before ``_wait_for`` parks: do what is due, and say until when to park (None:
-        until woken) and whether to wake when the socket can send, too."""
+        """Before ``_wait_for`` parks (the condition is false): until when to park
+        (None: until woken), and whether to wake when the socket can send, too.
+        Computed only then: a timer can cost a look at the whole window."""
         raise NotImplementedError
 
     def _read_acks(self) -> None:
@@ -82,9 +87,10 @@ class AckedSender(SocketResource):
             while True:
                 sock.check_open(what)
                 self._read_acks()
-                deadline, either = self._wait_plan()
+                self._do_due()
                 if condition():
                     return
+                deadline, either = self._wait_plan()
                 await self._park(deadline, either=either)
         finally:
             self._waiters -= 1

@@ -131,6 +131,7 @@ class ReliablePusher(PushWire):
         else:
             self._enc = self._open_outbox(outbox, identity)
         self._tag = ack_tag(self._enc.epoch, self._enc.stream)
+        self._sent_all = True  # the last transmission found a puller for everything
         # One routing id for the pusher's life: a puller answering after a reconnect
         # still reaches it.
         sock.setsockopt(zmq.ROUTING_ID, b"P" + os.urandom(15))
@@ -315,15 +316,17 @@ class ReliablePusher(PushWire):
         await trio.lowlevel.checkpoint()
         self._raise_failures()
 
+    def _do_due(self) -> None:
+        self._sent_all = self._transmit()
+        if self._core.gave_up_pending():
+            self._collect_failures()
+
     def _wait_plan(self) -> tuple[float | None, bool]:
         # What is queued and found no puller waits for one (``_wake``), or for a full
         # queue to drain: on the socket when every puller's queue is full, else (its
         # own puller's queue is full) looked at again soon.
-        core = self._core
-        sent_all = self._transmit()
-        if core.gave_up_pending():
-            self._collect_failures()
-        timer = core.get_timer(queued=sent_all)
+        sent_all = self._sent_all
+        timer = self._core.get_timer(queued=sent_all)
         full = not sent_all and bool(self._routes) and not self._turns.capped()
         if full and self._sock.sendable():
             soon = trio.current_time() + 0.005
