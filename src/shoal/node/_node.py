@@ -58,7 +58,7 @@ from shoal.node._clock import ClockSample, sample_clock
 from shoal.node._control import Control, Reasons
 from shoal.node._discovered import Discovered
 from shoal.node._guard import guard_for
-from shoal.node._links import LINK_GRACE, MAX_PENDING_LINKS
+from shoal.node._links import MAX_PENDING_LINKS
 from shoal.node._patterns import Patterns
 from shoal.node._sockets import SocketFactory
 from shoal.node._watch import PeerWatch, WarnOnce
@@ -66,7 +66,7 @@ from shoal.patterns._common import check_busy_poll
 from shoal.security._curve import Security
 from shoal.security._zap import ZapStatistics
 
-__all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_PEER_TIMEOUT", "LINK_GRACE", "MAX_PENDING_LINKS",
+__all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_PEER_TIMEOUT", "MAX_PENDING_LINKS",
            "ClockSample", "Node", "NodeResource", "NodeStatistics", "PeerWatch", "Source",
            "open_node"]
 
