@@ -9,8 +9,8 @@ messages, decoding each and dropping malformed ones) and then yield once.
 
 Pullers and subscribers fill the buffer through ``Socket.drain`` with a closure from
 ``shoal._core.fast_decoder`` (one Python call per message: the common envelope
-decoded inline, anything else judged by the full decoder); repliers through
-``Socket.drain_routed``; the reliable receivers through frame lists.
+decoded inline, anything else judged by the full decoder); repliers and the reliable
+receivers through ``Socket.drain_routed`` (each frame with the route it came on).
 
 Cancel safety: messages move from libzmq into the buffer synchronously and leave the
 buffer only by being returned, so a cancelled ``receive()`` loses nothing.
