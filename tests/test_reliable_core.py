@@ -56,6 +56,7 @@ from shoal._core import (
 )
 from shoal._core._errors import LocalProtocolError, ShoalError
 from support.lossy import Clock, Link, LinkParams
+from support.sweeps import chunks
 
 STREAM = ("sender", 1, 0)
 """The one stream of the simulated sender: (sender, epoch, stream)."""
@@ -392,7 +393,7 @@ MAIN_SEEDS = 2000
 MAIN_CHUNKS = 10
 
 
-@pytest.mark.parametrize("chunk", range(MAIN_CHUNKS))
+@pytest.mark.parametrize("chunk", chunks(MAIN_CHUNKS))
 def test_one_receiver_gets_every_message_exactly_once_over_a_lossy_link(chunk: int) -> None:
     """At-least-once from the sender, at-most-once from the Deduplicator: the application
     sees every message exactly once, whatever the link drops, duplicates or reorders."""
@@ -417,7 +418,7 @@ DEATH_SEEDS = 600
 DEATH_CHUNKS = 4
 
 
-@pytest.mark.parametrize("chunk", range(DEATH_CHUNKS))
+@pytest.mark.parametrize("chunk", chunks(DEATH_CHUNKS))
 def test_what_a_lost_receiver_held_goes_to_the_others(chunk: int) -> None:
     """2-3 receivers, one dies at a random moment and is reported lost (destination_lost)
     a little later. Every message is still done somewhere; a message reaches a second

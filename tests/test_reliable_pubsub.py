@@ -61,6 +61,7 @@ from support.delivery import Got, collect, matching, settle_subscribers
 from support.lossy import Clock, Link, LinkParams
 from support.nodes import open_test_node, pair
 from support.peers import subscriber_process
+from support.sweeps import chunks
 from support.waiting import eventually
 
 LOOPBACK = "tcp://127.0.0.1:*"
@@ -296,7 +297,7 @@ def run_fanout(seed: int) -> FanoutScenario:
 SEEDS_PER_CHUNK = 250
 
 
-@pytest.mark.parametrize("chunk", range(8))
+@pytest.mark.parametrize("chunk", chunks(8))
 def test_every_subscriber_gets_exactly_its_publications_in_order_over_lossy_links(
         chunk: int) -> None:
     totals = {"window_full": 0, "missing": 0, "duplicate": 0, "retransmitted": 0,
