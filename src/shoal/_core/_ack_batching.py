@@ -29,8 +29,8 @@ from collections.abc import Hashable, Sequence
 from typing import Final
 
 from shoal._core._acks import PullAck, SubscriberAck, ack_tag
+from shoal._core._dedup import Deduplicator
 from shoal._core._fanout import ChainReceiver
-from shoal._core._reliable import Deduplicator
 
 __all__ = ["ACK_BATCH", "ACK_DELAY", "PullReceiver", "SubscriberReceiver"]
 
