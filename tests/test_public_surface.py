@@ -186,6 +186,30 @@ def test_every_error_reports_its_public_module() -> None:
     assert pickle.loads(pickle.dumps(info.value)).args == info.value.args
 
 
+def test_every_public_class_and_function_reports_where_users_import_it() -> None:
+    """``shoal.Publisher``, ``shoal.patterns.ReliablePusher``, ``shoal.discovery.MDNS``:
+    the shortest public path, not the private module that defines it; the name
+    resolves there and pickles by it."""
+    import shoal.security
+
+    seen = 0
+    for module in (shoal, shoal.patterns, shoal.discovery, shoal.security):
+        for public in module.__all__:
+            obj = getattr(module, public)
+            if not (isinstance(obj, type) or inspect.isfunction(obj)):
+                continue
+            seen += 1
+            home = obj.__module__
+            assert not any(part.startswith("_") for part in home.split(".")), (
+                f"{module.__name__}.{public} reports {home}")
+            assert getattr(sys.modules[home], obj.__qualname__) is obj
+    assert seen > 60
+    assert shoal.Publisher.__module__ == "shoal"
+    assert shoal.patterns.ReliablePusher.__module__ == "shoal.patterns"
+    assert shoal.open_prometheus_exporter.__module__ == "shoal"
+    assert pickle.loads(pickle.dumps(shoal.Kind.PUBLISH)) is shoal.Kind.PUBLISH
+
+
 def written_docstring(obj: object) -> str:
     """The docstring someone wrote: not one inherited, nor a dataclass's generated one."""
     doc = obj.__doc__ if isinstance(obj, type | types.ModuleType) else inspect.getdoc(obj)
@@ -231,3 +255,16 @@ def test_every_public_method_and_property_has_a_docstring() -> None:
                 if (callable(func) or isinstance(value, property)) and not func.__doc__:
                     missing.append(f"{name}.{attr}")
     assert missing == []
+
+
+def test_every_resource_is_a_trio_async_resource() -> None:
+    """Publishers, pushers, receivers, requesters, repliers: ``trio.abc.AsyncResource``
+    (``aclose()``, ``async with``), so trio code that takes one takes any of them."""
+    import trio
+
+    resources = [getattr(shoal.patterns, n) for n in shoal.patterns.__all__
+                 if isinstance(getattr(shoal.patterns, n), type)
+                 and hasattr(getattr(shoal.patterns, n), "aclose")]
+    assert len(resources) >= 10
+    for cls in resources:
+        assert issubclass(cls, trio.abc.AsyncResource), cls

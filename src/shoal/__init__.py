@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from shoal import discovery, errors
 from shoal._core import VERSION as PROTOCOL_VERSION
 from shoal._core import Identity, Kind, Message
+from shoal._naming import claim
 from shoal.node import Node, NodeStatistics, PeerWatch, open_node
 from shoal.patterns import (
     Publisher,
@@ -70,6 +71,9 @@ __all__ = [
     "open_subscriber",
     "serve_replier",
 ]
+
+
+claim(globals(), __all__, __name__)
 
 
 def __getattr__(name: str) -> Any:

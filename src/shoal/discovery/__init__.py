@@ -46,6 +46,7 @@ from shoal._core import (
     PeerUpdated,
     Role,
 )
+from shoal._naming import claim
 from shoal.discovery._contract import Advertisement, Found, Lost, Reports, Source
 from shoal.discovery._interfaces import (
     Interface,
@@ -77,3 +78,5 @@ __all__ = [
     "resolve_interfaces",
     "unknown_addresses",
 ]
+
+claim(globals(), __all__, __name__)

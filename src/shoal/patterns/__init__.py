@@ -13,6 +13,7 @@ request/reply      DEALER -> ROUTER, ids         one replier; the reply comes ba
 =================  ============================  ====================================
 """
 
+from shoal._naming import claim
 from shoal.patterns._open import open_publisher, open_puller, open_pusher, open_subscriber
 from shoal.patterns._pubsub import (
     Publisher,
@@ -89,3 +90,5 @@ __all__ = [
     "open_subscriber",
     "serve_replier",
 ]
+
+claim(globals(), __all__, __name__)

@@ -22,7 +22,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 import zmq
@@ -263,8 +263,10 @@ def decode_split(head: bytes, rest: Sequence[bytes]) -> Message:
     raise DecodeError("frame-count", "frames after a whole message")
 
 
-class SocketResource:
-    """What the sending resources share: endpoints, closing, ``async with``."""
+class SocketResource(trio.abc.AsyncResource):
+    """What the sending resources share: endpoints, closing, ``async with`` (a
+    ``trio.abc.AsyncResource``: ``aclose()`` always closes, and leaving the block
+    calls it)."""
 
     _sock: Socket
 
@@ -277,12 +279,6 @@ class SocketResource:
         """Close; unsent messages get the socket's LINGER time to leave. Always closes."""
         self._sock.close()
         await trio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):

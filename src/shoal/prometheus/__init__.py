@@ -4,6 +4,9 @@
 this package until it is used.
 """
 
+from shoal._naming import claim
 from shoal.prometheus._exporter import PrometheusExporter, open_prometheus_exporter
 
 __all__ = ["PrometheusExporter", "open_prometheus_exporter"]
+
+claim(globals(), __all__, "shoal")  # users import them from shoal

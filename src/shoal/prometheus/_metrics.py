@@ -38,12 +38,13 @@ import inspect
 import itertools
 import logging
 import re
-import textwrap
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from shoal._naming import defined_in
 from shoal.errors import LocalProtocolError
 
 if TYPE_CHECKING:
@@ -139,11 +140,15 @@ def _plan(stats: object) -> _Plan:
 def _field_docs(cls: type) -> dict[str, str]:
     """A dataclass's attribute docstrings (the string under a field), for help texts;
     empty where the source cannot be read."""
+    # The module that defines it: public classes report their public module.
+    module = sys.modules.get(defined_in(cls))
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        tree = ast.parse(inspect.getsource(module)) if module is not None else None
     except (OSError, TypeError, SyntaxError):
-        return {}
-    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        tree = None
+    found = [n for n in tree.body if isinstance(n, ast.ClassDef)
+             and n.name == cls.__name__] if tree is not None else []
+    body = found[0].body if found else []
     docs = {}
     for stmt, after in itertools.pairwise(body):
         if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)

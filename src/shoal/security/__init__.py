@@ -23,6 +23,7 @@ the handler first and stop it last. Errors are ``SecurityError``s; those caused 
 the caller's input are also ``LocalProtocolError``s.
 """
 
+from shoal._naming import claim
 from shoal.security._curve import (
     ZAP_DOMAIN,
     Security,
@@ -78,3 +79,5 @@ __all__ = [
     "serve_zap",
     "server_options",
 ]
+
+claim(globals(), __all__, __name__)
