@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 import select
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from shoal._core._control import (
 from shoal.cli._doctor import DEFAULT_SKEW_THRESHOLD
 from shoal.errors import DecodeError, EncodeError, LocalProtocolError
 from shoal.node._control import Control
+from support.endpoints import free_port
 
 LO = ["--interface", "127.0.0.1"]
 
@@ -226,9 +226,7 @@ def test_doctor_text_shows_each_clock_and_the_threshold_is_a_flag(
 
 @pytest.mark.lab
 def test_doctor_says_when_nothing_listens_at_a_static_endpoint() -> None:
-    with socket.socket() as s:  # a loopback port that was free a moment ago
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     done = doctor("--wait", "1", "--static", f"tcp://127.0.0.1:{port}", "--json", *LO)
     assert done.returncode == 1, (done.stdout, done.stderr)
     events = [json.loads(line) for line in done.stdout.splitlines()]
