@@ -68,7 +68,7 @@ from shoal.discovery._interfaces import Network
 from shoal.errors import DecodeError, DeliveryFailed, LocalProtocolError
 from shoal.node._discovered import pick_endpoint
 from shoal.patterns import ReliablePublisher, ReliablePuller, ReliablePusher
-from shoal.patterns._reliable_pubsub import ReliableSubscriber
+from shoal.patterns._reliable_subscriber import ReliableSubscriber
 from support.hostile import candidate
 
 U32 = 2**32 - 1

@@ -24,12 +24,12 @@ import zmq
 
 import shoal
 from shoal import Kind
-from shoal._core import FanoutSender, decode, encode
+from shoal._core import FanoutSender, ack_tag, decode, encode
 from shoal._core._fanout import Dropped
 from shoal._zmq._socket import Socket
 from shoal.errors import DecodeError
 from shoal.patterns import Delivery, ReliablePusher
-from shoal.patterns._reliable_pushpull import HELLO, ack_tag
+from shoal.patterns._routes import HELLO
 from support.delivery import (
     Got,
     collect,

@@ -28,7 +28,7 @@ from shoal.errors import LocalProtocolError
 from shoal.node._channels import Channels, Routed, SocketConnector, check_channel
 from shoal.node._guard import Guard
 from shoal.node._sockets import SocketFactory, port_of
-from shoal.patterns._common import DEFAULT_BATCH, check_limits
+from shoal.patterns._common import DEFAULT_BATCH, check_limits, check_reliable_pubsub_args
 from shoal.patterns._pubsub import (
     Publisher,
     Subscriber,
@@ -37,27 +37,13 @@ from shoal.patterns._pubsub import (
     subscriber_options,
 )
 from shoal.patterns._pushpull import Puller, Pusher, puller_options, pusher_options
-from shoal.patterns._reliable_pubsub import (
-    ReliablePublisher,
-    ReliableSubscriber,
-    check_reliable_pubsub_args,
-    open_reliable_publisher,
-    open_reliable_subscriber,
-)
-from shoal.patterns._reliable_pushpull import (
-    ManualAckPuller,
-    ReliablePuller,
-    ReliablePusher,
-    open_reliable_pusher,
-    reliable_options,
-)
-from shoal.patterns._reqrep import (
-    Replier,
-    Requester,
-    check_reply_cache,
-    replier_options,
-    requester_options,
-)
+from shoal.patterns._reliable_publisher import ReliablePublisher, open_reliable_publisher
+from shoal.patterns._reliable_pull import ManualAckPuller, ReliablePuller
+from shoal.patterns._reliable_push import ReliablePusher, open_reliable_pusher
+from shoal.patterns._reliable_subscriber import ReliableSubscriber, open_reliable_subscriber
+from shoal.patterns._replier import Replier, check_reply_cache, replier_options
+from shoal.patterns._requester import Requester, requester_options
+from shoal.patterns._routes import reliable_options
 
 __all__ = ["DEFAULTS", "Patterns"]
 

@@ -14,6 +14,7 @@ request/reply      DEALER -> ROUTER, ids         one replier; the reply comes ba
 """
 
 from shoal._naming import claim
+from shoal.patterns._dead_letters import DeadLetter
 from shoal.patterns._open import open_publisher, open_puller, open_pusher, open_subscriber
 from shoal.patterns._pubsub import (
     Publisher,
@@ -27,33 +28,31 @@ from shoal.patterns._pushpull import (
     Pusher,
     PusherStatistics,
 )
-from shoal.patterns._reliable_pubsub import (
-    ReliablePublisher,
-    ReliablePublisherStatistics,
-    ReliableSubscriber,
-    ReliableSubscriberStatistics,
-)
-from shoal.patterns._reliable_pushpull import (
-    DeadLetter,
+from shoal.patterns._reliable_publisher import ReliablePublisher, ReliablePublisherStatistics
+from shoal.patterns._reliable_pull import (
     Delivery,
     ManualAckPuller,
     ReliablePuller,
     ReliablePullerStatistics,
+    open_reliable_puller,
+)
+from shoal.patterns._reliable_push import (
     ReliablePusher,
     ReliablePusherStatistics,
-    open_reliable_puller,
     open_reliable_pusher,
 )
-from shoal.patterns._reqrep import (
+from shoal.patterns._reliable_subscriber import (
+    ReliableSubscriber,
+    ReliableSubscriberStatistics,
+)
+from shoal.patterns._replier import (
     Replier,
     ReplierStatistics,
     Request,
-    Requester,
-    RequesterStatistics,
     open_replier,
-    open_requester,
     serve_replier,
 )
+from shoal.patterns._requester import Requester, RequesterStatistics, open_requester
 
 __all__ = [
     "DeadLetter",

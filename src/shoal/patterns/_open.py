@@ -1,6 +1,7 @@
 """The ``open_*`` functions of publish/subscribe and push/pull, with their one
 ``reliable=`` switch: best effort (``shoal.patterns._pubsub``, ``_pushpull``) or at
-least once (``_reliable_pubsub``, ``_reliable_pushpull``). The best-effort modules
+least once (``_reliable_publisher``, ``_reliable_subscriber``, ``_reliable_push``,
+``_reliable_pull``). The best-effort modules
 never import the reliable ones; this module imports both.
 """
 
@@ -30,19 +31,10 @@ from shoal.patterns._pushpull import (
     open_best_effort_puller,
     open_best_effort_pusher,
 )
-from shoal.patterns._reliable_pubsub import (
-    ReliablePublisher,
-    ReliableSubscriber,
-    open_reliable_publisher,
-    open_reliable_subscriber,
-)
-from shoal.patterns._reliable_pushpull import (
-    ManualAckPuller,
-    ReliablePuller,
-    ReliablePusher,
-    open_reliable_puller,
-    open_reliable_pusher,
-)
+from shoal.patterns._reliable_publisher import ReliablePublisher, open_reliable_publisher
+from shoal.patterns._reliable_pull import ManualAckPuller, ReliablePuller, open_reliable_puller
+from shoal.patterns._reliable_push import ReliablePusher, open_reliable_pusher
+from shoal.patterns._reliable_subscriber import ReliableSubscriber, open_reliable_subscriber
 
 __all__ = ["open_publisher", "open_puller", "open_pusher", "open_subscriber"]
 
