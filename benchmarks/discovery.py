@@ -7,8 +7,8 @@ Usage (root, from the repository root)::
     python benchmarks/discovery.py --runs 20 --json out.json
     python benchmarks/discovery.py --flap-runs 0   # skip the link-flap measurement
 
-Builds a 3-host lab (``tests/netlab.py``: network namespaces on a private bridge; nothing
-touches the root namespace) and runs one ``tests/lab_node.py`` process per node, with
+Builds a 3-host lab (``tests/lab/netlab.py``: network namespaces on a private bridge; nothing
+touches the root namespace) and runs one ``tests/lab/lab_node.py`` process per node, with
 ``MDNS()`` discovery on every interface of its namespace and the default heartbeat (0.5 s)
 and peer timeout (2 s). Times are ``time.time()`` stamps printed by the nodes (the
 namespaces share the kernel clock) or taken here around ``Popen`` / ``kill``.
@@ -46,7 +46,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
+TESTS = Path(__file__).resolve().parent.parent / "tests" / "lab"
 sys.path.insert(0, str(TESTS))
 
 from labtools import LabNode, LabTimeout, is_event, start_nodes  # noqa: E402

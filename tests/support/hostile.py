@@ -1,6 +1,6 @@
 """A hostile peer for shoal's sockets: raw pyzmq sending random and mutated frames.
 
-What it is for: ``tests/test_hostile_peer.py`` sets one of these against each shoal
+What it is for: ``tests/patterns/test_hostile_peer.py`` sets one of these against each shoal
 socket type while legitimate shoal peers talk through the same socket, then checks
 that nothing crashed, nothing legitimate was lost, and that every hostile message was
 counted as malformed, exactly.

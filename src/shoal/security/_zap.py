@@ -16,7 +16,7 @@ answers in the trio thread:
 * anything malformed (wrong version, missing frames, a credential of the wrong size)
   or a policy that fails: ``500``, counted; the handler never stops for it.
 
-libzmq behaviours this rests on (libzmq 4.3.5; checked by tests/test_security.py
+libzmq behaviours this rests on (libzmq 4.3.5; checked by tests/security/test_security.py
 unless marked "seen by hand"):
 
 * No handler bound: a CURVE server admits *every* client (encryption without

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from netlab import IP_TIMEOUT, Host, Lab, namespaces_available
 
 pytestmark = pytest.mark.lab

@@ -35,7 +35,7 @@ from shoal.discovery import MDNS, Advertisement
 from shoal.patterns import ReliablePusher
 from support.waiting import eventually
 
-DOC = (Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md").read_text()
+DOC = (Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md").read_text()
 LOOPBACK = "tcp://127.0.0.1:*"
 Ctx = zmq.Context[zmq.Socket[bytes]]
 Sock = zmq.Socket[bytes]

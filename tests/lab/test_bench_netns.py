@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-
 from netlab import Host, Lab, lab_fixture
 
 pytestmark = pytest.mark.lab

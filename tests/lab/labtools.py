@@ -1,4 +1,4 @@
-"""Drive ``tests/lab_node.py`` processes on the hosts of a namespace lab, with deadlines.
+"""Drive ``tests/lab/lab_node.py`` processes on the hosts of a namespace lab, with deadlines.
 
     node = LabNode.start(lab.hosts[0], "h0", "--pub", "telemetry")   # waits for "ready"
     node.send({"cmd": "wait_subscribers", "channel": "telemetry", "n": 2})

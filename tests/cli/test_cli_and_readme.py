@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.lab
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_shoal(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from netlab import Host, Lab, lab_fixture
 
 pytestmark = pytest.mark.lab

@@ -25,9 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pytest
-
 import netlab
+import pytest
 from netlab import DEFAULT_PREFIX, IP_TIMEOUT, namespaces_available
 
 pytestmark = pytest.mark.lab

@@ -1,7 +1,7 @@
 """A shoal node for fault-injection tests on a namespace lab, driven over stdio like
 ``lab_node.py`` (``labtools.LabNode(..., script=FAULT_NODE)``), with the reliable roles.
 
-    python tests/fault_node.py --name NAME [--discovery mdns|static]
+    python tests/lab/fault_node.py --name NAME [--discovery mdns|static]
         [--static-peer tcp://IP:PORT] [--port N]
         [--push CH [--window N] [--rto S] [--max-attempts N] [--give-up-after S]
          [--outbox PATH]]
@@ -64,9 +64,9 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import trio
+from lab_node import emit, named_namespace, peer_fields
 
 import shoal
-from lab_node import emit, named_namespace, peer_fields
 from shoal.discovery import MDNS, PeerJoined, PeerLeft, Static
 from shoal.errors import DeliveryFailed
 from shoal.node._node import Source

@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 
 import pytest
-
 from labtools import Event, LabNode, is_event, start_nodes
 from netlab import Host, Lab, lab_fixture, namespaces_available
 

@@ -20,7 +20,7 @@ from shoal.cli._bench._common import busy_poll_missing, interleaved
 from shoal.cli._bench._suite._common import VARIANTS, percentile
 from shoal.cli._bench._suite._report import Targets, fmt_size
 
-RUN = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+RUN = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
 TINY = ["--only", "rr,pp,ps", "--sizes", "64", "--rounds", "1", "--rr-count", "200",
         "--rr-warmup", "20", "--tp-count", "2000", "--tp-warmup", "200"]
 

@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import pytest
-
 from netlab import Host, Lab, lab_fixture, namespaces_available
 
 pytestmark = pytest.mark.lab

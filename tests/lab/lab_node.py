@@ -1,6 +1,6 @@
-"""A shoal node for one host of a namespace lab (``tests/netlab.py``), driven over stdio.
+"""A shoal node for one host of a namespace lab (``tests/lab/netlab.py``), driven over stdio.
 
-    python tests/lab_node.py --name NAME [--discovery mdns|static] [--static-peer tcp://IP:PORT]
+    python tests/lab/lab_node.py --name NAME [--discovery mdns|static] [--static-peer tcp://IP:PORT]
         [--port N] [--heartbeat S] [--peer-timeout S]
         [--pub CH] [--sub CH [--topic PREFIX]] [--push CH] [--pull CH] [--rep CH]
         [--rep-silent CH] [--req CH] [--publish-on-ready CH TOPIC]

@@ -1,12 +1,12 @@
 """A (secured) shoal node for one host of a namespace lab, driven over stdio; and a
 packet capture for the same hosts.
 
-    python tests/secure_lab_node.py --name NAME [--key-file PATH] [--trust KEY]...
+    python tests/lab/secure_lab_node.py --name NAME [--key-file PATH] [--trust KEY]...
         [--pub CH] [--sub CH] [--publish CH BODY]
-    python tests/secure_lab_node.py --capture IFACE OUTFILE
-    python tests/secure_lab_node.py --forge ID NAME PK ADDRESS
+    python tests/lab/secure_lab_node.py --capture IFACE OUTFILE
+    python tests/lab/secure_lab_node.py --forge ID NAME PK ADDRESS
 
-Node mode speaks ``tests/labtools.py``'s protocol (``--name`` first, one JSON event per
+Node mode speaks ``tests/lab/labtools.py``'s protocol (``--name`` first, one JSON event per
 stdout line, a ``ready`` event): ``--key-file`` (a ``KeyPair.save`` file) and
 ``--trust`` (repeatable) open the node with ``Security(keypair, Trust.keys(...))``;
 without ``--key-file`` the node is plaintext. Discovery is ``MDNS()`` on every
@@ -42,9 +42,9 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import trio
+from lab_node import named_namespace  # this directory: the same refusal rule
 
 import shoal
-from lab_node import named_namespace  # this directory: the same refusal rule
 from shoal.discovery import MDNS, PeerJoined
 from shoal.security import Security, Trust, load_keypair
 

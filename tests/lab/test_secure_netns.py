@@ -23,9 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from labtools import LabNode, is_event
 from netlab import Host, Lab, lab_fixture
+
 from shoal.security import generate_keypair
 
 pytestmark = pytest.mark.lab

@@ -51,7 +51,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-
 from labtools import Event, LabNode, is_event, start_nodes
 from netlab import Host, Lab, lab_fixture, packet_loss_available
 
