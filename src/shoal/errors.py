@@ -1,4 +1,8 @@
-"""Every exception shoal raises, under one root.
+"""The exceptions shoal raises, under one root.
+
+The errors about keys, key files and trust (``SecurityError``, ``InvalidKey``,
+``KeyFileError``) are defined in and exported from ``shoal.security``; they derive
+from ``ShoalError`` like every other.
 
 Rules:
 
@@ -10,7 +14,8 @@ Rules:
   ``statistics().malformed``. The codec raises it so tests and tools can see why.
 * ``ClosedError`` is raised when a closed resource is used. It is also a
   ``trio.ClosedResourceError``, so code written against trio's channel contract works.
-* ``zmq.ZMQError`` never escapes: the socket layer translates it once, here.
+* ``zmq.ZMQError`` never escapes: the socket layer translates it once, into these
+  (``shoal._zmq._context.map_error``).
 """
 
 from __future__ import annotations
