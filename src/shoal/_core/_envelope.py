@@ -155,6 +155,22 @@ class Message(NamedTuple):
         """Send time in seconds since the Unix epoch (the sender's clock)."""
         return self.timestamp_ns / 1e9
 
+    @property
+    def replayed(self) -> bool:
+        """True for a publication a history publisher replayed to this subscriber
+        when it joined (sent before it joined); False for everything live."""
+        return False
+
+
+class ReplayedMessage(Message):
+    """A ``Message`` replayed from a publisher's history (``replayed`` is True)."""
+
+    __slots__ = ()
+
+    @property
+    def replayed(self) -> bool:
+        return True
+
 
 def encode_topic(topic: str) -> bytes:
     """Check and encode a topic or a subscription prefix.

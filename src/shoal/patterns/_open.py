@@ -18,6 +18,12 @@ from shoal._core import Identity
 from shoal._zmq._socket import DEFAULT_LINGER_MS
 from shoal.errors import LocalProtocolError
 from shoal.patterns._common import DEFAULT_BATCH, Endpoints, with_busy_poll
+from shoal.patterns._history import (
+    DEFAULT_HISTORY_BYTES,
+    DEFAULT_HISTORY_TOPICS,
+    check_history_args,
+    open_history_publisher,
+)
 from shoal.patterns._pubsub import (
     Publisher,
     Subscriber,
@@ -44,6 +50,8 @@ def open_publisher(
     *, bind: Endpoints = None, connect: Endpoints = None, identity: Identity | None = None,
     high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
     linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[False] = False, busy_poll: float = 0.0,
+    history: int = 0, history_bytes: int = DEFAULT_HISTORY_BYTES,
+    history_topics: int = DEFAULT_HISTORY_TOPICS,
 ) -> AbstractAsyncContextManager[Publisher]: ...
 
 
@@ -63,6 +71,8 @@ def open_publisher(
     linger_ms: int = DEFAULT_LINGER_MS, reliable: bool = False,
     busy_poll: float = 0.0, window: int = 8192,
     rto: float = 0.5, grace: float = 10.0, max_subscribers: int = 1024,
+    history: int = 0, history_bytes: int = DEFAULT_HISTORY_BYTES,
+    history_topics: int = DEFAULT_HISTORY_TOPICS,
 ) -> AbstractAsyncContextManager[Publisher] | AbstractAsyncContextManager[ReliablePublisher]:
     """Open a publisher bound to and/or connected to the given endpoints.
 
@@ -76,7 +86,25 @@ def open_publisher(
     subscriber's unacknowledged publications (up to ``window``; ``publish`` waits
     beyond), sends them again after ``rto`` seconds without progress, and drops a
     subscriber silent for ``grace`` seconds (counted, logged).
+
+    ``history=N`` (best effort): keep the last ``N`` publications of each topic and
+    replay them, oldest first, to each subscriber that joins and asks (subscribers do
+    by default), before the live stream, with no duplicate and no hole between the
+    two. ``history=1`` is a last-value cache. What is kept is bounded by
+    ``history_bytes`` (64 MiB by default) and ``history_topics`` (100,000): over
+    either, the topic least recently published loses its oldest publication.
+    ``statistics()`` says what is held and how much was replayed.
     """
+    check_history_args(history, history_bytes, history_topics)
+    if history and reliable:
+        raise LocalProtocolError("history= works with best-effort publishers only so far: "
+                                 "pass reliable=False, or history=0")
+    if history:
+        cm0 = open_history_publisher(
+            bind=bind, connect=connect, identity=identity, high_water_mark=high_water_mark,
+            context=context, linger_ms=linger_ms, history=history,
+            history_bytes=history_bytes, history_topics=history_topics)
+        return with_busy_poll(cm0, busy_poll)
     if reliable:
         cm1 = open_reliable_publisher(
             bind=bind, connect=connect, identity=identity, high_water_mark=high_water_mark,
@@ -93,7 +121,7 @@ def open_subscriber(
     *, bind: Endpoints = None, connect: Endpoints = None, topics: Sequence[str] = ("",),
     high_water_mark: int = 1000, batch: int = DEFAULT_BATCH, max_streams: int = 4096,
     context: zmq.Context[zmq.Socket[bytes]] | None = None, reliable: Literal[False] = False,
-    busy_poll: float = 0.0,
+    busy_poll: float = 0.0, history: int | None = None,
 ) -> AbstractAsyncContextManager[Subscriber]: ...
 
 
@@ -112,7 +140,7 @@ def open_subscriber(
     high_water_mark: int = 1000, batch: int = DEFAULT_BATCH, max_streams: int = 4096,
     context: zmq.Context[zmq.Socket[bytes]] | None = None, reliable: bool = False,
     busy_poll: float = 0.0,
-    identity: Identity | None = None, heartbeat: float = 0.5,
+    identity: Identity | None = None, heartbeat: float = 0.5, history: int | None = None,
 ) -> AbstractAsyncContextManager[Subscriber] | AbstractAsyncContextManager[ReliableSubscriber]:
     """Open a subscriber receiving every topic that starts with one of ``topics``.
 
@@ -123,8 +151,16 @@ def open_subscriber(
     order per publisher, everything published after a publisher heard of it. It
     tells each publisher where it stands every ``heartbeat`` seconds and as it
     receives.
+
+    ``history`` (best effort): how many of each topic's latest publications to take
+    from a history publisher's replay when joining (``None``, the default: all it
+    keeps; ``0``: none). Replayed messages come first, marked ``msg.replayed``;
+    history covers the ``topics`` given here, not prefixes subscribed later.
     """
     if reliable:
+        if history:
+            raise LocalProtocolError("history= works with best-effort subscribers only so "
+                                     "far: pass reliable=False")
         check_subscriber_args(topics, max_streams)
         cm3 = open_reliable_subscriber(
             bind=bind, connect=connect, topics=topics, identity=identity,
@@ -133,7 +169,7 @@ def open_subscriber(
         return with_busy_poll(cm3, busy_poll)
     cm4 = open_best_effort_subscriber(bind=bind, connect=connect, topics=topics,
                            high_water_mark=high_water_mark, batch=batch,
-                           max_streams=max_streams, context=context)
+                           max_streams=max_streams, context=context, history=history)
     return with_busy_poll(cm4, busy_poll)
 
 

@@ -31,12 +31,18 @@ import trio
 import zmq
 
 from shoal._core import (
+    ALL,
+    MARKER,
+    MAX_HISTORY_PREFIXES,
     MAX_TOPIC,
     SPLIT_AT,
     GapTracker,
     Identity,
     Kind,
     Message,
+    ReplayedMessage,
+    decode_bundle,
+    encode_request,
     encode_topic,
     fast_decoder,
     pack_tail,
@@ -55,7 +61,7 @@ from shoal.patterns._common import (
 
 _PUBLISH = (Kind.PUBLISH,)
 _ROOM = 64  # more than a publication's bytes besides topic and body (NUL + header)
-_MARKER = b"\xff"
+_MARKER = MARKER
 """Subscriber markers start with this byte; no UTF-8 topic does."""
 
 __all__ = [
@@ -79,6 +85,19 @@ class PublisherStatistics:
     """Distinct topics published so far (each has its own sequence counter)."""
     subscribers: int
     """Subscribers connected with their subscriptions in place (as last seen)."""
+    history_topics: int = 0
+    """Topics whose publications the history holds (``history=``; at most
+    ``history_topics``)."""
+    history_bytes: int = 0
+    """Bytes the history holds: frames plus a fixed cost per publication (at most
+    ``history_bytes``)."""
+    history_evicted: int = 0
+    """Publications the history dropped to stay within its bounds (besides those a
+    topic's newer publications push out)."""
+    history_requests: int = 0
+    """Subscribers' requests for history answered."""
+    replayed: int = 0
+    """Publications replayed to joining subscribers, over all requests."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +115,12 @@ class SubscriberStatistics:
     """Missing messages per publisher sender id."""
     out_of_order: int
     """Messages that arrived with a sequence number already passed."""
+    replayed: int = 0
+    """Publications delivered from a publisher's history (``msg.replayed``), counted
+    in ``received`` too."""
+    replay_duplicates: int = 0
+    """Replayed publications dropped because they had been delivered already (a
+    reconnection asks for the history again)."""
 
 
 class Publisher(SocketResource):
@@ -283,16 +308,23 @@ class Subscriber(BufferedReceiver[Message]):
     A ``trio.abc.ReceiveChannel[Message]``: ``async for msg in sub`` works.
     """
 
-    def __init__(self, sock: Socket, *, batch: int, max_streams: int) -> None:
+    def __init__(self, sock: Socket, *, batch: int, max_streams: int,
+                 history: int | None = None) -> None:
         super().__init__(sock, batch=batch)
         self._gaps = GapTracker(max_streams=max_streams)
         self._prefixes: set[str] = set()
         self._marker = _MARKER + os.urandom(16)
+        self._history = ALL if history is None else history
+        self._replayed = 0
+        self._replay_duplicates = 0
         check = self._malformed.check_frame
         append = self._buffer.append
         observe = self._gaps.observe
 
         def slow(frame: bytes) -> None:
+            if frame[:1] == _MARKER:  # a replay bundle (never a publication: not UTF-8)
+                self._replay(frame)
+                return
             msg = check(sock, frame, _PUBLISH, "subscriber")
             if msg is not None:
                 observe((msg.sender, msg.epoch, msg.stream, msg.topic), msg.seq)
@@ -301,12 +333,40 @@ class Subscriber(BufferedReceiver[Message]):
                               gaps=self._gaps)
         self._accept_frame = accept
 
+    def _replay(self, frame: bytes) -> None:
+        """Deliver the publications of a replay bundle addressed to this subscriber,
+        each marked ``replayed``, skipping those it delivered already."""
+        if not frame.startswith(self._marker):
+            self._malformed.drop("replay-for-another", "subscriber")
+            return
+        cells = self._gaps.expected
+        for msg in decode_bundle(frame[len(self._marker):]):
+            if not isinstance(msg, Message):
+                self._malformed.drop_error(msg, "subscriber")
+                continue
+            if msg.kind != Kind.PUBLISH:
+                self._malformed.drop("unexpected-kind", "subscriber", msg.kind.name)
+                continue
+            key = (msg.sender, msg.epoch, msg.stream, msg.topic)
+            cell = cells.get(key)
+            if cell is not None and cell[0] > msg.seq:
+                self._replay_duplicates += 1
+                continue
+            self._gaps.observe(key, msg.seq)
+            self._buffer.append(ReplayedMessage(*msg))
+            self._replayed += 1
+
     def _announce(self) -> None:
         """Subscribe the marker that lets publishers count this subscriber. Called
         after the initial topics, so a publisher that sees it has them too."""
         self._sock.setsockopt(zmq.SUBSCRIBE, self._marker)
 
     def _start(self, topics: Sequence[str]) -> None:
+        if self._history and topics:
+            # before the topics: a history publisher applies them with the replay
+            raw = sorted({encode_topic(t) for t in topics})
+            self._sock.setsockopt(zmq.SUBSCRIBE, encode_request(self._marker, self._history,
+                                                                raw))
         for t in topics:
             self.subscribe(t)
         self._announce()
@@ -340,6 +400,8 @@ class Subscriber(BufferedReceiver[Message]):
             gaps=g.gaps,
             gaps_by_publisher=g.gaps_by_sender(),
             out_of_order=g.out_of_order,
+            replayed=self._replayed,
+            replay_duplicates=self._replay_duplicates,
         )
 
 
@@ -360,12 +422,13 @@ async def open_best_effort_publisher(
 async def open_best_effort_subscriber(
     *, bind: Endpoints, connect: Endpoints, topics: Sequence[str], high_water_mark: int,
     batch: int, max_streams: int, context: zmq.Context[zmq.Socket[bytes]] | None,
+    history: int | None = None,
 ) -> AsyncIterator[Subscriber]:
-    check_subscriber_args(topics, max_streams)
+    check_subscriber_args(topics, max_streams, history)
     sock = open_socket("open_subscriber", zmq.SUB, bind=bind, connect=connect,
                        high_water_mark=high_water_mark, batch=batch, context=context,
                        linger_ms=0, options=subscriber_options(high_water_mark))
-    sub = Subscriber(sock, batch=batch, max_streams=max_streams)
+    sub = Subscriber(sock, batch=batch, max_streams=max_streams, history=history)
     async with sub:
         sub._start(topics)
         yield sub
@@ -381,7 +444,8 @@ def subscriber_options(high_water_mark: int) -> list[tuple[int, int | bytes]]:
     return [(zmq.RCVHWM, high_water_mark)]
 
 
-def check_subscriber_args(topics: Sequence[str], max_streams: int) -> None:
+def check_subscriber_args(topics: Sequence[str], max_streams: int,
+                          history: int | None = None) -> None:
     """Refuse subscriber arguments that cannot work, before a socket is opened."""
     if isinstance(topics, str):
         raise LocalProtocolError("topics= takes a list of prefixes, e.g. topics=['sensors/']")
@@ -389,4 +453,11 @@ def check_subscriber_args(topics: Sequence[str], max_streams: int) -> None:
         encode_topic(t)
     if not isinstance(max_streams, int) or max_streams < 1:
         raise LocalProtocolError(f"max_streams must be an int >= 1, not {max_streams!r}")
+    if history is not None and (isinstance(history, bool) or not isinstance(history, int)
+                                or history < 0):
+        raise LocalProtocolError(f"history must be None (all the publisher keeps) or an "
+                                 f"int >= 0 (0: no replay), not {history!r}")
+    if history != 0 and len(set(topics)) > MAX_HISTORY_PREFIXES:
+        raise LocalProtocolError(f"history covers at most {MAX_HISTORY_PREFIXES} prefixes; pass "
+                                 "history=0 or subscribe fewer")
 

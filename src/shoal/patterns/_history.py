@@ -1,0 +1,204 @@
+"""A best-effort publisher that keeps history for late joiners (``history=N``).
+
+It keeps the last ``N`` publications of each topic (``shoal._core.HistoryStore``,
+bounded by ``history_bytes`` and ``history_topics``) and replays them to each
+subscriber that asks, to it alone, before anything live, with no duplicate and no
+hole at the seam.
+
+How replay reaches one subscriber only. XPUB sends by subscription match, never to a
+chosen connection; but it can be told, with ``XPUB_MANUAL``, to apply each
+subscription only when the application does (``SUBSCRIBE`` after reading one applies
+it to the connection it came from). A history publisher runs in that mode:
+
+- A subscriber that wants history sends, before its topic subscriptions, a *request*:
+  its marker (which it also subscribes), the depth it wants and its prefixes. On
+  reading the request, with no checkpoint in between, the publisher subscribes that
+  connection to the marker and to the request's prefixes, and sends the replay as
+  bundles that lead with the marker (so only that connection matches them). Live
+  publications on those prefixes reach the connection from that moment on: the
+  replay holds everything published before it and the live stream everything after,
+  so the seam needs nothing from the subscriber. The subscriber's own topic
+  subscriptions follow and are applied again (a no-op on the same connection).
+- Every other subscription is applied as it comes, as plain XPUB would. An everything
+  subscription (``""``) is applied as the 254 one-byte prefixes ``0x00``-``0xfd``,
+  which every topic starts with and no replay bundle does: a bundle never reaches
+  another subscriber.
+
+The other designs considered: a side channel (a ROUTER the subscriber asks) needs a
+second endpoint and leaves the seam to the subscriber, which would have to hold live
+messages until the replay ends; plain XPUB cannot order the replay before the live
+stream on one connection, since libzmq applies a subscription before the application
+reads it. Subscriptions must be read promptly (nothing reaches a new subscriber until
+they are), so a history publisher runs a task that reads them as they arrive.
+
+A publisher without history is the plain ``Publisher``: nothing here is on its path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+import zmq
+
+from shoal._core import (
+    MARKER,
+    REQUEST,
+    HistoryStore,
+    Identity,
+    bundles,
+    decode_request,
+)
+from shoal._zmq._socket import Socket
+from shoal.errors import DecodeError, LocalProtocolError
+from shoal.patterns._common import Endpoints, PublishItem, log, open_socket, publish_item
+from shoal.patterns._pubsub import Publisher, PublisherStatistics, publisher_options
+
+__all__ = [
+    "DEFAULT_HISTORY_BYTES",
+    "DEFAULT_HISTORY_TOPICS",
+    "HistoryPublisher",
+    "check_history_args",
+    "open_history_publisher",
+]
+
+DEFAULT_HISTORY_BYTES = 64 << 20
+"""Default bound on what a publisher's history holds, in bytes (64 MiB)."""
+DEFAULT_HISTORY_TOPICS = 100_000
+"""Default bound on how many topics a publisher's history holds."""
+_EVERYTHING = [bytes((b,)) for b in range(0xFE)]
+"""What an everything subscription becomes: every first byte but 0xfe and 0xff."""
+
+
+class HistoryPublisher(Publisher):
+    """A ``Publisher`` that replays its recent history to subscribers that join.
+    Make one with ``open_publisher(..., history=N)``."""
+
+    def __init__(self, sock: Socket, identity: Identity | None, *, depth: int,
+                 max_bytes: int, max_topics: int) -> None:
+        super().__init__(sock, identity)
+        self._store = HistoryStore(depth=depth, max_bytes=max_bytes, max_topics=max_topics)
+        self._requests = 0
+        self._replayed = 0
+
+    def _read_subscriptions(self) -> None:
+        """Apply the subscriptions queued, one at a time (``XPUB_MANUAL`` applies
+        ``SUBSCRIBE`` to the connection of the last one read), answering requests."""
+        sock = self._sock
+        while raws := sock.receive_batch_nowait(1):
+            frames = raws[0]
+            f = frames[0]
+            if len(frames) != 1 or not f or f[0] > 1:
+                continue
+            body = f[1:]
+            if body[:1] == REQUEST:
+                if f[0] == 1:
+                    self._answer(body)
+                continue  # a request withdrawn: nothing was subscribed for it
+            option = zmq.SUBSCRIBE if f[0] == 1 else zmq.UNSUBSCRIBE
+            for prefix in _EVERYTHING if not body else (body,):
+                sock.setsockopt(option, prefix)
+            if body[:1] == MARKER:
+                if f[0] == 1:
+                    self._subscribers.add(body)
+                else:
+                    self._subscribers.discard(body)
+
+    def _answer(self, body: bytes) -> None:
+        """Subscribe the requesting connection and replay to it, in one go."""
+        try:
+            marker, depth, prefixes = decode_request(body)
+        except DecodeError:
+            self._requests += 1
+            log.debug("publisher dropped a malformed history request")
+            return
+        sock = self._sock
+        sock.setsockopt(zmq.SUBSCRIBE, marker)
+        for prefix in prefixes:
+            for p in _EVERYTHING if not prefix else (prefix,):
+                sock.setsockopt(zmq.SUBSCRIBE, p)
+        self._requests += 1
+        sent = 0
+
+        def counted(frames: Iterable[bytes | tuple[bytes, bytes]]
+                    ) -> Iterable[bytes | tuple[bytes, bytes]]:
+            nonlocal sent
+            for frame in frames:
+                sent += 1
+                yield frame
+        out = list(bundles(marker, iter(counted(self._store.select(depth, prefixes))),
+                           sock.max_message_size))
+        if out:
+            sock.send_batch_nowait(out)  # PUB-like: never refused (dropped at the HWM)
+        self._replayed += sent
+
+    async def _serve(self) -> None:
+        """Read subscriptions as they arrive, until closed."""
+        sock = self._sock
+        while not sock.closed:
+            self._read_subscriptions()
+            try:
+                await sock.wait_receivable()
+            except trio.ClosedResourceError:
+                return
+
+    def _encode(self, topic: str, body: Any,
+                headers: Mapping[str, Any] | None) -> bytes | tuple[bytes, bytes]:
+        frame = super()._encode(topic, body, headers)
+        self._store.add(self._topics[topic][0], frame)
+        return frame
+
+    def publish_many_nowait(self, items: Iterable[PublishItem]) -> None:
+        self._sock.check_open("publish")
+        items = list(items)
+        frames = self._encode_many(items)
+        add = self._store.add
+        topics = self._topics
+        for item, frame in zip(items, frames, strict=True):
+            add(topics[publish_item(item)[0]][0], frame)
+        sock = self._sock
+        done = 0
+        while done < len(frames):
+            sent = sock.send_batch_nowait(frames, done)
+            if not sent:
+                raise trio.WouldBlock
+            done += sent
+        self._sent(done)
+
+    def statistics(self) -> PublisherStatistics:
+        """An immutable snapshot of this resource's counters, the history's with them
+        (a request that could not be parsed counts in ``history_requests`` too)."""
+        s = self._store
+        return PublisherStatistics(
+            published=self._published, topics=len(self._topics),
+            subscribers=self.subscribers, history_topics=len(s), history_bytes=s.bytes,
+            history_evicted=s.evicted, history_requests=self._requests,
+            replayed=self._replayed)
+
+
+def check_history_args(history: int, history_bytes: int, history_topics: int) -> None:
+    """Refuse history bounds that cannot work, before a socket is opened."""
+    for name, value, low in (("history", history, 0), ("history_bytes", history_bytes, 1),
+                             ("history_topics", history_topics, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise LocalProtocolError(f"{name} must be an int >= {low}, not {value!r}")
+
+
+@asynccontextmanager
+async def open_history_publisher(
+    *, bind: Endpoints, connect: Endpoints, identity: Identity | None, high_water_mark: int,
+    context: zmq.Context[zmq.Socket[bytes]] | None, linger_ms: int, history: int,
+    history_bytes: int, history_topics: int,
+) -> AsyncIterator[HistoryPublisher]:
+    check_history_args(history, history_bytes, history_topics)
+    sock = open_socket("open_publisher", zmq.XPUB, bind=bind, connect=connect,
+                       high_water_mark=high_water_mark, context=context, linger_ms=linger_ms,
+                       options=[*publisher_options(high_water_mark), (zmq.XPUB_MANUAL, 1)])
+    pub = HistoryPublisher(sock, identity, depth=history, max_bytes=history_bytes,
+                           max_topics=history_topics)
+    async with trio.open_nursery() as nursery, pub:
+        nursery.start_soon(pub._serve)
+        yield pub
+        nursery.cancel_scope.cancel()
