@@ -167,6 +167,7 @@ def open_subscriber(
             high_water_mark=high_water_mark, batch=batch, max_streams=max_streams,
             heartbeat=heartbeat, context=context)
         return with_busy_poll(cm3, busy_poll)
+    check_subscriber_args(topics, max_streams, history)  # before anything opens
     cm4 = open_best_effort_subscriber(bind=bind, connect=connect, topics=topics,
                            high_water_mark=high_water_mark, batch=batch,
                            max_streams=max_streams, context=context, history=history)
