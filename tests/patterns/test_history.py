@@ -203,7 +203,7 @@ def test_history_arguments_are_checked() -> None:
     with pytest.raises(LocalProtocolError, match="history"):
         open_publisher(bind=LOOPBACK, history=-1)
     with pytest.raises(LocalProtocolError, match="reliable"):
-        open_publisher(bind=LOOPBACK, history=5, reliable=True)
+        open_publisher(bind=LOOPBACK, history=5, reliable=True)  # type: ignore[call-overload]
     with pytest.raises(LocalProtocolError, match="history_bytes"):
         open_publisher(bind=LOOPBACK, history=5, history_bytes=0)
     with pytest.raises(LocalProtocolError, match="history"):
