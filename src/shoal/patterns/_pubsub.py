@@ -320,9 +320,10 @@ class Subscriber(BufferedReceiver[Message]):
         check = self._malformed.check_frame
         append = self._buffer.append
         observe = self._gaps.observe
+        marker = self._marker
 
         def slow(frame: bytes) -> None:
-            if frame[:1] == _MARKER:  # a replay bundle (never a publication: not UTF-8)
+            if frame[:1] == _MARKER and frame.startswith(marker):  # a replay bundle
                 self._replay(frame)
                 return
             msg = check(sock, frame, _PUBLISH, "subscriber")
@@ -336,9 +337,6 @@ class Subscriber(BufferedReceiver[Message]):
     def _replay(self, frame: bytes) -> None:
         """Deliver the publications of a replay bundle addressed to this subscriber,
         each marked ``replayed``, skipping those it delivered already."""
-        if not frame.startswith(self._marker):
-            self._malformed.drop("replay-for-another", "subscriber")
-            return
         cells = self._gaps.expected
         for msg in decode_bundle(frame[len(self._marker):]):
             if not isinstance(msg, Message):
