@@ -29,6 +29,13 @@ from shoal.node._channels import Channels, Routed, SocketConnector, check_channe
 from shoal.node._guard import Guard
 from shoal.node._sockets import SocketFactory, port_of
 from shoal.patterns._common import DEFAULT_BATCH, check_limits, check_reliable_pubsub_args
+from shoal.patterns._history import (
+    DEFAULT_HISTORY_BYTES,
+    DEFAULT_HISTORY_TOPICS,
+    check_history_args,
+    history_publisher_options,
+    run_history_publisher,
+)
 from shoal.patterns._pubsub import (
     Publisher,
     Subscriber,
@@ -55,6 +62,9 @@ ACM = AbstractAsyncContextManager
 class PublisherOptions(TypedDict, total=False):
     high_water_mark: int
     linger_ms: int
+    history: int
+    history_bytes: int
+    history_topics: int
 
 
 class ReliablePublisherOptions(PublisherOptions, total=False):
@@ -69,6 +79,7 @@ class SubscriberOptions(TypedDict, total=False):
     high_water_mark: int
     batch: int
     max_streams: int
+    history: int | None
 
 
 class ReliableSubscriberOptions(SubscriberOptions, total=False):
@@ -108,9 +119,11 @@ class RequesterOptions(TypedDict, total=False):
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "publisher": {"high_water_mark": 1000, "linger_ms": DEFAULT_LINGER_MS,
-                  "window": 8192, "rto": 0.5, "grace": 10.0, "max_subscribers": 1024},
+                  "window": 8192, "rto": 0.5, "grace": 10.0, "max_subscribers": 1024,
+                  "history": 0, "history_bytes": DEFAULT_HISTORY_BYTES,
+                  "history_topics": DEFAULT_HISTORY_TOPICS},
     "subscriber": {"topics": ("",), "high_water_mark": 1000, "batch": DEFAULT_BATCH,
-                   "max_streams": 4096, "heartbeat": 0.5},
+                   "max_streams": 4096, "heartbeat": 0.5, "history": None},
     "pusher": {"high_water_mark": 1000, "linger_ms": DEFAULT_LINGER_MS, "window": 1024,
                "rto": 0.5, "max_attempts": 10, "give_up_after": None, "outbox": None},
     "puller": {"high_water_mark": 1000, "batch": DEFAULT_BATCH, "manual_ack": False},
@@ -191,8 +204,24 @@ class Patterns:
         beyond) and sent again after ``rto`` seconds (0.5) without progress; a
         subscriber silent for ``grace`` seconds (10) is dropped from the books
         (counted, logged); at most ``max_subscribers`` (1024).
+
+        ``history=N`` (best effort): keep the last ``N`` publications of each topic and
+        replay them to each subscriber that joins, before the live stream (bounded by
+        ``history_bytes``, 64 MiB, and ``history_topics``, 100,000); ``history=1`` is a
+        last-value cache. See ``shoal.open_publisher``.
         """
         o = _options("publisher", channel, options)
+        check_history_args(o["history"], o["history_bytes"], o["history_topics"])
+        if o["history"] and reliable:
+            raise LocalProtocolError("history= works with best-effort publishers only so "
+                                     "far: pass reliable=False, or history=0")
+        if o["history"]:
+            return self._listed(
+                channel, Role.PUBLISHER, zmq.XPUB,
+                history_publisher_options(o["high_water_mark"]), o["linger_ms"],
+                lambda sock: run_history_publisher(
+                    sock, self.identity, history=o["history"],
+                    history_bytes=o["history_bytes"], history_topics=o["history_topics"]))
         if reliable:
             check_reliable_pubsub_args(window=o["window"], rto=o["rto"], grace=o["grace"])
             return self._listed(
@@ -224,9 +253,18 @@ class Patterns:
         ``reliable=True``: from reliable publishers, once and in order per publisher,
         everything published after the publisher heard of this subscriber (it
         tells every ``heartbeat`` seconds, 0.5, where it stands).
+
+        ``history`` (best effort): how much of a history publisher's replay to take
+        when joining (``None``: all it keeps; ``0``: none; ``n``: the last ``n`` of each
+        topic). Replayed messages come first, ``msg.replayed`` set.
         """
         o = _options("subscriber", channel, options)
-        check_subscriber_args(o["topics"], o["max_streams"])
+        if reliable:
+            if o["history"]:
+                raise LocalProtocolError("history= works with best-effort subscribers only "
+                                         "so far: pass reliable=False")
+            o["history"] = 0
+        check_subscriber_args(o["topics"], o["max_streams"], o["history"])
         if reliable:
             check_reliable_pubsub_args(heartbeat=o["heartbeat"])
             return self._listed(
@@ -237,7 +275,8 @@ class Patterns:
                     batch=o["batch"], max_streams=o["max_streams"], heartbeat=o["heartbeat"]))
 
         def subscriber(sock: Socket) -> Subscriber:
-            sub = Subscriber(sock, batch=o["batch"], max_streams=o["max_streams"])
+            sub = Subscriber(sock, batch=o["batch"], max_streams=o["max_streams"],
+                             history=o["history"])
             sub._start(o["topics"])
             return sub
 

@@ -61,7 +61,9 @@ __all__ = [
     "DEFAULT_HISTORY_TOPICS",
     "HistoryPublisher",
     "check_history_args",
+    "history_publisher_options",
     "open_history_publisher",
+    "run_history_publisher",
 ]
 
 DEFAULT_HISTORY_BYTES = 64 << 20
@@ -195,10 +197,28 @@ async def open_history_publisher(
     check_history_args(history, history_bytes, history_topics)
     sock = open_socket("open_publisher", zmq.XPUB, bind=bind, connect=connect,
                        high_water_mark=high_water_mark, context=context, linger_ms=linger_ms,
-                       options=[*publisher_options(high_water_mark), (zmq.XPUB_MANUAL, 1)])
+                       options=history_publisher_options(high_water_mark))
+    async with run_history_publisher(sock, identity, history=history,
+                                     history_bytes=history_bytes,
+                                     history_topics=history_topics) as pub:
+        yield pub
+
+
+@asynccontextmanager
+async def run_history_publisher(
+    sock: Socket, identity: Identity | None, *, history: int, history_bytes: int,
+    history_topics: int,
+) -> AsyncIterator[HistoryPublisher]:
+    """A history publisher on ``sock`` (an XPUB with ``history_publisher_options``),
+    its subscription reader running while the block is open; closes the socket."""
     pub = HistoryPublisher(sock, identity, depth=history, max_bytes=history_bytes,
                            max_topics=history_topics)
     async with trio.open_nursery() as nursery, pub:
         nursery.start_soon(pub._serve)
         yield pub
         nursery.cancel_scope.cancel()
+
+
+def history_publisher_options(high_water_mark: int) -> list[tuple[int, int | bytes]]:
+    """Socket options of a history publisher: a publisher's, in manual mode."""
+    return [*publisher_options(high_water_mark), (zmq.XPUB_MANUAL, 1)]
