@@ -118,6 +118,20 @@ def test_sub_prints_what_pub_publishes_on_its_prefixes_from_stdin_lines() -> Non
     assert got[0]["id"] != got[1]["id"]
 
 
+def test_pub_keeps_a_last_value_for_a_sub_that_joins_later() -> None:
+    ch = channel()
+    with background("pub", ch, "boiler/setpoint", "21.5", "--history", "1", "--keep",
+                    "--timeout", "25", *LO) as pub:
+        first = shoal("sub", ch, "--count", "1", "--seconds", "25", "--json", *LO)
+        assert first.returncode == 0, first.stderr  # published: now it is history
+        late = shoal("sub", ch, "--count", "1", "--seconds", "25", "--json", *LO)
+        assert late.returncode == 0, late.stderr
+        assert pub.poll() is None  # --keep: still up
+    got = json.loads(late.stdout)
+    assert (got["topic"], got["body"], got["replayed"]) == ("boiler/setpoint", 21.5, True)
+    assert json.loads(first.stdout)["replayed"] is False
+
+
 def test_reliable_push_exits_once_pull_has_done_every_item() -> None:
     ch = channel()
     with background("pull", ch, "--reliable", "--count", "3", "--seconds", "25",

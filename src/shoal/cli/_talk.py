@@ -93,6 +93,11 @@ def add_talk_commands(commands: Any) -> None:
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds to wait for them (default: 10)")
     p.add_argument("--reliable", action="store_true", help="at-least-once pub/sub")
+    p.add_argument("--history", type=int, default=0, metavar="N",
+                   help="keep the last N messages of each topic for subscribers that join "
+                   "later (N=1: a retained last value); they go with the process: see --keep")
+    p.add_argument("--keep", action="store_true", help="stay up after publishing (until "
+                   "interrupted), so that subscribers joining later get the --history")
 
     p = add("sub", "print what is published on a channel",
             "shoal sub telemetry --topic room1/ --count 10",
@@ -106,6 +111,9 @@ def add_talk_commands(commands: Any) -> None:
     p.add_argument("--count", type=int, default=None, help="exit after N messages")
     p.add_argument("--seconds", type=float, default=None, help="exit after S seconds")
     p.add_argument("--reliable", action="store_true", help="at-least-once pub/sub")
+    p.add_argument("--history", type=int, default=None, metavar="N",
+                   help="from publishers with history, first the last N messages of each "
+                   "topic (default: all they keep; 0: none)")
 
     p = add("push", "hand work items to a channel's pullers",
             "shoal push jobs '{\"n\": 1}'",
@@ -292,10 +300,12 @@ async def _send_each(args: argparse.Namespace, source: Input,
 
 
 async def _pub(args: argparse.Namespace, out: Out, err: Out) -> None:
+    if args.reliable and args.history:
+        raise UsageError("--history works without --reliable only, so far")
     source = Input(args.body, lambda line: err(f"shoal pub: {line}"))
     async with _node(args) as node:
         opener = (node.open_publisher(args.channel, reliable=True) if args.reliable
-                  else node.open_publisher(args.channel))
+                  else node.open_publisher(args.channel, history=args.history))
         async with opener as pub:
             async def subscribers() -> None:
                 with trio.fail_after(args.timeout):
@@ -308,6 +318,10 @@ async def _pub(args: argparse.Namespace, out: Out, err: Out) -> None:
                     await pub.wait_acked()
             elif sent:
                 await trio.sleep(0.2)  # best effort: let libzmq write them out
+            if args.keep:
+                await trio.sleep_forever()  # serving the history to whoever joins
+            elif args.history:
+                err("shoal pub: the history ends with this process (--keep keeps it up)")
     if args.json:
         out(json.dumps({"published": sent, "skipped": len(source.skipped),
                         "channel": args.channel}))
@@ -333,14 +347,16 @@ async def _sub(args: argparse.Namespace, out: Out, err: Out) -> None:
     def show(msg: shoal.Message) -> None:
         if args.json:
             out(json.dumps({"topic": msg.topic, "body": _printable(msg.body),
-                            "sender": msg.sender, "seq": msg.seq, "id": msg.id},
+                            "sender": msg.sender, "seq": msg.seq, "id": msg.id,
+                            "replayed": msg.replayed},
                            ensure_ascii=False, default=repr))
         else:
             out(f"{msg.topic} {_dump(msg.body)}")
 
     async with _node(args) as node:
         opener = (node.open_subscriber(args.channel, topics=topics, reliable=True)
-                  if args.reliable else node.open_subscriber(args.channel, topics=topics))
+                  if args.reliable else node.open_subscriber(args.channel, topics=topics,
+                                                             history=args.history))
         async with opener as sub:
             await _receive_loop(args, sub, show)
 
