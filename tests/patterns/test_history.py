@@ -12,9 +12,10 @@ import trio
 import zmq
 
 from shoal import Message
-from shoal._core import ALL, MARKER, decode_bundle, encode_request, encode_topic
+from shoal._core import ALL, MARKER, OWNER, decode, decode_bundle, encode_request, encode_topic
 from shoal.errors import LocalProtocolError
 from shoal.patterns import open_publisher, open_subscriber
+from shoal.patterns._history import HistoryPublisher
 from support.raw import raw_receive, raw_socket
 from support.waiting import eventually
 
@@ -197,6 +198,35 @@ async def test_a_hostile_request_gets_no_more_than_the_bound() -> None:
     assert [(m.topic, m.seq) for m in msgs if isinstance(m, Message)] == [
         (t, i) for t in TOPICS for i in range(46, 50)]
     assert s.replayed == 12
+
+
+async def test_topics_subscribed_before_the_request_wait_for_it() -> None:
+    """A connection that comes up late sends its subscriptions topics first: the
+    publisher holds them back until the request, so a publication in between is in
+    the replay and not sent live ahead of it."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    ident = bytes(range(16))
+    with trio.fail_after(10):
+        async with open_publisher(bind=LOOPBACK, history=4, context=ctx) as pub:
+            assert isinstance(pub, HistoryPublisher)
+            await pub.publish("t", 0)
+            raw = raw_socket(ctx, zmq.SUB)
+            try:
+                raw.setsockopt(zmq.METADATA, OWNER + b":" + ident.hex().encode())
+                raw.connect(pub.endpoints[0])
+                raw.setsockopt(zmq.SUBSCRIBE, b"t")
+                await eventually(lambda: (pub.statistics(), pub._deferred)[1])
+                await pub.publish("t", 1)  # published while the topic is held back
+                raw.setsockopt(zmq.SUBSCRIBE, encode_request(MARKER + ident, ALL, [b"t"]))
+                raw.setsockopt(zmq.SUBSCRIBE, MARKER + ident)
+                first = (await raw_receive(raw))[0]
+                await pub.publish("t", 2)
+                second = decode((await raw_receive(raw))[0])
+            finally:
+                raw.close()
+    assert first.startswith(MARKER + ident)  # the replay comes first
+    replay = [m.seq for m in decode_bundle(first[17:]) if isinstance(m, Message)]
+    assert (replay, second.seq) == ([0, 1], 2)
 
 
 def test_history_arguments_are_checked() -> None:

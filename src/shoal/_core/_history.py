@@ -32,6 +32,7 @@ __all__ = [
     "ENTRY_OVERHEAD",
     "MARKER",
     "MAX_HISTORY_PREFIXES",
+    "OWNER",
     "REQUEST",
     "HistoryRequest",
     "HistoryStore",
@@ -46,6 +47,9 @@ MARKER: Final = b"\xff"
 replay bundle addressed to it."""
 REQUEST: Final = b"\xfe"
 """A history request starts with this byte (no UTF-8 topic does)."""
+OWNER: Final = b"X-Shoal-Marker"
+"""The connection metadata property (ZMTP) in which a subscriber that asks for history
+names its marker id (32 hex digits)."""
 MARKER_SIZE: Final = 17
 MAX_HISTORY_PREFIXES: Final = 256
 ALL: Final = 0xFFFFFFFF

@@ -40,6 +40,7 @@ from shoal.patterns._pubsub import (
     Publisher,
     Subscriber,
     check_subscriber_args,
+    new_marker,
     publisher_options,
     subscriber_options,
 )
@@ -274,14 +275,17 @@ class Patterns:
                     socket=sock, topics=o["topics"], identity=self.identity,
                     batch=o["batch"], max_streams=o["max_streams"], heartbeat=o["heartbeat"]))
 
+        marker = new_marker()
+
         def subscriber(sock: Socket) -> Subscriber:
             sub = Subscriber(sock, batch=o["batch"], max_streams=o["max_streams"],
-                             history=o["history"])
+                             history=o["history"], marker=marker)
             sub._start(o["topics"])
             return sub
 
         return self._listed(channel, Role.SUBSCRIBER, zmq.SUB,
-                            subscriber_options(o["high_water_mark"]), 0, subscriber, plain=True)
+                            subscriber_options(o["high_water_mark"], marker, o["history"]), 0,
+                            subscriber, plain=True)
 
     # -- push / pull -------------------------------------------------------------------
 

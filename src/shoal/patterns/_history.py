@@ -24,6 +24,13 @@ it to the connection it came from). A history publisher runs in that mode:
   which every topic starts with and no replay bundle does: a bundle never reaches
   another subscriber.
 
+libzmq sends a connection's subscriptions in the order they were made, but when a
+connection comes up after them (a reconnection, a node that connects to a publisher
+it just discovered) it sends them in its own order, topics before the request. So a
+subscriber that asks for history also names its marker in its connections' ZMTP
+metadata (``X-Shoal-Marker``), and the publisher holds back a topic subscription from
+such a connection until that subscriber's request has been answered.
+
 The other designs considered: a side channel (a ROUTER the subscriber asks) needs a
 second endpoint and leaves the seam to the subscriber, which would have to hold live
 messages until the replay ends; plain XPUB cannot order the replay before the live
@@ -45,6 +52,7 @@ import zmq
 
 from shoal._core import (
     MARKER,
+    OWNER,
     REQUEST,
     HistoryStore,
     Identity,
@@ -70,6 +78,8 @@ DEFAULT_HISTORY_BYTES = 64 << 20
 """Default bound on what a publisher's history holds, in bytes (64 MiB)."""
 DEFAULT_HISTORY_TOPICS = 100_000
 """Default bound on how many topics a publisher's history holds."""
+_MAX_DEFERRED = 1024
+"""Bound on the subscribers (and the subscriptions of each) held back for a request."""
 _EVERYTHING = [bytes((b,)) for b in range(0xFE)]
 """What an everything subscription becomes: every first byte but 0xfe and 0xff."""
 
@@ -84,14 +94,18 @@ class HistoryPublisher(Publisher):
         self._store = HistoryStore(depth=depth, max_bytes=max_bytes, max_topics=max_topics)
         self._requests = 0
         self._replayed = 0
+        self._answered: set[bytes] = set()
+        """Markers of subscribers whose request was answered (while subscribed)."""
+        self._deferred: dict[bytes, list[bytes]] = {}
+        """Per marker, topic subscriptions held back until its request comes."""
 
     def _read_subscriptions(self) -> None:
         """Apply the subscriptions queued, one at a time (``XPUB_MANUAL`` applies
         ``SUBSCRIBE`` to the connection of the last one read), answering requests."""
         sock = self._sock
-        while raws := sock.receive_batch_nowait(1):
+        while raws := sock.receive_frames_nowait(1):
             frames = raws[0]
-            f = frames[0]
+            f = frames[0].bytes
             if len(frames) != 1 or not f or f[0] > 1:
                 continue
             body = f[1:]
@@ -99,14 +113,45 @@ class HistoryPublisher(Publisher):
                 if f[0] == 1:
                     self._answer(body)
                 continue  # a request withdrawn: nothing was subscribed for it
-            option = zmq.SUBSCRIBE if f[0] == 1 else zmq.UNSUBSCRIBE
-            for prefix in _EVERYTHING if not body else (body,):
-                sock.setsockopt(option, prefix)
+            if f[0] == 1 and body[:1] != MARKER and self._defer(frames[0], body):
+                continue
+            self._apply(f[0] == 1, body)
             if body[:1] == MARKER:
                 if f[0] == 1:
                     self._subscribers.add(body)
                 else:
                     self._subscribers.discard(body)
+                    self._answered.discard(body)
+                    self._deferred.pop(body, None)
+
+    def _apply(self, subscribe: bool, prefix: bytes) -> None:
+        option = zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE
+        for p in _EVERYTHING if not prefix else (prefix,):
+            self._sock.setsockopt(option, p)
+
+    def _defer(self, frame: zmq.Frame, prefix: bytes) -> bool:
+        """Hold back a topic subscription from a subscriber whose request has not been
+        read yet (its connection's metadata names it): the request applies it, with
+        the replay. libzmq sends a connection's subscriptions again in its own order
+        (topics before the request) when it reconnects or connects late."""
+        try:
+            named = frame.get(OWNER.decode())
+            owner = MARKER + bytes.fromhex(named) if isinstance(named, str) else b""
+        except (zmq.ZMQError, ValueError):
+            return False  # a subscriber that wants no history, or a foreign one
+        if len(owner) != 17:
+            return False
+        if owner in self._answered:
+            return False
+        held = self._deferred.get(owner)
+        if held is None:
+            if len(self._deferred) >= _MAX_DEFERRED:
+                self._deferred.pop(next(iter(self._deferred)))
+            held = self._deferred[owner] = []
+        if len(held) >= _MAX_DEFERRED:
+            return False
+        held.append(prefix)
+        return True
 
     def _answer(self, body: bytes) -> None:
         """Subscribe the requesting connection and replay to it, in one go."""
@@ -118,9 +163,11 @@ class HistoryPublisher(Publisher):
             return
         sock = self._sock
         sock.setsockopt(zmq.SUBSCRIBE, marker)
-        for prefix in prefixes:
-            for p in _EVERYTHING if not prefix else (prefix,):
-                sock.setsockopt(zmq.SUBSCRIBE, p)
+        for prefix in (*prefixes, *self._deferred.pop(marker, ())):
+            self._apply(True, prefix)
+        if len(self._answered) >= _MAX_DEFERRED:
+            self._answered.pop()
+        self._answered.add(marker)
         self._requests += 1
         sent = 0
 

@@ -35,6 +35,7 @@ from shoal._core import (
     MARKER,
     MAX_HISTORY_PREFIXES,
     MAX_TOPIC,
+    OWNER,
     SPLIT_AT,
     GapTracker,
     Identity,
@@ -309,11 +310,11 @@ class Subscriber(BufferedReceiver[Message]):
     """
 
     def __init__(self, sock: Socket, *, batch: int, max_streams: int,
-                 history: int | None = None) -> None:
+                 history: int | None = None, marker: bytes | None = None) -> None:
         super().__init__(sock, batch=batch)
         self._gaps = GapTracker(max_streams=max_streams)
         self._prefixes: set[str] = set()
-        self._marker = _MARKER + os.urandom(16)
+        self._marker = marker if marker is not None else new_marker()
         self._history = ALL if history is None else history
         self._replayed = 0
         self._replay_duplicates = 0
@@ -423,10 +424,13 @@ async def open_best_effort_subscriber(
     history: int | None = None,
 ) -> AsyncIterator[Subscriber]:
     check_subscriber_args(topics, max_streams, history)
+    marker = new_marker()
     sock = open_socket("open_subscriber", zmq.SUB, bind=bind, connect=connect,
                        high_water_mark=high_water_mark, batch=batch, context=context,
-                       linger_ms=0, options=subscriber_options(high_water_mark))
-    sub = Subscriber(sock, batch=batch, max_streams=max_streams, history=history)
+                       linger_ms=0,
+                       options=subscriber_options(high_water_mark, marker, history))
+    sub = Subscriber(sock, batch=batch, max_streams=max_streams, history=history,
+                     marker=marker)
     async with sub:
         sub._start(topics)
         yield sub
@@ -437,9 +441,19 @@ def publisher_options(high_water_mark: int) -> list[tuple[int, int | bytes]]:
     return [(zmq.SNDHWM, high_water_mark)]
 
 
-def subscriber_options(high_water_mark: int) -> list[tuple[int, int | bytes]]:
-    """Socket options of a subscriber (a SUB socket)."""
-    return [(zmq.RCVHWM, high_water_mark)]
+def subscriber_options(high_water_mark: int, marker: bytes | None = None,
+                       history: int | None = 0) -> list[tuple[int, int | bytes]]:
+    """Socket options of a subscriber (a SUB socket). One that asks for history names
+    its marker in its connections' metadata, so that a history publisher can tell
+    which subscriber each subscription comes from (see ``_history``)."""
+    if marker is None or history == 0:
+        return [(zmq.RCVHWM, high_water_mark)]
+    return [(zmq.RCVHWM, high_water_mark), (zmq.METADATA, OWNER + b":" + marker[1:].hex().encode())]
+
+
+def new_marker() -> bytes:
+    """A subscriber's marker: ``0xff`` and 16 random bytes."""
+    return _MARKER + os.urandom(16)
 
 
 def check_subscriber_args(topics: Sequence[str], max_streams: int,
