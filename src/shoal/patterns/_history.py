@@ -161,6 +161,8 @@ class HistoryPublisher(Publisher):
             self._requests += 1
             log.debug("publisher dropped a malformed history request")
             return
+        if marker in self._answered:
+            return  # asked again on the same subscription: it has its replay
         sock = self._sock
         sock.setsockopt(zmq.SUBSCRIBE, marker)
         for prefix in (*prefixes, *self._deferred.pop(marker, ())):

@@ -448,7 +448,8 @@ def subscriber_options(high_water_mark: int, marker: bytes | None = None,
     which subscriber each subscription comes from (see ``_history``)."""
     if marker is None or history == 0:
         return [(zmq.RCVHWM, high_water_mark)]
-    return [(zmq.RCVHWM, high_water_mark), (zmq.METADATA, OWNER + b":" + marker[1:].hex().encode())]
+    owner = OWNER + b":" + marker[1:].hex().encode()
+    return [(zmq.RCVHWM, high_water_mark), (zmq.METADATA, owner)]
 
 
 def new_marker() -> bytes:
