@@ -16,6 +16,7 @@ from shoal._core import parse_subscription
 from shoal.errors import InvalidTopicPattern
 from support.nodes import pair
 from support.pubsub import sync_subscribers
+from support.waiting import eventually
 
 LOOPBACK = "tcp://127.0.0.1:*"
 
@@ -167,8 +168,7 @@ async def test_a_reliable_pattern_subscriber_gets_every_match_once_in_order_noth
                 nursery.start_soon(collect, sub, got, len(expected))
                 for topic, i in published:
                     await pub.publish(topic, i)
-            while pub.statistics().in_flight:
-                await trio.sleep(0.01)
+            await eventually(lambda: pub.statistics().in_flight == 0)
             pst, sst = pub.statistics(), sub.statistics()
     assert [(m.topic, m.body) for m in got] == expected
     assert pst.published == len(past)  # the publisher sent what passed the prefix

@@ -119,7 +119,8 @@ def open_subscriber(
     one level, ``**`` any number; see ``shoal._core._topics`` for the grammar).
 
     The default, ``("",)``, receives everything; ``topics=()`` receives nothing until
-    ``subscribe()`` is called. A malformed pattern raises ``InvalidTopicPattern``. ``max_streams`` bounds the gap-tracking memory.
+    ``subscribe()`` is called. A malformed pattern raises ``InvalidTopicPattern``.
+    ``max_streams`` bounds the gap-tracking memory.
 
     ``reliable=True``: from reliable publishers (either side may bind), once and in
     order per publisher, everything published after a publisher heard of it. It
