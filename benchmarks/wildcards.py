@@ -113,7 +113,7 @@ def shoal_round(variant: str, endpoint: str, ctrl: Connection, total: int,
 
 
 def pyzmq_round(endpoint: str, ctrl: Connection, total: int, warmup: int) -> dict[str, float]:
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.setsockopt(zmq.LINGER, 0)
