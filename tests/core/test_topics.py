@@ -7,7 +7,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shoal._core import TopicFilter, literal_prefix, parse_subscription
+from shoal._core import (
+    GapTracker,
+    Kind,
+    Message,
+    TopicFilter,
+    encode,
+    encode_topic,
+    fast_decoder,
+    literal_prefix,
+    parse_subscription,
+)
 from shoal.errors import InvalidTopicPattern, LocalProtocolError
 
 
@@ -156,3 +166,59 @@ def test_a_filter_takes_a_topic_any_subscription_takes() -> None:
         f.wanted("site/1/temp")
     assert all(f.wanted(f"site/{i}/temp") for i in range(5000))
     assert len(f._cache) <= 4096
+
+
+def publication(topic: str, seq: int) -> bytes:
+    return encode(Kind.PUBLISH, encode_topic(topic), b"64", sender=b"s" * 16, epoch=1,
+                  stream=1, seq=seq, timestamp_ns=0)
+
+
+def no_fallback(frame: bytes) -> None:
+    raise AssertionError(f"the fast path left a valid raw publication to the fallback: {frame!r}")
+
+
+def test_the_fast_path_asks_once_per_stream_and_keeps_refused_frames_out_of_the_gaps() -> None:
+    asked: list[str] = []
+
+    def wanted(topic: str) -> bool:
+        asked.append(topic)
+        return topic.endswith("/temp")
+
+    got: list[Message] = []
+    refused: list[tuple[str, int]] = []
+    gaps = GapTracker()
+    accept = fast_decoder(Kind.PUBLISH, topic=True, deliver=got.append, fallback=no_fallback,
+                          gaps=gaps, wanted=wanted,
+                          unwanted=lambda key, seq: refused.append((key[3], seq)))
+    for seq in range(3):
+        accept(publication("s/1/temp", seq))
+        accept(publication("s/1/hum", seq * 2))  # numbers skipped: gaps, were it taken
+    assert [(m.topic, m.seq) for m in got] == [("s/1/temp", 0), ("s/1/temp", 1),
+                                               ("s/1/temp", 2)]
+    assert refused == [("s/1/hum", 0), ("s/1/hum", 2), ("s/1/hum", 4)]
+    assert asked == ["s/1/temp", "s/1/hum"]  # once per stream, not per frame
+    assert gaps.gaps == 0
+    assert len(gaps) == 1  # the refused stream is not even tracked
+
+
+def test_without_a_filter_the_same_frames_are_delivered_and_their_holes_counted() -> None:
+    got: list[Message] = []
+    gaps = GapTracker()
+    accept = fast_decoder(Kind.PUBLISH, topic=True, deliver=got.append, fallback=no_fallback,
+                          gaps=gaps)
+    for seq in range(3):
+        accept(publication("s/1/hum", seq * 2))
+    assert [m.seq for m in got] == [0, 2, 4]
+    assert gaps.gaps == 2
+
+
+def test_skip_moves_a_tracked_stream_on_without_counting() -> None:
+    gaps = GapTracker()
+    key = ("s", 1, 1, "t")
+    gaps.observe(key, 0)
+    for seq in (1, 2, 3):
+        gaps.skip(key, seq)
+    assert gaps.observe(key, 4) == 0
+    gaps.skip(("s", 1, 1, "other"), 7)  # an untracked stream stays untracked
+    assert len(gaps) == 1
+    assert (gaps.gaps, gaps.out_of_order) == (0, 0)
