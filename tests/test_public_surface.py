@@ -93,6 +93,7 @@ ERRORS_ALL = [
     "DeliveryFailed",
     "EncodeError",
     "InvalidEndpoint",
+    "InvalidTopicPattern",
     "LocalProtocolError",
     "MessageTooLarge",
     "NotUnderTrio",

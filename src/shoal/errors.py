@@ -8,7 +8,8 @@ Rules:
 
 * ``ShoalError`` is the root: ``except shoal.errors.ShoalError`` catches all of them.
 * ``LocalProtocolError`` means *you* misused the API (bad endpoint, a body msgpack
-  cannot encode, a topic with a NUL byte...). Its message says what to do instead.
+  cannot encode, a topic with a NUL byte, a malformed wildcard pattern...). Its
+  message says what to do instead.
 * ``RemoteProtocolError`` means a peer sent bytes that are not a valid shoal message.
   Receivers never raise it at you: they drop the message and count it in
   ``statistics().malformed``. The codec raises it so tests and tools can see why.
@@ -28,6 +29,7 @@ import trio
 from shoal._core._errors import (
     DecodeError,
     EncodeError,
+    InvalidTopicPattern,
     LocalProtocolError,
     MessageTooLarge,
     RemoteProtocolError,
@@ -40,6 +42,7 @@ __all__ = [
     "DeliveryFailed",
     "EncodeError",
     "InvalidEndpoint",
+    "InvalidTopicPattern",
     "LocalProtocolError",
     "MessageTooLarge",
     "NotUnderTrio",

@@ -59,7 +59,8 @@ def test_a_tiny_run_measures_every_variant_and_writes_the_json(tmp_path: Path) -
                 assert result[f"cpu_{side}_us"] > 0, entry
                 assert result[f"main_{side}_us"] > 0, entry
     assert {t["verdict"] for t in doc["targets"]} <= {"PASS", "FAIL", "n/a"}
-    assert len(doc["targets"]) == 2 + 4 + 2  # rr: 2; pp 64 B: 2 + CPU 2; ps 64 B: 2
+    # rr: 2; pp 64 B: 2 + CPU 2; ps 64 B: 2 + "shoal wildcard"/"shoal batch" 1
+    assert len(doc["targets"]) == 2 + 4 + 2 + 1
 
 
 @pytest.mark.lab  # a whole program

@@ -132,6 +132,18 @@ def test_pub_keeps_a_last_value_for_a_sub_that_joins_later() -> None:
     assert json.loads(first.stdout)["replayed"] is False
 
 
+def test_sub_topic_takes_wildcard_patterns() -> None:
+    ch = channel()
+    with background("sub", ch, "--topic", "site/*/temp", "--count", "1", "--seconds", "25",
+                    "--json", *LO) as sub:
+        for topic in ("site/a/hum", "site/a/b/temp", "site/a/temp"):
+            done = shoal("pub", ch, topic, "--timeout", "15", *LO, stdin=f'"{topic}"\n')
+            assert done.returncode == 0, done.stderr
+        code, out, err = finish(sub)
+    assert code == 0, err
+    assert [json.loads(line)["topic"] for line in out.splitlines()] == ["site/a/temp"]
+
+
 def test_reliable_push_exits_once_pull_has_done_every_item() -> None:
     ch = channel()
     with background("pull", ch, "--reliable", "--count", "3", "--seconds", "25",
@@ -199,6 +211,7 @@ def test_peers_keeps_a_live_table_on_a_terminal() -> None:
     (("req", "ch", "not json"), None, "BODY is not JSON"),
     (("pub", "ch", "t"), "{\n", "line 1 of stdin is not JSON"),
     (("sub", "ch", "--count", "0"), None, "--count must be at least 1"),
+    (("sub", "ch", "--topic", "site/**x"), None, "'**' any number of levels"),
     (("req", "ch", "1", "--timeout", "-1"), None, "--timeout must be between"),
     (("reply", "ch", "--echo", "--exec", "cat"), None, "not allowed with argument --echo"),
     (("reply", "ch", "--concurrency", "0"), None, "--concurrency must be at least 1"),

@@ -153,6 +153,27 @@ async def test_only_the_prefixes_subscribed_are_replayed() -> None:
     assert (live.topic, live.body, live.replayed) == ("a/1", "live", False)
 
 
+async def test_a_wildcard_subscriber_is_replayed_only_what_its_pattern_takes() -> None:
+    """The request carries the pattern's literal prefix; what the prefix lets through
+    but the pattern refuses is filtered (counted) in the replay as in the live stream."""
+    with trio.fail_after(10):
+        async with open_publisher(bind=LOOPBACK, history=2) as pub:
+            for t in ("site/a/temp", "site/a/hum", "site/b/temp", "site/a/b/temp", "x/temp"):
+                await pub.publish(t, t)
+            async with open_subscriber(connect=pub.endpoints[0],
+                                       topics=["site/*/temp"]) as sub:
+                await pub.wait_for_subscribers(1)
+                got = [await sub.receive() for _ in range(2)]
+                await pub.publish("site/c/hum", "no")
+                await pub.publish("site/c/temp", "live")
+                live = await sub.receive()
+    assert sorted((m.topic, m.replayed) for m in got) == [("site/a/temp", True),
+                                                         ("site/b/temp", True)]
+    assert (live.topic, live.replayed) == ("site/c/temp", False)
+    stats = sub.statistics()
+    assert (stats.replayed, stats.filtered, stats.gaps) == (2, 3, 0)
+
+
 async def test_many_distinct_topics_stay_within_the_bounds() -> None:
     with trio.fail_after(20):
         async with open_publisher(bind=LOOPBACK, history=3, history_topics=1000,

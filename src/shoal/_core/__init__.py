@@ -76,6 +76,7 @@ from shoal._core._peers import (
     offers,
 )
 from shoal._core._reliable import Deduplicator, GaveUp, ReliableSender, WindowFull
+from shoal._core._topics import Subscription, TopicFilter, literal_prefix, parse_subscription
 from shoal._core._wiring import Route, local_route
 
 __all__ = [
@@ -125,6 +126,8 @@ __all__ = [
     "StreamKey",
     "SubscriberAck",
     "SubscriberReceiver",
+    "Subscription",
+    "TopicFilter",
     "VersionMismatch",
     "WindowFull",
     "ack_tag",
@@ -143,8 +146,10 @@ __all__ = [
     "encode_topic",
     "fast_decode",
     "fast_decoder",
+    "literal_prefix",
     "local_route",
     "offers",
     "pack_tail",
+    "parse_subscription",
     "with_correlation",
 ]

@@ -6,8 +6,8 @@ itself; ``shoal.errors`` re-exports them as part of the one public hierarchy.
 
 from __future__ import annotations
 
-__all__ = ["DecodeError", "EncodeError", "LocalProtocolError", "MessageTooLarge",
-           "RemoteProtocolError", "ShoalError"]
+__all__ = ["DecodeError", "EncodeError", "InvalidTopicPattern", "LocalProtocolError",
+           "MessageTooLarge", "RemoteProtocolError", "ShoalError"]
 
 
 class ShoalError(Exception):
@@ -34,6 +34,20 @@ class MessageTooLarge(EncodeError):
             "smaller messages, or raise the limit on both ends: "
             "open_node(max_message_size=...), or a zmq.Context with MAXMSGSIZE set "
             "passed as context=")
+
+
+class InvalidTopicPattern(LocalProtocolError, ValueError):
+    """A subscription is not a valid prefix or pattern. ``pattern`` is the
+    subscription, ``level`` the level at fault."""
+
+    def __init__(self, pattern: str, level: str) -> None:
+        self.pattern = pattern
+        self.level = level
+        super().__init__(
+            f"{pattern!r} is not a valid subscription: its level {level!r} holds a '*'. "
+            "A '*' may only stand as a whole level between '/': '*' matches one level, "
+            "'**' any number of levels (none included), e.g. 'site/*/temp' or 'site/**'; "
+            "a subscription without '*' is a plain prefix")
 
 
 class RemoteProtocolError(ShoalError):

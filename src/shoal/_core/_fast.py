@@ -39,12 +39,18 @@ def fast_decoder(
     deliver: Callable[[Message], object],
     fallback: Callable[[bytes], object],
     gaps: GapTracker | None = None,
+    wanted: Callable[[str], bool] | None = None,
+    unwanted: Callable[[StreamKey, int], object] | None = None,
 ) -> Callable[[bytes], None]:
     """The receive hot path of one kind, as one function per frame: decode the common
     case (a raw-bytes body, no user headers, one frame) and ``deliver`` the message;
     hand anything else, valid or not, to ``fallback`` (which uses ``decode``, and so
     judges it). ``topic``: frames lead with a topic (pub/sub). ``gaps``: count each
-    stream's sequence gaps (``GapTracker``), in-order arrivals inline.
+    stream's sequence gaps (``GapTracker``), in-order arrivals inline. ``wanted``
+    (topical only; None: every topic is): whether a topic is delivered; a frame of a
+    topic it refuses goes to ``unwanted(stream key, seq)`` instead of ``deliver`` and
+    never touches the gap counts. Asked once per stream, like the rest of what a
+    stream's frames share: the common case pays nothing for it.
 
     One closure instead of a decode call and a deliver call: the per-message Python
     call is most of what a receive costs. What a stream's frames share (topic,
@@ -107,19 +113,26 @@ def fast_decoder(
     refresh = cells.move_to_end
     check_gaps = gaps is not None
     # stream prefix -> what its frames share, and the stream's gap cell
-    topical: dict[bytes, tuple[str, str, int, int, StreamKey, list[int]]] = {}
+    # (a stream whose topic is not wanted: False, with its key in ``refused``)
+    topical: dict[bytes, tuple[str, str, int, int, StreamKey, list[int]] | bool] = {}
     topical_get = topical.get
+    refused: dict[bytes, StreamKey] = {}
 
     def learn_topical(frame: bytes, z: int, skey: bytes
-                      ) -> tuple[str, str, int, int, StreamKey, list[int]] | None:
+                      ) -> tuple[str, str, int, int, StreamKey, list[int]] | bool | None:
         known = parse(frame, z)
         if known is None:
             return None
+        if len(topical) >= _MAX_KNOWN_STREAMS:
+            topical.clear()
+            refused.clear()
+        if wanted is not None and not wanted(known[0]):
+            topical[skey] = False
+            refused[skey] = known[4]
+            return False
         # A cell no sequence number matches: the first arrival goes through observe
         # (a first sight), which makes the tracker's cell; slow() then takes it.
         entry = (*known, [FORGOTTEN])
-        if len(topical) >= _MAX_KNOWN_STREAMS:
-            topical.clear()
         topical[skey] = entry
         return entry
 
@@ -140,8 +153,8 @@ def fast_decoder(
             entry = topical_get(skey)
             if entry is None:
                 entry = learn_topical(frame, z, skey)
-            if entry is not None:
-                name, sid, epoch, stream, key, cell = entry
+            if entry:
+                name, sid, epoch, stream, key, cell = entry  # type: ignore[misc]
                 seq, ts, corr = unpack_tail(frame, z + ident)
                 if check_gaps:
                     if cell[0] == seq:
@@ -149,9 +162,13 @@ def fast_decoder(
                         if not seq & _REFRESH_EVERY:
                             refresh(key)  # keep a busy stream among the recent ones
                     else:
-                        slow(skey, entry, seq)
+                        slow(skey, entry, seq)  # type: ignore[arg-type]
                 deliver(new(Message, (name, frame[z + at:], kind, sid, epoch, stream, seq,
                                       ts, corr, empty)))
+                return
+            if entry is False:
+                if unwanted is not None:
+                    unwanted(refused[skey], unpack_tail(frame, z + ident)[0])
                 return
         fallback(frame)
     return accept_topical

@@ -80,6 +80,15 @@ class GapTracker:
             self._by_sender[sender] = self._by_sender.get(sender, 0) + missed
         return missed
 
+    def skip(self, key: StreamKey, seq: int) -> None:
+        """An arrival the subscriber filtered out (a wildcard pattern refused its
+        topic): a stream already tracked expects the next one, nothing is counted, and
+        an untracked stream stays untracked (its first delivered arrival is a first
+        sight, not a gap)."""
+        cell = self._next.get(key)
+        if cell is not None and seq >= cell[0]:
+            cell[0] = seq + 1
+
     def gaps_by_sender(self) -> dict[str, int]:
         """A copy of the per-sender gap counters."""
         return dict(self._by_sender)

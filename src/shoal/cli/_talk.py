@@ -100,14 +100,15 @@ def add_talk_commands(commands: Any) -> None:
                    "interrupted), so that subscribers joining later get the --history")
 
     p = add("sub", "print what is published on a channel",
-            "shoal sub telemetry --topic room1/ --count 10",
+            "shoal sub telemetry --topic room1/ --topic 'site/*/temp' --count 10",
             "Print every message published on CHANNEL whose topic starts with a --topic "
-            "prefix (default: every topic).")
+            "prefix or matches a --topic pattern (default: every topic).")
     common(p)
     p.add_argument("channel", help="the channel to subscribe to")
-    p.add_argument("--topic", action="append", metavar="PREFIX",
-                   help="print only topics that start with PREFIX (repeatable; default: "
-                   "every topic)")
+    p.add_argument("--topic", action="append", metavar="PREFIX|PATTERN",
+                   help="print only topics that start with PREFIX, or match PATTERN, where "
+                   "a level '*' is any one level and '**' any number of levels, e.g. "
+                   "'site/*/temp', 'site/**' (repeatable; default: every topic)")
     p.add_argument("--count", type=int, default=None, help="exit after N messages")
     p.add_argument("--seconds", type=float, default=None, help="exit after S seconds")
     p.add_argument("--reliable", action="store_true", help="at-least-once pub/sub")
@@ -501,7 +502,7 @@ def run_talk(args: argparse.Namespace, out: Out, err: Out) -> int:
         if args.interface:
             args.interface = _interface_args(args.interface)
         trio.run(_COMMANDS[args.command], args, out, err)
-    except (UsageError, BadLines) as exc:
+    except (UsageError, BadLines, shoal.errors.InvalidTopicPattern) as exc:
         err(f"shoal {args.command}: {exc}")
         return 2
     except trio.TooSlowError:

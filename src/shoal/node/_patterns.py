@@ -246,7 +246,8 @@ class Patterns:
 
     def open_subscriber(self, channel: str, *, reliable: bool = False,
                         **options: Any) -> ACM[Subscriber] | ACM[ReliableSubscriber]:
-        """Subscribe to ``topics`` (prefixes; default every topic) on ``channel``, from
+        """Subscribe to ``topics`` (prefixes or wildcard patterns such as
+        ``site/*/temp``; default every topic) on ``channel``, from
         every publisher of it, now and later. A publisher that vanishes is
         disconnected. Options: ``high_water_mark`` (1000), ``batch``, ``max_streams``
         (4096).

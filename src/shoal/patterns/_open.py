@@ -142,10 +142,13 @@ def open_subscriber(
     busy_poll: float = 0.0,
     identity: Identity | None = None, heartbeat: float = 0.5, history: int | None = None,
 ) -> AbstractAsyncContextManager[Subscriber] | AbstractAsyncContextManager[ReliableSubscriber]:
-    """Open a subscriber receiving every topic that starts with one of ``topics``.
+    """Open a subscriber receiving every topic that starts with one of ``topics``, or
+    that matches one of them given as a wildcard pattern (``site/*/temp``: ``*`` is
+    one level, ``**`` any number; see ``shoal._core._topics`` for the grammar).
 
     The default, ``("",)``, receives everything; ``topics=()`` receives nothing until
-    ``subscribe()`` is called. ``max_streams`` bounds the gap-tracking memory.
+    ``subscribe()`` is called. A malformed pattern raises ``InvalidTopicPattern``.
+    ``max_streams`` bounds the gap-tracking memory.
 
     ``reliable=True``: from reliable publishers (either side may bind), once and in
     order per publisher, everything published after a publisher heard of it. It

@@ -42,11 +42,15 @@ from shoal._core import (
     Kind,
     Message,
     ReplayedMessage,
+    StreamKey,
+    Subscription,
+    TopicFilter,
     decode_bundle,
     encode_request,
     encode_topic,
     fast_decoder,
     pack_tail,
+    parse_subscription,
 )
 from shoal._zmq._socket import Socket
 from shoal.errors import LocalProtocolError, MessageTooLarge
@@ -116,6 +120,9 @@ class SubscriberStatistics:
     """Missing messages per publisher sender id."""
     out_of_order: int
     """Messages that arrived with a sequence number already passed."""
+    filtered: int = 0
+    """Messages that passed libzmq's prefix filter but that no wildcard pattern (nor
+    prefix) of this subscriber takes: dropped, and never counted as gaps."""
     replayed: int = 0
     """Publications delivered from a publisher's history (``msg.replayed``), counted
     in ``received`` too."""
@@ -313,14 +320,26 @@ class Subscriber(BufferedReceiver[Message]):
                  history: int | None = None, marker: bytes | None = None) -> None:
         super().__init__(sock, batch=batch)
         self._gaps = GapTracker(max_streams=max_streams)
-        self._prefixes: set[str] = set()
+        self._subs: dict[str, Subscription] = {}  # as given -> parsed
+        self._filtered = 0
         self._marker = marker if marker is not None else new_marker()
         self._history = ALL if history is None else history
         self._replayed = 0
         self._replay_duplicates = 0
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """(Re)make the receive closure for the subscriptions now in force. Without a
+        wildcard pattern it is the plain prefix path: libzmq has filtered everything."""
+        filt = TopicFilter(self._subs.values())
+        wanted = filt.wanted if filt.active else None
+        self._wanted = wanted
+        sock = self._sock
         check = self._malformed.check_frame
         append = self._buffer.append
-        observe = self._gaps.observe
+        gaps = self._gaps
+        observe = gaps.observe
+        unwanted = self._unwanted
         marker = self._marker
 
         def slow(frame: bytes) -> None:
@@ -329,11 +348,19 @@ class Subscriber(BufferedReceiver[Message]):
                 return
             msg = check(sock, frame, _PUBLISH, "subscriber")
             if msg is not None:
-                observe((msg.sender, msg.epoch, msg.stream, msg.topic), msg.seq)
+                key = (msg.sender, msg.epoch, msg.stream, msg.topic)
+                if wanted is not None and not wanted(msg.topic):
+                    unwanted(key, msg.seq)
+                    return
+                observe(key, msg.seq)
                 append(msg)
-        accept = fast_decoder(Kind.PUBLISH, topic=True, deliver=append, fallback=slow,
-                              gaps=self._gaps)
-        self._accept_frame = accept
+        self._accept_frame = fast_decoder(Kind.PUBLISH, topic=True, deliver=append,
+                                          fallback=slow, gaps=gaps, wanted=wanted,
+                                          unwanted=unwanted)
+
+    def _unwanted(self, key: StreamKey, seq: int) -> None:
+        self._filtered += 1
+        self._gaps.skip(key, seq)
 
     def _replay(self, frame: bytes) -> None:
         """Deliver the publications of a replay bundle addressed to this subscriber,
@@ -347,6 +374,9 @@ class Subscriber(BufferedReceiver[Message]):
                 self._malformed.drop("unexpected-kind", "subscriber", msg.kind.name)
                 continue
             key = (msg.sender, msg.epoch, msg.stream, msg.topic)
+            if self._wanted is not None and not self._wanted(msg.topic):
+                self._unwanted(key, msg.seq)
+                continue
             cell = cells.get(key)
             if cell is not None and cell[0] > msg.seq:
                 self._replay_duplicates += 1
@@ -363,31 +393,41 @@ class Subscriber(BufferedReceiver[Message]):
     def _start(self, topics: Sequence[str]) -> None:
         if self._history and topics:
             # before the topics: a history publisher applies them with the replay
-            raw = sorted({encode_topic(t) for t in topics})
+            raw = sorted({encode_topic(parse_subscription(t).prefix) for t in topics})
             self._sock.setsockopt(zmq.SUBSCRIBE, encode_request(self._marker, self._history,
                                                                 raw))
         for t in topics:
             self.subscribe(t)
         self._announce()
 
-    def subscribe(self, prefix: str) -> None:
-        """Also receive topics starting with ``prefix`` (``""`` means every topic)."""
-        raw = encode_topic(prefix)
-        if prefix not in self._prefixes:
-            self._sock.setsockopt(zmq.SUBSCRIBE, raw)
-            self._prefixes.add(prefix)
+    def subscribe(self, topic: str) -> None:
+        """Also receive topics starting with the prefix ``topic`` (``""`` means every
+        topic), or matching the wildcard pattern ``topic`` (``site/*/temp``,
+        ``site/**``: see the README). Raises ``InvalidTopicPattern`` for a malformed
+        pattern, ``EncodeError`` for a topic that cannot be sent."""
+        if topic in self._subs:
+            return
+        encode_topic(topic)
+        sub = parse_subscription(topic)
+        self._sock.setsockopt(zmq.SUBSCRIBE, encode_topic(sub.prefix))
+        self._subs[topic] = sub
+        if sub.regex is not None or any(s.regex is not None for s in self._subs.values()):
+            self._rebuild()
 
-    def unsubscribe(self, prefix: str) -> None:
-        """Stop receiving topics for ``prefix`` (a prefix given before)."""
-        if prefix not in self._prefixes:
-            raise LocalProtocolError(f"not subscribed to {prefix!r}; see .topics")
-        self._sock.setsockopt(zmq.UNSUBSCRIBE, encode_topic(prefix))
-        self._prefixes.discard(prefix)
+    def unsubscribe(self, topic: str) -> None:
+        """Stop receiving for ``topic`` (a prefix or pattern given before)."""
+        sub = self._subs.get(topic)
+        if sub is None:
+            raise LocalProtocolError(f"not subscribed to {topic!r}; see .topics")
+        # libzmq counts subscriptions: a prefix another pattern shares stays in force
+        self._sock.setsockopt(zmq.UNSUBSCRIBE, encode_topic(sub.prefix))
+        del self._subs[topic]
+        self._rebuild()
 
     @property
     def topics(self) -> frozenset[str]:
-        """The prefixes subscribed to."""
-        return frozenset(self._prefixes)
+        """The prefixes and patterns subscribed to, as given."""
+        return frozenset(self._subs)
 
     def statistics(self) -> SubscriberStatistics:
         """An immutable snapshot of this resource's counters."""
@@ -399,6 +439,7 @@ class Subscriber(BufferedReceiver[Message]):
             gaps=g.gaps,
             gaps_by_publisher=g.gaps_by_sender(),
             out_of_order=g.out_of_order,
+            filtered=self._filtered,
             replayed=self._replayed,
             replay_duplicates=self._replay_duplicates,
         )
@@ -461,9 +502,11 @@ def check_subscriber_args(topics: Sequence[str], max_streams: int,
                           history: int | None = None) -> None:
     """Refuse subscriber arguments that cannot work, before a socket is opened."""
     if isinstance(topics, str):
-        raise LocalProtocolError("topics= takes a list of prefixes, e.g. topics=['sensors/']")
+        raise LocalProtocolError("topics= takes a list of prefixes or patterns, e.g. "
+                                 "topics=['sensors/'] or topics=['site/*/temp']")
     for t in topics:
         encode_topic(t)
+        parse_subscription(t)  # raises InvalidTopicPattern, saying what is allowed
     if not isinstance(max_streams, int) or max_streams < 1:
         raise LocalProtocolError(f"max_streams must be an int >= 1, not {max_streams!r}")
     if history is not None and (isinstance(history, bool) or not isinstance(history, int)

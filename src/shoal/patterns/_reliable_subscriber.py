@@ -35,9 +35,11 @@ from shoal._core import (
     Kind,
     Message,
     SubscriberReceiver,
+    TopicFilter,
     encode_topic,
     fast_decode,
     local_route,
+    parse_subscription,
 )
 from shoal._zmq._socket import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal._zmq._tasks import open_service_nursery
@@ -80,6 +82,9 @@ class ReliableSubscriberStatistics:
     acks_sent: int
     malformed: int
     malformed_by_reason: Mapping[str, int]
+    filtered: int = 0
+    """Publications placed in order but that no wildcard pattern (nor prefix) takes:
+    acknowledged like the others, not delivered (publishers filter by prefix only)."""
 
 
 class ReliableSubscriber(BufferedReceiver[Message]):
@@ -91,7 +96,10 @@ class ReliableSubscriber(BufferedReceiver[Message]):
         super().__init__(sock, batch=batch)
         self._enc = stream_encoder(identity, sock)
         self._core = SubscriberReceiver(max_streams=max_streams)
-        self._prefixes: list[str] = []
+        self._prefixes: list[str] = []  # the subscriptions, as given
+        self._wire: list[str] = []  # what publishers filter by: each one's literal prefix
+        self._filter = TopicFilter()
+        self._filtered = 0
         self._heartbeat = heartbeat
         # The publishers: those it connected to, and (once it binds) those that
         # connected to it, learned from their hellos (see the module docstring).
@@ -107,20 +115,30 @@ class ReliableSubscriber(BufferedReceiver[Message]):
     # -- topics ------------------------------------------------------------------------------
 
     def subscribe(self, prefix: str) -> None:
-        """Also receive topics starting with ``prefix`` (``""``: every topic), from the
-        publications that follow the publishers hearing of it."""
+        """Also receive topics starting with ``prefix`` (``""``: every topic), or
+        matching it if it is a wildcard pattern (``site/*/temp``), from the
+        publications that follow the publishers hearing of it. Raises
+        ``InvalidTopicPattern`` for a malformed pattern."""
         encode_topic(prefix)
+        parse_subscription(prefix)
         if prefix not in self._prefixes:
             if len(self._prefixes) >= MAX_PREFIXES:
                 raise LocalProtocolError(f"at most {MAX_PREFIXES} prefixes per subscriber")
             self._prefixes.append(prefix)
-            self._ack_all()
+            self._subscriptions_changed()
 
     def unsubscribe(self, prefix: str) -> None:
-        """Stop receiving topics for ``prefix`` (a prefix given before)."""
+        """Stop receiving topics for ``prefix`` (a prefix or pattern given before)."""
         if prefix not in self._prefixes:
             raise LocalProtocolError(f"not subscribed to {prefix!r}; see .topics")
         self._prefixes.remove(prefix)
+        self._subscriptions_changed()
+
+    def _subscriptions_changed(self) -> None:
+        subs = [parse_subscription(p) for p in self._prefixes]
+        self._filter = TopicFilter(subs)
+        # patterns do not travel: publishers hear each one's literal prefix
+        self._wire = list(dict.fromkeys(s.prefix for s in subs))
         self._ack_all()
 
     @property
@@ -187,6 +205,10 @@ class ReliableSubscriber(BufferedReceiver[Message]):
             if verdict == "resync":
                 log.warning("reliable subscriber: publisher %s had dropped this subscriber; "
                             "what it published meanwhile is lost", msg.sender)
+            filt = self._filter
+            if filt.active and not filt.wanted(msg.topic):
+                self._filtered += 1  # placed in the chain (acknowledged), not delivered
+                return
             self._received += 1
             self._buffer.append(msg)
 
@@ -239,7 +261,7 @@ class ReliableSubscriber(BufferedReceiver[Message]):
                 self._send_ack(route)
 
     def _send_ack(self, route: bytes, *, bye: bool = False) -> None:
-        ack = self._core.ack(route, self._prefixes, bye=bye)
+        ack = self._core.ack(route, self._wire, bye=bye)
         frame = ack.encode(self._enc, self._ack_seq, time_ns())
         self._ack_seq += 1
         try:
@@ -287,7 +309,7 @@ class ReliableSubscriber(BufferedReceiver[Message]):
         return ReliableSubscriberStatistics(
             received=self._received, duplicates=c.duplicates, missing=c.missing,
             resyncs=c.resyncs, acks_sent=self._acks_sent, malformed=self._malformed.total,
-            malformed_by_reason=dict(self._malformed.by_reason))
+            malformed_by_reason=dict(self._malformed.by_reason), filtered=self._filtered)
 
     async def aclose(self) -> None:
         """Close, telling the publishers to forget this subscriber."""
@@ -315,6 +337,7 @@ async def open_reliable_subscriber(
         raise LocalProtocolError("topics is a list of prefixes: pass [topic], not a str")
     for t in topics:
         encode_topic(t)
+        parse_subscription(t)
     if max_streams < 1:
         raise LocalProtocolError("max_streams must be >= 1")
     binds, eps = endpoint_list(bind, "bind"), endpoint_list(connect, "connect")

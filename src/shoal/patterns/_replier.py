@@ -48,7 +48,6 @@ __all__ = ["Handler", "Replier", "ReplierStatistics", "Request", "check_reply_ca
 
 log = logging.getLogger("shoal")
 
-_ANSWERS = (Kind.REPLY, Kind.ERROR)
 _REQUEST = (Kind.REQUEST,)
 
 

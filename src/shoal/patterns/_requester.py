@@ -68,7 +68,6 @@ __all__ = ["Requester", "RequesterStatistics", "open_requester", "requester_opti
 log = logging.getLogger("shoal")
 
 _ANSWERS = (Kind.REPLY, Kind.ERROR)
-_REQUEST = (Kind.REQUEST,)
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,13 +154,18 @@ VARIANTS: dict[str, list[str]] = {
     "rr": ["shoal", "shoal busy-poll", "shoal reliable", "trio FD", "pyzmq", "pyzmq.asyncio"],
     "pp": ["shoal batch", "shoal send_many", "shoal async-for", "shoal nowait-send",
            "shoal reliable", "shoal reliable many", "pyzmq"],
-    "ps": ["shoal batch", "shoal send_many", "shoal nowait-send", "shoal reliable",
-           "shoal reliable many", "pyzmq"],
+    "ps": ["shoal batch", "shoal wildcard", "shoal send_many", "shoal nowait-send",
+           "shoal reliable", "shoal reliable many", "pyzmq"],
 }
 # Best-effort shoal variants: the best of them is compared with raw pyzmq.
 BEST_EFFORT = ("shoal batch", "shoal send_many")
 # Reliable variants: the best of them is compared with the best best-effort one.
 RELIABLE = ("shoal reliable", "shoal reliable many")
+WILDCARD_TOPICS = ["bench/**", "bench.probe"]
+""""shoal wildcard": "shoal batch" subscribed with a pattern that takes every timed
+message (topic ``bench``), and the probes' prefix."""
+WILDCARD_TARGET = 0.9
+"""pub/sub 64 B: "shoal wildcard" msgs/s >= this x "shoal batch"."""
 
 TITLES = {
     "rr": "request/reply round-trip latency (one request in flight)",

@@ -21,6 +21,7 @@ from shoal.cli._bench._suite._common import (
     RELIABLE,
     TITLES,
     VARIANTS,
+    WILDCARD_TARGET,
     Result,
 )
 from shoal.cli._bench._suite._run import Config, Results
@@ -188,6 +189,11 @@ def tp_ratios(bench: str, size: int, by: dict[str, Result], ratios: dict[str, An
     else:
         out(f"   {label:>7}  best shoal best effort: {best} (no throughput target at "
             f"{label})")
+    if bench == "ps" and size == 64 and not math.isnan(rate("shoal wildcard")):
+        out(f"   {label:>7}  " + targets.check(
+            where, "msgs/s shoal wildcard/shoal batch",
+            rate("shoal wildcard") / rate("shoal batch"), ">=", WILDCARD_TARGET,
+            variant="shoal wildcard"))
     reliable = [v for v in RELIABLE if not math.isnan(rate(v))]
     best_reliable = max(reliable, key=rate) if reliable else "shoal reliable"
     out(f"   {label:>7}  " + targets.check(

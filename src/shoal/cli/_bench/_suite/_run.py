@@ -69,6 +69,7 @@ ROLES: dict[tuple[str, str], tuple[Role, Role]] = {
     ("pp", "shoal reliable many"): (shoal_pp_recv, shoal_pp_send),
     ("pp", "pyzmq"): (raw_pp_recv, raw_pp_send),
     ("ps", "shoal batch"): (shoal_ps_pub, shoal_ps_sub),
+    ("ps", "shoal wildcard"): (shoal_ps_pub, shoal_ps_sub),
     ("ps", "shoal send_many"): (shoal_ps_pub, shoal_ps_sub),
     ("ps", "shoal nowait-send"): (shoal_ps_pub, shoal_ps_sub),
     ("ps", "shoal reliable"): (shoal_rps_pub, shoal_rps_sub),

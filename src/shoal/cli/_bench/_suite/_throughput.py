@@ -23,6 +23,7 @@ from shoal.cli._bench._suite._common import (
     RELIABLE,
     SEND_MANY_BATCH,
     SMALL_ROUND,
+    WILDCARD_TOPICS,
     Result,
     Spec,
     cpu,
@@ -232,7 +233,8 @@ def shoal_ps_sub(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
     target = spec.warmup + spec.count
 
     async def main() -> Result:
-        async with shoal.open_subscriber(connect=spec.endpoint, topics=["bench"],
+        topics = WILDCARD_TOPICS if spec.variant == "shoal wildcard" else ["bench"]
+        async with shoal.open_subscriber(connect=spec.endpoint, topics=topics,
                                          high_water_mark=spec.hwm,
                                          **receiver_options(spec)) as sub:
             with trio.fail_after(PROBE_TIMEOUT_S):
