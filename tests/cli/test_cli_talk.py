@@ -118,13 +118,14 @@ def test_sub_prints_what_pub_publishes_on_its_prefixes_from_stdin_lines() -> Non
     assert got[0]["id"] != got[1]["id"]
 
 
-def test_pub_keeps_a_last_value_for_a_sub_that_joins_later() -> None:
+@pytest.mark.parametrize("mode", [[], ["--reliable"]], ids=["best-effort", "reliable"])
+def test_pub_keeps_a_last_value_for_a_sub_that_joins_later(mode: list[str]) -> None:
     ch = channel()
     with background("pub", ch, "boiler/setpoint", "21.5", "--history", "1", "--keep",
-                    "--timeout", "25", *LO) as pub:
-        first = shoal("sub", ch, "--count", "1", "--seconds", "25", "--json", *LO)
+                    "--timeout", "25", *mode, *LO) as pub:
+        first = shoal("sub", ch, "--count", "1", "--seconds", "25", "--json", *mode, *LO)
         assert first.returncode == 0, first.stderr  # published: now it is history
-        late = shoal("sub", ch, "--count", "1", "--seconds", "25", "--json", *LO)
+        late = shoal("sub", ch, "--count", "1", "--seconds", "25", "--json", *mode, *LO)
         assert late.returncode == 0, late.stderr
         assert pub.poll() is None  # --keep: still up
     got = json.loads(late.stdout)

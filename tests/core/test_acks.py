@@ -63,6 +63,15 @@ def test_a_subscriber_ack_round_trips() -> None:
     assert SubscriberAck(["x"]) == SubscriberAck(["x"], -1, -1, -1, False)
 
 
+def test_a_subscriber_ack_asking_for_history_carries_the_depth_sixth() -> None:
+    sent = SubscriberAck(["a/"], history=5)
+    msg, ack = decode_subscriber_ack(sent.encode(ENC, 3, 99))
+    assert (ack, msg.body) == (sent, [["a/"], -1, -1, -1, False, 5])
+    # history=0 is the five-element array peers that know no history read
+    assert decode_subscriber_ack(SubscriberAck(["a/"]).encode(ENC, 4, 99))[0].body == [
+        ["a/"], -1, -1, -1, False]
+
+
 PULL_CASES = [
     ([[1], [2]], Kind.PUSH, "not-an-ack"),
     ({"received": [1]}, Kind.ACK, "ack-not-an-array"),
@@ -82,6 +91,10 @@ SUBSCRIBER_CASES = [
     ([["a"], 1, None, 3, False], "ack-stream-not-int"),
     ([["a"], 1, 2, False, False], "ack-stream-not-int"),
     ([["a"], 1, 2, 3, 0], "ack-bye-not-bool"),
+    ([["a"], 1, 2, 3, False, -1], "ack-history"),
+    ([["a"], 1, 2, 3, False, 2**32], "ack-history"),
+    ([["a"], 1, 2, 3, False, True], "ack-history"),
+    ([["a"], 1, 2, 3, False, 1, 1], "ack-not-an-array"),
 ]
 
 

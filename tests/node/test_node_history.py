@@ -37,3 +37,23 @@ async def test_a_node_subscriber_with_history_zero_gets_only_live() -> None:
                 msg = await sub.receive()
     assert (msg.body, msg.replayed) == ("new", False)
     assert sub.statistics().replayed == 0
+
+
+async def test_a_late_reliable_subscriber_node_gets_the_last_values_then_live() -> None:
+    with trio.fail_after(15):
+        async with pair() as (a, b), \
+                a.open_publisher("plant", reliable=True, history=1) as pub:
+            for value in (19.0, 21.5):
+                await pub.publish("boiler/setpoint", value)
+            await pub.publish("pump/state", "off")
+            async with b.open_subscriber("plant", reliable=True,
+                                         topics=["boiler/"]) as display:
+                first = await display.receive()
+                await pub.wait_for_subscribers(1)
+                await pub.publish("boiler/setpoint", 22.0)
+                live = await display.receive()
+                await pub.wait_acked()
+    assert (first.topic, first.body, first.replayed) == ("boiler/setpoint", 21.5, True)
+    assert (live.body, live.replayed) == (22.0, False)
+    assert (display.statistics().replayed, display.statistics().missing) == (1, 0)
+    assert pub.statistics().history_topics == 2

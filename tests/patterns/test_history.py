@@ -253,8 +253,6 @@ async def test_topics_subscribed_before_the_request_wait_for_it() -> None:
 def test_history_arguments_are_checked() -> None:
     with pytest.raises(LocalProtocolError, match="history"):
         open_publisher(bind=LOOPBACK, history=-1)
-    with pytest.raises(LocalProtocolError, match="reliable"):
-        open_publisher(bind=LOOPBACK, history=5, reliable=True)  # type: ignore[call-overload]
     with pytest.raises(LocalProtocolError, match="history_bytes"):
         open_publisher(bind=LOOPBACK, history=5, history_bytes=0)
     with pytest.raises(LocalProtocolError, match="history"):

@@ -151,7 +151,7 @@ def parse(frames: list[bytes]) -> Envelope:
     flags = values["flags"]
     assert values["version"] == VERSION
     assert values["reserved"] == 0
-    assert flags & ~(FLAG["RAW"] | FLAG["HEADERS"] | FLAG["SPLIT"]) == 0
+    assert flags & ~(FLAG["RAW"] | FLAG["HEADERS"] | FLAG["SPLIT"] | FLAG["REPLAYED"]) == 0
     at = nul + 1 + HEADER.size
     headers = None
     if flags & FLAG["HEADERS"]:
@@ -547,7 +547,7 @@ async def test_a_raw_reliable_subscriber_acknowledges_a_shoal_reliable_publisher
     """A ROUTER introduces itself with an ACK [prefixes, epoch, stream, acked, bye];
     publications chain by prev (START first); acknowledging the last one drains the
     publisher's window; a bye makes it forget the subscriber."""
-    assert PUB_ACK == ["prefixes", "epoch", "stream", "acked", "bye"]
+    assert PUB_ACK == ["prefixes", "epoch", "stream", "acked", "bye", "history"]
     me = os.urandom(16)
     route = b"publisher-1"
     with trio.fail_after(15):
@@ -586,6 +586,37 @@ async def test_a_raw_reliable_subscriber_acknowledges_a_shoal_reliable_publisher
     assert (second.topic, second.body, second.seq, second.correlation) == (
         "room/2", {"second": True}, 2, 0)  # one counter for all topics; prev is 0
     assert RESUME == START - 1
+
+
+async def test_a_raw_reliable_subscriber_that_asks_for_history_gets_it_renumbered() -> None:
+    """An ACK with a sixth element, ``history``, opening a book: the kept publications
+    of its prefixes come first, flagged ``REPLAYED``, numbered next in the stream and
+    chained from ``START``; the live one follows the replay in the chain."""
+    me = os.urandom(16)
+    route = b"publisher-1"
+    with trio.fail_after(15):
+        async with raw_context() as ctx, shoal.open_publisher(
+                reliable=True, bind=LOOPBACK, history=1) as pub:
+            for topic, body in (("room/1", b"old"), ("room/1", b"last"), ("other", b"x")):
+                await pub.publish(topic, body)
+            sub = raw_socket(ctx, zmq.ROUTER, options=(
+                (zmq.ROUTING_ID, b"S" + os.urandom(15)), (zmq.ROUTER_MANDATORY, 1),
+                (zmq.CONNECT_ROUTING_ID, route)), connect=pub.endpoints[0])
+            await send_routed(sub, [route, *Envelope(
+                KIND["ACK"], body=[["room/"], -1, -1, -1, False, 1], sender=me).frames()])
+            await pub.wait_for_subscribers(1)
+            await pub.publish("room/2", b"live")
+            got: dict[int, Envelope] = {}
+            while len(got) < 2:
+                _, *frames = await receive(sub)
+                env = parse(frames)
+                got[env.seq] = env
+    replayed, live = (got[s] for s in sorted(got))
+    assert (replayed.topic, replayed.body, replayed.seq, replayed.correlation) == (
+        "room/1", b"last", 3, START)
+    assert replayed.flags & FLAG["REPLAYED"]
+    assert (live.topic, live.seq, live.correlation) == ("room/2", 4, 3)
+    assert not live.flags & FLAG["REPLAYED"]
 
 
 # -- DNS-SD --------------------------------------------------------------------------------------

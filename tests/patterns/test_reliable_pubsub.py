@@ -350,6 +350,23 @@ def test_a_book_opens_with_the_next_publication_and_keeps_only_matching_ones() -
     assert s.sent == 2
 
 
+def test_a_replay_goes_into_the_new_book_alone_and_the_other_chains_step_over_it() -> None:
+    s = FanoutSender(window=8, rto=1.0, grace=100.0)
+    open_book(s, "A")
+    s.publish("t", "p0", 0.0)
+    open_book(s, "B")
+    assert s.replay(s.books["B"], ["h0", "h1"], 0.0) == [(1, START), (2, 1)]
+    seq, targets = s.publish("t", "p3", 0.0)
+    assert (seq, sorted((b.key, prev) for b, prev in targets)) == (3, [("A", 0), ("B", 2)])
+    assert (s.payload(1), s.payload(2), s.replayed) == ("h0", "h1", 2)
+    a, b = ChainReceiver(), ChainReceiver()
+    assert [a.accept("p", 0, START), a.accept("p", 3, 0)] == ["deliver", "deliver"]
+    assert [b.accept("p", q, prev) for q, prev in ((1, START), (2, 1), (3, 2))] == [
+        "deliver"] * 3
+    s.on_ack("B", "route-B", [""], 3, 0.1)
+    assert s.in_flight == 2  # p0 and p3, which A holds; the replay is released
+
+
 def test_publish_raises_window_full_when_one_book_is_full_until_it_acknowledges() -> None:
     s = FanoutSender(window=3, rto=1.0, grace=100.0)
     open_book(s, "A", ["a/"])

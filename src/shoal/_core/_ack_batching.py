@@ -235,13 +235,16 @@ class SubscriberReceiver:
         dirty, self._dirty = self._dirty, set()
         return dirty
 
-    def ack(self, route: Hashable, prefixes: Sequence[str], *,
-            bye: bool = False) -> SubscriberAck:
-        """The acknowledgement for ``route``: where the stream last heard on it stands."""
+    def ack(self, route: Hashable, prefixes: Sequence[str], *, bye: bool = False,
+            history: int = 0) -> SubscriberAck:
+        """The acknowledgement for ``route``: where the stream last heard on it stands
+        (``history``: the depth of history asked of a publisher that has no book for
+        this subscriber yet)."""
         stream = self._stream_of.get(route)
         if stream is None:
-            return SubscriberAck(prefixes, bye=bye)
-        return SubscriberAck(prefixes, stream[1], stream[2], self.chain.acked(stream), bye)
+            return SubscriberAck(prefixes, bye=bye, history=history)
+        return SubscriberAck(prefixes, stream[1], stream[2], self.chain.acked(stream), bye,
+                             history)
 
     def forget(self, route: Hashable) -> None:
         """``route`` is gone: owe it nothing."""

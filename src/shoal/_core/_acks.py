@@ -9,7 +9,8 @@ publish/subscribe acknowledgement", are the reference):
   arrays of sequence numbers; the envelope's ``correlation`` is the ``ack_tag`` of the
   pusher stream they are for (0: the pusher's own, from pullers that predate tags).
 * ``SubscriberAck`` -- a reliable subscriber to a reliable publisher:
-  ``[prefixes, epoch, stream, acked, bye]``.
+  ``[prefixes, epoch, stream, acked, bye]``, then ``history`` (the depth of a
+  publisher's history it asks for when it joins) when that is not 0.
 
 Both travel inside the envelope (``shoal._core._envelope``), numbered by the
 acknowledging side's own stream; the envelope's sender, epoch and stream identify it.
@@ -29,6 +30,7 @@ from typing import Any, Final
 
 from shoal._core._envelope import Kind, Message, StreamEncoder, decode
 from shoal._core._errors import DecodeError
+from shoal._core._history import ALL
 
 __all__ = [
     "ACK_REASONS",
@@ -47,7 +49,7 @@ MAX_PREFIXES: Final = 256
 """The most topic prefixes one reliable subscriber may name."""
 ACK_REASONS: Final = frozenset({
     "not-an-ack", "ack-not-an-array", "ack-seqs-not-arrays", "ack-seq-not-int",
-    "ack-prefixes", "ack-stream-not-int", "ack-bye-not-bool"})
+    "ack-prefixes", "ack-stream-not-int", "ack-bye-not-bool", "ack-history"})
 """The ``DecodeError`` reasons of the acknowledgement bodies (the envelope has its own)."""
 
 
@@ -78,27 +80,31 @@ class SubscriberAck:
     """What a reliable subscriber tells a publisher: the prefixes it wants, the
     publisher stream ``(epoch, stream)`` it last heard on this connection (-1, -1:
     none), the last publication of it delivered in order (``acked``: -1 none,
-    ``LOST_TRACK`` it cannot place what came), and whether it is leaving (``bye``)."""
+    ``LOST_TRACK`` it cannot place what came), whether it is leaving (``bye``), and how
+    many of the last publications of each topic it wants replayed from a publisher's
+    history when it joins (``history``: 0 none, ``ALL`` every one kept)."""
 
     prefixes: Sequence[str]
     epoch: int = -1
     stream: int = -1
     acked: int = -1
     bye: bool = False
+    history: int = 0
 
     def encode(self, enc: StreamEncoder, seq: int, timestamp_ns: int) -> bytes:
         """The ACK envelope, numbered ``seq`` in the subscriber's stream ``enc``."""
-        return enc.encode(Kind.ACK, ACK_TOPIC, [list(self.prefixes), self.epoch,
-                                                self.stream, self.acked, self.bye],
-                          seq, timestamp_ns)
+        body = [list(self.prefixes), self.epoch, self.stream, self.acked, self.bye]
+        if self.history:
+            body.append(self.history)
+        return enc.encode(Kind.ACK, ACK_TOPIC, body, seq, timestamp_ns)
 
 
-def _ack_body(frame: bytes, size: int) -> tuple[Message, list[Any]]:
+def _ack_body(frame: bytes, size: int, optional: int = 0) -> tuple[Message, list[Any]]:
     msg = decode(frame)
     if msg.kind is not Kind.ACK:
         raise DecodeError("not-an-ack", msg.kind.name)
     body = msg.body
-    if type(body) is not list or len(body) != size:
+    if type(body) is not list or not size <= len(body) <= size + optional:
         raise DecodeError("ack-not-an-array", f"expected an array of {size}")
     return msg, body
 
@@ -121,7 +127,11 @@ def decode_pull_ack(frame: bytes) -> tuple[Message, PullAck]:
 def decode_subscriber_ack(frame: bytes) -> tuple[Message, SubscriberAck]:
     """The envelope of a subscriber's acknowledgement and what it says. Raises
     ``DecodeError`` for anything else."""
-    msg, (prefixes, epoch, stream, acked, bye) = _ack_body(frame, 5)
+    msg, body = _ack_body(frame, 5, optional=1)
+    prefixes, epoch, stream, acked, bye = body[:5]
+    history = body[5] if len(body) > 5 else 0
+    if type(history) is not int or not 0 <= history <= ALL:
+        raise DecodeError("ack-history", "an int from 0 to 2**32 - 1")
     if (type(prefixes) is not list or len(prefixes) > MAX_PREFIXES
             or not all(type(p) is str for p in prefixes)):
         raise DecodeError("ack-prefixes", f"an array of at most {MAX_PREFIXES} str")
@@ -129,4 +139,4 @@ def decode_subscriber_ack(frame: bytes) -> tuple[Message, SubscriberAck]:
         raise DecodeError("ack-stream-not-int")
     if type(bye) is not bool:
         raise DecodeError("ack-bye-not-bool")
-    return msg, SubscriberAck(prefixes, epoch, stream, acked, bye)
+    return msg, SubscriberAck(prefixes, epoch, stream, acked, bye, history)

@@ -8,7 +8,8 @@ Layout (all integers little-endian)::
       u8  version        refused unless == VERSION
       u8  kind           Kind
       u8  flags          FLAG_RAW: body is raw bytes; FLAG_HEADERS: user headers follow;
-                         FLAG_SPLIT: the body is the message's second frame; the
+                         FLAG_SPLIT: the body is the message's second frame;
+                         FLAG_REPLAYED (advisory): sent from a history; the
                          unassigned bits: see "Unknown flag bits" below
       u8  reserved       0 on send, ignored on receive (room for a future flag byte)
       16s sender         sender id (a node's or process's random 128-bit id)
@@ -31,13 +32,13 @@ libzmq's copy cost ~900 us, a second frame ~3 us). Every other message is one fr
 
 Unknown flag bits: the unassigned bits are split in two ranges, so that a later
 version can add a flag without making every older receiver drop its frames.
-``FLAG_ADVISORY`` bits (0x08, 0x10) may only carry what a receiver can do without
-(a hint): a receiver that does not know one ignores it and decodes the frame as if it
-were clear. ``FLAG_MUST_UNDERSTAND`` bits (0x20, 0x40, 0x80) change how the frame
-reads: a receiver that does not know one drops the frame (``DecodeError`` reason
-``unknown-flags``, counted like any malformed input). The known bits are all
-must-understand. The hot-path decoders mask the advisory bits out of the word they
-compare, so the rule costs them nothing.
+``FLAG_ADVISORY`` bits (0x08, now ``FLAG_REPLAYED``, and 0x10) may only carry what a
+receiver can do without (a hint): a receiver that does not know one ignores it and
+decodes the frame as if it were clear. ``FLAG_MUST_UNDERSTAND`` bits (0x20, 0x40,
+0x80) change how the frame reads: a receiver that does not know one drops the frame
+(``DecodeError`` reason ``unknown-flags``, counted like any malformed input). The
+other known bits are all must-understand. The hot-path decoders mask the advisory
+bits out of the word they compare, so the rule costs them nothing.
 
 Contract: this module is sans-I/O. It imports no trio, zmq, socket, time or random;
 the caller passes ids and the time in. ``decode`` treats every byte as hostile: any
@@ -65,10 +66,12 @@ __all__ = [
     "Kind",
     "Message",
     "StreamEncoder",
+    "as_replayed",
     "correlation_at",
     "decode",
     "encode",
     "encode_topic",
+    "is_replayed",
     "pack_tail",
     "with_correlation",
 ]
@@ -81,8 +84,13 @@ FLAG_RAW: Final = 0x01
 FLAG_HEADERS: Final = 0x02
 FLAG_SPLIT: Final = 0x04
 _KNOWN_FLAGS: Final = FLAG_RAW | FLAG_HEADERS | FLAG_SPLIT
+FLAG_REPLAYED: Final = 0x08
+"""Advisory: a publication a reliable publisher sends from its history to a subscriber
+that joined after it was published (``Message.replayed``); a receiver that does not
+know the bit takes it as a live publication."""
 FLAG_ADVISORY: Final = 0x18
-"""Unassigned flag bits a receiver ignores when it does not know them (hints only)."""
+"""Flag bits a receiver ignores when it does not know them (hints only): the
+unassigned 0x10, and ``FLAG_REPLAYED``."""
 FLAG_MUST_UNDERSTAND: Final = 0xE0
 """Unassigned flag bits that make a receiver which does not know them drop the frame."""
 
@@ -310,6 +318,26 @@ def with_correlation(frame: bytes, at: int, correlation: int) -> bytes:
     unchanged. Cheaper than encoding again, which a retransmission or a copy per
     subscriber would otherwise cost."""
     return b"".join((frame[:at], _U64.pack(correlation), frame[at + 8:]))
+
+
+_SEQ_BEFORE_CORRELATION: Final = 16
+_FLAGS_BEFORE_CORRELATION: Final = _CORRELATION - 2
+
+
+def as_replayed(frame: bytes, at: int, seq: int) -> bytes:
+    """``frame`` (its correlation field at ``at``) renumbered ``seq`` and marked
+    ``FLAG_REPLAYED``: a copy, the rest unchanged. A reliable publisher replays its
+    history to a subscriber that joins as new publications of its stream."""
+    flags_at = at - _FLAGS_BEFORE_CORRELATION
+    seq_at = at - _SEQ_BEFORE_CORRELATION
+    return b"".join((frame[:flags_at], bytes((frame[flags_at] | FLAG_REPLAYED,)),
+                     frame[flags_at + 1:seq_at], _U64.pack(seq), frame[seq_at + 8:]))
+
+
+def is_replayed(frame: bytes) -> bool:
+    """Whether ``frame`` (an encoded envelope with its topic) has ``FLAG_REPLAYED``."""
+    at = frame.find(b"\0") + 3
+    return 2 < at < len(frame) and bool(frame[at] & FLAG_REPLAYED)
 
 
 def _payload(body: Any) -> tuple[int, bytes]:

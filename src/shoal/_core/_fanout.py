@@ -32,6 +32,8 @@ subscriber can tell a gap from a publication it was never meant to get.
   ``resume(book)`` (the subscriber acknowledged: it is draining), after which the
   next ``due`` lists the book's publications from the refused one on: what was
   already sent is not sent again before the retransmission timer says so.
+* ``replay(book, payloads, now)``: a subscriber that just joined gets publications
+  from the publisher's history first, numbered next in the stream for its book alone.
 * ``on_bye(key)``: the subscriber left cleanly; its book goes without a count.
 * An acknowledgement of ``LOST_TRACK`` (-2) means the subscriber holds publications of
   this stream it cannot place (its memory of the stream was forgotten, or the first
@@ -139,6 +141,7 @@ class FanoutSender:
         self.undelivered = 0
         self.refused = 0
         self.restarts = 0
+        self.replayed = 0
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -190,6 +193,27 @@ class FanoutSender:
             self._log[seq] = [payload, len(out)]
             self.sent += 1
         return seq, out
+
+    def replay(self, book: Book, payloads: Sequence[Any], now: float) -> list[tuple[int, int]]:
+        """Enter ``payloads`` (publications from the publisher's history, for a
+        subscriber that just joined) in ``book`` alone, numbered next in the stream in
+        order: the caller made them with the numbers ``next_seq``, ``next_seq + 1``...
+        Returns ``(seq, prev)`` for each, to send. Other subscribers never see these
+        numbers: their ``prev`` chains step over them."""
+        out: list[tuple[int, int]] = []
+        log = self._log
+        for payload in payloads:
+            seq = self.next_seq
+            self.next_seq = seq + 1
+            prev = book.last_sent
+            book.unacked.append((seq, prev))
+            book.last_sent = seq
+            log[seq] = [payload, 1]
+            out.append((seq, prev))
+        if out and book.due == float("inf"):
+            book.due = now + self.rto
+        self.replayed += len(out)
+        return out
 
     def payload(self, seq: int) -> Any:
         return self._log[seq][0]

@@ -301,11 +301,10 @@ async def _send_each(args: argparse.Namespace, source: Input,
 
 
 async def _pub(args: argparse.Namespace, out: Out, err: Out) -> None:
-    if args.reliable and args.history:
-        raise UsageError("--history works without --reliable only, so far")
     source = Input(args.body, lambda line: err(f"shoal pub: {line}"))
     async with _node(args) as node:
-        opener = (node.open_publisher(args.channel, reliable=True) if args.reliable
+        opener = (node.open_publisher(args.channel, reliable=True, history=args.history)
+                  if args.reliable
                   else node.open_publisher(args.channel, history=args.history))
         async with opener as pub:
             async def subscribers() -> None:
@@ -355,7 +354,8 @@ async def _sub(args: argparse.Namespace, out: Out, err: Out) -> None:
             out(f"{msg.topic} {_dump(msg.body)}")
 
     async with _node(args) as node:
-        opener = (node.open_subscriber(args.channel, topics=topics, reliable=True)
+        opener = (node.open_subscriber(args.channel, topics=topics, reliable=True,
+                                       history=args.history)
                   if args.reliable else node.open_subscriber(args.channel, topics=topics,
                                                              history=args.history))
         async with opener as sub:

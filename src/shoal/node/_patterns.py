@@ -206,17 +206,15 @@ class Patterns:
         subscriber silent for ``grace`` seconds (10) is dropped from the books
         (counted, logged); at most ``max_subscribers`` (1024).
 
-        ``history=N`` (best effort): keep the last ``N`` publications of each topic and
-        replay them to each subscriber that joins, before the live stream (bounded by
+        ``history=N``: keep the last ``N`` publications of each topic and replay them
+        to each subscriber that joins, before the live stream (reliably too with
+        ``reliable=True``, at most ``window`` of them; bounded by
         ``history_bytes``, 64 MiB, and ``history_topics``, 100,000); ``history=1`` is a
         last-value cache. See ``shoal.open_publisher``.
         """
         o = _options("publisher", channel, options)
         check_history_args(o["history"], o["history_bytes"], o["history_topics"])
-        if o["history"] and reliable:
-            raise LocalProtocolError("history= works with best-effort publishers only so "
-                                     "far: pass reliable=False, or history=0")
-        if o["history"]:
+        if o["history"] and not reliable:
             return self._listed(
                 channel, Role.PUBLISHER, zmq.XPUB,
                 history_publisher_options(o["high_water_mark"]), o["linger_ms"],
@@ -230,7 +228,9 @@ class Patterns:
                 reliable_options(o["high_water_mark"]), o["linger_ms"],
                 lambda sock: open_reliable_publisher(
                     socket=sock, identity=self.identity, window=o["window"], rto=o["rto"],
-                    grace=o["grace"], max_subscribers=o["max_subscribers"]))
+                    grace=o["grace"], max_subscribers=o["max_subscribers"],
+                    history=o["history"], history_bytes=o["history_bytes"],
+                    history_topics=o["history_topics"]))
         return self._listed(channel, Role.PUBLISHER, zmq.XPUB,
                             publisher_options(o["high_water_mark"]), o["linger_ms"],
                             lambda sock: Publisher(sock, self.identity))
@@ -256,16 +256,11 @@ class Patterns:
         everything published after the publisher heard of this subscriber (it
         tells every ``heartbeat`` seconds, 0.5, where it stands).
 
-        ``history`` (best effort): how much of a history publisher's replay to take
+        ``history``: how much of a history publisher's replay to take
         when joining (``None``: all it keeps; ``0``: none; ``n``: the last ``n`` of each
         topic). Replayed messages come first, ``msg.replayed`` set.
         """
         o = _options("subscriber", channel, options)
-        if reliable:
-            if o["history"]:
-                raise LocalProtocolError("history= works with best-effort subscribers only "
-                                         "so far: pass reliable=False")
-            o["history"] = 0
         check_subscriber_args(o["topics"], o["max_streams"], o["history"])
         if reliable:
             check_reliable_pubsub_args(heartbeat=o["heartbeat"])
@@ -274,7 +269,8 @@ class Patterns:
                 reliable_options(o["high_water_mark"]), DEFAULT_LINGER_MS,
                 lambda sock: open_reliable_subscriber(
                     socket=sock, topics=o["topics"], identity=self.identity,
-                    batch=o["batch"], max_streams=o["max_streams"], heartbeat=o["heartbeat"]))
+                    batch=o["batch"], max_streams=o["max_streams"], heartbeat=o["heartbeat"],
+                    history=o["history"]))
 
         marker = new_marker()
 

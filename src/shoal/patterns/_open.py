@@ -62,6 +62,8 @@ def open_publisher(
     linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[True],
     busy_poll: float = 0.0, window: int = 8192,
     rto: float = 0.5, grace: float = 10.0, max_subscribers: int = 1024,
+    history: int = 0, history_bytes: int = DEFAULT_HISTORY_BYTES,
+    history_topics: int = DEFAULT_HISTORY_TOPICS,
 ) -> AbstractAsyncContextManager[ReliablePublisher]: ...
 
 
@@ -87,19 +89,17 @@ def open_publisher(
     beyond), sends them again after ``rto`` seconds without progress, and drops a
     subscriber silent for ``grace`` seconds (counted, logged).
 
-    ``history=N`` (best effort): keep the last ``N`` publications of each topic and
-    replay them, oldest first, to each subscriber that joins and asks (subscribers do
-    by default), before the live stream, with no duplicate and no hole between the
-    two. ``history=1`` is a last-value cache. What is kept is bounded by
-    ``history_bytes`` (64 MiB by default) and ``history_topics`` (100,000): over
-    either, the topic least recently published loses its oldest publication.
-    ``statistics()`` says what is held and how much was replayed.
+    ``history=N``: keep the last ``N`` publications of each topic and replay them,
+    oldest first, to each subscriber that joins and asks (subscribers do by default),
+    before the live stream, with no duplicate and no hole between the two (with
+    ``reliable=True``, at least once like the rest, at most ``window`` of them).
+    ``history=1`` is a last-value cache. What is kept is bounded by ``history_bytes``
+    (64 MiB by default) and ``history_topics`` (100,000): over either, the topic least
+    recently published loses its oldest publication. ``statistics()`` says what is
+    held and how much was replayed.
     """
     check_history_args(history, history_bytes, history_topics)
-    if history and reliable:
-        raise LocalProtocolError("history= works with best-effort publishers only so far: "
-                                 "pass reliable=False, or history=0")
-    if history:
+    if history and not reliable:
         cm0 = open_history_publisher(
             bind=bind, connect=connect, identity=identity, high_water_mark=high_water_mark,
             context=context, linger_ms=linger_ms, history=history,
@@ -109,7 +109,8 @@ def open_publisher(
         cm1 = open_reliable_publisher(
             bind=bind, connect=connect, identity=identity, high_water_mark=high_water_mark,
             window=window, rto=rto, grace=grace, max_subscribers=max_subscribers,
-            context=context, linger_ms=linger_ms)
+            context=context, linger_ms=linger_ms, history=history,
+            history_bytes=history_bytes, history_topics=history_topics)
         return with_busy_poll(cm1, busy_poll)
     cm2 = open_best_effort_publisher(bind=bind, connect=connect, identity=identity,
                           high_water_mark=high_water_mark, context=context, linger_ms=linger_ms)
@@ -131,7 +132,7 @@ def open_subscriber(
     high_water_mark: int = 1000, batch: int = DEFAULT_BATCH, max_streams: int = 4096,
     context: zmq.Context[zmq.Socket[bytes]] | None = None, reliable: Literal[True],
     busy_poll: float = 0.0,
-    identity: Identity | None = None, heartbeat: float = 0.5,
+    identity: Identity | None = None, heartbeat: float = 0.5, history: int | None = None,
 ) -> AbstractAsyncContextManager[ReliableSubscriber]: ...
 
 
@@ -155,20 +156,18 @@ def open_subscriber(
     tells each publisher where it stands every ``heartbeat`` seconds and as it
     receives.
 
-    ``history`` (best effort): how many of each topic's latest publications to take
-    from a history publisher's replay when joining (``None``, the default: all it
-    keeps; ``0``: none). Replayed messages come first, marked ``msg.replayed``;
-    history covers the ``topics`` given here, not prefixes subscribed later.
+    ``history``: how many of each topic's latest publications to take from a history
+    publisher's replay when joining (``None``, the default: all it keeps; ``0``:
+    none). Replayed messages come first, marked ``msg.replayed``; history covers the
+    ``topics`` given here, not prefixes subscribed later. A reliable subscriber gets
+    its replay reliably too, at most the publisher's ``window`` publications of it.
     """
     if reliable:
-        if history:
-            raise LocalProtocolError("history= works with best-effort subscribers only so "
-                                     "far: pass reliable=False")
-        check_subscriber_args(topics, max_streams)
+        check_subscriber_args(topics, max_streams, history)
         cm3 = open_reliable_subscriber(
             bind=bind, connect=connect, topics=topics, identity=identity,
             high_water_mark=high_water_mark, batch=batch, max_streams=max_streams,
-            heartbeat=heartbeat, context=context)
+            heartbeat=heartbeat, context=context, history=history)
         return with_busy_poll(cm3, busy_poll)
     check_subscriber_args(topics, max_streams, history)  # before anything opens
     cm4 = open_best_effort_subscriber(bind=bind, connect=connect, topics=topics,

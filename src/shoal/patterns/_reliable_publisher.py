@@ -23,6 +23,15 @@ publisher (``wait_for_subscribers(n)`` waits for that). A publisher blocks
 (``publish`` waits, ``publish_nowait`` raises ``trio.WouldBlock``) while a subscriber
 has ``window`` publications unacknowledged, until it catches up or is dropped after
 ``grace`` seconds of silence.
+
+History (``history=N``): the publisher keeps the last ``N`` publications of each topic
+(``shoal._core.HistoryStore``, bounded as a best-effort publisher's is). A subscriber
+that joins says in its acknowledgements how deep a history it wants; when its book
+opens, the kept publications of its prefixes go into that book alone, first, as new
+publications of the stream marked ``FLAG_REPLAYED``: acknowledged, sent again and
+placed in order like any other, and everything published after the book opened
+follows them, so the seam has neither a hole nor a duplicate. A subscriber the
+publisher had dropped and that comes back gets no replay (it resyncs).
 """
 
 from __future__ import annotations
@@ -43,8 +52,10 @@ from shoal._core import (
     MAX_TOPIC,
     SPLIT_AT,
     FanoutSender,
+    HistoryStore,
     Identity,
     Kind,
+    as_replayed,
     correlation_at,
     decode_subscriber_ack,
     encode_topic,
@@ -52,7 +63,7 @@ from shoal._core import (
     pack_tail,
     with_correlation,
 )
-from shoal._core._fanout import Book
+from shoal._core._fanout import START, Book
 from shoal._zmq._socket import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal._zmq._tasks import open_service_nursery
 from shoal.errors import DecodeError, EncodeError, LocalProtocolError
@@ -72,6 +83,10 @@ from shoal.patterns._routes import Routes, reliable_options
 __all__ = ["ReliablePublisher", "ReliablePublisherStatistics", "open_reliable_publisher"]
 
 log = logging.getLogger("shoal")
+
+_HEADER_BEFORE_CORRELATION = correlation_at(b"")
+"""Bytes of the header before its correlation field: a frame's topic (and NUL) ends
+this far before ``correlation_at``."""
 
 _MANY = 4 * ACK_BATCH
 """The most publications ``publish_many`` takes in one go: a few acknowledgement
@@ -97,14 +112,25 @@ class ReliablePublisherStatistics:
     """Publications the dropped subscribers never acknowledged (given up)."""
     refused_subscribers: int
     malformed: int
+    replayed: int = 0
+    """Publications sent from the history to subscribers that joined (once each)."""
+    history_topics: int = 0
+    """Topics the history holds (0 without ``history=``)."""
+    history_bytes: int = 0
+    """Bytes the history holds, as counted against ``history_bytes``."""
+    history_evicted: int = 0
+    """Publications the history dropped to stay within its bounds."""
 
 
 class ReliablePublisher(AckedSender):
     """Publishes at least once to every known subscriber. ``open_publisher(reliable=True)``."""
 
     def __init__(self, sock: Socket, identity: Identity | None, *, window: int, rto: float,
-                 grace: float, max_subscribers: int) -> None:
+                 grace: float, max_subscribers: int, history: int = 0,
+                 history_bytes: int = 1, history_topics: int = 1) -> None:
         super().__init__(sock)
+        self._history = (HistoryStore(depth=history, max_bytes=history_bytes,
+                                      max_topics=history_topics) if history else None)
         self._enc = stream_encoder(identity, sock)
         self._core = FanoutSender(window=window, rto=rto, max_rto=max(rto, 5.0), grace=grace,
                                   max_subscribers=max_subscribers)
@@ -166,6 +192,8 @@ class ReliablePublisher(AckedSender):
                                  headers)
         at = correlation_at(raw_topic)
         seq, targets = core.publish(topic, (frame, at), trio.current_time())
+        if self._history is not None:
+            self._history.add(raw_topic, frame)
         stalled = self._stalled
         for book, prev in targets:
             if book.route not in stalled:
@@ -271,6 +299,10 @@ class ReliablePublisher(AckedSender):
         """Enter encoded publications in the books and send each to its subscribers,
         in order; a route whose pipe refuses one is stalled as ``_send`` does."""
         _, targets = self._core.publish_many(entries, trio.current_time())
+        history = self._history
+        if history is not None:
+            for _topic, (frame, at) in entries:
+                history.add(frame[:at - _HEADER_BEFORE_CORRELATION], frame)
         stalled = self._stalled
         routes: list[Any] = []  # routing ids (bytes)
         frames: list[bytes] = []
@@ -329,9 +361,14 @@ class ReliablePublisher(AckedSender):
         if (ack.epoch, ack.stream) != (self._enc.epoch, self._enc.stream):
             acked = -1  # it speaks of another publisher, or of our previous life
         now = trio.current_time()
-        if core.on_ack(key, frames[0], ack.prefixes, acked, now, msg.seq) is None:
+        known = key in core.books
+        book = core.on_ack(key, frames[0], ack.prefixes, acked, now, msg.seq)
+        if book is None:
             log.debug("reliable publisher: refused a subscriber (%d already)",
                       core.max_subscribers)
+        elif not known and ack.history and self._history is not None and (
+                book.last_sent == START):
+            self._replay(book, ack.history, now)
         elif frames[0] in self._stalled:
             # Its pipe had filled; an acknowledgement means it has been draining it:
             # carry on from the hole now rather than at the retransmission timer.
@@ -339,6 +376,27 @@ class ReliablePublisher(AckedSender):
             if book is not None and book.route == frames[0]:
                 core.resume(book)
                 self._resume = True
+
+    def _replay(self, book: Book, depth: int, now: float) -> None:
+        """Send a subscriber whose book just opened (nothing sent to it yet) the kept
+        publications of its prefixes, at most ``window`` of them (the newest)."""
+        assert self._history is not None
+        prefixes = [encode_topic(p) for p in book.prefixes]
+        frames = list(self._history.select(depth, prefixes))[-self._core.window:]
+        if not frames:
+            return
+        first = self._core.next_seq
+        payloads = []
+        for i, frame in enumerate(frames):
+            assert isinstance(frame, bytes)  # a reliable publication is one frame
+            at = frame.index(0) + 1 + _HEADER_BEFORE_CORRELATION
+            payloads.append((as_replayed(frame, at, first + i), at))
+        sends = self._core.replay(book, payloads, now)
+        for seq, prev in sends:
+            frame, at = self._core.payload(seq)
+            if book.route in self._stalled or not self._send(book, frame, at, prev):
+                break  # the rest when it acknowledges or its timer runs out
+        self._arm.set()
 
     def _tick(self) -> None:
         """Send again what is due; drop subscribers silent past the grace period."""
@@ -382,11 +440,15 @@ class ReliablePublisher(AckedSender):
     def statistics(self) -> ReliablePublisherStatistics:
         """An immutable snapshot of this resource's counters."""
         c = self._core
+        h = self._history
         return ReliablePublisherStatistics(
             published=c.sent, acked=c.acked, in_flight=c.in_flight,
             retransmitted=c.retransmitted, subscribers=len(c.books),
             dropped_subscribers=c.dropped, undelivered=c.undelivered,
-            refused_subscribers=c.refused, malformed=self._malformed)
+            refused_subscribers=c.refused, malformed=self._malformed, replayed=c.replayed,
+            history_topics=0 if h is None else len(h),
+            history_bytes=0 if h is None else h.bytes,
+            history_evicted=0 if h is None else h.evicted)
 
     async def aclose(self) -> None:
         """Close; what subscribers have not acknowledged is not sent again."""
@@ -407,6 +469,7 @@ async def open_reliable_publisher(
     window: int = 8192, rto: float = 0.5, grace: float = 10.0, max_subscribers: int = 1024,
     context: zmq.Context[zmq.Socket[bytes]] | None = None,
     linger_ms: int = DEFAULT_LINGER_MS, socket: Socket | None = None,
+    history: int = 0, history_bytes: int = 64 << 20, history_topics: int = 100_000,
 ) -> AsyncIterator[ReliablePublisher]:
     """A reliable publisher bound to ``bind`` (reliable subscribers connect) and/or
     connected to the reliable subscribers bound at ``connect``, or over a node's bound
@@ -424,7 +487,8 @@ async def open_reliable_publisher(
                              connect=None, high_water_mark=high_water_mark, context=context,
                              linger_ms=linger_ms, options=options, endpoints_checked=True)
     pub = ReliablePublisher(socket, identity, window=window, rto=rto, grace=grace,
-                            max_subscribers=max_subscribers)
+                            max_subscribers=max_subscribers, history=history,
+                            history_bytes=history_bytes, history_topics=history_topics)
     if eps:
         pub._links.start()  # before any connect: no handshake goes unseen
     async with pub, open_service_nursery() as nursery:

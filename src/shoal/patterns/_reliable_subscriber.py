@@ -30,14 +30,17 @@ import trio
 import zmq
 
 from shoal._core import (
+    ALL,
     MAX_PREFIXES,
     Identity,
     Kind,
     Message,
+    ReplayedMessage,
     SubscriberReceiver,
     TopicFilter,
     encode_topic,
     fast_decode,
+    is_replayed,
     local_route,
     parse_subscription,
 )
@@ -85,6 +88,9 @@ class ReliableSubscriberStatistics:
     filtered: int = 0
     """Publications placed in order but that no wildcard pattern (nor prefix) takes:
     acknowledged like the others, not delivered (publishers filter by prefix only)."""
+    replayed: int = 0
+    """Publications delivered from a publisher's history (``msg.replayed``), counted in
+    ``received`` too."""
 
 
 class ReliableSubscriber(BufferedReceiver[Message]):
@@ -92,8 +98,10 @@ class ReliableSubscriber(BufferedReceiver[Message]):
     its prefixes. A ``trio.abc.ReceiveChannel[Message]``."""
 
     def __init__(self, sock: Socket, identity: Identity | None, *, batch: int,
-                 max_streams: int, heartbeat: float) -> None:
+                 max_streams: int, heartbeat: float, history: int | None = None) -> None:
         super().__init__(sock, batch=batch)
+        self._history = ALL if history is None else history
+        self._replayed = 0
         self._enc = stream_encoder(identity, sock)
         self._core = SubscriberReceiver(max_streams=max_streams)
         self._prefixes: list[str] = []  # the subscriptions, as given
@@ -210,6 +218,9 @@ class ReliableSubscriber(BufferedReceiver[Message]):
                 self._filtered += 1  # placed in the chain (acknowledged), not delivered
                 return
             self._received += 1
+            if self._history and is_replayed(frame):
+                msg = ReplayedMessage(*msg)
+                self._replayed += 1
             self._buffer.append(msg)
 
     def _fill(self) -> int:
@@ -261,7 +272,7 @@ class ReliableSubscriber(BufferedReceiver[Message]):
                 self._send_ack(route)
 
     def _send_ack(self, route: bytes, *, bye: bool = False) -> None:
-        ack = self._core.ack(route, self._wire, bye=bye)
+        ack = self._core.ack(route, self._wire, bye=bye, history=self._history)
         frame = ack.encode(self._enc, self._ack_seq, time_ns())
         self._ack_seq += 1
         try:
@@ -309,7 +320,8 @@ class ReliableSubscriber(BufferedReceiver[Message]):
         return ReliableSubscriberStatistics(
             received=self._received, duplicates=c.duplicates, missing=c.missing,
             resyncs=c.resyncs, acks_sent=self._acks_sent, malformed=self._malformed.total,
-            malformed_by_reason=dict(self._malformed.by_reason), filtered=self._filtered)
+            malformed_by_reason=dict(self._malformed.by_reason), filtered=self._filtered,
+            replayed=self._replayed)
 
     async def aclose(self) -> None:
         """Close, telling the publishers to forget this subscriber."""
@@ -328,10 +340,13 @@ async def open_reliable_subscriber(
     identity: Identity | None = None, high_water_mark: int = 1000, batch: int = DEFAULT_BATCH,
     max_streams: int = 4096, heartbeat: float = 0.5,
     context: zmq.Context[zmq.Socket[bytes]] | None = None, socket: Socket | None = None,
+    history: int | None = None,
 ) -> AsyncIterator[ReliableSubscriber]:
     """A reliable subscriber bound to ``bind`` (reliable publishers connect and say
     hello) and/or connected to the publishers at ``connect``, or (for a node) over an
-    unconnected ``socket`` whose routes the node adds and drops."""
+    unconnected ``socket`` whose routes the node adds and drops. ``history``: how many
+    of the last publications of each topic to take from a history publisher when
+    joining it (None: all it keeps; 0: none)."""
     check_reliable_pubsub_args(heartbeat=heartbeat)
     if isinstance(topics, str):
         raise LocalProtocolError("topics is a list of prefixes: pass [topic], not a str")
@@ -347,7 +362,7 @@ async def open_reliable_subscriber(
         socket = Socket.open(zmq.ROUTER, context=context, linger_ms=DEFAULT_LINGER_MS,
                              options=reliable_options(high_water_mark))
     sub = ReliableSubscriber(socket, identity, batch=batch, max_streams=max_streams,
-                             heartbeat=heartbeat)
+                             heartbeat=heartbeat, history=history)
     for t in topics:
         sub.subscribe(t)
     sub._links.start()
