@@ -65,6 +65,7 @@ from shoal._core._history import (
     decode_bundle,
     decode_request,
     encode_request,
+    renumbered,
 )
 from shoal._core._identity import Identity
 from shoal._core._peers import (
@@ -155,5 +156,6 @@ __all__ = [
     "offers",
     "pack_tail",
     "parse_subscription",
+    "renumbered",
     "with_correlation",
 ]

@@ -25,7 +25,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from typing import Final
 
-from shoal._core._envelope import MAX_TOPIC, Message, decode
+from shoal._core._envelope import MAX_TOPIC, Message, as_replayed, correlation_at, decode
 from shoal._core._errors import DecodeError
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "decode_bundle",
     "decode_request",
     "encode_request",
+    "renumbered",
 ]
 
 MARKER: Final = b"\xff"
@@ -205,3 +206,18 @@ def decode_bundle(frame: bytes) -> Iterator[Message | DecodeError]:
         except DecodeError as exc:
             yield exc
         at += n_body
+
+
+def renumbered(store: HistoryStore, depth: int, prefixes: Sequence[str], limit: int,
+               first: int) -> list[tuple[bytes, int]]:
+    """A reliable publisher's replay for a subscriber that joins: the kept
+    publications (one frame each) of ``prefixes``, ``depth`` per topic, at most
+    ``limit`` in all (the newest), each numbered from ``first`` on and flagged
+    ``REPLAYED`` (``as_replayed``), with where its correlation field lies."""
+    frames = list(store.select(depth, [p.encode() for p in prefixes]))[-limit:]
+    out: list[tuple[bytes, int]] = []
+    for i, frame in enumerate(frames):
+        assert isinstance(frame, bytes)  # a reliable publication is one frame
+        at = correlation_at(frame[:frame.index(0) + 1])
+        out.append((as_replayed(frame, at, first + i), at))
+    return out

@@ -55,18 +55,18 @@ from shoal._core import (
     HistoryStore,
     Identity,
     Kind,
-    as_replayed,
     correlation_at,
     decode_subscriber_ack,
     encode_topic,
     local_route,
     pack_tail,
+    renumbered,
     with_correlation,
 )
 from shoal._core._fanout import START, Book
 from shoal._zmq._socket import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal._zmq._tasks import open_service_nursery
-from shoal.errors import DecodeError, EncodeError, LocalProtocolError
+from shoal.errors import ClosedError, DecodeError, EncodeError, LocalProtocolError
 from shoal.patterns._acked import BATCH_BYTES, AckedSender
 from shoal.patterns._common import (
     Endpoints,
@@ -84,10 +84,7 @@ __all__ = ["ReliablePublisher", "ReliablePublisherStatistics", "open_reliable_pu
 
 log = logging.getLogger("shoal")
 
-_HEADER_BEFORE_CORRELATION = correlation_at(b"")
-"""Bytes of the header before its correlation field: a frame's topic (and NUL) ends
-this far before ``correlation_at``."""
-
+_CORRELATION = correlation_at(b"")  # a frame's topic and NUL end this far before it
 _MANY = 4 * ACK_BATCH
 """The most publications ``publish_many`` takes in one go: a few acknowledgement
 batches' worth, so acknowledgements are read between them."""
@@ -115,11 +112,10 @@ class ReliablePublisherStatistics:
     replayed: int = 0
     """Publications sent from the history to subscribers that joined (once each)."""
     history_topics: int = 0
-    """Topics the history holds (0 without ``history=``)."""
     history_bytes: int = 0
-    """Bytes the history holds, as counted against ``history_bytes``."""
     history_evicted: int = 0
-    """Publications the history dropped to stay within its bounds."""
+    """What the history holds (topics; bytes as counted against ``history_bytes``),
+    and what it dropped to stay within its bounds."""
 
 
 class ReliablePublisher(AckedSender):
@@ -141,6 +137,7 @@ class ReliablePublisher(AckedSender):
         # is wasted (the subscriber cannot place what follows it) and refills the pipe.
         self._stalled: set[Any] = set()
         self._resume = False  # a stalled subscriber acknowledged: resend to it now
+        self._idle = False  # the timer task is parked on the socket (nothing in flight)
         self._book = Routes(sock)  # the subscribers that bind: our connections to them
         self._links = LinkMonitor(sock, self._book.hello, lambda _ep: None)
 
@@ -202,6 +199,8 @@ class ReliablePublisher(AckedSender):
             self._read_acks()
         if targets:
             self._arm.set()
+            if self._idle:
+                self._sock.interrupt()  # the timer task is parked on the socket: off it
 
     async def publish(
         self, topic: str, body: Any, *, headers: Mapping[str, Any] | None = None
@@ -302,7 +301,7 @@ class ReliablePublisher(AckedSender):
         history = self._history
         if history is not None:
             for _topic, (frame, at) in entries:
-                history.add(frame[:at - _HEADER_BEFORE_CORRELATION], frame)
+                history.add(frame[:at - _CORRELATION], frame)
         stalled = self._stalled
         routes: list[Any] = []  # routing ids (bytes)
         frames: list[bytes] = []
@@ -319,6 +318,8 @@ class ReliablePublisher(AckedSender):
                 if routes[i] not in stalled:
                     self._send_frame(*sends[i], frames[i])
             self._arm.set()
+            if self._idle:
+                self._sock.interrupt()  # the timer task is parked on the socket: off it
         self._read_acks()
 
     def _send(self, book: Book, frame: bytes, at: int, prev: int) -> bool:
@@ -381,20 +382,19 @@ class ReliablePublisher(AckedSender):
         """Send a subscriber whose book just opened (nothing sent to it yet) the kept
         publications of its prefixes, at most ``window`` of them (the newest)."""
         assert self._history is not None
-        prefixes = [encode_topic(p) for p in book.prefixes]
-        frames = list(self._history.select(depth, prefixes))[-self._core.window:]
-        if not frames:
+        payloads = renumbered(self._history, depth, book.prefixes, self._core.window,
+                              self._core.next_seq)
+        if not payloads:
             return
-        first = self._core.next_seq
-        payloads = []
-        for i, frame in enumerate(frames):
-            assert isinstance(frame, bytes)  # a reliable publication is one frame
-            at = frame.index(0) + 1 + _HEADER_BEFORE_CORRELATION
-            payloads.append((as_replayed(frame, at, first + i), at))
         sends = self._core.replay(book, payloads, now)
-        for seq, prev in sends:
-            frame, at = self._core.payload(seq)
-            if book.route in self._stalled or not self._send(book, frame, at, prev):
+        if book.route in self._stalled:
+            return  # it gets them when it acknowledges again or its timer runs out
+        route = cast(bytes, book.route)
+        data = [with_correlation(frame, at, prev)
+                for (frame, at), (_seq, prev) in zip(payloads, sends, strict=True)]
+        sent = self._sock.send_routed_batch_nowait([route] * len(data), data)
+        for i in range(sent, len(data)):  # refused: the pipe is full, or not connected
+            if not self._send_frame(book, sends[i][1], data[i]):
                 break  # the rest when it acknowledges or its timer runs out
         self._arm.set()
 
@@ -426,15 +426,31 @@ class ReliablePublisher(AckedSender):
 
     async def _run(self) -> None:
         """Read acknowledgements, resend and drop on time, until closed."""
-        sock = self._sock
-        while not sock.closed:
+        core = self._core
+        looked = core.sent  # ``core.sent`` when this task last looked
+        while not self._sock.closed:
             self._read_acks()
             self._tick()
-            timer = self._core.get_timer()
+            timer = core.get_timer()
             now = trio.current_time()
-            if timer is None:  # woken by work to time; looks for new subscribers anyway
+            if core.sent == looked:
+                # Not publishing: parking on the socket costs sending nothing (the next
+                # publication takes this task off it), and acknowledgements are read
+                # as they come (a joiner's replay, a stalled subscriber's resumption).
+                self._idle = True
+                self._waiters += 1
+                try:
+                    await self._park(now + 0.25 if timer is None else min(timer, now + 0.25))
+                except ClosedError:
+                    return
+                finally:
+                    self._waiters -= 1
+                    self._idle = False
+            elif timer is None:  # publishing reads acknowledgements; this task times
+                looked = core.sent
                 await self._sleep(now + 0.25)
-            else:  # not woken by every publication: its timers are later than this
+            else:
+                looked = core.sent
                 await trio.sleep_until(min(timer, now + 0.1))
 
     def statistics(self) -> ReliablePublisherStatistics:
