@@ -3,12 +3,14 @@
     python tests/lab/lab_node.py --name NAME [--discovery mdns|static] [--static-peer tcp://IP:PORT]
         [--port N] [--heartbeat S] [--peer-timeout S]
         [--pub CH] [--sub CH [--topic PREFIX]] [--push CH] [--pull CH] [--rep CH]
-        [--rep-silent CH] [--req CH] [--publish-on-ready CH TOPIC]
+        [--rep-silent CH] [--req CH] [--publish-on-ready CH TOPIC] [--history N]
 
 Role options can be repeated. ``--topic`` (repeatable) gives the subscribers' prefixes
 (default: every topic). ``--discovery mdns`` (the default) runs ``MDNS()`` with no
 ``interfaces``: every interface of the namespace. ``--static-peer`` adds a ``Static``
-source (with ``--discovery mdns`` too, which mixes both).
+source (with ``--discovery mdns`` too, which mixes both). ``--history N`` opens the
+publishers with ``history=N`` (keep and replay the last ``N`` of each topic); the
+subscribers always ask for all a publisher keeps.
 
 Every stdout line is one JSON object, flushed at once; ``t`` is ``time.time()`` (the
 lab's namespaces share the kernel clock, so times compare across hosts):
@@ -19,8 +21,9 @@ lab's namespaces share the kernel clock, so times compare across hosts):
 * ``{"event": "joined"|"updated"|"left", "name", "id", "epoch", "reason", "channels",
   "t"}`` for every peer change (peers already known when the watch starts are
   reported as ``joined`` with ``"known": true``);
-* ``{"event": "msg", "channel", "topic", "body", "sender", "epoch", "t"}`` for every
-  message a subscriber or puller receives;
+* ``{"event": "msg", "channel", "topic", "body", "sender", "epoch", "seq", "replayed",
+  "t"}`` for every message a subscriber or puller receives (``replayed``: it came from
+  a publisher's history);
 * ``{"event": "request", "channel", "body", "t"}`` for every request a replier receives,
   then ``{"event": "answered", ...}`` once it replied ``{"from": NAME, "body": body}``
   (``--rep-silent``: reported, never answered);
@@ -115,6 +118,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="override shoal.node._links.LINK_GRACE (seconds; a test knob)")
     p.add_argument("--topic", action="append", default=None, metavar="PREFIX")
     p.add_argument("--publish-on-ready", nargs=2, metavar=("CH", "TOPIC"))
+    p.add_argument("--history", type=int, default=0, metavar="N",
+                   help="the publishers keep and replay the last N of each topic")
     return p.parse_args(argv)
 
 
@@ -153,7 +158,7 @@ class Runner:
     async def report_messages(channel: str, source: shoal.Subscriber | shoal.Puller) -> None:
         async for msg in source:
             emit("msg", channel=channel, topic=msg.topic, body=msg.body, sender=msg.sender,
-                 epoch=msg.epoch)
+                 epoch=msg.epoch, seq=msg.seq, replayed=msg.replayed)
 
     async def serve(self, channel: str, replier: shoal.Replier, answer: bool) -> None:
         async for req in replier:
@@ -298,7 +303,8 @@ async def run(args: argparse.Namespace) -> None:
             pub_channels = list(dict.fromkeys(
                 [*args.pub, *([args.publish_on_ready[0]] if args.publish_on_ready else [])]))
             for ch in pub_channels:
-                runner.publishers[ch] = await stack.enter_async_context(node.open_publisher(ch))
+                runner.publishers[ch] = await stack.enter_async_context(
+                    node.open_publisher(ch, history=args.history))
             topics = args.topic if args.topic is not None else [""]
             for ch in args.sub:
                 sub = await stack.enter_async_context(node.open_subscriber(ch, topics=topics))

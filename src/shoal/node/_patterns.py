@@ -36,9 +36,10 @@ from shoal.patterns._history import (
     history_publisher_options,
     run_history_publisher,
 )
-from shoal.patterns._pubsub import (
-    Publisher,
-    Subscriber,
+from shoal.patterns._pubsub import Publisher, Subscriber
+from shoal.patterns._pubsub_args import (
+    DEFAULT_MAX_TOPICS,
+    check_publisher_args,
     check_subscriber_args,
     new_marker,
     publisher_options,
@@ -66,6 +67,7 @@ class PublisherOptions(TypedDict, total=False):
     history: int
     history_bytes: int
     history_topics: int
+    max_topics: int
 
 
 class ReliablePublisherOptions(PublisherOptions, total=False):
@@ -122,7 +124,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "publisher": {"high_water_mark": 1000, "linger_ms": DEFAULT_LINGER_MS,
                   "window": 8192, "rto": 0.5, "grace": 10.0, "max_subscribers": 1024,
                   "history": 0, "history_bytes": DEFAULT_HISTORY_BYTES,
-                  "history_topics": DEFAULT_HISTORY_TOPICS},
+                  "history_topics": DEFAULT_HISTORY_TOPICS,
+                  "max_topics": DEFAULT_MAX_TOPICS},
     "subscriber": {"topics": ("",), "high_water_mark": 1000, "batch": DEFAULT_BATCH,
                    "max_streams": 4096, "heartbeat": 0.5, "history": None},
     "pusher": {"high_water_mark": 1000, "linger_ms": DEFAULT_LINGER_MS, "window": 1024,
@@ -210,17 +213,20 @@ class Patterns:
         to each subscriber that joins, before the live stream (reliably too with
         ``reliable=True``, at most ``window`` of them; bounded by
         ``history_bytes``, 64 MiB, and ``history_topics``, 100,000); ``history=1`` is a
-        last-value cache. See ``shoal.open_publisher``.
+        last-value cache. ``max_topics`` (100,000) bounds the topics numbered at once
+        (best effort). See ``shoal.open_publisher``.
         """
         o = _options("publisher", channel, options)
         check_history_args(o["history"], o["history_bytes"], o["history_topics"])
+        check_publisher_args(o["max_topics"])
         if o["history"] and not reliable:
             return self._listed(
                 channel, Role.PUBLISHER, zmq.XPUB,
                 history_publisher_options(o["high_water_mark"]), o["linger_ms"],
                 lambda sock: run_history_publisher(
                     sock, self.identity, history=o["history"],
-                    history_bytes=o["history_bytes"], history_topics=o["history_topics"]))
+                    history_bytes=o["history_bytes"], history_topics=o["history_topics"],
+                    max_topics=o["max_topics"]))
         if reliable:
             check_reliable_pubsub_args(window=o["window"], rto=o["rto"], grace=o["grace"])
             return self._listed(
@@ -233,7 +239,8 @@ class Patterns:
                     history_topics=o["history_topics"]))
         return self._listed(channel, Role.PUBLISHER, zmq.XPUB,
                             publisher_options(o["high_water_mark"]), o["linger_ms"],
-                            lambda sock: Publisher(sock, self.identity))
+                            lambda sock: Publisher(sock, self.identity,
+                                                   max_topics=o["max_topics"]))
 
     @overload
     def open_subscriber(self, channel: str, *, reliable: Literal[False] = False,

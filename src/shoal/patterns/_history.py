@@ -61,8 +61,13 @@ from shoal._core import (
 )
 from shoal._zmq._socket import Socket
 from shoal.errors import DecodeError, LocalProtocolError
-from shoal.patterns._common import Endpoints, PublishItem, log, open_socket, publish_item
-from shoal.patterns._pubsub import Publisher, PublisherStatistics, publisher_options
+from shoal.patterns._common import Endpoints, PublishItem, log, open_socket
+from shoal.patterns._pubsub import Publisher, PublisherStatistics
+from shoal.patterns._pubsub_args import (
+    DEFAULT_MAX_TOPICS,
+    check_publisher_args,
+    publisher_options,
+)
 
 __all__ = [
     "DEFAULT_HISTORY_BYTES",
@@ -89,8 +94,9 @@ class HistoryPublisher(Publisher):
     Make one with ``open_publisher(..., history=N)``."""
 
     def __init__(self, sock: Socket, identity: Identity | None, *, depth: int,
-                 max_bytes: int, max_topics: int) -> None:
-        super().__init__(sock, identity)
+                 max_bytes: int, max_topics: int,
+                 max_numbered: int = DEFAULT_MAX_TOPICS) -> None:
+        super().__init__(sock, identity, max_topics=max_numbered)
         self._store = HistoryStore(depth=depth, max_bytes=max_bytes, max_topics=max_topics)
         self._requests = 0
         self._replayed = 0
@@ -203,12 +209,13 @@ class HistoryPublisher(Publisher):
 
     def publish_many_nowait(self, items: Iterable[PublishItem]) -> None:
         self._sock.check_open("publish")
-        items = list(items)
         frames = self._encode_many(items)
         add = self._store.add
-        topics = self._topics
-        for item, frame in zip(items, frames, strict=True):
-            add(topics[publish_item(item)[0]][0], frame)
+        for frame in frames:
+            # the topic leads the frame up to its NUL (the batch may have moved to a
+            # new stream part way, so the numbering table may not hold it any more)
+            head = frame if isinstance(frame, bytes) else frame[0]
+            add(head[:head.index(0) + 1], frame)
         sock = self._sock
         done = 0
         while done < len(frames):
@@ -226,7 +233,7 @@ class HistoryPublisher(Publisher):
             published=self._published, topics=len(self._topics),
             subscribers=self.subscribers, history_topics=len(s), history_bytes=s.bytes,
             history_evicted=s.evicted, history_requests=self._requests,
-            replayed=self._replayed)
+            replayed=self._replayed, topic_resets=self._topic_resets)
 
 
 def check_history_args(history: int, history_bytes: int, history_topics: int) -> None:
@@ -241,27 +248,30 @@ def check_history_args(history: int, history_bytes: int, history_topics: int) ->
 async def open_history_publisher(
     *, bind: Endpoints, connect: Endpoints, identity: Identity | None, high_water_mark: int,
     context: zmq.Context[zmq.Socket[bytes]] | None, linger_ms: int, history: int,
-    history_bytes: int, history_topics: int,
+    history_bytes: int, history_topics: int, max_topics: int = DEFAULT_MAX_TOPICS,
 ) -> AsyncIterator[HistoryPublisher]:
     check_history_args(history, history_bytes, history_topics)
+    check_publisher_args(max_topics)
     sock = open_socket("open_publisher", zmq.XPUB, bind=bind, connect=connect,
                        high_water_mark=high_water_mark, context=context, linger_ms=linger_ms,
                        options=history_publisher_options(high_water_mark))
     async with run_history_publisher(sock, identity, history=history,
                                      history_bytes=history_bytes,
-                                     history_topics=history_topics) as pub:
+                                     history_topics=history_topics,
+                                     max_topics=max_topics) as pub:
         yield pub
 
 
 @asynccontextmanager
 async def run_history_publisher(
     sock: Socket, identity: Identity | None, *, history: int, history_bytes: int,
-    history_topics: int,
+    history_topics: int, max_topics: int = DEFAULT_MAX_TOPICS,
 ) -> AsyncIterator[HistoryPublisher]:
     """A history publisher on ``sock`` (an XPUB with ``history_publisher_options``),
-    its subscription reader running while the block is open; closes the socket."""
+    its subscription reader running while the block is open; closes the socket.
+    ``max_topics`` bounds its numbering table (see ``Publisher``)."""
     pub = HistoryPublisher(sock, identity, depth=history, max_bytes=history_bytes,
-                           max_topics=history_topics)
+                           max_topics=history_topics, max_numbered=max_topics)
     async with trio.open_nursery() as nursery, pub:
         nursery.start_soon(pub._serve)
         yield pub

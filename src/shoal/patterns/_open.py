@@ -27,9 +27,13 @@ from shoal.patterns._history import (
 from shoal.patterns._pubsub import (
     Publisher,
     Subscriber,
-    check_subscriber_args,
     open_best_effort_publisher,
     open_best_effort_subscriber,
+)
+from shoal.patterns._pubsub_args import (
+    DEFAULT_MAX_TOPICS,
+    check_publisher_args,
+    check_subscriber_args,
 )
 from shoal.patterns._pushpull import (
     Puller,
@@ -51,7 +55,7 @@ def open_publisher(
     high_water_mark: int = 1000, context: zmq.Context[zmq.Socket[bytes]] | None = None,
     linger_ms: int = DEFAULT_LINGER_MS, reliable: Literal[False] = False, busy_poll: float = 0.0,
     history: int = 0, history_bytes: int = DEFAULT_HISTORY_BYTES,
-    history_topics: int = DEFAULT_HISTORY_TOPICS,
+    history_topics: int = DEFAULT_HISTORY_TOPICS, max_topics: int = DEFAULT_MAX_TOPICS,
 ) -> AbstractAsyncContextManager[Publisher]: ...
 
 
@@ -74,7 +78,7 @@ def open_publisher(
     busy_poll: float = 0.0, window: int = 8192,
     rto: float = 0.5, grace: float = 10.0, max_subscribers: int = 1024,
     history: int = 0, history_bytes: int = DEFAULT_HISTORY_BYTES,
-    history_topics: int = DEFAULT_HISTORY_TOPICS,
+    history_topics: int = DEFAULT_HISTORY_TOPICS, max_topics: int = DEFAULT_MAX_TOPICS,
 ) -> AbstractAsyncContextManager[Publisher] | AbstractAsyncContextManager[ReliablePublisher]:
     """Open a publisher bound to and/or connected to the given endpoints.
 
@@ -97,13 +101,20 @@ def open_publisher(
     (64 MiB by default) and ``history_topics`` (100,000): over either, the topic least
     recently published loses its oldest publication. ``statistics()`` says what is
     held and how much was replayed.
+
+    ``max_topics`` (best effort; 100,000 by default) bounds the topics whose sequence
+    numbers a publisher remembers: past it, the publisher forgets them all and goes on
+    in a new stream, every topic numbered from 0 again (subscribers see no gap and
+    nothing out of order; ``statistics().topic_resets`` counts it).
     """
     check_history_args(history, history_bytes, history_topics)
+    check_publisher_args(max_topics)
     if history and not reliable:
         cm0 = open_history_publisher(
             bind=bind, connect=connect, identity=identity, high_water_mark=high_water_mark,
             context=context, linger_ms=linger_ms, history=history,
-            history_bytes=history_bytes, history_topics=history_topics)
+            history_bytes=history_bytes, history_topics=history_topics,
+            max_topics=max_topics)
         return with_busy_poll(cm0, busy_poll)
     if reliable:
         cm1 = open_reliable_publisher(
@@ -113,7 +124,8 @@ def open_publisher(
             history_bytes=history_bytes, history_topics=history_topics)
         return with_busy_poll(cm1, busy_poll)
     cm2 = open_best_effort_publisher(bind=bind, connect=connect, identity=identity,
-                          high_water_mark=high_water_mark, context=context, linger_ms=linger_ms)
+                          high_water_mark=high_water_mark, context=context, linger_ms=linger_ms,
+                          max_topics=max_topics)
     return with_busy_poll(cm2, busy_poll)
 
 

@@ -6,6 +6,13 @@ before a subscription has reached it (slow joiner). Loss is never silent: each
 message carries ``(sender, epoch, stream, seq)`` with ``seq`` counted per topic, and
 a subscriber counts the gaps per publisher in ``statistics()``.
 
+A publisher's table of per-topic numbers holds at most ``max_topics``. A topic new
+to a full table makes the publisher drop the table and go on in a new stream (a
+stream number this process has not used): every topic restarts at 0 under a key
+``(sender, epoch, stream, topic)`` that no subscriber has seen, so none counts a gap
+or a message out of order, and the history's replay (which keys its duplicates the
+same way) stays exact. A topic already in the table pays nothing for the bound.
+
 Who is listening: the publisher is an XPUB socket, and every subscriber subscribes,
 after its topics, to a marker prefix unique to it (``\\xff`` + 16 random bytes; no
 topic can start with ``\\xff``, which is not UTF-8, so no publication ever matches
@@ -20,7 +27,6 @@ Never here: waiting on a slow subscriber (PUB does not block), re-encoding bodie
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,9 +39,7 @@ import zmq
 from shoal._core import (
     ALL,
     MARKER,
-    MAX_HISTORY_PREFIXES,
     MAX_TOPIC,
-    OWNER,
     SPLIT_AT,
     GapTracker,
     Identity,
@@ -52,6 +56,7 @@ from shoal._core import (
     pack_tail,
     parse_subscription,
 )
+from shoal._process import process_identity
 from shoal._zmq._socket import Socket
 from shoal.errors import LocalProtocolError, MessageTooLarge
 from shoal.patterns._common import (
@@ -62,6 +67,14 @@ from shoal.patterns._common import (
     open_socket,
     publish_item,
     stream_encoder,
+)
+from shoal.patterns._pubsub_args import (
+    DEFAULT_MAX_TOPICS,
+    check_publisher_args,
+    check_subscriber_args,
+    new_marker,
+    publisher_options,
+    subscriber_options,
 )
 
 _PUBLISH = (Kind.PUBLISH,)
@@ -77,7 +90,6 @@ __all__ = [
     "open_best_effort_publisher",
     "open_best_effort_subscriber",
 ]
-# (publisher_options, subscriber_options, check_subscriber_args: for shoal's node)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +99,8 @@ class PublisherStatistics:
     published: int
     """Messages handed to ZeroMQ (PUB may still drop them at its high-water mark)."""
     topics: int
-    """Distinct topics published so far (each has its own sequence counter)."""
+    """Topics in the numbering table (each has its own sequence counter; at most
+    ``max_topics``)."""
     subscribers: int
     """Subscribers connected with their subscriptions in place (as last seen)."""
     history_topics: int = 0
@@ -103,6 +116,9 @@ class PublisherStatistics:
     """Subscribers' requests for history answered."""
     replayed: int = 0
     """Publications replayed to joining subscribers, over all requests."""
+    topic_resets: int = 0
+    """Times the numbering table reached ``max_topics`` and was dropped: the
+    publisher went on in a new stream, every topic numbered from 0 again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +150,15 @@ class SubscriberStatistics:
 class Publisher(SocketResource):
     """Publishes messages on topics. Make one with ``open_publisher``."""
 
-    def __init__(self, sock: Socket, identity: Identity | None) -> None:
+    def __init__(self, sock: Socket, identity: Identity | None, *,
+                 max_topics: int = DEFAULT_MAX_TOPICS) -> None:
         self._sock = sock
-        self._enc = stream_encoder(identity, sock)
+        self._identity = identity if identity is not None else process_identity()
+        self._enc = stream_encoder(self._identity, sock)
         # topic -> [topic + NUL, next seq, topic + NUL + raw header prefix]
         self._topics: dict[str, list[Any]] = {}
+        self._max_topics = max_topics
+        self._topic_resets = 0
         self._raw_prefix = self._enc.raw_prefix[Kind.PUBLISH]
         self._max = sock.max_message_size
         self._published = 0
@@ -179,13 +199,25 @@ class Publisher(SocketResource):
                 return
             await self._sock.wait_receivable()
 
+    def _new_stream(self) -> None:
+        """Drop the topic table and go on in a new stream (see the module's
+        docstring). Off the per-message path: only a topic new to a full table
+        comes here."""
+        self._topics.clear()
+        self._enc = stream_encoder(self._identity, self._sock)
+        self._raw_prefix = self._enc.raw_prefix[Kind.PUBLISH]
+        self._topic_resets += 1
+
     def _encode(self, topic: str, body: Any,
                 headers: Mapping[str, Any] | None) -> bytes | tuple[bytes, bytes]:
         """Encode the next publication on ``topic`` and take its sequence number.
-        Raises ``EncodeError`` before taking one."""
+        Raises ``EncodeError`` before taking one (a topic new to a full table may
+        have moved the publisher to a new stream by then: no number is lost in it)."""
         entry = self._topics.get(topic)
         if entry is None:
             topic_z = encode_topic(topic) + b"\0"
+            if len(self._topics) >= self._max_topics:
+                self._new_stream()
             entry = [topic_z, 0, topic_z + self._raw_prefix]
         seq = entry[1]
         if type(body) is bytes and headers is None and len(body) < SPLIT_AT:
@@ -204,9 +236,11 @@ class Publisher(SocketResource):
 
     def _encode_many(self, items: Iterable[PublishItem]) -> list[bytes | tuple[bytes, bytes]]:
         """Encode a batch under one timestamp. Sequence numbers are taken only once
-        every item has been encoded."""
+        every item has been encoded. A batch may move to a new stream part way
+        (``_new_stream``): the items before are numbered in the old one."""
         topics = self._topics
         batch: dict[str, list[Any]] = {}  # topic -> its entry as the batch advances it
+        fresh = 0  # topics of the batch not in the table
         frames: list[bytes | tuple[bytes, bytes]] = []
         append = frames.append
         join = b"".join
@@ -223,7 +257,12 @@ class Publisher(SocketResource):
                 known = topics.get(topic)
                 if known is None:
                     topic_z = encode_topic(topic) + b"\0"
+                    if len(topics) + fresh >= self._max_topics:
+                        self._new_stream()  # empties topics; the batch's entries go too
+                        batch.clear()
+                        fresh = 0
                     entry = [topic_z, 0, topic_z + self._raw_prefix]
+                    fresh += 1
                 else:
                     entry = list(known)
                 batch[topic] = entry
@@ -306,7 +345,8 @@ class Publisher(SocketResource):
     def statistics(self) -> PublisherStatistics:
         """An immutable snapshot of this resource's counters."""
         return PublisherStatistics(published=self._published, topics=len(self._topics),
-                                   subscribers=self.subscribers)
+                                   subscribers=self.subscribers,
+                                   topic_resets=self._topic_resets)
 
 
 
@@ -449,11 +489,13 @@ class Subscriber(BufferedReceiver[Message]):
 async def open_best_effort_publisher(
     *, bind: Endpoints, connect: Endpoints, identity: Identity | None, high_water_mark: int,
     context: zmq.Context[zmq.Socket[bytes]] | None, linger_ms: int,
+    max_topics: int = DEFAULT_MAX_TOPICS,
 ) -> AsyncIterator[Publisher]:
+    check_publisher_args(max_topics)
     sock = open_socket("open_publisher", zmq.XPUB, bind=bind, connect=connect,
                        high_water_mark=high_water_mark, context=context,
                        linger_ms=linger_ms, options=publisher_options(high_water_mark))
-    pub = Publisher(sock, identity)
+    pub = Publisher(sock, identity, max_topics=max_topics)
     async with pub:
         yield pub
 
@@ -475,45 +517,3 @@ async def open_best_effort_subscriber(
     async with sub:
         sub._start(topics)
         yield sub
-
-
-def publisher_options(high_water_mark: int) -> list[tuple[int, int | bytes]]:
-    """Socket options of a publisher (an XPUB socket)."""
-    return [(zmq.SNDHWM, high_water_mark)]
-
-
-def subscriber_options(high_water_mark: int, marker: bytes | None = None,
-                       history: int | None = 0) -> list[tuple[int, int | bytes]]:
-    """Socket options of a subscriber (a SUB socket). One that asks for history names
-    its marker in its connections' metadata, so that a history publisher can tell
-    which subscriber each subscription comes from (see ``_history``)."""
-    if marker is None or history == 0:
-        return [(zmq.RCVHWM, high_water_mark)]
-    owner = OWNER + b":" + marker[1:].hex().encode()
-    return [(zmq.RCVHWM, high_water_mark), (zmq.METADATA, owner)]
-
-
-def new_marker() -> bytes:
-    """A subscriber's marker: ``0xff`` and 16 random bytes."""
-    return _MARKER + os.urandom(16)
-
-
-def check_subscriber_args(topics: Sequence[str], max_streams: int,
-                          history: int | None = None) -> None:
-    """Refuse subscriber arguments that cannot work, before a socket is opened."""
-    if isinstance(topics, str):
-        raise LocalProtocolError("topics= takes a list of prefixes or patterns, e.g. "
-                                 "topics=['sensors/'] or topics=['site/*/temp']")
-    for t in topics:
-        encode_topic(t)
-        parse_subscription(t)  # raises InvalidTopicPattern, saying what is allowed
-    if not isinstance(max_streams, int) or max_streams < 1:
-        raise LocalProtocolError(f"max_streams must be an int >= 1, not {max_streams!r}")
-    if history is not None and (isinstance(history, bool) or not isinstance(history, int)
-                                or history < 0):
-        raise LocalProtocolError(f"history must be None (all the publisher keeps) or an "
-                                 f"int >= 0 (0: no replay), not {history!r}")
-    if history != 0 and len(set(topics)) > MAX_HISTORY_PREFIXES:
-        raise LocalProtocolError(f"history covers at most {MAX_HISTORY_PREFIXES} prefixes; pass "
-                                 "history=0 or subscribe fewer")
-
