@@ -17,7 +17,7 @@ from shoal._core import (
     decode_request,
     encode_request,
 )
-from shoal._core._history import ENTRY_OVERHEAD, MAX_HISTORY_PREFIXES
+from shoal._core._history import ENTRY_OVERHEAD, MAX_HISTORY_PREFIXES, TOPIC_OVERHEAD
 from shoal.errors import DecodeError
 
 MARK = MARKER + bytes(range(16))
@@ -56,7 +56,8 @@ def test_bytes_and_topics_never_pass_their_bounds(enc: StreamEncoder) -> None:
             assert store.bytes <= 50_000
             assert len(store) <= 300
     assert store.bytes <= 50_000
-    assert len(store) == min(300, 50_000 // (frame_size + ENTRY_OVERHEAD))
+    per_topic = frame_size + ENTRY_OVERHEAD + TOPIC_OVERHEAD + len(b"t/000000\0")
+    assert len(store) == min(300, 50_000 // per_topic)
     # the topics kept are the ones published last
     kept = [m.topic for m in decode_bundle(b"".join(
         bundles(MARK, store.select(2, [b""]), 1 << 24))[len(MARK):]) if isinstance(m, Message)]

@@ -8,7 +8,8 @@ subscriber's marker, so that only its pipe matches them. ``docs/PROTOCOL.md``
 (Publish/subscribe, "History") gives every byte.
 
 Bounds, all hard: at most ``depth`` publications per topic, ``max_topics`` topics and
-``max_bytes`` bytes in total (each entry costs its frames plus ``ENTRY_OVERHEAD``).
+``max_bytes`` bytes in total (each entry costs its frames plus ``ENTRY_OVERHEAD``, each
+topic its name plus ``TOPIC_OVERHEAD``).
 Over a bound, the topic least recently published loses its oldest publication (and
 is forgotten once empty), so ten million distinct topics cost no more than the bound.
 A request is bounded by what it parses: at most ``MAX_HISTORY_PREFIXES`` prefixes of at most
@@ -21,7 +22,7 @@ Nothing from the wire raises anything but ``DecodeError``.
 from __future__ import annotations
 
 import struct
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Final
 
@@ -55,7 +56,10 @@ MARKER_SIZE: Final = 17
 MAX_HISTORY_PREFIXES: Final = 256
 ALL: Final = 0xFFFFFFFF
 """The depth of a request that takes all the publisher keeps."""
-ENTRY_OVERHEAD: Final = 128
+TOPIC_OVERHEAD: Final = 320
+"""Bytes charged per topic held besides its name (the list, the ordered dict's entry,
+the name's bytes object)."""
+ENTRY_OVERHEAD: Final = 160
 """Bytes charged per kept publication besides its frames (the deque slot, the tuple,
 the bytes objects' headers): what ``history_bytes`` counts is close to real memory."""
 BUNDLE_BYTES: Final = 1 << 20
@@ -113,7 +117,9 @@ class HistoryStore:
         self.max_topics = max_topics
         # topic (encoded, with its NUL) -> its publications (size, frame), oldest first;
         # least recently published topic first
-        self._topics: OrderedDict[bytes, deque[tuple[int, Frame]]] = OrderedDict()
+        # (a list, not a deque: 64 bytes against 760 for one publication; depths are
+        # small and removing the oldest of a few is as cheap)
+        self._topics: OrderedDict[bytes, list[tuple[int, Frame]]] = OrderedDict()
         self.bytes = 0
         """Bytes held, as counted against ``max_bytes``."""
         self.evicted = 0
@@ -131,19 +137,21 @@ class HistoryStore:
         topics = self._topics
         kept = topics.get(topic_z)
         if kept is None:
-            kept = topics[topic_z] = deque()
+            kept = topics[topic_z] = []
+            self.bytes += TOPIC_OVERHEAD + len(topic_z)
         else:
             topics.move_to_end(topic_z)
             if len(kept) >= self.depth:
-                self.bytes -= kept.popleft()[0]
+                self.bytes -= kept.pop(0)[0]
         kept.append((size, frame))
         self.bytes += size
         while (self.bytes > self.max_bytes or len(topics) > self.max_topics) and topics:
             oldest_topic, oldest = next(iter(topics.items()))
-            self.bytes -= oldest.popleft()[0]
+            self.bytes -= oldest.pop(0)[0]
             self.evicted += 1
             if not oldest:
                 del topics[oldest_topic]
+                self.bytes -= TOPIC_OVERHEAD + len(oldest_topic)
 
     def select(self, depth: int, prefixes: Sequence[bytes]) -> Iterator[Frame]:
         """The publications a request for ``depth`` of each topic matching one of
