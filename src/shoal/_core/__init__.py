@@ -27,6 +27,7 @@ from shoal._core._control import (
     encode_control,
 )
 from shoal._core._envelope import (
+    FLAG_DEADLINE,
     HEADER,
     MAX_TOPIC,
     SPLIT_AT,
@@ -40,6 +41,7 @@ from shoal._core._envelope import (
     encode,
     encode_topic,
     pack_tail,
+    request_budget,
     with_correlation,
 )
 from shoal._core._fanout import (
@@ -84,6 +86,7 @@ __all__ = [
     "ACK_DELAY",
     "ACK_TOPIC",
     "ALL",
+    "FLAG_DEADLINE",
     "HEADER",
     "LOST_TRACK",
     "MARKER",
@@ -151,5 +154,6 @@ __all__ = [
     "offers",
     "pack_tail",
     "parse_subscription",
+    "request_budget",
     "with_correlation",
 ]

@@ -8,8 +8,9 @@ Layout (all integers little-endian)::
       u8  version        refused unless == VERSION
       u8  kind           Kind
       u8  flags          FLAG_RAW: body is raw bytes; FLAG_HEADERS: user headers follow;
-                         FLAG_SPLIT: the body is the message's second frame; the
-                         unassigned bits: see "Unknown flag bits" below
+                         FLAG_SPLIT: the body is the message's second frame;
+                         FLAG_DEADLINE (advisory, requests): seq holds the caller's
+                         remaining time; the unassigned bits: see "Unknown flag bits" below
       u8  reserved       0 on send, ignored on receive (room for a future flag byte)
       16s sender         sender id (a node's or process's random 128-bit id)
       u32 epoch          incarnation of the sender: fresh on every start
@@ -33,9 +34,13 @@ Unknown flag bits: the unassigned bits are split in two ranges, so that a later
 version can add a flag without making every older receiver drop its frames.
 ``FLAG_ADVISORY`` bits (0x08, 0x10) may only carry what a receiver can do without
 (a hint): a receiver that does not know one ignores it and decodes the frame as if it
-were clear. ``FLAG_MUST_UNDERSTAND`` bits (0x20, 0x40, 0x80) change how the frame
-reads: a receiver that does not know one drops the frame (``DecodeError`` reason
-``unknown-flags``, counted like any malformed input). The known bits are all
+were clear. 0x08 is assigned as ``FLAG_DEADLINE``: on a ``REQUEST``, the ``seq`` field
+holds the microseconds the caller still waits (``request_budget``) instead of a
+number no receiver uses; a replier that does not know the bit runs the request
+anyway, which is what it did before the bit existed.
+``FLAG_MUST_UNDERSTAND`` bits (0x20, 0x40, 0x80) change how the frame reads: a
+receiver that does not know one drops the frame (``DecodeError`` reason
+``unknown-flags``, counted like any malformed input). The other known bits are all
 must-understand. The hot-path decoders mask the advisory bits out of the word they
 compare, so the rule costs them nothing.
 
@@ -70,6 +75,7 @@ __all__ = [
     "encode",
     "encode_topic",
     "pack_tail",
+    "request_budget",
     "with_correlation",
 ]
 
@@ -81,6 +87,8 @@ FLAG_RAW: Final = 0x01
 FLAG_HEADERS: Final = 0x02
 FLAG_SPLIT: Final = 0x04
 _KNOWN_FLAGS: Final = FLAG_RAW | FLAG_HEADERS | FLAG_SPLIT
+FLAG_DEADLINE: Final = 0x08
+"""Advisory, on a ``REQUEST``: ``seq`` is the caller's remaining time in microseconds."""
 FLAG_ADVISORY: Final = 0x18
 """Unassigned flag bits a receiver ignores when it does not know them (hints only)."""
 FLAG_MUST_UNDERSTAND: Final = 0xE0
@@ -219,7 +227,7 @@ class StreamEncoder:
         self._prefixes: dict[int, bytes] = {
             (kind << 8) | flags: _PREFIX.pack(VERSION, kind, flags, sender, epoch, stream)
             for kind in Kind
-            for flags in range(_KNOWN_FLAGS + 1)
+            for flags in range((_KNOWN_FLAGS | FLAG_DEADLINE) + 1)
         }
         self.raw_prefix: dict[Kind, bytes] = {
             kind: self._prefixes[(kind << 8) | FLAG_RAW] for kind in Kind}
@@ -255,10 +263,13 @@ class StreamEncoder:
         timestamp_ns: int,
         correlation: int = 0,
         headers: Mapping[str, Any] | None = None,
+        extra_flags: int = 0,
     ) -> tuple[bytes, bytes | None]:
         """Like ``encode``, but a body of ``SPLIT_AT`` bytes or more (encoded) comes
-        back as a frame of its own: ``(head, body)``; otherwise ``(frame, None)``."""
+        back as a frame of its own: ``(head, body)``; otherwise ``(frame, None)``.
+        ``extra_flags``: advisory bits to set (``FLAG_DEADLINE``)."""
         flags, payload = _payload(body)
+        flags |= extra_flags
         if len(payload) < SPLIT_AT:
             return self._frame(kind, topic_z, flags, payload, seq, timestamp_ns,
                                correlation, headers), None
@@ -289,6 +300,11 @@ class StreamEncoder:
         return frame
 
 
+    def prefix(self, kind: Kind, flags: int) -> bytes:
+        """The packed fixed header part for ``kind`` and ``flags`` (see ``raw_prefix``)."""
+        return self._prefixes[(kind << 8) | flags]
+
+
 pack_tail: Final = _TAIL.pack
 """``pack_tail(seq, timestamp_ns, correlation)``: the per-message end of the header."""
 
@@ -310,6 +326,19 @@ def with_correlation(frame: bytes, at: int, correlation: int) -> bytes:
     unchanged. Cheaper than encoding again, which a retransmission or a copy per
     subscriber would otherwise cost."""
     return b"".join((frame[:at], _U64.pack(correlation), frame[at + 8:]))
+
+
+_SEQ: Final = 1 + 28
+"""Where the seq field starts, from the topic's NUL."""
+
+
+def request_budget(frame: bytes) -> int:
+    """The caller's remaining time, in microseconds, that a ``REQUEST`` frame (already
+    decoded without error) carries; -1 when it carries none (``FLAG_DEADLINE`` clear)."""
+    z = 0 if frame[0] == 0 else frame.find(b"\0", 0, MAX_TOPIC + 1)
+    if frame[z + 3] & FLAG_DEADLINE:
+        return int(_U64.unpack_from(frame, z + _SEQ)[0])
+    return -1
 
 
 def _payload(body: Any) -> tuple[int, bytes]:

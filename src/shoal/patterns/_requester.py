@@ -43,7 +43,7 @@ from typing import Any
 import trio
 import zmq
 
-from shoal._core import SPLIT_AT, Identity, Kind, Message, pack_tail
+from shoal._core import FLAG_DEADLINE, SPLIT_AT, Identity, Kind, Message, pack_tail
 from shoal._zmq._socket import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal.errors import (
     LocalProtocolError,
@@ -68,6 +68,18 @@ __all__ = ["Requester", "RequesterStatistics", "open_requester", "requester_opti
 log = logging.getLogger("shoal")
 
 _ANSWERS = (Kind.REPLY, Kind.ERROR)
+_INF = math.inf
+_MAX_BUDGET = 2**63
+"""Microseconds: a budget beyond this (292,000 years) is sent as this."""
+
+
+def check_deadline(deadline: object) -> float:
+    """Refuse a ``deadline=`` that is not a finite number of seconds >= 0."""
+    if (isinstance(deadline, bool) or not isinstance(deadline, int | float)
+            or not 0 <= deadline < _INF):
+        raise LocalProtocolError(f"deadline is a number of seconds >= 0 from now (or None: "
+                                 f"the enclosing cancel scope's), not {deadline!r}")
+    return float(deadline)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +125,7 @@ class Requester(SocketResource):
         self._sock = sock
         self._enc = stream_encoder(identity, sock)
         self._head = b"\0" + self._enc.raw_prefix[Kind.REQUEST]
+        self._head_timed = b"\0" + self._enc.prefix(Kind.REQUEST, 1 | FLAG_DEADLINE)
         self._max = sock.max_message_size
         self._batch = batch
         self._routed = routed
@@ -142,11 +155,17 @@ class Requester(SocketResource):
 
     async def request(
         self, body: Any, *, headers: Mapping[str, Any] | None = None, retries: int = 0,
-        retry_after: float = 1.0,
+        retry_after: float = 1.0, deadline: float | None = None,
     ) -> Any:
         """Send ``body`` to one replier and return the body of its reply.
 
         Waits as long as it takes: wrap it in ``trio.fail_after`` / ``move_on_after``.
+        The request carries that deadline (the innermost cancel scope's,
+        ``trio.current_effective_deadline()``) as the time the caller still waits: a
+        replier skips a request whose caller has stopped waiting, and
+        ``serve_replier`` cancels its handler then (``Request.deadline``).
+        ``deadline``: seconds from now; sent instead of the cancel scope's, and the
+        call raises ``trio.TooSlowError`` when they have passed without a reply.
         Many calls may be in flight at once. ``retries``: send the request again, with
         the same id, when no reply came within ``retry_after`` seconds (or when its
         replier vanished), up to ``retries`` times; repliers recognise the id and
@@ -156,27 +175,55 @@ class Requester(SocketResource):
         encode, ``ClosedError`` if the requester is closed. Cancel-safe: a late reply
         to a cancelled call is counted in ``statistics().unmatched`` and dropped.
         """
-        msg = await self.request_message(body, headers=headers, retries=retries,
-                                         retry_after=retry_after)
+        if deadline is None:
+            msg = await self._request(body, headers, retries, retry_after,
+                                      trio.current_effective_deadline())
+        else:
+            seconds = check_deadline(deadline)
+            with trio.fail_after(seconds):
+                msg = await self._request(body, headers, retries, retry_after,
+                                          trio.current_time() + seconds)
         return msg.body
 
     async def request_message(
         self, body: Any, *, headers: Mapping[str, Any] | None = None, retries: int = 0,
-        retry_after: float = 1.0,
+        retry_after: float = 1.0, deadline: float | None = None,
     ) -> Message:
         """Like ``request()``, but return the whole reply ``Message`` (headers, sender...)."""
+        if deadline is None:
+            return await self._request(body, headers, retries, retry_after,
+                                       trio.current_effective_deadline())
+        seconds = check_deadline(deadline)
+        with trio.fail_after(seconds):
+            return await self._request(body, headers, retries, retry_after,
+                                       trio.current_time() + seconds)
+
+    async def _request(
+        self, body: Any, headers: Mapping[str, Any] | None, retries: int,
+        retry_after: float, until: float,
+    ) -> Message:
+        """One request, its caller waiting until ``until`` (trio time; inf: no end)."""
         if not isinstance(retries, int) or retries < 0 or not retry_after > 0:
             raise LocalProtocolError("retries is an int >= 0 and retry_after a number of "
                                      "seconds > 0")
         rid = self._next_id
+        # The deadline travels as the time left (no clock is shared), in the seq field
+        # of a request flagged FLAG_DEADLINE; without one the frame is as it always was.
+        budget = -1
+        if until != _INF:
+            budget = min(max(0, int((until - trio.current_time()) * 1e6)), _MAX_BUDGET)
         frame: bytes | tuple[bytes, bytes]
         if type(body) is bytes and headers is None and len(body) < SPLIT_AT:  # one join
-            frame = b"".join((self._head, pack_tail(rid, time_ns(), rid), body))
+            if budget < 0:
+                frame = b"".join((self._head, pack_tail(rid, time_ns(), rid), body))
+            else:
+                frame = b"".join((self._head_timed, pack_tail(budget, time_ns(), rid), body))
             if len(frame) > self._max:
                 raise MessageTooLarge(len(frame), self._max)
         else:
-            head, big = self._enc.encode_parts(Kind.REQUEST, b"\0", body, rid, time_ns(), rid,
-                                               headers)
+            head, big = self._enc.encode_parts(
+                Kind.REQUEST, b"\0", body, rid if budget < 0 else budget, time_ns(), rid,
+                headers, 0 if budget < 0 else FLAG_DEADLINE)
             frame = head if big is None else (head, big)
         self._next_id = rid + 1
         slot = _Pending()
