@@ -27,6 +27,7 @@ from shoal._core._control import (
     encode_control,
 )
 from shoal._core._envelope import (
+    FLAG_DEADLINE,
     HEADER,
     MAX_TOPIC,
     SPLIT_AT,
@@ -42,6 +43,7 @@ from shoal._core._envelope import (
     encode_topic,
     is_replayed,
     pack_tail,
+    request_budget,
     with_correlation,
 )
 from shoal._core._fanout import (
@@ -87,6 +89,7 @@ __all__ = [
     "ACK_DELAY",
     "ACK_TOPIC",
     "ALL",
+    "FLAG_DEADLINE",
     "HEADER",
     "LOST_TRACK",
     "MARKER",
@@ -157,5 +160,6 @@ __all__ = [
     "pack_tail",
     "parse_subscription",
     "renumbered",
+    "request_budget",
     "with_correlation",
 ]

@@ -9,8 +9,9 @@ Layout (all integers little-endian)::
       u8  kind           Kind
       u8  flags          FLAG_RAW: body is raw bytes; FLAG_HEADERS: user headers follow;
                          FLAG_SPLIT: the body is the message's second frame;
-                         FLAG_REPLAYED (advisory): sent from a history; the
-                         unassigned bits: see "Unknown flag bits" below
+                         FLAG_REPLAYED (advisory): sent from a history;
+                         FLAG_DEADLINE (advisory, requests): seq holds the caller's
+                         remaining time; the unassigned bits: see "Unknown flag bits"
       u8  reserved       0 on send, ignored on receive (room for a future flag byte)
       16s sender         sender id (a node's or process's random 128-bit id)
       u32 epoch          incarnation of the sender: fresh on every start
@@ -32,13 +33,18 @@ libzmq's copy cost ~900 us, a second frame ~3 us). Every other message is one fr
 
 Unknown flag bits: the unassigned bits are split in two ranges, so that a later
 version can add a flag without making every older receiver drop its frames.
-``FLAG_ADVISORY`` bits (0x08, now ``FLAG_REPLAYED``, and 0x10) may only carry what a
-receiver can do without (a hint): a receiver that does not know one ignores it and
-decodes the frame as if it were clear. ``FLAG_MUST_UNDERSTAND`` bits (0x20, 0x40,
-0x80) change how the frame reads: a receiver that does not know one drops the frame
-(``DecodeError`` reason ``unknown-flags``, counted like any malformed input). The
-other known bits are all must-understand. The hot-path decoders mask the advisory
-bits out of the word they compare, so the rule costs them nothing.
+``FLAG_ADVISORY`` bits (0x08 and 0x10) may only carry what a receiver can do without
+(a hint): a receiver that does not know one ignores it and decodes the frame as if it
+were clear. Both are assigned: 0x08 as ``FLAG_REPLAYED`` (a publication a reliable
+publisher sends from its history), 0x10 as ``FLAG_DEADLINE`` (on a ``REQUEST``, the
+``seq`` field holds the microseconds the caller still waits, ``request_budget``,
+instead of a number no receiver uses; a replier that does not know the bit runs the
+request anyway, which is what it did before the bit existed).
+``FLAG_MUST_UNDERSTAND`` bits (0x20, 0x40, 0x80) change how the frame reads: a
+receiver that does not know one drops the frame (``DecodeError`` reason
+``unknown-flags``, counted like any malformed input). The other known bits are all
+must-understand. The hot-path decoders mask the advisory bits out of the word they
+compare, so the rule costs them nothing.
 
 Contract: this module is sans-I/O. It imports no trio, zmq, socket, time or random;
 the caller passes ids and the time in. ``decode`` treats every byte as hostile: any
@@ -73,6 +79,7 @@ __all__ = [
     "encode_topic",
     "is_replayed",
     "pack_tail",
+    "request_budget",
     "with_correlation",
 ]
 
@@ -88,9 +95,11 @@ FLAG_REPLAYED: Final = 0x08
 """Advisory: a publication a reliable publisher sends from its history to a subscriber
 that joined after it was published (``Message.replayed``); a receiver that does not
 know the bit takes it as a live publication."""
+FLAG_DEADLINE: Final = 0x10
+"""Advisory, on a ``REQUEST``: ``seq`` is the caller's remaining time in microseconds."""
 FLAG_ADVISORY: Final = 0x18
-"""Flag bits a receiver ignores when it does not know them (hints only): the
-unassigned 0x10, and ``FLAG_REPLAYED``."""
+"""Flag bits a receiver ignores when it does not know them (hints only):
+``FLAG_REPLAYED`` and ``FLAG_DEADLINE``."""
 FLAG_MUST_UNDERSTAND: Final = 0xE0
 """Unassigned flag bits that make a receiver which does not know them drop the frame."""
 
@@ -227,7 +236,7 @@ class StreamEncoder:
         self._prefixes: dict[int, bytes] = {
             (kind << 8) | flags: _PREFIX.pack(VERSION, kind, flags, sender, epoch, stream)
             for kind in Kind
-            for flags in range(_KNOWN_FLAGS + 1)
+            for flags in range((_KNOWN_FLAGS | FLAG_DEADLINE) + 1)
         }
         self.raw_prefix: dict[Kind, bytes] = {
             kind: self._prefixes[(kind << 8) | FLAG_RAW] for kind in Kind}
@@ -263,10 +272,13 @@ class StreamEncoder:
         timestamp_ns: int,
         correlation: int = 0,
         headers: Mapping[str, Any] | None = None,
+        extra_flags: int = 0,
     ) -> tuple[bytes, bytes | None]:
         """Like ``encode``, but a body of ``SPLIT_AT`` bytes or more (encoded) comes
-        back as a frame of its own: ``(head, body)``; otherwise ``(frame, None)``."""
+        back as a frame of its own: ``(head, body)``; otherwise ``(frame, None)``.
+        ``extra_flags``: advisory bits to set (``FLAG_DEADLINE``)."""
         flags, payload = _payload(body)
+        flags |= extra_flags
         if len(payload) < SPLIT_AT:
             return self._frame(kind, topic_z, flags, payload, seq, timestamp_ns,
                                correlation, headers), None
@@ -295,6 +307,11 @@ class StreamEncoder:
         if len(frame) > self.max_size:
             raise MessageTooLarge(len(frame), self.max_size)
         return frame
+
+
+    def prefix(self, kind: Kind, flags: int) -> bytes:
+        """The packed fixed header part for ``kind`` and ``flags`` (see ``raw_prefix``)."""
+        return self._prefixes[(kind << 8) | flags]
 
 
 pack_tail: Final = _TAIL.pack
@@ -338,6 +355,19 @@ def is_replayed(frame: bytes) -> bool:
     """Whether ``frame`` (an encoded envelope with its topic) has ``FLAG_REPLAYED``."""
     at = frame.find(b"\0") + 3
     return 2 < at < len(frame) and bool(frame[at] & FLAG_REPLAYED)
+
+
+_SEQ: Final = 1 + 28
+"""Where the seq field starts, from the topic's NUL."""
+
+
+def request_budget(frame: bytes) -> int:
+    """The caller's remaining time, in microseconds, that a ``REQUEST`` frame (already
+    decoded without error) carries; -1 when it carries none (``FLAG_DEADLINE`` clear)."""
+    z = 0 if frame[0] == 0 else frame.find(b"\0", 0, MAX_TOPIC + 1)
+    if frame[z + 3] & FLAG_DEADLINE:
+        return int(_U64.unpack_from(frame, z + _SEQ)[0])
+    return -1
 
 
 def _payload(body: Any) -> tuple[int, bytes]:

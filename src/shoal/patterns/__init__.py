@@ -50,9 +50,9 @@ from shoal.patterns._replier import (
     ReplierStatistics,
     Request,
     open_replier,
-    serve_replier,
 )
 from shoal.patterns._requester import Requester, RequesterStatistics, open_requester
+from shoal.patterns._serve import serve_replier
 
 __all__ = [
     "DeadLetter",

@@ -10,14 +10,30 @@ request never starts with an empty frame, so this costs its requests one length
 test. Recent answers are cached (``reply_cache``) so that a request sent again is
 answered without running the handler twice. The requesting end and the protocol as a
 whole: ``shoal.patterns._requester``.
+
+Deadlines: a request may carry the time its caller still waits (``FLAG_DEADLINE``).
+The replier turns it into ``Request.deadline`` on its own trio clock, counting from
+when the request arrived. libzmq does not say when that was, so the replier takes
+the last moment it knew the queue to be empty: the end of the previous drain that
+emptied it, or, after waiting for the socket, the moment it woke (which a request
+arriving causes). A request that sat in libzmq's queue while the application was
+busy thus has that time counted against it, as its caller does. A request whose
+deadline has passed by the time the application takes it is dropped, not handed out
+(``statistics().expired``): its caller has stopped waiting, so an answer would only
+cost a message it counts as unmatched (a caller with ``deadline=`` raises
+``trio.TooSlowError`` on its own). The request is forgotten by the reply cache, so a
+retry of it that arrives later runs. ``serve_replier`` runs each handler under
+``trio.move_on_at(req.deadline)``: a handler still running when its caller gives up
+is cancelled (``cut_short``), and a request it makes itself carries what is left of
+that time on.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
+import math
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from time import time_ns
@@ -26,11 +42,9 @@ from typing import Any
 import trio
 import zmq
 
-from shoal._core import SPLIT_AT, Identity, Kind, Message, pack_tail
+from shoal._core import FLAG_DEADLINE, SPLIT_AT, Identity, Kind, Message, pack_tail, request_budget
 from shoal._zmq._socket import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal.errors import (
-    ClosedError,
-    EncodeError,
     LocalProtocolError,
     MessageTooLarge,
 )
@@ -43,12 +57,13 @@ from shoal.patterns._common import (
     stream_encoder,
 )
 
-__all__ = ["Handler", "Replier", "ReplierStatistics", "Request", "check_reply_cache",
-           "open_replier", "replier_options", "serve_replier"]
+__all__ = ["Replier", "ReplierStatistics", "Request", "check_reply_cache", "open_replier",
+           "replier_options"]
 
 log = logging.getLogger("shoal")
 
 _REQUEST = (Kind.REQUEST,)
+_INF = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +85,12 @@ class ReplierStatistics:
     """Requests whose id (sender, epoch, stream, correlation) the reply cache holds for
     a different request: answered with an error (``RemoteError`` at the caller), never
     with the other request's reply."""
+    expired: int
+    """Requests dropped unanswered because their caller's deadline had passed when the
+    application came to take them (the handler never saw them)."""
+    cut_short: int
+    """Requests whose handler ``serve_replier`` cancelled at the caller's deadline
+    (no answer sent)."""
     malformed: int
     malformed_by_reason: Mapping[str, int]
 
@@ -77,17 +98,22 @@ class ReplierStatistics:
 class Request:
     """One request received by a replier. Answer it once: ``reply()`` or ``fail()``."""
 
-    __slots__ = ("_answered", "_identity", "_replier", "message")
+    __slots__ = ("_answered", "_identity", "_replier", "deadline", "message")
     _delimited = False
     """The requester framed it as REQ does (an empty frame first): so is the answer.
     A class attribute, so DEALER requests pay nothing for it (see ``_ReqRequest``)."""
 
-    def __init__(self, replier: Replier, identity: bytes, message: Message) -> None:
+    def __init__(self, replier: Replier, identity: bytes, message: Message,
+                 deadline: float = _INF) -> None:
         self._replier = replier
         self._identity = identity
         self._answered = False
         self.message = message
         """The request's full envelope (sender, seq, timestamp...)."""
+        self.deadline = deadline
+        """When the caller stops waiting, on this process's trio clock (compare with
+        ``trio.current_time()``, or ``with trio.move_on_at(req.deadline)``);
+        ``math.inf`` when the request carried no deadline."""
 
     @property
     def body(self) -> Any:
@@ -158,6 +184,22 @@ class Replier(BufferedReceiver[Request]):
         self._replied = 0
         self._failed = 0
         self._unroutable = 0
+        self._expired = 0
+        self._cut_short = 0
+        self._since = trio.current_time()  # the queue was last known empty then
+        self._woke = False  # the last drain found nothing: the caller waited since
+
+    def _fill(self) -> int:
+        """Drain, then note when the queue was last known empty (see the module
+        docstring): what the next drain finds arrived after that."""
+        now = trio.current_time()
+        if self._woke:  # waited for the socket: what is queued came as it woke us
+            self._since = now
+        n = super()._fill()
+        if n < self._batch:
+            self._since = now
+        self._woke = n == 0
+        return n
 
     def _accept_routed(self, route: bytes, frame: bytes, more: bool) -> None:
         make: type[Request] = Request
@@ -194,7 +236,60 @@ class Replier(BufferedReceiver[Request]):
         if len(answers) > self._cache_size:
             answers.popitem(last=False)
         self._received += 1
+        if frame[0] or frame[3] & FLAG_DEADLINE:  # a topic, or the flag: look closer
+            budget = request_budget(frame)
+            if budget >= 0:  # its seq is the budget: give the message its usual seq
+                self._buffer.append(make(self, route, msg._replace(seq=msg.correlation),
+                                         self._since + budget / 1e6))
+                return
         self._buffer.append(make(self, route, msg))
+
+    def _live(self, req: Request) -> bool:
+        """Whether ``req`` may go to the application: its caller still waits.
+        Otherwise it is counted and forgotten (a later retry of it may run)."""
+        if req.deadline == _INF or req.deadline > trio.current_time():
+            return True
+        self._expired += 1
+        self._forget(req)
+        log.debug("replier: request %d expired before it was taken", req.id)
+        return False
+
+    def _forget(self, req: Request) -> None:
+        m = req.message
+        entry = self._answers.get((m.sender, m.epoch, m.stream, m.correlation))
+        if entry is not None and entry[1] is None:
+            del self._answers[(m.sender, m.epoch, m.stream, m.correlation)]
+
+    def cut_short(self, req: Request) -> None:
+        """Give up ``req`` unanswered because its caller's deadline passed (what
+        ``serve_replier`` does for a handler it cancelled): counted in
+        ``statistics().cut_short``, and forgotten by the reply cache."""
+        if not req._answered:
+            self._cut_short += 1
+            self._forget(req)
+
+    def receive_nowait(self) -> Request:
+        """The next request if one is here, else ``trio.WouldBlock``; requests whose
+        caller's deadline has passed are skipped (``statistics().expired``)."""
+        while True:
+            req = super().receive_nowait()
+            if req.deadline == _INF or self._live(req):
+                return req
+
+    async def receive(self) -> Request:
+        """Wait for the next request whose caller still waits (see ``receive_nowait``).
+        Cancel-safe."""
+        while True:
+            req = await super().receive()
+            if req.deadline == _INF or self._live(req):
+                return req
+
+    async def receive_batch(self) -> list[Request]:
+        """Wait for at least one request, then return every one already here."""
+        first = await self.receive()
+        rest = [r for r in self._buffer if r.deadline == _INF or self._live(r)]
+        self._buffer.clear()
+        return [first, *rest]
 
     def _take_delimited(self) -> tuple[bytes, Message] | None:
         """A request from a REQ socket: the envelope is in the frames after the empty
@@ -290,6 +385,8 @@ class Replier(BufferedReceiver[Request]):
             unroutable=self._unroutable,
             duplicates=self._duplicates,
             reused_ids=self._reused,
+            expired=self._expired,
+            cut_short=self._cut_short,
             malformed=self._malformed.total,
             malformed_by_reason=dict(self._malformed.by_reason),
         )
@@ -334,78 +431,3 @@ def replier_options(high_water_mark: int) -> list[tuple[int, int | bytes]]:
     """Socket options of a replier (ROUTER, MANDATORY: a gone requester is counted)."""
     return [(zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark),
             (zmq.ROUTER_MANDATORY, 1)]
-
-
-Handler = Callable[[Request], Any | Awaitable[Any]]
-"""``def handler(req: Request) -> reply body`` (or ``async def``)."""
-
-_MISTAKEN_FOR_BODY = ("'Request'", "'_ReqRequest'")
-"""How Python names the type in the TypeError/AttributeError of a handler that treats
-its ``Request`` as the body (``req["a"]``, ``"a" in req``, ``req.get("a")``, ``req + 1``)."""
-
-
-def _took_request_for_body(exc: Exception) -> bool:
-    """Whether a handler's ``exc`` comes from treating its ``Request`` as the body."""
-    return isinstance(exc, TypeError | AttributeError) and any(
-        name in str(exc) for name in _MISTAKEN_FOR_BODY)
-
-
-def _explain(exc: Exception, took_request: bool) -> str:
-    """The error reply for a handler that raised ``exc``: its type and message, and for
-    a handler that took the ``Request`` for the body, what it got instead."""
-    text = f"{type(exc).__name__}: {exc}"
-    if took_request:
-        text += (" (the handler received a shoal.Request, not the request's body: its "
-                 "body is req.body; write def handler(req): ... req.body ...)")
-    return text
-
-
-async def serve_replier(
-    handler: Handler,
-    *,
-    bind: Endpoints = None,
-    connect: Endpoints = None,
-    identity: Identity | None = None,
-    task_status: trio.TaskStatus[Replier] = trio.TASK_STATUS_IGNORED,
-    **options: Any,
-) -> None:
-    """Answer every request with ``handler(req)`` until cancelled.
-
-    ``handler`` takes the ``Request`` (not its body: the body is ``req.body``, beside
-    ``req.headers`` and ``req.message``) and returns the reply body; it may be a plain
-    function or an ``async def``::
-
-        def add(req: shoal.Request) -> int:
-            return req.body["a"] + req.body["b"]
-
-    Use with ``nursery.start``: it reports the open ``Replier`` (for ``.endpoints``
-    and ``statistics()``). An exception in the handler becomes a ``RemoteError`` at
-    the caller and serving goes on; so does a return value msgpack cannot encode. A
-    handler that treats the ``Request`` as the body (``req["a"]``, ``req.get("a")``)
-    fails with a ``TypeError``/``AttributeError`` whose reply, and log warning, says
-    so. ``options`` go to ``open_replier``.
-    """
-    warned = False
-    async with open_replier(bind=bind, connect=connect, identity=identity, **options) as rep:
-        task_status.started(rep)
-        async for req in rep:
-            try:
-                result = handler(req)
-                if inspect.isawaitable(result):
-                    result = await result
-            except Exception as exc:
-                took_request = _took_request_for_body(exc)
-                text = _explain(exc, took_request)
-                if took_request and not warned:
-                    warned = True  # once per replier: the handler is wrong every time
-                    log.warning("serve_replier: handler %r failed: %s", handler, text)
-                else:
-                    log.debug("handler failed on request %d: %r", req.id, exc)
-                await req.fail(text)
-                continue
-            try:
-                await req.reply(result)
-            except EncodeError as exc:
-                await req.fail(f"the handler's result could not be encoded: {exc}")
-            except ClosedError:
-                return

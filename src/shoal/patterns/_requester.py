@@ -23,27 +23,36 @@ One request in flight thus reads its own reply with no task hand-off.
 
 Routed mode (what a node's requester uses): the socket is a ROUTER that connects to
 each replier under a routing id of its own choosing (``add_route``), picks the
-replier for each request itself (round-robin over those that accept it) and so knows
-where every request went. When a replier vanishes (``drop_route``), the requests
-waiting on it fail at once with ``PeerLost`` instead of waiting for a reply that
-cannot come; they are not re-sent elsewhere, because the replier may have run them.
+replier for each request itself and so knows where every request went: the one with
+the fewest of this requester's requests in flight, ties in turn, a replier that
+holds a request far past its usual latency last (``shoal._core._balance``). When a
+replier vanishes (``drop_route``), the requests waiting on it fail at once with
+``PeerLost`` instead of waiting for a reply that cannot come; they are not re-sent
+elsewhere, because the replier may have run them.
+
+Hedging (``hedge_after=``): a request with no reply after that long is sent again,
+byte for byte, to another replier; the first answer wins. The replier that loses is
+not told: a cancel message would cost a send on the latency path for every hedge and
+a new message kind older repliers drop, to save work that has mostly started by
+then; the copy carries the caller's deadline, so a loser that has not reached it
+when the caller is done skips it anyway.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from time import time_ns
 from typing import Any
 
 import trio
 import zmq
 
-from shoal._core import SPLIT_AT, Identity, Kind, Message, pack_tail
+from shoal._core import FLAG_DEADLINE, SPLIT_AT, Identity, Kind, Message, pack_tail
+from shoal._core._balance import Balancer, LatencyEstimator
 from shoal._zmq._socket import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal.errors import (
     LocalProtocolError,
@@ -61,6 +70,17 @@ from shoal.patterns._common import (
     stream_encoder,
 )
 from shoal.patterns._links import LinkMonitor
+from shoal.patterns._request_slots import (
+    _INF,
+    _MAX_BUDGET,
+    _MAX_RECENT_HEDGED,
+    _MIN_SAMPLES,
+    RequesterStatistics,
+    _Pending,
+    check_deadline,
+    check_hedge_after,
+    requester_options,
+)
 from shoal.patterns._routes import connect_route
 
 __all__ = ["Requester", "RequesterStatistics", "open_requester", "requester_options"]
@@ -68,41 +88,6 @@ __all__ = ["Requester", "RequesterStatistics", "open_requester", "requester_opti
 log = logging.getLogger("shoal")
 
 _ANSWERS = (Kind.REPLY, Kind.ERROR)
-
-
-@dataclass(frozen=True, slots=True)
-class RequesterStatistics:
-    """Counters of a requester at one moment."""
-
-    sent: int
-    """Requests handed to ZeroMQ."""
-    replies: int
-    """Replies matched to a waiting request (including failures reported by repliers)."""
-    remote_errors: int
-    """Replies that reported a handler failure (raised as ``RemoteError``)."""
-    unmatched: int
-    """Replies nobody waited for any more (the request was cancelled or timed out)."""
-    lost: int
-    """Requests failed with ``PeerLost`` because their replier vanished."""
-    retried: int
-    """Requests sent again (``retries=``) after a timeout or a vanished replier."""
-    in_flight: int
-    malformed: int
-    malformed_by_reason: Mapping[str, int]
-
-
-class _Pending:
-    __slots__ = ("done", "error", "gone", "lost", "reply", "route", "wake")
-
-    def __init__(self) -> None:
-        self.done = False
-        self.gone = False  # the waiting call has returned or was cancelled
-        self.error = False
-        self.reply: Message | None = None
-        self.wake: trio.Event | None = None
-        self.route = b""  # routed mode: the replier the request went to
-        self.lost = ""  # routed mode: why that replier is gone
-
 
 class Requester(SocketResource):
     """Sends requests and matches replies by id. Make one with ``open_requester``."""
@@ -113,13 +98,17 @@ class Requester(SocketResource):
         self._sock = sock
         self._enc = stream_encoder(identity, sock)
         self._head = b"\0" + self._enc.raw_prefix[Kind.REQUEST]
+        self._head_timed = b"\0" + self._enc.prefix(Kind.REQUEST, 1 | FLAG_DEADLINE)
         self._max = sock.max_message_size
         self._batch = batch
         self._routed = routed
         self._frames = 2 if routed else 1
-        self._routes: list[bytes] = []
         self._route_of: dict[str, bytes] = {}  # endpoint -> route (routed mode)
-        self._turn = 0
+        self._balance = Balancer()  # routed mode: who gets the next request
+        self._latency = LatencyEstimator()  # for hedge_after="p95"
+        self._hedged = 0
+        self._hedge_wasted = 0
+        self._recent_hedged: OrderedDict[int, None] = OrderedDict()
         self._routes_changed = trio.Event()
         # Routed mode: a replier's connection dropping (a killed process: its kernel
         # resets the connection) fails the requests it held at once, before the node
@@ -142,11 +131,27 @@ class Requester(SocketResource):
 
     async def request(
         self, body: Any, *, headers: Mapping[str, Any] | None = None, retries: int = 0,
-        retry_after: float = 1.0,
+        retry_after: float = 1.0, deadline: float | None = None,
+        hedge_after: float | str | None = None,
     ) -> Any:
         """Send ``body`` to one replier and return the body of its reply.
 
         Waits as long as it takes: wrap it in ``trio.fail_after`` / ``move_on_after``.
+        The request carries that deadline (the innermost cancel scope's,
+        ``trio.current_effective_deadline()``) as the time the caller still waits: a
+        replier skips a request whose caller has stopped waiting, and
+        ``serve_replier`` cancels its handler then (``Request.deadline``).
+        ``deadline``: seconds from now; sent instead of the cancel scope's, and the
+        call raises ``trio.TooSlowError`` when they have passed without a reply.
+        ``hedge_after``: seconds (or ``"p95"``, a percentile of this requester's own
+        recent latency, ``latency()``; no hedging until it has measured 20 round
+        trips) after which, with no reply yet, the same request (same id) also goes
+        to another replier; the first answer wins and later ones are dropped
+        (``statistics().hedge_wasted``). No replier runs one request twice: a copy
+        that reaches the same replier is answered from its reply cache. Over a
+        node, the copy goes to a replier the request has not been to; a plain
+        requester's copy goes where libzmq's round-robin sends it. The retry timer
+        (``retries``) starts after the hedge was sent.
         Many calls may be in flight at once. ``retries``: send the request again, with
         the same id, when no reply came within ``retry_after`` seconds (or when its
         replier vanished), up to ``retries`` times; repliers recognise the id and
@@ -156,40 +161,79 @@ class Requester(SocketResource):
         encode, ``ClosedError`` if the requester is closed. Cancel-safe: a late reply
         to a cancelled call is counted in ``statistics().unmatched`` and dropped.
         """
-        msg = await self.request_message(body, headers=headers, retries=retries,
-                                         retry_after=retry_after)
+        if deadline is None:
+            msg = await self._request(body, headers, retries, retry_after,
+                                      trio.current_effective_deadline(), hedge_after)
+        else:
+            seconds = check_deadline(deadline)
+            with trio.fail_after(seconds):
+                msg = await self._request(body, headers, retries, retry_after,
+                                          trio.current_time() + seconds, hedge_after)
         return msg.body
 
     async def request_message(
         self, body: Any, *, headers: Mapping[str, Any] | None = None, retries: int = 0,
-        retry_after: float = 1.0,
+        retry_after: float = 1.0, deadline: float | None = None,
+        hedge_after: float | str | None = None,
     ) -> Message:
         """Like ``request()``, but return the whole reply ``Message`` (headers, sender...)."""
+        if deadline is None:
+            return await self._request(body, headers, retries, retry_after,
+                                       trio.current_effective_deadline(), hedge_after)
+        seconds = check_deadline(deadline)
+        with trio.fail_after(seconds):
+            return await self._request(body, headers, retries, retry_after,
+                                       trio.current_time() + seconds, hedge_after)
+
+    async def _request(
+        self, body: Any, headers: Mapping[str, Any] | None, retries: int,
+        retry_after: float, until: float, hedge_after: float | str | None,
+    ) -> Message:
+        """One request, its caller waiting until ``until`` (trio time; inf: no end)."""
         if not isinstance(retries, int) or retries < 0 or not retry_after > 0:
             raise LocalProtocolError("retries is an int >= 0 and retry_after a number of "
                                      "seconds > 0")
+        hedge: float | None = None
+        if hedge_after is not None:
+            hedge = check_hedge_after(hedge_after)
+            if hedge is not None and hedge < 0:  # a percentile of our own latency
+                hedge = (self._latency.percentile(-hedge)
+                         if len(self._latency) >= _MIN_SAMPLES else None)
         rid = self._next_id
+        # The deadline travels as the time left (no clock is shared), in the seq field
+        # of a request flagged FLAG_DEADLINE; without one the frame is as it always was.
+        budget = -1
+        if until != _INF:
+            budget = min(max(0, int((until - trio.current_time()) * 1e6)), _MAX_BUDGET)
         frame: bytes | tuple[bytes, bytes]
         if type(body) is bytes and headers is None and len(body) < SPLIT_AT:  # one join
-            frame = b"".join((self._head, pack_tail(rid, time_ns(), rid), body))
+            if budget < 0:
+                frame = b"".join((self._head, pack_tail(rid, time_ns(), rid), body))
+            else:
+                frame = b"".join((self._head_timed, pack_tail(budget, time_ns(), rid), body))
             if len(frame) > self._max:
                 raise MessageTooLarge(len(frame), self._max)
         else:
-            head, big = self._enc.encode_parts(Kind.REQUEST, b"\0", body, rid, time_ns(), rid,
-                                               headers)
+            head, big = self._enc.encode_parts(
+                Kind.REQUEST, b"\0", body, rid if budget < 0 else budget, time_ns(), rid,
+                headers, 0 if budget < 0 else FLAG_DEADLINE)
             frame = head if big is None else (head, big)
         self._next_id = rid + 1
         slot = _Pending()
         self._pending[rid] = slot
         try:
             if self._routed:
-                slot.route = await self._send_routed(frame)
+                await self._send_routed(frame, rid, slot)
             elif type(frame) is bytes:
                 await self._sock.send(frame)
             else:
                 await self._send_split(frame)
             self._sent += 1
-            if not retries and not self._reading:
+            if hedge_after is not None:
+                slot.sent_at = trio.current_time()  # measured (the percentile needs it)
+                if hedge is not None:
+                    await self._hedge(slot, frame, rid, hedge)
+            elif not retries and not self._reading:
                 # one call in flight (the latency path): read our own reply, no hand-off
                 await self._read_until(slot)
             for _ in range(retries):
@@ -199,12 +243,14 @@ class Requester(SocketResource):
                     break
                 # no answer in time, or its replier vanished: the same request again
                 slot.done, slot.lost = False, ""
-                await self._send_request(slot, frame)
+                await self._send_request(slot, frame, rid)
                 self._retried += 1
             await self._await_reply(slot)
         finally:
             slot.gone = True
             del self._pending[rid]
+            if slot.copies > 1:
+                self._remember_hedged(rid, slot)
         if slot.lost:
             raise PeerLost(f"request {rid} got no reply: {slot.lost}. It may or may not "
                            "have been processed; retry if the request is idempotent")
@@ -214,10 +260,32 @@ class Requester(SocketResource):
             raise RemoteError(str(reply.body))
         return reply
 
-    async def _send_request(self, slot: _Pending, frame: bytes | tuple[bytes, bytes]) -> None:
+    async def _hedge(self, slot: _Pending, frame: bytes | tuple[bytes, bytes], rid: int,
+                     after: float) -> None:
+        """Wait ``after`` seconds for the reply; if none came, send the same frame
+        (same id) to another replier too. The first answer wins (``_dispatch``)."""
+        with trio.move_on_after(after):
+            await self._await_reply(slot)
+        if slot.done:
+            return
         if self._routed:
-            slot.route = await self._send_routed(frame, avoid=slot.route)
-        elif type(frame) is bytes:
+            if not any(r not in slot.routes for r in self._balance.routes):
+                return  # nobody else to ask: the replier's cache would drop the copy
+            await self._send_routed(frame, rid, slot)
+        else:  # libzmq's round-robin picks the next replier
+            await self._send_plain(frame)
+        slot.copies += 1
+        self._hedged += 1
+
+    async def _send_request(self, slot: _Pending, frame: bytes | tuple[bytes, bytes],
+                            rid: int) -> None:
+        if self._routed:
+            await self._send_routed(frame, rid, slot)
+        else:
+            await self._send_plain(frame)
+
+    async def _send_plain(self, frame: bytes | tuple[bytes, bytes]) -> None:
+        if type(frame) is bytes:
             await self._sock.send(frame)
         else:
             await self._send_split(frame)
@@ -244,22 +312,17 @@ class Requester(SocketResource):
             else:
                 await self._read_until(slot)
 
-    async def _send_routed(self, frame: bytes | tuple[bytes, bytes],
-                           avoid: bytes = b"") -> bytes:
-        """Send to the next replier that takes the request (``avoid``, where it went
-        before, only if no other does); return its route."""
+    async def _send_routed(self, frame: bytes | tuple[bytes, bytes], rid: int,
+                           slot: _Pending) -> None:
+        """Send to the best replier that takes the request (fewest in flight, silent
+        ones last; where a copy went before only if no other takes it)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         delay = 0.001
         while True:
             sock = self._sock
             sock.check_open("send a request")
-            n = len(self._routes)
-            start = self._turn
-            self._turn += 1
-            order = [self._routes[(start + i) % n] for i in range(n)]
-            if avoid in order and n > 1:
-                order.remove(avoid)
-                order.append(avoid)
+            now = trio.current_time()
+            order = self._balance.order(now, slot.routes)
             for route in order:
                 try:
                     if type(frame) is bytes:
@@ -268,12 +331,15 @@ class Requester(SocketResource):
                         sock.send_split_nowait(route, *frame)
                 except (PeerUnreachable, trio.WouldBlock):
                     continue  # not connected (yet, or any more), or its queue is full
+                self._balance.sent(route, rid, now)
+                if route not in slot.routes:
+                    slot.routes = (*slot.routes, route)
                 await sock.pace()
-                return route
+                return
             # Nobody took it. A new route wakes us; a connection completing its
             # handshake tells nobody, so with routes known, look again soon.
             changed = self._routes_changed
-            with trio.move_on_after(delay if n else math.inf):
+            with trio.move_on_after(delay if order else math.inf):
                 await changed.wait()
             delay = min(delay * 2, 0.05)
 
@@ -283,7 +349,7 @@ class Requester(SocketResource):
         ``server_key``: the CURVE public key (Z85) of the listener there, for a socket
         made with ``shoal.security.client_options`` (libzmq reads it at ``connect``)."""
         connect_route(self._sock, route, endpoint, server_key)
-        self._routes.append(route)
+        self._balance.add(route)
         self._route_of[endpoint] = route
         self._wake_senders()
 
@@ -304,8 +370,7 @@ class Requester(SocketResource):
     def drop_route(self, route: bytes, endpoint: str, why: str) -> None:
         """Routed mode: disconnect from a replier; requests waiting on it raise
         ``PeerLost(why)``."""
-        if route in self._routes:
-            self._routes.remove(route)
+        self._balance.remove(route)
         if self._route_of.get(endpoint) == route:
             del self._route_of[endpoint]
         if not self._sock.closed:
@@ -317,7 +382,10 @@ class Requester(SocketResource):
         or ``PeerLost(why)``."""
         woke = False
         for slot in self._pending.values():
-            if slot.route == route and not slot.done:
+            if route in slot.routes and not slot.done:
+                slot.routes = tuple(r for r in slot.routes if r != route)
+                if slot.routes:
+                    continue  # a copy went elsewhere too: that replier may answer
                 slot.done = True
                 slot.lost = why
                 self._lost += 1
@@ -352,10 +420,23 @@ class Requester(SocketResource):
                                     split=True)
         if msg is None:
             return
-        slot = self._pending.get(msg.correlation)
+        rid = msg.correlation
+        if self._routed:
+            rtt = self._balance.answered(frames[0], rid, trio.current_time())
+            if rtt is not None:
+                self._latency.add(rtt)
+        slot = self._pending.get(rid)
         if slot is None or slot.done:
-            self._unmatched += 1
+            if slot is not None and slot.copies > 1:  # the loser of a hedged request
+                self._hedge_wasted += 1
+            elif rid in self._recent_hedged:  # ... that came after the call returned
+                del self._recent_hedged[rid]
+                self._hedge_wasted += 1
+            else:
+                self._unmatched += 1
             return
+        if slot.sent_at and not self._routed:
+            self._latency.add(trio.current_time() - slot.sent_at)
         slot.done = True
         slot.reply = msg
         self._replies += 1
@@ -364,6 +445,20 @@ class Requester(SocketResource):
             self._remote_errors += 1
         if slot.wake is not None:
             slot.wake.set()
+
+    def _remember_hedged(self, rid: int, slot: _Pending) -> None:
+        """A request sent more than once has finished: a later answer to it is a
+        hedge's (or retry's) waste, not a stray (bounded memory)."""
+        self._recent_hedged[rid] = None
+        if len(self._recent_hedged) > _MAX_RECENT_HEDGED:
+            self._recent_hedged.popitem(last=False)
+
+    def latency(self, q: float = 0.5) -> float | None:
+        """The ``q`` quantile (0..1) of this requester's recent round trips, in
+        seconds, or None before it has measured any. Measured for every request in
+        routed mode (a node's requester), and for requests with ``hedge_after``
+        otherwise."""
+        return self._latency.percentile(q)
 
     def statistics(self) -> RequesterStatistics:
         """An immutable snapshot of this resource's counters."""
@@ -374,6 +469,8 @@ class Requester(SocketResource):
             unmatched=self._unmatched,
             lost=self._lost,
             retried=self._retried,
+            hedged=self._hedged,
+            hedge_wasted=self._hedge_wasted,
             in_flight=len(self._pending),
             malformed=self._malformed.total,
             malformed_by_reason=dict(self._malformed.by_reason),
@@ -413,18 +510,3 @@ async def open_requester(
     sock.busy_poll = busy_poll
     async with Requester(sock, identity, batch=batch) as client:
         yield client
-
-
-def requester_options(
-    high_water_mark: int, *, routed: bool = False
-) -> list[tuple[int, int | bytes]]:
-    """Socket options of a requester (DEALER; ROUTER in routed mode)."""
-    # No ZMQ_IMMEDIATE: with it, libzmq discards the unread replies of a replier that
-    # disconnects (a replier that answers and exits would lose its last answers).
-    opts: list[tuple[int, int | bytes]] = [
-        (zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark)]
-    if routed:
-        opts.append((zmq.ROUTER_MANDATORY, 1))  # an unconnected route raises, not drops
-    return opts
-
-
