@@ -17,8 +17,9 @@ publishes a tick there every ``--publish-every`` seconds. Measured:
 * membership: from the last node's ``open_node`` call (it prints ``starting`` right
   before) until every node sees the N-1 others (its ``joined`` events); also how long
   the N processes took to start (first spawn to last ``starting``). Start-up traffic
-  per host, from the lab's creation until full membership: packets on ``eth0`` and UDP
-  datagrams sent (``/proc/net/snmp`` ``Udp OutDatagrams``; mDNS is the lab's only UDP).
+  per host, from the lab's creation until full membership: packets on ``eth0``, and
+  UDP datagrams sent and delivered to sockets (``/proc/net/snmp`` ``Udp OutDatagrams``,
+  ``InDatagrams``; mDNS is the lab's only UDP).
 * steady state, over a ``--window`` seconds window that starts ``--settle`` seconds
   after full membership: CPU per node (``/proc/PID/stat`` utime + stime, all threads,
   in % of one core), packets/s and bytes/s per host (``eth0`` in + out, from the
@@ -117,11 +118,13 @@ def traffic(pid: int, device: str = "eth0") -> Traffic:
     raise LookupError(f"no {device} in /proc/{pid}/net/dev")
 
 
-def udp_sent(pid: int) -> int:
-    """``Udp OutDatagrams`` of the network namespace of process ``pid``."""
+def udp_counters(pid: int) -> tuple[int, int]:
+    """``Udp OutDatagrams`` and ``InDatagrams`` of the network namespace of process
+    ``pid`` (a datagram delivered to several sockets counts once for each)."""
     with open(f"/proc/{pid}/net/snmp") as f:
         rows = [line.split() for line in f if line.startswith("Udp:")]
-    return int(dict(zip(rows[0], rows[1], strict=True))["OutDatagrams"])
+    udp = dict(zip(rows[0], rows[1], strict=True))
+    return int(udp["OutDatagrams"]), int(udp["InDatagrams"])
 
 
 def tcp_established(pid: int) -> int:
@@ -176,12 +179,14 @@ def converge(nodes: Sequence[LabNode], timeout: float) -> tuple[Membership, dict
 
 def startup_traffic(nodes: Sequence[LabNode]) -> dict[str, Any]:
     """Per host, counted since the namespaces were created (counters start at zero)."""
-    per_host = [(traffic(n.proc.pid), udp_sent(n.proc.pid)) for n in nodes]
+    per_host = [(traffic(n.proc.pid), udp_counters(n.proc.pid)) for n in nodes]
     packets = [t.rx_packets + t.tx_packets for t, _ in per_host]
-    udp = [float(u) for _, u in per_host]
-    return {"packets_per_host": spread(packets), "udp_sent_per_host": spread(udp),
-            "per_host": {n.name: {"packets": p, "udp_sent": u}
-                         for n, p, u in zip(nodes, packets, udp, strict=True)}}
+    sent = [float(u[0]) for _, u in per_host]
+    delivered = [float(u[1]) for _, u in per_host]
+    return {"packets_per_host": spread(packets), "udp_sent_per_host": spread(sent),
+            "udp_delivered_per_host": spread(delivered),
+            "per_host": {n.name: {"packets": p, "udp_sent": s, "udp_delivered": d}
+                         for n, p, s, d in zip(nodes, packets, sent, delivered, strict=True)}}
 
 
 def steady(nodes: Sequence[LabNode], view: Membership, window: float) -> dict[str, Any]:
@@ -329,6 +334,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("start-up packets per host (median)", "startup_traffic.packets_per_host.median", "{:.0f}"),
     ("start-up UDP (mDNS) sent per host (median)", "startup_traffic.udp_sent_per_host.median",
      "{:.0f}"),
+    ("start-up UDP delivered per host (median)",
+     "startup_traffic.udp_delivered_per_host.median", "{:.0f}"),
     ("CPU per node, % of a core (median)", "steady.cpu_pct.median", "{:.2f}"),
     ("CPU per node, % of a core (max)", "steady.cpu_pct.max", "{:.2f}"),
     ("control msgs received per node per s (median)", "steady.control_per_s.median", "{:.1f}"),
@@ -349,7 +356,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("restart-all: full membership after the kill", "restart.from_kill_s", "{:.2f} s"),
 ]
 GROWTH = {"start.membership_s", "startup_traffic.packets_per_host.median",
-          "startup_traffic.udp_sent_per_host.median", "steady.cpu_pct.median",
+          "startup_traffic.udp_sent_per_host.median",
+          "startup_traffic.udp_delivered_per_host.median", "steady.cpu_pct.median",
           "steady.control_per_s.median", "steady.packets_per_s.median",
           "steady.bytes_per_s.median", "steady.tcp_established.median", "steady.fds.median",
           "kill.detect_s.max", "restart.membership_s"}
