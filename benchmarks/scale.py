@@ -462,10 +462,15 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: list[dict[str, Any]] = []
     began = time.monotonic()
-    for discovery in discoveries:
-        for n in sizes:
-            progress(f"N={n}, {discovery} discovery ({uptime()})")
-            runs.append(run_size(n, discovery, cfg))
+    try:
+        for discovery in discoveries:
+            for n in sizes:
+                progress(f"N={n}, {discovery} discovery ({uptime()})")
+                runs.append(run_size(n, discovery, cfg))
+    except KeyboardInterrupt:
+        # run_size's `with` blocks have killed the nodes and deleted the namespaces
+        progress("benchmarks/scale.py: interrupted; the lab is cleaned up")
+        return 130
     elapsed = time.monotonic() - began
     report(runs)
     print(f"total {elapsed:.0f} s")
