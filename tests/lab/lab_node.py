@@ -4,6 +4,7 @@
         [--port N] [--heartbeat S] [--peer-timeout S]
         [--pub CH] [--sub CH [--topic PREFIX]] [--push CH] [--pull CH] [--rep CH]
         [--rep-silent CH] [--req CH] [--publish-on-ready CH TOPIC] [--history N]
+        [--publish-every S]
 
 Role options can be repeated. ``--topic`` (repeatable) gives the subscribers' prefixes
 (default: every topic). ``--discovery mdns`` (the default) runs ``MDNS()`` with no
@@ -28,7 +29,10 @@ lab's namespaces share the kernel clock, so times compare across hosts):
   then ``{"event": "answered", ...}`` once it replied ``{"from": NAME, "body": body}``
   (``--rep-silent``: reported, never answered);
 * ``{"event": "published", "channel", "topic", "body", "t"}`` after ``--publish-on-ready``
-  published (it waits for one subscriber first, then publishes ``{"t": ...}`` once).
+  published (it waits for one subscriber first, then publishes ``{"t": ...}`` once);
+* ``{"event": "ticked", "channel", "n", "t"}`` each time ``--publish-every S`` published
+  ``{"n": n, "t": ...}`` with topic ``tick`` on every ``--pub`` channel (every ``S``
+  seconds, from ready on, whether or not anyone subscribes).
 
 Commands, one JSON object per stdin line (``tag``, if given, is echoed in the answer):
 
@@ -44,6 +48,8 @@ Commands, one JSON object per stdin line (``tag``, if given, is echoed in the an
 * ``{"cmd": "wait_peers", "n", "channel", "timeout"}`` -> ``{"event": "peers_ready",
   "peers"}`` (or an ``error`` event)
 * ``{"cmd": "peers"}`` -> ``{"event": "peers", "peers": [names], "ids": [...]}``
+* ``{"cmd": "stats"}`` -> ``{"event": "stats", ...}`` with every field of
+  ``node.statistics()`` (``peers``, ``links``, ``control_received``...)
 * ``{"cmd": "exit"}`` (or end of stdin) -> leaves cleanly (goodbye), prints
   ``{"event": "exited"}`` and exits 0.
 
@@ -55,6 +61,8 @@ where "every interface" means the lab's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -120,6 +128,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--publish-on-ready", nargs=2, metavar=("CH", "TOPIC"))
     p.add_argument("--history", type=int, default=0, metavar="N",
                    help="the publishers keep and replay the last N of each topic")
+    p.add_argument("--publish-every", type=float, default=None, metavar="S",
+                   help="publish a tick on every --pub channel every S seconds")
     return p.parse_args(argv)
 
 
@@ -179,6 +189,13 @@ class Runner:
         body = {"t": time.time()}
         await pub.publish(topic, body)
         emit("published", channel=channel, topic=topic, body=body)
+
+    async def publish_every(self, period: float) -> None:
+        for n in itertools.count():
+            for channel, pub in self.publishers.items():
+                await pub.publish("tick", {"n": n, "t": time.time()})
+                emit("ticked", channel=channel, n=n)
+            await trio.sleep(period)
 
     # -- commands ---------------------------------------------------------------------
 
@@ -250,6 +267,8 @@ class Runner:
             peers = self.node.peers()
             emit("peers", peers=sorted(p.name for p in peers),
                  ids=sorted(p.id for p in peers), tag=tag)
+        elif name == "stats":
+            emit("stats", tag=tag, **dataclasses.asdict(self.node.statistics()))
         elif name == "exit":
             self.done.set()
         else:
@@ -330,6 +349,8 @@ async def run(args: argparse.Namespace) -> None:
             nursery.start_soon(runner.read_commands, nursery)
             if args.publish_on_ready:
                 nursery.start_soon(runner.publish_on_ready, *args.publish_on_ready)
+            if args.publish_every is not None:
+                nursery.start_soon(runner.publish_every, args.publish_every)
             await runner.done.wait()
             nursery.cancel_scope.cancel()
     emit("exited")

@@ -10,6 +10,13 @@ Everything (bridge, veths, addresses, routes) lives inside namespaces the lab cr
 nothing is added to the root namespace, so no packet ever reaches a real interface.
 Deleting the namespaces removes the veths and the bridge with them.
 
+Large labs: the kernel keeps one neighbour (ARP) table for every namespace, and starts
+refusing dynamic entries at ``net.ipv4.neigh.default.gc_thresh3`` (1,024 by default):
+a full mesh of ``n`` hosts needs ``n * (n - 1)`` of them, so beyond about 32 hosts
+some hosts cannot reach others. With ``static_neighbours`` (on by default above
+``STATIC_NEIGHBOURS_ABOVE`` hosts) every host gets a permanent entry for every other
+host's ``eth0``, which the kernel neither expires nor counts against that limit.
+
 Usage::
 
     reason = namespaces_available()   # None, or why a lab can't be built here
@@ -47,14 +54,18 @@ from typing import Any, Literal, Self
 
 import pytest
 
-__all__ = ["Host", "Lab", "LossCounters", "PacketLoss", "lab_fixture", "namespaces_available",
-           "packet_loss_available"]
+__all__ = ["STATIC_NEIGHBOURS_ABOVE", "Host", "Lab", "LossCounters", "PacketLoss",
+           "lab_fixture", "namespaces_available", "packet_loss_available"]
 
 IP_TIMEOUT = 10.0
 """Upper bound for one ``ip`` invocation (they normally take a few milliseconds)."""
 
 KILL_WAIT = 5.0
 """How long to wait for a SIGKILLed process to be reaped."""
+
+STATIC_NEIGHBOURS_ABOVE = 32
+"""``Lab.create`` gives hosts permanent neighbour entries by default above this many
+hosts (see the module docstring)."""
 
 DEFAULT_PREFIX = "shoallab"
 """Default namespace names are ``shoallab<pid>n<counter>-sw`` / ``...-h<i>``."""
@@ -77,6 +88,19 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and done.returncode != 0:
         raise LabError(f"{' '.join(cmd)}: exit {done.returncode}: {done.stderr.strip()}")
     return done
+
+
+def _ip_batch(ns: str, commands: Sequence[str]) -> None:
+    """Run ``ip`` commands (one per line, without the ``ip``) in namespace ``ns`` with a
+    single ``ip -batch`` process."""
+    cmd = ["ip", "-n", ns, "-batch", "-"]
+    try:
+        done = subprocess.run(cmd, input="\n".join(commands) + "\n", capture_output=True,
+                              text=True, timeout=IP_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise LabError(f"{' '.join(cmd)}: timed out after {IP_TIMEOUT}s") from exc
+    if done.returncode != 0:
+        raise LabError(f"{' '.join(cmd)}: exit {done.returncode}: {done.stderr.strip()}")
 
 
 def _netns_list() -> list[str]:
@@ -180,6 +204,16 @@ def _tc(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
                               check=False)
     except subprocess.TimeoutExpired as exc:
         raise LabError(f"{' '.join(cmd)}: timed out after {IP_TIMEOUT}s") from exc
+
+
+def _mac_of(ns: str, device: str) -> str:
+    done = _ip("-n", ns, "-j", "link", "show", "dev", device)
+    try:
+        mac = json.loads(done.stdout)[0]["address"]
+    except (ValueError, LookupError, TypeError) as exc:
+        raise LabError(f"ip -n {ns} -j link show dev {device}: no address in "
+                       f"{done.stdout.strip()!r}") from exc
+    return str(mac)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +324,8 @@ def remove_stale_namespaces() -> list[str]:
 class Host:
     """One host of a :class:`Lab`: a namespace with ``lo`` and ``eth0`` on the lab's bridge."""
 
-    def __init__(self, lab: Lab, index: int, name: str, address: str, port: str) -> None:
+    def __init__(self, lab: Lab, index: int, name: str, address: str, port: str,
+                 mac: str = "") -> None:
         self.lab = lab
         self.index = index
         self.name = name
@@ -299,6 +334,8 @@ class Host:
         """This host's IPv4 address on ``eth0`` (the /24 is shared by the lab's hosts)."""
         self.port = port
         """Name of the bridge-side veth end, inside the switch namespace."""
+        self.mac = mac
+        """The hardware address of this host's ``eth0``."""
         self.procs: list[subprocess.Popen[Any]] = []
 
     def __repr__(self) -> str:
@@ -395,8 +432,15 @@ class Lab:
         self._namespaces: list[str] = []
 
     @classmethod
-    def create(cls, n_hosts: int, prefix: str | None = None) -> Lab:
-        """Build the lab (raises :class:`LabError`, after cleaning up, if anything fails)."""
+    def create(cls, n_hosts: int, prefix: str | None = None, *,
+               static_neighbours: bool | None = None) -> Lab:
+        """Build the lab (raises :class:`LabError`, after cleaning up, if anything fails).
+
+        ``static_neighbours``: give every host a permanent neighbour entry for every
+        other host (see the module docstring); None: only above
+        ``STATIC_NEIGHBOURS_ABOVE`` hosts."""
+        if static_neighbours is None:
+            static_neighbours = n_hosts > STATIC_NEIGHBOURS_ABOVE
         if not 1 <= n_hosts <= 250:
             raise ValueError(f"n_hosts must be in 1..250, got {n_hosts}")
         seq = next(_counter)
@@ -408,6 +452,8 @@ class Lab:
         _open_labs.add(lab)
         try:
             lab._build(n_hosts)
+            if static_neighbours:
+                lab._pin_neighbours()
         except BaseException:
             lab.close()
             raise
@@ -437,7 +483,14 @@ class Lab:
             _ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
             _ip("-n", ns, "link", "set", "eth0", "up")
             _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
-            self.hosts.append(Host(self, i, ns, address, port))
+            self.hosts.append(Host(self, i, ns, address, port, _mac_of(ns, "eth0")))
+
+    def _pin_neighbours(self) -> None:
+        """A permanent neighbour entry on every host for every other host's ``eth0``."""
+        for host in self.hosts:
+            _ip_batch(host.name, [
+                f"neigh replace {other.address} lladdr {other.mac} dev eth0 nud permanent"
+                for other in self.hosts if other is not host])
 
     @property
     def namespaces(self) -> list[str]:

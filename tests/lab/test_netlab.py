@@ -5,6 +5,7 @@ Every packet here stays inside namespaces the lab creates; see ``netlab.py``.
 
 from __future__ import annotations
 
+import json
 import select
 import shutil
 import subprocess
@@ -227,3 +228,36 @@ def test_create_fails_cleanly_on_a_taken_prefix() -> None:
         with pytest.raises(RuntimeError, match="already exist"):
             Lab.create(1, prefix=lab.prefix)
         assert set(lab.namespaces) <= netns_names()
+
+
+def test_static_neighbours_are_permanent_and_reachable() -> None:
+    reason = namespaces_available()
+    if reason is not None:
+        pytest.skip(reason)
+    with Lab.create(3, static_neighbours=True) as lab:
+        macs = {h.mac for h in lab.hosts}
+        assert len(macs) == 3
+        assert "" not in macs
+        for host in lab.hosts:
+            shown = host.run(["ip", "-j", "neigh", "show", "dev", "eth0"], timeout=5)
+            entries = {e["dst"]: e for e in json.loads(shown.stdout)}
+            for other in lab.hosts:
+                if other is host:
+                    assert other.address not in entries
+                    continue
+                entry = entries[other.address]
+                assert entry["lladdr"] == other.mac
+                assert "PERMANENT" in entry["state"]
+        a, b, _ = lab.hosts
+        if shutil.which("ping") is None:
+            start_listener(b)
+        assert can_reach(a, b)
+
+
+def test_small_labs_learn_neighbours_as_usual() -> None:
+    reason = namespaces_available()
+    if reason is not None:
+        pytest.skip(reason)
+    with Lab.create(2) as lab:
+        shown = lab.hosts[0].run(["ip", "-j", "neigh", "show", "dev", "eth0"], timeout=5)
+        assert json.loads(shown.stdout or "[]") == []
