@@ -303,6 +303,8 @@ def test_a_frame_that_is_not_a_list_of_at_least_two_is_malformed(obj: Any) -> No
     [VERSION, "bye"],
     [VERSION, "bye", NODE],
     [VERSION, "bye", NODE, 7, "extra"],
+    [VERSION, "beat", NODE, 7],
+    [VERSION, "beat", NODE, 7, 3, "extra"],
     state_fields()[:-1],
     [*state_fields(), "extra"],
 ], ids=repr)

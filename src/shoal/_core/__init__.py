@@ -18,6 +18,7 @@ from shoal._core._acks import (
 )
 from shoal._core._control import (
     MAX_ADDRESSES,
+    Beat,
     Bye,
     ChannelOffer,
     Role,
@@ -103,6 +104,7 @@ __all__ = [
     "SPLIT_AT",
     "START",
     "VERSION",
+    "Beat",
     "Bye",
     "ChainReceiver",
     "ChannelOffer",

@@ -8,6 +8,11 @@ other node's control (ROUTER) socket:
   tagged with a revision that grows with every catalogue change. A node sends its
   State on first contact (an introduction), at once whenever its catalogue changes,
   and every heartbeat interval after that: the State doubles as the heartbeat.
+* ``Beat``: I am alive (node id, epoch, revision): the small heartbeat. A node sends
+  it, instead of its full State, to peers that have sent it a Beat (they understand
+  it); the full State still goes at first contact, on every catalogue change and
+  every ``STATE_EVERY`` heartbeats. A Beat whose revision is newer than the State
+  the receiver holds changes nothing (the State that says more is on its way).
 * ``Bye``: I am leaving (clean exit). The receiver drops the node at once.
 * ``ClockQuery`` / ``ClockReading``: what time is it on your wall clock? Anyone may
   send a query to a control socket; the node answers on the same connection with a
@@ -40,6 +45,7 @@ __all__ = [
     "MAX_ADDRESSES",
     "MAX_CHANNELS",
     "MAX_NAME",
+    "Beat",
     "Bye",
     "ChannelOffer",
     "ClockQuery",
@@ -59,6 +65,7 @@ _MAX_FRAME: Final = 256 * 1024
 
 _STATE: Final = "state"
 _BYE: Final = "bye"
+_BEAT: Final = "beat"
 _CLOCK_QUERY: Final = "clock?"
 _CLOCK_READING: Final = "clock"
 
@@ -126,6 +133,16 @@ class State:
 
 
 @dataclass(frozen=True, slots=True)
+class Beat:
+    """A node's small heartbeat: the incarnation ``(node_id, epoch)`` is alive, and its
+    catalogue stands at ``revision``."""
+
+    node_id: bytes
+    epoch: int
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
 class Bye:
     """A node's goodbye: the incarnation ``(node_id, epoch)`` is gone."""
 
@@ -150,7 +167,7 @@ class ClockReading:
     time_ns: int
 
 
-ControlMessage = State | Bye | ClockQuery | ClockReading
+ControlMessage = State | Beat | Bye | ClockQuery | ClockReading
 """Whatever ``decode_control`` returns."""
 
 
@@ -168,6 +185,8 @@ def encode_control(msg: ControlMessage) -> bytes:
     fields: list[Any]
     if isinstance(msg, Bye):
         fields = [VERSION, _BYE, msg.node_id, msg.epoch]
+    elif isinstance(msg, Beat):
+        fields = [VERSION, _BEAT, msg.node_id, msg.epoch, msg.revision]
     elif isinstance(msg, ClockQuery):
         fields = [VERSION, _CLOCK_QUERY, msg.token]
     elif isinstance(msg, ClockReading):
@@ -266,6 +285,8 @@ def decode_control(frame: bytes) -> ControlMessage:
     if type(obj[0]) is not int or obj[0] != VERSION:
         raise VersionMismatch(obj[0] if isinstance(obj[0], int | str) else type(obj[0]).__name__)
     kind = obj[1]
+    if kind == _BEAT and len(obj) == 5:
+        return Beat(_node_id(obj[2]), _u32(obj[3], "epoch"), _u32(obj[4], "revision"))
     if kind == _BYE and len(obj) == 4:
         return Bye(_node_id(obj[2]), _u32(obj[3], "epoch"))
     if kind == _CLOCK_QUERY and len(obj) == 3:

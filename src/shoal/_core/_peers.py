@@ -186,6 +186,16 @@ class PeerTable:
         events.append(PeerJoined(new))
         return events
 
+    def on_beat(self, node_id: bytes, epoch: int, now: float) -> bool:
+        """A small heartbeat arrived: True if it is from a live peer's incarnation (it
+        counts as heard from), False if the table does not hold that incarnation (a
+        Beat never makes a peer join: only a State says enough)."""
+        old = self._peers.get(node_id)
+        if old is None or old.epoch != epoch:
+            return False
+        self._seen[node_id] = now
+        return True
+
     def on_bye(self, node_id: bytes, epoch: int, now: float) -> list[PeerEvent]:
         """A goodbye arrived: the incarnation leaves now and stays retired."""
         self._retire((node_id, epoch))

@@ -8,10 +8,12 @@ link per known control endpoint (``shoal.node._links``). Theory of operation:
   someone it has no link to, opens one back and answers with its own: one side
   finding the other is enough.
 * The peer table (``shoal._core.PeerTable``) is fed only by control messages, whatever
-  found the peer, so every discovery source behaves the same. Every link carries our
-  State every ``heartbeat`` seconds (it is the heartbeat) and at once after a
-  catalogue change (``publish``); a peer silent for ``peer_timeout`` seconds leaves;
-  a clean exit sends ``Bye`` on every link.
+  found the peer, so every discovery source behaves the same. Every link carries a
+  heartbeat every ``heartbeat`` seconds: a small ``Beat`` to nodes that understand it
+  (see ``_links``), our full State to others, to all every ``STATE_EVERY`` beats and
+  at once after a catalogue change (``publish``). A node that joins is answered with
+  our State at once. A peer silent for ``peer_timeout`` seconds leaves; a clean exit
+  sends ``Bye`` on every link.
 * Admission is the guard's (``shoal.node._guard``): a State or Bye is applied only if
   its sender may speak for the node id it names. A node that answers with a key other
   than the one its link was opened with is linked again with the authenticated key.
@@ -33,11 +35,13 @@ import zmq
 
 from shoal._core import (
     VERSION,
+    Beat,
     Bye,
     ChannelOffer,
     Identity,
     Peer,
     PeerEvent,
+    PeerJoined,
     PeerLeft,
     PeerTable,
     State,
@@ -55,6 +59,10 @@ from shoal.patterns._common import MalformedCounter
 
 __all__ = ["Control"]
 
+STATE_EVERY = 10
+"""Every this many heartbeats, the full State goes on every link (a State that was
+lost, a node that restarted unnoticed: nothing stays stale for long)."""
+
 Reasons = dict[str, str]
 """Why peers left, by peer id."""
 
@@ -64,7 +72,7 @@ class Control:
 
     def __init__(self, identity: Identity, name: str, addresses: Sequence[str],
                  sockets: SocketFactory, table: PeerTable, warn: WarnOnce, *,
-                 port: int, heartbeat: float,
+                 port: int, heartbeat: float, peer_timeout: float = 2.0,
                  on_events: Callable[[list[PeerEvent], Reasons], None],
                  reconnect: Callable[[set[str], str], None]) -> None:
         self.identity = identity
@@ -77,20 +85,24 @@ class Control:
         self._heartbeat = heartbeat
         self._on_events = on_events
         self._reconnect = reconnect  # make the data connections to these peers again
-        self._socket = sockets.open(zmq.ROUTER, [(zmq.RCVHWM, 10_000)], linger_ms=0,
-                                    server=True, data=False)
+        # no ZMTP pings from here: each link pings (see ``_links``)
+        self._socket = sockets.open(zmq.ROUTER, [(zmq.RCVHWM, 10_000), (zmq.HEARTBEAT_IVL, 0)],
+                                    linger_ms=0, server=True, data=False)
         try:
             self.port = port_of(self._socket.bind(f"tcp://{sockets.bind_host}:{port}"))
         except BaseException:
             self._socket.close()
             raise
         self.links = LinkPool(sockets, warn, state=lambda: self._state_frame,
-                              on_admitted=self._admitted)
+                              beat=lambda: self._beat_frame, on_admitted=self._admitted,
+                              peer_timeout=peer_timeout)
         self.live: set[str] = set()  # control endpoints of live peers
         self._offers: tuple[ChannelOffer, ...] = ()
         self._revision = 0
         self._state_frame = encode_control(self._state())
+        self._beat_frame = self._beat()
         self._beat_now = trio.Event()
+        self.beats_received = 0
         self.malformed = MalformedCounter()
         self.received = 0
         self.mismatches = 0
@@ -103,11 +115,15 @@ class Control:
                      addresses=self.addresses, control_port=self.port,
                      revision=self._revision, channels=self._offers)
 
+    def _beat(self) -> bytes:
+        return encode_control(Beat(self.identity.sender, self.identity.epoch, self._revision))
+
     def publish(self, offers: tuple[ChannelOffer, ...]) -> None:
         """The catalogue changed: a new revision, told to every peer now."""
         self._offers = offers
         self._revision += 1
         self._state_frame = encode_control(self._state())
+        self._beat_frame = self._beat()
         self._beat_now.set()  # tell every peer now, not at the next heartbeat
 
     def self_peer(self) -> Peer:
@@ -168,6 +184,9 @@ class Control:
             self._answer_clock(frames[0], msg.token)
         elif isinstance(msg, ClockReading):
             pass  # answers go to the socket that asked, never to a control socket
+        elif isinstance(msg, Beat):
+            if self._guard.speaks_for(msg.node_id, key):
+                self._on_beat(msg, now)
         elif isinstance(msg, Bye):
             if self._guard.speaks_for(msg.node_id, key):
                 self._apply(self.table.on_bye(msg.node_id, msg.epoch, now))
@@ -176,6 +195,13 @@ class Control:
                         "distinct names or node_id=", msg.epoch, self.identity.sender.hex())
         elif self._guard.admits(msg, key):
             self._on_state(msg, now, key)
+
+    def _on_beat(self, msg: Beat, now: float) -> None:
+        self.beats_received += 1
+        if self.table.on_beat(msg.node_id, msg.epoch, now):
+            peer = self.table.get(msg.node_id)
+            if peer is not None:
+                self.links.understands_beats(peer.control_endpoint)
 
     def _on_state(self, msg: State, now: float, key: bytes | None) -> None:
         events = self.table.on_state(msg, now)
@@ -188,8 +214,11 @@ class Control:
         peer = self.table.get(msg.node_id)
         if peer is not None:
             self.links.replace(peer.control_endpoint, key)
-            if peer.control_endpoint not in self.links:
-                self.introduce(peer.control_endpoint, server_key=key)  # answer it
+            if any(isinstance(ev, PeerJoined) for ev in events):
+                # a new node or incarnation: answer with our State (a link there may
+                # predate it), and send it States until it shows it understands Beats
+                self.links.understands_beats(peer.control_endpoint, False)
+                self.introduce(peer.control_endpoint, server_key=key)
 
     def _answer_clock(self, route: bytes, token: int) -> None:
         try:
@@ -219,11 +248,14 @@ class Control:
 
     async def beat(self) -> None:
         next_beat = trio.current_time()
+        beats = 0
         while True:
             now = trio.current_time()
             if now >= next_beat or self._beat_now.is_set():
+                full = self._beat_now.is_set() or beats % STATE_EVERY == 0
                 self._beat_now = trio.Event()
-                self.links.broadcast(self._state_frame)
+                self.links.heartbeat(self._state_frame, self._beat_frame, full=full)
+                beats += 1
                 next_beat = now + self._heartbeat
                 self.links.retry(now)
             events = self.table.expire(now)

@@ -1,7 +1,19 @@
 """The link pool: one outgoing control link (a DEALER) per known control endpoint.
 
-A link carries this node's State (its introduction, then its heartbeat) and its
-goodbye. Links to live peers stay; links to endpoints that are not live peers close
+A link carries this node's State (its introduction), its heartbeats and its goodbye.
+A heartbeat is the full State until the node at the other end has shown it
+understands the small ``Beat`` (it sent us one: ``understands_beats``); a new link
+sends one Beat after its introduction, so that two nodes that both understand it
+switch at once, while a node that does not counts one unknown control message and
+keeps getting States.
+
+Liveness on a link: the shoal heartbeat tells whether the node is there; libzmq's
+ZMTP heartbeat only has to notice a dead TCP connection (a pulled cable sends no FIN)
+so that libzmq connects again. The link pings no tighter than the peer timeout and
+asks the other end (``HEARTBEAT_TTL``) to drop the connection after twice that
+without traffic; the control socket itself sends no pings.
+
+Links to live peers stay; links to endpoints that are not live peers close
 after ``LINK_GRACE`` seconds (libzmq keeps reconnecting meanwhile, so two nodes
 separated by a flapping link find each other again when it heals), except persistent
 ones (a steady discovery record: a configured peer), which stay as long as the
@@ -63,8 +75,8 @@ _LINK_EVENTS = HANDSHAKE_SUCCEEDED | HANDSHAKE_FAILED_AUTH | HANDSHAKE_FAILED | 
 
 
 class _Link:
-    __slots__ = ("expires", "failed", "key", "monitor", "persistent", "refused", "retry_at",
-                 "sock", "up")
+    __slots__ = ("beats", "expires", "failed", "key", "monitor", "persistent", "refused",
+                 "retry_at", "sock", "up")
 
     def __init__(self, sock: Socket, *, persistent: bool, expires: float,
                  key: bytes | None = None) -> None:
@@ -77,6 +89,7 @@ class _Link:
         self.retry_at = math.inf  # when to connect again (after a refusal or failures)
         self.up = False  # a handshake completed since the last connect
         self.failed = 0  # handshakes failed in a row (not a shoal node there?)
+        self.beats = False  # the node there understands Beat: heartbeats are Beats
 
     def send(self, frame: bytes) -> None:
         try:
@@ -98,8 +111,14 @@ class LinkPool:
     """The control links, by endpoint. ``state()`` is this node's State frame now."""
 
     def __init__(self, sockets: SocketFactory, warn: WarnOnce, *,
-                 state: Callable[[], bytes], on_admitted: Callable[[str], None]) -> None:
+                 state: Callable[[], bytes], beat: Callable[[], bytes],
+                 on_admitted: Callable[[str], None], peer_timeout: float = 2.0) -> None:
         self._sockets = sockets
+        self._beat = beat
+        ivl = max(1000, int(peer_timeout * 1000))
+        self._options: list[tuple[int, int | bytes]] = [
+            (zmq.SNDHWM, 8), (zmq.HEARTBEAT_IVL, ivl), (zmq.HEARTBEAT_TIMEOUT, ivl),
+            (zmq.HEARTBEAT_TTL, 2 * ivl)]
         self._guard = sockets.guard
         self._warn = warn
         self._state = state
@@ -130,6 +149,9 @@ class LinkPool:
                 return
             link = self._open(endpoint, server_key, persistent=persistent,
                               expires=trio.current_time() + LINK_GRACE)
+            link.send(self._state())
+            link.send(self._beat())  # do you understand Beats? (then you send them too)
+            return
         link.persistent = link.persistent or persistent
         link.send(self._state())
 
@@ -144,7 +166,7 @@ class LinkPool:
 
     def _open(self, endpoint: str, key: bytes | None, *, persistent: bool,
               expires: float) -> _Link:
-        sock = self._sockets.open(zmq.DEALER, [(zmq.SNDHWM, 8)], linger_ms=200, data=False)
+        sock = self._sockets.open(zmq.DEALER, self._options, linger_ms=200, data=False)
         link = _Link(sock, persistent=persistent, expires=expires, key=key)
         try:
             if self.nursery is not None:
@@ -183,6 +205,19 @@ class LinkPool:
     def broadcast(self, frame: bytes) -> None:
         for link in self._links.values():
             link.send(frame)
+
+    def heartbeat(self, state: bytes, beat: bytes, *, full: bool) -> None:
+        """A heartbeat on every link: ``beat`` where it is understood (unless
+        ``full``), else ``state``."""
+        for link in self._links.values():
+            link.send(beat if link.beats and not full else state)
+
+    def understands_beats(self, endpoint: str, yes: bool = True) -> None:
+        """The node at ``endpoint`` sent a Beat (or, ``yes=False``, is a new
+        incarnation that has not yet)."""
+        link = self._links.get(endpoint)
+        if link is not None:
+            link.beats = yes
 
     def prune(self, live: Collection[str], now: float) -> None:
         for ep, link in list(self._links.items()):

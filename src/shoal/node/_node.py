@@ -92,6 +92,8 @@ class NodeStatistics:
     """Control messages from nodes on another protocol version (ignored)."""
     refused: int
     """States ignored because the peer table was full."""
+    beats_received: int = 0
+    """Of ``control_received``, the small heartbeats (``Beat``)."""
 
 
 def default_node_id(name: str) -> bytes:
@@ -124,7 +126,8 @@ class Node(Patterns):
             self._control = Control(
                 identity, name, self._addresses, self._sockets,
                 PeerTable(identity.sender, timeout=peer_timeout, networks=self._networks),
-                self._warned, port=port, heartbeat=heartbeat, on_events=self._peers_changed,
+                self._warned, port=port, heartbeat=heartbeat, peer_timeout=peer_timeout,
+                on_events=self._peers_changed,
                 reconnect=self._channels.reconnect)
         except BaseException:
             self._guard.close()
@@ -219,7 +222,7 @@ class Node(Patterns):
         return NodeStatistics(
             peers=len(self.peers()), links=len(c.links), control_received=c.received,
             malformed=c.malformed.total, version_mismatches=c.mismatches,
-            refused=c.table.refused)
+            refused=c.table.refused, beats_received=c.beats_received)
 
     def zap_statistics(self) -> ZapStatistics | None:
         """The ZAP handler's counters (connections admitted and refused by this node's
