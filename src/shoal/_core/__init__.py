@@ -29,6 +29,7 @@ from shoal._core._control import (
 )
 from shoal._core._envelope import (
     FLAG_DEADLINE,
+    FLAG_REPLAYED,
     HEADER,
     MAX_TOPIC,
     SPLIT_AT,
@@ -42,7 +43,6 @@ from shoal._core._envelope import (
     decode,
     encode,
     encode_topic,
-    is_replayed,
     pack_tail,
     request_budget,
     with_correlation,
@@ -91,6 +91,7 @@ __all__ = [
     "ACK_TOPIC",
     "ALL",
     "FLAG_DEADLINE",
+    "FLAG_REPLAYED",
     "HEADER",
     "LOST_TRACK",
     "MARKER",
@@ -155,7 +156,6 @@ __all__ = [
     "encode_topic",
     "fast_decode",
     "fast_decoder",
-    "is_replayed",
     "literal_prefix",
     "local_route",
     "offers",

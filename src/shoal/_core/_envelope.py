@@ -77,7 +77,6 @@ __all__ = [
     "decode",
     "encode",
     "encode_topic",
-    "is_replayed",
     "pack_tail",
     "request_budget",
     "with_correlation",
@@ -350,11 +349,6 @@ def as_replayed(frame: bytes, at: int, seq: int) -> bytes:
     return b"".join((frame[:flags_at], bytes((frame[flags_at] | FLAG_REPLAYED,)),
                      frame[flags_at + 1:seq_at], _U64.pack(seq), frame[seq_at + 8:]))
 
-
-def is_replayed(frame: bytes) -> bool:
-    """Whether ``frame`` (an encoded envelope with its topic) has ``FLAG_REPLAYED``."""
-    at = frame.find(b"\0") + 3
-    return 2 < at < len(frame) and bool(frame[at] & FLAG_REPLAYED)
 
 
 _SEQ: Final = 1 + 28

@@ -31,6 +31,7 @@ import zmq
 
 from shoal._core import (
     ALL,
+    FLAG_REPLAYED,
     MAX_PREFIXES,
     Identity,
     Kind,
@@ -40,7 +41,6 @@ from shoal._core import (
     TopicFilter,
     encode_topic,
     fast_decode,
-    is_replayed,
     local_route,
     parse_subscription,
 )
@@ -218,7 +218,7 @@ class ReliableSubscriber(BufferedReceiver[Message]):
                 self._filtered += 1  # placed in the chain (acknowledged), not delivered
                 return
             self._received += 1
-            if self._history and is_replayed(frame):
+            if self._history and frame[frame.find(0) + 3] & FLAG_REPLAYED:
                 msg = ReplayedMessage(*msg)
                 self._replayed += 1
             self._buffer.append(msg)
