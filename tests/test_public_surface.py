@@ -52,8 +52,11 @@ SHOAL_ALL = [
 ]
 
 PATTERNS_ALL = [
+    "Answer",
+    "AnswerStatus",
     "DeadLetter",
     "Delivery",
+    "Gathered",
     "ManualAckPuller",
     "Publisher",
     "PublisherStatistics",

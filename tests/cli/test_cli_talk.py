@@ -493,3 +493,84 @@ def test_every_argument_of_every_command_has_help() -> None:
                if not (action.help or "").strip()]
     assert missing == []
     assert len(commands.choices) >= 10  # every command was walked
+
+
+FIRST_STALLS = """\
+import json, os, sys, time
+request = json.load(sys.stdin)
+try:  # the first request to reach any replier sharing the folder stalls
+    os.close(os.open(os.path.join(request["folder"], "first"), os.O_CREAT | os.O_EXCL))
+    time.sleep(60)
+except FileExistsError:
+    pass
+print(json.dumps("fast"))
+"""
+
+
+def test_req_hedge_after_gets_the_answer_of_a_second_replier(tmp_path: Path) -> None:
+    """Two repliers; whichever gets the request first stalls. Only the hedged copy,
+    sent to the other one after 0.5 s, can answer within the timeout (without
+    --hedge-after this request times out)."""
+    script = tmp_path / "first_stalls.py"
+    script.write_text(FIRST_STALLS)
+    ch = channel()
+    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}"
+    body = json.dumps({"folder": str(tmp_path)})
+    with (background("reply", ch, "--exec", command, "--exec-timeout", "80",
+                     "--seconds", "80", *LO),
+          background("reply", ch, "--exec", command, "--exec-timeout", "80",
+                     "--seconds", "80", *LO)):
+        done = shoal("req", ch, body, "--expect", "2", "--hedge-after", "0.5",
+                     "--timeout", "25", *LO)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == "fast"
+    assert (tmp_path / "first").exists()  # one replier did stall on it
+
+
+def test_req_all_prints_each_repliers_answer_its_error_and_the_missing() -> None:
+    """Three repliers: one echoes, one fails, one takes the request and runs a
+    command that outlasts --within. One line per replier, by name; exit status 1."""
+    ch = channel()
+    stall = f"{shlex.quote(sys.executable)} -c 'import time; time.sleep(60)'"
+    fail = f"{shlex.quote(sys.executable)} -c 'import sys; sys.exit(\"cannot do it\")'"
+    with (background("reply", ch, "--echo", "--name", "echoer", "--seconds", "80", *LO),
+          background("reply", ch, "--exec", fail, "--name", "failer", "--seconds", "80",
+                     *LO),
+          background("reply", ch, "--exec", stall, "--exec-timeout", "80", "--name",
+                     "staller", "--seconds", "80", *LO)):
+        as_json = shoal("req", ch, '{"n": 1}', "--all", "--expect", "3", "--within", "3",
+                        "--timeout", "25", "--json", *LO)
+        plain = shoal("req", ch, '"hi"', "--all", "--expect", "3", "--within", "3",
+                      "--timeout", "25", *LO)
+    assert as_json.returncode == 1, as_json.stderr
+    lines = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert {(x["name"], next(k for k in ("reply", "error", "missing") if k in x))
+            for x in lines} == {("echoer", "reply"), ("failer", "error"),
+                                ("staller", "missing")}
+    by_name = {x["name"]: x for x in lines}
+    assert by_name["echoer"]["reply"] == {"n": 1}
+    assert "cannot do it" in by_name["failer"]["error"]
+    assert lines[-1]["name"] == "staller"
+    assert all(len(x["replier"]) == 32 for x in lines)  # node ids
+    assert "1 of 3 repliers failed and 1 did not answer" in as_json.stderr
+    assert plain.returncode == 1, plain.stderr
+    shown = sorted(plain.stdout.splitlines())
+    assert shown[0] == 'echoer: "hi"'
+    assert shown[1].startswith("failer: failed: ")
+    assert shown[2] == "staller: missing: no answer within 3 s"
+
+
+@pytest.mark.parametrize(("args", "reason"), [
+    (("--within", "1"), "--within goes with --all"),
+    (("--all", "--retries", "1"), "drop --retries"),
+    (("--all", "--hedge-after", "1"), "drop --retries and --hedge-after"),
+    (("--hedge-after", "p0"), "percentile such as p95"),
+    (("--hedge-after", "soon"), "percentile such as p95"),
+    (("--all", "--within", "0"), "--within must be between"),
+    (("--expect", "0"), "--expect must be at least 1"),
+])
+def test_req_refuses_bad_combinations_with_exit_2(args: tuple[str, ...], reason: str) -> None:
+    done = shoal("req", "ch", "1", *args, *LO)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert reason in done.stderr
+    assert "Traceback" not in done.stderr

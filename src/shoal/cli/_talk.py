@@ -29,6 +29,9 @@ import trio
 import shoal
 from shoal import discovery
 from shoal.cli._exec import Outcome, run_command
+from shoal.cli._req import add_req_arguments, check_req_args, run_req
+from shoal.cli._show import dump as _dump
+from shoal.cli._show import printable as _printable
 from shoal.cli._stdin import BadLines, Input, UsageError, parse_json
 from shoal.discovery import MDNS, Peer, PeerJoined, PeerLeft, Static
 
@@ -143,14 +146,12 @@ def add_talk_commands(commands: Any) -> None:
     p = add("req", "send a request and print the reply",
             "shoal req math '{\"a\": 1, \"b\": 2}' --timeout 5",
             "Send BODY (JSON) to one replier of CHANNEL and print its reply. An error "
-            "reply (the replier failed) is printed on stderr, with exit status 1.")
+            "reply (the replier failed) is printed on stderr, with exit status 1. With "
+            "--all, send it to every replier of CHANNEL and print one line per replier: "
+            "its reply, its error, or that it did not answer within --within seconds "
+            "(exit status 1 if any failed or is missing).")
     common(p)
-    p.add_argument("channel", help="the channel whose repliers answer")
-    p.add_argument("body", help="the request, as JSON, e.g. '{\"a\": 1}' or '\"text\"'")
-    p.add_argument("--timeout", type=float, default=10.0,
-                   help="seconds to wait for a replier and its reply (default: 10)")
-    p.add_argument("--retries", type=int, default=0,
-                   help="send the request again (same id) this many times")
+    add_req_arguments(p)
 
     p = add("reply", "answer requests on a channel",
             "shoal reply upper --exec 'tr a-z A-Z'  ",
@@ -177,24 +178,6 @@ def add_talk_commands(commands: Any) -> None:
                    "request at a time)")
     p.add_argument("--count", type=int, default=None, help="exit after N requests")
     p.add_argument("--seconds", type=float, default=None, help="exit after S seconds")
-
-
-def _printable(value: Any) -> Any:
-    """A message body as JSON can carry it (bytes as text or hex)."""
-    if isinstance(value, bytes):
-        try:
-            return value.decode()
-        except UnicodeDecodeError:
-            return value.hex()
-    if isinstance(value, dict):
-        return {str(k): _printable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_printable(v) for v in value]
-    return value
-
-
-def _dump(value: Any) -> str:
-    return json.dumps(_printable(value), ensure_ascii=False, default=repr)
 
 
 @asynccontextmanager
@@ -398,14 +381,9 @@ async def _pull(args: argparse.Namespace, out: Out, err: Out) -> None:
 
 async def _req(args: argparse.Namespace, out: Out, err: Out) -> None:
     body = parse_json(args.body, "BODY")
+    check_req_args(args)
     async with _node(args) as node, node.open_requester(args.channel) as client:
-        with trio.fail_after(args.timeout):
-            await node.wait_for_peers(1, channel=args.channel)
-            reply = await client.request(body, retries=args.retries,
-                                         retry_after=max(args.timeout / (args.retries + 1),
-                                                         0.1))
-    out(json.dumps({"reply": _printable(reply)}, ensure_ascii=False, default=repr)
-        if args.json else _dump(reply))
+        await run_req(args, body, node, client, out)
 
 
 async def _answer(args: argparse.Namespace, req: shoal.Request, err: Out) -> None:
@@ -484,7 +462,7 @@ def _interface_args(given: list[str]) -> list[str]:
 
 def run_talk(args: argparse.Namespace, out: Out, err: Out) -> int:
     """Run one of the commands; the exit status."""
-    for name in ("seconds", "timeout", "wait", "exec_timeout"):
+    for name in ("seconds", "timeout", "wait", "exec_timeout", "within"):
         value = getattr(args, name, None)
         if value is not None and not 0 < value <= 86400:
             flag = name.replace("_", "-")

@@ -16,6 +16,7 @@ request/reply      DEALER -> ROUTER, ids         one replier; the reply comes ba
 from shoal._naming import claim
 from shoal.patterns._dead_letters import DeadLetter
 from shoal.patterns._open import open_publisher, open_puller, open_pusher, open_subscriber
+from shoal.patterns._open_requester import open_requester
 from shoal.patterns._pubsub import (
     Publisher,
     PublisherStatistics,
@@ -51,12 +52,16 @@ from shoal.patterns._replier import (
     Request,
     open_replier,
 )
-from shoal.patterns._requester import Requester, RequesterStatistics, open_requester
+from shoal.patterns._requester import Requester, RequesterStatistics
+from shoal.patterns._scatter import Answer, AnswerStatus, Gathered
 from shoal.patterns._serve import serve_replier
 
 __all__ = [
+    "Answer",
+    "AnswerStatus",
     "DeadLetter",
     "Delivery",
+    "Gathered",
     "ManualAckPuller",
     "Publisher",
     "PublisherStatistics",

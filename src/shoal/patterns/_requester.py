@@ -43,17 +43,15 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from time import time_ns
 from typing import Any
 
 import trio
-import zmq
 
 from shoal._core import FLAG_DEADLINE, SPLIT_AT, Identity, Kind, Message, pack_tail
 from shoal._core._balance import Balancer, LatencyEstimator
-from shoal._zmq._socket import DEFAULT_LINGER_MS, PeerUnreachable, Socket
+from shoal._zmq._socket import PeerUnreachable, Socket
 from shoal.errors import (
     LocalProtocolError,
     MessageTooLarge,
@@ -61,12 +59,8 @@ from shoal.errors import (
     RemoteError,
 )
 from shoal.patterns._common import (
-    DEFAULT_BATCH,
-    Endpoints,
     MalformedCounter,
     SocketResource,
-    check_busy_poll,
-    open_socket,
     stream_encoder,
 )
 from shoal.patterns._links import LinkMonitor
@@ -82,14 +76,15 @@ from shoal.patterns._request_slots import (
     requester_options,
 )
 from shoal.patterns._routes import connect_route
+from shoal.patterns._scatter import Scatter
 
-__all__ = ["Requester", "RequesterStatistics", "open_requester", "requester_options"]
+__all__ = ["Requester", "RequesterStatistics", "requester_options"]
 
 log = logging.getLogger("shoal")
 
 _ANSWERS = (Kind.REPLY, Kind.ERROR)
 
-class Requester(SocketResource):
+class Requester(SocketResource, Scatter):
     """Sends requests and matches replies by id. Make one with ``open_requester``."""
 
     def __init__(
@@ -486,27 +481,3 @@ class Requester(SocketResource):
                 slot.wake.set()  # followers re-check and find the socket closed
         await trio.lowlevel.checkpoint()
 
-
-@asynccontextmanager
-async def open_requester(
-    *,
-    bind: Endpoints = None,
-    connect: Endpoints = None,
-    identity: Identity | None = None,
-    high_water_mark: int = 1000,
-    batch: int = DEFAULT_BATCH,
-    context: zmq.Context[zmq.Socket[bytes]] | None = None,
-    linger_ms: int = DEFAULT_LINGER_MS,
-    busy_poll: float = 0.0,
-) -> AsyncIterator[Requester]:
-    """Open a requester. Requests are spread round-robin over connected repliers.
-
-    ``busy_poll``: seconds a call waiting for its reply spins before it sleeps (see
-    the README's "Busy polling": lower latency for a core's worth of CPU)."""
-    busy_poll = check_busy_poll(busy_poll)
-    sock = open_socket("open_requester", zmq.DEALER, bind=bind, connect=connect,
-                       high_water_mark=high_water_mark, batch=batch, context=context,
-                       linger_ms=linger_ms, options=requester_options(high_water_mark))
-    sock.busy_poll = busy_poll
-    async with Requester(sock, identity, batch=batch) as client:
-        yield client
