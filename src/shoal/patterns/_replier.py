@@ -64,6 +64,7 @@ log = logging.getLogger("shoal")
 
 _REQUEST = (Kind.REQUEST,)
 _INF = math.inf
+_new_message = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,8 +240,11 @@ class Replier(BufferedReceiver[Request]):
         if frame[0] or frame[3] & FLAG_DEADLINE:  # a topic, or the flag: look closer
             budget = request_budget(frame)
             if budget >= 0:  # its seq is the budget: give the message its usual seq
-                self._buffer.append(make(self, route, msg._replace(seq=msg.correlation),
-                                         self._since + budget / 1e6))
+                t, b, k, sender, epoch, stream, _, ts, corr, headers = msg
+                # (the tuple's own constructor: NamedTuple._replace costs a microsecond)
+                msg = _new_message(Message, (t, b, k, sender, epoch, stream, corr, ts, corr,
+                                             headers))
+                self._buffer.append(make(self, route, msg, self._since + budget / 1e6))
                 return
         self._buffer.append(make(self, route, msg))
 
