@@ -35,6 +35,7 @@ HANDSHAKE_FAILED_AUTH = zmq.EVENT_HANDSHAKE_FAILED_AUTH
 HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 """The handshake failed for another reason (not a ZeroMQ peer, a protocol error)."""
 DISCONNECTED = zmq.EVENT_DISCONNECTED
+CONNECTED = zmq.EVENT_CONNECTED
 """A connection closed (a peer killed or gone, a ZMTP heartbeat timeout)."""
 
 

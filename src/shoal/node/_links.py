@@ -45,6 +45,7 @@ import trio
 import zmq
 
 from shoal._zmq._monitor import (
+    CONNECTED,
     DISCONNECTED,
     HANDSHAKE_FAILED,
     HANDSHAKE_FAILED_AUTH,
@@ -71,12 +72,16 @@ HANDSHAKE_RETRY = 1.0
 and is not a shoal node), it is tried again after this, doubling up to
 ``HANDSHAKE_RETRY_MAX``, instead of libzmq's 100 ms reconnect."""
 HANDSHAKE_RETRY_MAX = 60.0
-_LINK_EVENTS = HANDSHAKE_SUCCEEDED | HANDSHAKE_FAILED_AUTH | HANDSHAKE_FAILED | DISCONNECTED
+UNANSWERED_AFTER = 10.0
+"""A link with no completed handshake this many seconds after it opened is logged
+once, with its likely cause, and counted (``NodeStatistics.links_unanswered``)."""
+_LINK_EVENTS = (HANDSHAKE_SUCCEEDED | HANDSHAKE_FAILED_AUTH | HANDSHAKE_FAILED | DISCONNECTED
+                | CONNECTED)
 
 
 class _Link:
-    __slots__ = ("beats", "expires", "failed", "key", "monitor", "persistent", "refused",
-                 "retry_at", "sock", "up")
+    __slots__ = ("answered", "beats", "connected", "expires", "failed", "key", "monitor",
+                 "opened", "persistent", "refused", "retry_at", "sock", "up")
 
     def __init__(self, sock: Socket, *, persistent: bool, expires: float,
                  key: bytes | None = None) -> None:
@@ -90,6 +95,9 @@ class _Link:
         self.up = False  # a handshake completed since the last connect
         self.failed = 0  # handshakes failed in a row (not a shoal node there?)
         self.beats = False  # the node there understands Beat: heartbeats are Beats
+        self.opened = 0.0  # when it was opened (trio clock)
+        self.connected = False  # a TCP connection was made (before any handshake)
+        self.answered = False  # a handshake completed once (or the link was reported)
 
     def send(self, frame: bytes) -> None:
         try:
@@ -125,6 +133,11 @@ class LinkPool:
         self._on_admitted = on_admitted
         self._links: dict[str, _Link] = {}
         self.nursery: trio.Nursery | None = None  # where links are watched, once running
+        self.refused_links = 0
+        """Links not opened because no socket could be had (the socket or descriptor
+        limit): the peer is skipped, logged, and tried again when discovery repeats."""
+        self.unanswered = 0
+        """Links logged as unanswered (no handshake ``UNANSWERED_AFTER`` seconds on)."""
 
     def __contains__(self, endpoint: str) -> bool:
         return endpoint in self._links
@@ -147,8 +160,16 @@ class LinkPool:
                            "are open already (an advertisement flood?)", endpoint,
                            MAX_PENDING_LINKS)
                 return
-            link = self._open(endpoint, server_key, persistent=persistent,
-                              expires=trio.current_time() + LINK_GRACE)
+            try:
+                link = self._open(endpoint, server_key, persistent=persistent,
+                                  expires=trio.current_time() + LINK_GRACE)
+            except (ShoalError, zmq.ZMQError) as exc:
+                # out of sockets or descriptors: refuse this peer, never crash the node
+                self.refused_links += 1
+                self._warn("no-socket", endpoint, "not linking to %s: %s (%d links open; "
+                           "raise the process's descriptor limit, ulimit -n, or run fewer "
+                           "nodes per host)", endpoint, exc, len(self._links))
+                return
             link.send(self._state())
             link.send(self._beat())  # do you understand Beats? (then you send them too)
             return
@@ -168,11 +189,14 @@ class LinkPool:
               expires: float) -> _Link:
         sock = self._sockets.open(zmq.DEALER, self._options, linger_ms=200, data=False)
         link = _Link(sock, persistent=persistent, expires=expires, key=key)
+        link.opened = trio.current_time()
         try:
             if self.nursery is not None:
                 # before connect(), so no handshake goes unseen
                 link.monitor = Monitor(sock, _LINK_EVENTS)
                 self.nursery.start_soon(self._watch, endpoint, link)
+            else:
+                link.answered = True  # not watched: whether it is answered is unknown
             self._guard.connect(sock, endpoint, key)
         except BaseException:
             link.close()
@@ -228,8 +252,11 @@ class LinkPool:
                 del self._links[ep]
 
     def retry(self, now: float) -> None:
-        """Connect again the links whose wait (a refusal, failed handshakes) is over."""
+        """Connect again the links whose wait (a refusal, failed handshakes) is over;
+        report the links that stay unanswered."""
         for ep, link in self._links.items():
+            if not link.answered and not link.refused and now - link.opened >= UNANSWERED_AFTER:
+                self._unanswered(ep, link)
             if link.retry_at <= now and not link.sock.closed:
                 link.retry_at = math.inf
                 try:
@@ -254,8 +281,11 @@ class LinkPool:
                 for ev in mon.events_nowait(16):
                     if ev.event == HANDSHAKE_FAILED_AUTH:
                         self._refused(endpoint, link)
+                    elif ev.event == CONNECTED:
+                        link.connected = True
                     elif ev.event == HANDSHAKE_SUCCEEDED:
                         link.up = True
+                        link.answered = True
                         link.failed = 0
                         self._warn.forget("handshake", endpoint)
                         self._admitted(endpoint, link)
@@ -271,6 +301,19 @@ class LinkPool:
                 await mon.wait()
         except ClosedError:
             pass  # the link closed
+
+    def _unanswered(self, endpoint: str, link: _Link) -> None:
+        link.answered = True  # reported once
+        self.unanswered += 1
+        if link.connected:
+            why = ("TCP connects but no shoal handshake completes (not a shoal node, or "
+                   "a secured one that does not admit this node)")
+        else:
+            why = ("no TCP connection could be made: the host is down or unreachable, "
+                   "its address gets no ARP/neighbour answer, or a firewall drops the "
+                   "packets")
+        self._warn("unanswered", endpoint, "the control link to %s has had no answer for "
+                   "%g s: %s; still trying", endpoint, UNANSWERED_AFTER, why)
 
     def _handshake_failed(self, endpoint: str, link: _Link) -> None:
         """A connection to ``endpoint`` closed before its handshake completed. From the

@@ -94,6 +94,10 @@ class NodeStatistics:
     """States ignored because the peer table was full."""
     beats_received: int = 0
     """Of ``control_received``, the small heartbeats (``Beat``)."""
+    links_refused: int = 0
+    """Control links not opened for want of a socket or descriptor (logged)."""
+    links_unanswered: int = 0
+    """Control links that went unanswered (logged once each, with the likely cause)."""
 
 
 def default_node_id(name: str) -> bytes:
@@ -222,7 +226,8 @@ class Node(Patterns):
         return NodeStatistics(
             peers=len(self.peers()), links=len(c.links), control_received=c.received,
             malformed=c.malformed.total, version_mismatches=c.mismatches,
-            refused=c.table.refused, beats_received=c.beats_received)
+            refused=c.table.refused, beats_received=c.beats_received,
+            links_refused=c.links.refused_links, links_unanswered=c.links.unanswered)
 
     def zap_statistics(self) -> ZapStatistics | None:
         """The ZAP handler's counters (connections admitted and refused by this node's
