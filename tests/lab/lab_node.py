@@ -41,6 +41,11 @@ Commands, one JSON object per stdin line (``tag``, if given, is echoed in the an
   channel; a push waits while no puller is connected)
 * ``{"cmd": "request", "channel", "body", "timeout"}`` -> ``{"event": "reply", "body"}``
   or ``{"event": "error", "type": "PeerLost"|"TooSlowError"|..., "message"}``
+* ``{"cmd": "gather", "channel", "body", "within", "timeout"}`` -> ``{"event":
+  "gathered", "replies", "missing", "elapsed"}``: ``requester.gather(body,
+  within=within)``; each answer is ``{"replier", "status", "body", "error"}`` (a
+  replier's node id, ``replied``/``failed``/``missing``), ``elapsed`` the seconds the
+  call took (trio's clock)
 * ``{"cmd": "wait_subscribers", "channel", "n", "timeout"}`` -> ``{"event": "subscribers",
   "n"}`` (or an ``error`` event)
 * ``{"cmd": "wait_pullers", "channel", "n", "timeout"}`` -> ``{"event": "pullers",
@@ -79,6 +84,7 @@ import shoal
 import shoal.node._links as shoal_links
 from shoal.discovery import MDNS, Peer, PeerJoined, PeerLeft, Static
 from shoal.node._node import DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT, Source
+from shoal.patterns import Answer
 
 log = logging.getLogger("lab_node")
 
@@ -141,6 +147,12 @@ def peer_fields(peer: Peer) -> dict[str, Any]:
         "address": peer.address,
         "channels": sorted({f"{c.name}:{c.role.name.lower()}" for c in peer.channels}),
     }
+
+
+def answers(got: tuple[Answer, ...]) -> list[dict[str, Any]]:
+    """A gather's answers as JSON objects."""
+    return [{"replier": a.replier, "status": a.status.value, "body": a.body,
+             "error": a.error} for a in got]
 
 
 class Runner:
@@ -236,6 +248,17 @@ class Runner:
                 emit("reply", channel=channel, body=reply, tag=tag)
 
             nursery.start_soon(self.guarded, cmd, request)
+        elif name == "gather":
+            requester = self.role(self.requesters, "requester", channel)
+
+            async def gather() -> None:
+                start = trio.current_time()
+                got = await requester.gather(cmd.get("body"), within=float(cmd["within"]))
+                elapsed = trio.current_time() - start
+                emit("gathered", channel=channel, replies=answers(got.replies),
+                     missing=answers(got.missing), elapsed=elapsed, tag=tag)
+
+            nursery.start_soon(self.guarded, cmd, gather)
         elif name == "wait_subscribers":
             pub = self.role(self.publishers, "publisher", channel)
             n = int(cmd.get("n", 1))

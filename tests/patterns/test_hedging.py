@@ -4,7 +4,8 @@ counted as waste, and no replier runs one request twice. Also least-loaded routi
 over a node's repliers.
 
 Network safety: loopback only (explicit 127.0.0.1 endpoints; nodes with ``Static``
-discovery on 127.0.0.1).
+discovery on 127.0.0.1, in this process or in a peer process, ``tests/support/peer.py``,
+that is always killed).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import shoal
 from shoal.errors import LocalProtocolError
 from shoal.patterns import serve_replier
 from support.endpoints import free_port
-from support.nodes import open_test_node
+from support.nodes import FAST, open_test_node
+from support.peers import node_process
 from support.waiting import eventually
 
 LOOPBACK = "tcp://127.0.0.1:*"
@@ -151,6 +153,70 @@ async def test_a_replier_closed_mid_request_leaves_the_hedged_copy_to_answer_onc
     qid = next(rid for (name, rid) in ran if name == "b")
     assert ran["b", qid] == 1
     assert ran["c", qid] == 1
+
+
+async def test_a_replier_process_killed_mid_request_leaves_the_hedged_copy_to_answer() -> None:
+    """Over nodes: b, a process of its own, holds "stall" unanswered; c, in this
+    process, holds it until told. The request reaches both (first copy, then the
+    hedge), b is SIGKILLed and a has given it up as a peer; only then does c answer.
+    The caller gets c's answer, once, and no PeerLost."""
+    ran: Counter[int] = Counter()
+    c_holds = trio.Event()
+    release = trio.Event()
+
+    async def serve_c(rep: shoal.Replier) -> None:
+        async with trio.open_nursery() as n:
+            async for req in rep:
+                async def one(req: shoal.Request = req) -> None:
+                    if req.body == "stall":
+                        ran[req.id] += 1
+                        c_holds.set()
+                        await release.wait()
+                    await req.reply("c")
+                n.start_soon(one)
+
+    with trio.fail_after(20):
+        hub = free_port()
+        async with (
+            open_test_node("a", port=hub, **FAST) as a,
+            open_test_node("c", peers=[hub], **FAST) as c,
+            c.open_replier("calc") as rep_c,
+            a.open_requester("calc") as client,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(serve_c, rep_c)
+            result: list[object] = []
+            done = trio.Event()
+
+            async def ask() -> None:
+                result.append(await client.request("stall", hedge_after=0.05))
+                done.set()
+
+            async with node_process("b", hub, "--replier", "calc", "--stall-on",
+                                    "stall") as b:
+                await a.wait_for_peers(2, channel="calc")
+                answered: set[str] = set()
+                while answered != {"b", "c"}:  # both connections up
+                    reply = await client.request("warm")
+                    answered.add(reply if reply == "c" else reply["from"])
+                warm = client.statistics()
+                nursery.start_soon(ask)
+                held = await b.expect("stalled")
+                await c_holds.wait()
+                b.kill()
+                await b.proc.wait()
+            await eventually(lambda: [p.name for p in a.peers()] == ["c"])  # b timed out
+            assert not done.is_set()  # nothing answered yet: b is gone, c still holds it
+            release.set()
+            await done.wait()
+            st = client.statistics()
+            nursery.cancel_scope.cancel()
+    assert held["body"] == "stall"
+    assert result == ["c"]
+    assert list(ran.values()) == [1]  # c ran it once
+    assert (st.hedged - warm.hedged, st.lost - warm.lost, st.replies - warm.replies) == (
+        1, 0, 1)
+    assert (st.hedge_wasted, st.unmatched, st.in_flight) == (0, 0, 0)
 
 
 async def test_a_node_requester_sends_to_the_least_loaded_replier() -> None:

@@ -2,7 +2,8 @@
 
     python tests/support/peer.py node NAME [--peer tcp://127.0.0.1:PORT] [--port N]
         [--heartbeat S] [--peer-timeout S] [--puller CH] [--replier CH] [--publisher CH]
-        [--reliable-puller CH] [--print-received] [--never-answer] [PULLER OPTIONS]
+        [--reliable-puller CH] [--print-received] [--never-answer] [--stall-on BODY]
+        [PULLER OPTIONS]
     python tests/support/peer.py subscriber (--connect EP | --bind EP) [--topic PREFIX]
     python tests/support/peer.py puller (--connect EP | --bind EP) [PULLER OPTIONS]
 
@@ -22,6 +23,9 @@ object, flushed at once, so that a test killing the peer knows what it did:
   a best-effort puller's only with ``--print-received``;
 * ``{"event": "request", "body"}``: with ``--print-received``, each request received.
   A replier answers ``{"from": NAME, "body": body}``, unless ``--never-answer``;
+* ``{"event": "stalled", "body"}``: with ``--stall-on BODY``, a request whose body is
+  the string BODY has reached the replier, which holds it unanswered (and serves
+  nothing else) until killed;
 * a reliable puller's work on each item is ``trio.sleep(--delay)``; with
   ``--manual-ack`` each item is acknowledged (``await item.ack()``) after it; with
   ``--stall-after N`` the N-th item is pulled and never finished: the puller sends
@@ -72,10 +76,14 @@ async def pull(puller: shoal.Puller, report: bool) -> None:
             emit(event="pulled", body=msg.body)
 
 
-async def answer(name: str, replier: shoal.Replier, report: bool, reply: bool) -> None:
+async def answer(name: str, replier: shoal.Replier, report: bool, reply: bool,
+                 stall_on: str | None) -> None:
     async for req in replier:
         if report:
             emit(event="request", body=req.body)
+        if stall_on is not None and req.body == stall_on:
+            emit(event="stalled", body=req.body)
+            await trio.sleep_forever()
         if reply:
             await req.reply({"from": name, "body": req.body})
 
@@ -118,7 +126,7 @@ async def open_node(args: argparse.Namespace, stack: AsyncExitStack) -> Opened:
     for ch in args.replier:
         replier = await stack.enter_async_context(node.open_replier(ch))
         tasks.append(functools.partial(answer, args.name, replier, args.print_received,
-                                       not args.never_answer))
+                                       not args.never_answer, args.stall_on))
     for ch in args.publisher:
         await stack.enter_async_context(node.open_publisher(ch))
     for ch in args.reliable_puller:
@@ -179,6 +187,7 @@ def parser() -> argparse.ArgumentParser:
         node.add_argument(f"--{role}", action="append", default=[], metavar="CH")
     node.add_argument("--print-received", action="store_true")
     node.add_argument("--never-answer", action="store_true")
+    node.add_argument("--stall-on", metavar="BODY")
 
     sub = kinds.add_parser("subscriber", parents=[endpoint])
     sub.add_argument("--topic", action="append", default=[])
