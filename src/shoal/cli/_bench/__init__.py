@@ -9,7 +9,10 @@ of interleaved rounds, which openers take ``busy_poll=``) is in ``_common``.
 ``shoal bench``: ``_common`` (run description, body layout, pacing, receiver tally),
 ``_server`` (the end that binds), ``_client`` (the end that connects and measures),
 ``_run`` (a whole run: interleaved rounds, figures per variant), ``_report`` (table,
-JSON, plot), ``_command`` (the command line).
+JSON, plot), ``_command`` (the command line). ``shoal bench --hedge`` and
+``benchmarks/hedging.py`` share ``_hedge`` (hedged requests against a replier that
+stalls: the replier processes and the variants) and ``_hedge_report`` (its table,
+text latency plot and JSON).
 
 The one exception to the command line's rule of public names only: the baselines are
 raw pyzmq sockets (and, in the suite, a pyzmq socket driven by bare trio), opened

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ EXAMPLES = """examples:
   shoal bench --pattern rr --size 4096 --rate 2000 --seconds 10
   shoal bench --transport ipc --mode reliable --json > figures.jsonl
   shoal bench --plot latency.png
+  shoal bench --hedge                          hedged requests vs a replier that stalls
   shoal bench --curve                          the same, every data connection encrypted
   shoal bench --pattern rr --busy-poll 0.001   shoal's receivers poll 1 ms before parking
   shoal bench --serve tcp://0.0.0.0:5700       (host A)
@@ -127,6 +129,11 @@ def add_bench_command(commands: Any) -> None:
                    "elsewhere with --serve")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="give up on one measurement after S seconds (default: 300)")
+    p.add_argument("--hedge", action="store_true",
+                   help="instead: hedged requests against a replier that stalls 50 ms on "
+                   "10%% of requests, three variants (no stall, stall, stall+hedge), a "
+                   "table and a text latency plot; takes --count (default 1000), "
+                   "--rounds, --warmup (default 300), --size, --timeout, --json")
     p.add_argument("--json", action="store_true", help="one JSON object per variant")
     p.add_argument("--plot", metavar="FILE.png", help="draw latency by percentile")
     p.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
@@ -195,6 +202,44 @@ async def _serve(endpoint: str, seconds: float | None, out: Out) -> None:
             out(f"shoal bench serving on {bound}")
 
 
+def _run_hedge(args: argparse.Namespace, out: Out) -> int:
+    from shoal.cli._bench._hedge import HedgeOptions, run_hedge
+    from shoal.cli._bench._hedge_report import describe, plot, records, table
+
+    if args.peer or args.plot or args.curve or args.rate or args.seconds is not None \
+            or args.busy_poll or args.transport != "tcp":
+        raise UsageError("--hedge runs on tcp 127.0.0.1 and takes no --peer, --plot, "
+                         "--curve, --rate, --seconds, --busy-poll or --transport")
+    if args.count is not None and args.count < 2:
+        raise UsageError("--count must be at least 2")
+    if args.size < BODY_MIN or args.size > 1024 * 1024:
+        raise UsageError(f"--size must be between {BODY_MIN} and 1048576 bytes with --hedge")
+    if (args.warmup is not None and args.warmup < 0) or args.rounds < 1 \
+            or args.timeout <= 0:
+        raise UsageError("--warmup must be >= 0, --rounds >= 1 and --timeout > 0")
+    opts = HedgeOptions(rounds=args.rounds, count=args.count or 1_000,
+                        warmup=300 if args.warmup is None else args.warmup,
+                        size=args.size, timeout=args.timeout)
+    show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+    before = os.getloadavg()
+    variants = run_hedge(opts, _Bar() if show else None)
+    load = {"before": [round(x, 2) for x in before],
+            "after": [round(x, 2) for x in os.getloadavg()]}
+    if args.json:
+        for rec in records(variants, opts, load):
+            out(json.dumps(rec, sort_keys=True))
+        return 0
+    for line in describe(opts):
+        out(line)
+    out("load average (1, 5, 15 min): "
+        f"{' '.join(f'{x:.2f}' for x in load['before'])} at the start, "
+        f"{' '.join(f'{x:.2f}' for x in load['after'])} at the end")
+    table(variants, opts, out)
+    out("")
+    plot(variants, out)
+    return 0
+
+
 def run_bench(args: argparse.Namespace, out: Out, err: Out) -> int:
     """Run ``shoal bench`` as parsed; return the exit status."""
     # Measurements end by closing resources with messages still in flight on purpose;
@@ -209,6 +254,8 @@ def run_bench(args: argparse.Namespace, out: Out, err: Out) -> int:
                 raise UsageError("--for must be more than 0 seconds")
             trio.run(_serve, args.serve, args.serve_for, out)
             return 0
+        if args.hedge:
+            return _run_hedge(args, out)
         opts = _options(args)
         if opts.busy_poll and (missing := busy_poll_missing()):
             err(f"shoal bench: --busy-poll skipped: {missing} take no busy_poll= in this "
