@@ -9,9 +9,9 @@ keeps getting States.
 
 Liveness on a link: the shoal heartbeat tells whether the node is there; libzmq's
 ZMTP heartbeat only has to notice a dead TCP connection (a pulled cable sends no FIN)
-so that libzmq connects again. The link pings no tighter than the peer timeout and
-asks the other end (``HEARTBEAT_TTL``) to drop the connection after twice that
-without traffic; the control socket itself sends no pings.
+so that libzmq connects again. The link pings every second and asks the other end
+(``HEARTBEAT_TTL``) to drop the connection after twice the peer timeout without
+traffic; the control socket itself sends no pings.
 
 Links to live peers stay; links to endpoints that are not live peers close
 after ``LINK_GRACE`` seconds (libzmq keeps reconnecting meanwhile, so two nodes
@@ -123,10 +123,11 @@ class LinkPool:
                  on_admitted: Callable[[str], None], peer_timeout: float = 2.0) -> None:
         self._sockets = sockets
         self._beat = beat
-        ivl = max(1000, int(peer_timeout * 1000))
+        # pings every second, as every node socket does: a pulled cable is noticed and
+        # the connection made again soon after it is back
         self._options: list[tuple[int, int | bytes]] = [
-            (zmq.SNDHWM, 8), (zmq.HEARTBEAT_IVL, ivl), (zmq.HEARTBEAT_TIMEOUT, ivl),
-            (zmq.HEARTBEAT_TTL, 2 * ivl)]
+            (zmq.SNDHWM, 8), (zmq.HEARTBEAT_IVL, 1000), (zmq.HEARTBEAT_TIMEOUT, 3000),
+            (zmq.HEARTBEAT_TTL, max(3000, int(peer_timeout * 2000)))]
         self._guard = sockets.guard
         self._warn = warn
         self._state = state

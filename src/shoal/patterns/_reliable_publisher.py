@@ -433,7 +433,7 @@ class ReliablePublisher(AckedSender):
             self._tick()
             timer = core.get_timer()
             now = trio.current_time()
-            if core.sent == looked:
+            if timer is None and core.sent == looked:  # no subscriber: nothing is sent
                 # Not publishing: parking on the socket costs sending nothing (the next
                 # publication takes this task off it), and acknowledgements are read
                 # as they come (a joiner's replay, a stalled subscriber's resumption).
