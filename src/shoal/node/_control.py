@@ -233,6 +233,9 @@ class Control:
                 if self.table.get(bytes.fromhex(ev.peer.id)) is None:
                     self._guard.forget(ev.peer.id)
                 log.info("peer %s (%s) left: %s", ev.peer.name, ev.peer.id[:8], ev.reason)
+                # if it comes back (a link that healed), it must hear our State, not
+                # Beats it cannot place: so must we hear its, and it times us out too
+                self.links.understands_beats(ev.peer.control_endpoint, False)
                 if ev.reason != "timeout":
                     self.links.end_grace(ev.peer.control_endpoint, now)
             else:
