@@ -402,13 +402,17 @@ class Requester(SocketResource, Scatter):
                     self._dispatch(frames)
         finally:
             self._reading = False
-            # Pass the reader role on: wake one call that still waits for its reply.
-            followers = self._followers
-            while followers:
-                other = followers.popleft()
-                if not other.gone and not other.done and other.wake is not None:
-                    other.wake.set()
-                    break
+            self._pass_reader_role()
+
+    def _pass_reader_role(self) -> None:
+        """The reading call is done: wake one call that still waits for its reply,
+        to read in its place."""
+        followers = self._followers
+        while followers:
+            other = followers.popleft()
+            if not other.gone and not other.done and other.wake is not None:
+                other.wake.set()
+                break
 
     def _dispatch(self, frames: list[bytes]) -> None:
         msg = self._malformed.check(frames, _ANSWERS, "requester", nframes=self._frames,

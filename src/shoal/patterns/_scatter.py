@@ -121,6 +121,7 @@ class Scatter:
 
     if TYPE_CHECKING:
         def _dispatch(self, frames: list[bytes]) -> None: ...
+        def _pass_reader_role(self) -> None: ...
 
     async def gather(self, body: Any, *, within: float,
                      headers: Mapping[str, Any] | None = None) -> Gathered:
@@ -258,12 +259,7 @@ class Scatter:
                     self._dispatch(frames)
         finally:
             self._reading = False
-            followers = self._followers  # pass the reader role on, as request() does
-            while followers:
-                other = followers.popleft()
-                if not other.gone and not other.done and other.wake is not None:
-                    other.wake.set()
-                    break
+            self._pass_reader_role()
 
     def _forget(self, rid: int, slot: _Pending) -> None:
         slot.gone = True
