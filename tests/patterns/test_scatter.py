@@ -8,7 +8,8 @@ discovery on 127.0.0.1).
 
 from __future__ import annotations
 
-from contextlib import aclosing
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from functools import partial
 
 import pytest
@@ -35,24 +36,37 @@ async def answer_with(name: str, rep: shoal.Replier, *, stall: bool = False) -> 
             await req.reply(name)
 
 
+@asynccontextmanager
+async def three_repliers(*, stall_d: bool = False) -> AsyncIterator[
+        tuple[list[shoal.Node], shoal.patterns.Requester]]:
+    """Nodes b, c and d answer on ``calc`` with their names (d takes and never
+    answers when ``stall_d``); node a's requester, once it sees all three. Yields
+    ``[b, c, d]`` and the requester."""
+    hub = free_port()
+    async with (
+        open_test_node("a", port=hub) as a,
+        open_test_node("b", peers=[hub]) as b,
+        open_test_node("c", peers=[hub]) as c,
+        open_test_node("d", peers=[hub]) as d,
+        b.open_replier("calc") as rb, c.open_replier("calc") as rc,
+        d.open_replier("calc") as rd,
+        a.open_requester("calc") as client,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(answer_with, "b", rb)
+        nursery.start_soon(answer_with, "c", rc)
+        nursery.start_soon(partial(answer_with, "d", rd, stall=stall_d))
+        await a.wait_for_peers(3, channel="calc")
+        try:
+            yield [b, c, d], client
+        finally:
+            nursery.cancel_scope.cancel()
+
+
 async def test_three_repliers_over_nodes_all_answer_with_their_node_ids() -> None:
     with trio.fail_after(20):
-        hub = free_port()
-        async with (
-            open_test_node("a", port=hub) as a,
-            open_test_node("b", peers=[hub]) as b,
-            open_test_node("c", peers=[hub]) as c,
-            open_test_node("d", peers=[hub]) as d,
-            b.open_replier("calc") as rb, c.open_replier("calc") as rc,
-            d.open_replier("calc") as rd,
-            a.open_requester("calc") as client,
-            trio.open_nursery() as nursery,
-        ):
-            for name, rep in (("b", rb), ("c", rc), ("d", rd)):
-                nursery.start_soon(answer_with, name, rep)
-            await a.wait_for_peers(3, channel="calc")
+        async with three_repliers() as ([b, c, d], client):
             got = await client.gather("hi", within=10)
-            nursery.cancel_scope.cancel()
     assert got.complete
     assert {(x.replier, x.body) for x in got.replies} == {
         (b.id, "b"), (c.id, "c"), (d.id, "d")}
@@ -64,26 +78,11 @@ async def test_a_stalled_replier_is_reported_missing_at_within() -> None:
     """Two repliers answer; the third takes the request and never answers. The call
     ends at ``within`` with two answers and the third missing."""
     with trio.fail_after(20):
-        hub = free_port()
-        async with (
-            open_test_node("a", port=hub) as a,
-            open_test_node("b", peers=[hub]) as b,
-            open_test_node("c", peers=[hub]) as c,
-            open_test_node("d", peers=[hub]) as d,
-            b.open_replier("calc") as rb, c.open_replier("calc") as rc,
-            d.open_replier("calc") as rd,
-            a.open_requester("calc") as client,
-            trio.open_nursery() as nursery,
-        ):
-            nursery.start_soon(answer_with, "b", rb)
-            nursery.start_soon(answer_with, "c", rc)
-            nursery.start_soon(partial(answer_with, "d", rd, stall=True))
-            await a.wait_for_peers(3, channel="calc")
+        async with three_repliers(stall_d=True) as ([b, c, d], client):
             seen: list[Answer] = []
             async with aclosing(client.request_all("hi", within=0.5)) as answers:
                 async for answer in answers:
                     seen.append(answer)
-            nursery.cancel_scope.cancel()
     assert {(x.replier, x.status, x.body) for x in seen} == {
         (b.id, AnswerStatus.REPLIED, "b"), (c.id, AnswerStatus.REPLIED, "c"),
         (d.id, AnswerStatus.MISSING, None)}
