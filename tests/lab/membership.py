@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from labtools import Event, LabNode, LabTimeout
+from labtools import Event, LabNode, LabTimeout, start_nodes
 from netlab import Host
 
 __all__ = ["CHANNEL", "CONTROL_PORT", "Membership", "node_args", "start_group"]
@@ -58,19 +58,10 @@ def start_group(hosts: Sequence[Host], *, discovery: str, publish_every: float |
                 extra: Sequence[str] = ()) -> list[LabNode]:
     """One node per host, all spawned at once, then waited for until ready (every one
     is killed if one fails). Node ``i`` is named ``{names}{i}``."""
-    nodes: list[LabNode] = []
-    try:
-        for i, host in enumerate(hosts):
-            nodes.append(LabNode(host, f"{names}{i}", node_args(
-                hosts, i, discovery=discovery, publish_every=publish_every, extra=extra)))
-        deadline = time.monotonic() + ready_timeout
-        for node in nodes:
-            node.wait_ready(max(0.1, deadline - time.monotonic()))
-    except BaseException:
-        for node in nodes:
-            node.close()
-        raise
-    return nodes
+    return start_nodes(
+        [(host, f"{names}{i}", node_args(hosts, i, discovery=discovery,
+                                          publish_every=publish_every, extra=extra))
+         for i, host in enumerate(hosts)], ready_timeout)
 
 
 def _every(_: Event) -> bool:
