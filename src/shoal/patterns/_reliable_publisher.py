@@ -66,7 +66,7 @@ from shoal._core import (
 from shoal._core._fanout import START, Book
 from shoal._zmq._socket import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal._zmq._tasks import open_service_nursery
-from shoal.errors import ClosedError, DecodeError, EncodeError, LocalProtocolError
+from shoal.errors import DecodeError, EncodeError, LocalProtocolError
 from shoal.patterns._acked import BATCH_BYTES, AckedSender
 from shoal.patterns._common import (
     Endpoints,
@@ -137,7 +137,6 @@ class ReliablePublisher(AckedSender):
         # is wasted (the subscriber cannot place what follows it) and refills the pipe.
         self._stalled: set[Any] = set()
         self._resume = False  # a stalled subscriber acknowledged: resend to it now
-        self._idle = False  # the timer task is parked on the socket (nothing in flight)
         self._book = Routes(sock)  # the subscribers that bind: our connections to them
         self._links = LinkMonitor(sock, self._book.hello, lambda _ep: None)
 
@@ -199,8 +198,6 @@ class ReliablePublisher(AckedSender):
             self._read_acks()
         if targets:
             self._arm.set()
-            if self._idle:
-                self._sock.interrupt()  # the timer task is parked on the socket: off it
 
     async def publish(
         self, topic: str, body: Any, *, headers: Mapping[str, Any] | None = None
@@ -318,8 +315,6 @@ class ReliablePublisher(AckedSender):
                 if routes[i] not in stalled:
                     self._send_frame(*sends[i], frames[i])
             self._arm.set()
-            if self._idle:
-                self._sock.interrupt()  # the timer task is parked on the socket: off it
         self._read_acks()
 
     def _send(self, book: Book, frame: bytes, at: int, prev: int) -> bool:
@@ -426,31 +421,15 @@ class ReliablePublisher(AckedSender):
 
     async def _run(self) -> None:
         """Read acknowledgements, resend and drop on time, until closed."""
-        core = self._core
-        looked = core.sent  # ``core.sent`` when this task last looked
-        while not self._sock.closed:
+        sock = self._sock
+        while not sock.closed:
             self._read_acks()
             self._tick()
-            timer = core.get_timer()
+            timer = self._core.get_timer()
             now = trio.current_time()
-            if timer is None and core.sent == looked:  # no subscriber: nothing is sent
-                # Not publishing: parking on the socket costs sending nothing (the next
-                # publication takes this task off it), and acknowledgements are read
-                # as they come (a joiner's replay, a stalled subscriber's resumption).
-                self._idle = True
-                self._waiters += 1
-                try:
-                    await self._park(now + 0.25 if timer is None else min(timer, now + 0.25))
-                except ClosedError:
-                    return
-                finally:
-                    self._waiters -= 1
-                    self._idle = False
-            elif timer is None:  # publishing reads acknowledgements; this task times
-                looked = core.sent
+            if timer is None:  # woken by work to time; looks for new subscribers anyway
                 await self._sleep(now + 0.25)
-            else:
-                looked = core.sent
+            else:  # not woken by every publication: its timers are later than this
                 await trio.sleep_until(min(timer, now + 0.1))
 
     def statistics(self) -> ReliablePublisherStatistics:
