@@ -43,6 +43,43 @@ def test_the_budget_is_read_from_a_flagged_request_and_absent_otherwise() -> Non
     assert decode(with_topic).headers == {"h": 1}
 
 
+async def test_the_requesters_deadline_lookup_agrees_with_trio_in_every_nesting() -> None:
+    # The requester reads the effective deadline from trio's fields (it is on every
+    # request's path); it must give trio's answer whatever the scopes around it.
+    from shoal.patterns._request_slots import _FIELDS_OK, effective_deadline
+
+    assert _FIELDS_OK, "trio's cancel-scope fields moved: the lookup fell back to trio's"
+
+    async def same() -> None:
+        assert effective_deadline() == trio.current_effective_deadline()
+        await trio.lowlevel.checkpoint()  # (raises Cancelled in the cancelled scope)
+
+    await same()  # no deadline at all: inf
+    with trio.move_on_after(5):
+        await same()
+        with trio.move_on_after(1):
+            await same()  # the inner, nearer one
+            with trio.CancelScope(shield=True):
+                await same()  # a shield hides the outer deadlines: inf
+                with trio.move_on_after(3):
+                    await same()
+        with trio.move_on_after(9):
+            await same()  # the outer, nearer one
+        with trio.CancelScope() as scope:
+            scope.deadline = trio.current_time() + 0.5  # moved after entering
+            await same()
+            scope.cancel()
+            await same()  # cancelled: -inf
+    async with trio.open_nursery() as nursery:
+        nursery.cancel_scope.deadline = trio.current_time() + 2
+
+        async def child() -> None:
+            await same()  # a child task inherits its nursery's deadline
+
+        nursery.start_soon(child)
+    assert effective_deadline() == math.inf
+
+
 async def test_a_bad_deadline_is_refused_before_anything_is_sent() -> None:
     with trio.fail_after(5):
         async with shoal.open_requester(connect="tcp://127.0.0.1:9") as client:

@@ -73,6 +73,7 @@ from shoal.patterns._request_slots import (
     _Pending,
     check_deadline,
     check_hedge_after,
+    effective_deadline,
     requester_options,
 )
 from shoal.patterns._routes import connect_route
@@ -158,7 +159,7 @@ class Requester(SocketResource, Scatter):
         """
         if deadline is None:
             msg = await self._request(body, headers, retries, retry_after,
-                                      trio.current_effective_deadline(), hedge_after)
+                                      effective_deadline(), hedge_after)
         else:
             seconds = check_deadline(deadline)
             with trio.fail_after(seconds):
@@ -174,7 +175,7 @@ class Requester(SocketResource, Scatter):
         """Like ``request()``, but return the whole reply ``Message`` (headers, sender...)."""
         if deadline is None:
             return await self._request(body, headers, retries, retry_after,
-                                       trio.current_effective_deadline(), hedge_after)
+                                       effective_deadline(), hedge_after)
         seconds = check_deadline(deadline)
         with trio.fail_after(seconds):
             return await self._request(body, headers, retries, retry_after,
