@@ -40,7 +40,6 @@ import logging
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from time import time_ns
 from typing import Any, cast
 
@@ -78,6 +77,7 @@ from shoal.patterns._common import (
     stream_encoder,
 )
 from shoal.patterns._links import LinkMonitor
+from shoal.patterns._publisher_statistics import ReliablePublisherStatistics
 from shoal.patterns._routes import Routes, reliable_options
 
 __all__ = ["ReliablePublisher", "ReliablePublisherStatistics", "open_reliable_publisher"]
@@ -88,34 +88,6 @@ _CORRELATION = correlation_at(b"")  # a frame's topic and NUL end this far befor
 _MANY = 4 * ACK_BATCH
 """The most publications ``publish_many`` takes in one go: a few acknowledgement
 batches' worth, so acknowledgements are read between them."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReliablePublisherStatistics:
-    """Counters of a reliable publisher at one moment."""
-
-    published: int
-    """Publications that matched at least one subscriber."""
-    acked: int
-    """(subscriber, publication) pairs acknowledged."""
-    in_flight: int
-    """Publications some subscriber has not acknowledged yet."""
-    retransmitted: int
-    """(subscriber, publication) pairs sent again."""
-    subscribers: int
-    dropped_subscribers: int
-    """Subscribers dropped after ``grace`` seconds of silence."""
-    undelivered: int
-    """Publications the dropped subscribers never acknowledged (given up)."""
-    refused_subscribers: int
-    malformed: int
-    replayed: int = 0
-    """Publications sent from the history to subscribers that joined (once each)."""
-    history_topics: int = 0
-    history_bytes: int = 0
-    history_evicted: int = 0
-    """What the history holds (topics; bytes as counted against ``history_bytes``),
-    and what it dropped to stay within its bounds."""
 
 
 class ReliablePublisher(AckedSender):
@@ -137,6 +109,7 @@ class ReliablePublisher(AckedSender):
         # is wasted (the subscriber cannot place what follows it) and refills the pipe.
         self._stalled: set[Any] = set()
         self._resume = False  # a stalled subscriber acknowledged: resend to it now
+        self._watching = False  # the timer task is parked on the socket (see _run)
         self._book = Routes(sock)  # the subscribers that bind: our connections to them
         self._links = LinkMonitor(sock, self._book.hello, lambda _ep: None)
 
@@ -198,6 +171,8 @@ class ReliablePublisher(AckedSender):
             self._read_acks()
         if targets:
             self._arm.set()
+            if self._watching:
+                self._stop_watching()
 
     async def publish(
         self, topic: str, body: Any, *, headers: Mapping[str, Any] | None = None
@@ -315,6 +290,8 @@ class ReliablePublisher(AckedSender):
                 if routes[i] not in stalled:
                     self._send_frame(*sends[i], frames[i])
             self._arm.set()
+            if self._watching:
+                self._stop_watching()
         self._read_acks()
 
     def _send(self, book: Book, frame: bytes, at: int, prev: int) -> bool:
@@ -392,6 +369,8 @@ class ReliablePublisher(AckedSender):
             if not self._send_frame(book, sends[i][1], data[i]):
                 break  # the rest when it acknowledges or its timer runs out
         self._arm.set()
+        if self._watching:
+            self._stop_watching()
 
     def _tick(self) -> None:
         """Send again what is due; drop subscribers silent past the grace period."""
@@ -420,17 +399,41 @@ class ReliablePublisher(AckedSender):
                             d.silent_for, d.undelivered)
 
     async def _run(self) -> None:
-        """Read acknowledgements, resend and drop on time, until closed."""
+        """Read acknowledgements, resend and drop on time, until closed.
+
+        With a history kept, while the application is not publishing (nothing was
+        published since the task last looked), the task waits parked on the socket
+        instead of asleep: a joining subscriber's first acknowledgement then opens
+        its book, and sends its replay, as it arrives, not at the task's next look
+        (up to 0.25 s later). A publication wakes it (``_stop_watching``) and it
+        sleeps again while the application publishes: a task parked on the socket
+        makes every send read the socket's events."""
         sock = self._sock
         while not sock.closed:
+            published = self._arm.is_set()  # since the last look (or other work came)
             self._read_acks()
             self._tick()
+            self._arm = trio.Event()  # what this task did itself (a replay) does not count
             timer = self._core.get_timer()
             now = trio.current_time()
-            if timer is None:  # woken by work to time; looks for new subscribers anyway
-                await self._sleep(now + 0.25)
+            deadline = now + 0.25 if timer is None else min(timer, now + 0.1)
+            if self._history is not None and not published:
+                self._watching = True
+                try:
+                    if not await self._park_as_waiter(deadline):
+                        return  # closed
+                finally:
+                    self._watching = False
+            elif timer is None:  # woken by work to time; looks for new subscribers anyway
+                await self._sleep(deadline)
             else:  # not woken by every publication: its timers are later than this
-                await trio.sleep_until(min(timer, now + 0.1))
+                await trio.sleep_until(deadline)
+
+    def _stop_watching(self) -> None:
+        """A publication went out while the timer task watched the socket: wake it,
+        to time the publication (it sleeps while publications are in flight)."""
+        self._watching = False
+        self._sock.interrupt()
 
     def statistics(self) -> ReliablePublisherStatistics:
         """An immutable snapshot of this resource's counters."""
