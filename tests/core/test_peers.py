@@ -372,6 +372,18 @@ def test_the_table_reaches_a_peer_through_our_own_networks() -> None:
     assert ev.peer.control_endpoint == "tcp://192.168.1.20:5000"
 
 
+def test_the_table_names_a_nodes_control_endpoint_before_it_joins() -> None:
+    t = table(networks=[NET192])
+    st_ = state(addresses=("10.0.0.1", "192.168.1.20"))
+    assert t.control_endpoint(st_) == "tcp://192.168.1.20:5000"
+    assert A not in t  # asking does not make it join
+    [ev] = t.on_state(st_, 1.0)
+    assert ev.peer.control_endpoint == t.control_endpoint(st_)
+    assert A in t
+    assert t.control_endpoint(state(B, addresses=("2001:db8::5",))) == "tcp://[2001:db8::5]:5000"
+    assert t.control_endpoint(state(B, addresses=())) is None
+
+
 def test_endpoints_of_an_ipv4_peer() -> None:
     p = peer()
     assert p.control_endpoint == "tcp://10.0.0.1:5000"

@@ -28,12 +28,12 @@ FAST = Liveness(heartbeat=0.2, peer_timeout=1.0)
 
 def open_test_node(
     name: str, *, peers: Sequence[int] = (), port: int = 0, heartbeat: float = 0.5,
-    peer_timeout: float = 2.0,
+    peer_timeout: float = 2.0, max_peers: int | None = None,
 ) -> AbstractAsyncContextManager[Node]:
     """A node on loopback only, introduced to the nodes listening on ``peers`` (ports)."""
     return shoal.open_node(name, discovery=Static([endpoint(p) for p in peers]),
                            interfaces=LOOPBACK, port=port, heartbeat=heartbeat,
-                           peer_timeout=peer_timeout)
+                           peer_timeout=peer_timeout, max_peers=max_peers)
 
 
 @asynccontextmanager

@@ -143,6 +143,17 @@ class PeerTable:
     def __len__(self) -> int:
         return len(self._peers)
 
+    def __contains__(self, node_id: bytes) -> bool:
+        """Whether an incarnation of ``node_id`` is a live peer."""
+        return node_id in self._peers
+
+    def control_endpoint(self, st: State) -> str | None:
+        """Where the node that sent ``st`` would be reached, were it to join (the
+        ``control_endpoint`` of its ``Peer``); None for a State without addresses."""
+        if not st.addresses:
+            return None
+        return f"tcp://{_host(choose_address(st.addresses, self._networks))}:{st.control_port}"
+
     def peers(self) -> list[Peer]:
         """Every live peer, with ``last_seen`` filled in."""
         return [_with_seen(p, self._seen[k]) for k, p in self._peers.items()]

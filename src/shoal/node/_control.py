@@ -16,7 +16,9 @@ link per known control endpoint (``shoal.node._links``). Theory of operation:
   sends ``Bye`` on every link.
 * Admission is the guard's (``shoal.node._guard``): a State or Bye is applied only if
   its sender may speak for the node id it names. A node that answers with a key other
-  than the one its link was opened with is linked again with the authenticated key.
+  than the one its link was opened with is linked again with the authenticated key. A
+  node new to us joins only if a link to it may be had under ``max_peers``
+  (``LinkPool.room_for``), so that every peer has one.
 * A ``ClockQuery`` is answered with this host's wall clock (``shoal.node._clock``).
 * Control messages from nodes on another protocol version are counted and ignored
   (logged once per version); malformed ones are counted and dropped.
@@ -74,7 +76,7 @@ class Control:
                  sockets: SocketFactory, table: PeerTable, warn: WarnOnce, *,
                  port: int, heartbeat: float, peer_timeout: float = 2.0,
                  on_events: Callable[[list[PeerEvent], Reasons], None],
-                 reconnect: Callable[[set[str], str], None]) -> None:
+                 reconnect: Callable[[set[str], str], None], max_peers: int = 1000) -> None:
         self.identity = identity
         self.name = name
         self.addresses = tuple(addresses)
@@ -95,7 +97,7 @@ class Control:
             raise
         self.links = LinkPool(sockets, warn, state=lambda: self._state_frame,
                               beat=lambda: self._beat_frame, on_admitted=self._admitted,
-                              peer_timeout=peer_timeout)
+                              peer_timeout=peer_timeout, max_peers=max_peers)
         self.live: set[str] = set()  # control endpoints of live peers
         self._offers: tuple[ChannelOffer, ...] = ()
         self._revision = 0
@@ -204,6 +206,11 @@ class Control:
                 self.links.understands_beats(peer.control_endpoint)
 
     def _on_state(self, msg: State, now: float, key: bytes | None) -> None:
+        if msg.node_id not in self.table:
+            # a node new to us: it joins only if it can have a link (max_peers)
+            endpoint = self.table.control_endpoint(msg)
+            if endpoint is not None and not self.links.room_for(endpoint, self.live):
+                return
         events = self.table.on_state(msg, now)
         peer = self.table.get(msg.node_id)
         if peer is not None:

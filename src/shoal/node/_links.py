@@ -21,6 +21,14 @@ record. Links to nodes that said goodbye close at once. Links to endpoints not y
 known as peers are bounded (``MAX_PENDING_LINKS``): a flood of advertisements cannot
 make a node open sockets without limit.
 
+All links are bounded by the node's ``max_peers``: a link is a peer, or a node being
+introduced to. At the bound, a new endpoint gets a link only by taking the place of an
+idle one (to a node that was a live peer and left, or one opened ``LINK_GRACE`` seconds
+ago that never became a live peer), which is closed; else it is refused before any
+socket is made: logged once and counted in ``peers_refused`` until it is admitted
+(discovery introduces the node again every few seconds, and a node that introduces
+itself to us is asked about through ``room_for``).
+
 Each link's handshakes are followed on its socket monitor (``shoal._zmq._monitor``):
 
 * a secured link refused by the other node's ZAP handler is connected again every
@@ -39,6 +47,7 @@ A plaintext link stops watching after its first handshake: a shoal node is there
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 
 import trio
@@ -64,7 +73,8 @@ LINK_GRACE = 30.0
 MAX_PENDING_LINKS = 128
 """Control links to endpoints that are not live peers (being introduced to), at most;
 introductions beyond are skipped (discovery reports them again later). A secured
-link costs three ZeroMQ sockets (its own and a monitor pair) of the context's 1023."""
+link costs three ZeroMQ sockets (its own and a monitor pair): the context's limit is
+sized for ``max_peers`` of them (``shoal.node._sockets.max_sockets``)."""
 AUTH_RETRY = 5.0
 """Seconds between connection attempts to a node whose ZAP handler refused our key."""
 HANDSHAKE_RETRY = 1.0
@@ -75,13 +85,14 @@ HANDSHAKE_RETRY_MAX = 60.0
 UNANSWERED_AFTER = 10.0
 """A link with no completed handshake this many seconds after it opened is logged
 once, with its likely cause, and counted (``NodeStatistics.links_unanswered``)."""
+_REFUSALS_REMEMBERED = 4096  # endpoints refused at max_peers, counted once each
 _LINK_EVENTS = (HANDSHAKE_SUCCEEDED | HANDSHAKE_FAILED_AUTH | HANDSHAKE_FAILED | DISCONNECTED
                 | CONNECTED)
 
 
 class _Link:
     __slots__ = ("answered", "beats", "connected", "expires", "failed", "key", "monitor",
-                 "opened", "persistent", "refused", "retry_at", "sock", "up")
+                 "opened", "persistent", "refused", "retry_at", "sock", "up", "was_live")
 
     def __init__(self, sock: Socket, *, persistent: bool, expires: float,
                  key: bytes | None = None) -> None:
@@ -98,6 +109,7 @@ class _Link:
         self.opened = 0.0  # when it was opened (trio clock)
         self.connected = False  # a TCP connection was made (before any handshake)
         self.answered = False  # a handshake completed once (or the link was reported)
+        self.was_live = False  # its endpoint was a live peer once: if it left, it is idle
 
     def send(self, frame: bytes) -> None:
         try:
@@ -120,8 +132,10 @@ class LinkPool:
 
     def __init__(self, sockets: SocketFactory, warn: WarnOnce, *,
                  state: Callable[[], bytes], beat: Callable[[], bytes],
-                 on_admitted: Callable[[str], None], peer_timeout: float = 2.0) -> None:
+                 on_admitted: Callable[[str], None], peer_timeout: float = 2.0,
+                 max_peers: int = 1000) -> None:
         self._sockets = sockets
+        self.max_peers = max_peers
         self._beat = beat
         # pings every second, as every node socket does: a pulled cable is noticed and
         # the connection made again soon after it is back
@@ -139,6 +153,10 @@ class LinkPool:
         limit): the peer is skipped, logged, and tried again when discovery repeats."""
         self.unanswered = 0
         """Links logged as unanswered (no handshake ``UNANSWERED_AFTER`` seconds on)."""
+        self.peers_refused = 0
+        """Endpoints refused a link at ``max_peers`` (each counted once until admitted)."""
+        self._turned_away: OrderedDict[str, None] = OrderedDict()
+        self._idle: list[str] = []  # links that may give their place up, newest first
 
     def __contains__(self, endpoint: str) -> bool:
         return endpoint in self._links
@@ -161,6 +179,8 @@ class LinkPool:
                            "are open already (an advertisement flood?)", endpoint,
                            MAX_PENDING_LINKS)
                 return
+            if not self.room_for(endpoint, live):
+                return
             try:
                 link = self._open(endpoint, server_key, persistent=persistent,
                                   expires=trio.current_time() + LINK_GRACE)
@@ -171,11 +191,50 @@ class LinkPool:
                            "raise the process's descriptor limit, ulimit -n, or run fewer "
                            "nodes per host)", endpoint, exc, len(self._links))
                 return
+            if endpoint in self._turned_away:
+                del self._turned_away[endpoint]
+                self._warn.forget("max-peers", endpoint)
+                log.info("linking to %s: a place freed up (max_peers=%d)", endpoint,
+                         self.max_peers)
             link.send(self._state())
             link.send(self._beat())  # do you understand Beats? (then you send them too)
             return
         link.persistent = link.persistent or persistent
         link.send(self._state())
+
+    def room_for(self, endpoint: str, live: Collection[str]) -> bool:
+        """Whether ``endpoint`` has a link or may have one under ``max_peers`` (closing
+        an idle link to make room, if need be). If not, the refusal is logged once and
+        counted once, until the endpoint is admitted."""
+        if endpoint in self._links or len(self._links) < self.max_peers:
+            return True
+        now = trio.current_time()
+        while self._idle:
+            ep = self._idle.pop()
+            link = self._links.get(ep)
+            if link is not None and ep not in live and self._is_idle(link, now):
+                log.info("closing the control link to %s (no longer a live peer) to make "
+                         "room for %s (max_peers=%d)", ep, endpoint, self.max_peers)
+                link.close()
+                del self._links[ep]
+                return True
+        if endpoint not in self._turned_away:
+            self._turned_away[endpoint] = None
+            if len(self._turned_away) > _REFUSALS_REMEMBERED:
+                self._turned_away.popitem(last=False)
+            self.peers_refused += 1
+        self._warn("max-peers", endpoint, "not linking to %s: max_peers=%d reached (%d "
+                   "control links, to live peers and nodes being introduced to); raise "
+                   "open_node(max_peers=...) if this node should reach more peers, or give "
+                   "it fewer to find. Trying again when a peer leaves", endpoint,
+                   self.max_peers, len(self._links))
+        return False
+
+    @staticmethod
+    def _is_idle(link: _Link, now: float) -> bool:
+        """Whether a link to an endpoint that is not a live peer may give its place up:
+        its peer left, or it never had one in ``LINK_GRACE`` seconds."""
+        return link.was_live or now - link.opened >= LINK_GRACE
 
     def _pending(self, endpoint: str, live: Collection[str]) -> int:
         """Links to endpoints that are not live peers, as far as the bound needs: 0 if
@@ -245,12 +304,20 @@ class LinkPool:
             link.beats = yes
 
     def prune(self, live: Collection[str], now: float) -> None:
+        """Close the links whose time is up; note which ones are idle (see
+        ``room_for``)."""
+        idle = []
         for ep, link in list(self._links.items()):
             if ep in live:
                 link.expires = now + LINK_GRACE
+                link.was_live = True
             elif not link.persistent and link.expires <= now:
                 link.close()
                 del self._links[ep]
+            elif self._is_idle(link, now):
+                idle.append(ep)
+        idle.reverse()  # the oldest link gives its place up first
+        self._idle = idle
 
     def retry(self, now: float) -> None:
         """Connect again the links whose wait (a refusal, failed handshakes) is over;

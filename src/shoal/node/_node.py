@@ -33,6 +33,7 @@ is driven through ``trio.to_thread``), timers that are not trio's clock.
 from __future__ import annotations
 
 import hashlib
+import logging
 import socket as _socket
 import weakref
 from collections.abc import AsyncIterator, Sequence
@@ -60,13 +61,13 @@ from shoal.node._discovered import Discovered
 from shoal.node._guard import guard_for
 from shoal.node._links import MAX_PENDING_LINKS
 from shoal.node._patterns import Patterns
-from shoal.node._sockets import SocketFactory
+from shoal.node._sockets import SocketFactory, check_descriptors
 from shoal.node._watch import PeerWatch, WarnOnce
 from shoal.patterns._common import check_busy_poll
 from shoal.security._curve import Security
 from shoal.security._zap import ZapStatistics
 
-__all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_PEER_TIMEOUT", "MAX_PENDING_LINKS",
+__all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_MAX_PEERS", "DEFAULT_PEER_TIMEOUT", "MAX_PENDING_LINKS",
            "ClockSample", "Node", "NodeResource", "NodeStatistics", "PeerWatch", "Source",
            "open_node"]
 
@@ -74,6 +75,8 @@ DEFAULT_HEARTBEAT = 0.5
 """Seconds between two States on each control link."""
 DEFAULT_PEER_TIMEOUT = 2.0
 """Seconds of silence after which a peer is taken for dead."""
+DEFAULT_MAX_PEERS = 1000
+"""Peers (control links) a node keeps at most, unless told otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,9 @@ class NodeStatistics:
     """Control links not opened for want of a socket or descriptor (logged)."""
     links_unanswered: int = 0
     """Control links that went unanswered (logged once each, with the likely cause)."""
+    peers_refused: int = 0
+    """Nodes not linked to because ``max_peers`` was reached (logged and counted once
+    each until admitted; tried again when discovery repeats and a place is free)."""
 
 
 def default_node_id(name: str) -> bytes:
@@ -112,16 +118,20 @@ class Node(Patterns):
         self, name: str, identity: Identity, *, addresses: Sequence[str], bind_host: str,
         port: int, heartbeat: float, peer_timeout: float, security: Security | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, busy_poll: float = 0.0,
+        max_peers: int = DEFAULT_MAX_PEERS,
     ) -> None:
         self.name = name
         self.identity = identity
+        self.max_peers = max_peers
+        """The most peers this node keeps (see ``open_node``)."""
         self.security = security
         """The node's CURVE key pair and trust policy; None for a plaintext node."""
         self._addresses = tuple(addresses)
         self._warned = WarnOnce()
         self._guard = guard_for(security, self._warned, identity.sender.hex())
         self._sockets = SocketFactory(self._guard, bind_host=bind_host,
-                                      max_message_size=max_message_size, busy_poll=busy_poll)
+                                      max_message_size=max_message_size, busy_poll=busy_poll,
+                                      max_peers=max_peers)
         self._networks = local_networks(self._addresses)
         self._watches: weakref.WeakSet[PeerWatch] = weakref.WeakSet()
         self._channels = Channels(self._guard, self._catalogue_changed)
@@ -129,10 +139,11 @@ class Node(Patterns):
             self._guard.bind_zap(self._sockets.context)
             self._control = Control(
                 identity, name, self._addresses, self._sockets,
-                PeerTable(identity.sender, timeout=peer_timeout, networks=self._networks),
+                PeerTable(identity.sender, timeout=peer_timeout, networks=self._networks,
+                          max_peers=max_peers),
                 self._warned, port=port, heartbeat=heartbeat, peer_timeout=peer_timeout,
                 on_events=self._peers_changed,
-                reconnect=self._channels.reconnect)
+                reconnect=self._channels.reconnect, max_peers=max_peers)
         except BaseException:
             self._guard.close()
             self._sockets.context.term()
@@ -227,7 +238,8 @@ class Node(Patterns):
             peers=len(self.peers()), links=len(c.links), control_received=c.received,
             malformed=c.malformed.total, version_mismatches=c.mismatches,
             refused=c.table.refused, beats_received=c.beats_received,
-            links_refused=c.links.refused_links, links_unanswered=c.links.unanswered)
+            links_refused=c.links.refused_links, links_unanswered=c.links.unanswered,
+            peers_refused=c.links.peers_refused)
 
     def zap_statistics(self) -> ZapStatistics | None:
         """The ZAP handler's counters (connections admitted and refused by this node's
@@ -347,6 +359,7 @@ async def open_node(
     security: Security | None = None,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     busy_poll: float = 0.0,
+    max_peers: int | None = None,
 ) -> AsyncIterator[Node]:
     """Open a node: this process's presence on the network, with patterns by channel.
 
@@ -369,6 +382,12 @@ async def open_node(
     of a system the same value. ``busy_poll``: seconds each of the node's channels
     spins reading its socket before it sleeps (0, the default: never; see the
     README's "Busy polling").
+    ``max_peers``: the most peers the node keeps (default 1000), each with a control
+    link; the node's ZeroMQ context is sized for them. Past it, a new node is refused
+    before any socket is made: logged once, counted in ``statistics().peers_refused``,
+    and tried again when discovery repeats and a place is free (a peer that leaves
+    frees its place). If the process's descriptor limit (``ulimit -n``) looks too low
+    for ``max_peers``, the node logs it at start (a warning if ``max_peers`` was given).
 
     Leaving the block says goodbye to every peer and closes the node's sockets.
     Raises ``LocalProtocolError`` for bad arguments, ``TransportError`` if the
@@ -393,6 +412,9 @@ async def open_node(
         raise LocalProtocolError("max_message_size is a number of bytes > 0, or -1 for "
                                  f"no limit; not {max_message_size!r}")
     busy_poll = check_busy_poll(busy_poll)
+    if max_peers is not None and (type(max_peers) is not int or max_peers < 1):
+        raise LocalProtocolError(f"max_peers is a whole number >= 1 (default "
+                                 f"{DEFAULT_MAX_PEERS}), not {max_peers!r}")
     if security is not None and not isinstance(security, Security):
         raise LocalProtocolError(f"security= takes shoal.security.Security(keypair, trust), "
                                  f"not {security!r}")
@@ -405,7 +427,12 @@ async def open_node(
     identity = Identity(sender=nid, epoch=new_identity().epoch)
     node = Node(name, identity, addresses=addresses, bind_host=bind_host, port=port,
                 heartbeat=heartbeat, peer_timeout=peer_timeout, security=security,
-                max_message_size=max_message_size, busy_poll=busy_poll)
+                max_message_size=max_message_size, busy_poll=busy_poll,
+                max_peers=DEFAULT_MAX_PEERS if max_peers is None else max_peers)
+    # The default is a ceiling, not a plan: on a host with the common soft limit of
+    # 1,024 it would be a warning for every node, so only a max_peers asked for warns.
+    check_descriptors(node.max_peers,
+                      level=logging.INFO if max_peers is None else logging.WARNING)
     try:
         async with open_service_nursery() as nursery:
             node._start(nursery)
