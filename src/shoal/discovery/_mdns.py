@@ -19,6 +19,17 @@ every ``_REINTRODUCE`` seconds the instances the node reports as unreached are
 resolved again from the cache (a peer restarted meanwhile has a new port) and
 reported afresh, and the browse question is asked again (see ``_heal``).
 
+Keeping the start-up burst small (RFC 6762 §5.2, §5.4, §7.1, §7.3): the first browse
+question (zeroconf's browser, 20-120 ms after the start) and the node's first
+``_QU_ASKS`` questions of its own ask for unicast replies (the QU bit), so answers
+to a starting node go to it alone, not to every host; later questions are QM. Every
+question of the node's own lists the node's own instance as a known answer (zeroconf
+hears its own queries and would answer them by multicast); a QM question is not sent
+when another host asked it in the last second with no known answer this node lacks
+(the answers to that one reach every host); and each is sent after a random delay
+that grows with the instances heard (``_ask_delay``), so nodes started together do
+not ask in lockstep.
+
 Bridging: python-zeroconf runs its own asyncio loop in a thread. Its blocking calls
 (construct, close) run through ``trio.to_thread``; registration and resolutions run as
 tasks on zeroconf's loop that trio awaits and closing cancels (a node closed while its
@@ -44,14 +55,23 @@ import concurrent.futures
 import contextlib
 import logging
 import math
+import random
 import socket
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 import trio
-from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, current_time_millis
+from zeroconf import (
+    IPVersion,
+    ServiceBrowser,
+    ServiceInfo,
+    ServiceStateChange,
+    current_time_millis,
+)
 from zeroconf import Zeroconf as _Zeroconf
-from zeroconf._dns import DNSPointer, DNSQuestion  # not re-exported by the package
+from zeroconf._cache import DNSCache  # these four are not re-exported by the package
+from zeroconf._dns import DNSPointer, DNSQuestion, DNSRecord
+from zeroconf._history import QuestionHistory
 from zeroconf._protocol.outgoing import DNSOutgoing
 from zeroconf.asyncio import AsyncServiceInfo
 
@@ -83,6 +103,15 @@ is repeated every ``_REINTRODUCE`` seconds (then every ``_SLOW_QUERY`` while thi
 knows no peer at all, else not: zeroconf's own schedule is enough)."""
 _SLOW_QUERY = 30.0
 """Seconds between browse questions while none of the instances found is a live peer."""
+_QU_ASKS = 2
+"""The node's first browse questions of its own that ask for unicast replies (QU):
+the later ones are QM, which hosts that asked the same in the last second need not
+repeat (a QU question cannot spare anybody's)."""
+_DELAY_PER_PEER = 0.025
+_MAX_DELAY = 1.0
+"""A browse question of the node's own waits a random time in [0, d], d =
+``_DELAY_PER_PEER`` s per instance heard, at most ``_MAX_DELAY`` (half of
+``_REINTRODUCE``): the more nodes, the more of them may be asking at once."""
 
 
 def _utf8_prefix(text: str, limit: int) -> str:
@@ -175,7 +204,10 @@ class MDNS:
             async with trio.open_nursery() as nursery:
                 # Registration probes the name for ~1.2 s: do it beside browsing.
                 nursery.start_soon(bridge.register)
-                browser = ServiceBrowser(zc, self.service_type, handlers=[on_change])
+                # question_type None: the first question is QU, the later ones QM (RFC
+                # 6762 §5.4); QU would make every one QU. Pinned by a test.
+                browser = ServiceBrowser(zc, self.service_type, handlers=[on_change],
+                                         question_type=None)
                 nursery.start_soon(self._heal, bridge, reports)
                 task_status.started()
                 async for name, removed in receive:
@@ -247,10 +279,12 @@ class MDNS:
         would not hear of its peers for that long. Asked every ``_REINTRODUCE``
         seconds during ``_FAST_FOR`` seconds after the start, after a reached instance
         was lost, and while an instance is unreached; every ``_SLOW_QUERY`` seconds
-        while none is reached; otherwise not."""
+        while none is reached; otherwise not. Each question waits ``_ask_delay`` first,
+        and the first ``_QU_ASKS`` are QU (see the module docstring)."""
         started = last_loss = trio.current_time()
         last_query = -math.inf
         previous: frozenset[str] = frozenset()
+        asked = 0
         while True:
             await trio.sleep(_REINTRODUCE)
             now = trio.current_time()
@@ -262,22 +296,45 @@ class MDNS:
             fast = now - started < _FAST_FOR or now - last_loss < _FAST_FOR or missing
             if fast or (not reached and now - last_query >= _SLOW_QUERY):
                 last_query = now
-                _ask(bridge.zc, self.service_type, set(reached))
+                await trio.sleep(_ask_delay(len(self._endpoints), random.random()))
+                bridge.ask(self.service_type, reports.reached(), unicast=asked < _QU_ASKS)
+                asked += 1
             for name in missing:
                 await self._resolve(bridge, name)
 
 
-def _ask(zc: _Zeroconf, service_type: str, known: set[str]) -> None:
-    """Send the browse question for ``service_type``, with the cached answers of the
-    instances in ``known`` (which then stay silent: RFC 6762 known-answer
-    suppression). Never blocks: zeroconf sends it from its own loop."""
-    now = current_time_millis()
-    out = DNSOutgoing(_FLAGS_QUERY, multicast=True)
-    out.add_question(DNSQuestion(service_type, _TYPE_PTR, _CLASS_IN))
-    for record in zc.cache.get_all_by_details(service_type, _TYPE_PTR, _CLASS_IN):
+def _ask_delay(peers: int, draw: float) -> float:
+    """How long a browse question of the node's own waits, for a node that has heard
+    ``peers`` instances and a uniform ``draw`` in [0, 1): in [0, ``_MAX_DELAY``]."""
+    return draw * min(_MAX_DELAY, _DELAY_PER_PEER * max(peers, 0))
+
+
+def _browse_query(cache: DNSCache, history: QuestionHistory, service_type: str,
+                  known: frozenset[str], own: DNSPointer, *, unicast: bool,
+                  now: float) -> DNSOutgoing | None:
+    """The browse question for ``service_type``, or None when it need not be asked.
+
+    Known answers: ``own`` (the node's own instance: zeroconf answers the questions it
+    hears, its own too) and the cached pointers to the instances in ``known`` (which
+    then stay silent: RFC 6762 §7.1 known-answer suppression). ``unicast``: the QU bit.
+    A QM question is None when another host asked it within the last second with no
+    known answer that this one lacks (§7.3: the multicast answers to that question
+    reach this node too); it is then noted in ``history`` as asked."""
+    question = DNSQuestion(service_type, _TYPE_PTR, _CLASS_IN)
+    question.unicast = unicast
+    answers: set[DNSRecord] = {own}
+    for record in cache.get_all_by_details(service_type, _TYPE_PTR, _CLASS_IN):
         if isinstance(record, DNSPointer) and record.alias in known and not record.is_stale(now):
-            out.add_answer_at_time(record, now)
-    zc.send(out)
+            answers.add(record)
+    if not unicast:
+        if history.suppresses(question, now, answers):
+            return None
+        history.add_question_at_time(question, now, answers)
+    out = DNSOutgoing(_FLAGS_QUERY, multicast=True)
+    out.add_question(question)
+    for record in answers:
+        out.add_answer_at_time(record, now)
+    return out
 
 
 _FLAGS_QUERY = 0x0000
@@ -315,6 +372,19 @@ class _Bridge:
         self.token = trio.lowlevel.current_trio_token()
         self.tasks: set[asyncio.Task[Any]] = set()  # on zeroconf's loop
         self.registered = False
+        self.own = info.dns_pointer()
+
+    def ask(self, service_type: str, known: frozenset[str], *, unicast: bool) -> None:
+        """Ask the browse question (see ``_browse_query``) from zeroconf's loop, which
+        owns the cache and the question history. Never blocks."""
+        def on_loop() -> None:
+            out = _browse_query(self.zc.cache, self.zc.question_history, service_type,
+                                known, self.own, unicast=unicast, now=current_time_millis())
+            if out is not None:
+                self.zc.async_send(out)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to ask
+            self.loop.call_soon_threadsafe(on_loop)
 
     async def _tracked(self, coro: Coroutine[Any, Any, T]) -> T:
         task = asyncio.current_task()
