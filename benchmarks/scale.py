@@ -21,24 +21,37 @@ publishes a tick there every ``--publish-every`` seconds. Measured:
   UDP datagrams sent and delivered to sockets (``/proc/net/snmp`` ``Udp OutDatagrams``,
   ``InDatagrams``; mDNS is the lab's only UDP).
 * steady state, over a ``--window`` seconds window that starts ``--settle`` seconds
-  after full membership: CPU per node (``/proc/PID/stat`` utime + stime, all threads,
-  in % of one core), packets/s and bytes/s per host (``eth0`` in + out, from the
-  namespace's ``/proc/net/dev``), control messages received per node per second (the
-  node's ``statistics().control_received``), and at the window's end the established
-  TCP connections per host (the namespace's ``/proc/net/tcp``) and the open file
-  descriptors per node (``/proc/PID/fd``). Also checked: nobody reported anybody gone,
-  and the ticks each subscriber received.
+  (plus 0.15 s per node) after full membership: CPU per node (``/proc/PID/stat`` utime +
+  stime, all threads, in % of one core), packets/s and bytes/s per host (``eth0`` in +
+  out, from the namespace's ``/proc/net/dev``), control messages received per node per
+  second (the node's ``statistics().control_received``), and at the window's end the
+  established TCP connections per host (the namespace's ``/proc/net/tcp``) and the open
+  file descriptors per node (``/proc/PID/fd``); mDNS datagrams sent and delivered per
+  host per second (the ``Udp`` counters above, over the window); all nodes' CPU together
+  in % of the machine, the driver's own CPU, and how long the ``stats`` round trip to
+  all nodes took (a backlog shows there). Also checked: nobody reported anybody gone,
+  and the ticks each subscriber received in the window.
+* false departures: then ``--false-window`` seconds (default 30) in which nothing is
+  done to the group; every ``left`` event in it, or in the steady window, is a false
+  departure (counted, with who gave up whom).
 * failure detection: the last node is SIGKILLed at a random point of the heartbeat
   period; from the kill until each other node reports it ``left``.
 * restart-all (unless ``--no-restart``): every node is SIGKILLed, then all are started
   again (same names, so same node ids, new epochs); from the last one's start until
   full membership again.
 
-Per N, medians and maxima over nodes (or hosts); then how each figure grows from the
-smallest N to the largest: the ratio, and the exponent ``log(ratio) / log(N ratio)``
-(0: flat, 1: linear in N, 2: quadratic). The machine may be shared: ``uptime`` is
-recorded before and after each N; CPU per node is the steadier figure. ``--json FILE``
-writes every figure, per node and per host too.
+Per N, medians and maxima over nodes (or hosts), each next to its target where it has
+one (``!`` marks a miss: membership 5 s, CPU 0.3 % of a core per node, 20 packets/s per
+host, no false departure, detection 3 s, restart-all 10 s); then how each figure grows
+from one N to the next (and from the smallest to the largest): the ratio, and the
+exponent ``log(ratio) / log(N ratio)`` (0: flat, 1: linear in N, 2: quadratic).
+``--report A.json B.json`` prints that summary for earlier runs together.
+
+Large N on a small machine: ``--batch K`` starts the nodes K at a time (each batch once
+the previous one is ready) instead of all at once; every deadline grows with N.
+
+The machine may be shared: ``uptime`` is recorded before and after each N; CPU per node
+is the steadier figure. ``--json FILE`` writes every figure, per node and per host too.
 
 Every namespace and process is removed at the end, also on Ctrl-C, SIGTERM or a failed
 run. Exit status: 0 done, 1 a run failed (a deadline passed; what was measured before
@@ -77,6 +90,9 @@ STATS_TIMEOUT = 15.0
 """A node answers a ``stats`` command within this, plus ``STATS_PER_NODE`` per node
 (asked all at once, N nodes answer on a machine they may saturate)."""
 STATS_PER_NODE = 0.2
+SETTLE_PER_NODE = 0.15
+"""Added to ``--settle`` per node: on a small machine the start-up of N interpreters
+leaves a backlog that takes longer to drain as N grows."""
 FALSE_POLL = 1.0
 """Seconds between two reads of the nodes' events during the false-departure window."""
 HEARTBEAT = 0.5
@@ -207,8 +223,10 @@ def steady(nodes: Sequence[LabNode], view: Membership, window: float) -> dict[st
     """CPU, traffic (mDNS too) and control messages over ``window`` seconds;
     connections and fds at its end; departures and ticks during it."""
     departures = len(view.lefts)
-    marks = [n.mark() for n in nodes]
+    asked = time.monotonic()
     s0 = stats_of(nodes, "w0")
+    stats_s = time.monotonic() - asked
+    marks = [n.mark() for n in nodes]
     load0 = os.getloadavg()
     t0 = time.monotonic()
     me0 = driver_cpu()
@@ -221,11 +239,13 @@ def steady(nodes: Sequence[LabNode], view: Membership, window: float) -> dict[st
     udp1 = {n.name: udp_counters(n.proc.pid) for n in nodes}
     me1 = driver_cpu()
     t1 = time.monotonic()
+    ticks = {n.name: len(n.find(is_event("msg", channel=CHANNEL), mark))
+             for n, mark in zip(nodes, marks, strict=True)}
     load1 = os.getloadavg()
     s1 = stats_of(nodes, "w1")
     span = t1 - t0
     per: dict[str, dict[str, float]] = {}
-    for node, mark in zip(nodes, marks, strict=True):
+    for node in nodes:
         a, b = net0[node.name], net1[node.name]
         ca, cb = s0[node.name], s1[node.name]
         ua, ub = udp0[node.name], udp1[node.name]
@@ -241,7 +261,7 @@ def steady(nodes: Sequence[LabNode], view: Membership, window: float) -> dict[st
             "fds": open_fds(node.proc.pid),
             "links": cb["links"],
             "peers": cb["peers"],
-            "ticks_received": len(node.find(is_event("msg", channel=CHANNEL), mark)),
+            "ticks_received": ticks[node.name],
         }
     figures = {key: spread([p[key] for p in per.values()]) for key in next(iter(per.values()))}
     lefts = [(obs, ev["name"]) for obs, ev in view.lefts[departures:]]
@@ -250,6 +270,7 @@ def steady(nodes: Sequence[LabNode], view: Membership, window: float) -> dict[st
             "departures_seen": lefts[:20], "incomplete_views": len(view.missing()),
             "nodes_cpu_pct_of_machine": all_cpu / CORES,
             "driver_cpu_pct": 100.0 * (me1 - me0) / span,
+            "stats_round_trip_s": stats_s,
             "loadavg_start": load0, "loadavg_end": load1, "per_node": per}
 
 
@@ -341,7 +362,8 @@ def run_size(n: int, discovery: str, cfg: Settings) -> dict[str, Any]:
                 progress(f"  N={n} {discovery}: full membership "
                          f"{out['start']['membership_s']:.2f} s after the last start "
                          f"(starts took {out['start']['start_span_s']:.1f} s)")
-                time.sleep(cfg.settle)
+                out["settle_s"] = cfg.settle + SETTLE_PER_NODE * n
+                time.sleep(out["settle_s"])
                 out["steady"] = steady(nodes, view, cfg.window)
                 st = out["steady"]
                 progress(f"  N={n} {discovery}: CPU/node median {st['cpu_pct']['median']:.2f} %"
@@ -417,6 +439,7 @@ ROWS: list[Row] = [
     Row("CPU per node, % of a core (max)", "steady.cpu_pct.max", "{:.2f}", 0.3),
     Row("  all nodes, % of the machine", "steady.nodes_cpu_pct_of_machine", "{:.0f}"),
     Row("  the driver, % of a core", "steady.driver_cpu_pct", "{:.1f}"),
+    Row("  stats asked of all nodes, answered in", "steady.stats_round_trip_s", "{:.2f} s"),
     Row("control msgs received per node per s (median)", "steady.control_per_s.median",
         "{:.1f}"),
     Row("control msgs received per node per s (max)", "steady.control_per_s.max", "{:.1f}"),
@@ -545,7 +568,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="mdns, static or both, comma-separated (default mdns)")
     p.add_argument("--window", type=float, default=20.0, help="steady window, s (default 20)")
     p.add_argument("--settle", type=float, default=5.0,
-                   help="wait after full membership before the window, s (default 5)")
+                   help="wait after full membership before the window, s, plus "
+                        f"{SETTLE_PER_NODE} s per node (default 5)")
     p.add_argument("--publish-every", type=float, default=1.0,
                    help="seconds between the publisher's ticks (default 1)")
     p.add_argument("--detect-timeout", type=float, default=15.0,
