@@ -93,6 +93,9 @@ STATS_PER_NODE = 0.2
 SETTLE_PER_NODE = 0.15
 """Added to ``--settle`` per node: on a small machine the start-up of N interpreters
 leaves a backlog that takes longer to drain as N grows."""
+SATURATED = 90.0
+"""Above this % of the machine used by the nodes in the steady window, the summary says
+the run saturated it."""
 FALSE_POLL = 1.0
 """Seconds between two reads of the nodes' events during the false-departure window."""
 HEARTBEAT = 0.5
@@ -517,6 +520,11 @@ def report(runs: Sequence[dict[str, Any]]) -> None:
                 print(f"  N={r['n']}: FAILED: {r['error'].splitlines()[0]}")
             if "error" in r.get("kill", {}):
                 print(f"  N={r['n']}: kill detection FAILED: {r['kill']['error']}")
+            busy = dig(r, "steady.nodes_cpu_pct_of_machine")
+            if busy > SATURATED:
+                print(f"  N={r['n']}: the nodes kept the machine {busy:.0f} % busy in the "
+                      "steady window: it is saturated, so CPU per node is capped (the "
+                      "nodes want more) and other figures may suffer from it")
             pairs = r.get("false", {}).get("pairs", [])
             if pairs:
                 print(f"  N={r['n']}: false departures (observer gave up peer), first ones: "
