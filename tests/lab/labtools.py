@@ -72,6 +72,7 @@ class LabNode:
         """``time.time()`` right before ``kill()`` sent SIGKILL."""
         self._cond = threading.Condition()
         self._eof = False
+        self._ready: Event | None = None  # the first ``ready`` event, once read
         self.proc: subprocess.Popen[str] = host.popen(
             self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, bufsize=1)
@@ -113,6 +114,8 @@ class LabNode:
                     ev = {"event": "garbage", "line": line}
                 ev["_rx"] = time.time()
                 with self._cond:
+                    if self._ready is None and ev.get("event") == "ready":
+                        self._ready = ev
                     self.events.append(ev)
                     self._cond.notify_all()
         except (OSError, ValueError):
@@ -181,10 +184,12 @@ class LabNode:
 
     @property
     def ready(self) -> Event:
-        evs = self.find(is_event("ready"))
-        if not evs:
+        """The node's first ``ready`` event (kept aside when read: no scan of the events)."""
+        with self._cond:
+            ready = self._ready
+        if ready is None:
             raise LabTimeout(f"{self} is not ready\n{self.describe()}")
-        return evs[0]
+        return ready
 
     @property
     def id(self) -> str:
@@ -245,16 +250,25 @@ class LabNode:
 
 def start_nodes(specs: Iterable[tuple[Host, str, list[str]]],
                 ready_timeout: float = READY_TIMEOUT, *,
-                script: str = LAB_NODE) -> list[LabNode]:
-    """Start several nodes at once, then wait until each is ready (kills them all if one
-    fails). ``script``: the node runner (default ``lab_node.py``)."""
+                script: str = LAB_NODE, batch: int | None = None) -> list[LabNode]:
+    """Start several nodes, then wait until each is ready (kills them all if one fails,
+    or if they are not all ready within ``ready_timeout`` of the first spawn).
+    ``batch``: spawn that many at a time, the next ones once those are ready (None: all
+    at once); on a small machine this keeps dozens of interpreters from starting
+    together. ``script``: the node runner (default ``lab_node.py``)."""
+    if batch is not None and batch < 1:
+        raise ValueError(f"batch is a positive number of nodes or None, not {batch}")
+    todo = list(specs)
+    step = batch or max(1, len(todo))
     nodes: list[LabNode] = []
+    deadline = time.monotonic() + ready_timeout
     try:
-        for host, name, args in specs:
-            nodes.append(LabNode(host, name, args, script=script))
-        deadline = time.monotonic() + ready_timeout
-        for node in nodes:
-            node.wait_ready(max(0.1, deadline - time.monotonic()))
+        for first in range(0, len(todo), step):
+            spawned = [LabNode(host, name, args, script=script)
+                       for host, name, args in todo[first:first + step]]
+            nodes.extend(spawned)
+            for node in spawned:
+                node.wait_ready(max(0.1, deadline - time.monotonic()))
     except BaseException:
         for node in nodes:
             node.close()

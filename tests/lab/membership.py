@@ -55,13 +55,14 @@ def node_args(hosts: Sequence[Host], index: int, *, discovery: str,
 
 def start_group(hosts: Sequence[Host], *, discovery: str, publish_every: float | None = None,
                 ready_timeout: float = 60.0, names: str = "n",
-                extra: Sequence[str] = ()) -> list[LabNode]:
-    """One node per host, all spawned at once, then waited for until ready (every one
-    is killed if one fails). Node ``i`` is named ``{names}{i}``."""
+                extra: Sequence[str] = (), batch: int | None = None) -> list[LabNode]:
+    """One node per host, spawned all at once (or ``batch`` at a time, each batch once
+    the previous one is ready), then waited for until ready (every one is killed if one
+    fails). Node ``i`` is named ``{names}{i}``."""
     return start_nodes(
         [(host, f"{names}{i}", node_args(hosts, i, discovery=discovery,
                                           publish_every=publish_every, extra=extra))
-         for i, host in enumerate(hosts)], ready_timeout)
+         for i, host in enumerate(hosts)], ready_timeout, batch=batch)
 
 
 def _every(_: Event) -> bool:
@@ -69,51 +70,68 @@ def _every(_: Event) -> bool:
 
 
 class _View:
-    """One observer's live peers, from its events."""
+    """One observer's live peers, from its events. ``current`` counts the expected
+    peers it holds with their expected epoch, so each event costs O(1)."""
 
-    __slots__ = ("full_since", "live", "node", "read")
+    __slots__ = ("current", "expected", "full_since", "live", "node", "read")
 
-    def __init__(self, node: LabNode) -> None:
+    def __init__(self, node: LabNode, expected: dict[str, int]) -> None:
         self.node = node
+        self.expected = expected  # peer name -> the epoch its process printed in ready
         self.read = 0  # events consumed
         self.live: dict[str, int] = {}  # peer name -> epoch
+        self.current = 0  # how many of ``expected`` are in ``live`` with their epoch
         self.full_since: float | None = None
+
+    def _set(self, peer: str, epoch: int | None) -> None:
+        want = self.expected.get(peer)
+        was = want is not None and self.live.get(peer) == want
+        if epoch is None:
+            del self.live[peer]
+        else:
+            self.live[peer] = epoch
+        now = want is not None and epoch == want
+        self.current += int(now) - int(was)
+
+    def apply(self, observer: str, ev: Event, lefts: list[tuple[str, Event]]) -> None:
+        kind = ev.get("event")
+        peer = ev.get("name")
+        if kind in ("joined", "updated") and isinstance(peer, str):
+            self._set(peer, int(ev["epoch"]))
+        elif kind == "left" and isinstance(peer, str):
+            lefts.append((observer, ev))
+            if self.live.get(peer) == ev.get("epoch"):
+                self._set(peer, None)
+        else:
+            return
+        if self.current < len(self.expected):
+            self.full_since = None
+        elif self.full_since is None:
+            self.full_since = float(ev["t"])
 
 
 class Membership:
     """What each node of a group sees of the others."""
 
     def __init__(self, nodes: Sequence[LabNode]) -> None:
+        """``nodes`` are ready (their epochs are known)."""
         self.nodes = list(nodes)
-        self._views = {n.name: _View(n) for n in self.nodes}
+        epochs = {n.name: n.epoch for n in self.nodes}
+        self._views = {n.name: _View(n, {p: e for p, e in epochs.items() if p != n.name})
+                       for n in self.nodes}
         self.lefts: list[tuple[str, Event]] = []
         """Every ``left`` event seen so far, with the observer's name."""
 
     def _expected(self, observer: str) -> dict[str, int]:
-        return {n.name: n.epoch for n in self.nodes if n.name != observer}
+        return self._views[observer].expected
 
     def update(self) -> None:
         """Read the events the nodes printed since the last call."""
         for name, view in self._views.items():
-            expected = self._expected(name)
             events = view.node.find(_every, view.read)
             view.read += len(events)
             for ev in events:
-                kind = ev.get("event")
-                peer = ev.get("name")
-                if kind in ("joined", "updated") and isinstance(peer, str):
-                    view.live[peer] = int(ev["epoch"])
-                elif kind == "left" and isinstance(peer, str):
-                    self.lefts.append((name, ev))
-                    if view.live.get(peer) == ev.get("epoch"):
-                        del view.live[peer]
-                else:
-                    continue
-                full = all(view.live.get(p) == e for p, e in expected.items())
-                if not full:
-                    view.full_since = None
-                elif view.full_since is None:
-                    view.full_since = float(ev["t"])
+                view.apply(name, ev, self.lefts)
 
     def full_since(self) -> dict[str, float | None]:
         """For each node, since when it has seen every other member (None: not now)."""
