@@ -308,6 +308,8 @@ class Control:
                 self.links.understands_beats(ev.peer.control_endpoint, False)
                 if ev.reason != "timeout":
                     self.links.end_grace(ev.peer.control_endpoint, now)
+                else:
+                    self.links.reconnect(ev.peer.control_endpoint)
             else:
                 if self.table.takes_part(nid):
                     self._ring_ids.add(nid)

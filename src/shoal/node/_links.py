@@ -9,10 +9,11 @@ keeps getting States.
 
 Liveness is the control protocol's (the ring watch, ``shoal.node._control``): links
 carry no ZMTP pings, so a link to a peer that is neither beaten nor watched is silent
-and costs nothing. A dead TCP connection (a pulled cable sends no FIN) is noticed when
-something is sent on it; a link to a node that left on a timeout carries our State at
-every heartbeat for ``LINK_GRACE`` seconds, so libzmq connects again when the path is
-back.
+and costs nothing. A dead TCP connection (a pulled cable sends no FIN) would stay stuck in
+the kernel's retransmission backoff, so the link to a node that left on a timeout is
+connected afresh (``reconnect``: libzmq's connects are given up after a short timeout
+and tried again), and carries our State at every heartbeat for ``LINK_GRACE`` seconds:
+the two nodes meet again soon after the path is back.
 
 Links to live peers stay; links to endpoints that are not live peers close
 after ``LINK_GRACE`` seconds (libzmq keeps reconnecting meanwhile, so two nodes
@@ -277,6 +278,18 @@ class LinkPool:
         if link is not None and link.persistent:
             link.persistent = False
             link.expires = trio.current_time() + LINK_GRACE
+
+    def reconnect(self, endpoint: str) -> None:
+        """Drop the link's TCP connection and connect afresh (the node there went
+        silent: the connection may be dead without a FIN)."""
+        link = self._links.get(endpoint)
+        if link is None or link.sock.closed:
+            return
+        try:
+            link.sock.disconnect(endpoint)
+        except ShoalError:
+            pass  # not connected: connect below is what counts
+        self._guard.connect(link.sock, endpoint, link.key)
 
     def end_grace(self, endpoint: str, now: float) -> None:
         """The node there said goodbye (or was replaced): no grace."""
