@@ -4,7 +4,10 @@ With every node beating every other, each node sends and receives N heartbeats p
 interval. Here the nodes that take part (``State.ring``) sit on a ring ordered by
 node id; each node beats only its ``WIDTH`` successors and holds only its ``WIDTH``
 predecessors to the timeout, so a node's cost is constant in N and every node is
-still watched by ``WIDTH`` others. What a watcher finds, everyone learns:
+still watched by ``WIDTH`` others. (A node beats its successors in turn, one per
+heartbeat, when each still hears from it at least twice per peer timeout: with the
+defaults, 0.5 s and 2 s, each watcher hears from its peer every second.) What a
+watcher finds, everyone learns:
 
 * a watched peer silent for ``SUSPECT_AFTER`` of the timeout is sent ``Suspect``: if
   it is alive but does not beat this watcher (their views of the ring differ for a
@@ -30,7 +33,7 @@ __all__ = ["SUSPECT_AFTER", "WIDTH", "Ring"]
 
 WIDTH = 2
 """Successors each node beats (and predecessors each node watches)."""
-SUSPECT_AFTER = 0.6
+SUSPECT_AFTER = 0.75
 """Of the peer timeout: the silence after which a watched peer is sent ``Suspect``."""
 
 

@@ -335,13 +335,17 @@ class Control:
             if peer is not None:
                 self.links.send(peer.control_endpoint, self._beat_frame)
 
-    def _targets(self, now: float) -> set[str]:
-        """The control endpoints to beat: ring successors, peers that do not take part,
-        watchers that suspected us."""
+    def _targets(self, now: float, beats: int) -> set[str]:
+        """The control endpoints to beat: the ring successors (in turn, one per
+        heartbeat, when each still hears from us twice per peer timeout), peers that do
+        not take part, watchers that suspected us."""
         for nid in [n for n, until in self._refuting.items() if until <= now]:
             del self._refuting[nid]
+        succ = self.table.ring.successors
+        if succ and len(succ) * self._heartbeat * 2 <= self._timeout:
+            succ = (succ[beats % len(succ)],)
         targets = set()
-        for nid in (*self.table.ring.successors, *self.table.legacy(), *self._refuting):
+        for nid in (*succ, *self.table.legacy(), *self._refuting):
             peer = self.table.get(nid)
             if peer is not None:
                 targets.add(peer.control_endpoint)
@@ -388,7 +392,7 @@ class Control:
                 every = self._beat_now.is_set()
                 full = every or beats % STATE_EVERY == 0
                 self._beat_now = trio.Event()
-                targets = self._targets(now)
+                targets = self._targets(now, beats)
                 if full and not every and self.live:
                     # one more live peer in turn gets our State
                     live = sorted(self.live)
