@@ -71,8 +71,9 @@ __all__ = ["Control"]
 STATE_EVERY = 10
 """Every this many heartbeats, the full State goes to the peers beaten, and to one
 more live peer in turn (a State that was lost cannot stay stale)."""
-REFUTE_FOR = 20
-"""Peer timeouts for which a node that suspected us is beaten directly."""
+REFUTE_FOR = 5
+"""Peer timeouts for which a node that suspected us is beaten directly (the views of
+the ring agree again by then: a join is heard of within milliseconds)."""
 _DEPARTED_MAX = 4096  # peers that left on a timeout, remembered to Ask them back
 
 Reasons = dict[str, str]
