@@ -167,6 +167,10 @@ class PeerTable:
         """Every live peer, with ``last_seen`` filled in."""
         return [_with_seen(p, self._seen[k]) for k, p in self._peers.items()]
 
+    def control_endpoints(self) -> set[str]:
+        """Where every live peer's control socket listens."""
+        return {p.control_endpoint for p in self._peers.values()}
+
     def get(self, node_id: bytes) -> Peer | None:
         p = self._peers.get(node_id)
         return None if p is None else _with_seen(p, self._seen[node_id])

@@ -318,7 +318,7 @@ class Control:
                 log.debug("peer %s (%s): %s", ev.peer.name, ev.peer.id[:8], type(ev).__name__)
         # Kept here, where every change of the table passes, rather than rebuilt for
         # each introduction (a flood of advertisements means many of those).
-        self.live = {p.control_endpoint for p in self.table.peers()}
+        self.live = self.table.control_endpoints()
         self._on_events(events, {ev.peer.id: f"node {ev.peer.name!r} left ({ev.reason})"
                                  for ev in events if isinstance(ev, PeerLeft)})
         self.links.prune(self.live, now)

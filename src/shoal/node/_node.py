@@ -306,8 +306,9 @@ class Node(Patterns):
     # -- the node's own wiring -----------------------------------------------------------
 
     def _peers_changed(self, events: list[PeerEvent], reasons: Reasons) -> None:
-        self._channels.rewire([self._control.self_peer(), *self._control.table.peers()],
-                              reasons)
+        if self._channels.concerns(events):
+            self._channels.rewire([self._control.self_peer(), *self._control.table.peers()],
+                                  reasons)
         for w in list(self._watches):
             for ev in events:
                 w._push(ev)
