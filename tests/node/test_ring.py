@@ -208,3 +208,24 @@ async def test_a_killed_node_is_reported_gone_to_the_peers_that_do_not_watch_it(
             # two nodes watch it; the others heard it from them
             assert sum(s.suspicions for s in stats) >= 2
             assert sum(s.reported_gone for s in stats) >= 1
+
+
+def test_a_node_that_times_out_a_watched_peer_sweeps_the_others() -> None:
+    """After its own timeout, every other ring peer must answer within half a timeout:
+    those that do stay, those that do not leave (a node cut off from everyone learns
+    it in one step)."""
+    table = table_with(0x10, 0x20, 0x30, 0x60, 0x70, 0x80, 0x90)
+    left = table.expire(T + 0.1)  # the two watched ones
+    assert len(left) == 2
+    assert table.ring.predecessors == (nid(0x10), nid(0x90))  # watched from now
+    asked = {p.id for p in table.sweep(T + 0.1)}
+    assert asked == {nid(0x60).hex(), nid(0x70).hex(), nid(0x80).hex()}
+    assert table.sweep(T + 0.2) == []  # once
+    table.on_state(state(0x60), T + 0.3)  # its answer
+    assert table.next_deadline() == pytest.approx(T + 0.1 + T / 2)
+    assert table.expire_swept(T + 0.1 + T / 2 - 0.01) == []
+    late = table.expire_swept(T + 0.1 + T / 2 + 0.01)
+    assert len(late) == 2
+    assert {(e.peer.id, e.reason) for e in late if isinstance(e, PeerLeft)} == {
+        (nid(0x70).hex(), "timeout"), (nid(0x80).hex(), "timeout")}
+    assert nid(0x60) in table

@@ -146,6 +146,7 @@ class PeerTable:
         self._preds: tuple[bytes, ...] = ()  # the ring predecessors this table holds
         self._since: dict[bytes, float] = {}  # held peers -> when the hold began
         self._suspected: set[bytes] = set()  # held peers sent a Suspect (not heard since)
+        self._swept: dict[bytes, float] = {}  # ring peers asked to answer -> since when
         self.refused = 0
         """States ignored because the table was full."""
 
@@ -259,6 +260,24 @@ class PeerTable:
         self._suspected.update(found)
         return [self._peers[k] for k in found]
 
+    def sweep(self, now: float) -> list[Peer]:
+        """This node timed out a peer it watched: every other ring peer must be heard
+        from within half a timeout from ``now`` (ask each to answer), or it leaves
+        (``expire_swept``). A node cut off from the rest so learns they are gone in one
+        step, not a few watched peers per timeout."""
+        found = [k for k in self.ring.others() if k not in self._since
+                 and k not in self._swept and k in self._peers]
+        for k in found:
+            self._swept[k] = now
+        return [self._peers[k] for k in found]
+
+    def expire_swept(self, now: float) -> list[PeerEvent]:
+        """The swept peers (``sweep``) not heard from within half a timeout leave
+        (reason ``timeout``)."""
+        limit = now - self._timeout / 2
+        late = [k for k, at in self._swept.items() if at < limit]
+        return [PeerLeft(self._time_out(k, now), "timeout") for k in late]
+
     def takes_part(self, node_id: bytes) -> bool:
         """Whether the live peer ``node_id`` takes part in the ring watch."""
         return node_id in self.ring and node_id in self._peers
@@ -270,16 +289,17 @@ class PeerTable:
     def next_deadline(self) -> float | None:
         """When ``expire`` or ``suspects`` could next have something to do (None:
         nothing held)."""
-        if not self._since:
-            return None
         t, sa = self._timeout, self._timeout * SUSPECT_AFTER
-        return min(max(self._seen[k], since) + (sa if k in self._preds and k not in
-                                                self._suspected else t)
-                   for k, since in self._since.items())
+        deadlines = [max(self._seen[k], since) + (sa if k in self._preds and k not in
+                                                  self._suspected else t)
+                     for k, since in self._since.items()]
+        deadlines += (at + t / 2 for at in self._swept.values())
+        return min(deadlines) if deadlines else None
 
     def _heard(self, node_id: bytes, now: float) -> None:
         self._seen[node_id] = now
         self._suspected.discard(node_id)
+        self._swept.pop(node_id, None)
 
     def _hold_predecessors(self, now: float) -> None:
         """The ring changed: hold its predecessors now (a fresh timeout for a peer that
@@ -307,6 +327,7 @@ class PeerTable:
         p = self._peers.pop(node_id)
         self._since.pop(node_id, None)
         self._suspected.discard(node_id)
+        self._swept.pop(node_id, None)
         self._legacy.discard(node_id)
         if self.ring.remove(node_id):
             self._hold_predecessors(now)

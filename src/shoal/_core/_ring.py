@@ -15,7 +15,10 @@ watcher finds, everyone learns:
   so for a while (``refute``), so no live peer is dropped for a difference of views;
 * one silent for the whole timeout leaves, and the watcher tells every peer that
   takes part (``Gone``): they drop it too, unless they heard from it themselves
-  within half a timeout.
+  within half a timeout;
+* and the watcher asks every other peer to answer within half a timeout (the sweep),
+  dropping those that do not: a node that is itself cut off learns at once that the
+  others are gone, rather than a few watched peers per timeout.
 
 A peer that does not take part (an older node) is beaten directly and held to the
 timeout directly, as before. A peer that becomes watched (the ring changed) gets a
@@ -72,6 +75,10 @@ class Ring:
         self._ids.pop(bisect.bisect_left(self._ids, node_id))
         self._neighbours()
         return True
+
+    def others(self) -> list[bytes]:
+        """Every node on the ring but this one."""
+        return [k for k in self._ids if k != self._self]
 
     def extend(self, node_ids: Iterable[bytes]) -> None:
         for nid in node_ids:

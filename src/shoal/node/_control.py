@@ -354,7 +354,8 @@ class Control:
 
     def _watch(self, now: float) -> None:
         """Suspect the watched peers that went quiet; drop those silent for the
-        timeout and tell every peer (``Gone``)."""
+        timeout, tell every peer (``Gone``), and ask every other peer to answer (the
+        sweep: if it is this node that was cut off, it finds out at once)."""
         for peer in self.table.suspects(now):
             self.suspicions += 1
             log.debug("peer %s (%s) is quiet: suspected", peer.name, peer.id[:8])
@@ -363,6 +364,11 @@ class Control:
         events = self.table.expire(now)
         gone = [ev.peer for ev in events if isinstance(ev, PeerLeft)
                 and bytes.fromhex(ev.peer.id) in self._ring_ids]
+        if gone:
+            ask = encode_control(Ask(self.identity.sender))
+            for peer in self.table.sweep(now):
+                self.links.send(peer.control_endpoint, ask)
+        events += self.table.expire_swept(now)
         if events:
             self._apply(events)
         else:
