@@ -14,6 +14,12 @@ other node's control (ROUTER) socket:
   every ``STATE_EVERY`` heartbeats. A Beat whose revision is newer than the State
   the receiver holds changes nothing (the State that says more is on its way).
 * ``Bye``: I am leaving (clean exit). The receiver drops the node at once.
+* ``Suspect`` / ``Gone`` / ``Ask``: the ring watch (``shoal._core._ring``). A State
+  says whether its node takes part (``ring``, carried as a catalogue entry of a role
+  that older nodes skip); these three go only to nodes that take part. ``Suspect``:
+  you have been silent towards me (``by``), beat me. ``Gone``: I (``by``) watched
+  this incarnation and it has been silent for the timeout. ``Ask``: send me (``by``)
+  your State (I lost you, or never had you, and you beat me).
 * ``ClockQuery`` / ``ClockReading``: what time is it on your wall clock? Anyone may
   send a query to a control socket; the node answers on the same connection with a
   reading (its ``time_ns`` and the query's token). ``shoal doctor`` compares clocks
@@ -45,14 +51,17 @@ __all__ = [
     "MAX_ADDRESSES",
     "MAX_CHANNELS",
     "MAX_NAME",
+    "Ask",
     "Beat",
     "Bye",
     "ChannelOffer",
     "ClockQuery",
     "ClockReading",
     "ControlMessage",
+    "Gone",
     "Role",
     "State",
+    "Suspect",
     "VersionMismatch",
     "decode_control",
     "encode_control",
@@ -68,6 +77,11 @@ _BYE: Final = "bye"
 _BEAT: Final = "beat"
 _CLOCK_QUERY: Final = "clock?"
 _CLOCK_READING: Final = "clock"
+_SUSPECT: Final = "suspect"
+_GONE: Final = "gone"
+_ASK: Final = "ask"
+_RING_ROLE: Final = "~ring"  # the catalogue entry that says "I take part in the ring"
+_RING_ENTRY: Final = ["", _RING_ROLE, 0]
 
 
 class Role(enum.Enum):
@@ -130,6 +144,8 @@ class State:
     control_port: int
     revision: int
     channels: tuple[ChannelOffer, ...]
+    ring: bool = False
+    """The node takes part in the ring watch (``shoal._core._ring``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +167,33 @@ class Bye:
 
 
 @dataclass(frozen=True, slots=True)
+class Suspect:
+    """To the incarnation ``(node_id, epoch)``: node ``by`` watches you and has not
+    heard from you for a while; beat it."""
+
+    node_id: bytes
+    epoch: int
+    by: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """Node ``by`` watched the incarnation ``(node_id, epoch)`` and it has been silent
+    for the peer timeout."""
+
+    node_id: bytes
+    epoch: int
+    by: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """Node ``by`` asks for the receiver's State."""
+
+    by: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ClockQuery:
     """A request for the receiver's wall clock; ``token`` (u32) comes back in the
     answer, so the asker can tell its answers from stale ones."""
@@ -167,7 +210,7 @@ class ClockReading:
     time_ns: int
 
 
-ControlMessage = State | Beat | Bye | ClockQuery | ClockReading
+ControlMessage = State | Beat | Bye | Suspect | Gone | Ask | ClockQuery | ClockReading
 """Whatever ``decode_control`` returns."""
 
 
@@ -187,6 +230,12 @@ def encode_control(msg: ControlMessage) -> bytes:
         fields = [VERSION, _BYE, msg.node_id, msg.epoch]
     elif isinstance(msg, Beat):
         fields = [VERSION, _BEAT, msg.node_id, msg.epoch, msg.revision]
+    elif isinstance(msg, Suspect):
+        fields = [VERSION, _SUSPECT, msg.node_id, msg.epoch, msg.by]
+    elif isinstance(msg, Gone):
+        fields = [VERSION, _GONE, msg.node_id, msg.epoch, msg.by]
+    elif isinstance(msg, Ask):
+        fields = [VERSION, _ASK, msg.by]
     elif isinstance(msg, ClockQuery):
         fields = [VERSION, _CLOCK_QUERY, msg.token]
     elif isinstance(msg, ClockReading):
@@ -198,7 +247,8 @@ def encode_control(msg: ControlMessage) -> bytes:
         fields = [
             VERSION, _STATE, msg.node_id, msg.epoch, msg.name, list(msg.addresses),
             msg.control_port, msg.revision,
-            [[c.name, c.role.value, c.port] for c in msg.channels],
+            [[c.name, c.role.value, c.port] for c in msg.channels]
+            + ([_RING_ENTRY] if msg.ring else []),
         ]
     try:
         frame = bytes(msgpack.packb(fields))
@@ -289,6 +339,12 @@ def decode_control(frame: bytes) -> ControlMessage:
         return Beat(_node_id(obj[2]), _u32(obj[3], "epoch"), _u32(obj[4], "revision"))
     if kind == _BYE and len(obj) == 4:
         return Bye(_node_id(obj[2]), _u32(obj[3], "epoch"))
+    if kind == _SUSPECT and len(obj) == 5:
+        return Suspect(_node_id(obj[2]), _u32(obj[3], "epoch"), _node_id(obj[4]))
+    if kind == _GONE and len(obj) == 5:
+        return Gone(_node_id(obj[2]), _u32(obj[3], "epoch"), _node_id(obj[4]))
+    if kind == _ASK and len(obj) == 3:
+        return Ask(_node_id(obj[2]))
     if kind == _CLOCK_QUERY and len(obj) == 3:
         return ClockQuery(_u32(obj[2], "token"))
     if kind == _CLOCK_READING and len(obj) == 4:
@@ -310,4 +366,5 @@ def decode_control(frame: bytes) -> ControlMessage:
         control_port=_port(obj[6]),
         revision=_u32(obj[7], "revision"),
         channels=tuple(c for c in map(_channel, channels) if c is not None),
+        ring=_RING_ENTRY in channels,
     )

@@ -11,7 +11,10 @@ Rules (the theory of operation):
   and the new one joins.
 * A peer that sends nothing for ``timeout`` seconds leaves (reason ``timeout``). It
   may come back with the same epoch (a link that flapped): it joins again. If another
-  epoch of that id joins first, the timed-out one is retired.
+  epoch of that id joins first, the timed-out one is retired. Peers that take part in
+  the ring watch (``State.ring``, see ``shoal._core._ring``) are held to the timeout
+  only by their watchers: this table holds its ring predecessors, says which of them
+  to ``suspect``, and drops the others when a watcher reports them ``Gone``.
 * Within an incarnation, a State with a lower revision than the last one is stale
   (reordered) and ignored.
 * A ``Bye`` removes the peer at once (reason ``goodbye``). Its epoch is retired: a
@@ -31,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from shoal._core._control import ChannelOffer, Role, State
+from shoal._core._ring import SUSPECT_AFTER, Ring
 
 __all__ = [
     "Peer",
@@ -137,6 +141,12 @@ class PeerTable:
         self._seen: dict[bytes, float] = {}
         self._retired: OrderedDict[tuple[bytes, int], None] = OrderedDict()
         self._timed_out: OrderedDict[bytes, int] = OrderedDict()  # id -> its last epoch
+        self.ring = Ring(self_id)  # this node and the peers that take part in the ring watch
+        self._legacy: set[bytes] = set()  # live peers that do not: held directly
+        self._preds: tuple[bytes, ...] = ()  # the ring predecessors this table holds
+        self._since: dict[bytes, float] = {}  # held peers -> when the hold began
+        self._suspected: set[bytes] = set()  # held peers sent a Suspect (not heard since)
+        self._swept: dict[bytes, float] = {}  # ring peers asked to answer -> since when
         self.refused = 0
         """States ignored because the table was full."""
 
@@ -158,6 +168,10 @@ class PeerTable:
         """Every live peer, with ``last_seen`` filled in."""
         return [_with_seen(p, self._seen[k]) for k, p in self._peers.items()]
 
+    def control_endpoints(self) -> set[str]:
+        """Where every live peer's control socket listens."""
+        return {p.control_endpoint for p in self._peers.values()}
+
     def get(self, node_id: bytes) -> Peer | None:
         p = self._peers.get(node_id)
         return None if p is None else _with_seen(p, self._seen[node_id])
@@ -174,7 +188,7 @@ class PeerTable:
             return []
         old = self._peers.get(nid)
         if old is not None and old.epoch == st.epoch:
-            self._seen[nid] = now
+            self._heard(nid, now)
             if st.revision < old.revision or (
                     st.revision == old.revision and st.addresses == old.addresses):
                 return []  # a heartbeat, or a stale State overtaken by a newer one
@@ -184,7 +198,7 @@ class PeerTable:
         events: list[PeerEvent] = []
         if old is not None:
             self._retire((nid, old.epoch))
-            events.append(PeerLeft(_with_seen(old, self._seen[nid]), "restarted"))
+            events.append(PeerLeft(self._drop(nid, now), "restarted"))
         elif len(self._peers) >= self._max:
             self.refused += 1
             return []
@@ -194,6 +208,12 @@ class PeerTable:
         new = self._peer(st, now)
         self._peers[nid] = new
         self._seen[nid] = now
+        if st.ring:
+            self.ring.add(nid)
+            self._hold_predecessors(now)
+        else:
+            self._legacy.add(nid)
+            self._since[nid] = now
         events.append(PeerJoined(new))
         return events
 
@@ -204,7 +224,7 @@ class PeerTable:
         old = self._peers.get(node_id)
         if old is None or old.epoch != epoch:
             return False
-        self._seen[node_id] = now
+        self._heard(node_id, now)
         return True
 
     def on_bye(self, node_id: bytes, epoch: int, now: float) -> list[PeerEvent]:
@@ -213,28 +233,104 @@ class PeerTable:
         old = self._peers.get(node_id)
         if old is None or old.epoch != epoch:
             return []
-        return [PeerLeft(self._drop(node_id), "goodbye")]
+        return [PeerLeft(self._drop(node_id, now), "goodbye")]
+
+    def on_gone(self, node_id: bytes, epoch: int, now: float) -> list[PeerEvent]:
+        """A watcher reports the incarnation silent for the timeout: it leaves (reason
+        ``timeout``) unless this node heard from it within half a timeout."""
+        old = self._peers.get(node_id)
+        if old is None or old.epoch != epoch or self._seen[node_id] > now - self._timeout / 2:
+            return []
+        return [PeerLeft(self._time_out(node_id, now), "timeout")]
 
     def expire(self, now: float) -> list[PeerEvent]:
-        """Every peer silent for longer than the timeout leaves."""
+        """Every held peer (see the module docstring) silent for longer than the
+        timeout leaves."""
         limit = now - self._timeout
-        gone = [k for k, seen in self._seen.items() if seen < limit]
-        events: list[PeerEvent] = []
-        for k in gone:
-            p = self._drop(k)
-            # remembered, so that a new incarnation joining later retires this one
-            self._timed_out[k] = p.epoch
-            if len(self._timed_out) > _RETIRED_MAX:
-                self._timed_out.popitem(last=False)
-            events.append(PeerLeft(p, "timeout"))
-        return events
+        gone = [k for k, since in self._since.items() if max(self._seen[k], since) < limit]
+        return [PeerLeft(self._time_out(k, now), "timeout") for k in gone
+                if k in self._peers]
+
+    def suspects(self, now: float) -> list[Peer]:
+        """The watched ring peers silent for ``SUSPECT_AFTER`` of the timeout, each
+        returned once (until heard from again): send each a ``Suspect``."""
+        limit = now - self._timeout * SUSPECT_AFTER
+        found = [k for k in self._preds if k not in self._suspected
+                 and max(self._seen[k], self._since[k]) < limit]
+        self._suspected.update(found)
+        return [self._peers[k] for k in found]
+
+    def sweep(self, now: float) -> list[Peer]:
+        """This node timed out a peer it watched: every other ring peer must be heard
+        from within half a timeout from ``now`` (ask each to answer), or it leaves
+        (``expire_swept``). A node cut off from the rest so learns they are gone in one
+        step, not a few watched peers per timeout."""
+        found = [k for k in self.ring.others() if k not in self._since
+                 and k not in self._swept and k in self._peers]
+        for k in found:
+            self._swept[k] = now
+        return [self._peers[k] for k in found]
+
+    def expire_swept(self, now: float) -> list[PeerEvent]:
+        """The swept peers (``sweep``) not heard from within half a timeout leave
+        (reason ``timeout``)."""
+        limit = now - self._timeout / 2
+        late = [k for k, at in self._swept.items() if at < limit]
+        return [PeerLeft(self._time_out(k, now), "timeout") for k in late]
+
+    def takes_part(self, node_id: bytes) -> bool:
+        """Whether the live peer ``node_id`` takes part in the ring watch."""
+        return node_id in self.ring and node_id in self._peers
+
+    def legacy(self) -> list[bytes]:
+        """The live peers that do not take part in the ring watch (beaten directly)."""
+        return list(self._legacy)
 
     def next_deadline(self) -> float | None:
-        """When ``expire`` could next have something to do (None: no peers)."""
-        return min(self._seen.values()) + self._timeout if self._seen else None
+        """When ``expire`` or ``suspects`` could next have something to do (None:
+        nothing held)."""
+        t, sa = self._timeout, self._timeout * SUSPECT_AFTER
+        deadlines = [max(self._seen[k], since) + (sa if k in self._preds and k not in
+                                                  self._suspected else t)
+                     for k, since in self._since.items()]
+        deadlines += (at + t / 2 for at in self._swept.values())
+        return min(deadlines) if deadlines else None
 
-    def _drop(self, node_id: bytes) -> Peer:
+    def _heard(self, node_id: bytes, now: float) -> None:
+        self._seen[node_id] = now
+        self._suspected.discard(node_id)
+        self._swept.pop(node_id, None)
+
+    def _hold_predecessors(self, now: float) -> None:
+        """The ring changed: hold its predecessors now (a fresh timeout for a peer that
+        was not held), let go of those that are not any more."""
+        preds = self.ring.predecessors
+        if preds == self._preds:
+            return
+        for k in self._preds:
+            if k not in preds and k not in self._legacy:
+                self._since.pop(k, None)
+                self._suspected.discard(k)
+        for k in preds:
+            self._since.setdefault(k, now)
+        self._preds = preds
+
+    def _time_out(self, node_id: bytes, now: float) -> Peer:
+        p = self._drop(node_id, now)
+        # remembered, so that a new incarnation joining later retires this one
+        self._timed_out[node_id] = p.epoch
+        if len(self._timed_out) > _RETIRED_MAX:
+            self._timed_out.popitem(last=False)
+        return p
+
+    def _drop(self, node_id: bytes, now: float) -> Peer:
         p = self._peers.pop(node_id)
+        self._since.pop(node_id, None)
+        self._suspected.discard(node_id)
+        self._swept.pop(node_id, None)
+        self._legacy.discard(node_id)
+        if self.ring.remove(node_id):
+            self._hold_predecessors(now)
         return _with_seen(p, self._seen.pop(node_id))
 
     def _peer(self, st: State, now: float) -> Peer:

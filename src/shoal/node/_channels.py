@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shoal._core import ChannelOffer, Peer, Role, encode_topic, offers
+from shoal._core import ChannelOffer, Peer, PeerEvent, PeerUpdated, Role, encode_topic, offers
 from shoal._zmq._socket import Socket
 from shoal.errors import LocalProtocolError
 from shoal.node._guard import Guard
@@ -127,6 +127,17 @@ class Channels:
             self._wirings.pop(token, None)
             if not self.closed:
                 self._changed()
+
+    def concerns(self, events: Sequence[PeerEvent]) -> bool:
+        """Whether any of ``events`` is about a peer that offers, or offered, what one
+        of the connectors reaches (else ``rewire`` would change nothing: a group of
+        nodes that do not share a channel costs no rewiring as it grows)."""
+        for ev in events:
+            for peer in (ev.peer, ev.previous) if isinstance(ev, PeerUpdated) else (ev.peer,):
+                for wiring in self._wirings.values():
+                    if offers(peer, wiring.channel, wiring.role.counterpart):
+                        return True
+        return False
 
     def rewire(self, everyone: Sequence[Peer], reasons: dict[str, str] | None = None) -> None:
         """Connect every connector to exactly the listeners it should reach among

@@ -8,12 +8,18 @@ link per known control endpoint (``shoal.node._links``). Theory of operation:
   someone it has no link to, opens one back and answers with its own: one side
   finding the other is enough.
 * The peer table (``shoal._core.PeerTable``) is fed only by control messages, whatever
-  found the peer, so every discovery source behaves the same. Every link carries a
-  heartbeat every ``heartbeat`` seconds: a small ``Beat`` to nodes that understand it
-  (see ``_links``), our full State to others, to all every ``STATE_EVERY`` beats and
-  at once after a catalogue change (``publish``). A node that joins is answered with
-  our State at once. A peer silent for ``peer_timeout`` seconds leaves; a clean exit
-  sends ``Bye`` on every link.
+  found the peer, so every discovery source behaves the same. Liveness is the ring
+  watch (``shoal._core._ring``): every ``heartbeat`` seconds a small ``Beat`` goes to
+  this node's ring successors (and to peers that do not take part, and to a watcher
+  that suspected us), so a node's cost does not grow with the number of peers. A
+  watched peer that goes quiet is sent ``Suspect``; one silent for ``peer_timeout``
+  leaves, and every peer is told (``Gone``). A clean exit sends ``Bye`` on every link.
+* Full States go at first contact, at once to every peer after a catalogue change
+  (``publish``), every ``STATE_EVERY`` heartbeats to the peers beaten and to one more
+  in turn (so a lost State cannot stay stale), and every heartbeat to links that are
+  not live peers (introductions, and nodes that left on a timeout: when the path is
+  back, they hear us and we ``Ask`` them for their State). A node that joins is
+  answered with our State at once.
 * Admission is the guard's (``shoal.node._guard``): a State or Bye is applied only if
   its sender may speak for the node id it names. A node that answers with a key other
   than the one its link was opened with is linked again with the authenticated key. A
@@ -30,6 +36,7 @@ Every change of the table goes through ``_apply``, which tells the node
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import trio
@@ -51,7 +58,7 @@ from shoal._core import (
     decode_control,
     encode_control,
 )
-from shoal._core._control import ClockQuery, ClockReading
+from shoal._core._control import Ask, ClockQuery, ClockReading, Gone, Suspect
 from shoal.errors import DecodeError, ShoalError
 from shoal.node import _clock
 from shoal.node._links import LinkPool
@@ -62,8 +69,12 @@ from shoal.patterns._common import MalformedCounter
 __all__ = ["Control"]
 
 STATE_EVERY = 10
-"""Every this many heartbeats, the full State goes on every link (a State that was
-lost, a node that restarted unnoticed: nothing stays stale for long)."""
+"""Every this many heartbeats, the full State goes to the peers beaten, and to one
+more live peer in turn (a State that was lost cannot stay stale)."""
+REFUTE_FOR = 5
+"""Peer timeouts for which a node that suspected us is beaten directly (the views of
+the ring agree again by then: a join is heard of within milliseconds)."""
+_DEPARTED_MAX = 4096  # peers that left on a timeout, remembered to Ask them back
 
 Reasons = dict[str, str]
 """Why peers left, by peer id."""
@@ -85,6 +96,7 @@ class Control:
         self._guard = sockets.guard
         self._warn = warn
         self._heartbeat = heartbeat
+        self._timeout = peer_timeout
         self._on_events = on_events
         self._reconnect = reconnect  # make the data connections to these peers again
         # no ZMTP pings from here: each link pings (see ``_links``)
@@ -105,6 +117,13 @@ class Control:
         self._beat_frame = self._beat()
         self._beat_now = trio.Event()
         self.beats_received = 0
+        self.suspicions = 0  # Suspects sent (a watched peer went quiet)
+        self.reported_gone = 0  # peers dropped because a watcher reported them Gone
+        self._refuting: dict[bytes, float] = {}  # watchers that suspected us -> until
+        self._successors: tuple[bytes, ...] = ()
+        self._ring_ids: set[bytes] = set()  # live peers that take part in the ring
+        self._departed: OrderedDict[bytes, str] = OrderedDict()  # timed out -> endpoint
+        self._turn = 0  # whose turn it is for a full State (see STATE_EVERY)
         self.malformed = MalformedCounter()
         self.received = 0
         self.mismatches = 0
@@ -115,7 +134,7 @@ class Control:
     def _state(self) -> State:
         return State(node_id=self.identity.sender, epoch=self.identity.epoch, name=self.name,
                      addresses=self.addresses, control_port=self.port,
-                     revision=self._revision, channels=self._offers)
+                     revision=self._revision, channels=self._offers, ring=True)
 
     def _beat(self) -> bytes:
         return encode_control(Beat(self.identity.sender, self.identity.epoch, self._revision))
@@ -192,6 +211,9 @@ class Control:
         elif isinstance(msg, Bye):
             if self._guard.speaks_for(msg.node_id, key):
                 self._apply(self.table.on_bye(msg.node_id, msg.epoch, now))
+        elif isinstance(msg, Suspect | Gone | Ask):
+            if self._guard.speaks_for(msg.by, key):
+                self._on_ring(msg, now)
         elif msg.node_id == self.identity.sender and msg.epoch != self.identity.epoch:
             log.warning("another node (epoch %d) uses this node's id %s: give the nodes "
                         "distinct names or node_id=", msg.epoch, self.identity.sender.hex())
@@ -204,6 +226,41 @@ class Control:
             peer = self.table.get(msg.node_id)
             if peer is not None:
                 self.links.understands_beats(peer.control_endpoint)
+        elif msg.node_id not in self.table and msg.node_id in self._departed:
+            # a peer we timed out beats us: the path is back; it may hold us live and
+            # so never introduce itself again, so ask it for its State
+            self._ask(self._departed[msg.node_id])
+
+    def _on_ring(self, msg: Suspect | Gone | Ask, now: float) -> None:
+        me = self.identity
+        if isinstance(msg, Ask):
+            peer = self.table.get(msg.by)
+            if peer is not None:
+                self.links.introduce(peer.control_endpoint, None, persistent=False,
+                                     live=self.live)
+        elif msg.node_id != me.sender:
+            if isinstance(msg, Gone):
+                events = self.table.on_gone(msg.node_id, msg.epoch, now)
+                self.reported_gone += len(events)
+                self._apply(events)
+        elif msg.epoch != me.epoch:
+            pass  # about an earlier incarnation of this node
+        elif isinstance(msg, Suspect):
+            # a watcher does not hear us: beat it now, and directly for a while
+            peer = self.table.get(msg.by)
+            if peer is not None:
+                self._refuting[msg.by] = now + REFUTE_FOR * self._timeout
+                self.links.send(peer.control_endpoint, self._beat_frame)
+        else:
+            # reported gone while alive: every peer that dropped us hears our State
+            log.info("a peer reported this node gone (a link that failed one way?); "
+                     "telling every peer it is here")
+            self._beat_now.set()
+
+    def _ask(self, endpoint: str) -> None:
+        """Our State, and a request for theirs, to ``endpoint``."""
+        self.introduce(endpoint)
+        self.links.send(endpoint, encode_control(Ask(self.identity.sender)))
 
     def _on_state(self, msg: State, now: float, key: bytes | None) -> None:
         if msg.node_id not in self.table:
@@ -236,23 +293,100 @@ class Control:
     def _apply(self, events: list[PeerEvent]) -> None:
         now = trio.current_time()
         for ev in events:
+            nid = bytes.fromhex(ev.peer.id)
             if isinstance(ev, PeerLeft):
-                if self.table.get(bytes.fromhex(ev.peer.id)) is None:
+                if self.table.get(nid) is None:
                     self._guard.forget(ev.peer.id)
+                if nid in self._ring_ids and nid not in self.table:
+                    self._ring_ids.discard(nid)
+                    if ev.reason == "timeout":
+                        self._departed[nid] = ev.peer.control_endpoint
+                        if len(self._departed) > _DEPARTED_MAX:
+                            self._departed.popitem(last=False)
                 log.info("peer %s (%s) left: %s", ev.peer.name, ev.peer.id[:8], ev.reason)
                 # if it comes back (a link that healed), it must hear our State, not
                 # Beats it cannot place: so must we hear its, and it times us out too
                 self.links.understands_beats(ev.peer.control_endpoint, False)
                 if ev.reason != "timeout":
                     self.links.end_grace(ev.peer.control_endpoint, now)
+                else:
+                    self.links.reconnect(ev.peer.control_endpoint)
             else:
+                if self.table.takes_part(nid):
+                    self._ring_ids.add(nid)
+                self._departed.pop(nid, None)
                 log.debug("peer %s (%s): %s", ev.peer.name, ev.peer.id[:8], type(ev).__name__)
         # Kept here, where every change of the table passes, rather than rebuilt for
         # each introduction (a flood of advertisements means many of those).
-        self.live = {p.control_endpoint for p in self.table.peers()}
+        self.live = self.table.control_endpoints()
         self._on_events(events, {ev.peer.id: f"node {ev.peer.name!r} left ({ev.reason})"
                                  for ev in events if isinstance(ev, PeerLeft)})
         self.links.prune(self.live, now)
+        self._beat_new_successors()
+
+    def _beat_new_successors(self) -> None:
+        """The ring changed: a new successor is beaten at once (it holds us from now)."""
+        succ = self.table.ring.successors
+        if succ == self._successors:
+            return
+        new = [nid for nid in succ if nid not in self._successors]
+        self._successors = succ
+        for nid in new:
+            peer = self.table.get(nid)
+            if peer is not None:
+                self.links.send(peer.control_endpoint, self._beat_frame)
+
+    def _targets(self, now: float, beats: int) -> set[str]:
+        """The control endpoints to beat: the ring successors (in turn, one per
+        heartbeat, when each still hears from us twice per peer timeout), peers that do
+        not take part, watchers that suspected us."""
+        for nid in [n for n, until in self._refuting.items() if until <= now]:
+            del self._refuting[nid]
+        succ = self.table.ring.successors
+        if succ and len(succ) * self._heartbeat * 2 <= self._timeout:
+            succ = (succ[beats % len(succ)],)
+        targets = set()
+        for nid in (*succ, *self.table.legacy(), *self._refuting):
+            peer = self.table.get(nid)
+            if peer is not None:
+                targets.add(peer.control_endpoint)
+        return targets
+
+    def _watch(self, now: float) -> None:
+        """Suspect the watched peers that went quiet; drop those silent for the
+        timeout, tell every peer (``Gone``), and ask every other peer to answer (the
+        sweep: if it is this node that was cut off, it finds out at once)."""
+        for peer in self.table.suspects(now):
+            self.suspicions += 1
+            log.debug("peer %s (%s) is quiet: suspected", peer.name, peer.id[:8])
+            self.links.send(peer.control_endpoint, encode_control(
+                Suspect(bytes.fromhex(peer.id), peer.epoch, self.identity.sender)))
+        events = self.table.expire(now)
+        gone = [ev.peer for ev in events if isinstance(ev, PeerLeft)
+                and bytes.fromhex(ev.peer.id) in self._ring_ids]
+        if gone:
+            ask = encode_control(Ask(self.identity.sender))
+            for peer in self.table.sweep(now):
+                self.links.send(peer.control_endpoint, ask)
+        events += self.table.expire_swept(now)
+        if events:
+            self._apply(events)
+        else:
+            self.links.prune(self.live, now)
+        if gone:
+            eps = self._ring_endpoints()
+            for p in gone:
+                frame = encode_control(Gone(bytes.fromhex(p.id), p.epoch, self.identity.sender))
+                for ep in eps:
+                    self.links.send(ep, frame)
+
+    def _ring_endpoints(self) -> list[str]:
+        eps = []
+        for nid in self._ring_ids:
+            peer = self.table.get(nid)
+            if peer is not None:
+                eps.append(peer.control_endpoint)
+        return eps
 
     # -- the beat ----------------------------------------------------------------------
 
@@ -262,17 +396,25 @@ class Control:
         while True:
             now = trio.current_time()
             if now >= next_beat or self._beat_now.is_set():
-                full = self._beat_now.is_set() or beats % STATE_EVERY == 0
+                every = self._beat_now.is_set()
+                full = every or beats % STATE_EVERY == 0
                 self._beat_now = trio.Event()
-                self.links.heartbeat(self._state_frame, self._beat_frame, full=full)
+                targets = self._targets(now, beats)
+                if full and not every and self.live:
+                    # one more live peer in turn gets our State
+                    live = sorted(self.live)
+                    self._turn = (self._turn + 1) % len(live)
+                    targets.add(live[self._turn])
+                self.links.heartbeat(self._state_frame, self._beat_frame, to=targets,
+                                     live=self.live, full=full, every=every)
+                ask = encode_control(Ask(self.identity.sender))
+                for ep in self._departed.values():
+                    if ep not in self.live and ep in self.links:
+                        self.links.send(ep, ask)  # (its State goes with the heartbeat)
                 beats += 1
                 next_beat = now + self._heartbeat
                 self.links.retry(now)
-            events = self.table.expire(now)
-            if events:
-                self._apply(events)
-            else:
-                self.links.prune(self.live, now)
+            self._watch(now)
             deadline = min(next_beat, self.table.next_deadline() or math.inf)
             with trio.move_on_at(max(deadline, now + 0.005)):
                 await self._beat_now.wait()

@@ -7,11 +7,13 @@ sends one Beat after its introduction, so that two nodes that both understand it
 switch at once, while a node that does not counts one unknown control message and
 keeps getting States.
 
-Liveness on a link: the shoal heartbeat tells whether the node is there; libzmq's
-ZMTP heartbeat only has to notice a dead TCP connection (a pulled cable sends no FIN)
-so that libzmq connects again. The link pings every second and asks the other end
-(``HEARTBEAT_TTL``) to drop the connection after twice the peer timeout without
-traffic; the control socket itself sends no pings.
+Liveness is the control protocol's (the ring watch, ``shoal.node._control``): links
+carry no ZMTP pings, so a link to a peer that is neither beaten nor watched is silent
+and costs nothing. A dead TCP connection (a pulled cable sends no FIN) would stay stuck in
+the kernel's retransmission backoff, so the link to a node that left on a timeout is
+connected afresh (``reconnect``: libzmq's connects are given up after a short timeout
+and tried again), and carries our State at every heartbeat for ``LINK_GRACE`` seconds:
+the two nodes meet again soon after the path is back.
 
 Links to live peers stay; links to endpoints that are not live peers close
 after ``LINK_GRACE`` seconds (libzmq keeps reconnecting meanwhile, so two nodes
@@ -137,11 +139,8 @@ class LinkPool:
         self._sockets = sockets
         self.max_peers = max_peers
         self._beat = beat
-        # pings every second, as every node socket does: a pulled cable is noticed and
-        # the connection made again soon after it is back
-        self._options: list[tuple[int, int | bytes]] = [
-            (zmq.SNDHWM, 8), (zmq.HEARTBEAT_IVL, 1000), (zmq.HEARTBEAT_TIMEOUT, 3000),
-            (zmq.HEARTBEAT_TTL, max(3000, int(peer_timeout * 2000)))]
+        # no ZMTP pings: N links each pinging would cost every node O(N) packets
+        self._options: list[tuple[int, int | bytes]] = [(zmq.SNDHWM, 8), (zmq.HEARTBEAT_IVL, 0)]
         self._guard = sockets.guard
         self._warn = warn
         self._state = state
@@ -280,6 +279,18 @@ class LinkPool:
             link.persistent = False
             link.expires = trio.current_time() + LINK_GRACE
 
+    def reconnect(self, endpoint: str) -> None:
+        """Drop the link's TCP connection and connect afresh (the node there went
+        silent: the connection may be dead without a FIN)."""
+        link = self._links.get(endpoint)
+        if link is None or link.sock.closed:
+            return
+        try:
+            link.sock.disconnect(endpoint)
+        except ShoalError:
+            pass  # not connected: connect below is what counts
+        self._guard.connect(link.sock, endpoint, link.key)
+
     def end_grace(self, endpoint: str, now: float) -> None:
         """The node there said goodbye (or was replaced): no grace."""
         link = self._links.get(endpoint)
@@ -290,11 +301,22 @@ class LinkPool:
         for link in self._links.values():
             link.send(frame)
 
-    def heartbeat(self, state: bytes, beat: bytes, *, full: bool) -> None:
-        """A heartbeat on every link: ``beat`` where it is understood (unless
-        ``full``), else ``state``."""
-        for link in self._links.values():
-            link.send(beat if link.beats and not full else state)
+    def send(self, endpoint: str, frame: bytes) -> None:
+        """``frame`` on the link to ``endpoint``, if there is one."""
+        link = self._links.get(endpoint)
+        if link is not None:
+            link.send(frame)
+
+    def heartbeat(self, state: bytes, beat: bytes, *, to: Collection[str],
+                  live: Collection[str], full: bool, every: bool = False) -> None:
+        """A heartbeat: to the endpoints ``to``, ``beat`` where it is understood (unless
+        ``full``), else ``state``; ``state`` to every link that is not a ``live`` peer
+        (being introduced, or left on a timeout), and to every link if ``every``."""
+        for ep, link in self._links.items():
+            if every or ep not in live:
+                link.send(state)
+            elif ep in to:
+                link.send(beat if link.beats and not full else state)
 
     def understands_beats(self, endpoint: str, yes: bool = True) -> None:
         """The node at ``endpoint`` sent a Beat (or, ``yes=False``, is a new

@@ -104,6 +104,10 @@ class NodeStatistics:
     peers_refused: int = 0
     """Nodes not linked to because ``max_peers`` was reached (logged and counted once
     each until admitted; tried again when discovery repeats and a place is free)."""
+    suspicions: int = 0
+    """Watched peers this node found quiet and sent ``Suspect`` (the ring watch)."""
+    reported_gone: int = 0
+    """Peers dropped because the peer watching them reported them silent (``Gone``)."""
 
 
 def default_node_id(name: str) -> bytes:
@@ -238,6 +242,7 @@ class Node(Patterns):
             peers=len(self.peers()), links=len(c.links), control_received=c.received,
             malformed=c.malformed.total, version_mismatches=c.mismatches,
             refused=c.table.refused, beats_received=c.beats_received,
+            suspicions=c.suspicions, reported_gone=c.reported_gone,
             links_refused=c.links.refused_links, links_unanswered=c.links.unanswered,
             peers_refused=c.links.peers_refused)
 
@@ -301,8 +306,9 @@ class Node(Patterns):
     # -- the node's own wiring -----------------------------------------------------------
 
     def _peers_changed(self, events: list[PeerEvent], reasons: Reasons) -> None:
-        self._channels.rewire([self._control.self_peer(), *self._control.table.peers()],
-                              reasons)
+        if self._channels.concerns(events):
+            self._channels.rewire([self._control.self_peer(), *self._control.table.peers()],
+                                  reasons)
         for w in list(self._watches):
             for ev in events:
                 w._push(ev)

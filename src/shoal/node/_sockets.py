@@ -90,9 +90,13 @@ def check_descriptors(max_peers: int, *, level: int = logging.WARNING) -> bool:
 
 # Every socket of a node: ZMTP heartbeats drop dead TCP connections (a pulled cable
 # sends no FIN); reconnects as every socket does (``shoal._zmq._socket.RECONNECT_OPTIONS``).
+# Only the connecting end pings (a ping and its pong a second per connection, not
+# two of each): its pings carry a TTL, so the listening end drops a connection whose
+# pings stop as soon as it would have by pinging itself.
 _TCP_OPTIONS: list[tuple[int, int | bytes]] = [
-    (zmq.HEARTBEAT_IVL, 1000), (zmq.HEARTBEAT_TIMEOUT, 3000),
+    (zmq.HEARTBEAT_IVL, 1000), (zmq.HEARTBEAT_TIMEOUT, 3000), (zmq.HEARTBEAT_TTL, 3000),
 ]
+_LISTENER_OPTIONS: list[tuple[int, int | bytes]] = [(zmq.HEARTBEAT_IVL, 0)]
 
 
 class SocketFactory:
@@ -119,7 +123,8 @@ class SocketFactory:
         curve = self.guard.socket_options(server=bind or server)
         sock = Socket.open(kind, bind=[f"tcp://{self.bind_host}:*"] if bind else [],
                            context=self.context, linger_ms=linger_ms,
-                           options=[*_TCP_OPTIONS, *curve, *options])
+                           options=[*(_LISTENER_OPTIONS if bind else _TCP_OPTIONS), *curve,
+                                    *options])
         if data:
             sock.busy_poll = self.busy_poll
         return sock

@@ -1,0 +1,231 @@
+"""The ring watch: each node beats its ring successors and holds only its predecessors
+to the peer timeout; a quiet peer is suspected, one silent for the timeout is reported
+``Gone`` to every peer. The table's rules first (sans-I/O), then nodes on loopback,
+every I/O test under ``trio.fail_after``."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+import msgpack
+import pytest
+import trio
+
+from shoal._core import VERSION, PeerLeft, State, decode_control, encode_control
+from shoal._core._control import Ask, ChannelOffer, Gone, Role, Suspect
+from shoal._core._peers import PeerTable
+from shoal._core._ring import SUSPECT_AFTER, Ring
+from support.endpoints import endpoint, free_port
+from support.nodes import FAST, open_test_node
+from support.peers import node_process
+
+ME = bytes([0x50]) + b"\x00" * 15
+T = 2.0
+
+
+def nid(n: int) -> bytes:
+    return bytes([n]) + b"\x00" * 15
+
+
+def state(n: int, *, ring: bool = True, epoch: int = 1) -> State:
+    return State(nid(n), epoch, f"n{n}", ("127.0.0.1",), 7000 + n, 0, (), ring=ring)
+
+
+def table_with(*ns: int, ring: bool = True) -> PeerTable:
+    table = PeerTable(ME, timeout=T)
+    for n in ns:
+        table.on_state(state(n, ring=ring), 0.0)
+    return table
+
+
+def test_neighbours_wrap_around_the_ring() -> None:
+    ring = Ring(nid(5))
+    assert (ring.successors, ring.predecessors) == ((), ())
+    ring.add(nid(9))
+    assert (ring.successors, ring.predecessors) == ((nid(9),), (nid(9),))
+    ring.extend([nid(1), nid(3), nid(7)])
+    assert ring.successors == (nid(7), nid(9))
+    assert ring.predecessors == (nid(3), nid(1))
+    assert not ring.add(nid(7))
+    assert ring.remove(nid(7))
+    assert not ring.remove(nid(7))
+    assert ring.successors == (nid(9), nid(1))
+    assert not ring.remove(nid(5))  # never itself
+
+
+def test_only_the_predecessors_are_held_to_the_timeout() -> None:
+    # ring: 0x10 0x20 0x30 [0x50] 0x60 0x70: predecessors 0x30 and 0x20
+    table = table_with(0x10, 0x20, 0x30, 0x60, 0x70)
+    assert table.ring.predecessors == (nid(0x30), nid(0x20))
+    assert table.expire(T - 0.1) == []
+    left = table.expire(T + 0.1)  # nobody heard from since 0.0: only those two go
+    assert {e.peer.id for e in left} == {nid(0x30).hex(), nid(0x20).hex()}
+    assert len(table) == 3
+
+
+def test_a_quiet_predecessor_is_suspected_then_dropped_and_the_next_is_held_afresh() -> None:
+    table = table_with(0x10, 0x20, 0x30, 0x60, 0x70)
+    for n in (0x10, 0x20, 0x60, 0x70):
+        table.on_beat(nid(n), 1, 1.9)
+    quiet = T * SUSPECT_AFTER
+    assert table.suspects(quiet - 0.01) == []
+    assert [p.id for p in table.suspects(quiet + 0.01)] == [nid(0x30).hex()]
+    assert table.suspects(quiet + 0.02) == []  # once
+    assert table.next_deadline() == pytest.approx(T)
+    left = table.expire(T + 0.01)
+    assert [(e.peer.id, e.reason) for e in left if isinstance(e, PeerLeft)] == \
+        [(nid(0x30).hex(), "timeout")]
+    # 0x10 is held now, from now: not dropped although last heard at 0.0
+    assert table.ring.predecessors == (nid(0x20), nid(0x10))
+    assert table.expire(T + 1.0) == []
+    # 0x20 was last heard at 1.9, 0x10 is held from T + 0.01
+    assert [p.id for p in table.suspects(T + quiet)] == [nid(0x20).hex()]
+    assert [p.id for p in table.suspects(T + 0.02 + quiet)] == [nid(0x10).hex()]
+
+
+def test_peers_not_watched_stay_however_long_they_are_silent() -> None:
+    table = table_with(0x10, 0x20, 0x30, 0x60, 0x70)
+    for t in range(1, 100):
+        for n in (0x20, 0x30):
+            table.on_beat(nid(n), 1, float(t))
+        assert table.expire(float(t)) == []
+    assert len(table) == 5
+
+
+def test_a_beat_clears_a_suspicion() -> None:
+    table = table_with(0x30)
+    assert len(table.suspects(T * SUSPECT_AFTER + 0.1)) == 1
+    table.on_beat(nid(0x30), 1, 1.8)
+    assert table.expire(T + 0.1) == []
+    assert len(table.suspects(1.8 + T * SUSPECT_AFTER + 0.1)) == 1  # suspected anew
+
+
+def test_gone_drops_a_peer_unless_heard_from_lately() -> None:
+    table = table_with(0x10, 0x20, 0x30, 0x60, 0x70)
+    table.on_beat(nid(0x60), 1, 4.5)
+    assert table.on_gone(nid(0x60), 1, 5.0) == []  # heard 0.5 s ago: not for us to drop
+    assert table.on_gone(nid(0x70), 2, 5.0) == []  # another incarnation
+    [left] = table.on_gone(nid(0x70), 1, 5.0)
+    assert isinstance(left, PeerLeft)
+    assert left.reason == "timeout"
+    assert nid(0x70) not in table
+    table.on_state(state(0x70), 6.0)  # it comes back (same epoch): it joins again
+    assert nid(0x70) in table
+
+
+def test_a_peer_that_does_not_take_part_is_held_directly() -> None:
+    table = table_with(0x60, ring=False)
+    table.on_state(state(0x10), 0.0)
+    assert table.legacy() == [nid(0x60)]
+    assert table.takes_part(nid(0x10))
+    assert not table.takes_part(nid(0x60))
+    # only ring peers are suspected; the other is simply timed out
+    assert [p.id for p in table.suspects(T * SUSPECT_AFTER + 0.1)] == [nid(0x10).hex()]
+    left = table.expire(T + 0.1)
+    assert {e.peer.id for e in left} == {nid(0x60).hex(), nid(0x10).hex()}
+
+
+def test_a_restarted_peer_takes_its_new_place() -> None:
+    table = table_with(0x30)
+    table.on_state(state(0x30, ring=False, epoch=2), 1.0)
+    assert table.legacy() == [nid(0x30)]
+    assert not table.takes_part(nid(0x30))
+    assert table.ring.predecessors == ()
+
+
+def test_the_ring_messages_round_trip() -> None:
+    for msg in (Suspect(nid(1), 7, nid(2)), Gone(nid(1), 7, nid(2)), Ask(nid(3))):
+        assert decode_control(encode_control(msg)) == msg
+    assert msgpack.unpackb(encode_control(Ask(nid(3)))) == [VERSION, "ask", nid(3)]
+
+
+def test_taking_part_is_a_catalogue_entry_older_nodes_skip() -> None:
+    offer = ChannelOffer("jobs", Role.PULLER, 7001)
+    st = State(nid(1), 7, "n", ("127.0.0.1",), 7000, 3, (offer,), ring=True)
+    frame = encode_control(st)
+    assert decode_control(frame) == st
+    fields = msgpack.unpackb(frame)
+    assert fields[8] == [["jobs", "pull", 7001], ["", "~ring", 0]]
+    # an older node knows no role "~ring": it skips that entry (an unknown role), so it
+    # sees the node and its catalogue as they are
+    fields[8][1][1] = "~other"
+    older = decode_control(msgpack.packb(fields))
+    assert isinstance(older, State)
+    assert older.channels == (offer,)
+    plain = decode_control(encode_control(State(nid(1), 7, "n", ("127.0.0.1",), 7000, 3,
+                                                (offer,))))
+    assert isinstance(plain, State)
+    assert not plain.ring
+
+
+async def test_each_node_hears_a_constant_number_of_beats() -> None:
+    """Six nodes: each hears about one Beat per heartbeat (from its two predecessors in
+    turn), not one from each of five peers."""
+    hb, timeout = 0.05, 1.0
+    ports = [free_port() for _ in range(6)]
+    with trio.fail_after(20):
+        async with AsyncExitStack() as stack:
+            nodes = [await stack.enter_async_context(open_test_node(
+                f"n{i}", port=ports[i], peers=ports[:i], heartbeat=hb, peer_timeout=timeout))
+                for i in range(6)]
+            for n in nodes:
+                await n.wait_for_peers(5)
+            await trio.sleep(0.5)
+            before = [n.statistics().beats_received for n in nodes]
+            await trio.sleep(2.0)
+            heard = [n.statistics().beats_received - b
+                     for n, b in zip(nodes, before, strict=True)]
+            assert all(len(n.peers()) == 5 for n in nodes)
+            assert all(n.statistics().reported_gone == 0 for n in nodes)
+    # all-to-all would be 5 per heartbeat: 200 in 2 s
+    for h in heard:
+        assert 20 <= h <= 2.0 / hb * 1.6, heard
+
+
+async def test_a_killed_node_is_reported_gone_to_the_peers_that_do_not_watch_it() -> None:
+    ports = [free_port() for _ in range(4)]
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            nodes = [await stack.enter_async_context(open_test_node(
+                f"w{i}", port=ports[i], peers=ports[:i], **FAST)) for i in range(4)]
+            extra = [a for p in ports[1:] for a in ("--peer", endpoint(p))]
+            proc = await stack.enter_async_context(node_process("victim", ports[0], *extra))
+            for n in nodes:
+                await n.wait_for_peers(4)
+            watches = [n.watch_peers() for n in nodes]
+            t0 = trio.current_time()
+            proc.kill()
+            for w in watches:
+                async for ev in w:
+                    if isinstance(ev, PeerLeft):
+                        assert ev.peer.id == proc.ready["id"]
+                        assert ev.reason == "timeout"
+                        break
+            dt = trio.current_time() - t0
+            print(f"\n[SIGKILL -> every one of 4 peers: left after {dt:.2f} s]")
+            assert dt < 2 * FAST["peer_timeout"]
+            stats = [n.statistics() for n in nodes]
+            # two nodes watch it; the others heard it from them
+            assert sum(s.suspicions for s in stats) >= 2
+            assert sum(s.reported_gone for s in stats) >= 1
+
+
+def test_a_node_that_times_out_a_watched_peer_sweeps_the_others() -> None:
+    """After its own timeout, every other ring peer must answer within half a timeout:
+    those that do stay, those that do not leave (a node cut off from everyone learns
+    it in one step)."""
+    table = table_with(0x10, 0x20, 0x30, 0x60, 0x70, 0x80, 0x90)
+    left = table.expire(T + 0.1)  # the two watched ones
+    assert len(left) == 2
+    assert table.ring.predecessors == (nid(0x10), nid(0x90))  # watched from now
+    asked = {p.id for p in table.sweep(T + 0.1)}
+    assert asked == {nid(0x60).hex(), nid(0x70).hex(), nid(0x80).hex()}
+    assert table.sweep(T + 0.2) == []  # once
+    table.on_state(state(0x60), T + 0.3)  # its answer
+    assert table.next_deadline() == pytest.approx(T + 0.1 + T / 2)
+    assert table.expire_swept(T + 0.1 + T / 2 - 0.01) == []
+    late = table.expire_swept(T + 0.1 + T / 2 + 0.01)
+    assert len(late) == 2
+    assert {(e.peer.id, e.reason) for e in late if isinstance(e, PeerLeft)} == {
+        (nid(0x70).hex(), "timeout"), (nid(0x80).hex(), "timeout")}
+    assert nid(0x60) in table
