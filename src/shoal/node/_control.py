@@ -380,6 +380,16 @@ class Control:
                 for ep in eps:
                     self.links.send(ep, frame)
 
+    def _next_in_turn(self) -> str:
+        """The live peer whose turn it is for our full State: the k-th after this node
+        in the order of control endpoints, k growing by one each time. Every node
+        counting from its own place, each peer gets one State per turn (were all to
+        count from the first, each would get them all at once)."""
+        me = self.self_peer().control_endpoint
+        order = sorted({*self.live, me})
+        self._turn = self._turn % (len(order) - 1) + 1
+        return order[(order.index(me) + self._turn) % len(order)]
+
     def _ring_endpoints(self) -> list[str]:
         eps = []
         for nid in self._ring_ids:
@@ -401,13 +411,10 @@ class Control:
                 self._beat_now = trio.Event()
                 targets = self._targets(now, beats)
                 if full and not every and self.live:
-                    # one more live peer in turn gets our State
-                    live = sorted(self.live)
-                    self._turn = (self._turn + 1) % len(live)
-                    targets.add(live[self._turn])
+                    targets.add(self._next_in_turn())
                 self.links.heartbeat(self._state_frame, self._beat_frame, to=targets,
                                      live=self.live, full=full, every=every)
-                ask = encode_control(Ask(self.identity.sender))
+                ask = encode_control(Ask(self.identity.sender)) if self._departed else b""
                 for ep in self._departed.values():
                     if ep not in self.live and ep in self.links:
                         self.links.send(ep, ask)  # (its State goes with the heartbeat)

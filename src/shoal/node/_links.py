@@ -94,7 +94,8 @@ _LINK_EVENTS = (HANDSHAKE_SUCCEEDED | HANDSHAKE_FAILED_AUTH | HANDSHAKE_FAILED |
 
 class _Link:
     __slots__ = ("answered", "beats", "connected", "expires", "failed", "key", "monitor",
-                 "opened", "persistent", "refused", "retry_at", "sock", "up", "was_live")
+                 "opened", "persistent", "reached", "refused", "retry_at", "sock", "up",
+                 "was_live")
 
     def __init__(self, sock: Socket, *, persistent: bool, expires: float,
                  key: bytes | None = None) -> None:
@@ -111,6 +112,7 @@ class _Link:
         self.opened = 0.0  # when it was opened (trio clock)
         self.connected = False  # a TCP connection was made (before any handshake)
         self.answered = False  # a handshake completed once (or the link was reported)
+        self.reached = False  # a handshake completed once (or the link is not watched)
         self.was_live = False  # its endpoint was a live peer once: if it left, it is idle
 
     def send(self, frame: bytes) -> None:
@@ -256,6 +258,7 @@ class LinkPool:
                 self.nursery.start_soon(self._watch, endpoint, link)
             else:
                 link.answered = True  # not watched: whether it is answered is unknown
+                link.reached = True
             self._guard.connect(sock, endpoint, key)
         except BaseException:
             link.close()
@@ -311,9 +314,11 @@ class LinkPool:
                   live: Collection[str], full: bool, every: bool = False) -> None:
         """A heartbeat: to the endpoints ``to``, ``beat`` where it is understood (unless
         ``full``), else ``state``; ``state`` to every link that is not a ``live`` peer
-        (being introduced, or left on a timeout), and to every link if ``every``."""
+        (being introduced, or left on a timeout) once a node answered there (before
+        that, the introduction waits in the link's queue: more would only arrive as a
+        burst of stale States when the node starts), and to every link if ``every``."""
         for ep, link in self._links.items():
-            if every or ep not in live:
+            if every or (ep not in live and link.reached):
                 link.send(state)
             elif ep in to:
                 link.send(beat if link.beats and not full else state)
@@ -376,6 +381,7 @@ class LinkPool:
                     elif ev.event == HANDSHAKE_SUCCEEDED:
                         link.up = True
                         link.answered = True
+                        link.reached = True
                         link.failed = 0
                         self._warn.forget("handshake", endpoint)
                         self._admitted(endpoint, link)
