@@ -12,9 +12,19 @@ import pytest
 import trio
 
 from shoal._core import VERSION, PeerLeft, State, decode_control, encode_control
-from shoal._core._control import Ask, ChannelOffer, Gone, Role, Suspect
+from shoal._core._control import (
+    MAX_MEMBERS,
+    Ask,
+    ChannelOffer,
+    Gone,
+    Members,
+    MembersQuery,
+    Role,
+    Suspect,
+)
 from shoal._core._peers import PeerTable
 from shoal._core._ring import SUSPECT_AFTER, Ring
+from shoal.errors import DecodeError, EncodeError
 from support.endpoints import endpoint, free_port
 from support.nodes import FAST, open_test_node
 from support.peers import node_process
@@ -229,3 +239,29 @@ def test_a_node_that_times_out_a_watched_peer_sweeps_the_others() -> None:
     assert {(e.peer.id, e.reason) for e in late if isinstance(e, PeerLeft)} == {
         (nid(0x70).hex(), "timeout"), (nid(0x80).hex(), "timeout")}
     assert nid(0x60) in table
+
+
+def test_member_lists_round_trip_and_are_bounded() -> None:
+    members = Members(nid(1), (("10.0.0.7", 7700), ("fe80::1", 7701)))
+    assert decode_control(encode_control(members)) == members
+    assert decode_control(encode_control(MembersQuery(nid(2)))) == MembersQuery(nid(2))
+    with pytest.raises(EncodeError):
+        encode_control(Members(nid(1), (("10.0.0.7", 1),) * (MAX_MEMBERS + 1)))
+    for bad in ([["10.0.0.7"]], [["not an address", 1]], [["10.0.0.7", 70000]], "x",
+                [[["10.0.0.7"], 1]]):
+        with pytest.raises(DecodeError):
+            decode_control(msgpack.packb([VERSION, "members", nid(1), bad]))
+
+
+async def test_nodes_that_know_one_seed_meet_each_other() -> None:
+    """Every node is given only the seed's endpoint: the member lists the seed gives
+    make every node meet every other."""
+    ports = [free_port() for _ in range(5)]
+    with trio.fail_after(20):
+        async with AsyncExitStack() as stack:
+            nodes = [await stack.enter_async_context(open_test_node(
+                f"m{i}", port=ports[i], peers=ports[:1] if i else [], **FAST))
+                for i in range(5)]
+            for n in nodes:
+                await n.wait_for_peers(4)
+            assert sum(n.statistics().members_learned for n in nodes) > 0

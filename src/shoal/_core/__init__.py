@@ -79,6 +79,7 @@ from shoal._core._peers import (
     PeerTable,
     PeerUpdated,
     choose_address,
+    control_endpoint,
     offers,
 )
 from shoal._core._reliable import Deduplicator, GaveUp, ReliableSender, WindowFull
@@ -143,6 +144,7 @@ __all__ = [
     "as_replayed",
     "bundles",
     "choose_address",
+    "control_endpoint",
     "correlation_at",
     "decode",
     "decode_bundle",

@@ -20,6 +20,10 @@ other node's control (ROUTER) socket:
   you have been silent towards me (``by``), beat me. ``Gone``: I (``by``) watched
   this incarnation and it has been silent for the timeout. ``Ask``: send me (``by``)
   your State (I lost you, or never had you, and you beat me).
+* ``MembersQuery`` / ``Members``: which nodes do you know? The answer lists their
+  control endpoints (address and port), so that a node that found one member (one
+  static seed, one mDNS answer) meets the others. Plaintext nodes only: a secured
+  node needs each peer's key, which discovery vouches for.
 * ``ClockQuery`` / ``ClockReading``: what time is it on your wall clock? Anyone may
   send a query to a control socket; the node answers on the same connection with a
   reading (its ``time_ns`` and the query's token). ``shoal doctor`` compares clocks
@@ -50,6 +54,7 @@ from shoal._core._errors import DecodeError, EncodeError
 __all__ = [
     "MAX_ADDRESSES",
     "MAX_CHANNELS",
+    "MAX_MEMBERS",
     "MAX_NAME",
     "Ask",
     "Beat",
@@ -59,6 +64,8 @@ __all__ = [
     "ClockReading",
     "ControlMessage",
     "Gone",
+    "Members",
+    "MembersQuery",
     "Role",
     "State",
     "Suspect",
@@ -70,6 +77,7 @@ __all__ = [
 MAX_CHANNELS: Final = 1024
 MAX_ADDRESSES: Final = 32
 MAX_NAME: Final = 255
+MAX_MEMBERS: Final = 1024
 _MAX_FRAME: Final = 256 * 1024
 
 _STATE: Final = "state"
@@ -80,6 +88,8 @@ _CLOCK_READING: Final = "clock"
 _SUSPECT: Final = "suspect"
 _GONE: Final = "gone"
 _ASK: Final = "ask"
+_MEMBERS_QUERY: Final = "members?"
+_MEMBERS: Final = "members"
 _RING_ROLE: Final = "~ring"  # the catalogue entry that says "I take part in the ring"
 _RING_ENTRY: Final = ["", _RING_ROLE, 0]
 
@@ -194,6 +204,21 @@ class Ask:
 
 
 @dataclass(frozen=True, slots=True)
+class MembersQuery:
+    """Node ``by`` asks which nodes the receiver knows."""
+
+    by: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    """Node ``by``'s live peers, as (address, control port)."""
+
+    by: bytes
+    endpoints: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ClockQuery:
     """A request for the receiver's wall clock; ``token`` (u32) comes back in the
     answer, so the asker can tell its answers from stale ones."""
@@ -210,7 +235,8 @@ class ClockReading:
     time_ns: int
 
 
-ControlMessage = State | Beat | Bye | Suspect | Gone | Ask | ClockQuery | ClockReading
+ControlMessage = (State | Beat | Bye | Suspect | Gone | Ask | MembersQuery | Members
+                  | ClockQuery | ClockReading)
 """Whatever ``decode_control`` returns."""
 
 
@@ -236,6 +262,12 @@ def encode_control(msg: ControlMessage) -> bytes:
         fields = [VERSION, _GONE, msg.node_id, msg.epoch, msg.by]
     elif isinstance(msg, Ask):
         fields = [VERSION, _ASK, msg.by]
+    elif isinstance(msg, MembersQuery):
+        fields = [VERSION, _MEMBERS_QUERY, msg.by]
+    elif isinstance(msg, Members):
+        if len(msg.endpoints) > MAX_MEMBERS:
+            raise EncodeError(f"a member list holds at most {MAX_MEMBERS} endpoints")
+        fields = [VERSION, _MEMBERS, msg.by, [[a, p] for a, p in msg.endpoints]]
     elif isinstance(msg, ClockQuery):
         fields = [VERSION, _CLOCK_QUERY, msg.token]
     elif isinstance(msg, ClockReading):
@@ -321,6 +353,17 @@ def _channel(value: Any) -> ChannelOffer | None:
     return None if r is None else ChannelOffer(offer_name, r, offer_port)
 
 
+def _members(value: Any) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, list) or len(value) > MAX_MEMBERS:
+        raise _fail("bad-field", "members")
+    out = []
+    for entry in value:
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise _fail("bad-field", "member")
+        out.append((_address(entry[0]), _port(entry[1])))
+    return tuple(out)
+
+
 def decode_control(frame: bytes) -> ControlMessage:
     """Decode one control frame. Raises ``VersionMismatch`` for another protocol
     version and ``DecodeError`` for anything else that is not a valid message."""
@@ -345,6 +388,10 @@ def decode_control(frame: bytes) -> ControlMessage:
         return Gone(_node_id(obj[2]), _u32(obj[3], "epoch"), _node_id(obj[4]))
     if kind == _ASK and len(obj) == 3:
         return Ask(_node_id(obj[2]))
+    if kind == _MEMBERS_QUERY and len(obj) == 3:
+        return MembersQuery(_node_id(obj[2]))
+    if kind == _MEMBERS and len(obj) == 4:
+        return Members(_node_id(obj[2]), _members(obj[3]))
     if kind == _CLOCK_QUERY and len(obj) == 3:
         return ClockQuery(_u32(obj[2], "token"))
     if kind == _CLOCK_READING and len(obj) == 4:

@@ -44,6 +44,7 @@ __all__ = [
     "PeerTable",
     "PeerUpdated",
     "choose_address",
+    "control_endpoint",
     "offers",
 ]
 
@@ -81,7 +82,12 @@ class Peer:
     @property
     def control_endpoint(self) -> str:
         """Where this node's control socket listens."""
-        return f"tcp://{_host(self.address)}:{self.control_port}"
+        return control_endpoint(self.address, self.control_port)
+
+
+def control_endpoint(address: str, port: int) -> str:
+    """The ZeroMQ endpoint of a control socket at ``address`` and ``port``."""
+    return f"tcp://{_host(address)}:{port}"
 
 
 def _host(address: str) -> str:

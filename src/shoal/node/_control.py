@@ -55,10 +55,20 @@ from shoal._core import (
     PeerTable,
     State,
     VersionMismatch,
+    control_endpoint,
     decode_control,
     encode_control,
 )
-from shoal._core._control import Ask, ClockQuery, ClockReading, Gone, Suspect
+from shoal._core._control import (
+    MAX_MEMBERS,
+    Ask,
+    ClockQuery,
+    ClockReading,
+    Gone,
+    Members,
+    MembersQuery,
+    Suspect,
+)
 from shoal.errors import DecodeError, ShoalError
 from shoal.node import _clock
 from shoal.node._links import LinkPool
@@ -75,6 +85,9 @@ REFUTE_FOR = 5
 """Peer timeouts for which a node that suspected us is beaten directly (the views of
 the ring agree again by then: a join is heard of within milliseconds)."""
 _DEPARTED_MAX = 4096  # peers that left on a timeout, remembered to Ask them back
+ASK_MEMBERS = 2
+"""A plaintext node asks this many of the first peers it meets which nodes they know
+(``MembersQuery``), and introduces itself to those: one found member is enough."""
 
 Reasons = dict[str, str]
 """Why peers left, by peer id."""
@@ -124,6 +137,8 @@ class Control:
         self._ring_ids: set[bytes] = set()  # live peers that take part in the ring
         self._departed: OrderedDict[bytes, str] = OrderedDict()  # timed out -> endpoint
         self._turn = 0  # whose turn it is for a full State (see STATE_EVERY)
+        self._members_asked = 0  # peers asked which nodes they know (ASK_MEMBERS)
+        self.members_learned = 0  # nodes introduced to from a peer's member list
         self.malformed = MalformedCounter()
         self.received = 0
         self.mismatches = 0
@@ -214,6 +229,9 @@ class Control:
         elif isinstance(msg, Suspect | Gone | Ask):
             if self._guard.speaks_for(msg.by, key):
                 self._on_ring(msg, now)
+        elif isinstance(msg, MembersQuery | Members):
+            if self._guard.public_key is None:  # plaintext nodes only (see _core)
+                self._on_members(msg)
         elif msg.node_id == self.identity.sender and msg.epoch != self.identity.epoch:
             log.warning("another node (epoch %d) uses this node's id %s: give the nodes "
                         "distinct names or node_id=", msg.epoch, self.identity.sender.hex())
@@ -283,6 +301,30 @@ class Control:
                 # predate it), and send it States until it shows it understands Beats
                 self.links.understands_beats(peer.control_endpoint, False)
                 self.introduce(peer.control_endpoint, server_key=key)
+                if (self._members_asked < ASK_MEMBERS and self._guard.public_key is None
+                        and self.table.takes_part(msg.node_id)):
+                    self._members_asked += 1
+                    self.links.send(peer.control_endpoint,
+                                    encode_control(MembersQuery(self.identity.sender)))
+
+    def _on_members(self, msg: MembersQuery | Members) -> None:
+        """Answer a member query with our live peers' control endpoints; introduce
+        ourselves to the nodes of a member list that we have no link to."""
+        asker = self.table.get(msg.by)
+        if asker is None:
+            return  # only a live peer asks, or answers what we asked
+        if isinstance(msg, MembersQuery):
+            known = [(p.address, p.control_port) for p in self.table.peers()
+                     if p.id != asker.id][:MAX_MEMBERS]
+            self.links.send(asker.control_endpoint,
+                            encode_control(Members(self.identity.sender, tuple(known))))
+            return
+        mine = {(a, self.port) for a in self.addresses}
+        for address, port in msg.endpoints:
+            endpoint = control_endpoint(address, port)
+            if (address, port) not in mine and endpoint not in self.links:
+                self.members_learned += 1
+                self.introduce(endpoint)
 
     def _answer_clock(self, route: bytes, token: int) -> None:
         try:

@@ -108,6 +108,9 @@ class NodeStatistics:
     """Watched peers this node found quiet and sent ``Suspect`` (the ring watch)."""
     reported_gone: int = 0
     """Peers dropped because the peer watching them reported them silent (``Gone``)."""
+    members_learned: int = 0
+    """Nodes this node introduced itself to because a peer listed them (a node that
+    knows one member meets the others; plaintext nodes)."""
 
 
 def default_node_id(name: str) -> bytes:
@@ -243,6 +246,7 @@ class Node(Patterns):
             malformed=c.malformed.total, version_mismatches=c.mismatches,
             refused=c.table.refused, beats_received=c.beats_received,
             suspicions=c.suspicions, reported_gone=c.reported_gone,
+            members_learned=c.members_learned,
             links_refused=c.links.refused_links, links_unanswered=c.links.unanswered,
             peers_refused=c.links.peers_refused)
 
