@@ -25,6 +25,7 @@ from shoal._core._control import (
 from shoal._core._peers import PeerTable
 from shoal._core._ring import SUSPECT_AFTER, Ring
 from shoal.errors import DecodeError, EncodeError
+from shoal.node._node import default_node_id
 from support.endpoints import endpoint, free_port
 from support.nodes import FAST, open_test_node
 from support.peers import node_process
@@ -265,3 +266,49 @@ async def test_nodes_that_know_one_seed_meet_each_other() -> None:
             for n in nodes:
                 await n.wait_for_peers(4)
             assert sum(n.statistics().members_learned for n in nodes) > 0
+
+
+async def test_three_neighbours_killed_at_once_are_all_dropped() -> None:
+    """Three nodes that follow each other on the ring die together: the first one's
+    both watchers die with it. The next watchers take over (a fresh timeout), so every
+    survivor drops all three within about two peer timeouts."""
+    timeout = FAST["peer_timeout"]
+    survivors = [f"s{i}" for i in range(4)]
+    ring = sorted(default_node_id(n) for n in survivors)
+    # the widest gap between two survivors on the ring; three victims inside it
+    gaps = [(ring[(i + 1) % 4][0] - ring[i][0]) % 256 for i in range(4)]
+    start = ring[gaps.index(max(gaps))]
+    def inside(name: str) -> bool:
+        nid_ = default_node_id(name)
+        return 0 < (nid_[0] - start[0]) % 256 < max(gaps)
+    victims = [n for n in (f"v{i}" for i in range(200)) if inside(n)][:3]
+    assert len(victims) == 3
+    ports = [free_port() for _ in survivors]
+    with trio.fail_after(40):
+        async with AsyncExitStack() as stack:
+            nodes = [await stack.enter_async_context(open_test_node(
+                name, port=ports[i], peers=ports[:i], **FAST))
+                for i, name in enumerate(survivors)]
+            extra = [a for p in ports[1:] for a in ("--peer", endpoint(p))]
+            procs = [await stack.enter_async_context(node_process(v, ports[0], *extra))
+                     for v in victims]
+            for n in nodes:
+                await n.wait_for_peers(6)
+            watches = [n.watch_peers() for n in nodes]
+            t0 = trio.current_time()
+            for p in procs:
+                p.kill()
+            ids = {p.ready["id"] for p in procs}
+            for w in watches:
+                gone: set[str] = set()
+                async for ev in w:
+                    if isinstance(ev, PeerLeft):
+                        assert ev.reason == "timeout"
+                        gone.add(ev.peer.id)
+                        if gone == ids:
+                            break
+            dt = trio.current_time() - t0
+            print(f"\n[three ring neighbours SIGKILLed: all 4 survivors dropped them after "
+                  f"{dt:.2f} s (peer_timeout {timeout} s)]")
+            assert dt < 2 * timeout + 1.0
+            assert all(len(n.peers()) == 3 for n in nodes)
