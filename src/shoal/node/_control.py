@@ -1,12 +1,14 @@
 """The control protocol: introductions, State heartbeats, goodbyes, admission.
 
 A node has one control socket (a ROUTER) that other nodes talk to, and one outgoing
-link per known control endpoint (``shoal.node._links``). Theory of operation:
+link per known control endpoint (``shoal.node._links``), but for one connection per
+pair of ring nodes (``shoal.node._ring_watch``). Theory of operation:
 
 * Discovery only ever gives control endpoints to *introduce ourselves to*: the node
   opens a link there and sends its ``State``. The other node, on hearing a State from
-  someone it has no link to, opens one back and answers with its own: one side
-  finding the other is enough.
+  someone it has no link to, answers with its own: on that link's route if the
+  sender is a lower ring node (and closes any link of its own to it), else on a link
+  it opens back. One side finding the other is enough.
 * The peer table (``shoal._core.PeerTable``) is fed only by control messages, whatever
   found the peer, so every discovery source behaves the same. Liveness is the ring
   watch (``shoal._core._ring``): every ``heartbeat`` seconds a small ``Beat`` goes to

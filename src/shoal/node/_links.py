@@ -1,4 +1,7 @@
-"""The link pool: one outgoing control link (a DEALER) per known control endpoint.
+"""The link pool: one outgoing control link (a DEALER) per known control endpoint,
+except to lower nodes of the ring that keep a link to this one (one connection per
+pair: that node answers on our link's route, and we read what comes back on it; see
+``shoal.node._ring_watch``).
 
 A link carries this node's State (its introduction), its heartbeats and its goodbye.
 A heartbeat is the full State until the node at the other end has shown it
