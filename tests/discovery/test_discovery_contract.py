@@ -67,8 +67,9 @@ async def test_a_source_that_reports_this_node_itself_is_ignored() -> None:
         async with shoal.open_node("a", discovery=registry, interfaces=LOOPBACK) as a:
             registry.report(Found("me", (a.control_endpoint,), node_id=a.identity.sender))
             assert not a.has_link(a.control_endpoint)
-            # positive control: the same record under another id is introduced to
-            registry.report(Found("me", (a.control_endpoint,), node_id=b"\1" * 16))
+            # positive control: the same record under another id is introduced to (a
+            # higher one: a lower one would be left to dial first, see _discovered)
+            registry.report(Found("me", (a.control_endpoint,), node_id=b"\xff" * 16))
             assert a.has_link(a.control_endpoint)
 
 
@@ -149,3 +150,21 @@ async def test_a_malformed_record_is_refused_to_the_source_that_reports_it(
             assert a.statistics().links == 0
             registry.report(Found("x", (endpoint(free_port()),)))  # a well-formed one
             assert a.statistics().links == 1
+
+
+async def test_a_node_with_a_lower_id_is_left_to_dial_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Of a pair, the lower node keeps the one control connection: a record of a lower
+    node is not introduced to at once (it finds us too and dials), but on the next
+    round if it has not."""
+    monkeypatch.setattr(shoal.node._discovered, "REINTRODUCE", 0.3)
+    registry = Registry()
+    low, high = free_port(), free_port()
+    with trio.fail_after(10):
+        async with shoal.open_node("a", discovery=registry, interfaces=LOOPBACK) as a:
+            registry.report(Found("low", (endpoint(low),), node_id=b"\0" * 16))
+            registry.report(Found("high", (endpoint(high),), node_id=b"\xff" * 16))
+            assert a.has_link(endpoint(high))
+            assert not a.has_link(endpoint(low))
+            await eventually(lambda: a.has_link(endpoint(low)),
+                             what="introduced on the next round")

@@ -312,3 +312,26 @@ async def test_three_neighbours_killed_at_once_are_all_dropped() -> None:
                   f"{dt:.2f} s (peer_timeout {timeout} s)]")
             assert dt < 2 * timeout + 1.0
             assert all(len(n.peers()) == 3 for n in nodes)
+
+
+async def test_each_pair_of_nodes_keeps_one_control_connection() -> None:
+    """Five nodes: of each pair, only the lower id keeps a control link (ten links in
+    all, not twenty); the other answers on it, and the group holds still."""
+    ports = [free_port() for _ in range(5)]
+    with trio.fail_after(20):
+        async with AsyncExitStack() as stack:
+            nodes = [await stack.enter_async_context(open_test_node(
+                f"p{i}", port=ports[i], peers=ports[:i], **FAST)) for i in range(5)]
+            for n in nodes:
+                await n.wait_for_peers(4)
+            await trio.sleep(2 * FAST["peer_timeout"])
+            own = {n.id: len(n._control.links) for n in nodes}  # this node's own links
+            by_id = sorted(own)
+            # the k-th lowest node links to the 4 - k above it
+            assert [own[i] for i in by_id] == [4, 3, 2, 1, 0]
+            for n in nodes:
+                stats = n.statistics()
+                assert stats.links == 4  # its own and those it answers on
+                assert len(n.peers()) == 4
+                assert stats.reported_gone == 0
+                assert stats.beats_received > 0

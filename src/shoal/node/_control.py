@@ -1,12 +1,14 @@
 """The control protocol: introductions, State heartbeats, goodbyes, admission.
 
 A node has one control socket (a ROUTER) that other nodes talk to, and one outgoing
-link per known control endpoint (``shoal.node._links``). Theory of operation:
+link per known control endpoint (``shoal.node._links``), but for one connection per
+pair of ring nodes (``shoal.node._ring_watch``). Theory of operation:
 
 * Discovery only ever gives control endpoints to *introduce ourselves to*: the node
   opens a link there and sends its ``State``. The other node, on hearing a State from
-  someone it has no link to, opens one back and answers with its own: one side
-  finding the other is enough.
+  someone it has no link to, answers with its own: on that link's route if the
+  sender is a lower ring node (and closes any link of its own to it), else on a link
+  it opens back. One side finding the other is enough.
 * The peer table (``shoal._core.PeerTable``) is fed only by control messages, whatever
   found the peer, so every discovery source behaves the same. Liveness is the ring
   watch (``shoal._core._ring``): every ``heartbeat`` seconds a small ``Beat`` goes to
@@ -55,12 +57,10 @@ from shoal._core import (
     PeerTable,
     State,
     VersionMismatch,
-    control_endpoint,
     decode_control,
     encode_control,
 )
 from shoal._core._control import (
-    MAX_MEMBERS,
     Ask,
     ClockQuery,
     ClockReading,
@@ -72,6 +72,7 @@ from shoal._core._control import (
 from shoal.errors import DecodeError, ShoalError
 from shoal.node import _clock
 from shoal.node._links import LinkPool
+from shoal.node._ring_watch import RingWatch, route_of
 from shoal.node._sockets import SocketFactory, port_of
 from shoal.node._watch import WarnOnce, log
 from shoal.patterns._common import MalformedCounter
@@ -81,9 +82,6 @@ __all__ = ["Control"]
 STATE_EVERY = 10
 """Every this many heartbeats, the full State goes to the peers beaten, and to one
 more live peer in turn (a State that was lost cannot stay stale)."""
-REFUTE_FOR = 5
-"""Peer timeouts for which a node that suspected us is beaten directly (the views of
-the ring agree again by then: a join is heard of within milliseconds)."""
 _DEPARTED_MAX = 4096  # peers that left on a timeout, remembered to Ask them back
 ASK_MEMBERS = 2
 """A plaintext node asks this many of the first peers it meets which nodes they know
@@ -93,7 +91,7 @@ Reasons = dict[str, str]
 """Why peers left, by peer id."""
 
 
-class Control:
+class Control(RingWatch):
     """The control socket, the links, the peer table, and the beat that drives them."""
 
     def __init__(self, identity: Identity, name: str, addresses: Sequence[str],
@@ -112,9 +110,13 @@ class Control:
         self._timeout = peer_timeout
         self._on_events = on_events
         self._reconnect = reconnect  # make the data connections to these peers again
-        # no ZMTP pings from here: each link pings (see ``_links``)
-        self._socket = sockets.open(zmq.ROUTER, [(zmq.RCVHWM, 10_000), (zmq.HEARTBEAT_IVL, 0)],
-                                    linger_ms=0, server=True, data=False)
+        # no ZMTP pings (see ``_links``); a send to a route that is not connected
+        # raises (then a link of our own is opened), and a link that reconnects takes
+        # its route over (see ``_ring_watch``)
+        self._socket = sockets.open(
+            zmq.ROUTER, [(zmq.RCVHWM, 10_000), (zmq.HEARTBEAT_IVL, 0),
+                         (zmq.ROUTER_MANDATORY, 1), (zmq.ROUTER_HANDOVER, 1)],
+            linger_ms=0, server=True, data=False)
         try:
             self.port = port_of(self._socket.bind(f"tcp://{sockets.bind_host}:{port}"))
         except BaseException:
@@ -122,7 +124,9 @@ class Control:
             raise
         self.links = LinkPool(sockets, warn, state=lambda: self._state_frame,
                               beat=lambda: self._beat_frame, on_admitted=self._admitted,
-                              peer_timeout=peer_timeout, max_peers=max_peers)
+                              route=route_of(identity.sender, identity.epoch),
+                              on_message=self._on_link_message,
+                              routed=lambda: len(self._routes), max_peers=max_peers)
         self.live: set[str] = set()  # control endpoints of live peers
         self._offers: tuple[ChannelOffer, ...] = ()
         self._revision = 0
@@ -138,6 +142,7 @@ class Control:
         self._departed: OrderedDict[bytes, str] = OrderedDict()  # timed out -> endpoint
         self._turn = 0  # whose turn it is for a full State (see STATE_EVERY)
         self._members_asked = 0  # peers asked which nodes they know (ASK_MEMBERS)
+        self._routes: dict[bytes, bytes] = {}  # lower peers answered on their link's route
         self.members_learned = 0  # nodes introduced to from a peer's member list
         self.malformed = MalformedCounter()
         self.received = 0
@@ -177,6 +182,11 @@ class Control:
         if self.closed:
             return
         self._guard.check_introduction(endpoint, server_key)
+        if self._routes and endpoint in self.live and endpoint not in self.links:
+            for peer in self._routed():
+                if peer.control_endpoint == endpoint:
+                    self._send(peer, self._state_frame)  # (it answers on its own link)
+                    return
         self.links.introduce(endpoint, server_key, persistent=persistent, live=self.live)
 
     def _admitted(self, endpoint: str) -> None:
@@ -223,6 +233,7 @@ class Control:
         elif isinstance(msg, Beat):
             if self._guard.speaks_for(msg.node_id, key):
                 self._on_beat(msg, now)
+                self._route_seen(msg.node_id, msg.epoch, frames[0])
         elif isinstance(msg, Bye):
             if self._guard.speaks_for(msg.node_id, key):
                 self._apply(self.table.on_bye(msg.node_id, msg.epoch, now))
@@ -236,7 +247,15 @@ class Control:
             log.warning("another node (epoch %d) uses this node's id %s: give the nodes "
                         "distinct names or node_id=", msg.epoch, self.identity.sender.hex())
         elif self._guard.admits(msg, key):
-            self._on_state(msg, now, key)
+            self._on_state(msg, now, key, frames[0])
+            self._route_seen(msg.node_id, msg.epoch, frames[0])
+
+    def _on_link_message(self, frames: list[bytes], key: bytes | None) -> None:
+        """A message on one of our links: a higher node answering on our route."""
+        if len(frames) != 1:
+            self.malformed.drop("frame-count", "node control", str(len(frames)))
+            return
+        self.on_control([b"", frames[0]], trio.current_time(), key)
 
     def _on_beat(self, msg: Beat, now: float) -> None:
         self.beats_received += 1
@@ -249,38 +268,7 @@ class Control:
             # so never introduce itself again, so ask it for its State
             self._ask(self._departed[msg.node_id])
 
-    def _on_ring(self, msg: Suspect | Gone | Ask, now: float) -> None:
-        me = self.identity
-        if isinstance(msg, Ask):
-            peer = self.table.get(msg.by)
-            if peer is not None:
-                self.links.introduce(peer.control_endpoint, None, persistent=False,
-                                     live=self.live)
-        elif msg.node_id != me.sender:
-            if isinstance(msg, Gone):
-                events = self.table.on_gone(msg.node_id, msg.epoch, now)
-                self.reported_gone += len(events)
-                self._apply(events)
-        elif msg.epoch != me.epoch:
-            pass  # about an earlier incarnation of this node
-        elif isinstance(msg, Suspect):
-            # a watcher does not hear us: beat it now, and directly for a while
-            peer = self.table.get(msg.by)
-            if peer is not None:
-                self._refuting[msg.by] = now + REFUTE_FOR * self._timeout
-                self.links.send(peer.control_endpoint, self._beat_frame)
-        else:
-            # reported gone while alive: every peer that dropped us hears our State
-            log.info("a peer reported this node gone (a link that failed one way?); "
-                     "telling every peer it is here")
-            self._beat_now.set()
-
-    def _ask(self, endpoint: str) -> None:
-        """Our State, and a request for theirs, to ``endpoint``."""
-        self.introduce(endpoint)
-        self.links.send(endpoint, encode_control(Ask(self.identity.sender)))
-
-    def _on_state(self, msg: State, now: float, key: bytes | None) -> None:
+    def _on_state(self, msg: State, now: float, key: bytes | None, route: bytes) -> None:
         if msg.node_id not in self.table:
             # a node new to us: it joins only if it can have a link (max_peers)
             endpoint = self.table.control_endpoint(msg)
@@ -299,32 +287,21 @@ class Control:
             if any(isinstance(ev, PeerJoined) for ev in events):
                 # a new node or incarnation: answer with our State (a link there may
                 # predate it), and send it States until it shows it understands Beats
-                self.links.understands_beats(peer.control_endpoint, False)
-                self.introduce(peer.control_endpoint, server_key=key)
+                # (one that takes part in the ring does)
+                self.links.understands_beats(peer.control_endpoint, msg.ring)
+                if msg.ring and msg.node_id < self.identity.sender and \
+                        route == route_of(msg.node_id, msg.epoch):
+                    # it came on the link of a lower node: answer there (one
+                    # connection per pair, see ``_ring_watch``)
+                    self._routes[msg.node_id] = route
+                    self._send(peer, self._state_frame)
+                    self.links.drop(peer.control_endpoint)
+                else:
+                    self.introduce(peer.control_endpoint, server_key=key)
                 if (self._members_asked < ASK_MEMBERS and self._guard.public_key is None
                         and self.table.takes_part(msg.node_id)):
                     self._members_asked += 1
-                    self.links.send(peer.control_endpoint,
-                                    encode_control(MembersQuery(self.identity.sender)))
-
-    def _on_members(self, msg: MembersQuery | Members) -> None:
-        """Answer a member query with our live peers' control endpoints; introduce
-        ourselves to the nodes of a member list that we have no link to."""
-        asker = self.table.get(msg.by)
-        if asker is None:
-            return  # only a live peer asks, or answers what we asked
-        if isinstance(msg, MembersQuery):
-            known = [(p.address, p.control_port) for p in self.table.peers()
-                     if p.id != asker.id][:MAX_MEMBERS]
-            self.links.send(asker.control_endpoint,
-                            encode_control(Members(self.identity.sender, tuple(known))))
-            return
-        mine = {(a, self.port) for a in self.addresses}
-        for address, port in msg.endpoints:
-            endpoint = control_endpoint(address, port)
-            if (address, port) not in mine and endpoint not in self.links:
-                self.members_learned += 1
-                self.introduce(endpoint)
+                    self._send(peer, encode_control(MembersQuery(self.identity.sender)))
 
     def _answer_clock(self, route: bytes, token: int) -> None:
         try:
@@ -339,6 +316,8 @@ class Control:
             if isinstance(ev, PeerLeft):
                 if self.table.get(nid) is None:
                     self._guard.forget(ev.peer.id)
+                    self._routes.pop(nid, None)
+                    self.links.left(ev.peer.control_endpoint)
                 if nid in self._ring_ids and nid not in self.table:
                     self._ring_ids.discard(nid)
                     if ev.reason == "timeout":
@@ -366,80 +345,6 @@ class Control:
         self.links.prune(self.live, now)
         self._beat_new_successors()
 
-    def _beat_new_successors(self) -> None:
-        """The ring changed: a new successor is beaten at once (it holds us from now)."""
-        succ = self.table.ring.successors
-        if succ == self._successors:
-            return
-        new = [nid for nid in succ if nid not in self._successors]
-        self._successors = succ
-        for nid in new:
-            peer = self.table.get(nid)
-            if peer is not None:
-                self.links.send(peer.control_endpoint, self._beat_frame)
-
-    def _targets(self, now: float, beats: int) -> set[str]:
-        """The control endpoints to beat: the ring successors (in turn, one per
-        heartbeat, when each still hears from us twice per peer timeout), peers that do
-        not take part, watchers that suspected us."""
-        for nid in [n for n, until in self._refuting.items() if until <= now]:
-            del self._refuting[nid]
-        succ = self.table.ring.successors
-        if succ and len(succ) * self._heartbeat * 2 <= self._timeout:
-            succ = (succ[beats % len(succ)],)
-        targets = set()
-        for nid in (*succ, *self.table.legacy(), *self._refuting):
-            peer = self.table.get(nid)
-            if peer is not None:
-                targets.add(peer.control_endpoint)
-        return targets
-
-    def _watch(self, now: float) -> None:
-        """Suspect the watched peers that went quiet; drop those silent for the
-        timeout, tell every peer (``Gone``), and ask every other peer to answer (the
-        sweep: if it is this node that was cut off, it finds out at once)."""
-        for peer in self.table.suspects(now):
-            self.suspicions += 1
-            log.debug("peer %s (%s) is quiet: suspected", peer.name, peer.id[:8])
-            self.links.send(peer.control_endpoint, encode_control(
-                Suspect(bytes.fromhex(peer.id), peer.epoch, self.identity.sender)))
-        events = self.table.expire(now)
-        gone = [ev.peer for ev in events if isinstance(ev, PeerLeft)
-                and bytes.fromhex(ev.peer.id) in self._ring_ids]
-        if gone:
-            ask = encode_control(Ask(self.identity.sender))
-            for peer in self.table.sweep(now):
-                self.links.send(peer.control_endpoint, ask)
-        events += self.table.expire_swept(now)
-        if events:
-            self._apply(events)
-        else:
-            self.links.prune(self.live, now)
-        if gone:
-            eps = self._ring_endpoints()
-            for p in gone:
-                frame = encode_control(Gone(bytes.fromhex(p.id), p.epoch, self.identity.sender))
-                for ep in eps:
-                    self.links.send(ep, frame)
-
-    def _next_in_turn(self) -> str:
-        """The live peer whose turn it is for our full State: the k-th after this node
-        in the order of control endpoints, k growing by one each time. Every node
-        counting from its own place, each peer gets one State per turn (were all to
-        count from the first, each would get them all at once)."""
-        me = self.self_peer().control_endpoint
-        order = sorted({*self.live, me})
-        self._turn = self._turn % (len(order) - 1) + 1
-        return order[(order.index(me) + self._turn) % len(order)]
-
-    def _ring_endpoints(self) -> list[str]:
-        eps = []
-        for nid in self._ring_ids:
-            peer = self.table.get(nid)
-            if peer is not None:
-                eps.append(peer.control_endpoint)
-        return eps
-
     # -- the beat ----------------------------------------------------------------------
 
     async def beat(self) -> None:
@@ -452,10 +357,18 @@ class Control:
                 full = every or beats % STATE_EVERY == 0
                 self._beat_now = trio.Event()
                 targets = self._targets(now, beats)
-                if full and not every and self.live:
-                    targets.add(self._next_in_turn())
-                self.links.heartbeat(self._state_frame, self._beat_frame, to=targets,
-                                     live=self.live, full=full, every=every)
+                turn = self._next_in_turn() if full and not every else None
+                if turn is not None and turn not in targets:
+                    targets.append(turn)
+                routed = {bytes.fromhex(p.id): p for p in self._routed()}
+                self.links.heartbeat(self._state_frame, self._beat_frame, live=self.live,
+                                     to={p.control_endpoint for p in targets
+                                         if bytes.fromhex(p.id) not in routed},
+                                     full=full, every=every)
+                frame = self._state_frame if full else self._beat_frame
+                for p in (routed.values() if every else targets):
+                    if bytes.fromhex(p.id) in routed:
+                        self._send(p, frame)
                 ask = encode_control(Ask(self.identity.sender)) if self._departed else b""
                 for ep in self._departed.values():
                     if ep not in self.live and ep in self.links:
@@ -475,7 +388,13 @@ class Control:
         if self.closed:
             return
         self.closed = True
-        self.links.broadcast(encode_control(Bye(self.identity.sender, self.identity.epoch)))
+        bye = encode_control(Bye(self.identity.sender, self.identity.epoch))
+        self.links.broadcast(bye)
+        for route in self._routes.values():
+            try:
+                self._socket.send_to_nowait(route, bye)
+            except (trio.WouldBlock, ShoalError):
+                pass  # not connected: it times us out
 
     def close(self) -> None:
         self.goodbye()

@@ -9,6 +9,9 @@ source:
 * whether to introduce itself at all: never to itself; and the guard's verdict
   (plaintext and secured nodes ignore each other; a secured node asks its trust
   policy about the advertised key and node id), logged once per instance;
+* when to introduce itself: at once, except to a node with a lower id (it keeps the
+  pair's one control connection, and dials us when it finds us) -- that one is left
+  to the next round;
 * when to introduce itself again: every ``REINTRODUCE`` seconds to every instance
   still reported that is not a live peer and has no link (after a partition, a
   restart), asking the guard again each time;
@@ -107,6 +110,11 @@ class SourceReports:
                          if ep not in control.live and ep not in control.links)
 
 
+def instance_kept(source: SourceReports, record: Found) -> bool:
+    """Whether ``record`` is remembered (so that ``Discovered.run`` comes back to it)."""
+    return record.instance in source.records
+
+
 class Discovered:
     def __init__(self, control: Control, guard: Guard, warn: WarnOnce,
                  networks: Callable[[], list[Network]]) -> None:
@@ -136,6 +144,13 @@ class Discovered:
         if (refusal is None or not refusal.final) and (
                 previous is not None or len(source.records) < MAX_RECORDS):
             source.records[record.instance] = (record, endpoint)
+        if (previous is None and record.node_id is not None and refusal is None
+                and record.node_id < self.control.identity.sender
+                and instance_kept(source, record)):
+            # a lower node keeps the one control connection of a pair and finds us the
+            # same way: let it dial; if it has not within REINTRODUCE, we introduce
+            # ourselves then (``run``)
+            return
         self._introduce(source, record, endpoint, refusal)
 
     def _introduce(self, source: SourceReports, record: Found, endpoint: str,

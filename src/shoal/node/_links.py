@@ -1,4 +1,7 @@
-"""The link pool: one outgoing control link (a DEALER) per known control endpoint.
+"""The link pool: one outgoing control link (a DEALER) per known control endpoint,
+except to lower nodes of the ring that keep a link to this one (one connection per
+pair: that node answers on our link's route, and we read what comes back on it; see
+``shoal.node._ring_watch``).
 
 A link carries this node's State (its introduction), its heartbeats and its goodbye.
 A heartbeat is the full State until the node at the other end has shown it
@@ -136,13 +139,20 @@ class LinkPool:
 
     def __init__(self, sockets: SocketFactory, warn: WarnOnce, *,
                  state: Callable[[], bytes], beat: Callable[[], bytes],
-                 on_admitted: Callable[[str], None], peer_timeout: float = 2.0,
-                 max_peers: int = 1000) -> None:
+                 on_admitted: Callable[[str], None], route: bytes = b"",
+                 on_message: Callable[[list[bytes], bytes | None], None] | None = None,
+                 routed: Callable[[], int] = lambda: 0, max_peers: int = 1000) -> None:
         self._sockets = sockets
         self.max_peers = max_peers
         self._beat = beat
-        # no ZMTP pings: N links each pinging would cost every node O(N) packets
+        self._on_message = on_message
+        self.routed = routed  # peers answered on their own links' routes (no link here)
+        # no ZMTP pings: N links each pinging would cost every node O(N) packets; the
+        # routing id names this node's incarnation, so that the node at the other end
+        # can answer on this connection (see ``shoal.node._ring_watch``)
         self._options: list[tuple[int, int | bytes]] = [(zmq.SNDHWM, 8), (zmq.HEARTBEAT_IVL, 0)]
+        if route:
+            self._options.append((zmq.ROUTING_ID, route))
         self._guard = sockets.guard
         self._warn = warn
         self._state = state
@@ -158,6 +168,7 @@ class LinkPool:
         """Endpoints refused a link at ``max_peers`` (each counted once until admitted)."""
         self._turned_away: OrderedDict[str, None] = OrderedDict()
         self._idle: list[str] = []  # links that may give their place up, newest first
+        self._left: OrderedDict[str, None] = OrderedDict()  # endpoints of peers that left
 
     def __contains__(self, endpoint: str) -> bool:
         return endpoint in self._links
@@ -207,7 +218,7 @@ class LinkPool:
         """Whether ``endpoint`` has a link or may have one under ``max_peers`` (closing
         an idle link to make room, if need be). If not, the refusal is logged once and
         counted once, until the endpoint is admitted."""
-        if endpoint in self._links or len(self._links) < self.max_peers:
+        if endpoint in self._links or len(self._links) + self.routed() < self.max_peers:
             return True
         now = trio.current_time()
         while self._idle:
@@ -251,11 +262,13 @@ class LinkPool:
         sock = self._sockets.open(zmq.DEALER, self._options, linger_ms=200, data=False)
         link = _Link(sock, persistent=persistent, expires=expires, key=key)
         link.opened = trio.current_time()
+        link.was_live = endpoint in self._left  # (a peer answered on its route left)
         try:
             if self.nursery is not None:
                 # before connect(), so no handshake goes unseen
                 link.monitor = Monitor(sock, _LINK_EVENTS)
                 self.nursery.start_soon(self._watch, endpoint, link)
+                self._start_reading(link)
             else:
                 link.answered = True  # not watched: whether it is answered is unknown
                 link.reached = True
@@ -265,6 +278,48 @@ class LinkPool:
             raise
         self._links[endpoint] = link
         return link
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Watch and read links from now on, in ``nursery`` (those open already too)."""
+        self.nursery = nursery
+        for link in self._links.values():
+            self._start_reading(link)
+
+    def _start_reading(self, link: _Link) -> None:
+        if self.nursery is not None and self._on_message is not None:
+            self.nursery.start_soon(self._read, link)
+
+    async def _read(self, link: _Link) -> None:
+        """What the node at the other end sends back on this link (it answers on our
+        route: see ``shoal.node._ring_watch``)."""
+        on_message = self._on_message
+        assert on_message is not None
+        sock = link.sock
+        try:
+            while True:
+                batch = sock.receive_batch_nowait(64)
+                if not batch:
+                    await sock.wait_receivable()
+                    continue
+                for frames in batch:
+                    on_message(frames, link.key)
+                await trio.lowlevel.checkpoint()
+        except ClosedError:
+            pass  # the link closed
+
+    def left(self, endpoint: str) -> None:
+        """The peer at ``endpoint`` left: a link opened there again is idle (it may give
+        its place up under ``max_peers``) until a live peer is there again."""
+        self._left[endpoint] = None
+        if len(self._left) > _REFUSALS_REMEMBERED:
+            self._left.popitem(last=False)
+
+    def drop(self, endpoint: str) -> None:
+        """Close the link to ``endpoint`` now (the node there answers on its own link's
+        route: one connection per pair). Discovery opens it again if that node goes."""
+        link = self._links.pop(endpoint, None)
+        if link is not None:
+            link.close()
 
     def replace(self, endpoint: str, key: bytes | None) -> None:
         """Close the link to ``endpoint`` if it names another server key than ``key``
@@ -338,6 +393,7 @@ class LinkPool:
             if ep in live:
                 link.expires = now + LINK_GRACE
                 link.was_live = True
+                self._left.pop(ep, None)
             elif not link.persistent and link.expires <= now:
                 link.close()
                 del self._links[ep]
@@ -370,7 +426,8 @@ class LinkPool:
 
     async def _watch(self, endpoint: str, link: _Link) -> None:
         mon = link.monitor
-        assert mon is not None
+        if mon is None:
+            return  # closed before this task started
         try:
             while True:
                 for ev in mon.events_nowait(16):

@@ -86,7 +86,8 @@ class NodeStatistics:
     peers: int
     """Live peers."""
     links: int
-    """Open outgoing control links (live peers, plus nodes being introduced to)."""
+    """Control links (live peers, plus nodes being introduced to): this node's own,
+    and those of lower peers it answers on (one connection per pair)."""
     control_received: int
     """Valid control messages received."""
     malformed: int
@@ -159,7 +160,7 @@ class Node(Patterns):
                                       lambda: self._networks)
 
     def _start(self, nursery: trio.Nursery) -> None:
-        self._control.links.nursery = nursery
+        self._control.links.start(nursery)
         nursery.start_soon(self._guard.serve)
         nursery.start_soon(self._control.read)
         nursery.start_soon(self._control.beat)
@@ -242,7 +243,8 @@ class Node(Patterns):
         """An immutable snapshot of this node's counters."""
         c = self._control
         return NodeStatistics(
-            peers=len(self.peers()), links=len(c.links), control_received=c.received,
+            peers=len(self.peers()), links=len(c.links) + c.links.routed(),
+            control_received=c.received,
             malformed=c.malformed.total, version_mismatches=c.mismatches,
             refused=c.table.refused, beats_received=c.beats_received,
             suspicions=c.suspicions, reported_gone=c.reported_gone,
