@@ -14,6 +14,29 @@ import zmq
 
 from support.endpoints import TRANSPORTS, Addresses
 
+BACKENDS = [
+    pytest.param("trio", id="trio"),
+    pytest.param("asyncio", id="asyncio"),
+    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+]
+"""The event loops a test marked ``pytest.mark.anyio`` runs on, each in turn: trio,
+asyncio's default (selector) loop, and uvloop."""
+
+
+@pytest.fixture(params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    """AnyIO's plugin runs every ``pytest.mark.anyio`` test once per ``BACKENDS`` entry."""
+    return request.param
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """pytest-trio's ``trio_mode`` marks every async test for trio; a test (or module)
+    marked ``pytest.mark.anyio`` runs under AnyIO's plugin instead, on every backend."""
+    for item in items:
+        if item.get_closest_marker("anyio") is not None:
+            item.own_markers[:] = [m for m in item.own_markers if m.name != "trio"]
+
 
 @pytest.fixture
 def zctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:

@@ -13,18 +13,24 @@ Rules:
 * ``RemoteProtocolError`` means a peer sent bytes that are not a valid shoal message.
   Receivers never raise it at you: they drop the message and count it in
   ``statistics().malformed``. The codec raises it so tests and tools can see why.
-* ``ClosedError`` is raised when a closed resource is used. It is also a
-  ``trio.ClosedResourceError``, so code written against trio's channel contract works.
+* ``ClosedError`` is raised when a closed resource is used. It is also an
+  ``anyio.ClosedResourceError`` and, with trio installed, a ``trio.ClosedResourceError``,
+  so code written against either contract works. ``WouldBlock`` (from ``*_nowait``
+  calls) is likewise both ``anyio.WouldBlock`` and ``trio.WouldBlock``.
 * ``zmq.ZMQError`` never escapes: the socket layer translates it once, into these
   (``shoal._zmq._context.map_error``).
 """
 
 from __future__ import annotations
 
-import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
+import anyio
+
+from shoal._io import WouldBlock, have_trio
+
+if TYPE_CHECKING or have_trio:
+    import trio as _trio
 
 from shoal._core._errors import (
     DecodeError,
@@ -45,12 +51,14 @@ __all__ = [
     "InvalidTopicPattern",
     "LocalProtocolError",
     "MessageTooLarge",
+    "NoEventLoop",
     "NotUnderTrio",
     "PeerLost",
     "RemoteError",
     "RemoteProtocolError",
     "ShoalError",
     "TransportError",
+    "WouldBlock",
 ]
 
 
@@ -58,24 +66,23 @@ class InvalidEndpoint(LocalProtocolError, ValueError):
     """An endpoint string is malformed or cannot be bound/connected as given."""
 
 
-class NotUnderTrio(LocalProtocolError, RuntimeError):
-    """A shoal resource was opened outside trio: from asyncio, or from code that is
-    not running in any event loop. shoal runs under trio; an asyncio program runs its
-    shoal part in trio's guest mode (README, "From asyncio")."""
+class NoEventLoop(LocalProtocolError, RuntimeError):
+    """A shoal resource was opened outside trio and asyncio: from plain synchronous
+    code, from a worker thread, or under another async library."""
 
     def __init__(self, what: str) -> None:
-        where = "outside any event loop"
-        asyncio = sys.modules.get("asyncio")
-        if asyncio is not None:
-            try:
-                asyncio.get_running_loop()
-                where = "from asyncio"
-            except RuntimeError:
-                pass
+        try:
+            import sniffio
+            where = f"under {sniffio.current_async_library()}"
+        except Exception:
+            where = "outside any event loop"
         super().__init__(
-            f"{what} {where}, but shoal runs under trio: call it in code "
-            "started by trio.run(...); an asyncio program runs its shoal part with "
-            "trio.lowlevel.start_guest_run on the asyncio loop (README, 'From asyncio')")
+            f"{what} {where}, but shoal runs under trio or asyncio: call it in code "
+            "started by trio.run(...), asyncio.run(...) or anyio.run(...) (uvloop too)")
+
+
+NotUnderTrio = NoEventLoop
+"""The former name of ``NoEventLoop``, from when shoal ran under trio only."""
 
 
 class RemoteError(ShoalError):
@@ -95,13 +102,23 @@ class TransportError(ShoalError):
         super().__init__(message)
 
 
-class ClosedError(ShoalError, trio.ClosedResourceError):
-    """The resource was closed (by ``aclose()`` or leaving its ``async with``)."""
+if TYPE_CHECKING or have_trio:
 
+    class ClosedError(ShoalError, anyio.ClosedResourceError, _trio.ClosedResourceError):
+        """The resource was closed (by ``aclose()`` or leaving its ``async with``)."""
 
-class PeerLost(ShoalError, trio.BrokenResourceError):
-    """The peer an operation depended on vanished (left, timed out or restarted)
-    before answering. Whether it acted on the request is unknown."""
+    class PeerLost(ShoalError, anyio.BrokenResourceError, _trio.BrokenResourceError):
+        """The peer an operation depended on vanished (left, timed out or restarted)
+        before answering. Whether it acted on the request is unknown."""
+
+else:  # pragma: no cover - the asyncio-only install
+
+    class ClosedError(ShoalError, anyio.ClosedResourceError):
+        """The resource was closed (by ``aclose()`` or leaving its ``async with``)."""
+
+    class PeerLost(ShoalError, anyio.BrokenResourceError):
+        """The peer an operation depended on vanished (left, timed out or restarted)
+        before answering. Whether it acted on the request is unknown."""
 
 
 class DeliveryFailed(ShoalError):

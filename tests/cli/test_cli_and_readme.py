@@ -44,7 +44,7 @@ def test_the_readme_example_runs() -> None:
 
 UNFINISHED_AT_CLOSE = """
 import logging, sys, trio, shoal
-from shoal.cli import configure_logging
+from shoal.cli._main import configure_logging
 if sys.argv[1] == "own":
     logging.basicConfig(format="OWN %(name)s %(message)s")
 configure_logging()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.cli import _parser
+from shoal.cli._main import _parser
 
 pytestmark = pytest.mark.lab
 

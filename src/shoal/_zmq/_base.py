@@ -1,4 +1,4 @@
-"""trio <-> pyzmq: the only module that touches a ZeroMQ file descriptor.
+"""The event loop <-> pyzmq: the only module that touches a ZeroMQ file descriptor.
 
 Facts this rests on (see DESIGN.md): ``zmq.FD`` is edge-triggered and only ever
 readable; readable means "ZMQ_EVENTS may have changed". *Any* call into libzmq on the
@@ -31,7 +31,7 @@ Theory of operation:
   for up to that long, with no checkpoint, trading a core for the wake-up latency.
 * When the watcher stops watching (its event came, or it was cancelled), it unparks
   one parked task, which becomes the next watcher.
-* Closing: mark closed, ``trio.lowlevel.notify_closing(fd)`` (the watcher wakes with
+* Closing: mark closed, ``notify_closing(fd)`` (the watcher wakes with
   ``ClosedResourceError``), unpark everyone (they retry and see the socket closed),
   then close the zmq socket with a bounded LINGER, so neither close nor a later
   ``Context.term()`` can hang on unsent messages.
@@ -60,10 +60,11 @@ from collections.abc import Callable, Sequence
 from time import perf_counter as _perf_counter
 from typing import Final, Self
 
-import trio
 import zmq
 import zmq.backend
 
+from shoal._io import Loop
+from shoal._io._loop import Lot
 from shoal._zmq._context import (
     _UNLIMITED,
     DEFAULT_LINGER_MS,
@@ -71,7 +72,7 @@ from shoal._zmq._context import (
     default_context,
     map_error,
     max_message_size,
-    require_trio,
+    require_loop,
 )
 from shoal.errors import ClosedError
 
@@ -112,6 +113,7 @@ class SocketBase:
         "_closed",
         "_fd",
         "_interrupts",
+        "_io",
         "_linger",
         "_lots",
         "_parked",
@@ -130,16 +132,17 @@ class SocketBase:
     )
 
     def __init__(self, sock: zmq.Socket[bytes], *, linger_ms: int = DEFAULT_LINGER_MS) -> None:
-        require_trio("a shoal socket (open_publisher, open_node, ...) was opened")
+        self._io: Loop = require_loop("a shoal socket (open_publisher, open_node, ...) was opened")
+        io = self._io
         self._sock = sock
         self._linger = linger_ms
         sock.setsockopt(zmq.LINGER, linger_ms)
         self._fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]
         self._closed = False
-        self._lots: dict[int, trio.lowlevel.ParkingLot] = {
-            POLLIN: trio.lowlevel.ParkingLot(),
-            POLLOUT: trio.lowlevel.ParkingLot(),
-            _BOTH: trio.lowlevel.ParkingLot(),  # wait_either()
+        self._lots: dict[int, Lot] = {
+            POLLIN: io.ParkingLot(),
+            POLLOUT: io.ParkingLot(),
+            _BOTH: io.ParkingLot(),  # wait_either()
         }
         self._parked = 0  # tasks inside _wait (watcher included)
         self._watch_flag = 0  # what the watcher waits for; 0 = no watcher
@@ -207,6 +210,12 @@ class SocketBase:
         return self._closed
 
     @property
+    def loop(self) -> Loop:
+        """The event loop's hot-path primitives (``shoal._io``), picked at open: a
+        resource built on this socket uses them for its own checkpoints and clock."""
+        return self._io
+
+    @property
     def zmq_socket(self) -> zmq.Socket[bytes]:
         """The underlying pyzmq socket, for tests and diagnostics. Calling into it
         directly bypasses the edge bookkeeping: do not do that while tasks wait."""
@@ -248,7 +257,7 @@ class SocketBase:
         # watcher's edge; wrapping every wait in a CancelScope instead costs 6-8 us
         # per wait on this machine (measured), on every round trip.
         self._poked = True
-        trio.lowlevel.notify_closing(self._fd)
+        self._io.notify_closing(self._fd)
 
     def _settle(self, quiet: int) -> None:
         """After a batch of libzmq calls: ``quiet`` holds the events its end showed
@@ -270,7 +279,7 @@ class SocketBase:
         if self._quiet & flag != flag and self._refresh() & flag:
             # A libzmq call since the last look may have taken the edge: the event is
             # ready now, and parking on the FD would sleep through it.
-            await trio.lowlevel.checkpoint()
+            await self._io.checkpoint()
             return
         if self.busy_poll and not self._watch_flag and self._spin(flag):
             # Found without sleeping. Yield now and then, or a busy receiver that
@@ -278,17 +287,23 @@ class SocketBase:
             self._spun += 1
             if self._spun >= YIELD_EVERY:
                 self._spun = 0
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                await self._io.cancel_shielded_checkpoint()
             else:
-                await trio.lowlevel.checkpoint_if_cancelled()
+                await self._io.checkpoint_if_cancelled()
             return
         interrupts = self._interrupts
         self._parked += 1
         if self._watch_flag:
             try:
                 await self._lots[flag].park()
-            finally:
+            except BaseException:
+                # Cancelled. Under asyncio the wake that made this task the next
+                # watcher may have come first and would be lost with it: hand it on.
                 self._parked -= 1
+                if not self._watch_flag:
+                    self._hand_over()
+                raise
+            self._parked -= 1
             return
         self._watch_flag = flag
         try:
@@ -297,8 +312,8 @@ class SocketBase:
                 # to wake; it must not stop the next one.
                 self._poked = False
                 try:
-                    await trio.lowlevel.wait_readable(self._fd)
-                except trio.ClosedResourceError:
+                    await self._io.wait_readable(self._fd)
+                except self._io.FdClosed:
                     if self._closed:
                         raise ClosedError("the socket was closed while waiting") from None
                     break  # poked: another task's call consumed our edge; look again
@@ -319,11 +334,14 @@ class SocketBase:
             self._parked -= 1
             self._watch_flag = 0
             self._poked = False
-            # Hand the watch to one parked task, or it would sleep with nobody on the FD.
-            for lot in self._lots.values():
-                if lot:
-                    lot.unpark(count=1)
-                    break
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Hand the FD watch to one parked task, or it would sleep with nobody on the FD."""
+        for lot in self._lots.values():
+            if lot:
+                lot.unpark(count=1)
+                break
 
     def _spin(self, flag: int) -> bool:
         """Busy-poll: read EVENTS until ``flag`` is ready or ``busy_poll`` seconds have
@@ -448,7 +466,7 @@ class SocketBase:
         if self._closed:
             return
         self._closed = True
-        trio.lowlevel.notify_closing(self._fd)
+        self._io.notify_closing(self._fd)
         for lot in self._lots.values():
             lot.unpark_all()
         self._sock.close(linger=self._linger)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import errno as _errno
 from typing import Final
 
-import trio
 import zmq
 
-from shoal.errors import ClosedError, InvalidEndpoint, NotUnderTrio, TransportError
+from shoal import _io
+from shoal.errors import ClosedError, InvalidEndpoint, NoEventLoop, TransportError
 
 __all__ = [
     "DEFAULT_LINGER_MS",
@@ -19,7 +19,7 @@ __all__ = [
     "default_context",
     "map_error",
     "max_message_size",
-    "require_trio",
+    "require_loop",
 ]
 
 DEFAULT_LINGER_MS: Final = 1000
@@ -97,10 +97,11 @@ def check_endpoint(endpoint: object, *, binding: bool = False) -> str:
     return endpoint
 
 
-def require_trio(what: str) -> None:
-    """Raise ``NotUnderTrio`` unless a trio run is current: without it, a resource
-    opens seemingly fine under asyncio and fails only when it waits or closes."""
+def require_loop(what: str) -> _io.Loop:
+    """The running event loop's primitives (trio or asyncio); ``NoEventLoop`` outside
+    both: without it, a resource would open seemingly fine and fail only when it waits
+    or closes."""
     try:
-        trio.lowlevel.current_task()
+        return _io.current()
     except RuntimeError:
-        raise NotUnderTrio(what) from None
+        raise NoEventLoop(what) from None

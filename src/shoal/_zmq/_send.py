@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-import trio
 import zmq
 
+from shoal._io import WouldBlock
 from shoal._zmq._base import (
     _NOBLOCK,
     _SNDMORE,
@@ -31,7 +31,7 @@ class SendingSocket(SocketBase):
     # -- operations ----------------------------------------------------------------
 
     def send_nowait(self, msg: bytes | Sequence[bytes]) -> None:
-        """Queue one message (bytes, or a list of frames). Raises ``trio.WouldBlock``
+        """Queue one message (bytes, or a list of frames). Raises ``WouldBlock``
         at the high-water mark (or, for PUSH/DEALER, with no peer connected)."""
         if not isinstance(msg, bytes) and len(msg) == 2:
             self.send_to_nowait(msg[0], msg[1])  # [routing id, frame]: ROUTER's hot path
@@ -43,7 +43,7 @@ class SendingSocket(SocketBase):
             else:
                 self._sock.send_multipart(msg, _NOBLOCK)
         except zmq.Again:
-            raise trio.WouldBlock from None
+            raise WouldBlock from None
         except zmq.ZMQError as exc:
             raise map_error(exc, "send") from None
         finally:
@@ -60,7 +60,7 @@ class SendingSocket(SocketBase):
             _raw_send(sock, route, _NOBLOCK | _SNDMORE)
             _raw_send(sock, frame, _NOBLOCK)
         except zmq.Again:
-            raise trio.WouldBlock from None
+            raise WouldBlock from None
         except zmq.ZMQError as exc:
             raise map_error(exc, "send") from None
         finally:
@@ -81,7 +81,7 @@ class SendingSocket(SocketBase):
             _raw_send(sock, head, _NOBLOCK | _SNDMORE)
             _raw_send(sock, body, _NOBLOCK, False)
         except zmq.Again:
-            raise trio.WouldBlock from None
+            raise WouldBlock from None
         except zmq.ZMQError as exc:
             raise map_error(exc, "send") from None
         finally:
@@ -147,19 +147,19 @@ class SendingSocket(SocketBase):
         wait and otherwise once every ``YIELD_EVERY`` calls (see the module notes).
         Cancel-safe: if cancelled, the message was not queued.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._io.checkpoint_if_cancelled()
         try:
             self.send_nowait(msg)
-        except trio.WouldBlock:
+        except WouldBlock:
             while True:
                 await self._wait(POLLOUT)
                 try:
                     self.send_nowait(msg)
-                except trio.WouldBlock:
+                except WouldBlock:
                     continue
                 break
             self._unyielded = 0
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await self._io.cancel_shielded_checkpoint()
             return
         await self.pace()
 
@@ -170,7 +170,7 @@ class SendingSocket(SocketBase):
         Shielded, so it never raises ``Cancelled`` after the message has gone.
         """
         if self.due_to_yield():
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await self._io.cancel_shielded_checkpoint()
 
     def due_to_yield(self) -> bool:
         """Count one send; True once every ``YIELD_EVERY`` calls (then yield yourself:

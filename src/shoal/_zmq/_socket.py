@@ -1,4 +1,4 @@
-"""``Socket``: a pyzmq socket driven from trio, the only object in shoal that calls
+"""``Socket``: a pyzmq socket driven from trio or asyncio, the only object in shoal that calls
 into libzmq. Its rules (the theory of operation) are in ``shoal._zmq._base``; sending
 is in ``_send``, receiving in ``_receive``, what all sockets share (context, limits,
 endpoints, errors) in ``_context``."""
@@ -22,7 +22,7 @@ from shoal._zmq._context import (
     default_context,
     map_error,
     max_message_size,
-    require_trio,
+    require_loop,
 )
 from shoal._zmq._receive import ReceivingSocket
 from shoal._zmq._send import SendingSocket
@@ -40,14 +40,15 @@ __all__ = [
     "default_context",
     "map_error",
     "max_message_size",
-    "require_trio",
+    "require_loop",
 ]
 
 _MONITORS: Final = itertools.count()  # numbers the monitor sockets' inproc addresses
 
 
 class Socket(SendingSocket, ReceivingSocket):
-    """A pyzmq socket driven from trio. Not thread-safe: use it from one trio run."""
+    """A pyzmq socket driven from trio or asyncio. Not thread-safe: use it from one
+    event loop."""
 
     __slots__ = ()
 

@@ -24,10 +24,11 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Generic, TypeVar
 
-import trio
+import anyio.abc
 import zmq
 
 from shoal._core import Identity, Kind, Message, StreamEncoder, decode, encode_topic
+from shoal._io import WouldBlock, have_trio
 from shoal._process import next_stream, process_identity
 from shoal._zmq._socket import Socket
 from shoal.errors import ClosedError, DecodeError, LocalProtocolError
@@ -263,10 +264,10 @@ def decode_split(head: bytes, rest: Sequence[bytes]) -> Message:
     raise DecodeError("frame-count", "frames after a whole message")
 
 
-class SocketResource(trio.abc.AsyncResource):
-    """What the sending resources share: endpoints, closing, ``async with`` (a
-    ``trio.abc.AsyncResource``: ``aclose()`` always closes, and leaving the block
-    calls it)."""
+class SocketResource(anyio.abc.AsyncResource):
+    """What the sending resources share: endpoints, closing, ``async with`` (an
+    ``anyio.abc.AsyncResource``, and a ``trio.abc.AsyncResource`` with trio installed:
+    ``aclose()`` always closes, and leaving the block calls it)."""
 
     _sock: Socket
 
@@ -278,11 +279,13 @@ class SocketResource(trio.abc.AsyncResource):
     async def aclose(self) -> None:
         """Close; unsent messages get the socket's LINGER time to leave. Always closes."""
         self._sock.close()
-        await trio.lowlevel.checkpoint()
+        await self._sock.loop.checkpoint()
 
 
-class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
-    """A ``ReceiveChannel`` over a ZeroMQ socket with a local decoded buffer.
+class BufferedReceiver(anyio.abc.ObjectReceiveStream[T], Generic[T]):
+    """A receive channel over a ZeroMQ socket with a local decoded buffer: an
+    ``anyio.abc.ObjectReceiveStream`` (``receive()``, ``aclose()``, ``async for``,
+    ``async with``), and with trio installed a ``trio.abc.ReceiveChannel`` too.
 
     Subclasses implement ``_accept(frames)``: decode one raw message and either
     append the result to ``self._buffer`` or count it as dropped. Receivers of
@@ -303,6 +306,7 @@ class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
     def __init__(self, sock: Socket, *, batch: int = DEFAULT_BATCH) -> None:
         check_limits(high_water_mark=0, batch=batch)
         self._sock = sock
+        self._io = sock.loop
         self._batch = batch
         self._buffer: deque[T] = deque()
         self._malformed = MalformedCounter()
@@ -380,22 +384,23 @@ class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
         return bounded
 
     def receive_nowait(self) -> T:
-        """Return the next message if one is already here, else raise ``trio.WouldBlock``."""
+        """Return the next message if one is already here, else raise
+        ``shoal.errors.WouldBlock`` (also ``anyio.WouldBlock`` and ``trio.WouldBlock``)."""
         if not self._buffer:
             if self._sock.closed:
                 raise ClosedError("this receiver is closed; open a new one")
             self._fill()
             if not self._buffer:
-                raise trio.WouldBlock
+                raise WouldBlock
         return self._buffer.popleft()
 
     async def receive(self) -> T:
         """Wait for the next message. Cancel-safe: a cancelled call loses nothing.
 
-        Raises ``shoal.errors.ClosedError`` (a ``trio.ClosedResourceError``) once
-        the receiver is closed.
+        Raises ``shoal.errors.ClosedError`` (a ``ClosedResourceError`` of AnyIO and
+        of trio) once the receiver is closed.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._io.checkpoint_if_cancelled()
         buffer = self._buffer
         if buffer:
             return buffer.popleft()
@@ -412,11 +417,11 @@ class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
                 # A batch that was already queued: yield once for it, shielded (it is
                 # buffered now). After a wait we have yielded already; skipping the
                 # second round trip keeps it off the request/reply latency path.
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                await self._io.cancel_shielded_checkpoint()
             if buffer:
                 return buffer.popleft()
             waited = False  # a batch of garbage only: look again, yielding per batch
-            await trio.lowlevel.checkpoint_if_cancelled()
+            await self._io.checkpoint_if_cancelled()
 
     async def receive_batch(self) -> list[T]:
         """Wait for at least one message, then return every message already here."""
@@ -428,10 +433,19 @@ class BufferedReceiver(trio.abc.ReceiveChannel[T], Generic[T]):
     async def __anext__(self) -> T:
         try:
             return await self.receive()
-        except trio.ClosedResourceError:
+        except anyio.ClosedResourceError:
             raise StopAsyncIteration from None
 
     async def aclose(self) -> None:
         """Close the socket; waiting tasks get ``ClosedError``. Always closes."""
         self._sock.close()
-        await trio.lowlevel.checkpoint()
+        await self._io.checkpoint()
+
+
+if have_trio:
+    # trio's contracts, for trio programs that type against them: registered as
+    # virtual subclasses, so an asyncio-only install defines the same classes.
+    import trio as _trio
+
+    _trio.abc.AsyncResource.register(SocketResource)
+    _trio.abc.ReceiveChannel.register(BufferedReceiver)

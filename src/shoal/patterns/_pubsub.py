@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from time import time_ns
 from typing import Any
 
-import trio
 import zmq
 
 from shoal._core import (
@@ -56,6 +55,7 @@ from shoal._core import (
     pack_tail,
     parse_subscription,
 )
+from shoal._io import WouldBlock
 from shoal._process import process_identity
 from shoal._zmq._socket import Socket
 from shoal.errors import LocalProtocolError, MessageTooLarge
@@ -153,6 +153,7 @@ class Publisher(SocketResource):
     def __init__(self, sock: Socket, identity: Identity | None, *,
                  max_topics: int = DEFAULT_MAX_TOPICS) -> None:
         self._sock = sock
+        self._io = sock.loop
         self._identity = identity if identity is not None else process_identity()
         self._enc = stream_encoder(self._identity, sock)
         # topic -> [topic + NUL, next seq, topic + NUL + raw header prefix]
@@ -188,14 +189,15 @@ class Publisher(SocketResource):
         have reached this publisher (what was published before that, they missed).
 
         Counts subscribers made by shoal (each announces itself with a marker). The
-        caller owns the timeout (``trio.fail_after``). Raises ``ClosedError`` if the
+        caller owns the timeout (``trio.fail_after``, ``anyio.fail_after``,
+        ``asyncio.timeout``). Raises ``ClosedError`` if the
         publisher is closed while waiting.
         """
         while True:
             self._sock.check_open("wait for subscribers")
             self._read_subscriptions()
             if len(self._subscribers) >= n:
-                await trio.lowlevel.checkpoint()
+                await self._io.checkpoint()
                 return
             await self._sock.wait_receivable()
 
@@ -310,10 +312,10 @@ class Publisher(SocketResource):
         few dozen calls (like ``Pusher.send``). Raises ``EncodeError`` for a topic or body that
         cannot be sent, ``ClosedError`` once closed.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._io.checkpoint_if_cancelled()
         self.publish_nowait(topic, body, headers=headers)
         if self._sock.due_to_yield():
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await self._io.cancel_shielded_checkpoint()
 
     def publish_many_nowait(self, items: Iterable[PublishItem]) -> None:
         """Publish every item, in order, without a checkpoint: ``(topic, body)`` or
@@ -331,16 +333,16 @@ class Publisher(SocketResource):
         while done < len(frames):  # PUB refuses nothing; the loop is for XPUB_NODROP
             sent = sock.send_batch_nowait(frames, done)
             if not sent:
-                raise trio.WouldBlock
+                raise WouldBlock
             done += sent
         self._sent(done)
 
     async def publish_many(self, items: Iterable[PublishItem]) -> None:
         """The batch form of ``publish``: one scheduling point for the whole batch.
         Same items and errors as ``publish_many_nowait``."""
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._io.checkpoint_if_cancelled()
         self.publish_many_nowait(items)
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        await self._io.cancel_shielded_checkpoint()
 
     def statistics(self) -> PublisherStatistics:
         """An immutable snapshot of this resource's counters."""
@@ -353,7 +355,8 @@ class Publisher(SocketResource):
 class Subscriber(BufferedReceiver[Message]):
     """Receives publications whose topic starts with one of its prefixes.
 
-    A ``trio.abc.ReceiveChannel[Message]``: ``async for msg in sub`` works.
+    A receive channel of ``Message``s (see ``BufferedReceiver``): ``async for msg in
+    sub`` works.
     """
 
     def __init__(self, sock: Socket, *, batch: int, max_streams: int,

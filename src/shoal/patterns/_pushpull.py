@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from time import time_ns
 from typing import Any
 
-import trio
 import zmq
 
 from shoal._core import SPLIT_AT, Identity, Kind, Message, fast_decoder, pack_tail
+from shoal._io import WouldBlock
 from shoal._zmq._monitor import DISCONNECTED, HANDSHAKE_SUCCEEDED, Monitor
 from shoal._zmq._socket import Socket
 from shoal.errors import ClosedError, MessageTooLarge
@@ -72,6 +72,7 @@ class Pusher(SocketResource):
 
     def __init__(self, sock: Socket, identity: Identity | None) -> None:
         self._sock = sock
+        self._io = sock.loop
         self._enc = stream_encoder(identity, sock)
         self._seq = 0
         # The fixed bytes in front of every raw-bytes item: no topic, then the header
@@ -113,11 +114,12 @@ class Pusher(SocketResource):
         """Wait until at least ``n`` pullers are connected (see ``pullers``): what is
         sent from then on is spread over them. Discovery finding a node does not
         mean the connection to it is up; this does. The caller owns the timeout
-        (``trio.fail_after``). Raises ``ClosedError`` if the pusher is closed."""
+        (``trio.fail_after``, ``anyio.fail_after``,
+        ``asyncio.timeout``). Raises ``ClosedError`` if the pusher is closed."""
         while True:
             self._sock.check_open("wait for pullers")
             if self.pullers >= n:
-                await trio.lowlevel.checkpoint()
+                await self._io.checkpoint()
                 return
             try:
                 await self._monitor.wait()
@@ -155,7 +157,7 @@ class Pusher(SocketResource):
                 for i, b in enumerate(bodies)]
 
     def send_nowait(self, body: Any, *, headers: Mapping[str, Any] | None = None) -> None:
-        """Send if ZeroMQ can take the message now, else raise ``trio.WouldBlock``
+        """Send if ZeroMQ can take the message now, else raise ``WouldBlock``
         (high-water mark reached, or no puller connected).
 
         Raises ``EncodeError`` for a body msgpack cannot encode, ``ClosedError`` once closed.
@@ -175,7 +177,7 @@ class Pusher(SocketResource):
         """
         frame = self._encode(body, self._seq, headers)
         sock = self._sock
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._io.checkpoint_if_cancelled()
         if type(frame) is not bytes:
             await self._send_frames([frame])
             return
@@ -183,13 +185,13 @@ class Pusher(SocketResource):
         # message at once, and we yield to the scheduler only every few dozen sends.
         try:
             sock.send_nowait(frame)
-        except trio.WouldBlock:
+        except WouldBlock:
             await sock.send(frame)
             self._seq += 1
             return
         self._seq += 1
         if sock.due_to_yield():
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await self._io.cancel_shielded_checkpoint()
 
     def send_many_nowait(self, bodies: Iterable[Any]) -> int:
         """Send as many of ``bodies``, in order, as ZeroMQ takes now; return how many
@@ -211,7 +213,7 @@ class Pusher(SocketResource):
         cancelled (or closed) while waiting, the first items were sent and the rest
         were not: ``statistics().sent`` counts exactly the items sent.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._io.checkpoint_if_cancelled()
         await self._send_frames(self._encode_many(bodies))
 
     async def _send_frames(self, frames: list[bytes | tuple[bytes, bytes]]) -> None:
@@ -227,7 +229,7 @@ class Pusher(SocketResource):
             await sock.wait_sendable()
             waited = True
         if not waited:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await self._io.cancel_shielded_checkpoint()
 
     def statistics(self) -> PusherStatistics:
         """An immutable snapshot of this resource's counters."""
@@ -236,7 +238,7 @@ class Pusher(SocketResource):
 
 
 class Puller(BufferedReceiver[Message]):
-    """Receives work items. A ``trio.abc.ReceiveChannel[Message]``."""
+    """Receives work items: a receive channel of ``Message``s (``BufferedReceiver``)."""
 
     def __init__(self, sock: Socket, *, batch: int = DEFAULT_BATCH) -> None:
         super().__init__(sock, batch=batch)

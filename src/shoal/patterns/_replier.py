@@ -12,7 +12,7 @@ answered without running the handler twice. The requesting end and the protocol 
 whole: ``shoal.patterns._requester``.
 
 Deadlines: a request may carry the time its caller still waits (``FLAG_DEADLINE``).
-The replier turns it into ``Request.deadline`` on its own trio clock, counting from
+The replier turns it into ``Request.deadline`` on its own event loop's clock, counting from
 when the request arrived. libzmq does not say when that was, so the replier takes
 the last moment it knew the queue to be empty: the end of the previous drain that
 emptied it, or, after waiting for the socket, the moment it woke (which a request
@@ -21,9 +21,9 @@ busy thus has that time counted against it, as its caller does. A request whose
 deadline has passed by the time the application takes it is dropped, not handed out
 (``statistics().expired``): its caller has stopped waiting, so an answer would only
 cost a message it counts as unmatched (a caller with ``deadline=`` raises
-``trio.TooSlowError`` on its own). The request is forgotten by the reply cache, so a
+a timeout error on its own). The request is forgotten by the reply cache, so a
 retry of it that arrives later runs. ``serve_replier`` runs each handler under
-``trio.move_on_at(req.deadline)``: a handler still running when its caller gives up
+``anyio.move_on_at(req.deadline)``: a handler still running when its caller gives up
 is cancelled (``cut_short``), and a request it makes itself carries what is left of
 that time on.
 """
@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from time import time_ns
 from typing import Any
 
-import trio
 import zmq
 
 from shoal._core import FLAG_DEADLINE, SPLIT_AT, Identity, Kind, Message, pack_tail, request_budget
+from shoal._io import WouldBlock
 from shoal._zmq._socket import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal.errors import (
     LocalProtocolError,
@@ -112,8 +112,9 @@ class Request:
         self.message = message
         """The request's full envelope (sender, seq, timestamp...)."""
         self.deadline = deadline
-        """When the caller stops waiting, on this process's trio clock (compare with
-        ``trio.current_time()``, or ``with trio.move_on_at(req.deadline)``);
+        """When the caller stops waiting, on the event loop's clock (compare with
+        ``anyio.current_time()`` or ``trio.current_time()``, or use
+        ``with anyio.move_on_at(req.deadline)``; under asyncio ``loop.time()`` too);
         ``math.inf`` when the request carried no deadline."""
 
     @property
@@ -162,7 +163,7 @@ class _ReqRequest(Request):
 
 
 class Replier(BufferedReceiver[Request]):
-    """Receives ``Request``s; a ``trio.abc.ReceiveChannel[Request]``."""
+    """Receives ``Request``s: a receive channel of them (``BufferedReceiver``)."""
 
     _routed = True
 
@@ -187,8 +188,8 @@ class Replier(BufferedReceiver[Request]):
         self._unroutable = 0
         self._expired = 0
         self._cut_short = 0
-        # trio's clock, bound: a drain reads it (trio.current_time() costs 3x as much)
-        self._now = trio.lowlevel.current_clock().current_time
+        # the loop's clock, bound: a drain reads it (trio.current_time() costs 3x as much)
+        self._now = self._io.clock()
         self._since = self._now()  # the queue was last known empty then
         self._woke = False  # the last drain found nothing: the caller waited since
 
@@ -236,7 +237,7 @@ class Replier(BufferedReceiver[Request]):
             if cached is not None:  # answered already: the answer again, not the handler
                 try:
                     self._send_answer(route, cached, make._delimited)
-                except (PeerUnreachable, trio.WouldBlock):
+                except (PeerUnreachable, WouldBlock):
                     self._unroutable += 1
             return
         answers[key] = [digest, None]  # being handled
@@ -279,7 +280,7 @@ class Replier(BufferedReceiver[Request]):
             self._forget(req)
 
     def receive_nowait(self) -> Request:
-        """The next request if one is here, else ``trio.WouldBlock``; requests whose
+        """The next request if one is here, else ``WouldBlock``; requests whose
         caller's deadline has passed are skipped (``statistics().expired``)."""
         while True:
             req = BufferedReceiver.receive_nowait(self)
@@ -327,7 +328,7 @@ class Replier(BufferedReceiver[Request]):
         self._seq += 1
         try:
             self._send_answer(route, frame, delimited)
-        except (PeerUnreachable, trio.WouldBlock):
+        except (PeerUnreachable, WouldBlock):
             self._unroutable += 1
 
     def _send_answer(self, route: bytes, frame: bytes | tuple[bytes, bytes],
@@ -345,7 +346,7 @@ class Replier(BufferedReceiver[Request]):
     ) -> None:
         if req._answered:
             raise LocalProtocolError(f"request {req.id} was already answered; answer once")
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._io.checkpoint_if_cancelled()
         m = req.message
         frame: bytes | tuple[bytes, bytes]
         if (type(body) is bytes and headers is None and kind is Kind.REPLY
@@ -367,12 +368,12 @@ class Replier(BufferedReceiver[Request]):
             while True:
                 try:
                     self._send_answer(req._identity, frame, req._delimited)
-                except trio.WouldBlock:
+                except WouldBlock:
                     await sock.wait_sendable()  # the requester's queue is full
                     continue
                 break
             if sock.due_to_yield():
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                await self._io.cancel_shielded_checkpoint()
         except PeerUnreachable:
             self._unroutable += 1
             log.debug("reply to request %d dropped: its requester has gone", req.id)

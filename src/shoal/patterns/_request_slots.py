@@ -12,14 +12,13 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import trio
 import zmq
-from trio._core._run import GLOBAL_RUN_CONTEXT, CancelStatus
 
 from shoal._core import Message
+from shoal._io._loop import Wake
 from shoal.errors import LocalProtocolError
 
-__all__ = ["RequesterStatistics", "check_deadline", "check_hedge_after", "effective_deadline",
+__all__ = ["RequesterStatistics", "check_deadline", "check_hedge_after",
            "requester_options"]
 
 _INF = math.inf
@@ -28,35 +27,6 @@ _MIN_SAMPLES = 20
 """Round trips measured before ``hedge_after="pNN"`` hedges at all."""
 _MAX_BUDGET = 2**63
 """Microseconds: a budget beyond this (292,000 years) is sent as this."""
-
-
-def _walk_deadline() -> float:
-    """``trio.current_effective_deadline()`` at a quarter of its cost (it runs on every
-    request): the same walk up the task's cancel statuses, reading trio's fields
-    instead of its properties. Used only when those fields exist (``_FIELDS_OK``);
-    ``tests/patterns/test_deadlines.py`` checks it against trio's own answer."""
-    status: CancelStatus | None = GLOBAL_RUN_CONTEXT.task._cancel_status
-    if status is None or status.effectively_cancelled:
-        return -_INF
-    deadline = _INF
-    while status is not None:
-        scope = status._scope
-        if scope._deadline < deadline:
-            deadline = scope._deadline
-        if scope._shield:
-            break
-        status = status._parent
-    return deadline
-
-
-def _fields(cls: type) -> set[str]:
-    return {a.name for a in getattr(cls, "__attrs_attrs__", ())}
-
-
-_FIELDS_OK = ({"_scope", "_parent", "effectively_cancelled"} <= _fields(CancelStatus)
-              and {"_deadline", "_shield"} <= _fields(trio.CancelScope))
-effective_deadline = _walk_deadline if _FIELDS_OK else trio.current_effective_deadline
-"""The innermost cancel scope's deadline for the calling task (trio time; inf: none)."""
 
 
 def check_deadline(deadline: object) -> float:
@@ -118,11 +88,11 @@ class _Pending:
         self.gone = False  # the waiting call has returned or was cancelled
         self.error = False
         self.reply: Message | None = None
-        self.wake: trio.Event | None = None
+        self.wake: Wake | None = None
         self.routes: tuple[bytes, ...] = ()  # routed mode: the repliers it went to
         self.lost = ""  # routed mode: why those repliers are gone
         self.copies = 1  # sent this many times (hedges and retries)
-        self.sent_at = 0.0  # trio time, when latency is measured (hedging)
+        self.sent_at = 0.0  # the loop's time, when latency is measured (hedging)
 
 
 def requester_options(

@@ -6,7 +6,8 @@ it to the waiting call. DEALER spreads requests round-robin over the repliers it
 connected to. It does not set ``ZMQ_IMMEDIATE``, which would make libzmq discard the
 replies already received from a replier that then disconnects; the price is that a
 request may queue for a connected endpoint whose replier is down, so a caller that
-cannot wait forever uses a timeout (``trio.fail_after``). The ROUTER
+cannot wait forever uses a timeout (``trio.fail_after``, ``anyio.fail_after``,
+``asyncio.timeout``). The ROUTER
 sets ``ZMQ_ROUTER_MANDATORY``: a reply to a requester that has gone is counted as
 unroutable instead of vanishing, and a full queue applies backpressure.
 
@@ -47,10 +48,10 @@ from collections.abc import Mapping
 from time import time_ns
 from typing import Any
 
-import trio
-
 from shoal._core import FLAG_DEADLINE, SPLIT_AT, Identity, Kind, Message, pack_tail
 from shoal._core._balance import Balancer, LatencyEstimator
+from shoal._io import WouldBlock
+from shoal._io._loop import Wake
 from shoal._zmq._socket import PeerUnreachable, Socket
 from shoal.errors import (
     LocalProtocolError,
@@ -73,7 +74,6 @@ from shoal.patterns._request_slots import (
     _Pending,
     check_deadline,
     check_hedge_after,
-    effective_deadline,
     requester_options,
 )
 from shoal.patterns._routes import connect_route
@@ -92,6 +92,7 @@ class Requester(SocketResource, Scatter):
         self, sock: Socket, identity: Identity | None, *, batch: int, routed: bool = False
     ) -> None:
         self._sock = sock
+        self._io = sock.loop
         self._enc = stream_encoder(identity, sock)
         self._head = b"\0" + self._enc.raw_prefix[Kind.REQUEST]
         self._head_timed = b"\0" + self._enc.prefix(Kind.REQUEST, 1 | FLAG_DEADLINE)
@@ -105,7 +106,7 @@ class Requester(SocketResource, Scatter):
         self._hedged = 0
         self._hedge_wasted = 0
         self._recent_hedged: OrderedDict[int, None] = OrderedDict()
-        self._routes_changed = trio.Event()
+        self._routes_changed: Wake = self._io.Event()
         # Routed mode: a replier's connection dropping (a killed process: its kernel
         # resets the connection) fails the requests it held at once, before the node
         # times the peer out. ``links.run()`` runs in the owner's task group.
@@ -132,13 +133,15 @@ class Requester(SocketResource, Scatter):
     ) -> Any:
         """Send ``body`` to one replier and return the body of its reply.
 
-        Waits as long as it takes: wrap it in ``trio.fail_after`` / ``move_on_after``.
-        The request carries that deadline (the innermost cancel scope's,
-        ``trio.current_effective_deadline()``) as the time the caller still waits: a
-        replier skips a request whose caller has stopped waiting, and
+        Waits as long as it takes: wrap it in a timeout (``trio.fail_after``,
+        ``anyio.fail_after``, ``asyncio.timeout``...). The request carries the
+        innermost cancel scope's deadline (trio's, or AnyIO's under asyncio: an
+        ``asyncio.timeout`` cannot be read, so there use ``deadline=``) as the time
+        the caller still waits: a replier skips a request whose caller has stopped waiting, and
         ``serve_replier`` cancels its handler then (``Request.deadline``).
         ``deadline``: seconds from now; sent instead of the cancel scope's, and the
-        call raises ``trio.TooSlowError`` when they have passed without a reply.
+        call raises ``trio.TooSlowError`` (under asyncio ``TimeoutError``) when they
+        have passed without a reply.
         ``hedge_after``: seconds (or ``"p95"``, a percentile of this requester's own
         recent latency, ``latency()``; no hedging until it has measured 20 round
         trips) after which, with no reply yet, the same request (same id) also goes
@@ -159,12 +162,12 @@ class Requester(SocketResource, Scatter):
         """
         if deadline is None:
             msg = await self._request(body, headers, retries, retry_after,
-                                      effective_deadline(), hedge_after)
+                                      self._io.current_effective_deadline(), hedge_after)
         else:
             seconds = check_deadline(deadline)
-            with trio.fail_after(seconds):
+            with self._io.fail_after(seconds):
                 msg = await self._request(body, headers, retries, retry_after,
-                                          trio.current_time() + seconds, hedge_after)
+                                          self._io.current_time() + seconds, hedge_after)
         return msg.body
 
     async def request_message(
@@ -175,17 +178,17 @@ class Requester(SocketResource, Scatter):
         """Like ``request()``, but return the whole reply ``Message`` (headers, sender...)."""
         if deadline is None:
             return await self._request(body, headers, retries, retry_after,
-                                       effective_deadline(), hedge_after)
+                                       self._io.current_effective_deadline(), hedge_after)
         seconds = check_deadline(deadline)
-        with trio.fail_after(seconds):
+        with self._io.fail_after(seconds):
             return await self._request(body, headers, retries, retry_after,
-                                       trio.current_time() + seconds, hedge_after)
+                                       self._io.current_time() + seconds, hedge_after)
 
     async def _request(
         self, body: Any, headers: Mapping[str, Any] | None, retries: int,
         retry_after: float, until: float, hedge_after: float | str | None,
     ) -> Message:
-        """One request, its caller waiting until ``until`` (trio time; inf: no end)."""
+        """One request, its caller waiting until ``until`` (the event loop's time; inf: no end)."""
         if not isinstance(retries, int) or retries < 0 or not retry_after > 0:
             raise LocalProtocolError("retries is an int >= 0 and retry_after a number of "
                                      "seconds > 0")
@@ -200,7 +203,7 @@ class Requester(SocketResource, Scatter):
         # of a request flagged FLAG_DEADLINE; without one the frame is as it always was.
         budget = -1
         if until != _INF:
-            budget = min(max(0, int((until - trio.current_time()) * 1e6)), _MAX_BUDGET)
+            budget = min(max(0, int((until - self._io.current_time()) * 1e6)), _MAX_BUDGET)
         frame: bytes | tuple[bytes, bytes]
         if type(body) is bytes and headers is None and len(body) < SPLIT_AT:  # one join
             if budget < 0:
@@ -226,14 +229,14 @@ class Requester(SocketResource, Scatter):
                 await self._send_split(frame)
             self._sent += 1
             if hedge_after is not None:
-                slot.sent_at = trio.current_time()  # measured (the percentile needs it)
+                slot.sent_at = self._io.current_time()  # measured (the percentile needs it)
                 if hedge is not None:
                     await self._hedge(slot, frame, rid, hedge)
             elif not retries and not self._reading:
                 # one call in flight (the latency path): read our own reply, no hand-off
                 await self._read_until(slot)
             for _ in range(retries):
-                with trio.move_on_after(retry_after):
+                with self._io.move_on_after(retry_after):
                     await self._await_reply(slot)
                 if slot.done and not slot.lost:
                     break
@@ -260,7 +263,7 @@ class Requester(SocketResource, Scatter):
                      after: float) -> None:
         """Wait ``after`` seconds for the reply; if none came, send the same frame
         (same id) to another replier too. The first answer wins (``_dispatch``)."""
-        with trio.move_on_after(after):
+        with self._io.move_on_after(after):
             await self._await_reply(slot)
         if slot.done:
             return
@@ -288,12 +291,12 @@ class Requester(SocketResource, Scatter):
 
     async def _send_split(self, frame: Any) -> None:
         """Send a request whose body is a frame of its own (zero-copy)."""
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._io.checkpoint_if_cancelled()
         sock = self._sock
         while True:
             try:
                 sock.send_split_nowait(None, *frame)
-            except trio.WouldBlock:
+            except WouldBlock:
                 await sock.wait_sendable()
                 continue
             await sock.pace()
@@ -302,7 +305,7 @@ class Requester(SocketResource, Scatter):
     async def _await_reply(self, slot: _Pending) -> None:
         while not slot.done:
             if self._reading:
-                slot.wake = trio.Event()
+                slot.wake = self._io.Event()
                 self._followers.append(slot)
                 await slot.wake.wait()
             else:
@@ -312,12 +315,12 @@ class Requester(SocketResource, Scatter):
                            slot: _Pending) -> None:
         """Send to the best replier that takes the request (fewest in flight, silent
         ones last; where a copy went before only if no other takes it)."""
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._io.checkpoint_if_cancelled()
         delay = 0.001
         while True:
             sock = self._sock
             sock.check_open("send a request")
-            now = trio.current_time()
+            now = self._io.current_time()
             order = self._balance.order(now, slot.routes)
             for route in order:
                 try:
@@ -325,7 +328,7 @@ class Requester(SocketResource, Scatter):
                         sock.send_to_nowait(route, frame)
                     else:
                         sock.send_split_nowait(route, *frame)
-                except (PeerUnreachable, trio.WouldBlock):
+                except (PeerUnreachable, WouldBlock):
                     continue  # not connected (yet, or any more), or its queue is full
                 self._balance.sent(route, rid, now)
                 if route not in slot.routes:
@@ -335,7 +338,7 @@ class Requester(SocketResource, Scatter):
             # Nobody took it. A new route wakes us; a connection completing its
             # handshake tells nobody, so with routes known, look again soon.
             changed = self._routes_changed
-            with trio.move_on_after(delay if order else math.inf):
+            with self._io.move_on_after(delay if order else math.inf):
                 await changed.wait()
             delay = min(delay * 2, 0.05)
 
@@ -351,7 +354,7 @@ class Requester(SocketResource, Scatter):
 
     def _wake_senders(self) -> None:
         self._routes_changed.set()
-        self._routes_changed = trio.Event()
+        self._routes_changed = self._io.Event()
 
     def _link_up(self, endpoint: str) -> None:
         if endpoint in self._route_of:
@@ -422,7 +425,7 @@ class Requester(SocketResource, Scatter):
             return
         rid = msg.correlation
         if self._routed:
-            rtt = self._balance.answered(frames[0], rid, trio.current_time())
+            rtt = self._balance.answered(frames[0], rid, self._io.current_time())
             if rtt is not None:
                 self._latency.add(rtt)
         slot = self._pending.get(rid)
@@ -436,7 +439,7 @@ class Requester(SocketResource, Scatter):
                 self._unmatched += 1
             return
         if slot.sent_at and not self._routed:
-            self._latency.add(trio.current_time() - slot.sent_at)
+            self._latency.add(self._io.current_time() - slot.sent_at)
         slot.done = True
         slot.reply = msg
         self._replies += 1
@@ -484,5 +487,5 @@ class Requester(SocketResource, Scatter):
         for slot in self._pending.values():
             if slot.wake is not None:
                 slot.wake.set()  # followers re-check and find the socket closed
-        await trio.lowlevel.checkpoint()
+        await self._io.checkpoint()
 
