@@ -1,0 +1,182 @@
+"""The event-loop seam (``shoal._io``) under asyncio and uvloop: the primitives that
+asyncio lacks, written for shoal, keep trio's contracts. Under trio they *are* trio's
+functions (checked here too), so only the identity needs a test there."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import anyio
+import pytest
+import trio
+
+from shoal import _io
+from shoal._io._asyncio import FdClosed, ParkingLot
+
+LOOPS: dict[str, Callable[[Coroutine[Any, Any, None]], None]] = {
+    "asyncio": asyncio.run,
+}
+try:
+    import uvloop
+
+    LOOPS["uvloop"] = uvloop.run
+except ImportError:  # pragma: no cover - uvloop is in the test extra
+    pass
+
+on_asyncio_loops = pytest.mark.parametrize("run", list(LOOPS.values()), ids=list(LOOPS))
+
+
+def test_under_trio_the_seam_is_trio_itself() -> None:
+    async def main() -> None:
+        loop = _io.current()
+        assert loop.name == "trio"
+        assert loop.wait_readable is trio.lowlevel.wait_readable
+        assert loop.checkpoint is trio.lowlevel.checkpoint
+        assert loop.cancel_shielded_checkpoint is trio.lowlevel.cancel_shielded_checkpoint
+        assert loop.ParkingLot is trio.lowlevel.ParkingLot
+        assert loop.fail_after is trio.fail_after
+
+    trio.run(main)
+
+
+def test_outside_an_event_loop_there_is_no_seam() -> None:
+    with pytest.raises(RuntimeError, match="no trio or asyncio event loop"):
+        _io.current()
+
+
+@on_asyncio_loops
+def test_wait_readable_wakes_on_data_and_one_waiter_per_fd(
+        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+    async def main() -> None:
+        loop = _io.current()
+        assert loop.name == "asyncio"
+        a, b = socket.socketpair()
+        try:
+            async with asyncio.timeout(5):
+                waiter = asyncio.create_task(loop.wait_readable(a.fileno()))
+                await asyncio.sleep(0.01)
+                assert not waiter.done()
+                with pytest.raises(anyio.BusyResourceError):
+                    await loop.wait_readable(a.fileno())
+                b.send(b"x")
+                await waiter
+                # Readable and nobody waiting: the next wait returns at once.
+                await loop.wait_readable(a.fileno())
+                a.recv(1)
+                # Nothing to read: the FD does not keep firing. A readiness reported
+                # before the read may still wake one wait (spurious wakes are allowed:
+                # the socket layer retries), then waits sleep.
+                wakes = 0
+                with anyio.move_on_after(0.1) as scope:
+                    while True:
+                        await loop.wait_readable(a.fileno())
+                        wakes += 1
+                assert scope.cancelled_caught
+                assert wakes <= 1
+        finally:
+            loop.notify_closing(a.fileno())
+            a.close()
+            b.close()
+
+    run(main())
+
+
+@on_asyncio_loops
+def test_notify_closing_wakes_the_waiter_with_fd_closed(
+        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+    async def main() -> None:
+        loop = _io.current()
+        a, b = socket.socketpair()
+        try:
+            async with asyncio.timeout(5):
+                waiter = asyncio.create_task(loop.wait_readable(a.fileno()))
+                await asyncio.sleep(0.01)
+                loop.notify_closing(a.fileno())
+                with pytest.raises(FdClosed):
+                    await waiter
+                # The FD can be waited on again afterwards (the socket layer's "poke").
+                b.send(b"x")
+                await loop.wait_readable(a.fileno())
+        finally:
+            loop.notify_closing(a.fileno())
+            a.close()
+            b.close()
+
+    run(main())
+
+
+@on_asyncio_loops
+def test_a_shielded_checkpoint_defers_cancellation_to_the_next_await(
+        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+    """A send that queued its message yields without raising; the cancellation (here
+    an asyncio.timeout's) arrives at the next await and the timeout still reports
+    TimeoutError, so the task's cancel count was kept."""
+    async def main() -> None:
+        loop = _io.current()
+        reached = []
+
+        async def spin() -> None:
+            async with asyncio.timeout(0.01):
+                while True:
+                    task = asyncio.current_task()
+                    assert task is not None
+                    if task.cancelling():
+                        await loop.cancel_shielded_checkpoint()  # must not raise
+                        reached.append("shielded")
+                        await asyncio.sleep(0)  # raises here
+                        reached.append("never")
+                    await loop.cancel_shielded_checkpoint()
+
+        with pytest.raises(TimeoutError):
+            await spin()
+        assert reached == ["shielded"]
+        task = asyncio.current_task()
+        assert task is not None
+        assert task.cancelling() == 0
+
+    run(main())
+
+
+@on_asyncio_loops
+def test_checkpoint_if_cancelled_raises_only_when_a_cancel_is_pending(
+        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+    async def main() -> None:
+        loop = _io.current()
+        await loop.checkpoint_if_cancelled()  # nothing pending: no effect
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await asyncio.sleep(0)  # AnyIO delivers its cancellation as a task.cancel()
+            raise AssertionError("not reached")
+        assert scope.cancelled_caught
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loop.checkpoint_if_cancelled()
+        task.uncancel()
+
+    run(main())
+
+
+@on_asyncio_loops
+def test_parking_lot_skips_waiters_cancelled_before_they_ran(
+        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+    async def main() -> None:
+        lot = ParkingLot()
+        first = asyncio.create_task(lot.park())
+        second = asyncio.create_task(lot.park())
+        await asyncio.sleep(0)
+        assert len(lot) == 2
+        first.cancel()  # cancelled, its task has not run its cleanup yet
+        assert lot.unpark(count=1) == 1  # the wake goes to the second, not the dead one
+        async with asyncio.timeout(5):
+            await second
+            with pytest.raises(asyncio.CancelledError):
+                await first
+        assert len(lot) == 0
+        assert lot.unpark_all() == 0
+
+    run(main())
