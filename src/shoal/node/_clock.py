@@ -12,10 +12,9 @@ import os
 import time
 from dataclasses import dataclass
 
-import trio
-
 from shoal._core import decode_control, encode_control
 from shoal._core._control import ClockQuery, ClockReading
+from shoal._io import WouldBlock
 from shoal._zmq._socket import Socket
 from shoal.errors import DecodeError
 
@@ -63,7 +62,7 @@ async def _exchange(sock: Socket) -> ClockSample:
         try:
             sock.send_nowait(query)
             break
-        except trio.WouldBlock:
+        except WouldBlock:
             await sock.wait_sendable()
     while True:
         raws = sock.receive_batch_nowait(8)

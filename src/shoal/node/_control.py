@@ -41,7 +41,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-import trio
+import anyio
 import zmq
 
 from shoal._core import (
@@ -69,6 +69,7 @@ from shoal._core._control import (
     MembersQuery,
     Suspect,
 )
+from shoal._io import WouldBlock
 from shoal.errors import DecodeError, ShoalError
 from shoal.node import _clock
 from shoal.node._links import LinkPool
@@ -117,6 +118,7 @@ class Control(RingWatch):
             zmq.ROUTER, [(zmq.RCVHWM, 10_000), (zmq.HEARTBEAT_IVL, 0),
                          (zmq.ROUTER_MANDATORY, 1), (zmq.ROUTER_HANDOVER, 1)],
             linger_ms=0, server=True, data=False)
+        self.io = self._socket.loop  # the event loop's clock and checkpoints
         try:
             self.port = port_of(self._socket.bind(f"tcp://{sockets.bind_host}:{port}"))
         except BaseException:
@@ -132,7 +134,7 @@ class Control(RingWatch):
         self._revision = 0
         self._state_frame = encode_control(self._state())
         self._beat_frame = self._beat()
-        self._beat_now = trio.Event()
+        self._beat_now = anyio.Event()
         self.beats_received = 0
         self.suspicions = 0  # Suspects sent (a watched peer went quiet)
         self.reported_gone = 0  # peers dropped because a watcher reported them Gone
@@ -172,7 +174,7 @@ class Control(RingWatch):
         return Peer(id=self.identity.sender.hex(), name=self.name, epoch=self.identity.epoch,
                     addresses=self.addresses, address=self.addresses[0],
                     control_port=self.port, channels=self._offers, revision=self._revision,
-                    last_seen=trio.current_time())
+                    last_seen=self.io.current_time())
 
     # -- introductions -----------------------------------------------------------------
 
@@ -199,15 +201,16 @@ class Control(RingWatch):
 
     async def read(self) -> None:
         sock = self._socket
+        clock, checkpoint = self.io.clock(), self.io.checkpoint
         while True:
             received = self._guard.receive(sock, 64)
             if not received:
                 await sock.wait_receivable()
                 continue
-            now = trio.current_time()
+            now = clock()
             for frames, key in received:
                 self.on_control(frames, now, key)
-            await trio.lowlevel.checkpoint()
+            await checkpoint()
 
     def on_control(self, frames: list[bytes], now: float, key: bytes | None = None) -> None:
         if len(frames) != 2:
@@ -255,7 +258,7 @@ class Control(RingWatch):
         if len(frames) != 1:
             self.malformed.drop("frame-count", "node control", str(len(frames)))
             return
-        self.on_control([b"", frames[0]], trio.current_time(), key)
+        self.on_control([b"", frames[0]], self.io.current_time(), key)
 
     def _on_beat(self, msg: Beat, now: float) -> None:
         self.beats_received += 1
@@ -306,11 +309,11 @@ class Control(RingWatch):
     def _answer_clock(self, route: bytes, token: int) -> None:
         try:
             self._socket.send_to_nowait(route, _clock.answer(token))
-        except (trio.WouldBlock, ShoalError):
+        except (WouldBlock, ShoalError):
             pass  # the asker left or is not reading: it times out and may ask again
 
     def _apply(self, events: list[PeerEvent]) -> None:
-        now = trio.current_time()
+        now = self.io.current_time()
         for ev in events:
             nid = bytes.fromhex(ev.peer.id)
             if isinstance(ev, PeerLeft):
@@ -348,14 +351,15 @@ class Control(RingWatch):
     # -- the beat ----------------------------------------------------------------------
 
     async def beat(self) -> None:
-        next_beat = trio.current_time()
+        clock = self.io.clock()
+        next_beat = clock()
         beats = 0
         while True:
-            now = trio.current_time()
+            now = clock()
             if now >= next_beat or self._beat_now.is_set():
                 every = self._beat_now.is_set()
                 full = every or beats % STATE_EVERY == 0
-                self._beat_now = trio.Event()
+                self._beat_now = anyio.Event()
                 targets = self._targets(now, beats)
                 turn = self._next_in_turn() if full and not every else None
                 if turn is not None and turn not in targets:
@@ -378,7 +382,7 @@ class Control(RingWatch):
                 self.links.retry(now)
             self._watch(now)
             deadline = min(next_beat, self.table.next_deadline() or math.inf)
-            with trio.move_on_at(max(deadline, now + 0.005)):
+            with anyio.CancelScope(deadline=max(deadline, now + 0.005)):
                 await self._beat_now.wait()
 
     # -- leaving -----------------------------------------------------------------------
@@ -393,7 +397,7 @@ class Control(RingWatch):
         for route in self._routes.values():
             try:
                 self._socket.send_to_nowait(route, bye)
-            except (trio.WouldBlock, ShoalError):
+            except (WouldBlock, ShoalError):
                 pass  # not connected: it times us out
 
     def close(self) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Collection
 
-import trio
+import anyio
 
 from shoal._core import choose_address
 from shoal._zmq._socket import check_endpoint
@@ -168,7 +168,7 @@ class Discovered:
         """Introduce the node again, every ``REINTRODUCE`` seconds, to every instance
         reported that is not a live peer and has no link."""
         while True:
-            await trio.sleep(REINTRODUCE)
+            await anyio.sleep(REINTRODUCE)
             for source in self._sources:
                 for instance in source.unreached():
                     record, endpoint = source.records[instance]

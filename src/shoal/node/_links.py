@@ -55,9 +55,11 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 
-import trio
+import anyio
 import zmq
+from anyio.abc import TaskGroup
 
+from shoal._io import WouldBlock
 from shoal._zmq._monitor import (
     CONNECTED,
     DISCONNECTED,
@@ -112,7 +114,7 @@ class _Link:
         self.up = False  # a handshake completed since the last connect
         self.failed = 0  # handshakes failed in a row (not a shoal node there?)
         self.beats = False  # the node there understands Beat: heartbeats are Beats
-        self.opened = 0.0  # when it was opened (trio clock)
+        self.opened = 0.0  # when it was opened (the event loop's clock)
         self.connected = False  # a TCP connection was made (before any handshake)
         self.answered = False  # a handshake completed once (or the link was reported)
         self.reached = False  # a handshake completed once (or the link is not watched)
@@ -121,7 +123,7 @@ class _Link:
     def send(self, frame: bytes) -> None:
         try:
             self.sock.send_nowait(frame)
-        except trio.WouldBlock:
+        except WouldBlock:
             pass  # not connected and its small queue is full: the next beat will do
 
     def stop_watching(self) -> None:
@@ -158,7 +160,7 @@ class LinkPool:
         self._state = state
         self._on_admitted = on_admitted
         self._links: dict[str, _Link] = {}
-        self.nursery: trio.Nursery | None = None  # where links are watched, once running
+        self.nursery: TaskGroup | None = None  # where links are watched, once running
         self.refused_links = 0
         """Links not opened because no socket could be had (the socket or descriptor
         limit): the peer is skipped, logged, and tried again when discovery repeats."""
@@ -195,7 +197,7 @@ class LinkPool:
                 return
             try:
                 link = self._open(endpoint, server_key, persistent=persistent,
-                                  expires=trio.current_time() + LINK_GRACE)
+                                  expires=anyio.current_time() + LINK_GRACE)
             except (ShoalError, zmq.ZMQError) as exc:
                 # out of sockets or descriptors: refuse this peer, never crash the node
                 self.refused_links += 1
@@ -220,7 +222,7 @@ class LinkPool:
         counted once, until the endpoint is admitted."""
         if endpoint in self._links or len(self._links) + self.routed() < self.max_peers:
             return True
-        now = trio.current_time()
+        now = anyio.current_time()
         while self._idle:
             ep = self._idle.pop()
             link = self._links.get(ep)
@@ -261,7 +263,7 @@ class LinkPool:
               expires: float) -> _Link:
         sock = self._sockets.open(zmq.DEALER, self._options, linger_ms=200, data=False)
         link = _Link(sock, persistent=persistent, expires=expires, key=key)
-        link.opened = trio.current_time()
+        link.opened = anyio.current_time()
         link.was_live = endpoint in self._left  # (a peer answered on its route left)
         try:
             if self.nursery is not None:
@@ -279,7 +281,7 @@ class LinkPool:
         self._links[endpoint] = link
         return link
 
-    def start(self, nursery: trio.Nursery) -> None:
+    def start(self, nursery: TaskGroup) -> None:
         """Watch and read links from now on, in ``nursery`` (those open already too)."""
         self.nursery = nursery
         for link in self._links.values():
@@ -295,6 +297,7 @@ class LinkPool:
         on_message = self._on_message
         assert on_message is not None
         sock = link.sock
+        checkpoint = sock.loop.checkpoint
         try:
             while True:
                 batch = sock.receive_batch_nowait(64)
@@ -303,7 +306,7 @@ class LinkPool:
                     continue
                 for frames in batch:
                     on_message(frames, link.key)
-                await trio.lowlevel.checkpoint()
+                await checkpoint()
         except ClosedError:
             pass  # the link closed
 
@@ -335,7 +338,7 @@ class LinkPool:
         link = self._links.get(endpoint)
         if link is not None and link.persistent:
             link.persistent = False
-            link.expires = trio.current_time() + LINK_GRACE
+            link.expires = anyio.current_time() + LINK_GRACE
 
     def reconnect(self, endpoint: str) -> None:
         """Drop the link's TCP connection and connect afresh (the node there went
@@ -479,7 +482,7 @@ class LinkPool:
             link.sock.disconnect(endpoint)
         except ShoalError:
             pass
-        link.retry_at = trio.current_time() + wait
+        link.retry_at = anyio.current_time() + wait
         self._warn("handshake", endpoint,
                    "%s accepts connections but no shoal handshake completes there (not a "
                    "shoal node, or another protocol); trying again after backing off, up "
@@ -487,7 +490,7 @@ class LinkPool:
 
     def _refused(self, endpoint: str, link: _Link) -> None:
         link.refused = True
-        link.retry_at = trio.current_time() + AUTH_RETRY
+        link.retry_at = anyio.current_time() + AUTH_RETRY
         key = self._guard.public_key
         assert key is not None  # only a CURVE client is refused by ZAP
         self._warn("refused-us", endpoint,

@@ -26,8 +26,9 @@ source for an introduction, and from the ZAP-authenticated ``User-Id`` of a peer
 State for everything else: the link back and every data connection to that peer's
 listeners (see ``_guard`` and ``_links``).
 
-Never here: reading a socket outside trio, blocking calls in the trio thread (zeroconf
-is driven through ``trio.to_thread``), timers that are not trio's clock.
+Never here: reading a socket outside the event loop (trio or asyncio), blocking calls
+in the event loop's thread (zeroconf is driven through ``anyio.to_thread``), timers that
+are not the event loop's clock.
 """
 
 from __future__ import annotations
@@ -40,12 +41,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import trio
 import zmq
+from anyio.abc import TaskGroup
 
 from shoal._core import MAX_ADDRESSES, Identity, Peer, PeerEvent, PeerTable
 from shoal._process import new_identity
-from shoal._zmq._socket import DEFAULT_MAX_MESSAGE_SIZE, require_trio
+from shoal._zmq._socket import DEFAULT_MAX_MESSAGE_SIZE, require_loop
 from shoal._zmq._tasks import open_service_nursery
 from shoal.discovery._contract import Advertisement, Source
 from shoal.discovery._interfaces import (
@@ -156,10 +157,11 @@ class Node(Patterns):
             self._guard.close()
             self._sockets.context.term()
             raise
+        self._io = self._control.io  # the event loop's primitives
         self._discovered = Discovered(self._control, self._guard, self._warned,
                                       lambda: self._networks)
 
-    def _start(self, nursery: trio.Nursery) -> None:
+    def _start(self, nursery: TaskGroup) -> None:
         self._control.links.start(nursery)
         nursery.start_soon(self._guard.serve)
         nursery.start_soon(self._control.read)
@@ -216,7 +218,7 @@ class Node(Patterns):
     def watch_peers(self) -> PeerWatch:
         """Peer changes from now on: ``async for change in node.watch_peers(): ...``.
         Take ``peers()`` first for those already known."""
-        w = PeerWatch()
+        w = PeerWatch(self._io)
         if self._control.closed:
             w._close()
         self._watches.add(w)
@@ -224,7 +226,8 @@ class Node(Patterns):
 
     async def wait_for_peers(self, n: int = 1, *, channel: str | None = None) -> list[Peer]:
         """Wait until at least ``n`` peers are live (offering ``channel``, if given) and
-        return them. The caller owns the timeout (``trio.fail_after``)."""
+        return them. The caller owns the timeout (``trio.fail_after``,
+        ``anyio.fail_after``, ``asyncio.timeout``)."""
         watch = self.watch_peers()
         while True:
             if self._control.closed:
@@ -232,7 +235,7 @@ class Node(Patterns):
             found = [p for p in self.peers()
                      if channel is None or any(c.name == channel for c in p.channels)]
             if len(found) >= n:
-                await trio.lowlevel.checkpoint()
+                await self._io.checkpoint()
                 return found
             try:
                 await watch.__anext__()
@@ -281,7 +284,8 @@ class Node(Patterns):
         connection, keeping the one with the shortest round trip (the first one also
         pays for the connection).
 
-        The caller owns the timeout (``trio.fail_after``): a node of a shoal that
+        The caller owns the timeout (``trio.fail_after``, ``anyio.fail_after``,
+        ``asyncio.timeout``): a node of a shoal that
         predates clock queries never answers. Cancel-safe (nothing is left open).
         ``server_key``: on a secured node, the public key of the node asked (by
         default the key of the live peer or link at ``endpoint``).
@@ -405,7 +409,7 @@ async def open_node(
     Raises ``LocalProtocolError`` for bad arguments, ``TransportError`` if the
     address cannot be bound.
     """
-    require_trio("shoal.open_node() was entered")
+    require_loop("shoal.open_node() was entered")
     if not isinstance(name, str) or not name:
         raise LocalProtocolError(f"a node name is a non-empty string, not {name!r}")
     sources = [discovery] if not isinstance(discovery, Sequence) else list(discovery)

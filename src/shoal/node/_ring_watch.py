@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 
-import trio
+import anyio
 
 from shoal._core import Identity, Peer, PeerEvent, PeerLeft, PeerTable, control_endpoint
 from shoal._core._control import (
@@ -33,6 +33,7 @@ from shoal._core._control import (
     Suspect,
     encode_control,
 )
+from shoal._io import WouldBlock
 from shoal._zmq._socket import Socket
 from shoal.errors import ShoalError
 from shoal.node._guard import Guard
@@ -67,7 +68,7 @@ class RingWatch:
     _heartbeat: float
     _beat_frame: bytes
     _state_frame: bytes
-    _beat_now: trio.Event
+    _beat_now: anyio.Event
     _refuting: dict[bytes, float]
     _successors: tuple[bytes, ...]
     _ring_ids: set[bytes]
@@ -112,7 +113,7 @@ class RingWatch:
             try:
                 self._socket.send_to_nowait(route, frame)
                 return
-            except trio.WouldBlock:
+            except WouldBlock:
                 return  # its connection is not reading: the next beat will do
             except ShoalError:
                 del self._routes[nid]  # not connected (now): a link of our own until it is

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import trio
+import anyio
 import zmq
 
 from shoal._zmq._socket import Socket
@@ -132,9 +132,8 @@ class SocketFactory:
     async def term(self) -> None:
         """Terminate the context: waits for the goodbyes' linger (200 ms at most) and
         for any socket the application still holds open (2 s at most)."""
-        with trio.move_on_after(2) as scope:
-            scope.shield = True
-            await trio.to_thread.run_sync(self.context.term, abandon_on_cancel=True)
+        with anyio.move_on_after(2, shield=True):
+            await anyio.to_thread.run_sync(self.context.term, abandon_on_cancel=True)
 
 
 def port_of(endpoint: str) -> int:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 
-import trio
-
+from shoal import _io
 from shoal._core import PeerEvent
 from shoal.errors import ShoalError
 
@@ -33,9 +32,10 @@ class PeerWatch:
     than skip events silently.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, io: _io.Loop | None = None) -> None:
+        self._io = io if io is not None else _io.current()  # the node's event loop
         self._events: deque[PeerEvent] = deque()
-        self._lot = trio.lowlevel.ParkingLot()
+        self._lot = self._io.ParkingLot()
         self._closed = False
         self._overflowed = False
 
@@ -59,7 +59,7 @@ class PeerWatch:
                 raise ShoalError(f"watch_peers() fell more than {WATCH_BUFFER} events behind;"
                                  " take node.peers() and start a new watch")
             if self._events:
-                await trio.lowlevel.checkpoint()
+                await self._io.checkpoint()
                 return self._events.popleft()
             if self._closed:
                 raise StopAsyncIteration

@@ -189,9 +189,8 @@ class Publisher(SocketResource):
         have reached this publisher (what was published before that, they missed).
 
         Counts subscribers made by shoal (each announces itself with a marker). The
-        caller owns the timeout (``trio.fail_after``, ``anyio.fail_after``,
-        ``asyncio.timeout``). Raises ``ClosedError`` if the
-        publisher is closed while waiting.
+        caller owns the timeout (``anyio.fail_after``, ``asyncio.timeout``...).
+        Raises ``ClosedError`` if the publisher is closed while waiting.
         """
         while True:
             self._sock.check_open("wait for subscribers")
@@ -351,12 +350,10 @@ class Publisher(SocketResource):
                                    topic_resets=self._topic_resets)
 
 
-
 class Subscriber(BufferedReceiver[Message]):
     """Receives publications whose topic starts with one of its prefixes.
 
-    A receive channel of ``Message``s (see ``BufferedReceiver``): ``async for msg in
-    sub`` works.
+    A receive channel of ``Message``s (``BufferedReceiver``): ``async for`` works.
     """
 
     def __init__(self, sock: Socket, *, batch: int, max_streams: int,

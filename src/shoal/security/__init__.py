@@ -9,7 +9,7 @@ with ZeroMQ's CURVE mechanism (elliptic-curve keys, one pair per node):
 * **Trust** (``Trust.keys``, ``Trust.file``, ``Trust.tofu``, ``Trust.any_of``): who is
   admitted. ``trust.allows(public_key, node_id)`` returns a ``Verdict``.
 * **ZAP** (``serve_zap`` / ``open_zap_handler``, or ``ZapHandler``'s ``bind``,
-  ``serve`` and ``close`` for an owner that binds synchronously): the trio task that
+  ``serve`` and ``close`` for an owner that binds synchronously): the task that
   answers libzmq's authentication requests for a context from a ``Trust``; admitted
   connections carry the client's public key as the ``User-Id`` message property
   (``peer_key(frame)`` reads it).

@@ -9,7 +9,7 @@
   socket's options when ``connect()`` is called and keeps that copy for the
   connection's life, reconnects included, so one socket connects to many servers,
   each with its own key. ``connect_curve`` sets the key and connects with no
-  checkpoint in between, so no other trio task can change the key in the gap.
+  checkpoint in between, so no other task can change the key in the gap.
 
 ``Security`` bundles a node's key pair and trust policy with these helpers.
 """

@@ -30,7 +30,7 @@ skipped with a warning (it can grant nothing), the others still count.
 
 File reading is the only I/O: a ``stat`` per ``allows`` call, a read when the file
 changed, a rewrite (to a temporary file renamed over the old one) when TOFU pins.
-Not thread-safe; one trio thread calls it.
+Not thread-safe; one event loop's thread calls it.
 """
 
 from __future__ import annotations

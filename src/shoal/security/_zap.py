@@ -4,7 +4,7 @@ libzmq asks a ZAP handler (ZeroMQ RFC 27) about every handshake on a socket that
 authenticates: it sends a request over ``inproc://zeromq.zap.01`` *of the same
 context* and holds the handshake until the answer. The handler here binds that
 endpoint with a ROUTER (a ``shoal._zmq._socket.Socket``, so the FD rules are kept) and
-answers in the trio thread:
+answers in the event loop's thread:
 
 * request frames: ``[routing id, b"", b"1.0", request id, domain, address,
   routing id of the server socket, mechanism, credentials...]``;
@@ -25,7 +25,7 @@ unless marked "seen by hand"):
   ``shoal.security.server_options`` sets both, so a missing handler fails closed.
 * The handshake waits for the answer, however slow, up to the server socket's
   ``HANDSHAKE_IVL`` (default 30 s); then the connection is dropped and the client
-  reconnects, which makes a new request. A blocked trio loop delays handshakes but
+  reconnects, which makes a new request. A blocked event loop delays handshakes but
   admits nobody.
 * A ``400`` makes the client's handshake fail with ``EVENT_HANDSHAKE_FAILED_AUTH``
   (value 400) and the client does **not** reconnect to that endpoint (a ``500``
@@ -47,10 +47,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import NoReturn
 
-import trio
+import anyio
 import zmq
+from anyio.abc import TaskStatus
 from zmq.utils import z85
 
+from shoal._io import WouldBlock
 from shoal._zmq._socket import Socket
 from shoal._zmq._tasks import open_service_nursery
 from shoal.errors import ShoalError, TransportError
@@ -141,6 +143,7 @@ class ZapHandler:
         sock = self._sock
         if sock is None:
             raise SecurityError("bind(context) the ZAP handler before serve()")
+        checkpoint = sock.loop.checkpoint
         while True:
             # NOBLOCK first, wait only when drained (see shoal._zmq._socket): a request is taken
             # off the socket and answered with no checkpoint in between
@@ -148,10 +151,10 @@ class ZapHandler:
             for frames in batch:
                 try:
                     sock.send_nowait(self.answer(frames))
-                except (trio.WouldBlock, ShoalError):
+                except (WouldBlock, ShoalError):
                     pass  # the asking connection is gone (ROUTER drops unroutable replies)
             if batch:
-                await trio.lowlevel.checkpoint()
+                await checkpoint()
             else:
                 await sock.wait_receivable()
 
@@ -232,13 +235,14 @@ class ZapHandler:
 
 async def serve_zap(
     context: zmq.Context[zmq.Socket[bytes]], trust: Trust, *,
-    task_status: trio.TaskStatus[ZapHandler] = trio.TASK_STATUS_IGNORED,
+    task_status: TaskStatus[ZapHandler] = anyio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Answer ZAP requests on ``context`` from ``trust`` until cancelled.
 
-    For ``nursery.start``: returns (``task_status.started``) the ``ZapHandler`` once
-    the endpoint is bound, so every handshake from then on is asked about. Start it
-    before binding any CURVE server socket on the context, and let it end before
+    For ``nursery.start`` (a trio nursery or an AnyIO task group): returns
+    (``task_status.started``) the ``ZapHandler`` once the endpoint is bound, so every
+    handshake from then on is asked about. Start it before binding any CURVE server
+    socket on the context, and let it end before
     ``context.term()`` (which waits for its socket). Raises ``SecurityError`` if
     another handler is already bound on this context.
     """
