@@ -19,8 +19,8 @@ from support.imports import SRC, imported_modules, module_name
 CORE = SRC / "_core"
 
 FORBIDDEN = frozenset({
-    "trio", "zmq", "zeroconf", "socket", "time", "random", "asyncio", "threading",
-    "secrets", "uuid", "select", "selectors", "subprocess", "multiprocessing",
+    "trio", "anyio", "sniffio", "uvloop", "zmq", "zeroconf", "socket", "time", "random",
+    "asyncio", "threading", "secrets", "uuid", "select", "selectors", "subprocess", "multiprocessing",
 })
 """Top-level modules the core must not import: I/O, event loops, clocks, randomness."""
 
@@ -55,13 +55,13 @@ def test_no_core_module_imports_io_clock_or_randomness(path: Path) -> None:
 
 def test_the_core_imports_when_trio_and_zmq_are_unavailable() -> None:
     """Run-time proof on top of the static check: import the core in a fresh
-    interpreter where importing trio, zmq, zeroconf or asyncio fails (msgpack itself
+    interpreter where importing trio, anyio, zmq, zeroconf or asyncio fails (msgpack itself
     uses the stdlib clock for its Timestamp type, so those are left to the static check)."""
     code = (
         "import sys, types\n"
-        "for name in ('trio', 'zmq', 'zeroconf', 'asyncio'):\n"
+        "for name in ('trio', 'anyio', 'sniffio', 'zmq', 'zeroconf', 'asyncio'):\n"
         "    sys.modules[name] = None\n"
-        # a bare package object: shoal/__init__.py itself (rightly) imports trio
+        # a bare package object: shoal/__init__.py itself (rightly) imports anyio
         "pkg = types.ModuleType('shoal')\n"
         f"pkg.__path__ = [{str(SRC)!r}]\n"
         "sys.modules['shoal'] = pkg\n"

@@ -1,7 +1,8 @@
 """shoal's sans-I/O core: envelope codec, reliability state machines and their
 acknowledgements, sequence/gap bookkeeping, peer table, routes, identities.
 
-Nothing under ``shoal._core`` imports trio, zmq, zeroconf, socket, time or random:
+Nothing under ``shoal._core`` imports an event loop (trio, asyncio, anyio), zmq, zeroconf,
+socket, time or random:
 the caller passes time and ids in, so every state machine here is a plain function
 call that tests can drive deterministically.
 """

@@ -16,7 +16,8 @@ forgotten).
 percentile of them (``hedge_after="p95"``), re-sorting only every
 ``RESORT_EVERY`` samples so that asking costs nothing per request.
 
-Contract: sans-I/O. No trio, zmq, time or random: the caller passes ``now``.
+Contract: sans-I/O. No event loop (trio, asyncio, anyio), zmq, time or random: the caller
+passes ``now``.
 """
 
 from __future__ import annotations

@@ -46,10 +46,11 @@ receiver that does not know one drops the frame (``DecodeError`` reason
 must-understand. The hot-path decoders mask the advisory bits out of the word they
 compare, so the rule costs them nothing.
 
-Contract: this module is sans-I/O. It imports no trio, zmq, socket, time or random;
-the caller passes ids and the time in. ``decode`` treats every byte as hostile: any
-failure, whatever its cause, is one ``DecodeError`` with a stable ``reason`` label,
-and no input can make it allocate more than a small multiple of the input's size.
+Contract: this module is sans-I/O. It imports no event loop (trio, asyncio, anyio), zmq,
+socket, time or random; the caller passes ids and the time in. ``decode`` treats every
+byte as hostile: any failure, whatever its cause, is one ``DecodeError`` with a stable
+``reason`` label, and no input can make it allocate more than a small multiple of the
+input's size.
 """
 
 from __future__ import annotations

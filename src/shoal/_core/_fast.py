@@ -7,7 +7,8 @@ else, valid or not, goes to a fallback that uses ``decode`` and so judges it. Th
 layout these functions read is the one ``shoal._core._envelope`` defines and
 documents; nothing here decides whether a frame is well-formed.
 
-Contract: sans-I/O, like the envelope: no trio, zmq, socket, time or random.
+Contract: sans-I/O, like the envelope: no event loop (trio, asyncio, anyio), zmq, socket,
+time or random.
 """
 
 from __future__ import annotations

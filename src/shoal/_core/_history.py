@@ -15,8 +15,8 @@ is forgotten once empty), so ten million distinct topics cost no more than the b
 A request is bounded by what it parses: at most ``MAX_HISTORY_PREFIXES`` prefixes of at most
 ``MAX_TOPIC`` bytes, a depth clamped to the store's.
 
-Contract: sans-I/O, like the rest of ``_core``: no trio, zmq, socket, time or random.
-Nothing from the wire raises anything but ``DecodeError``.
+Contract: sans-I/O, like the rest of ``_core``: no event loop (trio, asyncio, anyio),
+zmq, socket, time or random. Nothing from the wire raises anything but ``DecodeError``.
 """
 
 from __future__ import annotations

@@ -71,9 +71,10 @@ class Peer:
     revision: int
     """Grows with every change of the node's catalogue."""
     last_seen: float = field(compare=False)
-    """When this node last heard from it (``trio.current_time()`` clock). Under the
-    ring watch only its watchers hear it every second or so: for the others this is
-    when it last sent them something (its State, a beat)."""
+    """When this node last heard from it (the event loop's clock: ``anyio.current_time()``,
+    ``trio.current_time()`` under trio). Under the ring watch only its watchers hear it
+    every second or so: for the others this is when it last sent them something (its
+    State, a beat)."""
 
     def endpoint(self, offer: ChannelOffer) -> str:
         """The ZeroMQ endpoint of one of this peer's listening channel offers."""

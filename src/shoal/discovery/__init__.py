@@ -11,7 +11,7 @@ nodes, so ``MDNS`` and ``Static`` behave the same once a peer is found.
 Writing a source (a registry lookup, a file watched...): an object with an
 ``interfaces`` attribute (None, or the addresses it works on) and an ``async def
 discover(own, reports, *, task_status)`` (the ``Source`` protocol). The node starts it
-with ``nursery.start``, giving it ``own`` (an ``Advertisement``: this node's name, id,
+with ``task_group.start``, giving it ``own`` (an ``Advertisement``: this node's name, id,
 epoch, addresses, control port and public key, for a source that announces it) and
 ``reports``: the source calls ``reports.report(Found(instance, endpoints,
 public_key=..., node_id=...))`` for each node it finds and ``reports.report(Lost(instance))``
@@ -24,12 +24,12 @@ decisions, the same for every source::
     class Registry:
         interfaces = None
 
-        async def discover(self, own, reports, *, task_status=trio.TASK_STATUS_IGNORED):
+        async def discover(self, own, reports, *, task_status=anyio.TASK_STATUS_IGNORED):
             task_status.started()
             while True:
                 for name, endpoint, key in await lookup():
                     reports.report(Found(name, (endpoint,), public_key=key))
-                await trio.sleep(10)
+                await anyio.sleep(10)
 
 ``interfaces=`` (of ``MDNS``, ``Static`` and ``open_node``) takes interface names or
 IPv4 addresses; ``resolve_interfaces`` does that resolution for an application that

@@ -8,14 +8,14 @@ a partition, a restart), and when to let a link go.
 
 The node starts each source once, in a task of its own::
 
-    await nursery.start(source.discover, own, reports)
+    await task_group.start(source.discover, own, reports)
 
 ``own`` (``Advertisement``) is what this node would say about itself (a source that
 announces, as mDNS does, announces that). ``reports`` (``Reports``) takes ``Found`` and
 ``Lost`` records and answers two questions a source may use to pace itself
 (``reached``, ``unreached``). ``discover`` calls ``task_status.started()`` once it
 works, and runs until cancelled (the node closing), or returns once it has nothing
-more to report (a fixed list). It must not block the trio thread.
+more to report (a fixed list). It must not block the event loop's thread.
 
 Records name an *instance*: the source's own name for one advertised node, unique
 within the source (mDNS: the DNS-SD instance name; a static list: the endpoint). A
@@ -29,7 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-import trio
+import anyio
+from anyio.abc import TaskStatus
 
 __all__ = ["Advertisement", "Found", "Lost", "Reports", "Source"]
 
@@ -87,7 +88,7 @@ class Reports(Protocol):
     """Where a source reports what it finds (one per source: instance names are its own)."""
 
     def report(self, record: Found | Lost) -> None:
-        """Take a record. Never blocks; call it from the trio thread only. Raises
+        """Take a record. Never blocks; call it from the event loop's thread only. Raises
         ``LocalProtocolError`` for a malformed record (an endpoint that is not
         ``tcp://HOST:PORT``, a key that is not Z85, a node id that is not 16 bytes)."""
 
@@ -108,6 +109,6 @@ class Source(Protocol):
         (None: no preference). A plain attribute will do."""
 
     async def discover(self, own: Advertisement, reports: Reports, *,
-                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                       task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Find nodes and report them until cancelled; ``task_status.started()`` once
         running. May raise ``LocalProtocolError`` before starting (a misconfiguration)."""

@@ -1,4 +1,4 @@
-"""mDNS/DNS-SD discovery over python-zeroconf, bridged into trio.
+"""mDNS/DNS-SD discovery over python-zeroconf, bridged into the event loop (trio or asyncio).
 
 Each node registers one DNS-SD instance of ``SERVICE_TYPE``: SRV and A records point
 at its control socket, TXT carries ``v`` (the protocol version), ``id`` (node id),
@@ -30,12 +30,16 @@ when another host asked it in the last second with no known answer this node lac
 that grows with the instances heard (``_ask_delay``), so nodes started together do
 not ask in lockstep.
 
-Bridging: python-zeroconf runs its own asyncio loop in a thread. Its blocking calls
-(construct, close) run through ``trio.to_thread``; registration and resolutions run as
-tasks on zeroconf's loop that trio awaits and closing cancels (a node closed while its
-name is still being probed does not wait for the probes to end, and no task is left
-pending on a stopped loop); its browser callback runs on its thread and only hands
-the name to trio with ``TrioToken.run_sync_soon`` (never blocking zeroconf's loop).
+Bridging: python-zeroconf runs its own asyncio loop in a thread, apart from the node's
+event loop (trio, or another asyncio loop). Its blocking calls (construct, close) run
+through ``anyio.to_thread``; registration and resolutions run as tasks on zeroconf's
+loop that the node awaits and closing cancels (a node closed while its name is still
+being probed does not wait for the probes to end, and no task is left pending on a
+stopped loop). The way back is ``anyio.from_thread.run_sync`` with the node's loop
+token, which waits until the node's loop has run the call; so it is taken from threads
+that may wait, never from zeroconf's loop: the browser callback runs on the browser's
+own thread (zeroconf runs handlers there so that they may block), and a finished task
+is reported from a worker thread of zeroconf's loop.
 
 Closing sends one goodbye (the records with a TTL of 0), as soon as the node closes:
 zeroconf's own unregister repeats it twice more, 125 ms apart, and its close waits
@@ -57,10 +61,16 @@ import logging
 import math
 import random
 import socket
+import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-import trio
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
 from zeroconf import (
     IPVersion,
     ServiceBrowser,
@@ -176,32 +186,30 @@ class MDNS:
         self._networks = local_networks(own.addresses)
 
     async def discover(self, own: Advertisement, reports: Reports, *,
-                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                       task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Announce ``own`` and report the instances heard, until cancelled."""
         self._attach(own, reports)
         # Default: the multicast-capable interfaces the node advertises, not zeroconf's
         # "All" (which includes loopback and interfaces that cannot do multicast).
         choice: Any = (list(self.interfaces) if self.interfaces is not None
                        else multicast_addresses() or list(own.addresses))
-        zc = await trio.to_thread.run_sync(
+        zc = await anyio.to_thread.run_sync(
             lambda: _Zeroconf(interfaces=choice, ip_version=IPVersion.V4Only))
         info = self._info(own)
-        send, receive = trio.open_memory_channel[tuple[str, bool]](_QUEUE)
-        token = trio.lowlevel.current_trio_token()
+        send, receive = anyio.create_memory_object_stream[tuple[str, bool]](_QUEUE)
+        token = anyio.lowlevel.current_token()
 
         def on_change(zeroconf: Any, service_type: str, name: str,
                       state_change: ServiceStateChange) -> None:
-            # zeroconf's thread: hand the name over, never block
+            # the browser's thread (not zeroconf's loop): hand the name over
             removed = state_change is ServiceStateChange.Removed
-            try:
-                token.run_sync_soon(_offer, send, (name, removed))
-            except trio.RunFinishedError:
-                pass
+            with contextlib.suppress(anyio.RunFinishedError):
+                anyio.from_thread.run_sync(_offer, send, (name, removed), token=token)
 
         browser = None
         bridge = _Bridge(zc, info)
         try:
-            async with trio.open_nursery() as nursery:
+            async with send, receive, anyio.create_task_group() as nursery:
                 # Registration probes the name for ~1.2 s: do it beside browsing.
                 nursery.start_soon(bridge.register)
                 # question_type None: the first question is QU, the later ones QM (RFC
@@ -219,11 +227,10 @@ class MDNS:
                     elif name != info.name:
                         nursery.start_soon(self._resolve, bridge, name)
         finally:
-            with trio.move_on_after(3) as scope:
-                scope.shield = True
+            with anyio.move_on_after(3, shield=True):
                 if browser is not None:
-                    await trio.to_thread.run_sync(browser.cancel, abandon_on_cancel=True)
-                await trio.to_thread.run_sync(bridge.close, abandon_on_cancel=True)
+                    await anyio.to_thread.run_sync(browser.cancel, abandon_on_cancel=True)
+                await anyio.to_thread.run_sync(bridge.close, abandon_on_cancel=True)
 
     async def _resolve(self, bridge: _Bridge, name: str) -> None:
         info = await bridge.resolve(self.service_type, name)
@@ -281,13 +288,13 @@ class MDNS:
         was lost, and while an instance is unreached; every ``_SLOW_QUERY`` seconds
         while none is reached; otherwise not. Each question waits ``_ask_delay`` first,
         and the first ``_QU_ASKS`` are QU (see the module docstring)."""
-        started = last_loss = trio.current_time()
+        started = last_loss = anyio.current_time()
         last_query = -math.inf
         previous: frozenset[str] = frozenset()
         asked = 0
         while True:
-            await trio.sleep(_REINTRODUCE)
-            now = trio.current_time()
+            await anyio.sleep(_REINTRODUCE)
+            now = anyio.current_time()
             reached = reports.reached()
             if previous - reached:
                 last_loss = now
@@ -296,7 +303,7 @@ class MDNS:
             fast = now - started < _FAST_FOR or now - last_loss < _FAST_FOR or missing
             if fast or (not reached and now - last_query >= _SLOW_QUERY):
                 last_query = now
-                await trio.sleep(_ask_delay(len(self._endpoints), random.random()))
+                await anyio.sleep(_ask_delay(len(self._endpoints), random.random()))
                 bridge.ask(self.service_type, reports.reached(), unicast=asked < _QU_ASKS)
                 asked += 1
             for name in missing:
@@ -351,17 +358,17 @@ def _node_id(value: bytes | None) -> bytes | None:
     return raw if len(raw) == 16 else None
 
 
-def _offer(send: trio.MemorySendChannel[tuple[str, bool]], item: tuple[str, bool]) -> None:
+def _offer(send: MemoryObjectSendStream[tuple[str, bool]], item: tuple[str, bool]) -> None:
     try:
         send.send_nowait(item)
-    except (trio.WouldBlock, trio.ClosedResourceError):
+    except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
         log.debug("mDNS: dropped a browse event for %s (queue full or closed)", item[0])
 
 
 class _Bridge:
     """The node's work on zeroconf's asyncio loop: the DNS-SD instance (probed and
     announced by ``register``) and the resolutions in progress, each a task there
-    that trio awaits without a thread. ``close`` cancels what is left, withdraws the
+    that the node's loop awaits. ``close`` cancels what is left, withdraws the
     instance and closes zeroconf, so no task is left pending on a stopped loop."""
 
     def __init__(self, zc: _Zeroconf, info: ServiceInfo) -> None:
@@ -369,7 +376,8 @@ class _Bridge:
         self.zc = zc
         self.loop = zc.loop
         self.info = info
-        self.token = trio.lowlevel.current_trio_token()
+        self.token = anyio.lowlevel.current_token()  # the node's loop
+        self.thread = threading.get_ident()  # the node's loop's
         self.tasks: set[asyncio.Task[Any]] = set()  # on zeroconf's loop
         self.registered = False
         self.own = info.dns_pointer()
@@ -396,22 +404,32 @@ class _Bridge:
             self.tasks.discard(task)
 
     async def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on zeroconf's loop; trio waits for it (cancelling it if
-        cancelled)."""
+        """Run ``coro`` on zeroconf's loop; the node's loop waits for it (cancelling it
+        if cancelled)."""
         future = asyncio.run_coroutine_threadsafe(self._tracked(coro), self.loop)
-        done = trio.Event()
+        done = anyio.Event()
 
-        def finished(_: object) -> None:  # zeroconf's thread
-            with contextlib.suppress(trio.RunFinishedError):
-                self.token.run_sync_soon(done.set)
+        def finished(_: object) -> None:
+            if threading.get_ident() == self.thread:
+                done.set()  # done already, or cancelled from here
+                return
+            # zeroconf's loop: the way back waits for the node's loop, so a worker
+            # thread of zeroconf's loop takes it
+            with contextlib.suppress(RuntimeError):  # zeroconf's loop is closing
+                self.loop.run_in_executor(None, self._wake, done)
 
         future.add_done_callback(finished)
         try:
             await done.wait()
-        except trio.Cancelled:
+        except anyio.get_cancelled_exc_class():
             future.cancel()
             raise
         return future.result()
+
+    def _wake(self, done: anyio.Event) -> None:
+        # RunFinishedError (a RuntimeError): the node's loop has ended, nobody waits
+        with contextlib.suppress(RuntimeError):
+            anyio.from_thread.run_sync(done.set, token=self.token)
 
     async def _announce(self) -> None:
         # zeroconf's loop: probe the name, enter it, then announce it (twice more)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import trio
+import anyio
+from anyio.abc import TaskStatus
 
 from shoal._zmq._socket import check_endpoint
 from shoal.discovery._contract import Advertisement, Found, Reports
@@ -59,7 +60,7 @@ class Static:
         return f"Static({list(self.peers)!r})"
 
     async def discover(self, own: Advertisement, reports: Reports, *,
-                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                       task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Report every listed endpoint (steady: see the module notes)."""
         secured = own.public_key is not None
         for ep in self.peers:

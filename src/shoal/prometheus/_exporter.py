@@ -1,4 +1,4 @@
-"""A Prometheus exporter: shoal's counters over HTTP, served from trio.
+"""A Prometheus exporter: shoal's counters over HTTP, served from the event loop.
 
     async with shoal.open_prometheus_exporter(bind=("127.0.0.1", 9464)) as exporter:
         exporter.add_node(node)                 # the node, its peers, what it opened
@@ -11,11 +11,11 @@ Contract:
   snapshots (and the node's peer table) and renders them with ``prometheus_client``'s
   data model, in the exporter's own ``CollectorRegistry`` (never the global one).
   What is collected and how it is named: ``_metrics``.
-* The HTTP server is trio's (``trio.serve_listeners`` on the listeners bound at
-  ``bind``); no thread is started. Its limits (request head size, connection timeout,
-  connections at once), and why it is shoal's own: ``_http``. A misbehaving client, or
-  a resource whose ``statistics()`` fails, never takes the exporter (or the
-  application around it) down.
+* The HTTP server runs on the event loop (trio or asyncio): AnyIO listeners bound at
+  ``bind``, one task per connection; no thread is started. Its limits (request head
+  size, connection timeout, connections at once), and why it is shoal's own: ``_http``.
+  A misbehaving client, or a resource whose ``statistics()`` fails, never takes the
+  exporter (or the application around it) down.
 * ``bind`` is required: the exporter listens only where it is told.
 * ``prometheus_client`` is imported when an exporter opens, not with shoal: without
   it, opening raises ``LocalProtocolError`` saying what to install.
@@ -23,13 +23,16 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import errno
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
-import trio
+import anyio
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup
 
-from shoal._zmq._socket import require_trio
+from shoal._zmq._socket import require_loop
 from shoal._zmq._tasks import open_service_nursery
 from shoal.errors import LocalProtocolError, TransportError
 from shoal.prometheus._http import (
@@ -50,6 +53,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_TIMEOUT", "GAUGE_FIELDS", "MAX_REQUEST_BYTES",
            "PrometheusExporter", "open_prometheus_exporter"]
 
+log = logging.getLogger("shoal")
+
 _INSTALL_HINT = "pip install 'shoal[prometheus]'"
 
 
@@ -59,7 +64,7 @@ class PrometheusExporter:
     ``prometheus_client.CollectorRegistry`` it renders (register more collectors
     there to serve them on the same page)."""
 
-    def __init__(self, registry: CollectorRegistry, listeners: list[trio.SocketListener], *,
+    def __init__(self, registry: CollectorRegistry, listeners: list[SocketListener], *,
                  timeout: float, max_connections: int) -> None:
         self.registry = registry
         self._listeners = listeners
@@ -71,7 +76,8 @@ class PrometheusExporter:
     @property
     def address(self) -> tuple[str, int]:
         """(host, port) the exporter listens on (the port chosen when ``bind`` said 0)."""
-        sockname = self._listeners[0].socket.getsockname()
+        sockname = self._listeners[0].extra(SocketAttribute.local_address)
+        assert isinstance(sockname, tuple)
         return str(sockname[0]), int(sockname[1])
 
     # -- what to export ------------------------------------------------------------------
@@ -105,7 +111,7 @@ class PrometheusExporter:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        """The metric families, from fresh snapshots. Call from the trio thread."""
+        """The metric families, from fresh snapshots. Call from the event loop's thread."""
         return self._collector.families(self._server.outcomes)
 
     def _render(self) -> tuple[bytes, str]:
@@ -142,7 +148,7 @@ async def open_prometheus_exporter(
     installed (``pip install 'shoal[prometheus]'``), ``TransportError`` if the address
     cannot be bound.
     """
-    require_trio("shoal.open_prometheus_exporter() was entered")
+    require_loop("shoal.open_prometheus_exporter() was entered")
     try:
         from prometheus_client import CollectorRegistry
     except ImportError as exc:
@@ -157,25 +163,53 @@ async def open_prometheus_exporter(
             or max_connections < 1:
         raise LocalProtocolError(f"max_connections= is at least 1, not {max_connections!r}")
     try:
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        # a host name with several addresses gets one listener per address, all on
+        # the same port (a free one when ``bind`` said 0), so ``address`` tells the truth
+        multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
     except OSError as exc:
         raise TransportError(f"cannot listen on {host}:{port} for the Prometheus exporter: "
                              f"{exc.strerror or exc}", exc.errno) from exc
-    if port == 0 and len(listeners) > 1:
-        # a host name with several addresses got one free port per address: keep the
-        # first, so that ``address`` tells the whole truth
-        for extra in listeners[1:]:
-            await trio.aclose_forcefully(extra)
-        del listeners[1:]
+    # create_tcp_listener makes socket listeners (its type says only Listener)
+    listeners = [cast(SocketListener, listener) for listener in multi.listeners]
     try:
         exporter = PrometheusExporter(CollectorRegistry(), listeners, timeout=connection_timeout,
                                       max_connections=max_connections)
         async with open_service_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, exporter._server.handle, listeners)
+            for listener in listeners:
+                nursery.start_soon(_accept, listener, exporter._server.handle, nursery)
             try:
                 yield exporter
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        for listener in listeners:  # serve_listeners closed them, unless it never started
-            await trio.aclose_forcefully(listener)
+        for listener in listeners:
+            await anyio.aclose_forcefully(listener)
+
+
+# accept() failing for want of resources: wait and try again rather than stop serving
+_ACCEPT_CAPACITY = frozenset(getattr(errno, name) for name in (
+    "EMFILE", "ENFILE", "ENOMEM", "ENOBUFS") if hasattr(errno, name))
+# a connection that failed before it was accepted (accept(2) on Linux passes on the
+# network's errors): take the next one
+_ACCEPT_GONE = frozenset(getattr(errno, name) for name in (
+    "ECONNABORTED", "EPROTO", "EPERM", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+    "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH") if hasattr(errno, name))
+
+
+async def _accept(listener: SocketListener,
+                  handle: Callable[[SocketStream], Coroutine[Any, Any, None]],
+                  nursery: TaskGroup) -> None:
+    """Accept connections until cancelled, each handled in a task of ``nursery``."""
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno in _ACCEPT_GONE:
+                continue
+            if exc.errno not in _ACCEPT_CAPACITY:
+                raise
+            log.error("the Prometheus exporter cannot accept a connection: %s; trying again "
+                      "in 0.1 s", exc.strerror or exc)
+            await anyio.sleep(0.1)
+            continue
+        nursery.start_soon(handle, stream)

@@ -1,4 +1,5 @@
-"""The exporter's HTTP server: one route (``GET /metrics``), served from trio.
+"""The exporter's HTTP server: one route (``GET /metrics``), served from the event loop
+(trio or asyncio).
 
 Contract:
 
@@ -9,7 +10,8 @@ Contract:
   connection ends in one outcome, counted in ``outcomes`` (the page reports them).
 * ``handle`` never raises: a misbehaving client, or a page that fails to render, never
   takes the exporter (or the application around it) down.
-* No thread is started: the caller serves the listeners with ``trio.serve_listeners``.
+* No thread is started: the caller accepts the connections (on AnyIO listeners) and
+  runs ``handle`` on each, in a task of its own.
 
 Why it is written here rather than taken from a library: the protocol it needs is a
 request line and a blank line, and what matters (the limits, the timeout, the
@@ -25,7 +27,8 @@ import re
 from collections.abc import Callable
 from typing import Literal
 
-import trio
+import anyio
+from anyio.abc import ByteStream
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_TIMEOUT", "MAX_REQUEST_BYTES", "MetricsServer",
            "Outcome"]
@@ -55,7 +58,7 @@ Render = Callable[[], tuple[bytes, str]]
 
 class MetricsServer:
     """Answers ``GET /metrics`` (and ``HEAD``) with what ``render`` makes; ``handle`` is
-    the handler to give ``trio.serve_listeners``."""
+    what to run on each accepted connection."""
 
     def __init__(self, render: Render, *, timeout: float, max_connections: int) -> None:
         self._render = render
@@ -70,22 +73,22 @@ class MetricsServer:
         """Connections being served now."""
         return self._active
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    async def handle(self, stream: ByteStream) -> None:
         """One connection: one request, one response, closed. Never raises."""
         if self._active >= self._max_connections:
             self._count("busy")
-            await trio.aclose_forcefully(stream)
+            await anyio.aclose_forcefully(stream)
             return
         self._active += 1
         outcome: Outcome = "error"
         try:
-            with trio.move_on_after(self._timeout) as scope:
+            with anyio.move_on_after(self._timeout) as scope:
                 outcome = await self._exchange(stream)
             if scope.cancelled_caught:
                 outcome = "timeout"
             elif outcome != "empty":
                 await _linger(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass  # the client went away: "error", unless it had been answered
         except Exception:
             # a bug here must not crash the application embedding the exporter
@@ -94,12 +97,12 @@ class MetricsServer:
         finally:
             self._active -= 1
             self._count(outcome)
-            await trio.aclose_forcefully(stream)
+            await anyio.aclose_forcefully(stream)
 
     def _count(self, outcome: Outcome) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
 
-    async def _exchange(self, stream: trio.SocketStream) -> Outcome:
+    async def _exchange(self, stream: ByteStream) -> Outcome:
         """Read one request and answer it; the outcome (set before the answer is sent,
         so a client that leaves while reading it still counts as answered)."""
         head = await _read_head(stream)
@@ -133,12 +136,13 @@ class MetricsServer:
         return "ok"
 
 
-async def _read_head(stream: trio.SocketStream) -> bytes | None:
+async def _read_head(stream: ByteStream) -> bytes | None:
     """The request head; b"" if the client closed first; None if it is too large."""
     buf = bytearray()
     while True:
-        chunk = await stream.receive_some(MAX_REQUEST_BYTES + 1 - len(buf))
-        if not chunk:
+        try:
+            chunk = await stream.receive(MAX_REQUEST_BYTES + 1 - len(buf))
+        except anyio.EndOfStream:
             return b""
         # search from a little before the new bytes: the terminator may straddle chunks
         start = max(0, len(buf) - 3)
@@ -150,23 +154,24 @@ async def _read_head(stream: trio.SocketStream) -> bytes | None:
             return None
 
 
-async def _respond(stream: trio.SocketStream, code: int, reason: str, body: bytes, *,
+async def _respond(stream: ByteStream, code: int, reason: str, body: bytes, *,
                    content_type: str = "text/plain; charset=utf-8", extra: bytes = b"",
                    head_only: bool = False) -> None:
     head = (f"HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n").encode("latin-1")
-    await stream.send_all(head + extra + b"\r\n" + (b"" if head_only else body))
+    await stream.send(head + extra + b"\r\n" + (b"" if head_only else body))
 
 
-async def _linger(stream: trio.SocketStream) -> None:
+async def _linger(stream: ByteStream) -> None:
     """Half-close, then read (and drop) what the client still sends until it closes,
     briefly: closing with unread bytes would reset the connection, and a reset can
     destroy a response the client has not read yet."""
     await stream.send_eof()
     drained = 0
-    with trio.move_on_after(_LINGER):
+    with anyio.move_on_after(_LINGER):
         while drained < _LINGER_BYTES:
-            chunk = await stream.receive_some(16384)
-            if not chunk:
+            try:
+                chunk = await stream.receive(16384)
+            except anyio.EndOfStream:
                 return
             drained += len(chunk)

@@ -42,7 +42,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-import trio
+import anyio
 
 from shoal._naming import defined_in
 from shoal.errors import LocalProtocolError
@@ -271,7 +271,7 @@ def _listed_resources(node: Node) -> list[tuple[str, Snapshotting]]:
 
 class Collector:
     """What is exported, read into metric families at each scrape (``families``).
-    Call from the trio thread: nodes and resources are read where they live."""
+    Call from the event loop's thread: nodes and resources are read where they live."""
 
     def __init__(self) -> None:
         self._nodes: dict[str, _NodeEntry] = {}  # node id -> entry
@@ -317,8 +317,8 @@ class Collector:
         served so far, by outcome."""
         fams = _Families()
         try:
-            now: float | None = trio.current_time()
-        except RuntimeError:  # rendered outside trio: peer ages are unknown
+            now: float | None = anyio.current_time()
+        except RuntimeError:  # rendered outside the event loop: peer ages are unknown
             now = None
         for entry in self._nodes.values():
             self._collect_node(fams, entry, now)
