@@ -10,8 +10,8 @@ peers' messages keep arriving.
 
 from __future__ import annotations
 
+import anyio
 import pytest
-import trio
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
@@ -20,6 +20,8 @@ from shoal._core import Kind, StreamEncoder
 from shoal._zmq._socket import DEFAULT_MAX_MESSAGE_SIZE
 from shoal.errors import EncodeError, LocalProtocolError, MessageTooLarge
 from support.raw import raw_receive
+
+pytestmark = pytest.mark.anyio
 
 LOOPBACK = "tcp://127.0.0.1:*"
 MIB = 1024 * 1024
@@ -44,7 +46,7 @@ def test_the_encoder_refuses_a_frame_over_its_limit_and_says_what_to_do() -> Non
 
 
 async def test_explicit_resources_take_the_default_and_refuse_beyond_it() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with shoal.open_puller(bind=LOOPBACK) as pull, \
                 shoal.open_pusher(connect=pull.endpoints) as push:
             with pytest.raises(MessageTooLarge):
@@ -58,7 +60,7 @@ async def test_a_context_with_maxmsgsize_sets_the_limit_of_its_sockets() -> None
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     ctx.setsockopt(zmq.MAXMSGSIZE, 4096)
     try:
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             async with shoal.open_publisher(bind=LOOPBACK, context=ctx) as pub:
                 await pub.publish("t", b"x" * 1000)
                 with pytest.raises(MessageTooLarge):
@@ -72,7 +74,7 @@ async def test_a_reliable_send_over_the_limit_leaves_the_window_untouched() -> N
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     ctx.setsockopt(zmq.MAXMSGSIZE, 4096)
     try:
-        with trio.fail_after(15):
+        with anyio.fail_after(15):
             async with shoal.open_puller(bind=LOOPBACK, reliable=True, context=ctx) as pull, \
                     shoal.open_pusher(connect=pull.endpoints, reliable=True,
                                       context=ctx) as push:
@@ -99,7 +101,7 @@ async def test_a_peer_over_the_receivers_limit_is_cut_off_and_others_go_on() -> 
     raw.setsockopt(zmq.LINGER, 0)
     events = raw.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     try:
-        with trio.fail_after(15):
+        with anyio.fail_after(15):
             async with shoal.open_puller(bind=LOOPBACK, context=ctx) as pull, \
                     shoal.open_pusher(connect=pull.endpoints) as good:
                 raw.connect(pull.endpoints[0])
@@ -114,7 +116,7 @@ async def test_a_peer_over_the_receivers_limit_is_cut_off_and_others_go_on() -> 
                     event = parse_monitor_message(await raw_receive(events))
                     if event["event"] == zmq.EVENT_DISCONNECTED:
                         break
-                with pytest.raises(trio.WouldBlock):
+                with pytest.raises(anyio.WouldBlock):
                     pull.receive_nowait()
                 assert pull.statistics().malformed == 0  # dropped by libzmq, not decoded
     finally:
@@ -124,7 +126,7 @@ async def test_a_peer_over_the_receivers_limit_is_cut_off_and_others_go_on() -> 
 
 
 async def test_open_node_takes_a_limit_for_all_its_sockets() -> None:
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with shoal.open_node("size-a", interfaces=["127.0.0.1"],
                                    max_message_size=2048) as a, a.open_publisher("ch") as pub:
             assert pub._sock.zmq_socket.getsockopt(zmq.MAXMSGSIZE) == 2048
@@ -134,7 +136,7 @@ async def test_open_node_takes_a_limit_for_all_its_sockets() -> None:
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, "big", True])
 async def test_open_node_refuses_a_nonsense_limit(bad: object) -> None:
-    with pytest.raises(LocalProtocolError, match="max_message_size"):
+    with anyio.fail_after(10), pytest.raises(LocalProtocolError, match="max_message_size"):
         async with shoal.open_node("size-bad", interfaces=["127.0.0.1"],
                                    max_message_size=bad):  # type: ignore[arg-type]
             pass
@@ -149,7 +151,7 @@ async def test_over_inproc_the_receiver_drops_and_counts_what_is_over_its_limit(
     raw.setsockopt(zmq.LINGER, 0)
     enc = StreamEncoder(sender=b"s" * 16, epoch=1, stream=1)  # no limit of its own
     try:
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             async with shoal.open_puller(bind="inproc://size-test", context=ctx) as pull:
                 raw.connect("inproc://size-test")
                 raw.send(enc.encode(Kind.PUSH, b"\0", b"x" * 10_000, 0, 0))

@@ -1,11 +1,12 @@
 """Small heartbeats: nodes that understand ``Beat`` send it instead of their full
 State, and keep sending States to a node that does not. Loopback only, every test
-under ``trio.fail_after``."""
+under ``anyio.fail_after``."""
 
 from __future__ import annotations
 
+import anyio
 import msgpack
-import trio
+import pytest
 import zmq
 
 from shoal._core import VERSION, Beat, State, decode_control, encode_control
@@ -13,6 +14,8 @@ from shoal._core._peers import PeerTable
 from support.endpoints import free_port
 from support.nodes import open_test_node
 from support.raw import raw_socket
+
+pytestmark = pytest.mark.anyio
 
 NODE = b"\x01" * 16
 
@@ -39,12 +42,12 @@ def test_a_beat_round_trips_and_is_a_fifth_of_a_state() -> None:
 
 async def test_two_nodes_beat_each_other_after_their_states() -> None:
     port = free_port()
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_test_node("a", port=port, heartbeat=0.05, peer_timeout=1.0) as a, \
                 open_test_node("b", peers=[port], heartbeat=0.05, peer_timeout=1.0) as b:
             await a.wait_for_peers(1)
             await b.wait_for_peers(1)
-            await trio.sleep(1.0)
+            await anyio.sleep(1.0)
             sa, sb = a.statistics(), b.statistics()
     for s in (sa, sb):
         states = s.control_received - s.beats_received
@@ -62,14 +65,14 @@ async def test_a_node_that_never_beats_keeps_getting_states() -> None:
         inbox = raw_socket(ctx, zmq.ROUTER)
         inbox.bind(f"tcp://127.0.0.1:{old_port}")
         old_state = encode_control(State(NODE, 1, "old", ("127.0.0.1",), old_port, 0, ()))
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             async with open_test_node("new", heartbeat=0.05, peer_timeout=1.0) as new:
                 out = raw_socket(ctx, zmq.DEALER)
                 out.connect(f"tcp://127.0.0.1:{new.control_port}")
                 kinds: list[str] = []
                 for _ in range(30):  # 1.5 s of an old node's heartbeats
                     out.send(old_state)
-                    await trio.sleep(0.05)
+                    await anyio.sleep(0.05)
                     while inbox.poll(0):
                         _, frame = inbox.recv_multipart()
                         kinds.append(msgpack.unpackb(frame)[1])

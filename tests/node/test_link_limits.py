@@ -1,6 +1,6 @@
 """Control links that cannot be had or are never answered, and peers past
 ``max_peers``: refused or reported with their likely cause, counted, and never a
-crash. Loopback only, every test under ``trio.fail_after``."""
+crash. Loopback only, every test under ``anyio.fail_after``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import resource
 import socket
 from collections.abc import Sequence
 
+import anyio
+import anyio.abc
 import pytest
-import trio
 import zmq
 
 import shoal
@@ -22,17 +23,19 @@ from support.endpoints import endpoint, free_port
 from support.nodes import LOOPBACK, Liveness, open_test_node
 from support.waiting import eventually
 
+pytestmark = pytest.mark.anyio
+
 
 async def test_a_link_that_gets_no_tcp_connection_is_reported_as_unreachable(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(_links, "UNANSWERED_AFTER", 0.3)
     nobody = endpoint(free_port())  # nothing listens there: every connect is refused
-    with trio.fail_after(10), caplog.at_level(logging.WARNING, logger="shoal"):
+    with anyio.fail_after(10), caplog.at_level(logging.WARNING, logger="shoal"):
         async with open_test_node("a", heartbeat=0.05, peer_timeout=1.0) as a:
             a.introduce(nobody)
             await eventually(lambda: a.statistics().links_unanswered > 0)
-            await trio.sleep(0.3)  # a second report would come by now
+            await anyio.sleep(0.3)  # a second report would come by now
             stats = a.statistics()
     assert (stats.links_unanswered, stats.peers) == (1, 0)
     said = [r.getMessage() for r in caplog.records if "no answer" in r.getMessage()]
@@ -49,7 +52,7 @@ async def test_a_link_that_connects_but_never_shakes_hands_is_reported_as_not_sh
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         where = endpoint(listener.getsockname()[1])
-        with trio.fail_after(10), caplog.at_level(logging.WARNING, logger="shoal"):
+        with anyio.fail_after(10), caplog.at_level(logging.WARNING, logger="shoal"):
             async with open_test_node("a", heartbeat=0.05, peer_timeout=1.0) as a:
                 a.introduce(where)
                 await eventually(lambda: a.statistics().links_unanswered > 0)
@@ -69,7 +72,7 @@ async def test_a_node_out_of_sockets_refuses_the_peer_and_goes_on(
             raise TransportError("cannot create a socket: Too many open files")
         return opened(self, kind, options, **kw)  # type: ignore[arg-type]
 
-    with trio.fail_after(10), caplog.at_level(logging.WARNING, logger="shoal"):
+    with anyio.fail_after(10), caplog.at_level(logging.WARNING, logger="shoal"):
         async with open_test_node("b", port=port, heartbeat=0.05, peer_timeout=1.0) as b:
             monkeypatch.setattr(SocketFactory, "open", scarce)
             async with open_test_node("a", peers=[port], heartbeat=0.05,
@@ -96,8 +99,8 @@ def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
 FAST = Liveness(heartbeat=0.05, peer_timeout=1.0)
 
 
-async def serve_node(name: str, leave: trio.Event, port: int = 0, peers: Sequence[int] = (),
-                     *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
+async def serve_node(name: str, leave: anyio.Event, port: int = 0, peers: Sequence[int] = (),
+                     *, task_status: anyio.abc.TaskStatus[Node] = anyio.TASK_STATUS_IGNORED,
                      ) -> None:
     """A node that stays until ``leave`` is set (then says goodbye)."""
     async with open_test_node(name, port=port, peers=peers, **FAST) as node:
@@ -112,16 +115,16 @@ async def test_a_node_at_max_peers_refuses_the_rest_and_admits_one_when_a_peer_l
     monkeypatch.setattr(_discovered, "REINTRODUCE", 0.1)  # discovery repeats often
     names = "bcde"
     ports = {n: free_port() for n in names}
-    leave = {n: trio.Event() for n in names}
-    with trio.fail_after(20), caplog.at_level(logging.INFO, logger="shoal"):
-        async with trio.open_nursery() as nursery:
-            others = {n: await nursery.start(serve_node, n, leave[n], ports[n])
+    leave = {n: anyio.Event() for n in names}
+    with anyio.fail_after(20), caplog.at_level(logging.INFO, logger="shoal"):
+        async with anyio.create_task_group() as tg:
+            others = {n: await tg.start(serve_node, n, leave[n], ports[n])
                       for n in names}
             async with open_test_node("a", peers=list(ports.values()), max_peers=2,
                                       **FAST) as a:
                 await eventually(lambda: len(a.peers()) == 2
                                  and a.statistics().peers_refused == 2)
-                await trio.sleep(0.5)  # five more rounds of discovery: still refused
+                await anyio.sleep(0.5)  # five more rounds of discovery: still refused
                 stats = a.statistics()
                 assert (len(a.peers()), stats.links, stats.peers_refused) == (2, 2, 2)
                 kept = sorted(p.name for p in a.peers())
@@ -152,15 +155,15 @@ async def test_a_node_at_max_peers_ignores_a_node_that_introduces_itself_until_a
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     a_port = free_port()
-    b_leaves = trio.Event()
-    with trio.fail_after(20), caplog.at_level(logging.INFO, logger="shoal"):
+    b_leaves = anyio.Event()
+    with anyio.fail_after(20), caplog.at_level(logging.INFO, logger="shoal"):
         async with (open_test_node("a", port=a_port, max_peers=1, **FAST) as a,
-                    trio.open_nursery() as nursery):
-            await nursery.start(serve_node, "b", b_leaves, 0, [a_port])
+                    anyio.create_task_group() as tg):
+            await tg.start(serve_node, "b", b_leaves, 0, [a_port])
             await a.wait_for_peers(1)
             async with open_test_node("c", peers=[a_port], **FAST) as c:
                 await eventually(lambda: a.statistics().peers_refused == 1)
-                await trio.sleep(0.3)  # c's States keep coming: counted once
+                await anyio.sleep(0.3)  # c's States keep coming: counted once
                 assert [p.name for p in a.peers()] == ["b"]
                 assert (a.statistics().peers_refused, a.statistics().links) == (1, 1)
                 assert c.peers() == []  # a never answered
@@ -173,7 +176,7 @@ async def test_a_node_at_max_peers_ignores_a_node_that_introduces_itself_until_a
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "10", [4]])
 async def test_max_peers_must_be_a_whole_number_of_at_least_one(bad: object) -> None:
-    with trio.fail_after(5), pytest.raises(LocalProtocolError, match=r"max_peers is a whole "
+    with anyio.fail_after(5), pytest.raises(LocalProtocolError, match=r"max_peers is a whole "
                                            r"number >= 1"):
         async with shoal.open_node("x", interfaces=LOOPBACK, max_peers=bad):  # type: ignore[arg-type]
             pass
@@ -185,7 +188,7 @@ async def test_the_context_is_sized_for_max_peers_and_a_low_descriptor_limit_is_
     monkeypatch.setattr(resource, "getrlimit", lambda _which: (100, 1_000_000))
     need = descriptors_needed(50)
     assert need > 100
-    with trio.fail_after(10), caplog.at_level(logging.INFO, logger="shoal"):
+    with anyio.fail_after(10), caplog.at_level(logging.INFO, logger="shoal"):
         async with open_test_node("a", max_peers=50) as a:
             assert a.max_peers == 50
             assert a._sockets.context.get(zmq.MAX_SOCKETS) == max_sockets(50) == 3 * 50 + 1039
@@ -200,7 +203,7 @@ async def test_the_default_max_peers_only_notes_a_low_descriptor_limit(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(resource, "getrlimit", lambda _which: (1024, 1_000_000))
-    with trio.fail_after(10), caplog.at_level(logging.INFO, logger="shoal"):
+    with anyio.fail_after(10), caplog.at_level(logging.INFO, logger="shoal"):
         async with open_test_node("a") as a:
             assert a.max_peers == shoal.node._node.DEFAULT_MAX_PEERS == 1000
             assert a._sockets.context.get(zmq.MAX_SOCKETS) == max_sockets(1000)
@@ -214,7 +217,7 @@ async def test_enough_descriptors_is_silent_and_the_socket_limit_is_clamped(
     huge = 100_000  # more sockets than libzmq allows a context
     monkeypatch.setattr(resource, "getrlimit",
                         lambda _which: (descriptors_needed(huge), 10_000_000))
-    with trio.fail_after(10), caplog.at_level(logging.INFO, logger="shoal"):
+    with anyio.fail_after(10), caplog.at_level(logging.INFO, logger="shoal"):
         async with open_test_node("a", max_peers=huge) as a:
             ctx = a._sockets.context
             assert max_sockets(huge) > ctx.get(zmq.SOCKET_LIMIT)

@@ -6,7 +6,7 @@ Network safety: every node here is opened with ``Static([...])`` discovery and
 in a subprocess (``tests/support/peer.py``) under the same rules, and are always killed
 in a ``finally``. Never mDNS.
 
-Every I/O test runs under ``trio.fail_after`` so a lost wake-up fails instead of hanging.
+Every I/O test runs under ``anyio.fail_after`` so a lost wake-up fails instead of hanging.
 Run with ``pytest -s`` to see the measured latencies (goodbye, kill detection, channel
 changes).
 """
@@ -23,9 +23,9 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
+import anyio
 import msgpack
 import pytest
-import trio
 import zmq
 
 import shoal
@@ -44,6 +44,8 @@ from support.endpoints import endpoint, free_port
 from support.nodes import FAST, LOOPBACK, Liveness, open_test_node, pair
 from support.peers import node_process
 from support.waiting import eventually
+
+pytestmark = pytest.mark.anyio
 
 E = TypeVar("E", PeerJoined, PeerUpdated, PeerLeft)
 
@@ -83,7 +85,7 @@ async def serve(rep: Replier, name: str) -> None:
 
 
 async def test_discovery_is_symmetric_when_only_one_side_lists_the_other() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         a_port = free_port()
         async with open_test_node("a", port=a_port) as a:
             watch = a.watch_peers()
@@ -137,17 +139,17 @@ async def exercise_patterns(listening: Node, connecting: Node) -> None:
     async with (
         listening.open_replier("ask") as rep,
         connecting.open_requester("ask") as req,
-        trio.open_nursery() as nursery,
+        anyio.create_task_group() as tg,
     ):
-        nursery.start_soon(serve, rep, listening.name)
+        tg.start_soon(serve, rep, listening.name)
         reply = await req.request_message(41)
         assert reply.body == {"from": listening.name, "body": 41}
         assert reply.sender == listening.id
-        nursery.cancel_scope.cancel()
+        tg.cancel_scope.cancel()
 
 
 async def test_all_three_patterns_connect_by_channel_name_between_two_nodes() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with pair() as (a, b):
             await exercise_patterns(listening=a, connecting=b)
             await exercise_patterns(listening=b, connecting=a)
@@ -157,13 +159,13 @@ async def test_large_bodies_cross_node_channels_whole() -> None:
     """Bodies of a megabyte travel as a frame of their own on every node channel
     (the routed requester included) and arrive whole."""
     big = bytes(range(256)) * 4096
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with (
             pair() as (a, b), a.open_puller("big-jobs") as pull,
             b.open_pusher("big-jobs") as push,
             a.open_replier("big-ask") as rep,
             b.open_requester("big-ask") as req,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as tg,
         ):
             await push.send_many([big, b"small", big])
             assert [(await pull.receive()).body for _ in range(3)] == [big, b"small", big]
@@ -171,20 +173,20 @@ async def test_large_bodies_cross_node_channels_whole() -> None:
             async def echo() -> None:
                 async for request in rep:
                     await request.reply(request.body[::-1])
-            nursery.start_soon(echo)
+            tg.start_soon(echo)
             assert await req.request(big) == big[::-1]
-            nursery.cancel_scope.cancel()
+            tg.cancel_scope.cancel()
 
 
 async def test_all_three_patterns_connect_within_one_node() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_test_node("solo") as a:
             await exercise_patterns(listening=a, connecting=a)
             assert a.peers() == []
 
 
 async def test_pubsub_filters_topic_prefixes_across_nodes() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with (
             pair() as (a, b),
             a.open_publisher("sensors") as pub,
@@ -213,7 +215,7 @@ async def test_pubsub_filters_topic_prefixes_across_nodes() -> None:
 
 
 async def test_a_subscriber_connects_to_every_publisher_of_its_channel() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         hub = free_port()
         async with (
             open_test_node("c", port=hub) as c,
@@ -236,7 +238,7 @@ async def test_a_subscriber_connects_to_every_publisher_of_its_channel() -> None
 
 
 async def test_push_pull_delivers_each_item_exactly_once_across_puller_nodes() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         hub = free_port()
         async with (
             open_test_node("a", port=hub) as a,
@@ -245,7 +247,7 @@ async def test_push_pull_delivers_each_item_exactly_once_across_puller_nodes() -
             b.open_puller("work") as pull_b,
             c.open_puller("work") as pull_c,
             a.open_pusher("work") as push,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as tg,
         ):
             got: dict[str, list[int]] = {"b": [], "c": []}
 
@@ -253,14 +255,14 @@ async def test_push_pull_delivers_each_item_exactly_once_across_puller_nodes() -
                 async for msg in pull:
                     got[name].append(msg.body)
 
-            nursery.start_soon(drain, "b", pull_b)
-            nursery.start_soon(drain, "c", pull_c)
+            tg.start_soon(drain, "b", pull_b)
+            tg.start_soon(drain, "c", pull_c)
             await a.wait_for_peers(2, channel="work")
             n = 0
             while not (got["b"] and got["c"]):  # until both connections are up
                 await push.send(n)
                 n += 1
-                await trio.sleep(0.005)
+                await anyio.sleep(0.005)
             warm = n
             for _ in range(300):
                 await push.send(n)
@@ -272,18 +274,18 @@ async def test_push_pull_delivers_each_item_exactly_once_across_puller_nodes() -
             while not (any(i < 0 for i in got["b"]) and any(i < 0 for i in got["c"])):
                 await push.send(fence)
                 fence -= 1
-                await trio.sleep(0.005)
+                await anyio.sleep(0.005)
             everything = Counter(i for i in got["b"] + got["c"] if i >= 0)
             assert sorted(everything) == list(range(n))
             assert set(everything.values()) == {1}
             assert any(i >= warm for i in got["b"])
             assert any(i >= warm for i in got["c"])
             assert push.statistics().sent == n - fence - 1  # the items and the fences
-            nursery.cancel_scope.cancel()
+            tg.cancel_scope.cancel()
 
 
 async def test_many_concurrent_requests_over_two_replier_nodes_are_all_answered() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         hub = free_port()
         async with (
             open_test_node("a", port=hub) as a,
@@ -292,10 +294,10 @@ async def test_many_concurrent_requests_over_two_replier_nodes_are_all_answered(
             b.open_replier("calc") as rep_b,
             c.open_replier("calc") as rep_c,
             a.open_requester("calc") as req,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as tg,
         ):
-            nursery.start_soon(serve, rep_b, "b")
-            nursery.start_soon(serve, rep_c, "c")
+            tg.start_soon(serve, rep_b, "b")
+            tg.start_soon(serve, rep_c, "c")
             seen: set[str] = set()
             while seen != {"b", "c"}:  # until both connections are up
                 seen.add((await req.request("warm"))["from"])
@@ -305,7 +307,7 @@ async def test_many_concurrent_requests_over_two_replier_nodes_are_all_answered(
             async def ask(i: int) -> None:
                 answers[i] = await req.request(i)
 
-            async with trio.open_nursery() as asking:
+            async with anyio.create_task_group() as asking:
                 for i in range(300):
                     asking.start_soon(ask, i)
 
@@ -317,20 +319,20 @@ async def test_many_concurrent_requests_over_two_replier_nodes_are_all_answered(
             st = req.statistics()
             assert st.sent == st.replies >= 300
             assert (st.lost, st.in_flight, st.unmatched) == (0, 0, 0)
-            nursery.cancel_scope.cancel()
+            tg.cancel_scope.cancel()
 
 
 # -- catalogue changes ---------------------------------------------------------------------------
 
 
 async def test_a_channel_opened_later_is_announced_and_connected() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with pair() as (a, b):
             watch = a.watch_peers()
-            t0 = trio.current_time()
+            t0 = anyio.current_time()
             async with b.open_publisher("late") as pub:
                 ev = await next_event(watch, PeerUpdated, offers_named("late"))
-                dt = trio.current_time() - t0
+                dt = anyio.current_time() - t0
                 print(f"\n[channel opened -> peer's PeerUpdated: {dt * 1000:.1f} ms]")
                 assert dt < 0.25  # announced at once, not at the next heartbeat (0.5 s)
                 offer = ChannelOffer("late", Role.PUBLISHER, port_of(pub.endpoints))
@@ -346,7 +348,7 @@ async def test_a_channel_opened_later_is_announced_and_connected() -> None:
 
 
 async def test_a_channel_closed_is_withdrawn_and_its_connections_dropped() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with pair() as (a, b), a.open_requester("slow") as req:
             watch = a.watch_peers()
             outcome: list[BaseException] = []
@@ -357,15 +359,15 @@ async def test_a_channel_closed_is_withdrawn_and_its_connections_dropped() -> No
                 except PeerLost as exc:
                     outcome.append(exc)
 
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as tg:
                 async with b.open_replier("slow") as rep:
                     await next_event(watch, PeerUpdated, offers_named("slow"))
-                    nursery.start_soon(ask)
+                    tg.start_soon(ask)
                     await rep.receive()  # the request is at b, which will never answer
-                    t0 = trio.current_time()
+                    t0 = anyio.current_time()
                 # leaving the block withdraws the channel...
                 ev = await next_event(watch, PeerUpdated, withdraws("slow"))
-                dt = trio.current_time() - t0
+                dt = anyio.current_time() - t0
             print(f"\n[channel closed -> peer's PeerUpdated: {dt * 1000:.1f} ms]")
             assert dt < 0.25
             assert any(c.name == "slow" for c in ev.previous.channels)
@@ -379,17 +381,17 @@ async def test_a_channel_closed_is_withdrawn_and_its_connections_dropped() -> No
             assert [p.id for p in a.peers()] == [b.id]  # b itself is still there
 
             # A replier opened again later is wired in again.
-            async with b.open_replier("slow") as rep2, trio.open_nursery() as nursery:
-                nursery.start_soon(serve, rep2, "b")
+            async with b.open_replier("slow") as rep2, anyio.create_task_group() as tg:
+                tg.start_soon(serve, rep2, "b")
                 assert await req.request(7) == {"from": "b", "body": 7}
-                nursery.cancel_scope.cancel()
+                tg.cancel_scope.cancel()
 
 
 # -- leaving ----------------------------------------------------------------------------------
 
 
 async def test_a_clean_exit_says_goodbye_at_once() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         a_port = free_port()
         slow = Liveness(heartbeat=0.5, peer_timeout=10.0)
         async with open_test_node("a", port=a_port, **slow) as a:
@@ -399,9 +401,9 @@ async def test_a_clean_exit_says_goodbye_at_once() -> None:
                 watch = a.watch_peers()
                 b_watch = b.watch_peers()
                 b_id = b.id
-                t0 = trio.current_time()
+                t0 = anyio.current_time()
             left = await next_event(watch, PeerLeft)
-            dt = trio.current_time() - t0
+            dt = anyio.current_time() - t0
             print(f"\n[goodbye latency: {dt * 1000:.1f} ms (peer_timeout 10 s)]")
             assert dt < 1.0
             assert (left.peer.id, left.reason) == (b_id, "goodbye")
@@ -411,7 +413,7 @@ async def test_a_clean_exit_says_goodbye_at_once() -> None:
 
 
 async def test_a_closed_node_has_no_live_peers() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with pair() as (_a, b):
             pass
         assert b.peers() == []
@@ -421,7 +423,7 @@ async def test_a_closed_node_has_no_live_peers() -> None:
 
 
 async def test_a_killed_node_leaves_on_timeout() -> None:
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         a_port = free_port()
         async with (
             open_test_node("a", port=a_port, **FAST) as a,
@@ -429,10 +431,10 @@ async def test_a_killed_node_leaves_on_timeout() -> None:
         ):
             await a.wait_for_peers(1)
             watch = a.watch_peers()
-            t0 = trio.current_time()
+            t0 = anyio.current_time()
             proc.kill()
             left = await next_event(watch, PeerLeft)
-            dt = trio.current_time() - t0
+            dt = anyio.current_time() - t0
             print(f"\n[SIGKILL -> PeerLeft(timeout): {dt * 1000:.0f} ms "
                   f"(peer_timeout {FAST['peer_timeout']} s, heartbeat {FAST['heartbeat']} s)]")
             assert (left.peer.id, left.peer.epoch) == (proc.ready["id"], proc.ready["epoch"])
@@ -449,7 +451,7 @@ async def test_a_restarted_node_rejoins_with_a_new_epoch_and_is_rewired(
     # Restarted at once, the new incarnation replaces the old one (PeerLeft "restarted",
     # unless starting took longer than the timeout); restarted after the old one timed
     # out, it simply joins.
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         a_port = free_port()
         async with (
             open_test_node("a", port=a_port, **FAST) as a,
@@ -464,7 +466,7 @@ async def test_a_restarted_node_rejoins_with_a_new_epoch_and_is_rewired(
                 if after_timeout:
                     gone = await next_event(watch, PeerLeft)
                     assert (gone.peer.epoch, gone.reason) == (first.ready["epoch"], "timeout")
-                t0 = trio.current_time()
+                t0 = anyio.current_time()
                 async with node_process("phoenix", a_port, *args) as second:
                     assert second.ready["id"] == first.ready["id"]
                     assert second.ready["epoch"] != first.ready["epoch"]
@@ -473,7 +475,7 @@ async def test_a_restarted_node_rejoins_with_a_new_epoch_and_is_rewired(
                         events.append(ev)
                         if isinstance(ev, PeerJoined) and ev.peer.epoch != first.ready["epoch"]:
                             break
-                    dt = trio.current_time() - t0
+                    dt = anyio.current_time() - t0
                     print(f"\n[kill + restart -> new PeerJoined: {dt * 1000:.0f} ms; "
                           f"{[type(e).__name__ for e in events]}]")
                     lefts = [e for e in events if isinstance(e, PeerLeft)]
@@ -497,25 +499,25 @@ async def test_a_restarted_node_rejoins_with_a_new_epoch_and_is_rewired(
 
 
 async def test_a_request_to_a_replier_that_dies_raises_peer_lost() -> None:
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         a_port = free_port()
         async with (
             open_test_node("a", port=a_port, **FAST) as a,
             a.open_requester("mute") as req,
             node_process("mute", a_port, "--replier", "mute", "--print-received",
                          "--never-answer") as proc,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as tg,
         ):
             caught: list[tuple[PeerLost, float]] = []
 
             async def ask() -> None:
                 with pytest.raises(PeerLost) as info:
                     await req.request("are you there?")
-                caught.append((info.value, trio.current_time()))
+                caught.append((info.value, anyio.current_time()))
 
-            nursery.start_soon(ask)
+            tg.start_soon(ask)
             assert (await proc.expect("request"))["body"] == "are you there?"
-            t0 = trio.current_time()
+            t0 = anyio.current_time()
             proc.kill()
         (exc, when), = caught
         dt = when - t0
@@ -529,7 +531,7 @@ async def test_a_request_to_a_replier_that_dies_raises_peer_lost() -> None:
 
 
 async def test_a_pusher_stops_routing_to_a_puller_that_died() -> None:
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         a_port = free_port()
         async with (
             open_test_node("a", port=a_port, **FAST) as a,
@@ -541,7 +543,7 @@ async def test_a_pusher_stops_routing_to_a_puller_that_died() -> None:
             await a.wait_for_peers(2, channel="jobs")
             watch = a.watch_peers()
             local: list[Any] = []
-            remote_pulled = trio.Event()
+            remote_pulled = anyio.Event()
 
             async def drain_survivor() -> None:
                 async for msg in survivor:
@@ -551,15 +553,15 @@ async def test_a_pusher_stops_routing_to_a_puller_that_died() -> None:
                 await proc.expect("pulled")
                 remote_pulled.set()
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(drain_survivor)
-                nursery.start_soon(watch_remote)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(drain_survivor)
+                tg.start_soon(watch_remote)
                 # Both pullers take work: send until each has pulled something.
                 n = 0
                 while not (remote_pulled.is_set() and local):
                     await push.send(["warm", n])
                     n += 1
-                    await trio.sleep(0.005)
+                    await anyio.sleep(0.005)
 
                 proc.kill()
                 left = await next_event(watch, PeerLeft)
@@ -569,7 +571,7 @@ async def test_a_pusher_stops_routing_to_a_puller_that_died() -> None:
                 await eventually(lambda: sum(b[0] == "after" for b in local) == 100)
                 after = [b for b in local if b[0] == "after"]
                 assert after == [["after", i] for i in range(100)]
-                nursery.cancel_scope.cancel()
+                tg.cancel_scope.cancel()
 
 
 # -- hostile or foreign control traffic ------------------------------------------------------------
@@ -593,7 +595,7 @@ def foreign_state(version: object) -> bytes:
 async def test_a_node_of_another_protocol_version_is_ignored_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with trio.fail_after(10), caplog.at_level(logging.WARNING, logger="shoal"):
+    with anyio.fail_after(10), caplog.at_level(logging.WARNING, logger="shoal"):
         a_port = free_port()
         async with open_test_node("a", port=a_port) as a:
             ctx, sock = raw_dealer(a_port)
@@ -640,13 +642,13 @@ async def test_an_endpoint_that_accepts_and_closes_is_backed_off_not_hammered(
     thread = threading.Thread(target=accept_and_close, daemon=True)
     thread.start()
     try:
-        with trio.fail_after(10), caplog.at_level(logging.WARNING, logger="shoal"):
+        with anyio.fail_after(10), caplog.at_level(logging.WARNING, logger="shoal"):
             async with open_test_node("a", peers=[port]):
                 # two failed handshakes: the node says so and backs off
                 await eventually(lambda: any("no shoal handshake completes" in r.getMessage()
                                              for r in caplog.records))
                 at_warning = len(accepted)
-                await trio.sleep(window)  # a bounded observation: the rate is the point
+                await anyio.sleep(window)  # a bounded observation: the rate is the point
                 after = len(accepted) - at_warning
     finally:
         stop.set()
@@ -663,7 +665,7 @@ async def test_an_endpoint_that_accepts_and_closes_is_backed_off_not_hammered(
 
 
 async def test_malformed_control_frames_are_counted_and_the_node_keeps_working() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         a_port = free_port()
         async with open_test_node("a", port=a_port) as a:
             ctx, sock = raw_dealer(a_port)
@@ -707,13 +709,13 @@ async def test_malformed_control_frames_are_counted_and_the_node_keeps_working()
 async def test_open_node_refuses_bad_arguments(options: dict[str, Any], match: str) -> None:
     kwargs: dict[str, Any] = {"name": "n", "discovery": Static([]), "interfaces": LOOPBACK}
     kwargs.update(options)
-    with trio.fail_after(5), pytest.raises(LocalProtocolError, match=match):
+    with anyio.fail_after(5), pytest.raises(LocalProtocolError, match=match):
         async with shoal.open_node(**kwargs):
             pytest.fail("open_node accepted bad arguments")
 
 
 async def test_open_node_refuses_a_non_numeric_heartbeat() -> None:
-    with trio.fail_after(5), pytest.raises(LocalProtocolError, match="heartbeat"):
+    with anyio.fail_after(5), pytest.raises(LocalProtocolError, match="heartbeat"):
         async with shoal.open_node("n", discovery=Static([]), interfaces=LOOPBACK,
                                    heartbeat="0.5"):  # type: ignore[arg-type]
             pytest.fail("open_node accepted a string heartbeat")
@@ -724,7 +726,7 @@ async def test_open_node_refuses_a_non_numeric_heartbeat() -> None:
              "open_replier", "open_requester"])
 @pytest.mark.parametrize("channel", ["", 7, "nul\0inside"])
 async def test_a_channel_is_a_non_empty_text(role: str, channel: object) -> None:
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         async with open_test_node("n") as node:
             opener = getattr(node, role)
             with pytest.raises(LocalProtocolError, match=r"channel|topic|NUL"):
@@ -757,7 +759,7 @@ def test_static_accepts_host_port_without_the_scheme() -> None:
 
 
 async def test_a_closed_node_refuses_new_channels() -> None:
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         async with open_test_node("n") as node:
             pass
         with pytest.raises(ClosedError, match="closed"):
@@ -777,7 +779,7 @@ async def test_a_closed_node_refuses_new_channels() -> None:
 async def test_a_frozen_node_times_out_then_rejoins_with_the_same_epoch_and_is_rewired() -> None:
     # SIGSTOP: the process and its sockets stay, it just says nothing (a flapping link
     # looks the same). When it speaks again it is the same incarnation.
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         a_port = free_port()
         async with (
             open_test_node("a", port=a_port, **FAST) as a,
@@ -789,10 +791,10 @@ async def test_a_frozen_node_times_out_then_rejoins_with_the_same_epoch_and_is_r
             proc.proc.send_signal(signal.SIGSTOP)
             left = await next_event(watch, PeerLeft)
             assert (left.peer.id, left.reason) == (proc.ready["id"], "timeout")
-            t0 = trio.current_time()
+            t0 = anyio.current_time()
             proc.proc.send_signal(signal.SIGCONT)
             joined = await next_event(watch, PeerJoined)
-            print(f"\n[SIGCONT -> PeerJoined again: {(trio.current_time() - t0) * 1000:.0f} ms]")
+            print(f"\n[SIGCONT -> PeerJoined again: {(anyio.current_time() - t0) * 1000:.0f} ms]")
             assert (joined.peer.id, joined.peer.epoch) == (proc.ready["id"], proc.ready["epoch"])
             assert any(c.name == "calc" for c in joined.peer.channels)
             # The requester dropped its route to the replier and added the same one back.
@@ -803,7 +805,7 @@ async def test_a_frozen_node_times_out_then_rejoins_with_the_same_epoch_and_is_r
 async def test_a_static_peer_restarted_on_its_fixed_port_is_found_again() -> None:
     # a lists b; b lists nobody. b dies and comes back on the same port: a's persistent
     # link reconnects, a introduces itself again, and b's new incarnation joins.
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         b_port = free_port()
         async with (
             open_test_node("a", peers=[b_port], **FAST) as a,
@@ -832,7 +834,7 @@ async def test_two_nodes_with_one_name_on_one_host_refuse_each_other_with_a_warn
 ) -> None:
     # Same name, same host: same default node id. Neither takes the other for itself
     # or for a peer; each warns.
-    with trio.fail_after(10), caplog.at_level(logging.WARNING, logger="shoal"):
+    with anyio.fail_after(10), caplog.at_level(logging.WARNING, logger="shoal"):
         a_port = free_port()
         async with (
             open_test_node("twin", port=a_port) as a,

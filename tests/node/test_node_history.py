@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import trio
+import anyio
+import pytest
 
 from support.nodes import pair
 
+pytestmark = pytest.mark.anyio
+
 
 async def test_a_late_subscriber_node_gets_the_last_values_then_live() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with pair() as (a, b), a.open_publisher("plant", history=1) as pub:
             for value in (19.0, 20.5, 21.5):
                 await pub.publish("boiler/setpoint", value)
@@ -28,7 +31,7 @@ async def test_a_late_subscriber_node_gets_the_last_values_then_live() -> None:
 
 
 async def test_a_node_subscriber_with_history_zero_gets_only_live() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with pair() as (a, b), a.open_publisher("plant", history=5) as pub:
             await pub.publish("t", "old")
             async with b.open_subscriber("plant", history=0) as sub:
@@ -40,7 +43,7 @@ async def test_a_node_subscriber_with_history_zero_gets_only_live() -> None:
 
 
 async def test_a_late_reliable_subscriber_node_gets_the_last_values_then_live() -> None:
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         async with pair() as (a, b), \
                 a.open_publisher("plant", reliable=True, history=1) as pub:
             for value in (19.0, 21.5):

@@ -1,15 +1,15 @@
 """The ring watch: each node beats its ring successors and holds only its predecessors
 to the peer timeout; a quiet peer is suspected, one silent for the timeout is reported
 ``Gone`` to every peer. The table's rules first (sans-I/O), then nodes on loopback,
-every I/O test under ``trio.fail_after``."""
+every I/O test under ``anyio.fail_after``."""
 
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
+import anyio
 import msgpack
 import pytest
-import trio
 
 from shoal._core import VERSION, PeerLeft, State, decode_control, encode_control
 from shoal._core._control import (
@@ -29,6 +29,8 @@ from shoal.node._node import default_node_id
 from support.endpoints import endpoint, free_port
 from support.nodes import FAST, open_test_node
 from support.peers import node_process
+
+pytestmark = pytest.mark.anyio
 
 ME = bytes([0x50]) + b"\x00" * 15
 T = 2.0
@@ -174,16 +176,16 @@ async def test_each_node_hears_a_constant_number_of_beats() -> None:
     turn), not one from each of five peers."""
     hb, timeout = 0.05, 1.0
     ports = [free_port() for _ in range(6)]
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with AsyncExitStack() as stack:
             nodes = [await stack.enter_async_context(open_test_node(
                 f"n{i}", port=ports[i], peers=ports[:i], heartbeat=hb, peer_timeout=timeout))
                 for i in range(6)]
             for n in nodes:
                 await n.wait_for_peers(5)
-            await trio.sleep(0.5)
+            await anyio.sleep(0.5)
             before = [n.statistics().beats_received for n in nodes]
-            await trio.sleep(2.0)
+            await anyio.sleep(2.0)
             heard = [n.statistics().beats_received - b
                      for n, b in zip(nodes, before, strict=True)]
             assert all(len(n.peers()) == 5 for n in nodes)
@@ -195,7 +197,7 @@ async def test_each_node_hears_a_constant_number_of_beats() -> None:
 
 async def test_a_killed_node_is_reported_gone_to_the_peers_that_do_not_watch_it() -> None:
     ports = [free_port() for _ in range(4)]
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with AsyncExitStack() as stack:
             nodes = [await stack.enter_async_context(open_test_node(
                 f"w{i}", port=ports[i], peers=ports[:i], **FAST)) for i in range(4)]
@@ -204,7 +206,7 @@ async def test_a_killed_node_is_reported_gone_to_the_peers_that_do_not_watch_it(
             for n in nodes:
                 await n.wait_for_peers(4)
             watches = [n.watch_peers() for n in nodes]
-            t0 = trio.current_time()
+            t0 = anyio.current_time()
             proc.kill()
             for w in watches:
                 async for ev in w:
@@ -212,7 +214,7 @@ async def test_a_killed_node_is_reported_gone_to_the_peers_that_do_not_watch_it(
                         assert ev.peer.id == proc.ready["id"]
                         assert ev.reason == "timeout"
                         break
-            dt = trio.current_time() - t0
+            dt = anyio.current_time() - t0
             print(f"\n[SIGKILL -> every one of 4 peers: left after {dt:.2f} s]")
             assert dt < 2 * FAST["peer_timeout"]
             stats = [n.statistics() for n in nodes]
@@ -258,7 +260,7 @@ async def test_nodes_that_know_one_seed_meet_each_other() -> None:
     """Every node is given only the seed's endpoint: the member lists the seed gives
     make every node meet every other."""
     ports = [free_port() for _ in range(5)]
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with AsyncExitStack() as stack:
             nodes = [await stack.enter_async_context(open_test_node(
                 f"m{i}", port=ports[i], peers=ports[:1] if i else [], **FAST))
@@ -284,7 +286,7 @@ async def test_three_neighbours_killed_at_once_are_all_dropped() -> None:
     victims = [n for n in (f"v{i}" for i in range(200)) if inside(n)][:3]
     assert len(victims) == 3
     ports = [free_port() for _ in survivors]
-    with trio.fail_after(40):
+    with anyio.fail_after(40):
         async with AsyncExitStack() as stack:
             nodes = [await stack.enter_async_context(open_test_node(
                 name, port=ports[i], peers=ports[:i], **FAST))
@@ -295,7 +297,7 @@ async def test_three_neighbours_killed_at_once_are_all_dropped() -> None:
             for n in nodes:
                 await n.wait_for_peers(6)
             watches = [n.watch_peers() for n in nodes]
-            t0 = trio.current_time()
+            t0 = anyio.current_time()
             for p in procs:
                 p.kill()
             ids = {p.ready["id"] for p in procs}
@@ -307,7 +309,7 @@ async def test_three_neighbours_killed_at_once_are_all_dropped() -> None:
                         gone.add(ev.peer.id)
                         if gone == ids:
                             break
-            dt = trio.current_time() - t0
+            dt = anyio.current_time() - t0
             print(f"\n[three ring neighbours SIGKILLed: all 4 survivors dropped them after "
                   f"{dt:.2f} s (peer_timeout {timeout} s)]")
             assert dt < 2 * timeout + 1.0
@@ -318,13 +320,13 @@ async def test_each_pair_of_nodes_keeps_one_control_connection() -> None:
     """Five nodes: of each pair, only the lower id keeps a control link (ten links in
     all, not twenty); the other answers on it, and the group holds still."""
     ports = [free_port() for _ in range(5)]
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with AsyncExitStack() as stack:
             nodes = [await stack.enter_async_context(open_test_node(
                 f"p{i}", port=ports[i], peers=ports[:i], **FAST)) for i in range(5)]
             for n in nodes:
                 await n.wait_for_peers(4)
-            await trio.sleep(2 * FAST["peer_timeout"])
+            await anyio.sleep(2 * FAST["peer_timeout"])
             own = {n.id: len(n._control.links) for n in nodes}  # this node's own links
             by_id = sorted(own)
             # the k-th lowest node links to the 4 - k above it
