@@ -1,7 +1,7 @@
 """``shoal bench``: subprocess runs over tcp, ipc and inproc on loopback, --serve and
 --peer, the JSON records and the ratios in them, CPU time per message at each end,
---busy-poll, --rate pacing and its coordinated omission correction, --plot, and the
-error paths.
+--busy-poll, --backend (shoal on asyncio and uvloop at both ends), --rate pacing and
+its coordinated omission correction, --plot, and the error paths.
 
 Nothing here asserts a speed: the machines are shared. The figures are checked for
 consistency (counts, ordering of percentiles, CPU figures positive, ratios equal to
@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import pytest
 import trio
 import zmq
@@ -141,6 +143,40 @@ def test_every_pattern_over_tcp_as_json_with_ratios_to_raw() -> None:
             assert rec["lost"] == 0, rec   # backpressure or acknowledgements: no loss
             assert rec["received"] == rec["sent"] == 350, rec
     check_ratios(recs)
+
+
+@pytest.mark.parametrize(("backend", "transport", "patterns"), [
+    ("asyncio", "tcp", "rr,pp,ps"), ("uvloop", "inproc", "rr,pp")])
+def test_backend_runs_shoal_on_that_loop(backend: str, transport: str,
+                                         patterns: str) -> None:
+    done = bench(*QUICK, "--json", "--backend", backend, "--transport", transport,
+                 "--pattern", patterns, timeout=60)
+    assert done.returncode == 0, done.stderr
+    recs = lines(done.stdout)
+    assert len(recs) == 3 * len(patterns.split(","))
+    for rec in recs:
+        assert rec["backend"] == backend
+        check_record(rec)
+        if transport != "inproc":
+            check_cpu(rec)
+        if rec["pattern"] != "ps" or rec["reliable"]:
+            assert rec["lost"] == 0, rec
+    check_ratios(recs)
+
+
+async def test_a_server_started_with_a_backend_runs_on_it() -> None:
+    with server("--backend", "uvloop", "--for", "20") as (_, endpoint):
+        with trio.fail_after(10):
+            async with shoal.open_requester(connect=endpoint) as ctl:
+                assert (await ctl.request({"op": "hello"}))["loop"] == "uvloop"
+
+
+def test_the_table_names_a_loop_other_than_trio() -> None:
+    done = bench(*QUICK, "--backend", "asyncio", "--transport", "inproc", "--pattern", "rr",
+                 "--mode", "best-effort", timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "request/reply over inproc, 64 B bodies, 1 round(s) x 300 messages, shoal on " \
+           "asyncio; latency" in done.stdout
 
 
 @pytest.mark.parametrize("transport", ["ipc", "inproc"])
@@ -317,6 +353,8 @@ def test_serve_for_stops_by_itself() -> None:
     (["--busy-poll", "2"], "--busy-poll must be between 0 and 1 seconds"),
     (["--interface", "no-such-if0"],
      "--interface 'no-such-if0' is neither an IPv4 address nor an interface"),
+    (["--backend", "tokio"], "invalid choice: 'tokio'"),
+    (["--hedge", "--backend", "asyncio"], "--hedge runs on tcp 127.0.0.1 under trio"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args: list[str], says: str) -> None:
     done = bench(*args, timeout=30)
@@ -360,18 +398,21 @@ def test_help_is_wrapped_and_keeps_the_examples_as_written() -> None:
         assert example in lines
 
 
-async def test_server_refuses_malformed_control_requests() -> None:
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            endpoint = await nursery.start(BenchServer("tcp://127.0.0.1:*").serve)
+@pytest.mark.anyio  # on every event loop
+async def test_server_refuses_malformed_control_requests(anyio_backend: object) -> None:
+    backend = "uvloop" if isinstance(anyio_backend, tuple) else str(anyio_backend)
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tasks:
+            endpoint = await tasks.start(BenchServer("tcp://127.0.0.1:*").serve)
             async with shoal.open_requester(connect=endpoint) as ctl:
                 for bad in ({"op": "nope"}, ["open"], {"op": "open", "spec": {"size": 1}},
                             {"op": "open", "spec": {**_spec_wire(), "size": 3}},
                             {"op": "result", "session": 99, "sent": 1}, b"\xff"):
                     with pytest.raises(RemoteError):
                         await ctl.request(bad)
-                assert (await ctl.request({"op": "hello"}))["version"] == shoal.__version__
-            nursery.cancel_scope.cancel()
+                hello = await ctl.request({"op": "hello"})
+                assert (hello["version"], hello["loop"]) == (shoal.__version__, backend)
+            tasks.cancel_scope.cancel()
 
 
 def _spec_wire() -> dict[str, Any]:
@@ -409,6 +450,7 @@ def test_curve_with_inproc_is_refused() -> None:
     assert "--curve needs --transport tcp or ipc" in done.stderr
 
 
+@pytest.mark.anyio  # on every event loop
 async def test_a_curve_session_admits_no_plaintext_client() -> None:
     """The control that --curve really encrypts: a plaintext REQ gets no answer from a
     CURVE session's replier, a CURVE client with the server's key does."""
@@ -425,22 +467,22 @@ async def test_a_curve_session_admits_no_plaintext_client() -> None:
         finally:
             sock.close()
 
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            endpoint = await nursery.start(BenchServer("tcp://127.0.0.1:*").serve)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tasks:
+            endpoint = await tasks.start(BenchServer("tcp://127.0.0.1:*").serve)
             async with shoal.open_requester(connect=endpoint) as ctl:
                 opened = await ctl.request({"op": "open", "spec": spec.to_wire()})
                 data = opened["endpoint"]
-                plain = await trio.to_thread.run_sync(ask, zmq.Context.instance(), data)
+                plain = await anyio.to_thread.run_sync(ask, zmq.Context.instance(), data)
                 assert plain is None
                 ctx = curve_client_context(opened["server_key"])
                 try:
-                    secured = await trio.to_thread.run_sync(ask, ctx, data)
+                    secured = await anyio.to_thread.run_sync(ask, ctx, data)
                 finally:
                     ctx.destroy(linger=0)
                 assert secured == make_body(64, 0, TIMED)
                 await ctl.request({"op": "close", "session": opened["session"]})
-            nursery.cancel_scope.cancel()
+            tasks.cancel_scope.cancel()
 
 
 def takes_busy_poll() -> bool:

@@ -20,7 +20,8 @@ CORE = SRC / "_core"
 
 FORBIDDEN = frozenset({
     "trio", "anyio", "sniffio", "uvloop", "zmq", "zeroconf", "socket", "time", "random",
-    "asyncio", "threading", "secrets", "uuid", "select", "selectors", "subprocess", "multiprocessing",
+    "asyncio", "threading", "secrets", "uuid", "select", "selectors", "subprocess",
+    "multiprocessing",
 })
 """Top-level modules the core must not import: I/O, event loops, clocks, randomness."""
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 
+import anyio
 import pytest
-import trio
+from anyio.abc import TaskStatus
 
 import shoal
 import shoal.node._discovered
@@ -20,6 +21,8 @@ from shoal.node._discovered import pick_endpoint
 from support.endpoints import endpoint, free_port
 from support.nodes import LOOPBACK
 from support.waiting import eventually
+
+pytestmark = pytest.mark.anyio
 
 SOME_KEY = b"rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
 
@@ -34,10 +37,10 @@ class Registry:
         self.own: Advertisement | None = None
 
     async def discover(self, own: Advertisement, reports: Reports, *,
-                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                       task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self.own, self.reports = own, reports
         task_status.started()
-        await trio.sleep_forever()
+        await anyio.sleep_forever()
 
     def report(self, record: Found | Lost) -> None:
         assert self.reports is not None
@@ -46,7 +49,7 @@ class Registry:
 
 async def test_a_source_of_its_own_finds_peers_through_reports() -> None:
     registry = Registry()
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with (shoal.open_node("a", discovery=registry, interfaces=LOOPBACK) as a,
                     shoal.open_node("b", interfaces=LOOPBACK) as b):
             assert registry.own is not None
@@ -63,7 +66,7 @@ async def test_a_source_of_its_own_finds_peers_through_reports() -> None:
 
 async def test_a_source_that_reports_this_node_itself_is_ignored() -> None:
     registry = Registry()
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with shoal.open_node("a", discovery=registry, interfaces=LOOPBACK) as a:
             registry.report(Found("me", (a.control_endpoint,), node_id=a.identity.sender))
             assert not a.has_link(a.control_endpoint)
@@ -81,7 +84,7 @@ async def test_a_node_not_reached_is_introduced_to_again_whatever_the_source(
     monkeypatch.setattr(shoal.node._discovered, "REINTRODUCE", 0.1)
     registry = Registry()
     b_port = free_port()
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         async with shoal.open_node("a", discovery=registry, interfaces=LOOPBACK) as a:
             registry.report(Found("b", (endpoint(b_port),)))
             assert a.has_link(endpoint(b_port))
@@ -99,7 +102,7 @@ async def test_a_steady_record_keeps_its_link_until_it_is_lost(
     monkeypatch.setattr(shoal.node._links, "LINK_GRACE", 0.2)
     registry = Registry()
     steady, sighted = endpoint(free_port()), endpoint(free_port())
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with shoal.open_node("a", discovery=registry, interfaces=LOOPBACK) as a:
             registry.report(Found("s", (steady,), steady=True))
             registry.report(Found("t", (sighted,)))
@@ -112,7 +115,7 @@ async def test_a_steady_record_keeps_its_link_until_it_is_lost(
 
 async def test_plaintext_and_secured_records_never_mix() -> None:
     registry = Registry()
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with shoal.open_node("a", discovery=registry, interfaces=LOOPBACK) as a:
             keyed = endpoint(free_port())
             registry.report(Found("k", (keyed,), public_key=SOME_KEY))
@@ -143,7 +146,7 @@ def test_the_node_picks_an_endpoint_on_a_network_it_shares() -> None:
 async def test_a_malformed_record_is_refused_to_the_source_that_reports_it(
         record: Found) -> None:
     registry = Registry()
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with shoal.open_node("a", discovery=registry, interfaces=LOOPBACK) as a:
             with pytest.raises(LocalProtocolError):
                 registry.report(record)
@@ -160,7 +163,7 @@ async def test_a_node_with_a_lower_id_is_left_to_dial_first(
     monkeypatch.setattr(shoal.node._discovered, "REINTRODUCE", 0.3)
     registry = Registry()
     low, high = free_port(), free_port()
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with shoal.open_node("a", discovery=registry, interfaces=LOOPBACK) as a:
             registry.report(Found("low", (endpoint(low),), node_id=b"\0" * 16))
             registry.report(Found("high", (endpoint(high),), node_id=b"\xff" * 16))

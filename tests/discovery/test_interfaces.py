@@ -12,8 +12,8 @@ import re
 import socket
 import sys
 
+import anyio
 import pytest
-import trio
 
 import shoal
 from shoal.discovery import MDNS, Static
@@ -75,6 +75,7 @@ def test_flags_come_from_the_kernel() -> None:
     assert interface_flags("x" * 40) is None  # longer than a kernel name can be
 
 
+@pytest.mark.anyio
 async def test_the_library_takes_interface_names_too() -> None:
     """``open_node(interfaces=[...])`` and ``MDNS(interfaces=[...])`` take names as the
     command line does; a wrong one is refused before anything opens."""
@@ -83,7 +84,7 @@ async def test_the_library_takes_interface_names_too() -> None:
     assert MDNS(interfaces=["lo"]).interfaces == ("127.0.0.1",)
     with pytest.raises(LocalProtocolError, match="neither an IPv4 address"):
         MDNS(interfaces=["no-such-if0"])
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with shoal.open_node("n", discovery=Static([]), interfaces=["lo"]) as node:
             assert node.addresses == ("127.0.0.1",)
         with pytest.raises(LocalProtocolError, match="neither an IPv4 address"):

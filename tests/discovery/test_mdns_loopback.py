@@ -13,13 +13,18 @@ import logging
 import socket
 import uuid
 
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
 import pytest
-import trio
 from zeroconf import IPVersion, ServiceInfo
 from zeroconf import Zeroconf as _Zeroconf
 
 import shoal
 from shoal.discovery import MDNS, SERVICE_TYPE, Role
+
+pytestmark = pytest.mark.anyio
 
 LOOPBACK = ["127.0.0.1"]
 
@@ -29,26 +34,28 @@ def unique(name: str) -> str:
 
 
 async def test_two_nodes_on_loopback_mdns_find_each_other_and_talk() -> None:
-    with trio.fail_after(20):
+    # the default service type, which the nodes of every test running meanwhile share:
+    # a channel of this run's own keeps their replier out of b's way
+    channel = unique("mdns-test-math")
+    with anyio.fail_after(20):
         async with (
             shoal.open_node(unique("mdns-a"), discovery=MDNS(interfaces=LOOPBACK)) as a,
             shoal.open_node(unique("mdns-b"), discovery=MDNS(interfaces=LOOPBACK)) as b,
-            a.open_replier("mdns-test-math") as rep,
-            b.open_requester("mdns-test-math") as client,
+            a.open_replier(channel) as rep,
+            b.open_requester(channel) as client,
         ):
-            [seen_by_b] = [p for p in await b.wait_for_peers(1, channel="mdns-test-math")
+            [seen_by_b] = [p for p in await b.wait_for_peers(1, channel=channel)
                            if p.id == a.id]
             assert seen_by_b.name == a.name
             assert seen_by_b.address == "127.0.0.1"
             assert (seen_by_b.control_port, seen_by_b.epoch) == (a.control_port, a.epoch)
-            assert [(c.name, c.role) for c in seen_by_b.channels] == [
-                ("mdns-test-math", Role.REPLIER)]
+            assert [(c.name, c.role) for c in seen_by_b.channels] == [(channel, Role.REPLIER)]
 
             async def serve() -> None:
                 async for req in rep:
                     await req.reply(req.body * 2)
 
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(serve)
                 assert await client.request(21) == 42
                 nursery.cancel_scope.cancel()
@@ -66,12 +73,13 @@ def _register_foreign(zc: _Zeroconf, version: str) -> ServiceInfo:
 
 
 class _Heard(logging.Handler):
-    """Sets an event when a record mentioning ``text`` is logged (from the trio thread)."""
+    """Sets an event when a record mentioning ``text`` is logged (shoal logs it on the
+    event loop's thread)."""
 
     def __init__(self, text: str) -> None:
         super().__init__(logging.WARNING)
         self.text = text
-        self.event = trio.Event()
+        self.event = anyio.Event()
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -82,25 +90,25 @@ class _Heard(logging.Handler):
 
 
 async def test_a_node_on_another_protocol_version_is_ignored_with_a_warning() -> None:
-    zc = await trio.to_thread.run_sync(
+    zc = await anyio.to_thread.run_sync(
         lambda: _Zeroconf(interfaces=LOOPBACK, ip_version=IPVersion.V4Only))
     logger = logging.getLogger("shoal")
     heard = _Heard("future-node")
     logger.addHandler(heard)
     try:
-        info = await trio.to_thread.run_sync(_register_foreign, zc, "99")
+        info = await anyio.to_thread.run_sync(_register_foreign, zc, "99")
         heard.text = info.name
-        with trio.fail_after(20):
+        with anyio.fail_after(20):
             async with shoal.open_node(unique("mdns-c"),
                                        discovery=MDNS(interfaces=LOOPBACK)) as node:
                 await heard.event.wait()
-                await trio.sleep(0.5)  # further announcements of it: no further warnings
+                await anyio.sleep(0.5)  # further announcements of it: no further warnings
                 assert len(heard.messages) == 1, heard.messages
                 assert "protocol b'99'" in heard.messages[0]
                 assert all(p.control_port != 9 for p in node.peers())
     finally:
         logger.removeHandler(heard)
-        await trio.to_thread.run_sync(zc.close)
+        await anyio.to_thread.run_sync(zc.close)
 
 
 def test_mdns_refuses_bad_arguments() -> None:
@@ -120,24 +128,25 @@ async def test_a_closing_node_says_goodbye_and_a_browser_forgets_it() -> None:
     from zeroconf import ServiceBrowser, ServiceStateChange
 
     service_type = _service_type()
-    zc = await trio.to_thread.run_sync(
+    zc = await anyio.to_thread.run_sync(
         lambda: _Zeroconf(interfaces=LOOPBACK, ip_version=IPVersion.V4Only))
-    token = trio.lowlevel.current_trio_token()
-    added, removed = trio.Event(), trio.Event()
+    token = anyio.lowlevel.current_token()
+    added, removed = anyio.Event(), anyio.Event()
 
     def on_change(zeroconf: object, service_type: str, name: str,
-                  state_change: ServiceStateChange) -> None:  # zeroconf's thread
+                  state_change: ServiceStateChange) -> None:
+        # the browser's own thread, which may wait until the loop has run the call
         event = removed if state_change is ServiceStateChange.Removed else added
-        token.run_sync_soon(event.set)
+        anyio.from_thread.run_sync(event.set, token=token)
 
     browser = ServiceBrowser(zc, service_type, handlers=[on_change])
     try:
-        with trio.fail_after(20):
+        with anyio.fail_after(20):
             async with shoal.open_node(unique("bye"), discovery=MDNS(
                     interfaces=LOOPBACK, service_type=service_type)):
                 await added.wait()
             await removed.wait()
     finally:
-        await trio.to_thread.run_sync(browser.cancel)
-        await trio.to_thread.run_sync(zc.close)
+        await anyio.to_thread.run_sync(browser.cancel)
+        await anyio.to_thread.run_sync(zc.close)
 

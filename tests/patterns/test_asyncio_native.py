@@ -65,10 +65,10 @@ def test_a_cancelled_receiving_task_leaves_the_message_for_the_next(run: Run) ->
 
 def test_async_for_ends_when_the_receiver_closes(run: Run) -> None:
     async def main() -> None:
-        async with asyncio.timeout(10):
-            pull = await shoal.open_puller(bind="tcp://127.0.0.1:*").__aenter__()
-            got: list[Any] = []
-            three = asyncio.Event()
+        got: list[Any] = []
+        three = asyncio.Event()
+        async with asyncio.timeout(10), \
+                   shoal.open_puller(bind="tcp://127.0.0.1:*") as pull:
 
             async def consume() -> None:
                 async for msg in pull:

@@ -3,7 +3,8 @@ its HTTP server treats good, bad, slow and oversized clients.
 
 Every scrape goes over a real TCP connection to the exporter on 127.0.0.1, and the page
 is read back with ``prometheus_client``'s own parser. Nodes use ``Static`` discovery on
-127.0.0.1 (never mDNS). Every test runs under ``trio.fail_after``.
+127.0.0.1 (never mDNS). Every test runs under ``anyio.fail_after``, once on each event
+loop (trio, asyncio, uvloop).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
+import anyio
+import anyio.abc
 import prometheus_client
 import pytest
-import trio
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -27,9 +29,12 @@ from shoal import Node
 from shoal.discovery import Role, Static
 from shoal.errors import LocalProtocolError, TransportError
 from shoal.node._node import DEFAULT_PEER_TIMEOUT
+from shoal.prometheus import _metrics
 from shoal.prometheus._exporter import GAUGE_FIELDS, MAX_REQUEST_BYTES, open_prometheus_exporter
 from support.endpoints import free_port
 from support.waiting import eventually
+
+pytestmark = pytest.mark.anyio
 
 LOOPBACK = ("127.0.0.1", 0)
 Address = tuple[str, int]
@@ -70,14 +75,22 @@ class Opened:
             yield resource
 
 
+async def read_to_end(stream: anyio.abc.ByteReceiveStream) -> bytes:
+    """Everything ``stream`` receives until the server closes."""
+    data = b""
+    while True:
+        try:
+            data += await stream.receive(65536)
+        except anyio.EndOfStream:
+            return data
+
+
 async def http(address: Address, request: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send ``request``, read the response until the server closes."""
-    stream = await trio.open_tcp_stream(*address)
+    stream = await anyio.connect_tcp(*address)
     async with stream:
-        await stream.send_all(request)
-        data = b""
-        while chunk := await stream.receive_some(65536):
-            data += chunk
+        await stream.send(request)
+        data = await read_to_end(stream)
     head, _, body = data.partition(b"\r\n\r\n")
     status, *lines = head.decode("latin-1").split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines)}
@@ -119,7 +132,7 @@ async def scrape(address: Address) -> Page:
 
 async def test_a_node_its_peers_and_its_resources_are_exported(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with node_pair() as (a, b), open_prometheus_exporter(bind=LOOPBACK) as exp:
             opened_a, opened_b = Opened(a, monkeypatch), Opened(b, monkeypatch)
             exp.add_node(a)
@@ -135,7 +148,7 @@ async def test_a_node_its_peers_and_its_resources_are_exported(
                                b.open_pusher("jobs", reliable=True)) as push,
                 opened_a.track("jobs", Role.RELIABLE_PULLER,
                                a.open_puller("jobs", reliable=True)) as pull,
-                trio.open_nursery() as nursery,
+                anyio.create_task_group() as nursery,
             ):
                 async def answer() -> None:
                     async for r in rep:
@@ -202,7 +215,7 @@ async def test_a_node_its_peers_and_its_resources_are_exported(
 
 async def test_counters_of_closed_resources_are_kept_so_they_never_go_down(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with node_pair() as (a, b), open_prometheus_exporter(bind=LOOPBACK) as exp:
             opened_a, opened_b = Opened(a, monkeypatch), Opened(b, monkeypatch)
             exp.add_node(b)
@@ -239,7 +252,7 @@ async def test_counters_of_closed_resources_are_kept_so_they_never_go_down(
 
 
 async def test_a_node_lists_the_resources_opened_through_it() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with (
             open_test_node("solo") as node,
             open_prometheus_exporter(bind=LOOPBACK) as exp,
@@ -254,7 +267,7 @@ async def test_a_node_lists_the_resources_opened_through_it() -> None:
 
 
 async def test_a_resource_opened_without_a_node_is_exported_under_its_name() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with (
             shoal.open_puller(bind="tcp://127.0.0.1:*") as pull,
             open_prometheus_exporter(bind=LOOPBACK) as exp,
@@ -318,7 +331,7 @@ STATISTICS = [shoal.NodeStatistics] + [
 
 async def test_every_field_of_every_statistics_class_becomes_a_metric() -> None:
     assert len(STATISTICS) >= 11
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_prometheus_exporter(bind=LOOPBACK) as exp:
             for i, cls in enumerate(STATISTICS):
                 exp.add(_Fixed(_sample_statistics(cls)), name=f"r{i}")
@@ -347,7 +360,10 @@ async def test_every_field_of_every_statistics_class_becomes_a_metric() -> None:
 
 
 async def test_a_field_of_an_unknown_type_is_left_out_with_a_warning(
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the exporter warns once per field and process: this run's warning must be its first
+    monkeypatch.setattr(_metrics, "_warned", set())
+
     @dataclasses.dataclass(frozen=True)
     class OddStatistics:
         sent: int
@@ -355,7 +371,7 @@ async def test_a_field_of_an_unknown_type_is_left_out_with_a_warning(
         healthy: bool
         drops_by_channel: Mapping[str, int]
 
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_prometheus_exporter(bind=LOOPBACK) as exp:
             with caplog.at_level(logging.WARNING, logger="shoal"):
                 exp.add(_Fixed(OddStatistics(4, "up", True, {"c": 2})), name="odd")
@@ -381,7 +397,7 @@ async def test_a_failing_statistics_call_does_not_blank_the_page(
             return shoal.patterns.PusherStatistics(sent=1)
 
     broken = Broken()
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_prometheus_exporter(bind=LOOPBACK) as exp:
             exp.add(broken, name="bad")
             exp.add(_Fixed(shoal.patterns.PusherStatistics(sent=9)), name="good")
@@ -394,7 +410,7 @@ async def test_a_failing_statistics_call_does_not_blank_the_page(
 
 
 async def test_the_exporter_keeps_its_own_registry() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_prometheus_exporter(bind=LOOPBACK) as exp:
             exp.add(_Fixed(shoal.patterns.PusherStatistics(sent=2)), name="p")
             assert exp.registry is not prometheus_client.REGISTRY
@@ -406,7 +422,7 @@ async def test_the_exporter_keeps_its_own_registry() -> None:
 
 
 async def test_only_get_and_head_of_metrics_are_served() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_prometheus_exporter(bind=LOOPBACK) as exp:
             addr = exp.address
             assert addr[0] == "127.0.0.1"
@@ -443,68 +459,66 @@ async def test_only_get_and_head_of_metrics_are_served() -> None:
 
 
 async def test_an_oversized_request_is_refused_and_the_next_scrape_works() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_prometheus_exporter(bind=LOOPBACK) as exp:
             big = b"GET /metrics HTTP/1.1\r\n" + b"X-Pad: " + b"a" * MAX_REQUEST_BYTES
             status, _, _ = await http(exp.address, big + b"\r\n\r\n")
             assert status == 431
             # a client that keeps sending past the limit is still answered, then closed
-            stream = await trio.open_tcp_stream(*exp.address)
+            stream = await anyio.connect_tcp(*exp.address)
             async with stream:
-                await stream.send_all(big)
-                data = b""
-                while chunk := await stream.receive_some(65536):
-                    data += chunk
+                await stream.send(big)
+                data = await read_to_end(stream)
                 assert data.startswith(b"HTTP/1.1 431 ")
             page = await scrape(exp.address)
             assert page.value("shoal_exporter_requests_total", outcome="too_large") == 2
 
 
 async def test_a_slow_client_is_cut_off_without_holding_up_scrapes() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_prometheus_exporter(bind=LOOPBACK, connection_timeout=0.5) as exp:
-            slow = await trio.open_tcp_stream(*exp.address)
+            slow = await anyio.connect_tcp(*exp.address)
             async with slow:
-                await slow.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and stalls
+                await slow.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and stalls
                 page = await scrape(exp.address)  # served meanwhile
                 assert page.samples("shoal_exporter_requests_total", outcome="timeout") == []
                 # the stalled connection is closed unanswered after connection_timeout
-                assert await slow.receive_some(1024) == b""
+                assert await read_to_end(slow) == b""
             page = await scrape(exp.address)
             assert page.value("shoal_exporter_requests_total", outcome="timeout") == 1
             assert page.value("shoal_exporter_requests_total", outcome="ok") == 1
 
 
 async def test_connections_beyond_the_limit_are_closed_at_once() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_prometheus_exporter(bind=LOOPBACK, max_connections=1,
                                             connection_timeout=0.5) as exp:
-            slow = await trio.open_tcp_stream(*exp.address)
+            slow = await anyio.connect_tcp(*exp.address)
             async with slow:
-                await slow.send_all(b"GET /met")
+                await slow.send(b"GET /met")
                 await eventually(lambda: exp._server.active == 1)
-                extra = await trio.open_tcp_stream(*exp.address)
+                extra = await anyio.connect_tcp(*exp.address)
                 async with extra:
-                    await extra.send_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+                    await extra.send(b"GET /metrics HTTP/1.1\r\n\r\n")
                     try:
-                        assert await extra.receive_some(1024) == b""
-                    except trio.BrokenResourceError:
+                        assert await read_to_end(extra) == b""
+                    except anyio.BrokenResourceError:
                         pass  # closed with our request unread: a reset, also a refusal
-                assert await slow.receive_some(1024) == b""
+                assert await read_to_end(slow) == b""
             page = await scrape(exp.address)  # the slot is free again
             assert page.value("shoal_exporter_requests_total", outcome="busy") == 1
 
 
 async def test_closing_the_exporter_closes_the_listener_and_its_connections() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_prometheus_exporter(bind=LOOPBACK) as exp:
             address = exp.address
             await scrape(address)
-            idle = await trio.open_tcp_stream(*address)
+            idle = await anyio.connect_tcp(*address)
         async with idle:
-            assert await idle.receive_some(1024) == b""
+            assert await read_to_end(idle) == b""
         with pytest.raises(OSError, match="connect"):
-            await trio.open_tcp_stream(*address)
+            await anyio.connect_tcp(*address)
 
 
 # -- opening ---------------------------------------------------------------------------------
@@ -513,7 +527,7 @@ async def test_closing_the_exporter_closes_the_listener_and_its_connections() ->
 async def test_without_prometheus_client_opening_says_what_to_install(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import now fails
-    with trio.fail_after(5), pytest.raises(LocalProtocolError,
+    with anyio.fail_after(5), pytest.raises(LocalProtocolError,
                                            match=r"pip install 'shoal\[prometheus\]'"):
         async with open_prometheus_exporter(bind=LOOPBACK):
             pass
@@ -523,13 +537,13 @@ async def test_without_prometheus_client_opening_says_what_to_install(
                                   ("127.0.0.1", 70000), ("127.0.0.1", -1), ("127.0.0.1", "80"),
                                   ("127.0.0.1", True), (b"127.0.0.1", 0)])
 async def test_bind_is_a_host_and_a_port(bind: Any) -> None:
-    with trio.fail_after(5), pytest.raises(LocalProtocolError, match="bind="):
+    with anyio.fail_after(5), pytest.raises(LocalProtocolError, match="bind="):
         async with open_prometheus_exporter(bind=bind):
             pass
 
 
 async def test_bad_limits_and_a_taken_port_are_refused() -> None:
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         for kwargs in ({"connection_timeout": 0}, {"connection_timeout": float("nan")},
                        {"max_connections": 0}):
             with pytest.raises(LocalProtocolError):
@@ -542,7 +556,7 @@ async def test_bad_limits_and_a_taken_port_are_refused() -> None:
 
 
 async def test_two_nodes_with_one_id_are_refused() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with (
             open_test_node("twin") as first,
             shoal.open_node("twin", discovery=Static([]), interfaces=["127.0.0.1"],

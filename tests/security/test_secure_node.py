@@ -10,7 +10,8 @@ advertisements leaves the node's tables bounded.
 
 Network safety: every node listens on 127.0.0.1 only; mDNS is pinned to 127.0.0.1
 with a unique service type per test; the forged advertisements are registered on
-127.0.0.1 too. Every I/O test runs under ``trio.fail_after``.
+127.0.0.1 too. Every I/O test runs under ``anyio.fail_after``, once on each event loop
+(trio, asyncio, uvloop).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
 import pytest
-import trio
 import zmq
 from zeroconf import IPVersion, ServiceInfo
 from zeroconf import Zeroconf as _Zeroconf
@@ -40,6 +43,8 @@ from shoal.node._node import MAX_PENDING_LINKS
 from shoal.security import KeyPair, Security, Trust, generate_keypair, server_options
 from support.endpoints import free_port
 from support.waiting import eventually
+
+pytestmark = pytest.mark.anyio
 
 LOOPBACK = ["127.0.0.1"]
 A_KEYS = generate_keypair()
@@ -88,17 +93,17 @@ def logged(caplog: pytest.LogCaptureFixture, *texts: str) -> bool:
     return any(all(t in r.getMessage() for t in texts) for r in caplog.records)
 
 
-async def keep_publishing(pub: Any, body: bytes, stop: trio.Event) -> None:
+async def keep_publishing(pub: Any, body: bytes, stop: anyio.Event) -> None:
     while not stop.is_set():
         await pub.publish("t", body)
-        await trio.sleep(0.05)
+        await anyio.sleep(0.05)
 
 
 # -- trusted pairs -------------------------------------------------------------------------
 
 
 async def test_a_trusted_pair_runs_every_pattern_over_static_keys() -> None:
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with static_pair(secured(A_KEYS, B_KEYS.public),
                                secured(B_KEYS, A_KEYS.public)) as (a, b):
             await a.wait_for_peers(1)
@@ -127,7 +132,7 @@ async def test_a_trusted_pair_runs_every_pattern_over_static_keys() -> None:
                     async for r in rep:
                         await r.reply(r.body * 2)
 
-                async with trio.open_nursery() as nursery:
+                async with anyio.create_task_group() as nursery:
                     nursery.start_soon(serve)
                     assert await req.request(21) == 42
                     nursery.cancel_scope.cancel()
@@ -140,7 +145,7 @@ async def test_a_trusted_pair_runs_every_pattern_over_static_keys() -> None:
 
 async def test_a_trusted_pair_finds_each_other_over_mdns_and_talks() -> None:
     stype = service_type()
-    with trio.fail_after(25):
+    with anyio.fail_after(25):
         async with (mdns_node("ma", secured(A_KEYS, B_KEYS.public), stype) as a,
                     mdns_node("mb", secured(B_KEYS, A_KEYS.public), stype) as b,
                     a.open_publisher("news") as pub, b.open_subscriber("news") as sub):
@@ -166,7 +171,7 @@ def pending(receiver: Any) -> list[Any]:
     while True:
         try:
             got.append(receiver.receive_nowait().body)
-        except trio.WouldBlock:
+        except anyio.WouldBlock:
             return got
 
 
@@ -176,7 +181,7 @@ async def test_an_untrusted_key_gets_nothing_and_sends_nothing() -> None:
     # Once c has had everything both ways, b, had a admitted it, would have had it too.
     a_port = free_port()
     to_a = {ep(a_port): A_KEYS.public}
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with (static_node("a", secured(A_KEYS, EVIL_KEYS.public, C_KEYS.public),
                                 port=a_port) as a,
                     static_node("b", secured(B_KEYS, A_KEYS.public), peers=to_a) as b,
@@ -191,8 +196,8 @@ async def test_an_untrusted_key_gets_nothing_and_sends_nothing() -> None:
                     c.open_pusher("w2", reliable=True) as c_push):
             b_push.send_nowait(b"job from b")
             c_push.send_nowait(b"job from c")
-            stop = trio.Event()
-            async with trio.open_nursery() as nursery:
+            stop = anyio.Event()
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(keep_publishing, a_pub, b"from a", stop)
                 nursery.start_soon(keep_publishing, b_pub, b"from b", stop)
                 nursery.start_soon(keep_publishing, c_pub, b"from c", stop)
@@ -214,7 +219,7 @@ async def test_secured_and_plaintext_nodes_never_talk_and_say_why(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="shoal")
     stype = service_type()
-    with trio.fail_after(25):
+    with anyio.fail_after(25):
         async with (mdns_node("sec", secured(A_KEYS), stype) as a,
                     mdns_node("plain", None, stype) as b,
                     a.open_publisher("p") as a_pub, b.open_subscriber("p"),
@@ -232,7 +237,7 @@ async def test_secured_and_plaintext_nodes_never_talk_and_say_why(
 
 
 async def test_static_peers_and_security_must_agree_on_keys() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         with pytest.raises(LocalProtocolError, match="needs the public key"):
             async with static_node("s", secured(A_KEYS), peers=[ep(free_port())]):
                 pass
@@ -248,7 +253,7 @@ async def test_trust_on_first_use_pins_a_node_id_to_its_first_key(
     node_id = uuid.uuid4().bytes
     sa = Security(A_KEYS, Trust.tofu(tmp_path / "pins"))
     impostor_keys = generate_keypair()
-    with trio.fail_after(25):
+    with anyio.fail_after(25):
         async with static_node("a", sa, port=a_port) as a, a.open_publisher("p") as pub:
             async with static_node("b", secured(B_KEYS, A_KEYS.public), node_id=node_id,
                                    peers={ep(a_port): A_KEYS.public}):
@@ -258,8 +263,8 @@ async def test_trust_on_first_use_pins_a_node_id_to_its_first_key(
             async with (static_node("b", secured(impostor_keys, A_KEYS.public),
                                     node_id=node_id, peers={ep(a_port): A_KEYS.public}) as c,
                         c.open_subscriber("p") as sub):
-                stop = trio.Event()
-                async with trio.open_nursery() as nursery:
+                stop = anyio.Event()
+                async with anyio.create_task_group() as nursery:
                     nursery.start_soon(keep_publishing, pub, b"for b only", stop)
                     # a refused the new key for the pinned id (and says so) ...
                     await eventually(lambda: logged(caplog, "key-changed",
@@ -278,7 +283,7 @@ async def test_a_state_with_another_key_for_a_live_node_id_is_dropped(
     node_id = uuid.uuid4().bytes
     impostor_keys = generate_keypair()
     sa = secured(A_KEYS, B_KEYS.public, impostor_keys.public)
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with (static_node("a", sa, port=a_port) as a,
                     static_node("b", secured(B_KEYS, A_KEYS.public), node_id=node_id,
                                 peers={ep(a_port): A_KEYS.public})):
@@ -296,12 +301,12 @@ async def test_a_trusted_keys_file_gaining_a_key_admits_that_node_without_restar
     trusted = tmp_path / "trusted"
     trusted.write_text("# nobody yet\n")
     sa = Security(A_KEYS, Trust.file(trusted))
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with (static_pair(sa, secured(B_KEYS, A_KEYS.public)) as (a, b),
                     a.open_publisher("p") as pub, b.open_subscriber("p") as sub,
                     b.open_publisher("q") as bpub, a.open_subscriber("q") as asub):
-            stop = trio.Event()
-            async with trio.open_nursery() as nursery:
+            stop = anyio.Event()
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(keep_publishing, pub, b"to b", stop)
                 nursery.start_soon(keep_publishing, bpub, b"to a", stop)
                 await eventually(lambda: refused(a) >= 1)  # b tried, and a said no
@@ -335,10 +340,10 @@ async def test_forged_mdns_advertisements_lead_nowhere(
                        options=[o for o in server_options(EVIL_KEYS)
                                 if o[0] not in (zmq.ZAP_DOMAIN, zmq.ZAP_ENFORCE_DOMAIN)])
     evil_port = int(evil.bound[0].rsplit(":", 1)[1])
-    zc = await trio.to_thread.run_sync(
+    zc = await anyio.to_thread.run_sync(
         lambda: _Zeroconf(interfaces=LOOPBACK, ip_version=IPVersion.V4Only))
     try:
-        with trio.fail_after(30):
+        with anyio.fail_after(30):
             async with (mdns_node("fa", secured(A_KEYS, B_KEYS.public), stype) as a,
                         mdns_node("fb", secured(B_KEYS, A_KEYS.public), stype) as b,
                         a.open_publisher("p") as pub):
@@ -347,15 +352,15 @@ async def test_forged_mdns_advertisements_lead_nowhere(
                 wrong_port = _forged_info(stype, "forged-port", b, B_KEYS.public, evil_port)
                 async def register(info: ServiceInfo) -> None:
                     # unique names: announced at once, without probing for a conflict
-                    await trio.to_thread.run_sync(
+                    await anyio.to_thread.run_sync(
                         lambda: zc.register_service(info, cooperating_responders=True))
 
-                async with trio.open_nursery() as registering:
+                async with anyio.create_task_group() as registering:
                     registering.start_soon(register, wrong_key)
                     registering.start_soon(register, wrong_port)
                 await eventually(lambda: logged(caplog, "forged-key", "refused"))
-                stop = trio.Event()
-                async with trio.open_nursery() as nursery:
+                stop = anyio.Event()
+                async with anyio.create_task_group() as nursery:
                     nursery.start_soon(keep_publishing, pub, b"not for evil", stop)
                     # a tried the forged port, naming b's key: no handshake completes
                     # there (a counts the failures and says so), so nothing can pass
@@ -368,7 +373,7 @@ async def test_forged_mdns_advertisements_lead_nowhere(
     finally:
         evil.close()
         ctx.term()
-        await trio.to_thread.run_sync(zc.close)
+        await anyio.to_thread.run_sync(zc.close)
 
 
 async def test_an_advertisement_flood_keeps_tables_bounded_and_the_node_working() -> None:
@@ -376,7 +381,7 @@ async def test_an_advertisement_flood_keeps_tables_bounded_and_the_node_working(
     mdns = MDNS(interfaces=LOOPBACK, service_type=stype)
     a_port = free_port()
     untrusted = [generate_keypair().public for _ in range(200)]
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with (shoal.open_node("flooded", discovery=mdns, port=a_port,
                                     security=secured(A_KEYS, B_KEYS.public),
                                     heartbeat=0.2, peer_timeout=2.0) as a,
@@ -392,7 +397,7 @@ async def test_an_advertisement_flood_keeps_tables_bounded_and_the_node_working(
                     props[b"pk"] = B_KEYS.public
                 mdns._found(f"fake-{i}.{stype}", props, ["127.0.0.1"], 1 + i % 60_000)
                 if i % 500 == 0:
-                    await trio.lowlevel.checkpoint()
+                    await anyio.lowlevel.checkpoint()
             assert len(mdns._endpoints) <= _MAX_KNOWN
             [reports] = a._discovered._sources
             assert len(reports.records) <= MAX_RECORDS

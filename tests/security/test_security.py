@@ -1,11 +1,11 @@
 """``shoal.security``: CURVE key pairs and key files, trust policies, the ZAP handler
-driven by trio, the CURVE socket options, and ``shoal keygen``.
+driven by the event loop (trio or asyncio), the CURVE socket options, and ``shoal keygen``.
 
 The socket tests make real CURVE handshakes between ``shoal._zmq._socket.Socket``s in one
-ZeroMQ context with the ZAP handler bound on it. Some tests pin down libzmq's own
-behaviour that the design rests on (option snapshot per connect, no reconnect after
-a refusal, a missing or slow handler); if a libzmq upgrade changes one, its test
-says which assumption broke.
+ZeroMQ context with the ZAP handler bound on it, once on each event loop (trio, asyncio,
+uvloop). Some tests pin down libzmq's own behaviour that the design rests on (option
+snapshot per connect, no reconnect after a refusal, a missing or slow handler); if a
+libzmq upgrade changes one, its test says which assumption broke.
 
 Network safety: every socket binds ``tcp://127.0.0.1:*`` or uses ``inproc://``.
 """
@@ -16,11 +16,11 @@ import argparse
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
+from types import TracebackType
 
+import anyio
 import pytest
-import trio
 import zmq
 from zmq.utils import z85
 
@@ -49,6 +49,8 @@ from shoal.security import (
     server_options,
 )
 from support.waiting import eventually
+
+pytestmark = pytest.mark.anyio
 
 # A fixed, valid pair (made with zmq.curve_keypair) for format tests.
 PUBLIC = b"rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
@@ -341,11 +343,22 @@ def test_security_bundle() -> None:
 
 
 class Lab:
-    """One ZeroMQ context and the shoal sockets opened on it (closed at teardown)."""
+    """One ZeroMQ context and the shoal sockets opened on it, all closed when the
+    ``with`` block ends. Entered inside the test, not as a fixture: closing a socket
+    tells the event loop, so it happens while the loop runs."""
 
     def __init__(self) -> None:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.sockets: list[Socket] = []
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for sock in self.sockets:
+            sock.close()
+        self.ctx.term()
 
     def open(self, kind: int, options: list[tuple[int, int | bytes]] | None = None, *,
              bind: bool = False) -> Socket:
@@ -369,15 +382,6 @@ class Lab:
         mon = Socket(sock.zmq_socket.get_monitor_socket(), linger_ms=0)
         self.sockets.append(mon)
         return mon
-
-
-@pytest.fixture
-async def lab() -> AsyncIterator[Lab]:
-    lab = Lab()
-    yield lab
-    for sock in lab.sockets:
-        sock.close()
-    lab.ctx.term()
 
 
 async def receive(sock: Socket) -> list[bytes]:
@@ -416,8 +420,8 @@ async def wait_for_event(mon: Socket, event: int) -> int:
             return value
 
 
-async def test_trusted_client_gets_through_with_its_key_as_user_id(lab: Lab) -> None:
-    with trio.fail_after(10):
+async def test_trusted_client_gets_through_with_its_key_as_user_id() -> None:
+    with anyio.fail_after(10), Lab() as lab:
         trust = Trust.keys([(ALICE.public, "alice")])
         async with open_zap_handler(lab.ctx, trust) as zap:
             server, endpoint = lab.server()
@@ -436,8 +440,8 @@ async def test_trusted_client_gets_through_with_its_key_as_user_id(lab: Lab) -> 
             assert trust.statistics().allowed == 1
 
 
-async def test_untrusted_client_is_refused_and_does_not_retry(lab: Lab) -> None:
-    with trio.fail_after(10):
+async def test_untrusted_client_is_refused_and_does_not_retry() -> None:
+    with anyio.fail_after(10), Lab() as lab:
         trust = Trust.keys([ALICE.public])
         async with open_zap_handler(lab.ctx, trust) as zap:
             server, endpoint = lab.server()
@@ -451,7 +455,7 @@ async def test_untrusted_client_is_refused_and_does_not_retry(lab: Lab) -> None:
             await alice.send(b"from alice")
             assert (await receive(server))[1] == b"from alice"
             # bob would have retried every 20 ms: give it time to, then check it did not
-            await trio.sleep(0.3)
+            await anyio.sleep(0.3)
             assert drain(server) == []
             stats = zap.statistics()
             assert (stats.requests, stats.allowed, stats.refused) == (2, 1, 1)
@@ -463,8 +467,8 @@ async def test_untrusted_client_is_refused_and_does_not_retry(lab: Lab) -> None:
 
 
 async def test_refusal_is_logged_once_per_key(
-        lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
-    with trio.fail_after(10), caplog.at_level(logging.WARNING, logger="shoal"):
+        caplog: pytest.LogCaptureFixture) -> None:
+    with anyio.fail_after(10), Lab() as lab, caplog.at_level(logging.WARNING, logger="shoal"):
         async with open_zap_handler(lab.ctx, Trust.keys([])) as zap:
             _, endpoint = lab.server()
             for _ in range(3):
@@ -476,8 +480,8 @@ async def test_refusal_is_logged_once_per_key(
     assert "unlisted" in refusals[0]
 
 
-async def test_wrong_server_key_never_connects(lab: Lab) -> None:
-    with trio.fail_after(10):
+async def test_wrong_server_key_never_connects() -> None:
+    with anyio.fail_after(10), Lab() as lab:
         async with open_zap_handler(lab.ctx, Trust.keys([ALICE.public])) as zap:
             server, endpoint = lab.server()
             client = lab.open(zmq.DEALER, [(zmq.RECONNECT_IVL, 20), *client_options(ALICE)])
@@ -492,8 +496,8 @@ async def test_wrong_server_key_never_connects(lab: Lab) -> None:
             assert zap.statistics().requests == 0
 
 
-async def test_plaintext_client_to_a_curve_server_gets_nothing(lab: Lab) -> None:
-    with trio.fail_after(10):
+async def test_plaintext_client_to_a_curve_server_gets_nothing() -> None:
+    with anyio.fail_after(10), Lab() as lab:
         async with open_zap_handler(lab.ctx, Trust.keys([ALICE.public])) as zap:
             server, endpoint = lab.server()
             server_events = lab.monitor(server)
@@ -510,8 +514,8 @@ async def test_plaintext_client_to_a_curve_server_gets_nothing(lab: Lab) -> None
 
 
 @pytest.mark.parametrize("mechanism", ["NULL", "PLAIN"])
-async def test_other_mechanisms_are_refused_with_400(lab: Lab, mechanism: str) -> None:
-    with trio.fail_after(10):
+async def test_other_mechanisms_are_refused_with_400(mechanism: str) -> None:
+    with anyio.fail_after(10), Lab() as lab:
         async with open_zap_handler(lab.ctx, Trust.keys([ALICE.public])) as zap:
             # a socket of this context that does not use CURVE (NULL asks ZAP only when
             # the socket has a ZAP domain)
@@ -531,10 +535,10 @@ async def test_other_mechanisms_are_refused_with_400(lab: Lab, mechanism: str) -
             assert (stats.requests, stats.wrong_mechanism, stats.allowed) == (1, 1, 0)
 
 
-async def test_one_socket_connects_to_two_servers_with_their_own_keys(lab: Lab) -> None:
+async def test_one_socket_connects_to_two_servers_with_their_own_keys() -> None:
     """libzmq copies the options at each connect(): the server key set before a connect
     holds for that connection, reconnects included."""
-    with trio.fail_after(10):
+    with anyio.fail_after(10), Lab() as lab:
         async with open_zap_handler(lab.ctx, Trust.keys([ALICE.public])) as zap:
             one, ep_one = lab.server(SERVER)
             two, ep_two = lab.server(OTHER_SERVER)
@@ -550,7 +554,7 @@ async def test_one_socket_connects_to_two_servers_with_their_own_keys(lab: Lab) 
             # connected with (SERVER's), not the socket's current option (OTHER_SERVER's)
             one.close()
             lab.sockets.remove(one)
-            await trio.sleep(0.05)
+            await anyio.sleep(0.05)
             reborn = lab.open(zmq.ROUTER, server_options(SERVER))
             reborn.bind(ep_one)
             await eventually(lambda: zap.statistics().allowed == 3)
@@ -561,11 +565,11 @@ async def test_one_socket_connects_to_two_servers_with_their_own_keys(lab: Lab) 
                 n += 1
                 for frames in drain(reborn):
                     got.add(frames[1])
-                await trio.sleep(0.01)
+                await anyio.sleep(0.01)
             assert zap.statistics().refused == 0
 
 
-async def test_malformed_zap_requests_get_500_and_the_handler_keeps_working(lab: Lab) -> None:
+async def test_malformed_zap_requests_get_500_and_the_handler_keeps_working() -> None:
     key = z85.decode(ALICE.public)
     cases: list[tuple[list[bytes], bytes]] = [
         ([b"2.0", b"7", b"", b"1.2.3.4", b"", b"CURVE", key], b"7"),
@@ -574,7 +578,7 @@ async def test_malformed_zap_requests_get_500_and_the_handler_keeps_working(lab:
         ([b"1.0", b"10", b"", b"", b"", b"CURVE", key, key], b"10"),
         ([b"1.0"], b""),
     ]
-    with trio.fail_after(10):
+    with anyio.fail_after(10), Lab() as lab:
         async with open_zap_handler(lab.ctx, Trust.keys([ALICE.public])) as zap:
             req = lab.open(zmq.REQ)
             req.connect(ZAP_ENDPOINT)
@@ -607,9 +611,9 @@ class BrokenTrust(Trust):
 
 
 async def test_a_failing_policy_gets_500_not_a_dead_handler(
-        lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture) -> None:
     key = z85.decode(ALICE.public)
-    with trio.fail_after(10), caplog.at_level(logging.ERROR, logger="shoal"):
+    with anyio.fail_after(10), Lab() as lab, caplog.at_level(logging.ERROR, logger="shoal"):
         async with open_zap_handler(lab.ctx, BrokenTrust()) as zap:
             req = lab.open(zmq.REQ)
             req.connect(ZAP_ENDPOINT)
@@ -634,24 +638,24 @@ def test_handler_answer_is_sans_io() -> None:
         ZapHandler(object())  # type: ignore[arg-type]
 
 
-async def test_second_handler_on_one_context_is_refused(lab: Lab) -> None:
-    with trio.fail_after(5):
+async def test_second_handler_on_one_context_is_refused() -> None:
+    with anyio.fail_after(5), Lab() as lab:
         trust = Trust.keys([])
         async with open_zap_handler(lab.ctx, trust):
             with pytest.raises(SecurityError, match="already bound"):
                 async with open_zap_handler(lab.ctx, trust):
                     pass  # pragma: no cover
         # unbound on exit: another can start
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             handler = await nursery.start(serve_zap, lab.ctx, trust)
             assert isinstance(handler, ZapHandler)
             nursery.cancel_scope.cancel()
 
 
-async def test_bind_then_serve_as_a_node_would(lab: Lab) -> None:
+async def test_bind_then_serve_as_a_node_would() -> None:
     """A node binds the handler synchronously before its CURVE servers, serves it in
     its nursery, and closes it before terminating the context."""
-    with trio.fail_after(10):
+    with anyio.fail_after(10), Lab() as lab:
         zap = ZapHandler(Security(SERVER, Trust.keys([ALICE.public])).zap_trust)
         with pytest.raises(SecurityError, match="before serve"):
             await zap.serve()
@@ -660,9 +664,9 @@ async def test_bind_then_serve_as_a_node_would(lab: Lab) -> None:
             zap.bind(lab.ctx)
         server, endpoint = lab.server()
         await lab.client(ALICE, endpoint).send(b"queued")
-        await trio.sleep(0.1)
+        await anyio.sleep(0.1)
         assert drain(server) == []  # bound, not served yet: the handshake waits
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(zap.serve)
             assert (await receive(server))[1] == b"queued"
             # the node's own connecting sockets reach its own listeners
@@ -678,8 +682,8 @@ async def test_bind_then_serve_as_a_node_would(lab: Lab) -> None:
         assert drain(server) == []
 
 
-async def test_errors_in_the_block_come_out_as_themselves(lab: Lab) -> None:
-    with trio.fail_after(5), pytest.raises(ValueError, match="mine"):
+async def test_errors_in_the_block_come_out_as_themselves() -> None:
+    with anyio.fail_after(5), Lab() as lab, pytest.raises(ValueError, match="mine"):
         async with open_zap_handler(lab.ctx, Trust.keys([])):
             raise ValueError("mine")
 
@@ -687,8 +691,8 @@ async def test_errors_in_the_block_come_out_as_themselves(lab: Lab) -> None:
 # -- libzmq's behaviour without a handler, or with a slow one ---------------------------------
 
 
-async def test_no_handler_fails_closed_with_server_options(lab: Lab) -> None:
-    with trio.fail_after(10):
+async def test_no_handler_fails_closed_with_server_options() -> None:
+    with anyio.fail_after(10), Lab() as lab:
         server, endpoint = lab.server()
         server_events = lab.monitor(server)
         await lab.client(ALICE, endpoint).send(b"x")
@@ -696,10 +700,10 @@ async def test_no_handler_fails_closed_with_server_options(lab: Lab) -> None:
         assert drain(server) == []
 
 
-async def test_no_handler_and_no_enforcement_admits_everyone(lab: Lab) -> None:
+async def test_no_handler_and_no_enforcement_admits_everyone() -> None:
     """Why server_options sets ZAP_DOMAIN and ZAP_ENFORCE_DOMAIN: without them, a CURVE
     server on a context with no handler admits any client (encryption only)."""
-    with trio.fail_after(10):
+    with anyio.fail_after(10), Lab() as lab:
         plain_options: list[tuple[int, int | bytes]] = [
             (zmq.CURVE_SERVER, 1), (zmq.CURVE_SECRETKEY, SERVER.secret)]
         server = lab.open(zmq.ROUTER, plain_options, bind=True)
@@ -709,8 +713,8 @@ async def test_no_handler_and_no_enforcement_admits_everyone(lab: Lab) -> None:
         assert peer_key(frames[1]) is None  # no User-Id without ZAP
 
 
-async def test_handshake_waits_for_a_slow_handler(lab: Lab) -> None:
-    with trio.fail_after(10):
+async def test_handshake_waits_for_a_slow_handler() -> None:
+    with anyio.fail_after(10), Lab() as lab:
         # a hand-made handler that holds its answer until told
         zap = lab.open(zmq.ROUTER)
         zap.bind(ZAP_ENDPOINT)
@@ -718,7 +722,7 @@ async def test_handshake_waits_for_a_slow_handler(lab: Lab) -> None:
         await lab.client(ALICE, endpoint).send(b"patient")
         request = await receive(zap)
         assert request[7] == b"CURVE"
-        await trio.sleep(0.3)
+        await anyio.sleep(0.3)
         assert drain(server) == []  # nothing passes while the handler thinks
         await zap.send([request[0], b"", b"1.0", request[3], b"200", b"OK", b"alice", b""])
         frames = await receive_frames(server)
@@ -726,8 +730,8 @@ async def test_handshake_waits_for_a_slow_handler(lab: Lab) -> None:
         assert frames[1].get("User-Id") == "alice"
 
 
-async def test_an_unanswered_handshake_times_out_and_the_client_retries(lab: Lab) -> None:
-    with trio.fail_after(10):
+async def test_an_unanswered_handshake_times_out_and_the_client_retries() -> None:
+    with anyio.fail_after(10), Lab() as lab:
         zap = lab.open(zmq.ROUTER)
         zap.bind(ZAP_ENDPOINT)
         server, endpoint = lab.server(extra=[(zmq.HANDSHAKE_IVL, 150)])

@@ -3,8 +3,10 @@
 Two front ends share this package: ``shoal bench`` (a client that measures and a
 server that binds, on one host or two; stamped bodies, HDR histograms, pacing, CURVE)
 and the suite that ``benchmarks/run.py`` runs (``_suite``: every variant of each
-pattern on one host, baselines beside shoal's, targets). What both need (the order
-of interleaved rounds, which openers take ``busy_poll=``) is in ``_common``.
+pattern on one host, baselines beside shoal's, targets). Both run shoal's side on
+trio, asyncio or uvloop (``--backend``; the suite takes several at once). What both
+need (the order of interleaved rounds, which openers take ``busy_poll=``, running on a
+chosen loop) is in ``_common``.
 
 ``shoal bench``: ``_common`` (run description, body layout, pacing, receiver tally),
 ``_server`` (the end that binds), ``_client`` (the end that connects and measures),

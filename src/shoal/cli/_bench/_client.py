@@ -15,8 +15,10 @@ CPU time per message or round trip (see ``_common``): the client's own, and the
 server's from its ``close`` reply. With ``inproc://`` both ends share this process,
 so neither figure is kept.
 
-Raw pyzmq clients run blocking sockets in a worker thread, so that the trio side of
-this process stays idle while they measure. Both stacks use ZeroMQ's process-wide
+Raw pyzmq clients run blocking sockets in a worker thread, so that the event loop of
+this process stays idle while they measure. shoal's side runs on the loop ``shoal
+bench --backend`` names (the structure here is AnyIO's); the child server started here
+is given the same one. Both stacks use ZeroMQ's process-wide
 context (needed for ``inproc://``).
 """
 
@@ -33,7 +35,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import trio
+import anyio
+import anyio.to_thread
 import zmq
 
 import shoal
@@ -209,7 +212,7 @@ class _Expect:
     def __init__(self) -> None:
         self.total: int | None = None
         self.reply: dict[str, Any] = {}
-        self.scope: trio.CancelScope | None = None
+        self.scope: anyio.CancelScope | None = None
 
 
 async def _ask_run(ctl: shoal.Requester, sid: int, expect: _Expect) -> None:
@@ -217,7 +220,7 @@ async def _ask_run(ctl: shoal.Requester, sid: int, expect: _Expect) -> None:
     expect.reply = reply
     expect.total = reply["sent"]
     if expect.scope is not None:
-        expect.scope.deadline = trio.current_time() + IDLE_S
+        expect.scope.deadline = anyio.current_time() + IDLE_S
 
 
 async def _shoal_ps(spec: Spec, endpoint: str, ctl: shoal.Requester, sid: int,
@@ -231,14 +234,14 @@ async def _shoal_ps(spec: Spec, endpoint: str, ctl: shoal.Requester, sid: int,
                        shoal.open_subscriber(connect=endpoint, topics=["bench"],
                                              high_water_mark=spec.hwm, context=ctx, **opts))
     expect = _Expect()
-    async with subscriber as sub, trio.open_nursery() as nursery:
-        nursery.start_soon(_ask_run, ctl, sid, expect)
+    async with subscriber as sub, anyio.create_task_group() as tasks:
+        tasks.start_soon(_ask_run, ctl, sid, expect)
         receive_batch, add = sub.receive_batch, tally.add
         while expect.total is None or tally.received < expect.total:
-            with trio.CancelScope() as scope:
+            with anyio.CancelScope() as scope:
                 expect.scope = scope
                 if expect.total is not None:
-                    scope.deadline = trio.current_time() + IDLE_S
+                    scope.deadline = anyio.current_time() + IDLE_S
                 batch = await receive_batch()
             expect.scope = None
             if scope.cancelled_caught:
@@ -291,10 +294,10 @@ async def _raw_ps(spec: Spec, endpoint: str, ctl: shoal.Requester, sid: int,
     sock = _raw_sub_socket(spec, endpoint, ctx)
     expect = _Expect()
     try:
-        await trio.to_thread.run_sync(_raw_wait_probe, sock)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_ask_run, ctl, sid, expect)
-            await trio.to_thread.run_sync(_raw_ps_receive, sock, tally, expect)
+        await anyio.to_thread.run_sync(_raw_wait_probe, sock)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_ask_run, ctl, sid, expect)
+            await anyio.to_thread.run_sync(_raw_ps_receive, sock, tally, expect)
     finally:
         sock.close()
     return expect
@@ -345,7 +348,7 @@ async def measure(ctl: shoal.Requester, spec: Spec, *, same_clock: bool,
     try:
         m = await _measure(ctl, spec, sid, endpoint, ctx, same_clock=same_clock)
     finally:
-        with trio.move_on_after(10):
+        with anyio.move_on_after(10):
             closed = await ctl.request({"op": "close", "session": sid})
     m.cpu[SERVER_SIDE[spec.pattern]] = closed.get("cpu_us")
     if endpoint.startswith("inproc://"):
@@ -357,12 +360,12 @@ async def _measure(ctl: shoal.Requester, spec: Spec, sid: int, endpoint: str,
                    ctx: Context | None, *, same_clock: bool) -> Measured:
     if spec.pattern == "rr":
         if spec.stack == "raw":
-            return await trio.to_thread.run_sync(_raw_rr_blocking, spec, endpoint, ctx)
+            return await anyio.to_thread.run_sync(_raw_rr_blocking, spec, endpoint, ctx)
         return await _shoal_rr(spec, endpoint, ctx)
     if spec.pattern == "pp":
         if spec.stack == "raw":
-            sent = await trio.to_thread.run_sync(_raw_pp_send_blocking, spec, endpoint,
-                                                 ctx)
+            sent = await anyio.to_thread.run_sync(_raw_pp_send_blocking, spec, endpoint,
+                                                  ctx)
         else:
             sent = await _shoal_pp_send(spec, endpoint, ctx)
         got = await ctl.request({"op": "result", "session": sid, "sent": sent.count})
@@ -394,52 +397,53 @@ async def hello(ctl: shoal.Requester) -> tuple[bool, str]:
 
 @contextlib.asynccontextmanager
 async def open_server(transport: str, *, interface: str = "127.0.0.1",
-                      peer: str | None = None) -> AsyncIterator[str]:
+                      peer: str | None = None, backend: str = "trio") -> AsyncIterator[str]:
     """The control endpoint of a bench server: ``peer`` as given; for inproc a server
-    in this process; otherwise a server in a child process on this machine."""
+    in this process; otherwise a server in a child process on this machine, on the
+    event loop ``backend``."""
     if peer is not None:
         yield peer
         return
     if transport == "inproc":
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tasks:
             server = BenchServer(f"inproc://shoal-bench-{os.getpid()}")
-            endpoint: str = await nursery.start(server.serve)
+            endpoint: str = await tasks.start(server.serve)
             yield endpoint
-            nursery.cancel_scope.cancel()
+            tasks.cancel_scope.cancel()
         return
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
         control = (f"tcp://{interface}:*" if transport == "tcp"
                    else f"ipc://{tmp}/control")
-        async with _child_server(control) as endpoint:
+        async with _child_server(control, backend) as endpoint:
             yield endpoint
 
 
 @contextlib.asynccontextmanager
-async def _child_server(control: str) -> AsyncIterator[str]:
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "shoal", "bench", "--serve", control],
-        stdout=subprocess.PIPE,
+async def _child_server(control: str, backend: str) -> AsyncIterator[str]:
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "shoal", "bench", "--serve", control, "--backend", backend],
+        stdin=None, stdout=subprocess.PIPE, stderr=None,
     )
     try:
         assert proc.stdout is not None
         line = b""
-        with trio.move_on_after(SERVER_START_S):
+        with anyio.move_on_after(SERVER_START_S):
             while not line.endswith(b"\n"):
-                chunk = await proc.stdout.receive_some(1)
-                if not chunk:
+                try:
+                    line += await proc.stdout.receive(1)
+                except anyio.EndOfStream:
                     break
-                line += chunk
         words = line.decode(errors="replace").split()
         if not words or "://" not in words[-1]:
             raise BenchError("the bench server did not start "
                              f"(it said {line.decode(errors='replace')!r})")
         yield words[-1]
     finally:
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             proc.terminate()
-            with trio.move_on_after(5):
+            with anyio.move_on_after(5):
                 await proc.wait()
             if proc.returncode is None:
                 proc.kill()
-                await proc.wait()
+            await proc.aclose()  # its pipe too; waits for the exit
 

@@ -4,6 +4,11 @@ Errors: bad arguments exit 2 with one line; a benchmark that cannot run or finis
 exits 1 with one line. ``--busy-poll`` with a shoal whose resources take no
 ``busy_poll=`` says so in one line on stderr and measures without it (the JSON
 records then say ``busy_poll: 0``).
+
+``--backend trio|asyncio|uvloop`` picks the event loop of both ends (this process and
+the server it starts; ``--serve`` takes it too). Raw pyzmq runs blocking sockets in
+worker threads either way, so only shoal's figures depend on it. ``--hedge`` runs on
+trio only.
 """
 
 from __future__ import annotations
@@ -18,14 +23,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-import trio
+import anyio
 
 from shoal.cli._bench._common import (
+    BACKENDS,
     BODY_MIN,
     BUSY_POLL_MAX,
     PATTERNS,
     BenchError,
     busy_poll_missing,
+    run_on,
 )
 from shoal.cli._bench._run import Options, run
 from shoal.discovery import resolve_interfaces
@@ -45,6 +52,7 @@ EXAMPLES = """examples:
   shoal bench --hedge                          hedged requests vs a replier that stalls
   shoal bench --curve                          the same, every data connection encrypted
   shoal bench --pattern rr --busy-poll 0.001   shoal's receivers poll 1 ms before parking
+  shoal bench --backend uvloop                 shoal on asyncio with uvloop, not trio
   shoal bench --serve tcp://0.0.0.0:5700       (host A)
   shoal bench --peer tcp://hostA:5700          (host B)
 """
@@ -117,6 +125,11 @@ def add_bench_command(commands: Any) -> None:
                    help="busy_poll= of every shoal resource at both ends: a receiver "
                    "polls this long before parking on its socket (default: 0, off; raw "
                    "pyzmq is unchanged)")
+    p.add_argument("--backend", choices=BACKENDS, default="trio",
+                   help="event loop of shoal's side at both ends: trio, asyncio or "
+                   "uvloop (asyncio with uvloop's loop) (default: trio; raw pyzmq "
+                   "runs in threads either way; with --peer, the server keeps the loop "
+                   "its --serve was given)")
     p.add_argument("--interface", default="127.0.0.1", metavar="IP|NAME",
                    help="address (or interface name, e.g. lo) the local server binds for "
                    "tcp (default: 127.0.0.1)")
@@ -173,7 +186,7 @@ def _options(args: argparse.Namespace) -> Options:
                    seconds=args.seconds or 0.0, warmup=args.warmup, rate=args.rate,
                    rounds=args.rounds, hwm=args.hwm, interface=interface,
                    peer=args.peer, timeout=args.timeout, curve=args.curve,
-                   busy_poll=args.busy_poll)
+                   busy_poll=args.busy_poll, backend=args.backend)
 
 
 class _Bar:
@@ -196,9 +209,9 @@ async def _serve(endpoint: str, seconds: float | None, out: Out) -> None:
     from shoal.cli._bench._server import BenchServer
 
     server = BenchServer(endpoint)
-    with trio.move_on_after(seconds if seconds else float("inf")):
-        async with trio.open_nursery() as nursery:
-            bound: str = await nursery.start(server.serve)
+    with anyio.move_on_after(seconds if seconds else float("inf")):
+        async with anyio.create_task_group() as tasks:
+            bound: str = await tasks.start(server.serve)
             out(f"shoal bench serving on {bound}")
 
 
@@ -207,9 +220,10 @@ def _run_hedge(args: argparse.Namespace, out: Out) -> int:
     from shoal.cli._bench._hedge_report import describe, plot, records, table
 
     if args.peer or args.plot or args.curve or args.rate or args.seconds is not None \
-            or args.busy_poll or args.transport != "tcp":
-        raise UsageError("--hedge runs on tcp 127.0.0.1 and takes no --peer, --plot, "
-                         "--curve, --rate, --seconds, --busy-poll or --transport")
+            or args.busy_poll or args.transport != "tcp" or args.backend != "trio":
+        raise UsageError("--hedge runs on tcp 127.0.0.1 under trio and takes no --peer, "
+                         "--plot, --curve, --rate, --seconds, --busy-poll, --transport or "
+                         "--backend")
     if args.count is not None and args.count < 2:
         raise UsageError("--count must be at least 2")
     if args.size < BODY_MIN or args.size > 1024 * 1024:
@@ -252,7 +266,7 @@ def run_bench(args: argparse.Namespace, out: Out, err: Out) -> int:
         if args.serve:
             if args.serve_for is not None and args.serve_for <= 0:
                 raise UsageError("--for must be more than 0 seconds")
-            trio.run(_serve, args.serve, args.serve_for, out)
+            run_on(args.backend, _serve, args.serve, args.serve_for, out)
             return 0
         if args.hedge:
             return _run_hedge(args, out)
@@ -263,7 +277,7 @@ def run_bench(args: argparse.Namespace, out: Out, err: Out) -> int:
             opts = replace(opts, busy_poll=0.0)
         show = (args.progress == "always"
                 or (args.progress == "auto" and sys.stderr.isatty()))
-        variants, version = trio.run(run, opts, _Bar() if show else None)
+        variants, version = run_on(opts.backend, run, opts, _Bar() if show else None)
         from shoal.cli._bench._report import plot, records, table
 
         if args.json:

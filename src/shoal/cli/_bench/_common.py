@@ -22,13 +22,16 @@ the senders leave it out.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, TypeVarTuple
 
+import anyio
+import sniffio
 import zmq
 
 import shoal
@@ -75,6 +78,34 @@ def interleaved(variants: Sequence[T], round_index: int) -> list[T]:
     only."""
     k = round_index % len(variants)
     return [*variants[k:], *variants[:k]]
+
+
+BACKENDS = ("trio", "asyncio", "uvloop")
+"""The event loops ``shoal bench --backend`` runs shoal's side on."""
+
+PosArgs = TypeVarTuple("PosArgs")
+
+
+def run_on(backend: str, func: Callable[[*PosArgs], Awaitable[T]],
+           *args: *PosArgs) -> T:
+    """``func(*args)`` on ``backend``'s event loop (``BACKENDS``); a BenchError if it
+    is uvloop and uvloop is not installed."""
+    if backend == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise BenchError("--backend uvloop needs uvloop: pip install uvloop") from None
+        return anyio.run(func, *args, backend="asyncio",
+                         backend_options={"use_uvloop": True})
+    return anyio.run(func, *args, backend=backend)
+
+
+def loop_name() -> str:
+    """The event loop running now, as ``--backend`` names it: trio, asyncio or uvloop."""
+    if sniffio.current_async_library() == "trio":
+        return "trio"
+    return ("uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+            else "asyncio")
 
 
 def busy_poll_missing(openers: Sequence[str] = OPENERS) -> str | None:

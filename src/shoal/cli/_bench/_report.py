@@ -13,6 +13,9 @@ behind the messages sent before it (queues in libzmq and the kernel), not the ti
 to cross. The table, the plot and the records say so (``latency_saturated``), so
 that a figure like "pub/sub p50 100 ms" is not read as the latency of one message;
 ``--rate N`` measures latency at a set load.
+
+Each record names the event loop shoal ran on (``backend``, ``--backend``); the table
+says it when it is not trio.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ def records(variants: list[Variant], opts: Options, version: str) -> list[dict[s
             "reliable": spec.reliable,
             "label": spec.label,
             "transport": opts.transport,
+            "backend": opts.backend,
             "curve": spec.curve,
             "busy_poll": spec.busy_poll,
             "size": spec.size,
@@ -151,9 +155,10 @@ def table(variants: list[Variant], opts: Options, out: Callable[[str], None]) ->
         rate = f", {first.spec.rate:,.0f}/s" if first.spec.rate else ""
         secured = " with CURVE" if first.spec.curve else ""
         busy = (f", shoal busy_poll={opts.busy_poll:g} s" if opts.busy_poll else "")
+        loop = f", shoal on {opts.backend}" if opts.backend != "trio" else ""
         out(f"{PATTERN_NAMES[pattern]} over {opts.transport}{secured}, "
             f"{first.spec.size} B bodies, "
-            f"{opts.rounds} round(s) x {amount}{rate}{busy}; latency in µs: "
+            f"{opts.rounds} round(s) x {amount}{rate}{busy}{loop}; latency in µs: "
             f"{latency_label(pattern, kind, first.spec.rate)}")
         if kind is not None and saturated(pattern, first.spec.rate):
             out(f"  {SATURATED_NOTE}")

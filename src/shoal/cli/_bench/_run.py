@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import trio
+import anyio
 
 import shoal
 from shoal.cli._bench._client import CurveContexts, Measured, hello, measure, open_server
@@ -55,6 +55,7 @@ class Options:
     timeout: float = 300.0
     curve: bool = False
     busy_poll: float = 0.0  # seconds; shoal resources only (0: not passed)
+    backend: str = "trio"  # the event loop of shoal's side, both ends (``BACKENDS``)
 
     def specs(self, pattern: str) -> list[Spec]:
         base = dict(pattern=pattern, size=self.size,
@@ -152,9 +153,9 @@ async def run(opts: Options, progress: Progress | None = None) -> tuple[list[Var
     curve = CurveContexts()
     try:
         async with open_server(opts.transport, interface=opts.interface,
-                               peer=opts.peer) as control, \
+                               peer=opts.peer, backend=opts.backend) as control, \
                 shoal.open_requester(connect=control) as ctl:
-            with trio.move_on_after(min(30.0, opts.timeout)) as cs:
+            with anyio.move_on_after(min(30.0, opts.timeout)) as cs:
                 same_clock, version = await hello(ctl)
             if cs.cancelled_caught:
                 raise BenchError(f"no bench server answers at {control} (start one there "
@@ -162,7 +163,7 @@ async def run(opts: Options, progress: Progress | None = None) -> tuple[list[Var
             for n, (variant, spec) in enumerate(plan):
                 if progress is not None:
                     progress(f"{spec.pattern} {spec.label}", n, len(plan))
-                with trio.move_on_after(opts.timeout) as cs:
+                with anyio.move_on_after(opts.timeout) as cs:
                     m = await measure(ctl, spec, same_clock=same_clock, peer_host=peer_host,
                                       curve=curve)
                 if cs.cancelled_caught:

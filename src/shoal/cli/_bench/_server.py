@@ -9,11 +9,12 @@ pattern under test on a data endpoint next to the control one:
     ps  publisher (sender)     ``run`` publishes; the client counts and times arrivals
 
 Raw pyzmq sessions run blocking sockets in a worker thread (REP, PULL, PUB); shoal
-sessions run in trio. A session lives until ``close``; a client that vanishes leaves
+sessions run on the server's event loop (trio, asyncio or uvloop: ``--backend``; the
+structure here is AnyIO's). A session lives until ``close``; a client that vanishes leaves
 its sessions open until the server stops (``--serve`` is meant for a benchmark run,
 not as a service).
 
-Control requests: ``hello`` (the server's clock and version), ``open`` (a Spec ->
+Control requests: ``hello`` (the server's clock, version and event loop), ``open`` (a Spec ->
 session id and data endpoint), ``run`` (ps: publish the run, return how many were
 sent), ``result`` (pp: wait until ``sent`` have arrived or arrivals stop, return the
 tally), ``close`` (returns ``cpu_us``, this end's CPU microseconds per round trip or
@@ -32,7 +33,11 @@ import threading
 import time
 from typing import Any
 
-import trio
+import anyio
+import anyio.abc
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
 import zmq
 
 import shoal
@@ -48,6 +53,7 @@ from shoal.cli._bench._common import (
     cpu_ns,
     cpu_us_per,
     curve_server_context,
+    loop_name,
     make_body,
     wait_until_blocking,
 )
@@ -66,16 +72,16 @@ def data_endpoint(control: str, n: int) -> str:
 
 
 async def wait_until(due: int) -> int:
-    """Pace a trio sender: sleep in trio while more than ``SLEEP_NS`` remain, then
+    """Pace an async sender: sleep on the loop while more than ``SLEEP_NS`` remain, then
     alternate a checkpoint (other tasks of this process run: with ``inproc://`` the
     receiving end is one of them) with short blocking naps, without burning a core.
     Return the CPU time it took (ns), for the sender to leave out of its figure."""
     k0 = cpu_ns()
     now = time.perf_counter_ns()
     if due - now > SLEEP_NS:
-        await trio.sleep((due - now - SLEEP_NS + NAP_SLACK_NS) / 1e9)
+        await anyio.sleep((due - now - SLEEP_NS + NAP_SLACK_NS) / 1e9)
     while (left := due - time.perf_counter_ns()) > 0:
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
         if left > 2 * NAP_SLACK_NS:
             # Deliberately blocking: at most a millisecond, after the checkpoint.
             time.sleep((left - NAP_SLACK_NS) / 1e9)  # noqa: ASYNC251
@@ -87,17 +93,17 @@ class _Session:
         self.sid = sid
         self.spec = spec
         self.endpoint = ""
-        self.scope = trio.CancelScope()
-        self.ready = trio.Event()
-        self.done = trio.Event()
+        self.scope = anyio.CancelScope()
+        self.ready = anyio.Event()
+        self.done = anyio.Event()
         self.error: BaseException | None = None
         # rr: counts the timed requests for the CPU figure; the stamps mean nothing here.
         self.tally = Tally(latency=spec.pattern != "rr")
         self.stop = threading.Event()
         self.go = threading.Event()      # raw threads wait on this one
-        self.go_async = trio.Event()     # shoal tasks on this one
+        self.go_async = anyio.Event()    # shoal tasks on this one
         self.sent: dict[str, Any] | None = None
-        self.sent_done = trio.Event()
+        self.sent_done = anyio.Event()
         self.cpu_start = -1     # ps: CPU clock at the first publication
         self.cpu_paced = 0      # ps: CPU time pacing took since then
         self.publisher: Any = None
@@ -121,16 +127,17 @@ class BenchServer:
             self._curve = (curve_server_context(secret), public)
         return self._curve
 
-    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    async def serve(self, *,
+                    task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED
                     ) -> None:
         async with shoal.open_replier(bind=self.control) as rep, \
-                trio.open_nursery() as nursery:
+                anyio.create_task_group() as tasks:
             self.endpoint = rep.endpoints[0]
-            self._nursery = nursery
+            self._tasks = tasks
             task_status.started(self.endpoint)
             try:
                 async for req in rep:
-                    nursery.start_soon(self._answer, req)
+                    tasks.start_soon(self._answer, req)
             finally:
                 for s in self._sessions.values():
                     s.stop.set()
@@ -152,7 +159,7 @@ class BenchServer:
     async def _handle(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
         if op == "hello":
             return {"clock": time.perf_counter_ns(), "version": shoal.__version__,
-                    "pid": os.getpid()}
+                    "pid": os.getpid(), "loop": loop_name()}
         if op == "open":
             return await self._open(Spec.from_wire(body.get("spec")))
         session = self._sessions.get(body.get("session", -1))
@@ -186,7 +193,7 @@ class BenchServer:
                 raise BenchError("CURVE needs tcp or ipc (inproc does not encrypt)")
             session.context, extra["server_key"] = self._curve_context()
         self._sessions[sid] = session
-        self._nursery.start_soon(self._run_session, session,
+        self._tasks.start_soon(self._run_session, session,
                                  data_endpoint(self.endpoint, sid))
         await session.ready.wait()
         if session.error is not None:
@@ -214,13 +221,13 @@ class BenchServer:
 
     async def _result(self, session: _Session, sent: int) -> dict[str, Any]:
         tally = session.tally
-        last, since = -1, trio.current_time()
+        last, since = -1, anyio.current_time()
         while tally.received < sent:
             if tally.received != last:
-                last, since = tally.received, trio.current_time()
-            elif trio.current_time() - since > IDLE_S or session.done.is_set():
+                last, since = tally.received, anyio.current_time()
+            elif anyio.current_time() - since > IDLE_S or session.done.is_set():
                 break
-            await trio.sleep(0.01)
+            await anyio.sleep(0.01)
         out = tally.result()
         out["stats"] = session.sent or {}
         return out
@@ -309,7 +316,7 @@ async def _shoal_ps(session: _Session, endpoint: str) -> None:
                 session.sent["retransmitted"] = stats.retransmitted
         finally:
             session.sent_done.set()
-        await trio.sleep_forever()
+        await anyio.sleep_forever()
 
 
 # --- raw pyzmq sessions (a blocking socket in a worker thread) ----------------------
@@ -334,8 +341,8 @@ async def _in_thread(session: _Session, endpoint: str, kind: int, loop: Any) -> 
     sock, session.endpoint = _raw_socket(kind, endpoint, session.spec.hwm, session.context)
     session.ready.set()
     try:
-        with trio.CancelScope(shield=True):  # the thread ends once ``stop`` is set
-            await trio.to_thread.run_sync(loop, session, sock)
+        with anyio.CancelScope(shield=True):  # the thread ends once ``stop`` is set
+            await anyio.to_thread.run_sync(loop, session, sock)
     finally:
         sock.close()
 
@@ -385,7 +392,7 @@ def _raw_ps_loop(session: _Session, sock: zmq.Socket[bytes]) -> None:
         elapsed = (time.perf_counter_ns() - t0) / 1e9
         session.sent = {"sent": i, "send_rate": i / elapsed if elapsed else 0.0}
     finally:
-        trio.from_thread.run_sync(session.sent_done.set)
+        anyio.from_thread.run_sync(session.sent_done.set)
     session.stop.wait()
 
 

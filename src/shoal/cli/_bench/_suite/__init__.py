@@ -10,7 +10,8 @@ bodies send fewer messages, but never fewer than 200 unless the counts say so; i
 caps round trips too, at count x 2 x size), ``--tp-warmup N``, ``--pp-hwm N``
 (push/pull high-water mark, default 1000, the libzmq default), ``--ps-hwm N`` (pub/sub
 high-water mark, default 100000), ``--busy-poll SECONDS`` (for "shoal busy-poll",
-default 0.001), ``--only rr,pp,ps`` (which benchmarks), ``--json FILE``.
+default 0.001), ``--only rr,pp,ps`` (which benchmarks), ``--backend trio,asyncio,uvloop``
+(the event loops shoal's variants run on, below; default ``trio``), ``--json FILE``.
 
 What is measured. Everything runs over TCP on 127.0.0.1 only. Two worker processes
 (``multiprocessing`` with the spawn start method) are started once and reused; for each
@@ -20,6 +21,19 @@ it as the whole frame; shoal sends it raw too (no msgpack), inside its one-frame
 envelope (topic + NUL + 52-byte header + body). Variants are interleaved (A, B, C, then
 B, C, A...) over the rounds, and the tables show the median over rounds. A variant
 that needs an API this shoal does not have yet is shown as "not available" and not run.
+
+Event loops. Every shoal variant runs once per backend given to ``--backend``, both of
+its ends on that loop, started the way an application starts it: ``trio.run(main)``,
+``asyncio.run(main())`` (the default selector loop) or ``uvloop.run(main())``. The
+shoal side is the same code on each (shoal's API, AnyIO for its sleeps, deadlines,
+task groups and threads), except the checkpoint of "nowait-send": trio's own under
+trio, ``anyio.lowlevel.checkpoint()`` under asyncio. A shoal variant on each loop is
+one more variant of the same interleaved rotation as the baselines, so one run
+compares them all. With trio alone (the default) the names and the report are the
+ones below; with more loops, trio's variants keep their names and the others carry
+the loop: "shoal [asyncio]", "shoal batch [uvloop]". If uvloop cannot be imported,
+its variants are shown as "not available". The baselines (raw pyzmq, pyzmq.asyncio on
+asyncio's default loop, "trio FD") run once, as always.
 
 CPU time. Beside every figure, each worker reports the CPU time it spent per message
 (per round trip for ``rr``), from process CPU time (``time.process_time_ns``: every
@@ -59,9 +73,11 @@ machine.
   ``receive_batch()`` ("shoal batch") and, as another variant, plain ``async for``.
   "shoal send_many" keeps the batch receiver and sends with ``await
   push.send_many(bodies)``, 256 bodies a call. "shoal nowait-send" sends with
-  ``push.send_nowait()`` (falling back to ``await push.send()`` on ``trio.WouldBlock``)
-  and one ``trio.lowlevel.checkpoint()`` per 256 messages: it shows what the sender
-  gains by yielding less often than ``await send()`` does. A round of fewer than 4096
+  ``push.send_nowait()`` (falling back to ``await push.send()`` on
+  ``shoal.errors.WouldBlock``, which is both trio's and AnyIO's) and one checkpoint
+  per 256 messages (``trio.lowlevel.checkpoint()``; ``anyio.lowlevel.checkpoint()``
+  on asyncio and uvloop): it shows what the sender gains by yielding less often than
+  ``await send()`` does. A round of fewer than 4096
   timed messages (large bodies) opens shoal's receivers with ``batch=count/8``, so
   that a backlog drained in one batch cannot swallow the whole timed window.
 * ``ps`` -- pub/sub throughput, measured like ``pp``. The publisher binds and keeps
@@ -101,17 +117,29 @@ raw pyzmq is printed too.
 * reliable push/pull and pub/sub throughput >= 0.6x best effort;
 * pub/sub 64 B, "shoal wildcard" >= 0.9x "shoal batch" (every message matching).
 
+With ``--backend``, the throughput, reliable, wildcard and CPU targets and the
+busy-poll one are checked for each chosen loop (its own best best effort, e.g. "shoal
+send_many [uvloop]"); "shoal/trio FD" is trio's. And, across loops, when both are
+chosen:
+
+* request/reply p50: "shoal [uvloop]" <= 1.1x "shoal" (trio);
+* request/reply p50: "shoal [asyncio]" <= 1.0x "pyzmq.asyncio" (asyncio chosen);
+* push/pull and pub/sub 64 B: best effort on uvloop >= 1/1.1 (0.909x) of best effort on
+  trio (msgs/s; each loop's faster of "shoal batch" and "shoal send_many").
+
 The output starts with the machine's load average before and after the run, and calls
 the run "quiet" if the 1-minute average was below 0.5 at the start, else "loaded".
-``--json`` writes ``environment``, ``load`` (``before``, ``after``, ``label``),
-``config``, ``summary`` (per bench, size and variant: the medians, CPU included, and
+``--json`` writes ``environment`` (with AnyIO's and uvloop's versions when they
+run), ``load`` (``before``, ``after``, ``label``), ``config`` (``backends`` among
+them), ``summary`` (per bench, size and variant: the medians, CPU included, and
 the ``ratios``), ``targets`` (``target``, ``value``, ``op``, ``limit``, ``unit``,
 ``verdict`` and the best-effort ``variant``) and ``rounds`` (every round's figures:
 ``cpu_client_us``/``cpu_server_us`` for ``rr``, ``cpu_send_us``/``cpu_recv_us``
 otherwise, each with its ``main_...`` twin for the main thread).
 
-Where it lives: ``_common`` (the measurement's description, the variants, the CPU
-clock, percentiles, what a side reports), ``_rr`` and ``_throughput`` (each side of
+Where it lives: ``_common`` (the measurement's description, the variants and their
+names per loop, running a side on a loop, the CPU clock, percentiles, what a side
+reports), ``_rr`` and ``_throughput`` (each side of
 each variant, run in a worker process), ``_run`` (the worker processes and the
 rounds), ``_report`` (tables, ratios, targets), ``_command`` (options, load, JSON).
 """

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from shoal.cli._bench._suite._common import QUIET_LOAD, VARIANTS
+from shoal.cli._bench._suite._common import BACKENDS, QUIET_LOAD, VARIANTS
 from shoal.cli._bench._suite._report import environment, summarize
 from shoal.cli._bench._suite._run import Config, run_all
 
@@ -42,6 +42,10 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--busy-poll", type=float, default=0.001, metavar="SECONDS",
                    help="busy_poll= of the 'shoal busy-poll' request/reply variant "
                         "(default 0.001)")
+    p.add_argument("--backend", default="trio",
+                   help="event loops each shoal variant runs on, a comma list of "
+                        "trio, asyncio, uvloop (default trio); with more than one, a "
+                        "variant on asyncio is shown as e.g. 'shoal [asyncio]'")
     p.add_argument("--json", metavar="FILE", help="also write all results to FILE as JSON")
     a = p.parse_args(argv)
     q = a.quick
@@ -53,6 +57,10 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     for b in only:
         if b not in VARIANTS:
             p.error(f"--only: unknown benchmark {b!r}; use rr, pp, ps")
+    chosen = {b.strip() for b in a.backend.split(",") if b.strip()}
+    if not chosen or not chosen <= set(BACKENDS):
+        p.error(f"--backend: give a comma list of {', '.join(BACKENDS)}, e.g. trio,asyncio")
+    backends = [b for b in BACKENDS if b in chosen]  # the tables' order, whatever the input
     sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
     if not sizes or any(s < 1 for s in sizes):
         p.error("--sizes: give positive byte counts, e.g. 64,4096")
@@ -68,6 +76,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         pp_hwm=a.pp_hwm,
         ps_hwm=a.ps_hwm,
         busy_poll=a.busy_poll,
+        backends=backends,
     )
     if cfg.rounds < 1 or cfg.rr_count < 1 or cfg.rr_warmup < 0 or cfg.tp_count < 1:
         p.error("rounds and counts must be positive")
@@ -90,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    env = environment()
+    env = environment(cfg.backends)
     load_before = os.getloadavg()
     t_start = time.monotonic()
     results = run_all(cfg, log)

@@ -5,14 +5,17 @@ figures a side reports.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import statistics
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar
 
+import trio
 import zmq
 
 LOOPBACK = "tcp://127.0.0.1:*"
@@ -21,7 +24,7 @@ PEER_TIMEOUT_S = 120.0
 IDLE_S = 0.25  # pub/sub: stop after two checks this far apart saw no new message
 MEASURE_TIMEOUT_S = 60.0  # per measurement; a stuck worker dumps its stack after 45 s
 STACK_DUMP_S = 45.0
-NOWAIT_EVERY_MASK = 255  # "nowait-send" senders yield to trio once per 256 messages
+NOWAIT_EVERY_MASK = 255  # "nowait-send" senders yield to the loop once per 256 messages
 SEND_MANY_BATCH = 256  # "send_many" senders hand over this many bodies per call
 MIN_TP_COUNT = 200  # timed messages per throughput round at least (large bodies)
 MIN_RR_COUNT = 200  # timed round trips per round at least (large bodies)
@@ -68,10 +71,39 @@ class Spec:
     hwm: int
     endpoint: str = ""
     busy_poll: float = 0.0  # seconds, for the "shoal busy-poll" variant
+    backend: str = "trio"  # the event loop a shoal variant runs on (``BACKENDS``)
 
 
 # ---------------------------------------------------------------------------------
 # helpers shared by the workers
+
+T = TypeVar("T")
+
+
+def run_on(backend: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main`` on ``backend``'s event loop, the way an application would:
+    ``trio.run(main)``, ``asyncio.run(main())`` or ``uvloop.run(main())``."""
+    if backend == "trio":
+        return trio.run(main)
+    if backend == "asyncio":
+        return asyncio.run(main())
+    if backend == "uvloop":
+        import uvloop
+
+        return uvloop.run(main())
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def backend_missing(backend: str) -> str | None:
+    """Why ``backend`` cannot run here (uvloop not importable), or None."""
+    if backend != "uvloop":
+        return None
+    try:
+        import uvloop  # noqa: F401
+    except ImportError as exc:
+        return f"not available: uvloop cannot be imported ({exc})"
+    return None
+
 
 
 def make_body(size: int) -> bytes:
@@ -161,6 +193,34 @@ VARIANTS: dict[str, list[str]] = {
 BEST_EFFORT = ("shoal batch", "shoal send_many")
 # Reliable variants: the best of them is compared with the best best-effort one.
 RELIABLE = ("shoal reliable", "shoal reliable many")
+BACKENDS = ("trio", "asyncio", "uvloop")
+"""The event loops a shoal variant can run on (``--backend``). trio's variants keep
+their plain names; the others' carry the loop: "shoal batch [uvloop]"."""
+
+
+def is_shoal(variant: str) -> bool:
+    """Whether ``variant`` is one of shoal's (it runs once per chosen backend)."""
+    return variant.startswith("shoal")
+
+
+def variant_name(variant: str, backend: str) -> str:
+    """The name a variant is shown under: ``variant`` on trio, else ``"variant [loop]"``."""
+    return variant if backend == "trio" else f"{variant} [{backend}]"
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """The variant and the backend behind a shown name (``variant_name``'s inverse)."""
+    variant, sep, rest = name.partition(" [")
+    return (variant, rest.removesuffix("]")) if sep else (name, "trio")
+
+
+def names(bench: str, backends: list[str]) -> list[str]:
+    """Every variant of ``bench`` as shown, shoal's once per backend (each next to its
+    other loops), then the baselines."""
+    return [variant_name(v, b) for v in VARIANTS[bench]
+            for b in (backends if is_shoal(v) else ["trio"])]
+
+
 WILDCARD_TOPICS = ["bench/**", "bench.probe"]
 """"shoal wildcard": "shoal batch" subscribed with a pattern that takes every timed
 message (topic ``bench``), and the probes' prefix."""

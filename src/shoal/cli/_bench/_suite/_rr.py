@@ -1,7 +1,8 @@
 """Request/reply round-trip latency, one request in flight: shoal, shoal with
 ``busy_poll=``, shoal reliable, blocking pyzmq REQ/REP, pyzmq.asyncio REQ/REP, and
 "trio FD" (a pyzmq DEALER/ROUTER driven by bare trio: the floor under shoal).
-Each function is one side of one variant, run in a worker process.
+Each function is one side of one variant, run in a worker process; shoal's sides run
+on the event loop the spec names (``run_on``) and call nothing loop-specific.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from shoal.cli._bench._suite._common import (
     now,
     raw_bind,
     raw_socket,
+    run_on,
     wait_peer,
 )
 
@@ -59,7 +61,7 @@ def shoal_rr_server(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
             wait_peer(peer, "done")
             return {"cpu_server_us": cpu_us(k0, k1, spec.count)}
 
-    return trio.run(main)
+    return run_on(spec.backend, main)
 
 
 def shoal_rr_client(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
@@ -89,7 +91,7 @@ def shoal_rr_client(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
             peer.send("done")
             return latency_result(samples, bad, cpu_client_us=cpu_us(k0, k1, spec.count))
 
-    return trio.run(main)
+    return run_on(spec.backend, main)
 
 
 def raw_rr_server(spec: Spec, ctrl: Connection, peer: Connection) -> Result:

@@ -1,6 +1,7 @@
 """The suite's driver: two worker processes (spawned once, restarted after a failure),
 which variant runs on which side, and the rounds (variants interleaved: A B C, then
-B C A...). Every measurement has a deadline; a stuck worker dumps its stack first.
+B C A...; a shoal variant on each chosen event loop is one more variant of the same
+rotation). Every measurement has a deadline; a stuck worker dumps its stack first.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import multiprocessing
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -22,10 +23,12 @@ from shoal.cli._bench._suite._common import (
     MIN_RR_COUNT,
     MIN_TP_COUNT,
     STACK_DUMP_S,
-    VARIANTS,
     Result,
     Spec,
+    backend_missing,
     main_figures,
+    names,
+    split_name,
 )
 from shoal.cli._bench._suite._rr import (
     aio_rr_client,
@@ -220,8 +223,19 @@ class Config:
     ps_hwm: int
     busy_poll: float = 0.001
     rr_hwm: int = 1000
+    backends: list[str] = field(default_factory=lambda: ["trio"])
 
-    def spec(self, bench: str, variant: str, size: int) -> Spec:
+    def names(self, bench: str) -> list[str]:
+        """The variants of ``bench`` as shown: shoal's once per backend."""
+        return names(bench, self.backends)
+
+    def spec(self, bench: str, name: str, size: int) -> Spec:
+        """The measurement of variant ``name`` (as shown: "shoal [asyncio]" is "shoal"
+        on asyncio) at ``size``."""
+        variant, backend = split_name(name)
+        return replace(self._spec(bench, variant, size), backend=backend)
+
+    def _spec(self, bench: str, variant: str, size: int) -> Spec:
         if bench == "rr":
             # Large bodies: fewer round trips (each carries the body both ways), and a
             # warmup in proportion.
@@ -260,14 +274,15 @@ def run_all(cfg: Config, log: Callable[[str], None]) -> Results:
     runnable: dict[str, list[str]] = {}
     for bench in cfg.only:
         runnable[bench] = []
-        for variant in VARIANTS[bench]:
-            why = unavailable(bench, variant)
+        for name in cfg.names(bench):
+            variant, backend = split_name(name)
+            why = unavailable(bench, variant) or backend_missing(backend)
             if why is None:
-                runnable[bench].append(variant)
+                runnable[bench].append(name)
                 continue
-            log(f"  {bench} {variant}: {why}")
+            log(f"  {bench} {name}: {why}")
             for size in cfg.sizes:
-                results[bench, size, variant] = [{"unavailable": why}]
+                results[bench, size, name] = [{"unavailable": why}]
     workers = Workers()
     try:
         for rnd in range(cfg.rounds):
@@ -275,13 +290,13 @@ def run_all(cfg: Config, log: Callable[[str], None]) -> Results:
             for bench in cfg.only:
                 variants = runnable[bench]
                 for size in cfg.sizes:
-                    for variant in interleaved(variants, rnd):
-                        spec = cfg.spec(bench, variant, size)
-                        key = (bench, size, variant)
+                    for name in interleaved(variants, rnd):
+                        spec = cfg.spec(bench, name, size)
+                        key = (bench, size, name)
                         try:
                             res_bind, res_connect = workers.measure(spec)
                         except MeasurementFailed as exc:
-                            log(f"  ! {bench} {variant} {size} B failed: {exc}")
+                            log(f"  ! {bench} {name} {size} B failed: {exc}")
                             results.setdefault(key, []).append({"failed": str(exc)})
                             continue
                         results.setdefault(key, []).append(

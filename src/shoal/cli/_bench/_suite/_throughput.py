@@ -1,16 +1,23 @@
 """Push/pull and pub/sub throughput: the receiver counts messages over its timed
 window (after the warmup); shoal's variants (batch receiver, ``send_many``, ``async
 for``, ``send_nowait``, reliable) beside blocking pyzmq PUSH/PULL and PUB/SUB. Each
-function is one side of one variant, run in a worker process.
+function is one side of one variant, run in a worker process. shoal's sides run on
+the event loop the spec names (``run_on``): their structure (sleeps, deadlines, task
+groups, threads) is AnyIO's, the rest shoal's own API; only "nowait-send" picks its
+checkpoint by loop (``yield_to_loop``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from multiprocessing.connection import Connection
 from typing import Any
 
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
 import trio
 import zmq
 
@@ -33,8 +40,10 @@ from shoal.cli._bench._suite._common import (
     rate_result,
     raw_bind,
     raw_socket,
+    run_on,
     wait_peer,
 )
+from shoal.errors import WouldBlock
 
 
 def receiver_options(spec: Spec) -> dict[str, Any]:
@@ -42,6 +51,13 @@ def receiver_options(spec: Spec) -> dict[str, Any]:
     caps the batch: a backlog drained in one batch would leave no timed window after
     the warmup. Per-batch costs do not matter next to such bodies."""
     return {"batch": max(16, spec.count // 8)} if spec.count < SMALL_ROUND else {}
+
+
+def yield_to_loop(spec: Spec) -> Callable[[], Awaitable[None]]:
+    """The checkpoint a "nowait-send" sender yields with once per 256 messages: trio's
+    own under trio (no AnyIO dispatch per call), AnyIO's under asyncio."""
+    return (trio.lowlevel.checkpoint if spec.backend == "trio"
+            else anyio.lowlevel.checkpoint)
 
 
 def _puller(spec: Spec) -> AbstractAsyncContextManager[Any]:
@@ -99,7 +115,7 @@ def shoal_pp_recv(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
                                malformed=stats.malformed,
                                cpu_recv_us=cpu_us(k0, k1, got - c0))
 
-    return trio.run(main)
+    return run_on(spec.backend, main)
 
 
 def batches(body: Any, n: int) -> list[list[Any]]:
@@ -123,11 +139,11 @@ def shoal_pp_send(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
                     await send_many(batch)
             elif spec.variant == "shoal nowait-send":
                 send_nowait = push.send_nowait
-                checkpoint = trio.lowlevel.checkpoint
+                checkpoint = yield_to_loop(spec)
                 for i in range(target):
                     try:
                         send_nowait(body)
-                    except trio.WouldBlock:
+                    except WouldBlock:
                         await send(body)
                     if not i & NOWAIT_EVERY_MASK:
                         await checkpoint()
@@ -137,12 +153,12 @@ def shoal_pp_send(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
             t1 = now()
             # in a thread: the library keeps running meanwhile (a reliable sender still
             # has items to put on the wire, acknowledgements to read)
-            await trio.to_thread.run_sync(wait_peer, peer, "done")
+            await anyio.to_thread.run_sync(wait_peer, peer, "done")
             k1 = cpu()  # see SENDER_CPU
             return {"sent": target, "send_rate": target / ((t1 - t0) / 1e9),
                     "cpu_send_us": cpu_us(k0, k1, target)}
 
-    return trio.run(main)
+    return run_on(spec.backend, main)
 
 
 def raw_pp_recv(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
@@ -196,11 +212,11 @@ def shoal_ps_pub(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
         async with shoal.open_publisher(bind=LOOPBACK, high_water_mark=spec.hwm) as pub:
             ctrl.send(("endpoint", pub.endpoints[0]))
             probes = 0
-            with trio.fail_after(PROBE_TIMEOUT_S):
+            with anyio.fail_after(PROBE_TIMEOUT_S):
                 while not peer.poll():
                     pub.publish_nowait("bench.probe", b"")
                     probes += 1
-                    await trio.sleep(0.001)
+                    await anyio.sleep(0.001)
             wait_peer(peer, "ready")
             publish = pub.publish
             t0, k0 = now(), cpu()
@@ -210,7 +226,7 @@ def shoal_ps_pub(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
                     await publish_many(batch)
             elif spec.variant == "shoal nowait-send":
                 publish_nowait = pub.publish_nowait
-                checkpoint = trio.lowlevel.checkpoint
+                checkpoint = yield_to_loop(spec)
                 for i in range(target):
                     publish_nowait("bench", body)
                     if not i & NOWAIT_EVERY_MASK:
@@ -221,12 +237,12 @@ def shoal_ps_pub(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
             t1 = now()
             # in a thread: the library keeps running meanwhile (a reliable sender still
             # has items to put on the wire, acknowledgements to read)
-            await trio.to_thread.run_sync(wait_peer, peer, "done")
+            await anyio.to_thread.run_sync(wait_peer, peer, "done")
             k1 = cpu()  # see SENDER_CPU
             return {"sent": target, "send_rate": target / ((t1 - t0) / 1e9), "probes": probes,
                     "cpu_send_us": cpu_us(k0, k1, target)}
 
-    return trio.run(main)
+    return run_on(spec.backend, main)
 
 
 def shoal_ps_sub(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
@@ -237,7 +253,7 @@ def shoal_ps_sub(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
         async with shoal.open_subscriber(connect=spec.endpoint, topics=topics,
                                          high_water_mark=spec.hwm,
                                          **receiver_options(spec)) as sub:
-            with trio.fail_after(PROBE_TIMEOUT_S):
+            with anyio.fail_after(PROBE_TIMEOUT_S):
                 await sub.receive()  # a probe: the subscription is in place
             peer.send("ready")
             while True:  # skip the probes still in flight
@@ -249,17 +265,17 @@ def shoal_ps_sub(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
             t1 = now()
             last_len = len(msg.body)
 
-            async def watchdog(scope: trio.CancelScope) -> None:
+            async def watchdog(scope: anyio.CancelScope) -> None:
                 seen = -1
                 while True:
-                    await trio.sleep(IDLE_S)
+                    await anyio.sleep(IDLE_S)
                     if got == seen:
                         scope.cancel()
                         return
                     seen = got
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watchdog, nursery.cancel_scope)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(watchdog, tasks.cancel_scope)
                 receive_batch = sub.receive_batch
                 while got < target:
                     batch = await receive_batch()
@@ -268,7 +284,7 @@ def shoal_ps_sub(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
                     if c0 < 0 and got >= spec.warmup:
                         t0, c0, k0 = t1, got, cpu()
                     last_len = len(batch[-1].body)
-                nursery.cancel_scope.cancel()
+                tasks.cancel_scope.cancel()
             # On loss this includes the idle watchdog period: sleeping costs no CPU.
             k1 = cpu()
             peer.send("done")
@@ -277,7 +293,7 @@ def shoal_ps_sub(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
                                gaps=stats.gaps, malformed=stats.malformed,
                                cpu_recv_us=cpu_us(k0, k1, got - c0))
 
-    return trio.run(main)
+    return run_on(spec.backend, main)
 
 
 def shoal_rps_pub(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
@@ -289,7 +305,7 @@ def shoal_rps_pub(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
         async with shoal.open_publisher(bind=LOOPBACK, high_water_mark=spec.hwm,
                                         reliable=True) as pub:
             ctrl.send(("endpoint", pub.endpoints[0]))
-            with trio.fail_after(PROBE_TIMEOUT_S):
+            with anyio.fail_after(PROBE_TIMEOUT_S):
                 await pub.wait_for_subscribers(1)
             publish = pub.publish
             t0, k0 = now(), cpu()
@@ -302,14 +318,14 @@ def shoal_rps_pub(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
             t1 = now()
             # in a thread: the library keeps running meanwhile (a reliable sender still
             # has items to put on the wire, acknowledgements to read)
-            await trio.to_thread.run_sync(wait_peer, peer, "done")
+            await anyio.to_thread.run_sync(wait_peer, peer, "done")
             k1 = cpu()  # see SENDER_CPU
             stats = pub.statistics()
             return {"sent": target, "send_rate": target / ((t1 - t0) / 1e9),
                     "retransmitted": stats.retransmitted,
                     "cpu_send_us": cpu_us(k0, k1, target)}
 
-    return trio.run(main)
+    return run_on(spec.backend, main)
 
 
 def shoal_rps_sub(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
@@ -336,7 +352,7 @@ def shoal_rps_sub(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
                                gaps=stats.resyncs, malformed=stats.malformed,
                                cpu_recv_us=cpu_us(k0, k1, got - c0))
 
-    return trio.run(main)
+    return run_on(spec.backend, main)
 
 
 def raw_ps_pub(spec: Spec, ctrl: Connection, peer: Connection) -> Result:
