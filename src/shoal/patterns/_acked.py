@@ -11,15 +11,18 @@ next deadline its sender names (``_wait_plan``); whoever reads acknowledgements
 while it is parked wakes it (``Socket.interrupt``), since what it waits for may have
 come with them. The sender's timer task sleeps on ``_arm`` (``_wake`` sets it) or
 its next deadline.
+
+Every wait here is on a send's or an acknowledgement's path: it goes through the
+socket's event loop primitives (``sock.loop``: checkpoints, clock, events, timeouts),
+never through AnyIO's per-call dispatch.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
-import trio
-
+from shoal._io import Loop
+from shoal._io._loop import Wake
 from shoal._zmq._socket import Socket
 from shoal.errors import ClosedError
 from shoal.patterns._common import SocketResource
@@ -40,7 +43,8 @@ class AckedSender(SocketResource):
 
     def __init__(self, sock: Socket) -> None:
         self._sock = sock
-        self._arm = trio.Event()  # wakes the timer task (work to time, a peer connecting)
+        self._io: Loop = sock.loop
+        self._arm: Wake = self._io.Event()  # wakes the timer task (work to time, a peer connecting)
         self._waiters = 0  # tasks parked in _wait_for (or on the socket for the timer)
         self._malformed = 0
 
@@ -98,11 +102,13 @@ class AckedSender(SocketResource):
     async def _park(self, deadline: float | None, *, either: bool = False) -> None:
         """Wait on the socket until it has input (or room, if ``either``) or
         ``deadline``."""
-        with trio.move_on_at(math.inf if deadline is None else max(deadline, 0.0)):
-            if either:
-                await self._sock.wait_either()
-            else:
-                await self._sock.wait_receivable()
+        wait = self._sock.wait_either if either else self._sock.wait_receivable
+        if deadline is None:
+            await wait()
+            return
+        io = self._io
+        with io.move_on_after(max(deadline - io.current_time(), 0.0)):
+            await wait()
 
     async def _park_as_waiter(self, deadline: float | None, *, either: bool = False) -> bool:
         """The timer task parks on the socket as a waiter would (whoever reads
@@ -118,6 +124,10 @@ class AckedSender(SocketResource):
 
     async def _sleep(self, deadline: float | None) -> None:
         """The timer task's sleep: until ``deadline`` or ``_wake``."""
-        self._arm = trio.Event()
-        with trio.move_on_at(math.inf if deadline is None else deadline):
-            await self._arm.wait()
+        io = self._io
+        arm = self._arm = io.Event()
+        if deadline is None:
+            await arm.wait()
+            return
+        with io.move_on_after(max(deadline - io.current_time(), 0.0)):
+            await arm.wait()

@@ -47,7 +47,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import trio
+import anyio
 import zmq
 
 from shoal._core import (
@@ -59,6 +59,7 @@ from shoal._core import (
     bundles,
     decode_request,
 )
+from shoal._io import WouldBlock
 from shoal._zmq._socket import Socket
 from shoal.errors import DecodeError, LocalProtocolError
 from shoal.patterns._common import Endpoints, PublishItem, log, open_socket
@@ -198,7 +199,7 @@ class HistoryPublisher(Publisher):
             self._read_subscriptions()
             try:
                 await sock.wait_receivable()
-            except trio.ClosedResourceError:
+            except anyio.ClosedResourceError:
                 return
 
     def _encode(self, topic: str, body: Any,
@@ -221,7 +222,7 @@ class HistoryPublisher(Publisher):
         while done < len(frames):
             sent = sock.send_batch_nowait(frames, done)
             if not sent:
-                raise trio.WouldBlock
+                raise WouldBlock
             done += sent
         self._sent(done)
 
@@ -272,10 +273,10 @@ async def run_history_publisher(
     ``max_topics`` bounds its numbering table (see ``Publisher``)."""
     pub = HistoryPublisher(sock, identity, depth=history, max_bytes=history_bytes,
                            max_topics=history_topics, max_numbered=max_topics)
-    async with trio.open_nursery() as nursery, pub:
-        nursery.start_soon(pub._serve)
+    async with anyio.create_task_group() as tasks, pub:
+        tasks.start_soon(pub._serve)
         yield pub
-        nursery.cancel_scope.cancel()
+        tasks.cancel_scope.cancel()
 
 
 def history_publisher_options(high_water_mark: int) -> list[tuple[int, int | bytes]]:

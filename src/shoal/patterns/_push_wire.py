@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 
-import trio
-
 from shoal._core import (
     ACK_TOPIC,
     ReliableSender,
@@ -23,6 +21,7 @@ from shoal._core import (
     decode_pull_ack,
     with_correlation,
 )
+from shoal._io import WouldBlock
 from shoal._zmq._socket import PeerUnreachable, Socket
 from shoal.errors import DecodeError
 from shoal.patterns._acked import AckedSender
@@ -109,7 +108,7 @@ class PushWire(AckedSender):
         route = self._book.by_endpoint.get(endpoint)
         if route is None:
             if self._learned:
-                now = trio.current_time()
+                now = self._io.current_time()
                 self._checks = sorted({*self._checks, *(now + t for t in CHECKS)})
                 self._wake()
             return
@@ -138,7 +137,7 @@ class PushWire(AckedSender):
                 sock.send_to_nowait(route, HELLO)
             except PeerUnreachable:
                 self._gone.append(route)
-            except trio.WouldBlock:
+            except WouldBlock:
                 pass  # there, its queue full
         self._retire()
 
@@ -159,7 +158,7 @@ class PushWire(AckedSender):
             self._routes.remove(route)
         if not self._sock.closed:
             self._read_acks()
-        n = self._core.destination_lost(route, trio.current_time())
+        n = self._core.destination_lost(route, self._io.current_time())
         self._redelivered += n
         if n:
             log.info("reliable pusher: %s (%s); %d item(s) it held go to other pullers",
@@ -173,7 +172,7 @@ class PushWire(AckedSender):
         """Put everything due on the wire; False if something found no puller."""
         core = self._core
         if now is None:
-            now = trio.current_time()
+            now = self._io.current_time()
         todo = core.transmissions(now)
         if not todo:
             return True
@@ -220,7 +219,7 @@ class PushWire(AckedSender):
                 # it is recognised, never to a second worker.
                 try:
                     sock.send_to_nowait(held_by, data)
-                except (PeerUnreachable, trio.WouldBlock) as exc:
+                except (PeerUnreachable, WouldBlock) as exc:
                     if isinstance(exc, PeerUnreachable) and held_by in self._learned:
                         self._gone.append(held_by)
                     left = todo[i:]
@@ -234,7 +233,7 @@ class PushWire(AckedSender):
             for route in self._turns.candidates():  # below their share of the window
                 try:
                     sock.send_to_nowait(route, data)
-                except (PeerUnreachable, trio.WouldBlock) as exc:
+                except (PeerUnreachable, WouldBlock) as exc:
                     if isinstance(exc, PeerUnreachable) and route in self._learned:
                         self._gone.append(route)
                     continue
@@ -268,7 +267,7 @@ class PushWire(AckedSender):
             log.debug("reliable pusher: ignored an acknowledgement for another stream")
             return
         core = self._core
-        core.on_received(ack.received, frames[0], trio.current_time())
+        core.on_received(ack.received, frames[0], self._io.current_time())
         if core.on_done(ack.done) and self._outbox is not None:
             self._outbox.remove(ack.done)
 

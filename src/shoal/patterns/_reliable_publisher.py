@@ -20,7 +20,7 @@ publisher drops the book of a subscriber whose route another one answers on
 
 A subscriber gets what is published after its first acknowledgement reached the
 publisher (``wait_for_subscribers(n)`` waits for that). A publisher blocks
-(``publish`` waits, ``publish_nowait`` raises ``trio.WouldBlock``) while a subscriber
+(``publish`` waits, ``publish_nowait`` raises ``WouldBlock``) while a subscriber
 has ``window`` publications unacknowledged, until it catches up or is dropped after
 ``grace`` seconds of silence.
 
@@ -43,7 +43,8 @@ from contextlib import asynccontextmanager
 from time import time_ns
 from typing import Any, cast
 
-import trio
+import anyio
+import anyio.lowlevel
 import zmq
 
 from shoal._core import (
@@ -63,6 +64,7 @@ from shoal._core import (
     with_correlation,
 )
 from shoal._core._fanout import START, Book
+from shoal._io import WouldBlock
 from shoal._zmq._socket import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal._zmq._tasks import open_service_nursery
 from shoal.errors import DecodeError, EncodeError, LocalProtocolError
@@ -133,13 +135,13 @@ class ReliablePublisher(AckedSender):
         """Wait until at least ``n`` subscribers have introduced themselves; they get
         everything published from then on. The caller owns the timeout."""
         await self._wait_for(lambda: len(self._core.books) >= n, "wait")
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
 
     async def wait_acked(self) -> None:
         """Wait until every subscriber has acknowledged everything published so far
         (a subscriber dropped meanwhile no longer counts). The caller owns the timeout."""
         await self._wait_for(lambda: not self._core.in_flight, "wait")
-        await trio.lowlevel.checkpoint()
+        await self._io.checkpoint()
 
     def _wait_plan(self) -> tuple[float | None, bool]:
         self._tick()
@@ -148,19 +150,19 @@ class ReliablePublisher(AckedSender):
     def publish_nowait(
         self, topic: str, body: Any, *, headers: Mapping[str, Any] | None = None
     ) -> None:
-        """Publish, or raise ``trio.WouldBlock`` while a subscriber's window is full.
+        """Publish, or raise ``WouldBlock`` while a subscriber's window is full.
         Raises ``EncodeError`` for what cannot be sent (nothing is sent)."""
         self._sock.check_open("publish")
         core = self._core
         if not core.has_room():
             self._read_acks()
             if not core.has_room():
-                raise trio.WouldBlock
+                raise WouldBlock
         raw_topic = self._raw_topic(topic)
         frame = self._enc.encode(Kind.PUBLISH, raw_topic, body, core.next_seq, time_ns(), 0,
                                  headers)
         at = correlation_at(raw_topic)
-        seq, targets = core.publish(topic, (frame, at), trio.current_time())
+        seq, targets = core.publish(topic, (frame, at), self._io.current_time())
         if self._history is not None:
             self._history.add(raw_topic, frame)
         stalled = self._stalled
@@ -179,10 +181,10 @@ class ReliablePublisher(AckedSender):
     ) -> None:
         """Publish ``body`` on ``topic`` to every subscriber whose prefix matches;
         waits while one of them has ``window`` publications unacknowledged."""
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._io.checkpoint_if_cancelled()
         if not self._core.has_room():
             await self._wait_for(self._core.has_room, "wait")
-            await trio.lowlevel.checkpoint()
+            await self._io.checkpoint()
         self.publish_nowait(topic, body, headers=headers)
         await self._sock.pace()
 
@@ -192,7 +194,7 @@ class ReliablePublisher(AckedSender):
         Waits while a subscriber's window is full. If cancelled while waiting (or on
         ``EncodeError``/``LocalProtocolError`` for an item), the items before that
         point were published and the rest were not."""
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._io.checkpoint_if_cancelled()
         batch = items if isinstance(items, list) else list(items)
         waited = False
         i = 0
@@ -201,10 +203,10 @@ class ReliablePublisher(AckedSender):
             if i >= len(batch):
                 break
             await self._wait_for(self._core.has_room, "wait")  # a window is full
-            await trio.lowlevel.checkpoint()
+            await self._io.checkpoint()
             waited = True
         if not waited:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await self._io.cancel_shielded_checkpoint()
 
     def _raw_topic(self, topic: str) -> bytes:
         """``topic`` encoded with its NUL (remembered for up to 4096 topics)."""
@@ -269,7 +271,7 @@ class ReliablePublisher(AckedSender):
     def _publish_entries(self, entries: list[tuple[str, tuple[bytes, int]]]) -> None:
         """Enter encoded publications in the books and send each to its subscribers,
         in order; a route whose pipe refuses one is stalled as ``_send`` does."""
-        _, targets = self._core.publish_many(entries, trio.current_time())
+        _, targets = self._core.publish_many(entries, self._io.current_time())
         history = self._history
         if history is not None:
             for _topic, (frame, at) in entries:
@@ -303,7 +305,7 @@ class ReliablePublisher(AckedSender):
     def _send_frame(self, book: Book, prev: int, data: bytes) -> bool:
         try:
             self._sock.send_to_nowait(cast(bytes, book.route), data)
-        except trio.WouldBlock:
+        except WouldBlock:
             self._stalled.add(book.route)
             self._core.stalled(book, prev)
             return False  # sent, from here on, when it acknowledges or its timer runs out
@@ -333,7 +335,7 @@ class ReliablePublisher(AckedSender):
         acked = ack.acked
         if (ack.epoch, ack.stream) != (self._enc.epoch, self._enc.stream):
             acked = -1  # it speaks of another publisher, or of our previous life
-        now = trio.current_time()
+        now = self._io.current_time()
         known = key in core.books
         book = core.on_ack(key, frames[0], ack.prefixes, acked, now, msg.seq)
         if book is None:
@@ -374,7 +376,7 @@ class ReliablePublisher(AckedSender):
 
     def _tick(self) -> None:
         """Send again what is due; drop subscribers silent past the grace period."""
-        resend, dropped = self._core.due(trio.current_time())
+        resend, dropped = self._core.due(self._io.current_time())
         if self._stalled:  # forget the routes of subscribers that are gone
             self._stalled &= {book.route for book in self._core.books.values()}
         core = self._core
@@ -409,13 +411,15 @@ class ReliablePublisher(AckedSender):
         sleeps again while the application publishes: a task parked on the socket
         makes every send read the socket's events."""
         sock = self._sock
+        io = self._io
+        clock = io.clock()
         while not sock.closed:
             published = self._arm.is_set()  # since the last look (or other work came)
             self._read_acks()
             self._tick()
-            self._arm = trio.Event()  # what this task did itself (a replay) does not count
+            self._arm = io.Event()  # what this task did itself (a replay) does not count
             timer = self._core.get_timer()
-            now = trio.current_time()
+            now = clock()
             deadline = now + 0.25 if timer is None else min(timer, now + 0.1)
             if self._history is not None and not published:
                 self._watching = True
@@ -427,7 +431,7 @@ class ReliablePublisher(AckedSender):
             elif timer is None:  # woken by work to time; looks for new subscribers anyway
                 await self._sleep(deadline)
             else:  # not woken by every publication: its timers are later than this
-                await trio.sleep_until(deadline)
+                await anyio.sleep_until(deadline)
 
     def _stop_watching(self) -> None:
         """A publication went out while the timer task watched the socket: wake it,
@@ -457,7 +461,7 @@ class ReliablePublisher(AckedSender):
         self._links.close()
         self._sock.close()
         self._arm.set()
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
 
 
 @asynccontextmanager

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from time import time_ns
 from typing import Any, Literal, TypeVar, cast, overload
 
-import trio
+import anyio.lowlevel
 import zmq
 
 from shoal._core import Identity, Kind, Message, PullReceiver, fast_decode, local_route
+from shoal._io import WouldBlock
 from shoal._zmq._socket import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal._zmq._tasks import open_service_nursery
 from shoal.errors import ClosedError, LocalProtocolError
@@ -133,11 +134,11 @@ class _ReliableReceiver(BufferedReceiver[T]):
         return True
 
     def receive_nowait(self) -> T:
-        """The next item if one is here, else ``trio.WouldBlock``."""
+        """The next item if one is here, else ``WouldBlock``."""
         self._finish_current()
         try:
             return super().receive_nowait()
-        except trio.WouldBlock:
+        except WouldBlock:
             self._flush(done=True)
             raise
 
@@ -149,8 +150,10 @@ class _ReliableReceiver(BufferedReceiver[T]):
             if deadline is not None:
                 # About to wait with acknowledgements pending: send them by the
                 # deadline, batching whatever else arrives meanwhile.
-                if trio.current_time() < deadline:
-                    with trio.move_on_at(deadline):
+                io = self._io
+                left = deadline - io.current_time()
+                if left > 0:
+                    with io.move_on_after(left):
                         await self._sock.wait_receivable()
                     self._fill()
                 if not self._buffer:
@@ -175,13 +178,13 @@ class _ReliableReceiver(BufferedReceiver[T]):
         pusher's queue refuses keeps its done part for later (the pusher probes for
         the rest); one to a pusher gone is dropped (it sends the items elsewhere)."""
         core = self._core
-        for route, ack in core.acks_to_send(trio.current_time(), done=done):
+        for route, ack in core.acks_to_send(self._io.current_time(), done=done):
             frame = ack.encode(self._enc, self._ack_seq, time_ns())
             self._ack_seq += 1
             try:
                 self._sock.send_to_nowait(cast(bytes, route), frame)
                 self._acks_sent += 1
-            except trio.WouldBlock:
+            except WouldBlock:
                 core.refused(route, ack)
             except (PeerUnreachable, ClosedError):
                 pass
@@ -203,13 +206,14 @@ class _ReliableReceiver(BufferedReceiver[T]):
         if self._links is not None:
             self._links.close()
         self._sock.close()
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
 
 
 class ReliablePuller(_ReliableReceiver[Message]):
     """Receives work items at least once over the wire, once to the application.
-    A ``trio.abc.ReceiveChannel[Message]``; an item is done when the next is asked for
-    (``receive`` or ``async for`` moving on). ``open_puller(reliable=True)``."""
+    A receive channel of ``Message`` (``async for msg in pull``); an item is done when
+    the next is asked for (``receive`` or ``async for`` moving on).
+    ``open_puller(reliable=True)``."""
 
     def __init__(self, sock: Socket, identity: Identity | None, *, batch: int,
                  max_streams: int) -> None:
@@ -225,7 +229,7 @@ class ReliablePuller(_ReliableReceiver[Message]):
         self._current.clear()
 
     def receive_nowait(self) -> Message:
-        """The next item if one is here, else ``trio.WouldBlock``. Marks the previous
+        """The next item if one is here, else ``WouldBlock``. Marks the previous
         item done."""
         msg = super().receive_nowait()
         self._current.append(msg)
@@ -295,7 +299,7 @@ class Delivery:
     async def ack(self) -> None:
         """Acknowledge: the application is done with this item (sent at once)."""
         self.ack_nowait()
-        await trio.lowlevel.checkpoint()
+        await self._puller._io.checkpoint()
 
     def __repr__(self) -> str:
         return f"<Delivery {self.id} acked={self._acked}>"
@@ -304,7 +308,7 @@ class Delivery:
 class ManualAckPuller(_ReliableReceiver[Delivery]):
     """A reliable puller whose items are done when ``await item.ack()`` says so
     (``open_puller(reliable=True, manual_ack=True)``); they may be acknowledged in
-    any order, from any task of the same trio run."""
+    any order, from any task of the same event loop."""
 
     def _wrap(self, msg: Message) -> Delivery:
         return Delivery(self, msg)

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from time import time_ns
 from typing import Any
 
-import trio
+import anyio.lowlevel
 import zmq
 
 from shoal._core import (
@@ -54,6 +54,7 @@ from shoal._core import (
     decode,
     local_route,
 )
+from shoal._io import WouldBlock
 from shoal._process import next_stream, process_identity
 from shoal._zmq._socket import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal._zmq._tasks import open_service_nursery
@@ -66,7 +67,7 @@ from shoal.patterns._common import (
     require_endpoints,
     stream_encoder,
 )
-from shoal.patterns._dead_letters import DeadLetter, DeadLetters
+from shoal.patterns._dead_letters import DeadLetter, DeadLetterChannel, DeadLetters
 from shoal.patterns._outbox import Outbox
 from shoal.patterns._push_wire import PushWire
 from shoal.patterns._routes import reliable_options
@@ -162,13 +163,13 @@ class ReliablePusher(PushWire):
                     "stream's next number); move it away to start a new stream")
         # -1: not the current floor, so the first transmission writes the floor in
         self._core.restore([(seq, (frame, -1)) for seq, frame, _route in pending], next_seq,
-                           trio.current_time())
+                           self._io.current_time())
         self._restored = len(pending)
         # Each goes first to the puller it went to before, if that one is there within
         # RESTORE_WAIT: it recognises what it already did (and acknowledges it again)
         # where another puller would do it a second time.
         self._prior = {seq: route for seq, _frame, route in pending if route is not None}
-        self._restore_until = trio.current_time() + RESTORE_WAIT
+        self._restore_until = self._io.current_time() + RESTORE_WAIT
         if pending:
             log.info("reliable pusher: %d item(s) from the outbox %s are sent again",
                      len(pending), outbox.path)
@@ -178,8 +179,9 @@ class ReliablePusher(PushWire):
     # -- the application side -------------------------------------------------------------
 
     def send_nowait(self, body: Any, *, headers: Mapping[str, Any] | None = None) -> None:
-        """Take the item into the window and send it, or raise ``trio.WouldBlock`` when
-        the window is full. Raises ``EncodeError`` for a body msgpack cannot encode."""
+        """Take the item into the window and send it, or raise ``WouldBlock`` (both
+        ``anyio.WouldBlock`` and ``trio.WouldBlock``) when the window is full. Raises
+        ``EncodeError`` for a body msgpack cannot encode."""
         self._sock.check_open("send")
         core = self._core
         floor = core.room()
@@ -187,11 +189,11 @@ class ReliablePusher(PushWire):
             self._read_acks()
             floor = core.room()
             if floor is None:
-                raise trio.WouldBlock
+                raise WouldBlock
         was_empty = not core.in_flight
         frame = self._enc.encode(Kind.PUSH, ACK_TOPIC, body, core.next_seq, time_ns(), floor,
                                  headers)
-        now = trio.current_time()
+        now = self._io.current_time()
         route = None
         if self._routes and not core.queued():
             route = self._turns.next()  # the next in turn below its share
@@ -202,7 +204,7 @@ class ReliablePusher(PushWire):
             seq = core.send_now((frame, floor), now)
             try:
                 self._sock.send_to_nowait(route, frame)
-            except (PeerUnreachable, trio.WouldBlock) as exc:
+            except (PeerUnreachable, WouldBlock) as exc:
                 if isinstance(exc, PeerUnreachable) and route in self._learned:
                     self._gone.append(route)
                 core.unsent(seq)
@@ -221,10 +223,10 @@ class ReliablePusher(PushWire):
         """Send one item; returns once it is in the window (not when it is processed:
         see ``wait_acked``). Waits while the window is full (backpressure).
         Cancel-safe: if cancelled, the item was not taken."""
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._io.checkpoint_if_cancelled()
         try:
             self.send_nowait(body, headers=headers)
-        except trio.WouldBlock:
+        except WouldBlock:
             await self._wait_for(self._core.has_room, "wait for acknowledgements")
             self.send_nowait(body, headers=headers)
         await self._sock.pace()
@@ -237,7 +239,7 @@ class ReliablePusher(PushWire):
         for body in bodies:
             try:
                 self.send_nowait(body)
-            except trio.WouldBlock:
+            except WouldBlock:
                 break
             taken += 1
         return taken
@@ -246,7 +248,7 @@ class ReliablePusher(PushWire):
         """Send every body, in order, as ``send`` would, with one scheduling point for
         the batch; waits while the window is full. If cancelled while waiting (or on
         ``EncodeError``), the items before that point were taken and the rest were not."""
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._io.checkpoint_if_cancelled()
         items = bodies if isinstance(bodies, list) else list(bodies)
         waited = False
         i = 0
@@ -257,11 +259,11 @@ class ReliablePusher(PushWire):
             try:
                 self.send_nowait(items[i])
                 i += 1
-            except trio.WouldBlock:
+            except WouldBlock:
                 await self._wait_for(self._core.has_room, "wait for acknowledgements")
                 waited = True
         if not waited:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await self._io.cancel_shielded_checkpoint()
 
     def _take_batch(self, items: list[Any], start: int) -> int:
         """Take as many of ``items[start:]`` as the window has room for (up to about
@@ -293,7 +295,7 @@ class ReliablePusher(PushWire):
         k = len(dests)
         del frames[k:]
         was_empty = not core.in_flight
-        now = trio.current_time()
+        now = self._io.current_time()
         first = core.send_now_many([(f, floor) for f in frames], now)
         sent = self._sock.send_routed_batch_nowait(dests, frames)
         core.sent_many(first, dests[:sent], now)
@@ -313,7 +315,7 @@ class ReliablePusher(PushWire):
         last puller); they are then forgotten. The caller owns the timeout.
         """
         await self._wait_for(lambda: not self._core.in_flight, "wait for acknowledgements")
-        await trio.lowlevel.checkpoint()
+        await self._io.checkpoint()
         self._raise_failures()
 
     def _do_due(self) -> None:
@@ -329,18 +331,18 @@ class ReliablePusher(PushWire):
         timer = self._core.get_timer(queued=sent_all)
         full = not sent_all and bool(self._routes) and not self._turns.capped()
         if full and self._sock.sendable():
-            soon = trio.current_time() + 0.005
+            soon = self._io.current_time() + 0.005
             timer = soon if timer is None else min(timer, soon)
             full = False
         return timer, full
 
     @property
-    def dead_letters(self) -> trio.MemoryReceiveChannel[DeadLetter]:
+    def dead_letters(self) -> DeadLetterChannel:
         """Items given up, as they are given up (``async for letter in
-        push.dead_letters``). Holds the latest 1024 unread; older unread ones are
-        dropped and counted in ``statistics().dead_letters_dropped`` (each was logged
-        when given up). ``wait_acked`` reports the same items through
-        ``DeliveryFailed``."""
+        push.dead_letters``; the loop ends once the pusher is closed and the letters
+        are read). Holds the latest 1024 unread; older unread ones are dropped and
+        counted in ``statistics().dead_letters_dropped`` (each was logged when given
+        up). ``wait_acked`` reports the same items through ``DeliveryFailed``."""
         return self._dead.out
 
     def _collect_failures(self) -> None:
@@ -371,12 +373,13 @@ class ReliablePusher(PushWire):
         wakes, by ``send`` now and then, and by whoever waits for room or for acks."""
         sock = self._sock
         core = self._core
+        clock = self._io.clock()
         backoff = 0.001
         while not sock.closed:
             self._read_acks()
             checks = self._checks
-            if checks and checks[0] <= trio.current_time():
-                while checks and checks[0] <= trio.current_time():
+            if checks and checks[0] <= clock():
+                while checks and checks[0] <= clock():
                     checks.pop(0)
                 self._check_learned()
             sent_all = self._transmit()
@@ -388,7 +391,7 @@ class ReliablePusher(PushWire):
                 # new items get later deadlines than the ones armed; wake at least
                 # every rto while anything is in flight, in case one comes earlier
                 deadline = (None if timer is None
-                            else min(timer, trio.current_time() + core.rto))
+                            else min(timer, clock() + core.rto))
             elif self._routes and (self._turns.capped() or not sock.sendable()):
                 # Every puller's queue is full: sleep on the socket until one has room
                 # or acknowledgements come (parked there, sends pay an EVENTS read;
@@ -402,11 +405,11 @@ class ReliablePusher(PushWire):
                 backoff = 0.001
                 continue
             elif self._routes:  # its own puller's queue is full (a resend): look again soon
-                deadline = trio.current_time() + backoff
+                deadline = clock() + backoff
                 backoff = min(backoff * 2, 0.05)
             else:  # no puller: one connecting wakes us (_wake); in-flight timers run on
                 timer = core.get_timer(queued=False)
-                deadline = None if timer is None else max(timer, trio.current_time())
+                deadline = None if timer is None else max(timer, clock())
                 if self._book.binds:
                     # A puller that connects to us says hello on the socket: wait there
                     # (nothing is being sent meanwhile: it costs the sends nothing).
@@ -434,8 +437,9 @@ class ReliablePusher(PushWire):
         self._sock.close()
         if self._outbox is not None:
             self._outbox.close()
+        self._dead.close()
         self._arm.set()
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
 
 
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from time import time_ns
 from typing import cast
 
-import trio
+import anyio
+import anyio.lowlevel
 import zmq
 
 from shoal._core import (
@@ -44,6 +45,7 @@ from shoal._core import (
     local_route,
     parse_subscription,
 )
+from shoal._io import WouldBlock
 from shoal._zmq._socket import DEFAULT_LINGER_MS, PeerUnreachable, Socket
 from shoal._zmq._tasks import open_service_nursery
 from shoal.errors import ClosedError, LocalProtocolError
@@ -95,7 +97,7 @@ class ReliableSubscriberStatistics:
 
 class ReliableSubscriber(BufferedReceiver[Message]):
     """Receives, once and in order per publisher, what reliable publishers publish on
-    its prefixes. A ``trio.abc.ReceiveChannel[Message]``."""
+    its prefixes. A receive channel of ``Message`` (``async for msg in sub``)."""
 
     def __init__(self, sock: Socket, identity: Identity | None, *, batch: int,
                  max_streams: int, heartbeat: float, history: int | None = None) -> None:
@@ -113,7 +115,7 @@ class ReliableSubscriber(BufferedReceiver[Message]):
         # connected to it, learned from their hellos (see the module docstring).
         self._book = Routes(sock)
         self._learned = self._book.learned
-        self._nudge = trio.Event()  # a publisher connected to one of our endpoints
+        self._nudge = anyio.Event()  # a publisher connected to one of our endpoints
         self._acks_sent = 0
         self._ack_seq = 0
         sock.setsockopt(zmq.ROUTING_ID, b"S" + os.urandom(15))
@@ -244,8 +246,10 @@ class ReliableSubscriber(BufferedReceiver[Message]):
             if deadline is not None:
                 # acknowledgements owed: sent by the deadline, batching what comes
                 # meanwhile
-                if trio.current_time() < deadline:
-                    with trio.move_on_at(deadline):
+                io = self._io
+                left = deadline - io.current_time()
+                if left > 0:
+                    with io.move_on_after(left):
                         await self._sock.wait_receivable()
                     self._fill()
                 if not self._buffer:
@@ -253,17 +257,17 @@ class ReliableSubscriber(BufferedReceiver[Message]):
         return await super().receive()
 
     def receive_nowait(self) -> Message:
-        """The next publication if one is here, else ``trio.WouldBlock``."""
+        """The next publication if one is here, else ``WouldBlock``."""
         try:
             return super().receive_nowait()
-        except trio.WouldBlock:
+        except WouldBlock:
             self._flush()
             raise
 
     # -- acknowledgements ---------------------------------------------------------------------
 
     def _flush(self) -> None:
-        for route in self._core.routes_to_ack(trio.current_time()):
+        for route in self._core.routes_to_ack(self._io.current_time()):
             self._send_ack(cast(bytes, route))
 
     def _ack_all(self) -> None:
@@ -285,7 +289,7 @@ class ReliableSubscriber(BufferedReceiver[Message]):
                 self._learned.discard(route)
                 self._core.forget(route)
             # else not connected (yet): the next heartbeat or handshake says it
-        except (trio.WouldBlock, ClosedError):
+        except (WouldBlock, ClosedError):
             pass  # its queue is full, or we are closed: the next heartbeat says it
 
     def _take_hellos(self) -> None:
@@ -301,18 +305,18 @@ class ReliableSubscriber(BufferedReceiver[Message]):
         """Heartbeats: every publisher hears from this subscriber every ``heartbeat``
         seconds, so it keeps its book (and learns where it stands). A subscriber that
         binds also reads hellos then, and just after a publisher connects."""
-        next_beat = trio.current_time()
+        next_beat = anyio.current_time()
         while not self._sock.closed:
             if self._book.binds:
                 self._take_hellos()
-            if trio.current_time() >= next_beat:
+            if anyio.current_time() >= next_beat:
                 self._ack_all()
-                next_beat = trio.current_time() + self._heartbeat
-            with trio.move_on_at(next_beat):
+                next_beat = anyio.current_time() + self._heartbeat
+            with anyio.CancelScope(deadline=next_beat):
                 await self._nudge.wait()
             if self._nudge.is_set():
-                self._nudge = trio.Event()
-                await trio.sleep(_HELLO_WAIT)
+                self._nudge = anyio.Event()
+                await anyio.sleep(_HELLO_WAIT)
 
     def statistics(self) -> ReliableSubscriberStatistics:
         """An immutable snapshot of this resource's counters."""
@@ -331,7 +335,7 @@ class ReliableSubscriber(BufferedReceiver[Message]):
                 self._send_ack(route, bye=True)
         self._links.close()
         self._sock.close()
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
 
 
 @asynccontextmanager

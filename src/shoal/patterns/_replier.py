@@ -23,7 +23,7 @@ deadline has passed by the time the application takes it is dropped, not handed 
 cost a message it counts as unmatched (a caller with ``deadline=`` raises
 a timeout error on its own). The request is forgotten by the reply cache, so a
 retry of it that arrives later runs. ``serve_replier`` runs each handler under
-``anyio.move_on_at(req.deadline)``: a handler still running when its caller gives up
+a cancel scope with deadline ``req.deadline``: a handler still running when its caller gives up
 is cancelled (``cut_short``), and a request it makes itself carries what is left of
 that time on.
 """
@@ -114,7 +114,7 @@ class Request:
         self.deadline = deadline
         """When the caller stops waiting, on the event loop's clock (compare with
         ``anyio.current_time()`` or ``trio.current_time()``, or use
-        ``with anyio.move_on_at(req.deadline)``; under asyncio ``loop.time()`` too);
+        ``with anyio.CancelScope(deadline=req.deadline)``; under asyncio ``loop.time()``);
         ``math.inf`` when the request carried no deadline."""
 
     @property

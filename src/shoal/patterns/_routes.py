@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
 
-import trio
 import zmq
 
+from shoal._io import WouldBlock
 from shoal._zmq._socket import PeerUnreachable, Socket
 
 __all__ = ["HELLO", "Routes", "Turns", "connect_route", "reliable_options"]
@@ -115,7 +115,7 @@ class Routes:
         if route is not None and not self.sock.closed:
             try:
                 self.sock.send_to_nowait(route, HELLO)
-            except (PeerUnreachable, trio.WouldBlock):
+            except (PeerUnreachable, WouldBlock):
                 pass  # gone again: the next handshake says hello
 
 

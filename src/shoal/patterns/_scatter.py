@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from time import time_ns
 from typing import TYPE_CHECKING, Any
 
-import trio
-
 from shoal._core import FLAG_DEADLINE, Kind, Message
 from shoal._core._balance import Balancer
+from shoal._io import Loop, WouldBlock
+from shoal._io._loop import Wake
 from shoal._zmq._socket import PeerUnreachable, Socket
 from shoal.errors import LocalProtocolError
 from shoal.patterns._request_slots import _MAX_BUDGET, _Pending
@@ -107,6 +107,7 @@ class Scatter:
     """``request_all`` and ``gather`` of ``Requester`` (which it is mixed into)."""
 
     _sock: Socket
+    _io: Loop
     _enc: Any
     _routed: bool
     _route_of: dict[str, bytes]
@@ -117,7 +118,7 @@ class Scatter:
     _next_id: int
     _sent: int
     _batch: int
-    _routes_changed: trio.Event
+    _routes_changed: Wake
 
     if TYPE_CHECKING:
         def _dispatch(self, frames: list[bytes]) -> None: ...
@@ -165,10 +166,11 @@ class Scatter:
                 "(node.open_requester(channel)) or open_requester(connect=[...], "
                 "per_endpoint=True); this one spreads requests round-robin")
         self._sock.check_open("send a request")
-        until = trio.current_time() + seconds
+        io = self._io
+        until = io.current_time() + seconds
         # the copies carry the sooner of ``within`` and the caller's own deadline
-        budget = min(max(0, int((min(until, trio.current_effective_deadline())
-                                 - trio.current_time()) * 1e6)), _MAX_BUDGET)
+        budget = min(max(0, int((min(until, io.current_effective_deadline())
+                                 - io.current_time()) * 1e6)), _MAX_BUDGET)
         todo: dict[bytes, str] = {r: ep for ep, r in self._route_of.items()}
         frames: dict[bytes, tuple[int, bytes | tuple[bytes, bytes]]] = {}
         for route in todo:  # one request id per replier: matched like any request
@@ -197,12 +199,12 @@ class Scatter:
                                  "could be sent")
                 if not sent and not frames:
                     return
-                now = trio.current_time()
+                now = io.current_time()
                 if now >= until:
                     break
                 wake = min(until, now + delay) if frames else until
                 delay = min(delay * 2, 0.05)
-                with trio.move_on_at(wake):
+                with io.move_on_after(wake - now):
                     await self._wait_any([slot for slot, _ in sent.values()])
             for route, ep in todo.items():
                 if route not in reported:
@@ -218,14 +220,14 @@ class Scatter:
         """Send each copy its replier takes now (not connected yet, or a full queue:
         later); the copies sent leave ``frames`` for ``sent``."""
         sock = self._sock
-        now = trio.current_time()
+        now = self._io.current_time()
         for route, (rid, frame) in list(frames.items()):
             try:
                 if type(frame) is bytes:
                     sock.send_to_nowait(route, frame)
                 else:
                     sock.send_split_nowait(route, *frame)
-            except (PeerUnreachable, trio.WouldBlock):
+            except (PeerUnreachable, WouldBlock):
                 continue
             slot = _Pending()
             slot.routes = (route,)  # a vanished replier fails it (drop_route)
@@ -241,7 +243,7 @@ class Scatter:
         if not slots:
             await self._routes_changed.wait()
             return
-        woken = trio.Event()
+        woken = self._io.Event()
         for slot in slots:
             slot.wake = woken  # the reader wakes us for any of them
         if self._reading:

@@ -2,8 +2,8 @@
 
 The handler takes the ``Request`` and returns the reply body; an exception becomes an
 error reply and serving goes on. A request carrying its caller's deadline runs under
-``trio.move_on_at(req.deadline)`` (see ``shoal.patterns._replier``), so the handler's
-own requests pass the time left on. The replier itself: ``shoal.patterns._replier``.
+a cancel scope with the deadline ``req.deadline`` (see ``shoal.patterns._replier``), so
+the handler's own requests pass the time left on. The replier itself: ``shoal.patterns._replier``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import trio
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
 
 from shoal._core import Identity
 from shoal.errors import ClosedError, EncodeError
@@ -58,7 +59,7 @@ async def serve_replier(
     bind: Endpoints = None,
     connect: Endpoints = None,
     identity: Identity | None = None,
-    task_status: trio.TaskStatus[Replier] = trio.TASK_STATUS_IGNORED,
+    task_status: TaskStatus[Replier] = TASK_STATUS_IGNORED,
     **options: Any,
 ) -> None:
     """Answer every request with ``handler(req)`` until cancelled.
@@ -70,22 +71,23 @@ async def serve_replier(
         def add(req: shoal.Request) -> int:
             return req.body["a"] + req.body["b"]
 
-    Use with ``nursery.start``: it reports the open ``Replier`` (for ``.endpoints``
-    and ``statistics()``). An exception in the handler becomes a ``RemoteError`` at
-    the caller and serving goes on; so does a return value msgpack cannot encode. A
-    handler that treats the ``Request`` as the body (``req["a"]``, ``req.get("a")``)
-    fails with a ``TypeError``/``AttributeError`` whose reply, and log warning, says
-    so. ``options`` go to ``open_replier``.
+    Use with ``nursery.start`` (trio) or ``task_group.start`` (AnyIO): it reports the
+    open ``Replier`` (for ``.endpoints`` and ``statistics()``). An exception in the
+    handler becomes a ``RemoteError`` at the caller and serving goes on; so does a
+    return value msgpack cannot encode. A handler that treats the ``Request`` as the
+    body (``req["a"]``, ``req.get("a")``) fails with a ``TypeError``/``AttributeError``
+    whose reply, and log warning, says so. ``options`` go to ``open_replier``.
 
-    A request that carries its caller's deadline runs under
-    ``trio.move_on_at(req.deadline)``: an ``async`` handler still running when the
-    caller stops waiting is cancelled and the request left unanswered
+    A request that carries its caller's deadline runs under a cancel scope with the
+    deadline ``req.deadline``: an ``async`` handler still running when the caller
+    stops waiting is cancelled and the request left unanswered
     (``statistics().cut_short``); requests the handler makes inherit what is left of
     the time. A request whose deadline passed while it queued is skipped
     (``statistics().expired``).
     """
     warned = False
     async with open_replier(bind=bind, connect=connect, identity=identity, **options) as rep:
+        io = rep._sock.loop  # a scope per request: the event loop's own, not AnyIO's
         task_status.started(rep)
         async for req in rep:
             try:
@@ -94,7 +96,8 @@ async def serve_replier(
                     if inspect.isawaitable(result):
                         result = await result
                 else:
-                    with trio.move_on_at(req.deadline) as scope:
+                    left = max(req.deadline - io.current_time(), 0.0)
+                    with io.move_on_after(left) as scope:
                         result = handler(req)
                         if inspect.isawaitable(result):
                             result = await result
