@@ -197,3 +197,83 @@ def test_the_effective_deadline_is_anyio_s_own_answer(
                 await asyncio.sleep(0)
 
     run(main())
+
+
+async def _cancel_lands_in_a_shielded_checkpoint(loop: _io.Loop) -> None:
+    """Yield with cancel_shielded_checkpoint until a cancellation has landed in one
+    (the task's cancel count went up across it, and it returned normally)."""
+    task = asyncio.current_task()
+    assert task is not None
+    for _ in range(1000):
+        before = task.cancelling()
+        await loop.cancel_shielded_checkpoint()
+        if task.cancelling() > before:
+            return
+    raise AssertionError("no cancellation landed in 1000 checkpoints")
+
+
+@on_asyncio_loops
+def test_a_timeout_block_that_ends_after_a_shielded_checkpoint_leaks_nothing(
+        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+    """The timeout fires during the shielded yield; the block then ends without
+    another await, so the timeout's exit withdraws the request: the task is not
+    cancelled later, outside the block."""
+    async def main() -> None:
+        loop = _io.current()
+        for _ in range(5):
+            async with asyncio.timeout(0):
+                await _cancel_lands_in_a_shielded_checkpoint(loop)
+            await asyncio.sleep(0.001)  # outside the block: must not raise
+            await asyncio.sleep(0)
+            task = asyncio.current_task()
+            assert task is not None
+            assert task.cancelling() == 0
+
+    run(main())
+
+
+@on_asyncio_loops
+def test_an_anyio_scope_cancelled_during_a_shielded_checkpoint_leaks_nothing(
+        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+    async def main() -> None:
+        loop = _io.current()
+        for _ in range(5):
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await _cancel_lands_in_a_shielded_checkpoint(loop)
+            await asyncio.sleep(0.001)  # outside the scope: must not raise
+            task = asyncio.current_task()
+            assert task is not None
+            assert task.cancelling() == 0
+            with anyio.CancelScope() as scope:  # inside, the next await is cancelled
+                scope.cancel()
+                await _cancel_lands_in_a_shielded_checkpoint(loop)
+                await asyncio.sleep(1)
+                raise AssertionError("not reached")
+            assert scope.cancelled_caught
+
+    run(main())
+
+
+@on_asyncio_loops
+def test_task_cancel_during_a_shielded_checkpoint_arrives_at_the_next_await(
+        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+    async def main() -> None:
+        loop = _io.current()
+        steps: list[str] = []
+
+        async def worker() -> None:
+            await _cancel_lands_in_a_shielded_checkpoint(loop)
+            steps.append("returned")
+            await asyncio.sleep(5)
+            steps.append("never")
+
+        task = asyncio.create_task(worker())
+        await asyncio.sleep(0)
+        task.cancel("stop")
+        with pytest.raises(asyncio.CancelledError, match="stop"):
+            async with asyncio.timeout(5):
+                await task
+        assert steps == ["returned"]
+
+    run(main())

@@ -12,13 +12,18 @@ unregisters the FD at once and wakes its waiter with ``FdClosed``: the socket la
 uses it both before closing a socket (the FD number may be reused at once) and to
 make its watcher look again.
 
-Checkpoints: ``checkpoint`` yields (``sleep(0)``). ``checkpoint_if_cancelled`` yields
-only when the task has a cancellation pending (``Task.cancelling()``: asyncio's
-``cancel()``, ``asyncio.timeout`` and AnyIO's cancel scopes all go through it), so a
-send that needs no wait costs no scheduling round. ``cancel_shielded_checkpoint``
-yields and, if a cancellation arrives meanwhile, re-arms it for the task's next await
-instead of raising it here: it runs after a message has been queued, and the caller
-must not be told that the send failed.
+Checkpoints: ``checkpoint`` yields (a bare step of the task).
+``checkpoint_if_cancelled`` yields only when the task has a cancellation pending
+(``Task.cancelling()``: asyncio's ``cancel()``, ``asyncio.timeout`` and AnyIO's cancel
+scopes all go through it), so a send that needs no wait costs no scheduling round.
+``cancel_shielded_checkpoint`` runs after a message has been queued (or a batch
+buffered): the caller must not be told the operation failed, so a cancellation that
+arrives during its yield is not raised there but delivered at the task's next
+suspension. AnyIO re-delivers its own by itself; one from ``asyncio.timeout`` or
+``Task.cancel()`` is re-armed on the next loop iteration, unless the timeout's block
+has ended meanwhile (its exit withdraws the request, and the task must not be
+cancelled outside the block). The message travels with it: AnyIO tells its own
+cancellations by it.
 
 Parking: ``ParkingLot`` parks on futures. One asyncio difference matters: a task can be
 cancelled *after* it was unparked and before it runs, so the wake it was handed is
@@ -49,6 +54,8 @@ class FdClosed(anyio.ClosedResourceError):
 def _yield() -> Generator[None, None, None]:
     yield  # one bare step of the task: asyncio.sleep(0) without the call
 
+
+_INF = float("inf")
 
 _waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = {}
 """FD -> the loop it is registered with and the future its waiter awaits."""
@@ -110,14 +117,28 @@ async def checkpoint_if_cancelled() -> None:
 async def cancel_shielded_checkpoint() -> None:
     try:
         await _yield()
-    except CancelledError:
+    except CancelledError as exc:
         task = current_task()
         if task is None:
             raise
-        # Deliver it at the task's next await; uncancel() first keeps the count that
-        # asyncio.timeout and AnyIO compare at their exits.
-        task.uncancel()
-        task.cancel()
+        if _deadline() == -_INF:
+            # An AnyIO scope around us is cancelled: AnyIO delivers its cancellation
+            # again at the task's next suspension, as long as the task is in it.
+            return
+        # asyncio.timeout() or a Task.cancel() cancels once. Deliver it again at the
+        # task's next suspension, but only if nothing withdrew it meanwhile: a
+        # timeout block that ends without another await uncancels the task at its
+        # exit, and a cancellation re-armed regardless would then hit the task
+        # outside that block.
+        asyncio.get_running_loop().call_soon(
+            _rearm, task, task.cancelling(), exc.args[0] if exc.args else None)
+
+
+def _rearm(task: asyncio.Task[Any], requested: int, message: object) -> None:
+    if task.done() or task.cancelling() != requested:
+        return
+    task.uncancel()  # cancel() counts the request again: keep the count the
+    task.cancel(message)  # timeout compares at its exit
 
 
 class ParkingLot:
