@@ -10,11 +10,13 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import anyio
 import pytest
-import trio
 
 import shoal
 from shoal.discovery import Static
+
+pytestmark = pytest.mark.anyio
 
 OPENERS: dict[str, Callable[[], AbstractAsyncContextManager[Any]]] = {
     "node": lambda: shoal.open_node("n", discovery=Static([]), interfaces=["127.0.0.1"]),
@@ -32,7 +34,7 @@ class Boom(Exception):
 
 @pytest.mark.parametrize("what", list(OPENERS))
 async def test_an_exception_from_the_block_is_not_wrapped(what: str) -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         with pytest.raises(Boom, match="from the block") as info:
             async with OPENERS[what]():
                 raise Boom("from the block")
@@ -41,8 +43,8 @@ async def test_an_exception_from_the_block_is_not_wrapped(what: str) -> None:
 
 @pytest.mark.parametrize("what", list(OPENERS))
 async def test_cancelling_around_the_block_still_works(what: str) -> None:
-    with trio.fail_after(10):
-        with trio.move_on_after(0.2) as scope:
+    with anyio.fail_after(10):
+        with anyio.move_on_after(0.2) as scope:
             async with OPENERS[what]():
-                await trio.sleep_forever()
+                await anyio.sleep_forever()
     assert scope.cancelled_caught

@@ -12,7 +12,8 @@ import time
 from collections import Counter
 from typing import Any
 
-import trio
+import anyio
+import pytest
 import zmq
 
 import shoal
@@ -28,6 +29,8 @@ from support.raw import (
     raw_receive,
     raw_socket,
 )
+
+pytestmark = pytest.mark.anyio
 
 
 def bind_raw(sock: zmq.Socket[bytes], addresses: Addresses) -> str:
@@ -106,7 +109,7 @@ async def test_a_subscriber_drops_and_counts_garbage_then_receives_the_next_publ
     def publish(topic: str, body: Any) -> None:
         raw.send(stamp.frame(Kind.PUBLISH, body, topic), zmq.NOBLOCK)
 
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with shoal.open_subscriber(connect=endpoint, context=zctx) as sub:
             await sync_subscribers(publish, sub)
             before = sub.statistics()
@@ -132,7 +135,7 @@ async def test_a_puller_drops_and_counts_garbage_then_receives_the_next_item(
 ) -> None:
     stamp = RawStamp()
     cases = garbage(Kind.PUSH)
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with shoal.open_puller(bind=addresses.fresh(), context=zctx) as pull:
             raw = raw_socket(zctx, zmq.PUSH)
             raw.connect(pull.endpoints[0])  # the pipe exists at once: sends queue
@@ -159,7 +162,7 @@ async def test_a_replier_drops_and_counts_garbage_then_answers_the_next_request(
     two or more are garbage."""
     stamp = RawStamp()
     cases = garbage(Kind.REQUEST)
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with shoal.open_replier(bind=addresses.fresh(), context=zctx) as rep:
             raw = raw_socket(zctx, zmq.DEALER)
             raw.connect(rep.endpoints[0])
@@ -186,12 +189,12 @@ async def test_a_requester_drops_and_counts_garbage_then_gets_its_reply(
     stamp = RawStamp()
     cases = garbage(Kind.REPLY, Kind.ERROR)  # ERROR replies are valid: RemoteError
     result: list[Any] = []
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         raw = raw_socket(zctx, zmq.ROUTER)
         endpoint = bind_raw(raw, addresses)
         async with (
             shoal.open_requester(connect=endpoint, context=zctx) as client,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             async def ask() -> None:
                 result.append(await client.request("question"))

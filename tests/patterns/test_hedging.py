@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections import Counter
 from functools import partial
 
+import anyio
 import pytest
-import trio
 
 import shoal
 from shoal.errors import LocalProtocolError
@@ -24,11 +24,13 @@ from support.nodes import FAST, open_test_node
 from support.peers import node_process
 from support.waiting import eventually
 
+pytestmark = pytest.mark.anyio
+
 LOOPBACK = "tcp://127.0.0.1:*"
 
 
 async def test_bad_hedge_after_values_are_refused() -> None:
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         async with shoal.open_requester(connect="tcp://127.0.0.1:9") as client:
             for bad in (0, -1, "p0", "p100", "fast", "p9x", True):
                 with pytest.raises(LocalProtocolError, match="hedge_after"):
@@ -40,11 +42,11 @@ async def test_a_hedged_copy_to_the_same_replier_does_not_run_twice() -> None:
 
     async def handler(req: shoal.Request) -> int:
         ran[req.id] += 1
-        await trio.sleep(0.2)
+        await anyio.sleep(0.2)
         return int(req.body) * 2
 
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as nursery:
             rep = await nursery.start(partial(serve_replier, handler, bind=LOOPBACK))
             async with shoal.open_requester(connect=rep.endpoints) as client:
                 assert await client.request(21, hedge_after=0.02) == 42
@@ -67,12 +69,12 @@ async def test_the_first_answer_wins_and_the_slower_copy_is_counted_as_waste() -
             ran[name, req.id] += 1
             if req.body == "hedged" and req.id not in seen:
                 seen.add(req.id)
-                await trio.sleep(0.3)
+                await anyio.sleep(0.3)
             return name
         return handle
 
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as nursery:
             r1 = await nursery.start(partial(serve_replier, handler("r1"), bind=LOOPBACK))
             r2 = await nursery.start(partial(serve_replier, handler("r2"), bind=LOOPBACK))
             async with shoal.open_requester(connect=r1.endpoints + r2.endpoints) as client:
@@ -83,7 +85,7 @@ async def test_the_first_answer_wins_and_the_slower_copy_is_counted_as_waste() -
                 # no task reads while no call waits: later calls read the late answer
                 while client.statistics().hedge_wasted == 0:
                     await client.request("more")
-                    await trio.sleep(0.02)
+                    await anyio.sleep(0.02)
                 st = client.statistics()
                 assert (st.hedged, st.unmatched) == (1, 0)
             nursery.cancel_scope.cancel()
@@ -97,7 +99,7 @@ async def test_a_replier_closed_mid_request_leaves_the_hedged_copy_to_answer_onc
     (first copy, then the hedge); b goes away while both hold it. The caller gets c's
     answer, once, and no PeerLost; each replier ran it once."""
     ran: Counter[tuple[str, int]] = Counter()
-    both = trio.Event()
+    both = anyio.Event()
 
     def note(name: str, req: shoal.Request) -> None:
         ran[name, req.id] += 1
@@ -106,34 +108,34 @@ async def test_a_replier_closed_mid_request_leaves_the_hedged_copy_to_answer_onc
 
     async def stall(req: shoal.Request) -> str:
         note("b", req)
-        await trio.sleep_forever()
+        await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
     async def slow(req: shoal.Request) -> str:
         note("c", req)
         if req.body == "q":
-            await trio.sleep(0.3)
+            await anyio.sleep(0.3)
         return "c"
 
     async def serve(rep: shoal.Replier, handler: object) -> None:
-        async with trio.open_nursery() as n:
+        async with anyio.create_task_group() as n:
             async for req in rep:
                 async def one(req: shoal.Request = req) -> None:
                     await req.reply(await handler(req))  # type: ignore[operator]
                 n.start_soon(one)
 
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         hub = free_port()
         async with (
             open_test_node("a", port=hub) as a,
             open_test_node("c", peers=[hub]) as c,
             c.open_replier("calc") as rep_c,
             a.open_requester("calc") as client,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             nursery.start_soon(serve, rep_c, slow)
             result: list[str] = []
-            done = trio.Event()
+            done = anyio.Event()
 
             async def ask() -> None:
                 result.append(await client.request("q", hedge_after=0.05))
@@ -161,11 +163,11 @@ async def test_a_replier_process_killed_mid_request_leaves_the_hedged_copy_to_an
     hedge), b is SIGKILLed and a has given it up as a peer; only then does c answer.
     The caller gets c's answer, once, and no PeerLost."""
     ran: Counter[int] = Counter()
-    c_holds = trio.Event()
-    release = trio.Event()
+    c_holds = anyio.Event()
+    release = anyio.Event()
 
     async def serve_c(rep: shoal.Replier) -> None:
-        async with trio.open_nursery() as n:
+        async with anyio.create_task_group() as n:
             async for req in rep:
                 async def one(req: shoal.Request = req) -> None:
                     if req.body == "stall":
@@ -175,18 +177,18 @@ async def test_a_replier_process_killed_mid_request_leaves_the_hedged_copy_to_an
                     await req.reply("c")
                 n.start_soon(one)
 
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         hub = free_port()
         async with (
             open_test_node("a", port=hub, **FAST) as a,
             open_test_node("c", peers=[hub], **FAST) as c,
             c.open_replier("calc") as rep_c,
             a.open_requester("calc") as client,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             nursery.start_soon(serve_c, rep_c)
             result: list[object] = []
-            done = trio.Event()
+            done = anyio.Event()
 
             async def ask() -> None:
                 result.append(await client.request("stall", hedge_after=0.05))
@@ -234,7 +236,7 @@ async def test_a_node_requester_sends_to_the_least_loaded_replier() -> None:
             got["c"] += 1
             await req.reply("c")
 
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         hub = free_port()
         async with (
             open_test_node("a", port=hub) as a,
@@ -243,14 +245,14 @@ async def test_a_node_requester_sends_to_the_least_loaded_replier() -> None:
             b.open_replier("calc") as rep_b,
             c.open_replier("calc") as rep_c,
             a.open_requester("calc") as client,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             nursery.start_soon(mute, rep_b)
             nursery.start_soon(answer, rep_c)
             await a.wait_for_peers(2, channel="calc")
             answered = 0
             for _ in range(20):
-                with trio.move_on_after(0.5):
+                with anyio.move_on_after(0.5):
                     await client.request("x")
                     answered += 1
             nursery.cancel_scope.cancel()

@@ -1,14 +1,14 @@
 """Best-effort pub/sub history: a late joiner gets the last publications of each topic
 first, then the live stream, with nothing twice and nothing missing at the seam; the
 history stays within its bounds whatever is published or asked. Loopback only, every
-test under ``trio.fail_after``."""
+test under ``anyio.fail_after``."""
 
 from __future__ import annotations
 
 import struct
 
+import anyio
 import pytest
-import trio
 import zmq
 
 from shoal import Message
@@ -18,6 +18,8 @@ from shoal.patterns import open_publisher, open_subscriber
 from shoal.patterns._history import HistoryPublisher
 from support.raw import raw_receive, raw_socket
 from support.waiting import eventually
+
+pytestmark = pytest.mark.anyio
 
 LOOPBACK = "tcp://127.0.0.1:*"
 TOPICS = ("sensors/a", "sensors/b", "sensors/c")
@@ -31,7 +33,7 @@ def by_topic(msgs: list[Message]) -> dict[str, list[Message]]:
 
 
 async def test_late_joiner_gets_the_last_five_of_each_topic_then_live() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_publisher(bind=LOOPBACK, history=5) as pub:
             for i in range(100):
                 for t in TOPICS:
@@ -56,12 +58,12 @@ async def test_the_seam_holds_while_the_publisher_keeps_publishing() -> None:
     pause: each gets exactly 5 replayed per topic, consecutive, then live messages
     whose numbers continue the replay's with no duplicate and no hole."""
     rounds = 6
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with open_publisher(bind=LOOPBACK, history=5, high_water_mark=100_000) as pub:
             for i in range(100):
                 for t in TOPICS:
                     await pub.publish(t, i)
-            stop = trio.Event()
+            stop = anyio.Event()
 
             async def keep_publishing() -> None:
                 i = 100
@@ -70,12 +72,12 @@ async def test_the_seam_holds_while_the_publisher_keeps_publishing() -> None:
                         await pub.publish(t, i)
                     i += 1
                     if i % 20 == 0:
-                        await trio.sleep(0.0005)
+                        await anyio.sleep(0.0005)
 
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(keep_publishing)
                 for _ in range(rounds):
-                    await trio.sleep(0.005)
+                    await anyio.sleep(0.005)
                     async with open_subscriber(connect=pub.endpoints[0],
                                                topics=["sensors/"], history=5) as sub:
                         got: list[Message] = []
@@ -101,7 +103,7 @@ def check_seam(got: list[Message], *, depth: int) -> None:
 
 
 async def test_history_zero_skips_replay_and_a_smaller_depth_takes_less() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_publisher(bind=LOOPBACK, history=5) as pub:
             for i in range(100):
                 for t in TOPICS:
@@ -120,7 +122,7 @@ async def test_history_zero_skips_replay_and_a_smaller_depth_takes_less() -> Non
 
 
 async def test_a_replay_reaches_only_the_subscriber_that_asked() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_publisher(bind=LOOPBACK, history=3) as pub, \
                 open_subscriber(connect=pub.endpoints[0], history=0) as early:
             await pub.wait_for_subscribers(1)
@@ -139,7 +141,7 @@ async def test_a_replay_reaches_only_the_subscriber_that_asked() -> None:
 
 
 async def test_only_the_prefixes_subscribed_are_replayed() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_publisher(bind=LOOPBACK, history=2) as pub:
             for t in ("a/1", "a/2", "b/1"):
                 await pub.publish(t, t)
@@ -156,7 +158,7 @@ async def test_only_the_prefixes_subscribed_are_replayed() -> None:
 async def test_a_wildcard_subscriber_is_replayed_only_what_its_pattern_takes() -> None:
     """The request carries the pattern's literal prefix; what the prefix lets through
     but the pattern refuses is filtered (counted) in the replay as in the live stream."""
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_publisher(bind=LOOPBACK, history=2) as pub:
             for t in ("site/a/temp", "site/a/hum", "site/b/temp", "site/a/b/temp", "x/temp"):
                 await pub.publish(t, t)
@@ -175,7 +177,7 @@ async def test_a_wildcard_subscriber_is_replayed_only_what_its_pattern_takes() -
 
 
 async def test_many_distinct_topics_stay_within_the_bounds() -> None:
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with open_publisher(bind=LOOPBACK, history=3, history_topics=1000,
                                   history_bytes=200_000) as pub:
             for start in range(0, 200_000, 5000):
@@ -196,7 +198,7 @@ async def test_a_hostile_request_gets_no_more_than_the_bound() -> None:
     """A raw SUB that asks for everything, for all depth, gets at most ``history``
     per topic; a request that does not parse is counted and changes nothing."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_publisher(bind=LOOPBACK, history=4, context=ctx) as pub:
             for i in range(50):
                 for t in TOPICS:
@@ -227,7 +229,7 @@ async def test_topics_subscribed_before_the_request_wait_for_it() -> None:
     the replay and not sent live ahead of it."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     ident = bytes(range(16))
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_publisher(bind=LOOPBACK, history=4, context=ctx) as pub:
             assert isinstance(pub, HistoryPublisher)
             await pub.publish("t", 0)

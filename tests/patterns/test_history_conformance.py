@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import struct
 
-import trio
+import anyio
+import pytest
 import zmq
 from test_protocol_conformance import table
 
 from shoal._core import decode
 from shoal.patterns import open_publisher
 from support.raw import raw_receive, raw_socket
+
+pytestmark = pytest.mark.anyio
 
 FIELD = {"u8": "B", "u16": "H", "u32": "I"}
 
@@ -56,7 +59,7 @@ def read_bundle(frame: bytes) -> list[bytes]:
 
 async def test_a_raw_subscriber_asks_for_history_and_reads_the_replay() -> None:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_publisher(bind="tcp://127.0.0.1:*", history=3, context=ctx) as pub:
             for i in range(10):
                 for t in ("room/1", "room/2", "hall"):

@@ -16,7 +16,7 @@ shoal peers exchange traffic through the same socket meanwhile. The rules:
 
 Network safety: every socket is on 127.0.0.1; the hostile peer never sends a valid
 control State (it would name addresses for the node to connect to). Every test runs
-under ``trio.fail_after``; every hostile loop is bounded in time and count.
+under ``anyio.fail_after``; every hostile loop is bounded in time and count.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
 import pytest
-import trio
 import zmq
 
 import shoal
@@ -54,6 +56,8 @@ from support.hostile import (
     pusher_ack_reason,
     work_as_puller,
 )
+
+pytestmark = pytest.mark.anyio
 
 LOOPBACK = "tcp://127.0.0.1:*"
 DURATION = 1.0
@@ -121,9 +125,9 @@ async def hostile(run: Callable[[threading.Event], Tally]) -> AsyncIterator[Host
     box = HostileRun(threading.Event())
 
     async def go() -> None:
-        box.tally = await trio.to_thread.run_sync(run, box.stop)
+        box.tally = await anyio.to_thread.run_sync(run, box.stop)
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         nursery.start_soon(go)
         try:
             yield box
@@ -133,12 +137,12 @@ async def hostile(run: Callable[[threading.Event], Tally]) -> AsyncIterator[Host
 
 
 async def settle(done: Callable[[], bool],
-                 poke: Callable[[], Awaitable[None]] = trio.lowlevel.checkpoint) -> None:
+                 poke: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint) -> None:
     """Until ``done()``: let the resource read what is queued (``poke``; by default,
     its own tasks do)."""
     while not done():
         await poke()
-        await trio.sleep(0.01)
+        await anyio.sleep(0.01)
 
 
 class Nowait(Protocol):
@@ -151,9 +155,9 @@ def drain(receiver: Nowait) -> Callable[[], Awaitable[None]]:
         while True:
             try:
                 receiver.receive_nowait()
-            except trio.WouldBlock:
+            except anyio.WouldBlock:
                 break
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
     return poke
 
 
@@ -196,7 +200,7 @@ async def test_a_subscriber_under_a_hostile_publisher(ctx: Ctx) -> None:
     xpub, evil = bound(ctx, zmq.XPUB)
     garbage = Garbage(1, templates(topic=b"news"), frame_oracle(Kind.PUBLISH), prepare=LIMIT)
     got: list[shoal.Message] = []
-    with trio.fail_after(TIMEOUT):
+    with anyio.fail_after(TIMEOUT):
         async with (shoal.open_publisher(bind=LOOPBACK) as pub,
                     shoal.open_subscriber(connect=[pub.endpoints[0], evil]) as sub):
             await pub.wait_for_subscribers(1)
@@ -208,11 +212,11 @@ async def test_a_subscriber_under_a_hostile_publisher(ctx: Ctx) -> None:
             async with (hostile(lambda stop: flood(ctx, [xpub], garbage, duration=DURATION,
                                                    limit=LIMIT, stop=stop,
                                                    wait_for_subscription=True)) as run,
-                        trio.open_nursery() as nursery):
+                        anyio.create_task_group() as nursery):
                 nursery.start_soon(take)
                 for i in range(N):
                     await pub.publish("legit", i)
-                    await trio.sleep(PACE)
+                    await anyio.sleep(PACE)
             tally = run.result
             await settle(lambda: sub.statistics().malformed >= tally.sent, drain(sub))
             await pub.publish("legit", "after")
@@ -228,7 +232,7 @@ async def test_a_subscriber_under_a_hostile_publisher(ctx: Ctx) -> None:
 async def test_a_puller_under_hostile_pushers(ctx: Ctx) -> None:
     garbage = Garbage(2, templates(), frame_oracle(Kind.PUSH), prepare=LIMIT)
     got: list[Any] = []
-    with trio.fail_after(TIMEOUT):
+    with anyio.fail_after(TIMEOUT):
         async with (shoal.open_puller(bind=LOOPBACK) as pull,
                     shoal.open_pusher(connect=pull.endpoints[0]) as push):
             socks = open_flooders(ctx, zmq.PUSH, pull.endpoints[0], count=2, seed=2)
@@ -239,11 +243,11 @@ async def test_a_puller_under_hostile_pushers(ctx: Ctx) -> None:
 
             async with (hostile(lambda stop: flood(ctx, socks, garbage, duration=DURATION,
                                                    limit=LIMIT, stop=stop)) as run,
-                        trio.open_nursery() as nursery):
+                        anyio.create_task_group() as nursery):
                 nursery.start_soon(take)
                 for i in range(N):
                     await push.send(i)
-                    await trio.sleep(PACE)
+                    await anyio.sleep(PACE)
             tally = run.result
             await settle(lambda: pull.statistics().malformed >= tally.sent, drain(pull))
             await push.send("after")
@@ -259,8 +263,8 @@ async def test_a_puller_under_hostile_pushers(ctx: Ctx) -> None:
 async def test_a_replier_under_hostile_requesters_with_random_routing_ids(ctx: Ctx) -> None:
     garbage = Garbage(3, templates(), replier_oracle(), prepare=LIMIT)
     answers: list[Any] = []
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as outer:
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as outer:
             rep = await outer.start(partial(shoal.serve_replier, plus_one, bind=LOOPBACK))
             assert isinstance(rep, shoal.Replier)
             socks = open_flooders(ctx, zmq.DEALER, rep.endpoints[0], count=3, seed=3)
@@ -269,7 +273,7 @@ async def test_a_replier_under_hostile_requesters_with_random_routing_ids(ctx: C
                                                       limit=LIMIT, stop=stop)) as run:
                     for i in range(N // 2):
                         answers.append(await client.request(i))
-                        await trio.sleep(2 * PACE)
+                        await anyio.sleep(2 * PACE)
                 tally = run.result
                 await settle(lambda: rep.statistics().malformed >= tally.sent)
                 after = await client.request(1000)
@@ -288,8 +292,8 @@ async def test_a_requester_with_a_hostile_replier_answering_garbage(ctx: Ctx) ->
     router, evil = bound(ctx, zmq.ROUTER)
     garbage = Garbage(4, templates(), receiver_oracle(Kind.REPLY, Kind.ERROR), prepare=LIMIT)
     answers: list[Any] = []
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as outer:
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as outer:
             rep = await outer.start(partial(shoal.serve_replier, plus_one, bind=LOOPBACK))
             assert isinstance(rep, shoal.Replier)
             async with shoal.open_requester(connect=[rep.endpoints[0], evil]) as client:
@@ -314,7 +318,7 @@ async def test_a_requester_with_a_hostile_replier_answering_garbage(ctx: Ctx) ->
 async def test_a_reliable_puller_under_hostile_pushers(ctx: Ctx) -> None:
     garbage = Garbage(5, templates(), receiver_oracle(Kind.PUSH), prepare=LIMIT)
     got: list[Any] = []
-    with trio.fail_after(TIMEOUT):
+    with anyio.fail_after(TIMEOUT):
         async with (shoal.open_puller(bind=LOOPBACK, reliable=True) as pull,
                     shoal.open_pusher(connect=pull.endpoints[0], reliable=True) as push):
             socks = open_flooders(ctx, zmq.DEALER, pull.endpoints[0], count=3, seed=5)
@@ -325,11 +329,11 @@ async def test_a_reliable_puller_under_hostile_pushers(ctx: Ctx) -> None:
 
             async with (hostile(lambda stop: flood(ctx, socks, garbage, duration=DURATION,
                                                    limit=LIMIT, stop=stop)) as run,
-                        trio.open_nursery() as nursery):
+                        anyio.create_task_group() as nursery):
                 nursery.start_soon(take)
                 for i in range(N):
                     await push.send(i)
-                    await trio.sleep(PACE)
+                    await anyio.sleep(PACE)
             pull.mark_done()
             await push.wait_acked()
             tally = run.result
@@ -350,7 +354,7 @@ async def test_a_reliable_pusher_with_a_hostile_puller_sending_garbage_acks(ctx:
     garbage = Garbage(6, templates([[1, 2], [3]], [[], []], [[0], {"x": 1}]),
                       pusher_ack_reason, prepare=LIMIT)
     got: list[Any] = []
-    with trio.fail_after(TIMEOUT):
+    with anyio.fail_after(TIMEOUT):
         async with (shoal.open_puller(bind=LOOPBACK, reliable=True) as pull,
                     shoal.open_pusher(connect=[pull.endpoints[0], evil],
                                       reliable=True) as push):
@@ -361,11 +365,11 @@ async def test_a_reliable_pusher_with_a_hostile_puller_sending_garbage_acks(ctx:
 
             async with (hostile(lambda stop: work_as_puller(
                     ctx, router, garbage, duration=TIMEOUT, stop=stop, limit=LIMIT)) as run,
-                        trio.open_nursery() as nursery):
+                        anyio.create_task_group() as nursery):
                 nursery.start_soon(take)
                 for i in range(N):
                     await push.send(i)
-                    await trio.sleep(PACE)
+                    await anyio.sleep(PACE)
                 await push.wait_acked()
                 run.stop.set()
                 nursery.cancel_scope.cancel()
@@ -390,7 +394,7 @@ async def test_a_reliable_publisher_under_hostile_subscribers(ctx: Ctx) -> None:
                                    [["a", 1], 0, 0, 0, False]),
                       publisher_ack_reason, prepare=LIMIT)
     got: list[Any] = []
-    with trio.fail_after(TIMEOUT):
+    with anyio.fail_after(TIMEOUT):
         async with (shoal.open_publisher(bind=LOOPBACK, reliable=True) as pub,
                     shoal.open_subscriber(connect=pub.endpoints[0], reliable=True) as sub):
             await pub.wait_for_subscribers(1)
@@ -402,11 +406,11 @@ async def test_a_reliable_publisher_under_hostile_subscribers(ctx: Ctx) -> None:
 
             async with (hostile(lambda stop: flood(ctx, socks, garbage, duration=DURATION,
                                                    limit=LIMIT, stop=stop)) as run,
-                        trio.open_nursery() as nursery):
+                        anyio.create_task_group() as nursery):
                 nursery.start_soon(take)
                 for i in range(N):
                     await pub.publish("legit", i)
-                    await trio.sleep(PACE)
+                    await anyio.sleep(PACE)
             await pub.wait_acked()
             tally = run.result
             await settle(lambda: pub.statistics().malformed >= tally.sent)
@@ -422,7 +426,7 @@ async def test_a_reliable_subscriber_under_a_hostile_publisher(ctx: Ctx) -> None
     router, evil = bound(ctx, zmq.ROUTER)
     garbage = Garbage(8, templates(topic=b"legit"), receiver_oracle(Kind.PUBLISH), prepare=LIMIT)
     got: list[Any] = []
-    with trio.fail_after(TIMEOUT):
+    with anyio.fail_after(TIMEOUT):
         async with (shoal.open_publisher(bind=LOOPBACK, reliable=True) as pub,
                     shoal.open_subscriber(connect=[pub.endpoints[0], evil],
                                           reliable=True) as sub):
@@ -435,11 +439,11 @@ async def test_a_reliable_subscriber_under_a_hostile_publisher(ctx: Ctx) -> None
             async with (hostile(lambda stop: flood_peers(ctx, router, garbage,
                                                          duration=DURATION, limit=LIMIT,
                                                          stop=stop)) as run,
-                        trio.open_nursery() as nursery):
+                        anyio.create_task_group() as nursery):
                 nursery.start_soon(take)
                 for i in range(N):
                     await pub.publish("legit", i)
-                    await trio.sleep(PACE)
+                    await anyio.sleep(PACE)
             await pub.wait_acked()
             tally = run.result
             await settle(lambda: sub.statistics().malformed >= tally.sent, drain(sub))
@@ -469,7 +473,7 @@ async def test_a_node_control_port_under_hostile_nodes(ctx: Ctx) -> None:
     garbage = Garbage(9, control_templates(), control_reason, envelope=False, prepare=LIMIT)
     got: list[Any] = []
     left: list[PeerLeft] = []
-    with trio.fail_after(TIMEOUT):
+    with anyio.fail_after(TIMEOUT):
         async with (shoal.open_node("hostile-test-a", interfaces=["127.0.0.1"],
                                     heartbeat=0.1, peer_timeout=2.0) as a,
                     shoal.open_node("hostile-test-b", interfaces=["127.0.0.1"],
@@ -478,7 +482,7 @@ async def test_a_node_control_port_under_hostile_nodes(ctx: Ctx) -> None:
             await a.wait_for_peers(1)
             await b.wait_for_peers(1)
             async with (b.open_puller("jobs") as pull, a.open_pusher("jobs") as push,
-                        trio.open_nursery() as watchers):
+                        anyio.create_task_group() as watchers):
                 for node in (a, b):
                     async def watch(node: shoal.Node = node) -> None:
                         async for event in node.watch_peers():
@@ -494,11 +498,11 @@ async def test_a_node_control_port_under_hostile_nodes(ctx: Ctx) -> None:
                 async with (hostile(lambda stop: flood(ctx, socks, garbage,
                                                        duration=DURATION, limit=LIMIT,
                                                        stop=stop)) as run,
-                            trio.open_nursery() as nursery):
+                            anyio.create_task_group() as nursery):
                     nursery.start_soon(take)
                     for i in range(N):
                         await push.send(i)
-                        await trio.sleep(PACE)
+                        await anyio.sleep(PACE)
                 tally = run.result
 
                 def counted() -> int:
@@ -523,7 +527,7 @@ async def test_a_node_survives_a_control_frame_whose_kind_is_nested_1000_deep(ct
     frame = b"\x92\x01" + b"\x91" * 1000 + b"\xc0"  # [1, [[[...[nil]...]]]]: 1003 bytes
     died: Exception | None = None
     try:
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             async with shoal.open_node("hostile-test-deep", interfaces=["127.0.0.1"]) as node:
                 [dealer] = open_flooders(ctx, zmq.DEALER, node.control_endpoint, count=1,
                                          seed=10)

@@ -17,8 +17,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import pytest
-import trio
 import zmq
 
 import shoal
@@ -26,27 +27,32 @@ from shoal.errors import DeliveryFailed, LocalProtocolError
 from shoal.patterns import DeadLetter
 from support.delivery import count_items
 from support.endpoints import free_port
+from support.loops import current_loop
+
+pytestmark = pytest.mark.anyio
 
 LOOPBACK = "tcp://127.0.0.1:*"
 
-# A pusher process: send N items through its outbox to ENDPOINTS (comma-separated),
-# wait up to WAIT
-# seconds for them to go on the wire, report, then wait to be killed (SIGKILL: no
-# clean close, no flush).
+# A pusher process on the test's event loop (LOOP: trio, asyncio or uvloop): send N
+# items through its outbox to ENDPOINTS (comma-separated), wait up to WAIT seconds for
+# them to go on the wire, report, then wait to be killed (SIGKILL: no clean close, no
+# flush).
 _CHILD = r"""
-import sys, trio, shoal
+import sys, anyio, shoal
 async def main() -> None:
     endpoints, path, n = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3])
     async with shoal.open_pusher(connect=endpoints, reliable=True, outbox=path) as push:
         for i in range(n):
             await push.send({"n": i})
-        with trio.move_on_after(float(sys.argv[4])):  # until they went on the wire
+        with anyio.move_on_after(float(sys.argv[4])):  # until they went on the wire
             while push.statistics().sent < n:
-                await trio.sleep(0.01)
-        await trio.sleep(0.1)  # and reached the puller's socket
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.1)  # and reached the puller's socket
         print("sent", flush=True)
-        await trio.sleep(60)
-trio.run(main)
+        await anyio.sleep(60)
+loop = sys.argv[5]
+anyio.run(main, backend="trio" if loop == "trio" else "asyncio",
+          backend_options={"use_uvloop": True} if loop == "uvloop" else {})
 """
 
 
@@ -98,15 +104,15 @@ class Relay:
 async def run_child_until_sent(endpoint: str, path: Path, n: int, wait: float) -> None:
     """Start the pusher process, wait for "sent", then SIGKILL it."""
     proc = subprocess.Popen(  # noqa: ASYNC220 (read in a thread below)
-        [sys.executable, "-c", _CHILD, endpoint, str(path), str(n), str(wait)],
+        [sys.executable, "-c", _CHILD, endpoint, str(path), str(n), str(wait), current_loop()],
         stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
-        line = await trio.to_thread.run_sync(proc.stdout.readline)
+        line = await anyio.to_thread.run_sync(proc.stdout.readline)
         assert line.strip() == "sent", line
     finally:
         proc.kill()
-        await trio.to_thread.run_sync(proc.wait)
+        await anyio.to_thread.run_sync(proc.wait)
 
 
 async def drain_until_acked(pull: shoal.patterns.ReliablePuller,
@@ -118,7 +124,7 @@ async def drain_until_acked(pull: shoal.patterns.ReliablePuller,
         async for msg in pull:
             got.append(msg)
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         nursery.start_soon(take)
         await push.wait_acked()
         nursery.cancel_scope.cancel()
@@ -132,7 +138,7 @@ async def test_a_killed_pusher_reopened_on_its_outbox_sends_what_was_not_done(
     path = tmp_path / "jobs.sqlite"
     port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         await run_child_until_sent(endpoint, path, 50, 0.0)  # no puller: all unsent
         assert count_items(path) == 50
         async with (
@@ -162,11 +168,11 @@ async def test_items_a_puller_already_processed_are_not_processed_again(
     path = tmp_path / "jobs.sqlite"
     port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with shoal.open_puller(bind=endpoint, reliable=True) as pull:
             await run_child_until_sent(endpoint, path, 40, 5.0)
             first: list[shoal.Message] = []
-            with trio.move_on_after(1.0):
+            with anyio.move_on_after(1.0):
                 while len(first) < 40:
                     first.append(await pull.receive())
             async with shoal.open_pusher(connect=endpoint, reliable=True,
@@ -196,13 +202,13 @@ async def test_a_restarted_pusher_sends_unfinished_items_first_to_the_puller_tha
     via = f"tcp://127.0.0.1:{relay.port}"
     got_a: list[Any] = []
     got_b: list[Any] = []
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with shoal.open_puller(bind=ea, reliable=True) as a:
             relay.start()
             try:
                 await run_child_until_sent(f"{via},{eb}", path, 40, 5.0)
                 first: list[shoal.Message] = []
-                with trio.move_on_after(2.0):
+                with anyio.move_on_after(2.0):
                     while len(first) < 40:
                         first.append(await a.receive())
             finally:
@@ -210,7 +216,7 @@ async def test_a_restarted_pusher_sends_unfinished_items_first_to_the_puller_tha
             async with (
                 shoal.open_puller(bind=eb, reliable=True) as b,
                 shoal.open_pusher(connect=[via, eb], reliable=True, outbox=path) as push,
-                trio.open_nursery() as nursery,
+                anyio.create_task_group() as nursery,
             ):
                 async def take(pull: Any, into: list[Any]) -> None:
                     async for msg in pull:
@@ -218,7 +224,7 @@ async def test_a_restarted_pusher_sends_unfinished_items_first_to_the_puller_tha
 
                 nursery.start_soon(take, a, got_a)
                 nursery.start_soon(take, b, got_b)
-                await trio.sleep(0.5)  # B is connected by now; A not yet
+                await anyio.sleep(0.5)  # B is connected by now; A not yet
                 relay.start()
                 try:
                     await push.wait_acked()
@@ -235,7 +241,7 @@ async def test_a_restarted_pusher_sends_unfinished_items_first_to_the_puller_tha
 
 async def test_one_outbox_one_pusher_at_a_time(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite"
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with shoal.open_pusher(connect="tcp://127.0.0.1:9", reliable=True,
                                      outbox=path):
             with pytest.raises(LocalProtocolError, match="in use by another pusher"):
@@ -250,7 +256,7 @@ async def test_one_outbox_one_pusher_at_a_time(tmp_path: Path) -> None:
 async def test_a_file_that_is_not_an_outbox_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_bytes(b"this is not a database" * 100)
-    with trio.fail_after(10), pytest.raises(LocalProtocolError, match="outbox"):
+    with anyio.fail_after(10), pytest.raises(LocalProtocolError, match="outbox"):
         async with shoal.open_pusher(connect="tcp://127.0.0.1:9", reliable=True,
                                      outbox=path):
             pass
@@ -266,7 +272,7 @@ async def test_an_outbox_needs_a_reliable_pusher(tmp_path: Path) -> None:
 async def test_given_up_items_become_dead_letters() -> None:
     """No puller at all: after give_up_after every item is given up, reported by
     wait_acked (DeliveryFailed) and on the dead_letters channel, with its body."""
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with shoal.open_pusher(connect="tcp://127.0.0.1:9", reliable=True,
                                      give_up_after=0.3) as push:
             for i in range(3):
@@ -274,7 +280,7 @@ async def test_given_up_items_become_dead_letters() -> None:
             with pytest.raises(DeliveryFailed) as info:
                 await push.wait_acked()
             letters = [push.dead_letters.receive_nowait() for _ in range(3)]
-            with pytest.raises(trio.WouldBlock):
+            with pytest.raises(anyio.WouldBlock):
                 push.dead_letters.receive_nowait()
             stats = push.statistics()
     failed = info.value.failed
@@ -296,7 +302,7 @@ async def test_an_item_no_puller_takes_is_given_up_after_max_attempts() -> None:
     mute = ctx.socket(zmq.ROUTER)
     port = mute.bind_to_random_port("tcp://127.0.0.1")
     try:
-        with trio.fail_after(15):
+        with anyio.fail_after(15):
             async with shoal.open_pusher(connect=f"tcp://127.0.0.1:{port}", reliable=True,
                                          rto=0.05, max_attempts=3) as push:
                 await push.send("x")

@@ -9,7 +9,7 @@ drift apart, these tests fail. Frames are built and taken apart byte by byte wit
 the other end.
 
 Network safety: every socket binds or connects on 127.0.0.1; the node has no
-discovery source. Every test runs under ``trio.fail_after``.
+discovery source. Every test runs under ``anyio.fail_after``.
 """
 
 from __future__ import annotations
@@ -25,15 +25,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgpack
 import pytest
-import trio
 import zmq
 
 import shoal
 from shoal.discovery import MDNS, Advertisement
 from shoal.patterns import ReliablePusher
 from support.waiting import eventually
+
+pytestmark = pytest.mark.anyio
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md").read_text()
 LOOPBACK = "tcp://127.0.0.1:*"
@@ -193,7 +195,7 @@ def test_the_worked_example_is_what_the_tables_build() -> None:
     assert int(said.group(1)) == len(expected)
 
 
-# -- raw sockets under trio ---------------------------------------------------------------------
+# -- raw sockets in the event loop --------------------------------------------------------------
 
 
 @asynccontextmanager
@@ -230,7 +232,7 @@ async def receive(sock: Sock) -> list[bytes]:
     """One message; the caller's ``fail_after`` bounds the wait. The FD is
     edge-triggered: EVENTS is read before every wait."""
     while not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-        await trio.lowlevel.wait_readable(sock.FD)
+        await anyio.wait_readable(sock.FD)
     return sock.recv_multipart(zmq.NOBLOCK)
 
 
@@ -244,7 +246,7 @@ async def send_routed(sock: Sock, frames: list[bytes]) -> None:
         except zmq.ZMQError as exc:
             if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 raise
-        await trio.sleep(0.01)
+        await anyio.sleep(0.01)
 
 
 # -- publish/subscribe -------------------------------------------------------------------------
@@ -265,7 +267,7 @@ async def test_a_raw_publisher_reaches_a_shoal_subscriber() -> None:
         Envelope(KIND["PUBLISH"], "room/2", b"\x01" * SPLIT_AT, raw=True, sender=sender,
                  epoch=9, stream=4, seq=0, timestamp_ns=789),
     ]
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with raw_context() as ctx:
             xpub = raw_socket(ctx, zmq.XPUB, bind=True)
             async with shoal.open_subscriber(connect=endpoint_of(xpub),
@@ -292,7 +294,7 @@ async def test_a_raw_subscriber_reads_a_shoal_publisher_byte_by_byte() -> None:
     publisher sends parses field by field, with sequence numbers per topic."""
     ident = shoal.Identity(os.urandom(16), 0xDEADBEEF)
     big = os.urandom(SPLIT_AT)
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with raw_context() as ctx, shoal.open_publisher(bind=LOOPBACK,
                                                                 identity=ident) as pub:
             sub = raw_socket(ctx, zmq.SUB, connect=pub.endpoints[0],
@@ -338,7 +340,7 @@ async def test_a_raw_pusher_feeds_a_shoal_puller_that_judges_unknown_bits_by_the
         (good(body=b"\x02" * SPLIT_AT, raw=True, seq=7), None),
         (good(body="fence", seq=8), None),
     ]
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with raw_context() as ctx, shoal.open_puller(bind=LOOPBACK) as pull:
             push = raw_socket(ctx, zmq.PUSH, connect=pull.endpoints[0])
             for env, _ in cases:
@@ -373,8 +375,8 @@ async def test_a_raw_requester_calls_a_shoal_replier(socket_type: str) -> None:
     calls: list[Any] = []
     me = os.urandom(16)
     request = partial(Envelope, KIND["REQUEST"], sender=me, epoch=2, stream=5)
-    with trio.fail_after(10):
-        async with raw_context() as ctx, trio.open_nursery() as nursery:
+    with anyio.fail_after(10):
+        async with raw_context() as ctx, anyio.create_task_group() as nursery:
             rep = await nursery.start(partial(shoal.serve_replier, partial(calculator, calls),
                                               bind=LOOPBACK))
             sock = raw_socket(ctx, getattr(zmq, socket_type), connect=rep.endpoints[0])
@@ -418,12 +420,12 @@ async def test_a_raw_program_joins_as_a_node_and_uses_its_channel() -> None:
     and a goodbye that removes us from the node's peers."""
     assert {"state", "bye", "clock?", "clock"} <= CONTROL
     me, my_epoch = os.urandom(16), 4242
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         async with (
             raw_context() as ctx,
             shoal.open_node("conformance", interfaces=["127.0.0.1"]) as node,
             node.open_replier("calc") as rep,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             async def serve() -> None:
                 async for req in rep:
@@ -502,7 +504,7 @@ async def test_a_raw_reliable_puller_acknowledges_a_shoal_reliable_pusher(
     one tagged for another stream is ignored."""
     assert PUSH_ACK == ["received", "done"]
     me = os.urandom(16)
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         async with raw_context() as ctx, raw_puller(ctx, puller_binds) as (puller, push):
             acks = 0
 
@@ -529,7 +531,7 @@ async def test_a_raw_reliable_puller_acknowledges_a_shoal_reliable_pusher(
             route, item1 = await take(1)
             await ack(route, [1], [1], ack_tag(item1) ^ 1)  # another stream's: ignored
             await ack(route, [1], [], ack_tag(item1))
-            with trio.move_on_after(0.3) as waiting:  # both read, item 1 still not done
+            with anyio.move_on_after(0.3) as waiting:  # both read, item 1 still not done
                 await push.wait_acked()
             still_held = push.statistics().in_flight
             await ack(route, [], [1], ack_tag(item1))
@@ -550,7 +552,7 @@ async def test_a_raw_reliable_subscriber_acknowledges_a_shoal_reliable_publisher
     assert PUB_ACK == ["prefixes", "epoch", "stream", "acked", "bye", "history"]
     me = os.urandom(16)
     route = b"publisher-1"
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         async with raw_context() as ctx, shoal.open_publisher(reliable=True,
                                                              bind=LOOPBACK) as pub:
             sub = raw_socket(ctx, zmq.ROUTER, options=(
@@ -594,7 +596,7 @@ async def test_a_raw_reliable_subscriber_that_asks_for_history_gets_it_renumbere
     chained from ``START``; the live one follows the replay in the chain."""
     me = os.urandom(16)
     route = b"publisher-1"
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         async with raw_context() as ctx, shoal.open_publisher(
                 reliable=True, bind=LOOPBACK, history=1) as pub:
             for topic, body in (("room/1", b"old"), ("room/1", b"last"), ("other", b"x")):

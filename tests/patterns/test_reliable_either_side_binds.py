@@ -8,7 +8,7 @@ Network safety: loopback only. Endpoints are ``tcp://127.0.0.1:*`` or ``ipc://``
 under the test's ``tmp_path``; the peers that are SIGKILLed (``tests/support/peer.py``)
 run under the same rules and are killed in a ``finally``. Never mDNS.
 
-Every I/O test runs under ``trio.fail_after`` so a lost wake-up fails instead of hanging.
+Every I/O test runs under ``anyio.fail_after`` so a lost wake-up fails instead of hanging.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-import trio
-import trio.testing
 import zmq
 
 import shoal
@@ -42,7 +41,9 @@ from support.delivery import (
 from support.endpoints import bind_address
 from support.peers import puller_process, subscriber_process
 from support.raw import raw_receive, raw_socket
-from support.waiting import eventually
+from support.waiting import eventually, wait_all_tasks_blocked
+
+pytestmark = pytest.mark.anyio
 
 LOOPBACK = "tcp://127.0.0.1:*"
 
@@ -51,7 +52,7 @@ async def settle_push(push: ReliablePusher, acked: int) -> None:
     """Wait until ``push`` has read acknowledgements of ``acked`` items. An idle pusher
     reads them only when something waits on it: ``wait_acked`` is that something."""
     while push.statistics().acked < acked:
-        with trio.move_on_after(0.01):
+        with anyio.move_on_after(0.01):
             await push.wait_acked()
 
 
@@ -63,7 +64,7 @@ async def test_pullers_that_connect_to_a_bound_pusher_get_each_item_once(
         transport: str, tmp_path: Path) -> None:
     n = 2000
     got: list[list[Any]] = [[], [], []]
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with shoal.open_pusher(bind=bind_address(transport, tmp_path, "push"),
                                      reliable=True) as push:
             ep = push.endpoints
@@ -71,7 +72,7 @@ async def test_pullers_that_connect_to_a_bound_pusher_get_each_item_once(
                 shoal.open_puller(connect=ep, reliable=True) as p0,
                 shoal.open_puller(connect=ep, reliable=True) as p1,
                 shoal.open_puller(connect=ep, reliable=True, manual_ack=True) as p2,
-                trio.open_nursery() as nursery,
+                anyio.create_task_group() as nursery,
             ):
                 async def acking(into: list[Any]) -> None:
                     async for item in p2:
@@ -105,13 +106,13 @@ async def test_a_puller_that_connected_and_closes_hands_its_unfinished_items_on(
     a_seen: list[int] = []
     b_seen: list[int] = []
     a_held = -1
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         # rto long: nothing is retransmitted on a timer, only because A went away
         async with (
             shoal.open_pusher(bind=LOOPBACK, reliable=True, rto=30) as push,
             shoal.open_puller(connect=push.endpoints, reliable=True) as a,
             shoal.open_puller(connect=push.endpoints, reliable=True) as b,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             async def run_a() -> None:
                 nonlocal a_held
@@ -149,15 +150,15 @@ async def test_a_killed_puller_process_that_connected_loses_nothing() -> None:
     n = 400
     b_seen: list[int] = []
     a_seen: list[int] = []
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with (
             shoal.open_pusher(bind=LOOPBACK, reliable=True, rto=30) as push,
             puller_process("--connect", push.endpoints[0], "--stall-after", "15") as proc,
             shoal.open_puller(connect=push.endpoints, reliable=True) as b,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             stalled: dict[str, Any] = {}
-            stall = trio.Event()
+            stall = anyio.Event()
 
             async def follow_a() -> None:
                 while (line := await proc.line())["event"] != "stalled":
@@ -172,7 +173,7 @@ async def test_a_killed_puller_process_that_connected_loses_nothing() -> None:
             await stall.wait()
             assert stalled["finished"] == len(a_seen) - 1 == 14
             while push.statistics().acked < stalled["finished"] + len(b_seen):
-                with trio.move_on_after(0.01):
+                with anyio.move_on_after(0.01):
                     await push.wait_acked()
             pending = push.statistics().in_flight
             assert pending >= stalled["held"] >= 1
@@ -196,14 +197,14 @@ async def test_pushers_and_pullers_may_each_bind_some_endpoints_and_connect_to_o
     n = 300
     got_p: list[Any] = []
     got_q: list[Any] = []
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with (
             shoal.open_pusher(bind=f"ipc://{tmp_path}/y", reliable=True) as y,
             shoal.open_puller(bind=LOOPBACK, connect=y.endpoints, reliable=True) as q,
             shoal.open_pusher(bind=f"ipc://{tmp_path}/x", connect=q.endpoints,
                               reliable=True) as x,
             shoal.open_puller(connect=x.endpoints, reliable=True) as p,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             nursery.start_soon(drain, p, got_p)
             nursery.start_soon(drain, q, got_q)
@@ -234,7 +235,7 @@ async def test_a_puller_says_hello_and_tags_its_acknowledgements_with_the_pusher
     endpoint = raw.getsockopt_string(zmq.LAST_ENDPOINT)
     item = encode(Kind.PUSH, b"", "job", sender=b"raw-reliable-psh", epoch=5, stream=9,
                   seq=0, timestamp_ns=0, correlation=0)
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with shoal.open_puller(connect=endpoint, reliable=True, context=zctx) as pull:
             route, hello = await raw_receive(raw)
             raw.send_multipart([route, item], zmq.NOBLOCK)
@@ -261,7 +262,7 @@ async def test_an_acknowledgement_tagged_for_another_stream_is_ignored() -> None
         return encode(Kind.ACK, b"", [done, done], sender=b"raw-reliable-pul", epoch=1,
                       stream=1, seq=0, timestamp_ns=0, correlation=correlation)
 
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         async with shoal.open_pusher(connect="tcp://127.0.0.1:1", reliable=True) as push:
             for i in range(3):
                 push.send_nowait(i)
@@ -282,7 +283,7 @@ async def test_acknowledgements_for_a_pusher_restarted_at_the_endpoint_finish_no
     (its route) comes back to it. The puller then finishes the old items: those
     acknowledgements reach the new pusher, whose items 0, 1, 2 they must not finish."""
     endpoint = f"ipc://{tmp_path}/push"
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with shoal.open_puller(connect=endpoint, reliable=True, manual_ack=True) as pull:
             async with shoal.open_pusher(bind=endpoint, reliable=True) as old:
                 for i in range(3):
@@ -318,19 +319,19 @@ async def test_a_bound_pusher_reopened_on_its_outbox_finishes_with_the_puller_th
     n = 30
     got_a: list[Any] = []
     got_b: list[Any] = []
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with shoal.open_puller(connect=endpoint, reliable=True) as a:
             async with shoal.open_pusher(bind=endpoint, reliable=True, outbox=path) as first:
                 for i in range(n):
                     await first.send(i)
                 while first.statistics().sent < n:
-                    with trio.move_on_after(0.01):
+                    with anyio.move_on_after(0.01):
                         await first.wait_acked()
             assert count_items(path) == n  # nothing heard done
             async with (
                 shoal.open_pusher(bind=endpoint, reliable=True, outbox=path) as again,
                 shoal.open_puller(connect=endpoint, reliable=True) as b,
-                trio.open_nursery() as nursery,
+                anyio.create_task_group() as nursery,
             ):
                 restored = again.statistics().restored
                 nursery.start_soon(drain, a, got_a)
@@ -362,7 +363,7 @@ async def test_publishers_that_connect_to_bound_subscribers_deliver_once_in_orde
     topics = ("a/x", "a/y", "b/z", "c/w", "a/x/deep")
     got1: Got = []
     got2: Got = []
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with (
             shoal.open_subscriber(bind=bind_address(transport, tmp_path, "s1"), topics=p1,
                                   reliable=True) as s1,
@@ -370,7 +371,7 @@ async def test_publishers_that_connect_to_bound_subscribers_deliver_once_in_orde
                                   reliable=True) as s2,
             shoal.open_publisher(connect=s1.endpoints + s2.endpoints, reliable=True) as one,
             shoal.open_publisher(connect=s1.endpoints + s2.endpoints, reliable=True) as two,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             await one.wait_for_subscribers(2)
             await two.wait_for_subscribers(2)
@@ -407,11 +408,11 @@ async def test_publications_lost_on_the_way_to_a_bound_subscriber_are_repaired_i
     n = 300
     got: Got = []
     lost: set[int] = set()
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with (
             shoal.open_subscriber(bind=LOOPBACK, reliable=True) as sub,
             shoal.open_publisher(connect=sub.endpoints, reliable=True, rto=0.05) as pub,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             sock = pub._sock
             real_send = Socket.send_to_nowait
@@ -453,7 +454,7 @@ async def test_a_subscriber_restarted_at_its_endpoint_replaces_its_old_book(
     is published once it is known, in order."""
     endpoint = f"ipc://{tmp_path}/sub"
     window = 8
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with shoal.open_publisher(connect=endpoint, reliable=True, window=window,
                                         grace=60) as pub:
             async with subscriber_process("--bind", endpoint) as first:
@@ -467,7 +468,7 @@ async def test_a_subscriber_restarted_at_its_endpoint_replaces_its_old_book(
                 await first.proc.wait()
                 for i in range(window):  # nobody acknowledges these: the window fills
                     pub.publish_nowait("t", ("lost", i))
-                with pytest.raises(trio.WouldBlock):
+                with pytest.raises(anyio.WouldBlock):
                     pub.publish_nowait("t", "one too many")
             async with subscriber_process("--bind", endpoint) as second:
                 await eventually(lambda: pub.statistics().dropped_subscribers == 1)
@@ -491,14 +492,14 @@ async def test_subscribers_and_publishers_may_each_bind_some_endpoints_and_conne
     n = 200
     got_s: Got = []
     got_t: Got = []
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with (
             shoal.open_publisher(bind=LOOPBACK, reliable=True) as x,
             shoal.open_subscriber(bind=f"ipc://{tmp_path}/s", connect=x.endpoints,
                                   reliable=True) as s,
             shoal.open_publisher(bind=LOOPBACK, connect=s.endpoints, reliable=True) as y,
             shoal.open_subscriber(connect=y.endpoints, reliable=True) as t,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             await x.wait_for_subscribers(1)
             await y.wait_for_subscribers(2)
@@ -523,10 +524,10 @@ async def test_a_publisher_restarted_while_connected_to_a_bound_subscriber() -> 
     subscriber introduces itself to the new one and takes its stream from the start;
     sends to the route of the one that left fail and it is forgotten."""
     got: Got = []
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with (
             shoal.open_subscriber(bind=LOOPBACK, reliable=True, heartbeat=0.2) as sub,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             nursery.start_soon(collect, sub, got)
             for name in ("first", "second"):
@@ -578,7 +579,7 @@ async def test_subscriber_hello_is_malformed_where_no_publisher_can_connect(
     raw = raw_socket(zctx, zmq.ROUTER)
     raw.bind(LOOPBACK)
     endpoint = raw.getsockopt_string(zmq.LAST_ENDPOINT)
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with shoal.open_subscriber(bind=LOOPBACK, connect=endpoint, reliable=True,
                                          context=zctx) as sub:
             route, _ack = await raw_receive(raw)  # its introduction
@@ -597,11 +598,11 @@ async def test_what_a_bound_subscriber_reads_for_itself_reaches_a_receive_alread
     """The application waits in ``receive``; the subscriber's own task (reading hellos)
     takes a publication off the socket before the application's task runs: the
     waiting receive must return it, not wait on the socket again."""
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with (
             shoal.open_subscriber(bind=LOOPBACK, reliable=True, heartbeat=30) as sub,
             shoal.open_publisher(connect=sub.endpoints, reliable=True) as pub,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             await pub.wait_for_subscribers(1)
             got: list[Any] = []
@@ -610,7 +611,7 @@ async def test_what_a_bound_subscriber_reads_for_itself_reaches_a_receive_alread
                 got.append((await sub.receive()).body)
 
             nursery.start_soon(app)
-            await trio.testing.wait_all_tasks_blocked()  # the application waits
+            await wait_all_tasks_blocked()  # the application waits
             pub.publish_nowait("t", "first")
             for _ in range(5000):  # the subscriber's task reads, the application cannot run
                 sub._take_hellos()
@@ -629,7 +630,7 @@ async def test_a_held_item_sent_again_on_another_connection_is_finished_there(
     acknowledgement goes where it came from last, where its pusher now is."""
     item = encode(Kind.PUSH, b"", "job", sender=b"raw-reliable-psh", epoch=3, stream=1,
                   seq=0, timestamp_ns=0, correlation=0)
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with shoal.open_puller(bind=LOOPBACK, reliable=True, manual_ack=True,
                                      context=zctx) as pull:
             before, after = raw_socket(zctx, zmq.DEALER), raw_socket(zctx, zmq.DEALER)
@@ -639,9 +640,9 @@ async def test_a_held_item_sent_again_on_another_connection_is_finished_there(
             delivery = await pull.receive()
             after.send(item, zmq.NOBLOCK)  # the copy: received, not delivered again
             while pull.statistics().duplicates == 0:
-                with pytest.raises(trio.WouldBlock):
+                with pytest.raises(anyio.WouldBlock):
                     pull.receive_nowait()  # reads the socket
-                await trio.sleep(0.005)
+                await anyio.sleep(0.005)
             await delivery.ack()
             done_after: list[int] = []
             while not done_after:

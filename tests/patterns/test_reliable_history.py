@@ -1,14 +1,17 @@
 """Reliable pub/sub history: a late joiner gets the last publications of each topic
 first, at least once like everything else (sent again when lost), then the live
 stream in order, with nothing twice and nothing missing at the seam. Loopback only,
-every test under ``trio.fail_after``."""
+every test under ``anyio.fail_after``."""
 
 from __future__ import annotations
 
-import trio
+import anyio
+import pytest
 
 from shoal import Message
 from shoal.patterns import open_publisher, open_subscriber
+
+pytestmark = pytest.mark.anyio
 
 LOOPBACK = "tcp://127.0.0.1:*"
 TOPICS = ("sensors/a", "sensors/b", "sensors/c")
@@ -22,7 +25,7 @@ def by_topic(msgs: list[Message]) -> dict[str, list[Message]]:
 
 
 async def test_a_late_reliable_subscriber_gets_the_last_five_of_each_topic_then_live() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_publisher(bind=LOOPBACK, reliable=True, history=5) as pub:
             for i in range(100):
                 for t in TOPICS:
@@ -48,12 +51,12 @@ async def test_the_reliable_seam_holds_while_the_publisher_keeps_publishing() ->
     """Subscribers join one after another while three topics are published without
     pause: each gets 5 replayed per topic, then live ones that continue them with no
     duplicate and no hole (the bodies count per topic)."""
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with open_publisher(bind=LOOPBACK, reliable=True, history=5) as pub:
             for i in range(100):
                 for t in TOPICS:
                     await pub.publish(t, i)
-            stop = trio.Event()
+            stop = anyio.Event()
 
             async def keep_publishing() -> None:
                 i = 100
@@ -62,12 +65,12 @@ async def test_the_reliable_seam_holds_while_the_publisher_keeps_publishing() ->
                         await pub.publish(t, i)
                     i += 1
                     if i % 20 == 0:
-                        await trio.sleep(0.0005)
+                        await anyio.sleep(0.0005)
 
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(keep_publishing)
                 for _ in range(5):
-                    await trio.sleep(0.005)
+                    await anyio.sleep(0.005)
                     async with open_subscriber(connect=pub.endpoints[0], reliable=True,
                                                topics=["sensors/"]) as sub:
                         got: list[Message] = []
@@ -87,7 +90,7 @@ async def test_a_replay_that_overflows_the_pipe_is_sent_again_until_complete() -
     """A replay far larger than the connection's high-water mark: what the pipe
     refused is sent again as the subscriber acknowledges, in order, all of it."""
     n = 2000
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with open_publisher(bind=LOOPBACK, reliable=True, history=1,
                                   high_water_mark=20, rto=0.05) as pub:
             await pub.publish_many([(f"dev/{i}", i) for i in range(n)])
@@ -102,7 +105,7 @@ async def test_a_replay_that_overflows_the_pipe_is_sent_again_until_complete() -
 
 
 async def test_history_zero_and_depth_and_patterns_choose_what_is_replayed() -> None:
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         async with open_publisher(bind=LOOPBACK, reliable=True, history=3) as pub:
             for t in ("site/a/temp", "site/a/hum", "site/b/temp"):
                 for i in range(3):
@@ -113,7 +116,7 @@ async def test_history_zero_and_depth_and_patterns_choose_what_is_replayed() -> 
                     open_subscriber(connect=ep, reliable=True,
                                     topics=["site/*/temp"]) as temps:
                 await pub.wait_for_subscribers(3)
-                with trio.move_on_after(0.2):
+                with anyio.move_on_after(0.2):
                     await none.receive()
                     raise AssertionError("history=0 was replayed to")
                 got_last = [await last.receive() for _ in range(3)]
@@ -134,7 +137,7 @@ async def test_history_zero_and_depth_and_patterns_choose_what_is_replayed() -> 
 async def test_a_subscriber_that_binds_gets_its_replay_too() -> None:
     """The publisher connects and says hello; the subscriber's answer opens its book,
     which starts with the value published before."""
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_subscriber(bind=LOOPBACK, reliable=True) as sub, \
                 open_publisher(connect=sub.endpoints[0], reliable=True, history=1) as pub:
             await pub.publish("setpoint", 21.0)

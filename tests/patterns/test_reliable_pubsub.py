@@ -1,7 +1,7 @@
 """Reliable publish/subscribe: the sans-I/O books and chains over a simulated lossy link,
 then the real thing over loopback sockets, then by channel between nodes.
 
-Theory of the core tests: the real ``FanoutSender`` and ``ChainReceiver``, no trio and
+Theory of the core tests: the real ``FanoutSender`` and ``ChainReceiver``, no loop and
 no sockets. A discrete-event simulation (virtual clock, a heap of timed events) wires
 one publisher to one to three subscribers with different prefixes. Every data link
 (publisher -> subscriber) and every ack link (subscriber -> publisher) drops,
@@ -22,7 +22,7 @@ Network safety for the I/O tests: loopback only. Explicit endpoints are
 ``tcp://127.0.0.1:*``; nodes use ``Static`` discovery on 127.0.0.1; the subscriber that
 is SIGKILLed runs in a subprocess (``tests/support/peer.py``) under the same rules and
 is killed in a ``finally`` whatever happens. Never mDNS. Every I/O test runs under
-``trio.fail_after`` so a lost wake-up fails instead of hanging.
+``anyio.fail_after`` so a lost wake-up fails instead of hanging.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import pytest
-import trio
 import zmq
 
 import shoal
@@ -62,7 +62,9 @@ from support.lossy import Clock, Link, LinkParams
 from support.nodes import open_test_node, pair
 from support.peers import subscriber_process
 from support.sweeps import chunks
-from support.waiting import eventually
+from support.waiting import eventually, wait_all_tasks_blocked
+
+pytestmark = pytest.mark.anyio
 
 LOOPBACK = "tcp://127.0.0.1:*"
 STREAM = ("publisher", 1, 0)
@@ -723,12 +725,12 @@ async def test_two_subscribers_each_get_exactly_their_publications_once_in_order
     got2: Got = []
     published = [(TOPIC_CYCLE[i % len(TOPIC_CYCLE)], {"i": i, "pad": "x" * (i % 40)})
                  for i in range(n)]
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with (
             shoal.open_publisher(bind=LOOPBACK, reliable=True) as pub,
             shoal.open_subscriber(connect=pub.endpoints, topics=p1, reliable=True) as s1,
             shoal.open_subscriber(connect=pub.endpoints, topics=p2, reliable=True) as s2,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             await pub.wait_for_subscribers(2)
             assert pub.subscribers == 2
@@ -761,7 +763,7 @@ async def test_two_subscribers_each_get_exactly_their_publications_once_in_order
 
 async def test_publications_before_a_subscriber_is_known_are_not_kept_for_it() -> None:
     got: Got = []
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with shoal.open_publisher(bind=LOOPBACK, reliable=True) as pub:
             for i in range(10):
                 pub.publish_nowait("t", ("early", i))
@@ -769,7 +771,7 @@ async def test_publications_before_a_subscriber_is_known_are_not_kept_for_it() -
             assert pub.statistics().in_flight == 0
             async with (
                 shoal.open_subscriber(connect=pub.endpoints, reliable=True) as sub,
-                trio.open_nursery() as nursery,
+                anyio.create_task_group() as nursery,
             ):
                 nursery.start_soon(collect, sub, got)
                 await pub.wait_for_subscribers(1)
@@ -783,7 +785,7 @@ async def test_publications_before_a_subscriber_is_known_are_not_kept_for_it() -
 async def test_a_subscriber_that_does_not_read_blocks_the_publisher_at_its_window() -> None:
     window = 16
     got: Got = []
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with (
             shoal.open_publisher(bind=LOOPBACK, reliable=True, window=window,
                                  high_water_mark=4, rto=0.05) as pub,
@@ -793,7 +795,7 @@ async def test_a_subscriber_that_does_not_read_blocks_the_publisher_at_its_windo
             await pub.wait_for_subscribers(1)
             for i in range(window):
                 pub.publish_nowait("t", i)
-            with pytest.raises(trio.WouldBlock):
+            with pytest.raises(anyio.WouldBlock):
                 pub.publish_nowait("t", window)
             returned = False
 
@@ -802,7 +804,7 @@ async def test_a_subscriber_that_does_not_read_blocks_the_publisher_at_its_windo
                 await pub.publish("t", window)
                 returned = True
 
-            async with trio.open_nursery() as blocked:
+            async with anyio.create_task_group() as blocked:
                 blocked.start_soon(one_more)
                 # the publisher sends the whole window again after rto: still unread,
                 # so still no room (the publish above waits on)
@@ -812,7 +814,7 @@ async def test_a_subscriber_that_does_not_read_blocks_the_publisher_at_its_windo
             st = pub.statistics()
             assert (st.published, st.in_flight, st.acked) == (window, window, 0)
             assert st.retransmitted >= window  # sent again after rto; still not read
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(collect, sub, got)  # the application reads again
                 for i in range(window, 3 * window):
                     await pub.publish("t", i)
@@ -827,14 +829,14 @@ async def test_a_subscriber_that_does_not_read_blocks_the_publisher_at_its_windo
 
 async def test_a_subscriber_that_closes_says_bye_and_is_forgotten_at_once() -> None:
     window = 8
-    with trio.fail_after(10):  # far below grace: only the goodbye can explain it
+    with anyio.fail_after(10):  # far below grace: only the goodbye can explain it
         async with shoal.open_publisher(bind=LOOPBACK, reliable=True, window=window,
                                         grace=60) as pub:
             async with shoal.open_subscriber(connect=pub.endpoints, reliable=True):
                 await pub.wait_for_subscribers(1)
                 for i in range(window):  # it does not read: the window fills
                     pub.publish_nowait("t", i)
-                with pytest.raises(trio.WouldBlock):
+                with pytest.raises(anyio.WouldBlock):
                     pub.publish_nowait("t", "one too many")
             await eventually(lambda: pub.subscribers == 0)
             st = pub.statistics()
@@ -849,13 +851,13 @@ async def test_a_killed_subscriber_is_dropped_after_grace_and_publishing_resumes
     window = 32
     grace = 1.5
     got: Got = []
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with (
             shoal.open_publisher(bind=LOOPBACK, reliable=True, window=window,
                                  grace=grace) as pub,
             shoal.open_subscriber(connect=pub.endpoints, reliable=True) as live,
             subscriber_process("--connect", pub.endpoints[0]) as proc,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             nursery.start_soon(collect, live, got)
             await pub.wait_for_subscribers(2)
@@ -891,15 +893,15 @@ async def test_subscribe_and_unsubscribe_at_runtime_change_what_arrives() -> Non
         while True:
             k = next(probes)
             await pub.publish(topic, k)
-            with trio.move_on_after(0.05):
+            with anyio.move_on_after(0.05):
                 await arrival(got, (topic, k))
                 return
 
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with (
             shoal.open_publisher(bind=LOOPBACK, reliable=True) as pub,
             shoal.open_subscriber(connect=pub.endpoints, topics=["a/"], reliable=True) as sub,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             nursery.start_soon(collect, sub, got)
             await pub.wait_for_subscribers(1)
@@ -928,7 +930,7 @@ async def test_subscribe_and_unsubscribe_at_runtime_change_what_arrives() -> Non
             for k in itertools.count():
                 await pub.publish("a/probe", k)
                 await pub.publish("b/mark", k)
-                with trio.move_on_after(0.05):
+                with anyio.move_on_after(0.05):
                     await arrival(got, ("b/mark", k))
                 if ("b/mark", k) in got and ("a/probe", k) not in got:
                     break
@@ -951,13 +953,13 @@ async def test_publications_lost_at_the_routers_high_water_mark_are_resent_in_or
     got1: Got = []
     got2: Got = []
     published = [(TOPIC_CYCLE[i % len(TOPIC_CYCLE)], i) for i in range(n)]
-    with trio.fail_after(40):
+    with anyio.fail_after(40):
         async with (
             shoal.open_publisher(bind=LOOPBACK, reliable=True, high_water_mark=16, window=64,
                                  rto=0.02) as pub,
             shoal.open_subscriber(connect=pub.endpoints, topics=p1, reliable=True) as s1,
             shoal.open_subscriber(connect=pub.endpoints, topics=p2, reliable=True) as s2,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             await pub.wait_for_subscribers(2)
             nursery.start_soon(collect, s1, got1)
@@ -981,7 +983,7 @@ async def test_publications_lost_at_the_routers_high_water_mark_are_resent_in_or
 
 
 async def test_misuse_is_refused_with_local_protocol_error() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         with pytest.raises(LocalProtocolError, match="bind='tcp"):
             async with shoal.open_subscriber(reliable=True):  # nowhere to listen or go
                 pass
@@ -1013,13 +1015,13 @@ async def test_misuse_is_refused_with_local_protocol_error() -> None:
 
 
 async def test_a_publisher_grace_of_one_and_a_half_seconds_is_accepted() -> None:
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         async with shoal.open_publisher(bind=LOOPBACK, reliable=True, grace=1.5) as pub:
             assert pub.statistics().subscribers == 0
 
 
 async def test_a_subscriber_heartbeat_of_two_seconds_is_accepted() -> None:
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         async with (
             shoal.open_publisher(bind=LOOPBACK, reliable=True, grace=10) as pub,
             shoal.open_subscriber(connect=pub.endpoints, reliable=True, heartbeat=2.0),
@@ -1028,7 +1030,7 @@ async def test_a_subscriber_heartbeat_of_two_seconds_is_accepted() -> None:
 
 
 async def test_a_fractional_window_is_refused() -> None:
-    with trio.fail_after(5), pytest.raises(LocalProtocolError):
+    with anyio.fail_after(5), pytest.raises(LocalProtocolError):
         async with shoal.open_publisher(bind=LOOPBACK, reliable=True,
                                         window=1.5):  # type: ignore[call-overload]
             pass
@@ -1053,11 +1055,11 @@ async def test_garbage_at_either_end_is_dropped_and_counted_and_good_traffic_flo
     try:
         router.bind(LOOPBACK)
         fake = router.getsockopt_string(zmq.LAST_ENDPOINT)
-        with trio.fail_after(20):
+        with anyio.fail_after(20):
             async with (
                 shoal.open_publisher(bind=LOOPBACK, reliable=True) as pub,
                 shoal.open_subscriber(connect=[fake, *pub.endpoints], reliable=True) as sub,
-                trio.open_nursery() as nursery,
+                anyio.create_task_group() as nursery,
             ):
                 nursery.start_soon(collect, sub, got)
                 dealer.connect(pub.endpoints[0])
@@ -1079,7 +1081,7 @@ async def test_garbage_at_either_end_is_dropped_and_counted_and_good_traffic_flo
                         sub_id, _hello = router.recv_multipart(zmq.NOBLOCK)
                         break
                     except zmq.Again:
-                        await trio.sleep(0.01)
+                        await anyio.sleep(0.01)
                 valid = ack_frame("x", kind=Kind.PUBLISH)
                 to_subscriber: list[list[bytes]] = [
                     [b"garbage"],
@@ -1095,7 +1097,7 @@ async def test_garbage_at_either_end_is_dropped_and_counted_and_good_traffic_flo
                 await settle_subscribers(pub, (got, n))
                 await eventually(lambda: pub.statistics().malformed >= len(to_publisher)
                                  and sub.statistics().malformed >= len(to_subscriber))
-                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+                await wait_all_tasks_blocked(cushion=0.05)
                 pst, sst = pub.statistics(), sub.statistics()
                 nursery.cancel_scope.cancel()
     finally:
@@ -1119,13 +1121,13 @@ async def test_nodes_deliver_a_channel_reliably_to_a_remote_and_a_local_subscrib
     remote: Got = []
     local: Got = []
     published = [(("x/", "y/")[i % 2] + str(i % 7), i) for i in range(n)]
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with (
             pair() as (a, b),
             a.open_publisher("feed", reliable=True) as pub,
             b.open_subscriber("feed", topics=["x/"], reliable=True) as rs,
             a.open_subscriber("feed", reliable=True) as ls,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             nursery.start_soon(collect, rs, remote)
             nursery.start_soon(collect, ls, local)
@@ -1146,12 +1148,12 @@ async def test_a_subscriber_node_opened_later_gets_what_follows_wait_for_subscri
 ) -> None:
     first: Got = []
     later: Got = []
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with (
             pair() as (a, b),
             a.open_publisher("feed", reliable=True) as pub,
             b.open_subscriber("feed", reliable=True) as s1,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             with pytest.raises(LocalProtocolError):
                 a.open_publisher("feed2", reliable=True, window=0)
@@ -1192,7 +1194,7 @@ async def test_a_subscriber_that_drains_a_full_pipe_gets_each_publication_about_
     was sent again."""
     n = 3000
     got: Got = []
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with (
             shoal.open_publisher(bind=LOOPBACK, reliable=True, high_water_mark=16,
                                  window=n, rto=30.0) as pub,
@@ -1202,8 +1204,8 @@ async def test_a_subscriber_that_drains_a_full_pipe_gets_each_publication_about_
             await pub.wait_for_subscribers(1)
             for i in range(n):
                 pub.publish_nowait("t", i)
-            await trio.sleep(0.2)  # the pipe fills; the publisher holds the rest back
-            async with trio.open_nursery() as nursery:
+            await anyio.sleep(0.2)  # the pipe fills; the publisher holds the rest back
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(collect, sub, got)
                 await settle_subscribers(pub, (got, n))
                 nursery.cancel_scope.cancel()

@@ -7,7 +7,7 @@ paths under the test's ``tmp_path``; nodes use ``Static`` discovery on 127.0.0.1
 pullers that are SIGKILLed run in a subprocess (``tests/support/peer.py``) under the
 same rules and are killed in a ``finally`` whatever happens. Never mDNS.
 
-Every I/O test runs under ``trio.fail_after`` so a lost wake-up fails instead of hanging.
+Every I/O test runs under ``anyio.fail_after`` so a lost wake-up fails instead of hanging.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import anyio.to_thread
 import pytest
 import trio
 import trio.testing
@@ -35,10 +39,13 @@ from shoal.errors import ClosedError, DeliveryFailed, EncodeError, LocalProtocol
 from shoal.patterns import Delivery, ReliablePusher, ReliablePusherStatistics
 from support.delivery import drain, warm_up
 from support.endpoints import bind_address, free_port
+from support.loops import FrozenClockLoop
 from support.nodes import FAST, open_test_node, pair
 from support.peers import PeerProcess, node_process, puller_process
 from support.raw import expected_reasons, garbage, raw_receive, raw_socket
-from support.waiting import eventually
+from support.waiting import eventually, wait_all_tasks_blocked
+
+pytestmark = pytest.mark.anyio
 
 LOOPBACK = "tcp://127.0.0.1:*"
 
@@ -56,12 +63,12 @@ async def settle(push: ReliablePusher, condition: Callable[[ReliablePusherStatis
     """Wait until the pusher's statistics satisfy ``condition``. An idle pusher reads
     acknowledgements only when something waits on it: ``wait_acked`` is that something."""
     while not condition(st := push.statistics()):
-        with trio.move_on_after(0.01):
+        with anyio.move_on_after(0.01):
             await push.wait_acked()
     return st
 
 
-async def follow_pulled(proc: PeerProcess, into: list[Any], ended: trio.Event) -> None:
+async def follow_pulled(proc: PeerProcess, into: list[Any], ended: anyio.Event) -> None:
     """Collect the bodies ``proc`` reports pulling, until its stdout ends (it died: the
     pipe still hands over what it wrote before)."""
     while True:
@@ -82,7 +89,7 @@ async def test_each_item_reaches_exactly_one_application_once(
         transport: str, tmp_path: Path) -> None:
     n = 2000
     got: list[list[Any]] = [[], [], []]
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with (
             shoal.open_puller(bind=bind_address(transport, tmp_path, "p0"),
                               reliable=True) as p0,
@@ -92,7 +99,7 @@ async def test_each_item_reaches_exactly_one_application_once(
                               reliable=True) as p2,
             shoal.open_pusher(connect=p0.endpoints + p1.endpoints + p2.endpoints,
                               reliable=True) as push,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             pullers = (p0, p1, p2)
             for p, into in zip(pullers, got, strict=True):
@@ -126,12 +133,12 @@ async def test_two_pushers_to_one_puller_are_two_streams_not_duplicates() -> Non
     """Both pushers number their items from 0: the puller tells them apart by stream."""
     n = 300
     got: list[Any] = []
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         async with (
             shoal.open_puller(bind=LOOPBACK, reliable=True) as pull,
             shoal.open_pusher(connect=pull.endpoints, reliable=True) as one,
             shoal.open_pusher(connect=pull.endpoints, reliable=True) as two,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             nursery.start_soon(drain, pull, got)
             for i in range(n):
@@ -146,7 +153,7 @@ async def test_two_pushers_to_one_puller_are_two_streams_not_duplicates() -> Non
 
 
 async def test_headers_and_envelope_arrive_with_the_item() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with (
             shoal.open_puller(bind=LOOPBACK, reliable=True) as pull,
             shoal.open_pusher(connect=pull.endpoints, reliable=True) as push,
@@ -157,7 +164,7 @@ async def test_headers_and_envelope_arrive_with_the_item() -> None:
             second = await pull.receive()
             # asking for the second finished the first; the second is in hand
             assert pull.statistics().held == 1
-            with pytest.raises(trio.WouldBlock):
+            with pytest.raises(anyio.WouldBlock):
                 pull.receive_nowait()
             assert pull.statistics().held == 0
             await wait_acked(push)
@@ -176,7 +183,7 @@ async def test_headers_and_envelope_arrive_with_the_item() -> None:
 
 async def test_a_full_window_blocks_send_and_a_cancelled_send_takes_nothing() -> None:
     window = 4
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         # rto long: nothing is retransmitted while the puller does not read
         async with (
             shoal.open_puller(bind=LOOPBACK, reliable=True) as pull,
@@ -185,7 +192,7 @@ async def test_a_full_window_blocks_send_and_a_cancelled_send_takes_nothing() ->
         ):
             for i in range(window):
                 push.send_nowait(i)
-            with pytest.raises(trio.WouldBlock):
+            with pytest.raises(anyio.WouldBlock):
                 push.send_nowait("refused")
             sent_while_blocked = False
 
@@ -194,7 +201,7 @@ async def test_a_full_window_blocks_send_and_a_cancelled_send_takes_nothing() ->
                 await push.send("cancelled")
                 sent_while_blocked = True
 
-            with trio.move_on_after(0.3) as scope:
+            with anyio.move_on_after(0.3) as scope:
                 await blocked_send()
             assert scope.cancelled_caught
             assert not sent_while_blocked
@@ -203,12 +210,12 @@ async def test_a_full_window_blocks_send_and_a_cancelled_send_takes_nothing() ->
 
             # the puller reads: room again, and a waiting send goes through
             got = [(await pull.receive()).body for _ in range(window)]
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(blocked_send)
                 # items are done when the next is asked for: ask
                 got.append((await pull.receive()).body)
             assert sent_while_blocked
-            with pytest.raises(trio.WouldBlock):
+            with pytest.raises(anyio.WouldBlock):
                 pull.receive_nowait()  # marks the last one done; nothing else came
             await wait_acked(push)
             st = push.statistics()
@@ -217,11 +224,12 @@ async def test_a_full_window_blocks_send_and_a_cancelled_send_takes_nothing() ->
 
 
 def block_the_event_loop(seconds: float) -> None:
-    """Sleep without letting trio run anything (to stage a race deterministically)."""
+    """Sleep without letting the event loop run anything (to stage a race
+    deterministically)."""
     time.sleep(seconds)
 
 
-def read_acks_behind_trios_back(push: ReliablePusher) -> None:
+def read_acks_behind_the_loops_back(push: ReliablePusher) -> None:
     """Make the pusher read its acknowledgements now, in this task, without a
     checkpoint (so no waiting task runs meanwhile): ``send_nowait`` with a full window
     reads them first, then refuses the unencodable body. Blocks until one is read.
@@ -236,7 +244,7 @@ def read_acks_behind_trios_back(push: ReliablePusher) -> None:
         time.sleep(0.05)
         try:
             push.send_nowait(object())
-        except (trio.WouldBlock, EncodeError):
+        except (anyio.WouldBlock, EncodeError):
             pass
 
 
@@ -246,12 +254,12 @@ async def test_wait_acked_wakes_when_another_task_reads_the_last_ack() -> None:
     socket until the next retransmission deadline, or forever once the items were
     received; in the wild the reader was the pusher's own timer task.)"""
     returned = False
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         async with (
             shoal.open_puller(bind=LOOPBACK, reliable=True, manual_ack=True) as pull,
             shoal.open_pusher(connect=pull.endpoints, reliable=True, window=1,
                               rto=30) as push,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             await push.send("x")
             item = await pull.receive()
@@ -262,11 +270,11 @@ async def test_wait_acked_wakes_when_another_task_reads_the_last_ack() -> None:
                 returned = True
 
             nursery.start_soon(waiter)
-            await trio.testing.wait_all_tasks_blocked()  # parked on the socket
+            await wait_all_tasks_blocked()  # parked on the socket
             item.ack_nowait()
-            read_acks_behind_trios_back(push)
+            read_acks_behind_the_loops_back(push)
             assert push.statistics().in_flight == 0
-            await trio.testing.wait_all_tasks_blocked()
+            await wait_all_tasks_blocked()
             finished = returned
             nursery.cancel_scope.cancel()
     assert finished, "wait_acked still waits with nothing in flight"
@@ -276,34 +284,35 @@ async def test_wait_acked_wakes_when_the_ack_is_read_just_before_it_runs() -> No
     """The acknowledgement lands and wakes the task in ``wait_acked`` (parked on the
     socket); before that task runs, another task of the same pusher reads the
     acknowledgement and interrupts the socket's waiters. The waiter must still look
-    again. Which of the two runs first is trio's coin toss, so the scene is played
-    up to 20 times: with the bug, one of them hangs (chance of missing it: 1e-6)."""
-    with trio.fail_after(20):
+    again. Which of the two runs first is the scheduler's coin toss, so the scene is
+    played up to 20 times: with the bug, one of them hangs (chance of missing it:
+    1e-6)."""
+    with anyio.fail_after(20):
         async with (
             shoal.open_puller(bind=LOOPBACK, reliable=True, manual_ack=True) as pull,
             shoal.open_pusher(connect=pull.endpoints, reliable=True, window=1,
                               rto=30) as push,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             for round_ in range(20):
                 await push.send(round_)
                 item = await pull.receive()
-                returned = trio.Event()
+                returned = anyio.Event()
 
-                async def waiter(done: trio.Event) -> None:
+                async def waiter(done: anyio.Event) -> None:
                     await push.wait_acked()
                     done.set()
 
                 nursery.start_soon(waiter, returned)
-                await trio.testing.wait_all_tasks_blocked()  # parked on the socket
+                await wait_all_tasks_blocked()  # parked on the socket
                 item.ack_nowait()
                 block_the_event_loop(0.05)  # the ack lands, the pusher's FD is signalled
                 # one checkpoint: epoll reports the FD (the waiter is scheduled) and this
                 # task runs in the same batch, before or after it
-                await trio.lowlevel.checkpoint()
-                with contextlib.suppress(trio.WouldBlock, EncodeError):
+                await anyio.lowlevel.checkpoint()
+                with contextlib.suppress(anyio.WouldBlock, EncodeError):
                     push.send_nowait(object())  # window full: reads the acknowledgement
-                await trio.testing.wait_all_tasks_blocked()
+                await wait_all_tasks_blocked()
                 assert push.statistics().in_flight == 0
                 assert returned.is_set(), f"wait_acked missed its ack (round {round_})"
             nursery.cancel_scope.cancel()
@@ -320,14 +329,14 @@ async def test_a_closing_puller_hands_its_unfinished_items_to_another() -> None:
     a_seen: list[int] = []
     b_seen: list[int] = []
     a_held = -1
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         # rto long: nothing is retransmitted on a timer, only because A went away
         async with (
             shoal.open_puller(bind=LOOPBACK, reliable=True) as a,
             shoal.open_puller(bind=LOOPBACK, reliable=True) as b,
             shoal.open_pusher(connect=a.endpoints + b.endpoints, reliable=True,
                               rto=30) as push,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             async def run_a() -> None:
                 nonlocal a_held
@@ -364,16 +373,16 @@ async def test_a_killed_puller_process_loses_nothing_and_only_its_unfinished_ite
     n = 400
     b_seen: list[int] = []
     a_seen: list[int] = []
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with (
             puller_process("--bind", LOOPBACK, "--stall-after", "15") as proc,
             shoal.open_puller(bind=LOOPBACK, reliable=True) as b,
             shoal.open_pusher(connect=proc.ready["endpoints"] + b.endpoints, reliable=True,
                               rto=30) as push,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             stalled: dict[str, Any] = {}
-            stall = trio.Event()
+            stall = anyio.Event()
 
             async def follow_a() -> None:
                 while (line := await proc.line())["event"] != "stalled":
@@ -418,7 +427,7 @@ async def test_manual_ack_unacked_items_go_to_another_puller_acked_ones_do_not(
     n = 30
     b_path = f"ipc://{tmp_path}/b"
     acked_ids: set[int] = set()
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with (
             shoal.open_puller(bind=LOOPBACK, reliable=True, manual_ack=True) as a,
             shoal.open_pusher(connect=[*a.endpoints, b_path], reliable=True) as push,
@@ -440,7 +449,7 @@ async def test_manual_ack_unacked_items_go_to_another_puller_acked_ones_do_not(
             to_ack = [d for d in items if d.body["i"] % 3 != 0]  # not 0, 3, 6...
             random.Random(7).shuffle(to_ack)
             half = len(to_ack) // 2
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 async def ack_all(ds: list[Delivery]) -> None:
                     for d in ds:
                         await d.ack()
@@ -471,7 +480,7 @@ async def test_manual_ack_unacked_items_go_to_another_puller_acked_ones_do_not(
                 for d in reversed(redelivered):  # any order
                     await d.ack()
                 await wait_acked(push)
-                with pytest.raises(trio.WouldBlock):
+                with pytest.raises(anyio.WouldBlock):
                     b.receive_nowait()  # nothing acked at A came again
                 b_stats = b.statistics()
             st = push.statistics()
@@ -489,7 +498,7 @@ async def test_manual_ack_unacked_items_go_to_another_puller_acked_ones_do_not(
 async def test_manual_ack_items_stay_in_the_window_until_acked() -> None:
     """Asking for the next item does not finish the previous one in manual mode: a
     window of 3 stays full until the application acknowledges."""
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with (
             shoal.open_puller(bind=LOOPBACK, reliable=True, manual_ack=True) as pull,
             shoal.open_pusher(connect=pull.endpoints, reliable=True, window=3,
@@ -498,16 +507,16 @@ async def test_manual_ack_items_stay_in_the_window_until_acked() -> None:
             for i in range(3):
                 await push.send(i)
             got = [await pull.receive() for _ in range(3)]
-            with pytest.raises(trio.WouldBlock):
+            with pytest.raises(anyio.WouldBlock):
                 pull.receive_nowait()
-            with trio.move_on_after(0.2):
+            with anyio.move_on_after(0.2):
                 await wait_acked(push)
             assert push.statistics().in_flight == 3
-            with pytest.raises(trio.WouldBlock):
+            with pytest.raises(anyio.WouldBlock):
                 push.send_nowait(3)
             await got[1].ack()
             await push.send(3)  # room for exactly one
-            with pytest.raises(trio.WouldBlock):
+            with pytest.raises(anyio.WouldBlock):
                 push.send_nowait(4)
             got.append(await pull.receive())
             for d in (got[3], got[0], got[2]):
@@ -526,7 +535,7 @@ async def test_items_of_a_closed_puller_go_to_a_puller_that_connects_later_at_on
     waiting for a puller. (Regression: the timer task slept on the clock and the
     connecting puller's wake-up was lost.)"""
     b_path = f"ipc://{tmp_path}/b"
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with (
             shoal.open_puller(bind=LOOPBACK, reliable=True, manual_ack=True) as a,
             shoal.open_pusher(connect=[*a.endpoints, b_path], reliable=True, rto=5) as push,
@@ -539,7 +548,7 @@ async def test_items_of_a_closed_puller_go_to_a_puller_that_connects_later_at_on
             async with shoal.open_puller(bind=b_path, reliable=True, manual_ack=True) as b:
                 got: list[int] = []
                 # the ipc reconnection takes ~0.1 s; 2 s is far below rto, far above that
-                with trio.move_on_after(2):
+                with anyio.move_on_after(2):
                     while len(got) < 5:
                         got.append((await b.receive()).body)
                 assert sorted(got) == [0, 1, 2, 3, 4]
@@ -549,7 +558,7 @@ async def test_items_of_a_closed_puller_go_to_a_puller_that_connects_later_at_on
 
 
 async def test_with_no_puller_items_are_given_up_at_the_deadline() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         nobody = f"tcp://127.0.0.1:{free_port()}"
         async with shoal.open_pusher(connect=nobody, reliable=True, give_up_after=0.3,
                                      window=8) as push:
@@ -560,7 +569,7 @@ async def test_with_no_puller_items_are_given_up_at_the_deadline() -> None:
             st = push.statistics()
             await wait_acked(push)  # reported once, then forgotten
             letters = [push.dead_letters.receive_nowait() for _ in range(3)]
-            with pytest.raises(trio.WouldBlock):
+            with pytest.raises(anyio.WouldBlock):
                 push.dead_letters.receive_nowait()
             for i in range(8):  # the window is free again
                 push.send_nowait(i)
@@ -580,7 +589,7 @@ async def test_items_a_puller_never_takes_are_given_up_after_max_attempts() -> N
     """The puller is there but its application never reads: no acknowledgement of any
     kind, so each item is sent ``max_attempts`` times and given up. Reading later shows
     the copies were recognised: each reaches the application once."""
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with (
             shoal.open_puller(bind=LOOPBACK, reliable=True) as pull,
             shoal.open_pusher(connect=pull.endpoints, reliable=True, rto=0.05,
@@ -592,7 +601,7 @@ async def test_items_a_puller_never_takes_are_given_up_after_max_attempts() -> N
                 await wait_acked(push)
             st = push.statistics()
             got = [await pull.receive() for _ in range(2)]
-            with pytest.raises(trio.WouldBlock):
+            with pytest.raises(anyio.WouldBlock):
                 pull.receive_nowait()
             pst = pull.statistics()
     failed = info.value.failed
@@ -608,44 +617,48 @@ async def test_items_a_puller_never_takes_are_given_up_after_max_attempts() -> N
 
 async def test_waiting_for_a_puller_does_not_spin() -> None:
     """Items wait for a puller to connect. ``wait_acked`` (and ``send`` with a full
-    window) must sleep meanwhile, not loop: trio sees every task blocked. (Regression:
+    window) must sleep meanwhile, not loop: every task is seen blocked. (Regression:
     with something queued the timer was -inf, and the wait a zero-length one.)"""
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         nobody = f"tcp://127.0.0.1:{free_port()}"
         async with (
             shoal.open_pusher(connect=nobody, reliable=True, window=1) as push,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             await push.send("waits for a puller")
             nursery.start_soon(push.wait_acked)
             nursery.start_soon(push.send, "waits for room")
             # A spinning task is always runnable: then this never returns.
-            with trio.move_on_after(2) as scope:
-                await trio.testing.wait_all_tasks_blocked()
+            with anyio.move_on_after(2) as scope:
+                await wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
     assert not scope.cancelled_caught, "a task kept running while nothing could happen"
 
 
-async def test_a_full_puller_queue_is_refilled_as_it_drains_not_on_a_timer(
-    mock_clock: trio.testing.MockClock,
-) -> None:
+@pytest.mark.parametrize("anyio_backend", [
+    pytest.param(("trio", {"clock": trio.testing.MockClock(rate=0)}), id="trio"),
+    pytest.param(("asyncio", {"loop_factory": FrozenClockLoop}), id="asyncio"),
+])
+async def test_a_full_puller_queue_is_refilled_as_it_drains_not_on_a_timer() -> None:
     """Every puller's queue is full (high-water mark 1) and the application is idle:
     the pusher must send the next queued item when the puller takes one, woken by
-    the socket, not by a timer that polls. Trio's clock is frozen here (a MockClock
-    at rate 0): a pusher that polls on a timer never sends again; a real-time
+    the socket, not by a timer that polls. The loop's clock is frozen here (trio's
+    MockClock at rate 0, or an asyncio loop whose clock stands still; uvloop's cannot
+    be stopped): a pusher that polls on a timer never sends again; a real-time
     watchdog thread bounds the test."""
     n = 300
     got: list[Any] = []
     endpoint = f"inproc://refill-{random.getrandbits(32)}"
     stalled = False
+    frozen_at = anyio.current_time()
 
-    async def watchdog(scope: trio.CancelScope) -> None:
+    async def watchdog(scope: anyio.CancelScope) -> None:
         nonlocal stalled
-        await trio.to_thread.run_sync(time.sleep, 20, abandon_on_cancel=True)
+        await anyio.to_thread.run_sync(time.sleep, 20, abandon_on_cancel=True)
         stalled = True
         scope.cancel()
 
-    async with trio.open_nursery() as guard:
+    async with anyio.create_task_group() as guard:
         guard.start_soon(watchdog, guard.cancel_scope)
         async with (
             shoal.open_puller(bind=endpoint, reliable=True, high_water_mark=1) as pull,
@@ -658,6 +671,7 @@ async def test_a_full_puller_queue_is_refilled_as_it_drains_not_on_a_timer(
                 got.append((await pull.receive()).body)
         guard.cancel_scope.cancel()
     assert not stalled, f"stalled after {len(got)} of {n} items with a frozen clock"
+    assert anyio.current_time() == frozen_at, "the clock moved: no proof without a timer"
     assert got == list(range(n))
 
 
@@ -668,7 +682,7 @@ async def test_a_lost_done_acknowledgement_is_repaired_by_a_probe(
     probes the puller that holds it, which answers "done" again: ``wait_acked``
     returns, and the application saw the item once."""
     dropped: list[list[int]] = []
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         async with (
             shoal.open_puller(bind=LOOPBACK, reliable=True) as pull,
             shoal.open_pusher(connect=pull.endpoints, reliable=True, rto=0.05) as push,
@@ -696,7 +710,7 @@ async def test_a_lost_done_acknowledgement_is_repaired_by_a_probe(
                 async for msg in pull:
                     got.append(msg.body)
 
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(work)
                 await push.send("item")
                 await push.wait_acked()
@@ -716,13 +730,13 @@ async def test_a_stuck_puller_holds_only_its_share_and_the_others_keep_flowing()
     window, the stuck puller filled it with half of everything and ``send`` stopped.)"""
     window, n = 64, 400
     got: list[Any] = []
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         async with (
             shoal.open_puller(bind=LOOPBACK, reliable=True) as stuck,
             shoal.open_puller(bind=LOOPBACK, reliable=True) as healthy,
             shoal.open_pusher(connect=stuck.endpoints + healthy.endpoints, reliable=True,
                               window=window) as push,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             async def work() -> None:
                 async for msg in healthy:
@@ -730,7 +744,7 @@ async def test_a_stuck_puller_holds_only_its_share_and_the_others_keep_flowing()
 
             nursery.start_soon(work)
             await push.send("first")
-            with trio.fail_after(5):
+            with anyio.fail_after(5):
                 await stuck.receive()  # then it never asks for more
             for i in range(n):
                 await push.send(i)  # never stalls for good: the healthy one drains
@@ -747,7 +761,7 @@ async def test_a_stuck_puller_holds_only_its_share_and_the_others_keep_flowing()
 
 
 async def test_misuse_raises_local_protocol_error() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         with pytest.raises(LocalProtocolError, match="bind='tcp"):
             async with shoal.open_pusher(reliable=True):
                 pass
@@ -789,7 +803,7 @@ async def test_refused_pusher_arguments_leave_no_socket_open() -> None:
         {"window": 0}, {"rto": 0}, {"max_attempts": 0}, {"give_up_after": 0}]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             async with open_test_node("solo") as node:
                 for bad in bads:
                     try:
@@ -823,7 +837,7 @@ async def test_a_reliable_puller_drops_and_counts_garbage_then_takes_the_next_it
     sender = b"raw-reliable-psh"
     item = encode(Kind.PUSH, b"", {"job": 1}, sender=sender, epoch=3, stream=1, seq=7,
                   timestamp_ns=0, correlation=7)
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with (
             shoal.open_puller(bind=LOOPBACK, reliable=True, context=zctx) as pull,
             shoal.open_pusher(connect=pull.endpoints, reliable=True, context=zctx) as push,
@@ -849,9 +863,9 @@ async def test_a_reliable_puller_drops_and_counts_garbage_then_takes_the_next_it
                 done += ack.body[1]
             raw.send(item, zmq.NOBLOCK)  # a retransmission: acknowledged, not delivered
             while pull.statistics().duplicates == 0:
-                with pytest.raises(trio.WouldBlock):
+                with pytest.raises(anyio.WouldBlock):
                     pull.receive_nowait()  # reads the socket, sends what is pending
-                await trio.sleep(0.005)
+                await anyio.sleep(0.005)
             while True:
                 ack = decode((await raw_receive(raw))[-1])
                 if 7 in ack.body[1]:
@@ -876,10 +890,10 @@ async def test_a_duplicate_reaching_an_idle_puller_is_acknowledged_again(
     item = encode(Kind.PUSH, b"", "job", sender=b"raw-reliable-psh", epoch=3, stream=1,
                   seq=0, timestamp_ns=0, correlation=0)
     got: list[Any] = []
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with (
             shoal.open_puller(bind=LOOPBACK, reliable=True, context=zctx) as pull,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             nursery.start_soon(drain, pull, got)
             raw = raw_socket(zctx, zmq.DEALER)
@@ -888,12 +902,12 @@ async def test_a_duplicate_reaching_an_idle_puller_is_acknowledged_again(
             done: list[int] = []
             while 0 not in done:  # the application took it and waits for more: done
                 done += decode((await raw_receive(raw))[-1]).body[1]
-            await trio.testing.wait_all_tasks_blocked()
+            await wait_all_tasks_blocked()
             acks_before = pull.statistics().acks_sent
 
             raw.send(item, zmq.NOBLOCK)  # the pusher did not hear: a retransmission
             await eventually(lambda: pull.statistics().duplicates == 1)
-            await trio.testing.wait_all_tasks_blocked()  # the puller waits again
+            await wait_all_tasks_blocked()  # the puller waits again
             assert pull.statistics().acks_sent == acks_before + 1
             again = decode((await raw_receive(raw))[-1])
             nursery.cancel_scope.cancel()
@@ -913,7 +927,7 @@ async def test_a_reliable_pusher_drops_and_counts_malformed_acks(
         return encode(kind, b"", body, sender=b"raw-reliable-pul", epoch=1, stream=1,
                       seq=0, timestamp_ns=0)
 
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with shoal.open_pusher(connect=endpoint, reliable=True, rto=30,
                                      context=zctx) as push:
             await push.send("item")
@@ -955,7 +969,7 @@ async def test_a_reliable_pusher_drops_and_counts_malformed_acks(
 async def test_items_flow_between_nodes_by_channel_name(manual_ack: bool) -> None:
     n = 500
     got: list[Any] = []
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with pair() as (a, b), a.open_pusher("jobs", reliable=True) as push:
             if manual_ack:
                 async with b.open_puller("jobs", reliable=True, manual_ack=True) as mpull:
@@ -978,7 +992,7 @@ async def test_items_flow_between_nodes_by_channel_name(manual_ack: bool) -> Non
                         msg = await pull.receive()
                         assert msg.sender == a.id
                         got.append(msg.body)
-                    with pytest.raises(trio.WouldBlock):
+                    with pytest.raises(anyio.WouldBlock):
                         pull.receive_nowait()  # finishes the last one
                     await wait_acked(push)
                     pst = pull.statistics()
@@ -995,7 +1009,7 @@ async def test_a_puller_withdrawn_from_a_node_hands_its_unfinished_items_on() ->
     n = 300
     b_seen: list[int] = []
     c_seen: list[int] = []
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         a_port = free_port()
         async with (
             open_test_node("a", port=a_port, **FAST) as a,
@@ -1003,9 +1017,9 @@ async def test_a_puller_withdrawn_from_a_node_hands_its_unfinished_items_on() ->
             open_test_node("c", peers=[a_port], **FAST) as c,
             b.open_puller("jobs", reliable=True) as b_pull,
             a.open_pusher("jobs", reliable=True) as push,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
-            async def run_c(task_status: trio.TaskStatus[None]) -> None:
+            async def run_c(task_status: anyio.abc.TaskStatus[None]) -> None:
                 async with c.open_puller("jobs", reliable=True) as c_pull:
                     task_status.started()
                     async for msg in c_pull:
@@ -1037,7 +1051,7 @@ async def test_a_puller_node_killed_mid_stream_loses_nothing(manual_ack: bool) -
     n = 600
     b_seen: list[int] = []
     c_seen: list[int] = []
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         a_port = free_port()
         async with (
             open_test_node("a", port=a_port, **FAST) as a,
@@ -1046,10 +1060,10 @@ async def test_a_puller_node_killed_mid_stream_loses_nothing(manual_ack: bool) -
             node_process("c", a_port, "--reliable-puller", "jobs", "--delay", "0.002",
                          *(["--manual-ack"] if manual_ack else [])) as proc,
             a.open_pusher("jobs", reliable=True) as push,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             await a.wait_for_peers(2, channel="jobs")
-            c_gone = trio.Event()
+            c_gone = anyio.Event()
             nursery.start_soon(drain, b_pull, b_seen)
             nursery.start_soon(follow_pulled, proc, c_seen, c_gone)
             warm = await warm_up(push, b_seen, c_seen)
@@ -1077,7 +1091,7 @@ async def test_closing_with_items_unfinished_logs_what_happens_to_them(
     with an outbox, the items are kept and the line says where."""
     for outbox in (None, tmp_path / "outbox.sqlite"):
         caplog.clear()
-        with trio.fail_after(10), caplog.at_level(logging.INFO, logger="shoal"):
+        with anyio.fail_after(10), caplog.at_level(logging.INFO, logger="shoal"):
             async with (
                 shoal.open_puller(bind="tcp://127.0.0.1:*", reliable=True) as pull,
                 shoal.open_pusher(connect=pull.endpoints, reliable=True,

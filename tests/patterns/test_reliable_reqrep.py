@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import time
 
+import anyio
+import anyio.to_thread
 import pytest
-import trio
 import zmq
 
 import shoal
@@ -23,6 +24,8 @@ from support.endpoints import free_port
 from support.nodes import open_test_node
 from support.peers import node_process
 
+pytestmark = pytest.mark.anyio
+
 LOOPBACK = "tcp://127.0.0.1:*"
 
 
@@ -31,12 +34,12 @@ async def test_a_retry_goes_to_another_replier_when_the_first_stays_silent() -> 
     With retries, every request is answered by the other one, whose handler ran once
     per request."""
     handled: list[int] = []
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         async with (
             shoal.open_replier(bind=LOOPBACK) as mute,
             shoal.open_replier(bind=LOOPBACK) as live,
             shoal.open_requester(connect=mute.endpoints + live.endpoints) as client,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             async def ignore() -> None:
                 async for _ in mute:
@@ -68,8 +71,8 @@ async def test_a_repeated_request_is_answered_from_the_cache_not_the_handler() -
     """A requester whose reply was lost sends the same request again: the replier
     answers the repeat with the reply it already sent, without running the handler."""
     runs = 0
-    with trio.fail_after(10):
-        async with shoal.open_replier(bind=LOOPBACK) as rep, trio.open_nursery() as nursery:
+    with anyio.fail_after(10):
+        async with shoal.open_replier(bind=LOOPBACK) as rep, anyio.create_task_group() as nursery:
             async def serve() -> None:
                 nonlocal runs
                 async for req in rep:
@@ -87,7 +90,7 @@ async def test_a_repeated_request_is_answered_from_the_cache_not_the_handler() -
                 for _ in range(3):
                     dealer.send(frame)
                     # the raw socket is blocking; wait for the answer in a thread
-                    raw = await trio.to_thread.run_sync(dealer.recv)
+                    raw = await anyio.to_thread.run_sync(dealer.recv)
                     replies.append(decode(raw))
             finally:
                 dealer.close(linger=0)
@@ -105,8 +108,8 @@ async def test_a_reused_request_id_gets_an_error_not_the_other_requests_reply() 
     stream) but another body is not a retry: it is counted and answered with an
     error; the cached reply still answers true retries of the first."""
     runs = 0
-    with trio.fail_after(10):
-        async with shoal.open_replier(bind=LOOPBACK) as rep, trio.open_nursery() as nursery:
+    with anyio.fail_after(10):
+        async with shoal.open_replier(bind=LOOPBACK) as rep, anyio.create_task_group() as nursery:
             async def serve() -> None:
                 nonlocal runs
                 async for req in rep:
@@ -126,7 +129,7 @@ async def test_a_reused_request_id_gets_an_error_not_the_other_requests_reply() 
                 replies = []
                 for frame in (request("first", 1), request("second", 2), request("first", 1)):
                     dealer.send(frame)
-                    replies.append(decode(await trio.to_thread.run_sync(dealer.recv)))
+                    replies.append(decode(await anyio.to_thread.run_sync(dealer.recv)))
             finally:
                 dealer.close(linger=0)
                 ctx.term()
@@ -143,14 +146,14 @@ async def test_a_reused_request_id_gets_an_error_not_the_other_requests_reply() 
 async def test_a_repeat_while_the_handler_still_runs_is_dropped() -> None:
     """The first copy is still being handled: the repeat is dropped (not handled
     again); the one answer reaches the caller."""
-    started = trio.Event()
-    release = trio.Event()
+    started = anyio.Event()
+    release = anyio.Event()
     runs = 0
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with (
             shoal.open_replier(bind=LOOPBACK) as rep,
             shoal.open_requester(connect=rep.endpoints) as client,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             async def serve() -> None:
                 nonlocal runs
@@ -162,7 +165,7 @@ async def test_a_repeat_while_the_handler_still_runs_is_dropped() -> None:
 
             async def release_later() -> None:
                 await started.wait()
-                await trio.sleep(0.35)  # the caller retries (0.1 s) meanwhile
+                await anyio.sleep(0.35)  # the caller retries (0.1 s) meanwhile
                 release.set()
 
             nursery.start_soon(serve)
@@ -181,7 +184,7 @@ async def test_a_replier_killed_mid_request_the_caller_gets_its_answer_elsewhere
     killed process resets it): not after ``retry_after``, nor after the peer timeout
     (30 s here, so the dead replier is still listed when the answers are in). Without
     retries it would be PeerLost."""
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         a_port = free_port()
         async with (
             open_test_node("a", port=a_port, heartbeat=0.2, peer_timeout=30.0) as a,
@@ -189,7 +192,7 @@ async def test_a_replier_killed_mid_request_the_caller_gets_its_answer_elsewhere
             a.open_replier("calc") as live,
             node_process("mute", a_port, "--replier", "calc", "--print-received",
                          "--never-answer") as proc,
-            trio.open_nursery() as nursery,
+            anyio.create_task_group() as nursery,
         ):
             await a.wait_for_peers(1, channel="calc")
             handled: list[str] = []
@@ -206,7 +209,7 @@ async def test_a_replier_killed_mid_request_the_caller_gets_its_answer_elsewhere
                 # retry_after longer than the test: only the replier's loss re-sends
                 answers.append(await client.request(f"q{i}", retries=1, retry_after=60))
 
-            async with trio.open_nursery() as asks:
+            async with anyio.create_task_group() as asks:
                 for i in range(6):
                     asks.start_soon(ask, i)
                 got = await proc.expect("request")  # the mute process holds one at least
@@ -222,7 +225,7 @@ async def test_a_replier_killed_mid_request_the_caller_gets_its_answer_elsewhere
 
 
 async def test_retries_must_be_sensible() -> None:
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         async with shoal.open_requester(connect="tcp://127.0.0.1:1") as client:
             with pytest.raises(LocalProtocolError, match="retries"):
                 await client.request(1, retries=-1)

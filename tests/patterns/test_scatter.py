@@ -12,14 +12,16 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from functools import partial
 
+import anyio
 import pytest
-import trio
 
 import shoal
 from shoal.errors import LocalProtocolError
 from shoal.patterns import Answer, AnswerStatus, serve_replier
 from support.endpoints import free_port
 from support.nodes import open_test_node
+
+pytestmark = pytest.mark.anyio
 
 LOOPBACK = "tcp://127.0.0.1:*"
 
@@ -51,7 +53,7 @@ async def three_repliers(*, stall_d: bool = False) -> AsyncIterator[
         b.open_replier("calc") as rb, c.open_replier("calc") as rc,
         d.open_replier("calc") as rd,
         a.open_requester("calc") as client,
-        trio.open_nursery() as nursery,
+        anyio.create_task_group() as nursery,
     ):
         nursery.start_soon(answer_with, "b", rb)
         nursery.start_soon(answer_with, "c", rc)
@@ -64,7 +66,7 @@ async def three_repliers(*, stall_d: bool = False) -> AsyncIterator[
 
 
 async def test_three_repliers_over_nodes_all_answer_with_their_node_ids() -> None:
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with three_repliers() as ([b, c, d], client):
             got = await client.gather("hi", within=10)
     assert got.complete
@@ -77,7 +79,7 @@ async def test_three_repliers_over_nodes_all_answer_with_their_node_ids() -> Non
 async def test_a_stalled_replier_is_reported_missing_at_within() -> None:
     """Two repliers answer; the third takes the request and never answers. The call
     ends at ``within`` with two answers and the third missing."""
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with three_repliers(stall_d=True) as ([b, c, d], client):
             seen: list[Answer] = []
             async with aclosing(client.request_all("hi", within=0.5)) as answers:
@@ -102,8 +104,8 @@ async def test_a_failing_handler_is_reported_for_its_replier_only() -> None:
             return f"{name}:{req.body}"
         return handle
 
-    with trio.fail_after(15):
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(15):
+        async with anyio.create_task_group() as nursery:
             reps = [await nursery.start(partial(serve_replier, handler(f"r{i}"),
                                                 bind=LOOPBACK)) for i in (1, 2, 3)]
             eps = [r.endpoints[0] for r in reps]
@@ -124,11 +126,11 @@ async def test_the_copies_carry_the_deadline() -> None:
     deadlines: list[float] = []
 
     def handle(req: shoal.Request) -> str:
-        deadlines.append(req.deadline - trio.current_time())
+        deadlines.append(req.deadline - anyio.current_time())
         return "ok"
 
-    with trio.fail_after(15):
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(15):
+        async with anyio.create_task_group() as nursery:
             rep = await nursery.start(partial(serve_replier, handle, bind=LOOPBACK))
             async with shoal.open_requester(connect=rep.endpoints,
                                             per_endpoint=True) as client:
@@ -140,8 +142,8 @@ async def test_the_copies_carry_the_deadline() -> None:
 
 
 async def test_a_replier_that_is_down_is_missing_and_the_others_answer() -> None:
-    with trio.fail_after(15):
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(15):
+        async with anyio.create_task_group() as nursery:
             rep = await nursery.start(partial(serve_replier, lambda req: "up",
                                               bind=LOOPBACK))
             down = f"tcp://127.0.0.1:{free_port()}"
@@ -157,7 +159,7 @@ async def test_a_replier_that_is_down_is_missing_and_the_others_answer() -> None
 
 
 async def test_plain_requesters_and_bad_arguments_are_refused() -> None:
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         async with shoal.open_requester(connect="tcp://127.0.0.1:9") as plain:
             with pytest.raises(LocalProtocolError, match="per_endpoint=True"):
                 await plain.gather("x", within=1)
@@ -172,7 +174,7 @@ async def test_plain_requesters_and_bad_arguments_are_refused() -> None:
 
 
 async def test_no_replier_known_yields_nothing_at_once() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_test_node("a") as a, a.open_requester("nobody") as client:
             got = await client.gather("x", within=60)
     assert (got.replies, got.missing) == ((), ())

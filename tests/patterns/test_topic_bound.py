@@ -2,17 +2,19 @@
 full table comes, the publisher drops the table and goes on in a new stream, every
 topic numbered from 0 again. Subscribers see no gap and nothing out of order across
 the switch, and a history replay still has no duplicate and no hole at its seam.
-Loopback only, every I/O test under ``trio.fail_after``."""
+Loopback only, every I/O test under ``anyio.fail_after``."""
 
 from __future__ import annotations
 
+import anyio
 import pytest
-import trio
 
 from shoal import Message
 from shoal.errors import EncodeError, LocalProtocolError
 from shoal.patterns import open_publisher, open_subscriber
 from support.nodes import pair
+
+pytestmark = pytest.mark.anyio
 
 LOOPBACK = "tcp://127.0.0.1:*"
 
@@ -51,7 +53,7 @@ def check_runs(msgs: list[Message]) -> None:
 
 async def test_a_full_table_moves_the_publisher_to_a_new_stream_without_a_gap() -> None:
     topics = [f"t/{i}" for _ in range(5) for i in range(6)]  # 6 topics, a table of 4
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_publisher(bind=LOOPBACK, max_topics=4) as pub, \
                 open_subscriber(connect=pub.endpoints[0]) as sub:
             await pub.wait_for_subscribers(1)
@@ -72,7 +74,7 @@ async def test_a_full_table_moves_the_publisher_to_a_new_stream_without_a_gap() 
 async def test_a_batch_may_switch_streams_part_way() -> None:
     batches = [[(f"t/{(b * 3 + i) % 7}", b * 10 + i) for i in range(9)] for b in range(6)]
     topics = [t for batch in batches for t, _ in batch]
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_publisher(bind=LOOPBACK, max_topics=3) as pub, \
                 open_subscriber(connect=pub.endpoints[0]) as sub:
             await pub.wait_for_subscribers(1)
@@ -90,7 +92,7 @@ async def test_a_batch_may_switch_streams_part_way() -> None:
 async def test_a_batch_that_fails_after_a_switch_leaves_no_hole() -> None:
     """The switch stands (the old stream is abandoned), but nothing of the failed
     batch is sent and the new stream starts at 0 with what comes next."""
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with open_publisher(bind=LOOPBACK, max_topics=2) as pub, \
                 open_subscriber(connect=pub.endpoints[0]) as sub:
             await pub.wait_for_subscribers(1)
@@ -111,13 +113,13 @@ async def test_the_history_seam_holds_across_stream_switches() -> None:
     topic's history spans two streams. Subscribers join while publishing goes on;
     each gets 8 per topic replayed, then live, nothing twice and nothing missing."""
     topics = ("a", "b", "c")
-    with trio.fail_after(20):
+    with anyio.fail_after(20):
         async with open_publisher(bind=LOOPBACK, history=8, max_topics=2,
                                   high_water_mark=100_000) as pub:
             for r in range(4):
                 for t in topics:
                     pub.publish_many_nowait([(t, (r, k)) for k in range(5)])
-            stop = trio.Event()
+            stop = anyio.Event()
 
             async def keep_publishing() -> None:
                 r = 4
@@ -125,12 +127,12 @@ async def test_the_history_seam_holds_across_stream_switches() -> None:
                     for t in topics:
                         pub.publish_many_nowait([(t, (r, k)) for k in range(5)])
                     r += 1
-                    await trio.sleep(0.001)
+                    await anyio.sleep(0.001)
 
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(keep_publishing)
                 for _ in range(4):
-                    await trio.sleep(0.005)
+                    await anyio.sleep(0.005)
                     async with open_subscriber(connect=pub.endpoints[0]) as sub:
                         got: list[Message] = []
                         while sum(not m.replayed for m in got) < 150:
@@ -151,7 +153,7 @@ async def test_many_distinct_topics_stay_within_both_bounds() -> None:
     """300,000 distinct topics: the numbering table and the history hold no more
     than their bounds, and the last value is still replayed."""
     n, batch = 300_000, 5000
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with open_publisher(bind=LOOPBACK, history=1, history_topics=1000,
                                   max_topics=20_000) as pub:
             for start in range(0, n, batch):
@@ -166,7 +168,7 @@ async def test_many_distinct_topics_stay_within_both_bounds() -> None:
 
 
 async def test_a_node_publisher_takes_max_topics() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with pair() as (a, b), a.open_publisher("plant", max_topics=1) as pub, \
                 b.open_subscriber("plant") as sub:
             await pub.wait_for_subscribers(1)

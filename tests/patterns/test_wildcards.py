@@ -1,14 +1,14 @@
 """Wildcard subscriptions on real sockets: best effort and reliable, explicit
 endpoints and nodes. libzmq filters each pattern's literal prefix; shoal filters the
 rest, counts it in ``statistics().filtered``, and never counts it as a gap or lets it
-hold a reliable chain back. Every test runs under ``trio.fail_after``."""
+hold a reliable chain back. Every test runs under ``anyio.fail_after``."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
-import trio
 
 import shoal
 from shoal import Message
@@ -17,6 +17,8 @@ from shoal.errors import InvalidTopicPattern
 from support.nodes import pair
 from support.pubsub import sync_subscribers
 from support.waiting import eventually
+
+pytestmark = pytest.mark.anyio
 
 LOOPBACK = "tcp://127.0.0.1:*"
 
@@ -38,7 +40,7 @@ def past_prefix(topic: str, patterns: list[str] = PATTERNS) -> bool:
 async def test_a_pattern_subscriber_gets_exactly_the_matching_topics(body: Any) -> None:
     """Raw bodies take the fast receive path, msgpack ones the full decoder: both filter."""
     published = [t for _ in range(3) for t in TOPICS]
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with (
             shoal.open_publisher(bind=LOOPBACK) as pub,
             shoal.open_subscriber(connect=pub.endpoints, topics=PATTERNS) as sub,
@@ -61,7 +63,7 @@ async def test_a_pattern_subscriber_gets_exactly_the_matching_topics(body: Any) 
 
 
 async def test_prefixes_without_wildcards_filter_nothing_in_shoal() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with (
             shoal.open_publisher(bind=LOOPBACK) as pub,
             shoal.open_subscriber(connect=pub.endpoints, topics=["site/"]) as sub,
@@ -76,7 +78,7 @@ async def test_prefixes_without_wildcards_filter_nothing_in_shoal() -> None:
 
 
 async def test_a_plain_prefix_beside_a_pattern_keeps_its_prefix_meaning() -> None:
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with (
             shoal.open_publisher(bind=LOOPBACK) as pub,
             shoal.open_subscriber(connect=pub.endpoints, topics=["site/*/temp", "site/a/"]) as sub,
@@ -94,7 +96,7 @@ async def test_filtered_publications_never_count_as_gaps_even_across_subscriptio
 ) -> None:
     """A stream delivered, then filtered for a while (its pattern withdrawn), then
     delivered again: the filtered stretch is not a hole."""
-    with trio.fail_after(10):
+    with anyio.fail_after(10):
         async with (
             shoal.open_publisher(bind=LOOPBACK) as pub,
             shoal.open_subscriber(connect=pub.endpoints, topics=["a/*"]) as sub,
@@ -126,7 +128,7 @@ async def test_filtered_publications_never_count_as_gaps_even_across_subscriptio
 
 
 async def test_malformed_patterns_are_refused_before_anything_opens() -> None:
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         with pytest.raises(InvalidTopicPattern, match="'\\*' matches one level"):
             async with shoal.open_subscriber(connect="tcp://127.0.0.1:9", topics=["a/**b"]):
                 pass
@@ -157,14 +159,14 @@ async def test_a_reliable_pattern_subscriber_gets_every_match_once_in_order_noth
     expected = [(t, i) for t, i in published if wanted(t, ["site/*/temp"])]
     past = [t for t, _ in published if t.startswith("site/")]
     got: list[Message] = []
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         async with (
             shoal.open_publisher(bind=LOOPBACK, reliable=True, rto=2.0) as pub,
             shoal.open_subscriber(connect=pub.endpoints, topics=["site/*/temp"],
                                   reliable=True) as sub,
         ):
             await pub.wait_for_subscribers(1)
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(collect, sub, got, len(expected))
                 for topic, i in published:
                     await pub.publish(topic, i)
@@ -180,7 +182,7 @@ async def test_a_reliable_pattern_subscriber_gets_every_match_once_in_order_noth
 
 
 async def test_patterns_over_nodes_best_effort_and_reliable() -> None:
-    with trio.fail_after(15):
+    with anyio.fail_after(15):
         async with (
             pair() as (a, b),
             a.open_publisher("fleet") as pub,

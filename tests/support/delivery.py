@@ -10,11 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import trio
-import trio.testing
-
 from shoal.patterns import ReliablePublisher, ReliablePuller, ReliablePusher, ReliableSubscriber
-from support.waiting import eventually
+from support.waiting import eventually, wait_all_tasks_blocked
 
 Got = list[tuple[str, Any]]
 """(topic, body) of each publication, in delivery order."""
@@ -37,7 +34,7 @@ async def settle_subscribers(pub: ReliablePublisher, *lists_and_counts: tuple[Go
     it should have (the caller then checks it has nothing more)."""
     await pub.wait_acked()
     await eventually(lambda: all(len(got) >= n for got, n in lists_and_counts))
-    await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+    await wait_all_tasks_blocked(cushion=0.05)
 
 
 async def drain(puller: ReliablePuller, into: list[Any]) -> None:

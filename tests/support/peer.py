@@ -1,12 +1,15 @@
 """A shoal peer in a process of its own, for tests that SIGKILL or restart a peer.
 
-    python tests/support/peer.py node NAME [--peer tcp://127.0.0.1:PORT] [--port N]
-        [--heartbeat S] [--peer-timeout S] [--puller CH] [--replier CH] [--publisher CH]
-        [--reliable-puller CH] [--print-received] [--never-answer] [--stall-on BODY]
+    python tests/support/peer.py [--loop LOOP] node NAME [--peer tcp://127.0.0.1:PORT]
+        [--port N] [--heartbeat S] [--peer-timeout S] [--puller CH] [--replier CH]
+        [--publisher CH] [--reliable-puller CH] [--print-received] [--never-answer]
+        [--stall-on BODY] [PULLER OPTIONS]
+    python tests/support/peer.py [--loop LOOP] subscriber (--connect EP | --bind EP)
+        [--topic PREFIX]
+    python tests/support/peer.py [--loop LOOP] puller (--connect EP | --bind EP)
         [PULLER OPTIONS]
-    python tests/support/peer.py subscriber (--connect EP | --bind EP) [--topic PREFIX]
-    python tests/support/peer.py puller (--connect EP | --bind EP) [PULLER OPTIONS]
 
+    LOOP: trio (the default), asyncio or uvloop.
     PULLER OPTIONS (a reliable puller's): [--manual-ack] [--stall-after N] [--delay S]
 
 ``node`` opens node NAME (its default id: the same for NAME on this host across
@@ -26,13 +29,14 @@ object, flushed at once, so that a test killing the peer knows what it did:
 * ``{"event": "stalled", "body"}``: with ``--stall-on BODY``, a request whose body is
   the string BODY has reached the replier, which holds it unanswered (and serves
   nothing else) until killed;
-* a reliable puller's work on each item is ``trio.sleep(--delay)``; with
+* a reliable puller's work on each item is ``anyio.sleep(--delay)``; with
   ``--manual-ack`` each item is acknowledged (``await item.ack()``) after it; with
   ``--stall-after N`` the N-th item is pulled and never finished: the puller sends
   every pending acknowledgement (``flush_acks``), prints ``{"event": "stalled",
   "body", "finished": N - 1, "held"}`` and holds it (and its buffer) until killed.
 
-Tests start it through ``support.peers``. It imports nothing from the tests.
+It runs on the event loop ``--loop`` names (default trio); ``support.peers`` starts
+it on the loop of the test that asks. It imports nothing from the tests.
 
 Network safety: binds or connects only what ``--bind``/``--connect`` say (tests pass
 127.0.0.1 or ipc) or, as a node, 127.0.0.1 (``interfaces=["127.0.0.1"]``); never mDNS.
@@ -44,17 +48,17 @@ import argparse
 import functools
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from typing import Any
 
-import trio
+import anyio
 
 import shoal
 from shoal.discovery import Static
 from shoal.patterns import Delivery, ManualAckPuller, ReliablePuller, ReliableSubscriber
 
-Task = Callable[[], Awaitable[None]]
+Task = Callable[[], Coroutine[Any, Any, None]]
 
 
 def emit(**fields: Any) -> None:
@@ -83,7 +87,7 @@ async def answer(name: str, replier: shoal.Replier, report: bool, reply: bool,
             emit(event="request", body=req.body)
         if stall_on is not None and req.body == stall_on:
             emit(event="stalled", body=req.body)
-            await trio.sleep_forever()
+            await anyio.sleep_forever()
         if reply:
             await req.reply({"from": name, "body": req.body})
 
@@ -98,9 +102,9 @@ async def work(puller: ReliablePuller | ManualAckPuller, *, stall_after: int,
             puller.flush_acks()
             emit(event="stalled", body=item.body, finished=n - 1,
                  held=puller.statistics().held)
-            await trio.sleep_forever()
+            await anyio.sleep_forever()
         if delay:
-            await trio.sleep(delay)
+            await anyio.sleep(delay)
         if isinstance(item, Delivery):
             await item.ack()
 
@@ -167,6 +171,7 @@ OPENERS: dict[str, Callable[[argparse.Namespace, AsyncExitStack], Awaitable[Open
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="A shoal peer for tests, reporting on stdout.")
+    p.add_argument("--loop", choices=["trio", "asyncio", "uvloop"], default="trio")
     kinds = p.add_subparsers(dest="kind", required=True)
     pulling = argparse.ArgumentParser(add_help=False)
     pulling.add_argument("--manual-ack", action="store_true")
@@ -195,16 +200,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-async def main(argv: list[str]) -> None:
-    args = parser().parse_args(argv)
+async def main(args: argparse.Namespace) -> None:
     async with AsyncExitStack() as stack:
         ready, tasks = await OPENERS[args.kind](args, stack)
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for task in tasks:
                 nursery.start_soon(task)
             emit(event="ready", **ready)
-            await trio.sleep_forever()
+            await anyio.sleep_forever()
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1:])
+    arguments = parser().parse_args(sys.argv[1:])
+    backend, options = (("asyncio", {"use_uvloop": True}) if arguments.loop == "uvloop"
+                        else (arguments.loop, {}))
+    anyio.run(main, arguments, backend=backend, backend_options=options)

@@ -1,8 +1,9 @@
 """Peers in other processes (``support/peer.py``): start one, read what it reports,
 SIGKILL it.
 
-Every peer is killed on the way out of its context manager, whatever happened, and
-its stdout is closed.
+A peer runs on the same event loop as the test that starts it (trio, asyncio or
+uvloop). Every peer is killed on the way out of its context manager, whatever
+happened, and its stdout is closed.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import trio
+import anyio
+import anyio.abc
 
 from support.endpoints import endpoint
+from support.loops import current_loop
 from support.nodes import FAST
 
 PEER = Path(__file__).with_name("peer.py")
@@ -26,7 +29,7 @@ PEER = Path(__file__).with_name("peer.py")
 class PeerProcess:
     """A peer in a subprocess: its JSON stdout lines, its death."""
 
-    def __init__(self, proc: trio.Process) -> None:
+    def __init__(self, proc: anyio.abc.Process) -> None:
         assert proc.stdout is not None
         self.proc = proc
         self._stdout = proc.stdout
@@ -36,10 +39,11 @@ class PeerProcess:
     async def line(self) -> dict[str, Any]:
         """The next line; AssertionError once stdout ended (the process is gone)."""
         while b"\n" not in self._buf:
-            chunk = await self._stdout.receive_some(65536)
-            if not chunk:
-                raise AssertionError(f"the peer process exited ({self.proc.returncode})")
-            self._buf += chunk
+            try:
+                self._buf += await self._stdout.receive(65536)
+            except anyio.EndOfStream:
+                raise AssertionError(
+                    f"the peer process exited ({self.proc.returncode})") from None
         raw, _, self._buf = self._buf.partition(b"\n")
         out: dict[str, Any] = json.loads(raw)
         return out
@@ -59,16 +63,19 @@ class PeerProcess:
     async def aclose(self) -> None:
         """Kill, reap, close stdout (bounded: shielded, 5 s at most)."""
         self.kill()
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             await self.proc.wait()
             await self._stdout.aclose()
 
 
 @asynccontextmanager
 async def peer_process(kind: str, *args: str) -> AsyncIterator[PeerProcess]:
-    """Start ``peer.py KIND ARGS``; wait until it is ready; SIGKILL it on the way out."""
-    proc = await trio.lowlevel.open_process([sys.executable, str(PEER), kind, *args],
-                                            stdout=subprocess.PIPE)
+    """Start ``peer.py KIND ARGS`` on the caller's event loop; wait until it is ready;
+    SIGKILL it on the way out."""
+    # only stdout is piped: a stderr pipe that nobody reads could fill and stall the peer
+    proc = await anyio.open_process([sys.executable, str(PEER), "--loop", current_loop(),
+                                     kind, *args],
+                                    stdin=None, stdout=subprocess.PIPE, stderr=None)
     peer = PeerProcess(proc)
     try:
         peer.ready = await peer.expect("ready")

@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-import trio
+import anyio
 
 from shoal import Message, Subscriber
 
@@ -62,10 +62,10 @@ async def sync_subscribers(
                 while True:
                     try:
                         take(i, sub.receive_nowait())
-                    except trio.WouldBlock:
+                    except anyio.WouldBlock:
                         break
                 continue
-            with trio.move_on_after(PROBE_PATIENCE):
+            with anyio.move_on_after(PROBE_PATIENCE):
                 while not heard[i]:
                     take(i, await sub.receive())
     publish(topic, fence)

@@ -13,8 +13,8 @@ import random
 import struct
 from collections import Counter
 
+import anyio
 import pytest
-import trio
 import zmq
 
 from shoal._core import HEADER, Kind, decode, encode, encode_topic
@@ -33,12 +33,12 @@ def raw_socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int) -> zmq.Socket[byt
 
 
 async def raw_receive(sock: zmq.Socket[bytes]) -> list[bytes]:
-    """Receive one message on a raw socket from trio: poll without blocking."""
+    """Receive one message on a raw socket from trio or asyncio: poll without blocking."""
     while True:
         try:
             return sock.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
-            await trio.sleep(0.01)
+            await anyio.sleep(0.01)
 
 
 def patched(frame: bytes, field: int, value: int) -> bytes:
