@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import anyio
 import pytest
@@ -15,18 +13,10 @@ import trio
 
 from shoal import _io
 from shoal._io._asyncio import FdClosed, ParkingLot
+from support.loops import ASYNCIO_RUNNERS, Run
 
-LOOPS: dict[str, Callable[[Coroutine[Any, Any, None]], None]] = {
-    "asyncio": asyncio.run,
-}
-try:
-    import uvloop
-
-    LOOPS["uvloop"] = uvloop.run
-except ImportError:  # pragma: no cover - uvloop is in the test extra
-    pass
-
-on_asyncio_loops = pytest.mark.parametrize("run", list(LOOPS.values()), ids=list(LOOPS))
+on_asyncio_loops = pytest.mark.parametrize(
+    "run", list(ASYNCIO_RUNNERS.values()), ids=list(ASYNCIO_RUNNERS))
 
 
 def test_under_trio_the_seam_is_trio_itself() -> None:
@@ -48,8 +38,7 @@ def test_outside_an_event_loop_there_is_no_seam() -> None:
 
 
 @on_asyncio_loops
-def test_wait_readable_wakes_on_data_and_one_waiter_per_fd(
-        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+def test_wait_readable_wakes_on_data_and_one_waiter_per_fd(run: Run) -> None:
     async def main() -> None:
         loop = _io.current()
         assert loop.name == "asyncio"
@@ -84,8 +73,7 @@ def test_wait_readable_wakes_on_data_and_one_waiter_per_fd(
 
 
 @on_asyncio_loops
-def test_notify_closing_wakes_the_waiter_with_fd_closed(
-        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+def test_notify_closing_wakes_the_waiter_with_fd_closed(run: Run) -> None:
     async def main() -> None:
         loop = _io.current()
         a, b = socket.socketpair()
@@ -108,8 +96,7 @@ def test_notify_closing_wakes_the_waiter_with_fd_closed(
 
 
 @on_asyncio_loops
-def test_a_shielded_checkpoint_defers_cancellation_to_the_next_await(
-        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+def test_a_shielded_checkpoint_defers_cancellation_to_the_next_await(run: Run) -> None:
     """A send that queued its message yields without raising; the cancellation (here
     an asyncio.timeout's) arrives at the next await and the timeout still reports
     TimeoutError, so the task's cancel count was kept."""
@@ -140,8 +127,7 @@ def test_a_shielded_checkpoint_defers_cancellation_to_the_next_await(
 
 
 @on_asyncio_loops
-def test_checkpoint_if_cancelled_raises_only_when_a_cancel_is_pending(
-        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+def test_checkpoint_if_cancelled_raises_only_when_a_cancel_is_pending(run: Run) -> None:
     async def main() -> None:
         loop = _io.current()
         await loop.checkpoint_if_cancelled()  # nothing pending: no effect
@@ -161,8 +147,7 @@ def test_checkpoint_if_cancelled_raises_only_when_a_cancel_is_pending(
 
 
 @on_asyncio_loops
-def test_parking_lot_skips_waiters_cancelled_before_they_ran(
-        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+def test_parking_lot_skips_waiters_cancelled_before_they_ran(run: Run) -> None:
     async def main() -> None:
         lot = ParkingLot()
         first = asyncio.create_task(lot.park())
@@ -182,8 +167,7 @@ def test_parking_lot_skips_waiters_cancelled_before_they_ran(
 
 
 @on_asyncio_loops
-def test_the_effective_deadline_is_anyio_s_own_answer(
-        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+def test_the_effective_deadline_is_anyio_s_own_answer(run: Run) -> None:
     async def main() -> None:
         loop = _io.current()
         assert loop.current_effective_deadline() == anyio.current_effective_deadline()
@@ -213,8 +197,7 @@ async def _cancel_lands_in_a_shielded_checkpoint(loop: _io.Loop) -> None:
 
 
 @on_asyncio_loops
-def test_a_timeout_block_that_ends_after_a_shielded_checkpoint_leaks_nothing(
-        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+def test_a_timeout_block_that_ends_after_a_shielded_checkpoint_leaks_nothing(run: Run) -> None:
     """The timeout fires during the shielded yield; the block then ends without
     another await, so the timeout's exit withdraws the request: the task is not
     cancelled later, outside the block."""
@@ -233,8 +216,7 @@ def test_a_timeout_block_that_ends_after_a_shielded_checkpoint_leaks_nothing(
 
 
 @on_asyncio_loops
-def test_an_anyio_scope_cancelled_during_a_shielded_checkpoint_leaks_nothing(
-        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+def test_an_anyio_scope_cancelled_during_a_shielded_checkpoint_leaks_nothing(run: Run) -> None:
     async def main() -> None:
         loop = _io.current()
         for _ in range(5):
@@ -256,8 +238,7 @@ def test_an_anyio_scope_cancelled_during_a_shielded_checkpoint_leaks_nothing(
 
 
 @on_asyncio_loops
-def test_task_cancel_during_a_shielded_checkpoint_arrives_at_the_next_await(
-        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+def test_task_cancel_during_a_shielded_checkpoint_arrives_at_the_next_await(run: Run) -> None:
     async def main() -> None:
         loop = _io.current()
         steps: list[str] = []

@@ -5,7 +5,6 @@ runs on asyncio's default loop and on uvloop."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +12,11 @@ import pytest
 
 import shoal
 from shoal.errors import ClosedError, WouldBlock
+from support.loops import ASYNCIO_RUNNERS, Run
 
-LOOPS: dict[str, Callable[[Coroutine[Any, Any, None]], None]] = {"asyncio": asyncio.run}
-try:
-    import uvloop
+pytestmark = pytest.mark.parametrize(
+    "run", list(ASYNCIO_RUNNERS.values()), ids=list(ASYNCIO_RUNNERS))
 
-    LOOPS["uvloop"] = uvloop.run
-except ImportError:  # pragma: no cover - uvloop is in the test extra
-    pass
-
-pytestmark = pytest.mark.parametrize("run", list(LOOPS.values()), ids=list(LOOPS))
-
-Run = Callable[[Coroutine[Any, Any, None]], None]
 
 
 def test_a_receive_cut_short_by_asyncio_timeout_loses_nothing(run: Run) -> None:

@@ -11,9 +11,24 @@ trio's stopped ``MockClock``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import sniffio
 import trio
+
+Run = Callable[[Coroutine[Any, Any, None]], None]
+"""Runs a coroutine to completion on a fresh event loop (``asyncio.run``, ``uvloop.run``)."""
+
+ASYNCIO_RUNNERS: dict[str, Run] = {"asyncio": asyncio.run}
+"""The asyncio loops, by name, for tests written as plain asyncio programs (no AnyIO
+runner): asyncio's default loop, and uvloop."""
+try:
+    import uvloop
+
+    ASYNCIO_RUNNERS["uvloop"] = uvloop.run
+except ImportError:  # pragma: no cover - uvloop is in the test extra
+    pass
 
 
 def current_loop() -> str:
