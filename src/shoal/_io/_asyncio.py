@@ -231,8 +231,6 @@ class AsyncioLoop(Loop):
     __slots__ = ()
     name = "asyncio"
     FdClosed = FdClosed
-    Cancelled = CancelledError
-    TooSlow = TimeoutError
 
     wait_readable = staticmethod(wait_readable)
     notify_closing = staticmethod(notify_closing)

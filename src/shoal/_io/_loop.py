@@ -33,10 +33,6 @@ class Loop:
     name: ClassVar[str]
     FdClosed: ClassVar[type[Exception]]
     """What ``wait_readable`` raises when ``notify_closing`` is called for its FD."""
-    Cancelled: ClassVar[type[BaseException]]
-    """The loop's cancellation exception (``trio.Cancelled``, ``asyncio.CancelledError``)."""
-    TooSlow: ClassVar[type[Exception]]
-    """What ``fail_after`` raises (``trio.TooSlowError``; ``TimeoutError``)."""
 
     wait_readable: Callable[[int], Coroutine[Any, Any, None]]
     notify_closing: Callable[[int], None]
@@ -48,6 +44,7 @@ class Loop:
     current_time: Callable[[], float]
     current_effective_deadline: Callable[[], float]
     fail_after: Callable[[float], AbstractContextManager[Any]]
+    """Raises the loop's own timeout error: ``trio.TooSlowError``, or ``TimeoutError``."""
     move_on_after: Callable[[float], AbstractContextManager[Any]]
 
     def clock(self) -> Callable[[], float]:

@@ -43,8 +43,6 @@ class TrioLoop(Loop):
     __slots__ = ()
     name = "trio"
     FdClosed = trio.ClosedResourceError
-    Cancelled = trio.Cancelled
-    TooSlow = trio.TooSlowError
 
     # Class attributes holding plain functions would bind as methods: staticmethod.
     wait_readable = staticmethod(trio.lowlevel.wait_readable)
